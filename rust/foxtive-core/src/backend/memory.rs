@@ -1,0 +1,448 @@
+//! The in-process backend: the embedded default, and the backend of tests.
+//!
+//! Messages wait in a ready queue or, when delayed, in a heap ordered by due
+//! time. A retry copy goes back into the store (not into the worker), so the
+//! worker holds nothing while a retry waits.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::{Backend, BackendState, SettleItem};
+use crate::dlq::DeadLetter;
+use crate::message::{Delivery, Headers, Outgoing, Receipt, Settlement};
+use crate::{Error, Result};
+
+/// A stored message. Kept small: a million of them must fit comfortably.
+#[derive(Debug, Clone)]
+struct Entry {
+    body: Bytes,
+    /// Everything beyond the body, only for messages that have it.
+    meta: Option<Box<EntryMeta>>,
+    attempt: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+struct EntryMeta {
+    id: Option<String>,
+    headers: Headers,
+    correlation_id: Option<String>,
+    content_type: Option<String>,
+    reply_to: Option<String>,
+    priority: Option<u8>,
+    routing_key: Option<String>,
+    redelivered: bool,
+}
+
+struct Store {
+    ready: VecDeque<Entry>,
+    /// (due, tie-breaker) → entry; the heap holds the key, the map the entry.
+    delayed: BinaryHeap<Reverse<(Instant, u64)>>,
+    delayed_entries: HashMap<u64, Entry>,
+    unacked: HashMap<u64, Entry>,
+    dead: Vec<DeadLetter>,
+}
+
+/// The in-process backend.
+pub struct MemoryBackend {
+    name: Arc<str>,
+    store: Mutex<Store>,
+    next_seq: AtomicU64,
+    published: Notify,
+    closed: AtomicBool,
+}
+
+impl MemoryBackend {
+    pub fn new(name: &str) -> Result<Self> {
+        if name.is_empty() {
+            return Err(Error::Config(
+                "name: must be a non-empty string".to_string(),
+            ));
+        }
+        Ok(MemoryBackend {
+            name: Arc::from(name),
+            store: Mutex::new(Store {
+                ready: VecDeque::new(),
+                delayed: BinaryHeap::new(),
+                delayed_entries: HashMap::new(),
+                unacked: HashMap::new(),
+                dead: Vec::new(),
+            }),
+            next_seq: AtomicU64::new(1),
+            published: Notify::new(),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    fn seq(&self) -> u64 {
+        self.next_seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Publish without awaiting anything (the memory backend never waits).
+    pub fn publish_now(&self, messages: Vec<Outgoing>) -> Vec<String> {
+        let mut ids = Vec::with_capacity(messages.len());
+        let now = Instant::now();
+        {
+            let mut store = self.store.lock();
+            for out in messages {
+                let delay = out.delay;
+                let (entry, id) = self.entry_from(out);
+                ids.push(id);
+                self.put(&mut store, entry, delay, now);
+            }
+        }
+        self.published.notify_waiters();
+        self.published.notify_one();
+        ids
+    }
+
+    /// Publish many bodies with no metadata: the fast path for bulk loads.
+    pub fn publish_bodies(&self, bodies: Vec<Bytes>) -> usize {
+        let n = bodies.len();
+        {
+            let mut store = self.store.lock();
+            store.ready.reserve(n);
+            for body in bodies {
+                store.ready.push_back(Entry {
+                    body,
+                    meta: None,
+                    attempt: 1,
+                });
+            }
+        }
+        self.published.notify_waiters();
+        self.published.notify_one();
+        n
+    }
+
+    fn entry_from(&self, out: Outgoing) -> (Entry, String) {
+        let id = out
+            .message_id
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", self.name, self.seq()));
+        let meta = EntryMeta {
+            id: Some(id.clone()),
+            headers: out.headers,
+            correlation_id: out.correlation_id,
+            content_type: out.content_type,
+            reply_to: out.reply_to,
+            priority: out.priority,
+            routing_key: out.routing_key,
+            redelivered: false,
+        };
+        (
+            Entry {
+                body: out.body,
+                meta: Some(Box::new(meta)),
+                attempt: out.attempt.max(1),
+            },
+            id,
+        )
+    }
+
+    fn put(&self, store: &mut Store, entry: Entry, delay: Option<Duration>, now: Instant) {
+        match delay {
+            Some(d) if !d.is_zero() => {
+                let key = self.seq();
+                store.delayed.push(Reverse((now + d, key)));
+                store.delayed_entries.insert(key, entry);
+            }
+            _ => store.ready.push_back(entry),
+        }
+    }
+
+    /// Move due delayed entries to the ready queue; return when the next one is due.
+    fn promote_due(store: &mut Store, now: Instant) -> Option<Instant> {
+        while let Some(Reverse((due, key))) = store.delayed.peek().copied() {
+            if due > now {
+                return Some(due);
+            }
+            store.delayed.pop();
+            if let Some(entry) = store.delayed_entries.remove(&key) {
+                store.ready.push_back(entry);
+            }
+        }
+        None
+    }
+
+    fn take_ready(&self, max: usize) -> (Vec<Delivery>, Option<Instant>) {
+        let now = Instant::now();
+        let mut store = self.store.lock();
+        let next_due = Self::promote_due(&mut store, now);
+        let n = max.min(store.ready.len());
+        let mut out = Vec::with_capacity(n);
+        let received_at = crate::clock::unix_now();
+        for _ in 0..n {
+            let Some(entry) = store.ready.pop_front() else {
+                break;
+            };
+            let seq = self.seq();
+            out.push(self.delivery_of(&entry, seq, received_at));
+            store.unacked.insert(seq, entry);
+        }
+        (out, next_due)
+    }
+
+    fn delivery_of(&self, entry: &Entry, seq: u64, received_at: f64) -> Delivery {
+        let mut d = Delivery {
+            id: String::new(),
+            body: entry.body.clone(),
+            headers: Vec::new(),
+            attempt: entry.attempt,
+            queue: self.name.clone(),
+            routing_key: None,
+            correlation_id: None,
+            content_type: None,
+            reply_to: None,
+            priority: None,
+            received_at,
+            redelivered: false,
+            receipt: Receipt::Seq(seq),
+        };
+        match &entry.meta {
+            Some(meta) => {
+                d.id = meta.id.clone().unwrap_or_else(|| format!("{}-{seq}", self.name));
+                d.headers = meta.headers.clone();
+                d.routing_key = meta.routing_key.clone();
+                d.correlation_id = meta.correlation_id.clone();
+                d.content_type = meta.content_type.clone();
+                d.reply_to = meta.reply_to.clone();
+                d.priority = meta.priority;
+                d.redelivered = meta.redelivered;
+            }
+            None => d.id = format!("{}-{seq}", self.name),
+        }
+        d
+    }
+
+    /// Messages waiting, ready or delayed.
+    pub fn qsize(&self) -> usize {
+        let store = self.store.lock();
+        store.ready.len() + store.delayed_entries.len()
+    }
+
+    /// Messages delivered and not yet settled.
+    pub fn unacked(&self) -> usize {
+        self.store.lock().unacked.len()
+    }
+
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.store.lock().dead.clone()
+    }
+
+    /// Remove and return the dead letters with these ids (all when `None`).
+    pub fn take_dead_letters(&self, ids: Option<&[String]>) -> Vec<DeadLetter> {
+        let mut store = self.store.lock();
+        match ids {
+            None => std::mem::take(&mut store.dead),
+            Some(ids) => {
+                let (taken, kept) = std::mem::take(&mut store.dead)
+                    .into_iter()
+                    .partition(|d| ids.contains(&d.original_id));
+                store.dead = kept;
+                taken
+            }
+        }
+    }
+
+    fn settle_one(&self, store: &mut Store, delivery: &Delivery, settlement: Settlement, now: Instant) {
+        let Receipt::Seq(seq) = delivery.receipt else {
+            return;
+        };
+        let Some(mut entry) = store.unacked.remove(&seq) else {
+            return;
+        };
+        match settlement {
+            Settlement::Ack => {}
+            Settlement::Retry {
+                delay,
+                count_attempt,
+            } => {
+                if count_attempt {
+                    entry.attempt = entry.attempt.saturating_add(1);
+                }
+                let meta = entry.meta.get_or_insert_with(Default::default);
+                meta.id.get_or_insert_with(|| delivery.id.clone());
+                meta.redelivered = true;
+                self.put(store, entry, Some(delay), now);
+            }
+            Settlement::DeadLetter(failure) => {
+                store.dead.push(DeadLetter::from_delivery(delivery, &failure));
+            }
+            Settlement::Requeue => {
+                let meta = entry.meta.get_or_insert_with(Default::default);
+                meta.id.get_or_insert_with(|| delivery.id.clone());
+                meta.redelivered = true;
+                store.ready.push_front(entry);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for MemoryBackend {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn connect(&self) -> Result<()> {
+        self.closed.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if self.closed.load(Ordering::Acquire) {
+                return Err(Error::Shutdown);
+            }
+            // Register interest before looking, so a publish in between is not missed.
+            let notified = self.published.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (batch, next_due) = self.take_ready(max);
+            if !batch.is_empty() {
+                return Ok(batch);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(batch);
+            }
+            let until = next_due.map_or(deadline, |due| due.min(deadline));
+            let _ = tokio::time::timeout_at(until, notified).await;
+        }
+    }
+
+    async fn settle(&self, batch: Vec<SettleItem>) -> Result<()> {
+        let now = Instant::now();
+        let mut requeued = false;
+        {
+            let mut store = self.store.lock();
+            for (delivery, settlement) in batch {
+                requeued |= !matches!(settlement, Settlement::Ack | Settlement::DeadLetter(_));
+                self.settle_one(&mut store, &delivery, settlement, now);
+            }
+        }
+        if requeued {
+            self.published.notify_waiters();
+            self.published.notify_one();
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, messages: Vec<Outgoing>) -> Result<Vec<String>> {
+        Ok(self.publish_now(messages))
+    }
+
+    async fn close(&self) -> Result<()> {
+        // Unsettled deliveries go back to the ready queue, as a broker would.
+        let mut store = self.store.lock();
+        let mut back: Vec<(u64, Entry)> = store.unacked.drain().collect();
+        back.sort_by_key(|(seq, _)| Reverse(*seq));
+        for (_, mut entry) in back {
+            entry.meta.get_or_insert_with(Default::default).redelivered = true;
+            store.ready.push_front(entry);
+        }
+        Ok(())
+    }
+
+    fn state(&self) -> BackendState {
+        if self.closed.load(Ordering::Acquire) {
+            BackendState::Closed
+        } else {
+            BackendState::Connected
+        }
+    }
+
+    fn is_drained(&self) -> Option<bool> {
+        Some(self.qsize() == 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[tokio::test]
+    async fn publish_receive_ack() {
+        let b = MemoryBackend::new("q").unwrap();
+        b.publish_bodies(vec![body("a"), body("b")]);
+        assert_eq!(b.qsize(), 2);
+        let got = b.receive(10, Duration::from_millis(10)).await.unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(&got[0].body[..], b"a");
+        assert_eq!(b.unacked(), 2);
+        let items = got.into_iter().map(|d| (Arc::new(d), Settlement::Ack)).collect();
+        b.settle(items).await.unwrap();
+        assert_eq!(b.unacked(), 0);
+        assert_eq!(b.qsize(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delayed_retry_waits_in_the_store_and_counts_attempts() {
+        let b = MemoryBackend::new("q").unwrap();
+        b.publish_now(vec![Outgoing {
+            message_id: Some("m1".into()),
+            ..Outgoing::new(body("x"))
+        }]);
+        let d = b.receive(1, Duration::ZERO).await.unwrap().remove(0);
+        assert_eq!(d.attempt, 1);
+        b.settle(vec![(
+            Arc::new(d),
+            Settlement::Retry {
+                delay: Duration::from_secs(5),
+                count_attempt: true,
+            },
+        )])
+        .await
+        .unwrap();
+        assert_eq!(b.unacked(), 0);
+        assert_eq!(b.qsize(), 1);
+        assert!(b.receive(1, Duration::from_secs(1)).await.unwrap().is_empty());
+        let again = b.receive(1, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].id, "m1");
+        assert_eq!(again[0].attempt, 2);
+        assert!(again[0].redelivered);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn short_delay_is_not_blocked_by_a_long_one() {
+        let b = MemoryBackend::new("q").unwrap();
+        let mut long = Outgoing::new(body("long"));
+        long.delay = Some(Duration::from_secs(20));
+        let mut short = Outgoing::new(body("short"));
+        short.delay = Some(Duration::from_millis(500));
+        b.publish_now(vec![long, short]);
+        let got = b.receive(10, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(&got[0].body[..], b"short");
+    }
+
+    #[tokio::test]
+    async fn close_returns_unacked_messages() {
+        let b = MemoryBackend::new("q").unwrap();
+        b.publish_bodies(vec![body("a")]);
+        let _held = b.receive(1, Duration::ZERO).await.unwrap();
+        b.close().await.unwrap();
+        assert_eq!(b.unacked(), 0);
+        assert_eq!(b.qsize(), 1);
+    }
+
+    #[test]
+    fn empty_name_is_a_config_error() {
+        assert!(matches!(MemoryBackend::new(""), Err(Error::Config(_))));
+    }
+}

@@ -1,0 +1,75 @@
+//! Where messages come from and where their settlements go.
+
+pub mod memory;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::message::{Delivery, Outgoing, Settlement};
+use crate::Result;
+
+pub use memory::MemoryBackend;
+
+/// The connection state a backend reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendState {
+    Connected,
+    Reconnecting,
+    Closed,
+}
+
+impl BackendState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendState::Connected => "connected",
+            BackendState::Reconnecting => "reconnecting",
+            BackendState::Closed => "closed",
+        }
+    }
+}
+
+/// One delivery and how it ends, handed to [`Backend::settle`].
+pub type SettleItem = (Arc<Delivery>, Settlement);
+
+/// A message source and sink. Implementations batch: `receive` returns up to
+/// `max` deliveries, `settle` takes many settlements at once.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// The queue or stream name, for labels and `message.queue`.
+    fn name(&self) -> &str;
+
+    /// Connect, declare and subscribe. Idempotent.
+    async fn connect(&self) -> Result<()>;
+
+    /// Wait up to `wait` for at least one delivery, then return at most `max`
+    /// (possibly none). Errors mean the connection is unusable for now.
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>>;
+
+    /// Apply settlements. Each item is applied at most once; a retry or
+    /// dead-letter copy is stored durably before its original is acknowledged.
+    /// Items that cannot be applied are left for the broker to redeliver.
+    async fn settle(&self, batch: Vec<SettleItem>) -> Result<()>;
+
+    /// Publish messages (durably where the broker can); returns their ids.
+    async fn publish(&self, messages: Vec<Outgoing>) -> Result<Vec<String>>;
+
+    /// Stop taking new deliveries (shutdown has begun); settling still works.
+    async fn stop_receiving(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Close connections. Unsettled deliveries go back to the broker.
+    async fn close(&self) -> Result<()>;
+
+    fn state(&self) -> BackendState {
+        BackendState::Connected
+    }
+
+    /// `Some(true)` when the backend knows nothing is waiting for it (memory
+    /// backend), `None` when it cannot tell without a round trip.
+    fn is_drained(&self) -> Option<bool> {
+        None
+    }
+}

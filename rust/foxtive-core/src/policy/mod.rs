@@ -1,0 +1,7 @@
+//! Pure decisions, no I/O: how long to wait, whether to try again.
+
+pub mod backoff;
+pub mod retry;
+
+pub use backoff::Backoff;
+pub use retry::{FailureKind, RetryInfo, RetryPolicy};

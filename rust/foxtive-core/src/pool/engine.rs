@@ -1,0 +1,567 @@
+//! The engine: one backend, many workers, one admission loop.
+//!
+//! ```text
+//! backend.receive ─► admission (pool + worker limits, strategy) ─► lanes ─► handlers
+//! handlers ─► settle / fail (settle-once, capacity released) ─► settle queue ─► backend.settle
+//! ```
+//! Only the fetch task raises the in-flight counts, so it never admits more
+//! than the limits allow; any thread lowers them when it settles.
+
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+use super::strategy::Picker;
+use super::{InFlight, Lane, Strategy};
+use crate::backend::{Backend, SettleItem};
+use crate::message::{Delivery, Failure, Receipt, Settlement};
+use crate::observe::{Stats, StatsSnapshot};
+use crate::policy::{FailureKind, RetryInfo, RetryPolicy};
+use crate::{Error, Result};
+
+/// A worker as the engine sees it.
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    pub id: Arc<str>,
+    /// Most messages in flight for this worker (its own cap, under the pool's).
+    pub limit: usize,
+    /// Index of the lane its messages go to.
+    pub lane: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub pool: Arc<str>,
+    pub concurrency_limit: usize,
+    pub workers: Vec<WorkerSpec>,
+    pub strategy: Strategy,
+    pub retry: RetryPolicy,
+    /// Lanes to create; `true` makes an evented lane (event loop), `false` a blocking one.
+    pub lanes: Vec<bool>,
+    /// Most deliveries asked of the backend at once.
+    pub batch_size: usize,
+}
+
+impl EngineConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.concurrency_limit == 0 {
+            return Err(Error::Config(
+                "concurrency_limit: must be >= 1".to_string(),
+            ));
+        }
+        if self.workers.is_empty() {
+            return Err(Error::Config(
+                "workers: a pool needs at least one worker (add_worker / add_workers)".to_string(),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for w in &self.workers {
+            if !seen.insert(&w.id) {
+                return Err(Error::Config(format!(
+                    "worker id: {:?} is used twice; ids must be unique within a pool",
+                    &*w.id
+                )));
+            }
+            if w.limit == 0 {
+                return Err(Error::Config(format!(
+                    "concurrency: worker {:?} must allow at least 1 message",
+                    &*w.id
+                )));
+            }
+            if w.lane >= self.lanes.len() {
+                return Err(Error::Config(format!(
+                    "lane: worker {:?} names lane {} of {}",
+                    &*w.id,
+                    w.lane,
+                    self.lanes.len()
+                )));
+            }
+        }
+        if self.batch_size == 0 {
+            return Err(Error::Config("batch_size: must be >= 1".to_string()));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineState {
+    Created = 0,
+    Running = 1,
+    Draining = 2,
+    Stopped = 3,
+}
+
+impl EngineState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => EngineState::Created,
+            1 => EngineState::Running,
+            2 => EngineState::Draining,
+            _ => EngineState::Stopped,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineState::Created => "created",
+            EngineState::Running => "running",
+            EngineState::Draining => "draining",
+            EngineState::Stopped => "stopped",
+        }
+    }
+}
+
+struct WorkerSlot {
+    spec: WorkerSpec,
+    load: AtomicUsize,
+}
+
+pub struct Engine {
+    config: EngineConfig,
+    backend: Arc<dyn Backend>,
+    workers: Vec<WorkerSlot>,
+    lanes: Vec<Lane>,
+    picker: Picker,
+    in_flight: AtomicUsize,
+    capacity_freed: Notify,
+    stats: Stats,
+    settle_queue: Mutex<Vec<SettleItem>>,
+    settle_wake: Notify,
+    state: AtomicU8,
+    stop_fetch: watch::Sender<bool>,
+    stop_settle: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Pause after a failed receive before trying again (the backend reconnects).
+const RECEIVE_ERROR_PAUSE: Duration = Duration::from_millis(200);
+/// How long one receive call may wait before the loop looks around again.
+const RECEIVE_WAIT: Duration = Duration::from_millis(500);
+
+impl Engine {
+    pub fn new(config: EngineConfig, backend: Arc<dyn Backend>) -> Result<Arc<Self>> {
+        config.validate()?;
+        let lanes = config
+            .lanes
+            .iter()
+            .map(|&evented| {
+                if evented {
+                    Lane::evented().map_err(|e| Error::Backend(format!("wake-up socket: {e}")))
+                } else {
+                    Ok(Lane::blocking())
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let workers = config
+            .workers
+            .iter()
+            .map(|spec| WorkerSlot {
+                spec: spec.clone(),
+                load: AtomicUsize::new(0),
+            })
+            .collect();
+        Ok(Arc::new(Engine {
+            picker: Picker::new(config.strategy),
+            config,
+            backend,
+            workers,
+            lanes,
+            in_flight: AtomicUsize::new(0),
+            capacity_freed: Notify::new(),
+            stats: Stats::default(),
+            settle_queue: Mutex::new(Vec::new()),
+            settle_wake: Notify::new(),
+            state: AtomicU8::new(EngineState::Created as u8),
+            stop_fetch: watch::channel(false).0,
+            stop_settle: watch::channel(false).0,
+            tasks: Mutex::new(Vec::new()),
+        }))
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    pub fn lane(&self, index: usize) -> Option<&Lane> {
+        self.lanes.get(index)
+    }
+
+    pub fn state(&self) -> EngineState {
+        EngineState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    pub fn worker_loads(&self) -> Vec<(Arc<str>, usize)> {
+        self.workers
+            .iter()
+            .map(|w| (w.spec.id.clone(), w.load.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    pub fn worker_id(&self, index: usize) -> Option<&Arc<str>> {
+        self.workers.get(index).map(|w| &w.spec.id)
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.config.retry
+    }
+
+    /// Connect the backend and start the fetch and settle tasks. Must be
+    /// called inside the tokio runtime.
+    pub async fn start(self: &Arc<Self>) -> Result<()> {
+        if self
+            .state
+            .compare_exchange(
+                EngineState::Created as u8,
+                EngineState::Running as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
+            return Err(Error::Config(
+                "pool: already started; build a new pool to run again".to_string(),
+            ));
+        }
+        if let Err(e) = self.backend.connect().await {
+            self.state.store(EngineState::Stopped as u8, Ordering::Release);
+            return Err(e);
+        }
+        let fetch = tokio::spawn(self.clone().fetch_loop());
+        let settle = tokio::spawn(self.clone().settle_loop());
+        self.tasks.lock().extend([fetch, settle]);
+        Ok(())
+    }
+
+    /// Free capacity: what the pool may still admit, and what the workers may.
+    fn free_capacity(&self) -> usize {
+        let pool_free = self
+            .config
+            .concurrency_limit
+            .saturating_sub(self.in_flight.load(Ordering::Acquire));
+        let workers_free: usize = self
+            .workers
+            .iter()
+            .map(|w| w.spec.limit.saturating_sub(w.load.load(Ordering::Acquire)))
+            .fold(0usize, |a, b| a.saturating_add(b));
+        pool_free.min(workers_free)
+    }
+
+    async fn fetch_loop(self: Arc<Self>) {
+        let mut stop = self.stop_fetch.subscribe();
+        let mut loads: Vec<usize> = vec![0; self.workers.len()];
+        let limits: Vec<usize> = self.workers.iter().map(|w| w.spec.limit).collect();
+        let mut per_lane: Vec<Vec<Arc<InFlight>>> = self.lanes.iter().map(|_| Vec::new()).collect();
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            // Wait for room: register first so a release in between is seen.
+            let freed = self.capacity_freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let free = self.free_capacity();
+            if free == 0 {
+                tokio::select! {
+                    _ = &mut freed => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
+            let want = free.min(self.config.batch_size);
+            let received = tokio::select! {
+                r = self.backend.receive(want, RECEIVE_WAIT) => r,
+                _ = stop.changed() => break,
+            };
+            let batch = match received {
+                Ok(batch) => batch,
+                Err(Error::Shutdown) => break,
+                Err(e) => {
+                    tracing::warn!(pool = %self.config.pool, error = %e, "receive failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(RECEIVE_ERROR_PAUSE) => {}
+                        _ = stop.changed() => break,
+                    }
+                    continue;
+                }
+            };
+            if batch.is_empty() {
+                continue;
+            }
+            Stats::add(&self.stats.received, batch.len() as u64);
+            for (i, w) in self.workers.iter().enumerate() {
+                loads[i] = w.load.load(Ordering::Acquire);
+            }
+            for delivery in batch {
+                // The capacity check above guarantees a worker with room.
+                let worker = self.picker.pick(&loads, &limits).unwrap_or(0);
+                loads[worker] += 1;
+                self.workers[worker].load.fetch_add(1, Ordering::AcqRel);
+                self.in_flight.fetch_add(1, Ordering::AcqRel);
+                let lane = self.workers[worker].spec.lane;
+                per_lane[lane].push(Arc::new(InFlight::new(delivery, worker)));
+            }
+            for (lane, items) in self.lanes.iter().zip(per_lane.iter_mut()) {
+                if !items.is_empty() {
+                    lane.push_many(items.drain(..));
+                }
+            }
+        }
+        if let Err(e) = self.backend.stop_receiving().await {
+            tracing::warn!(pool = %self.config.pool, error = %e, "stopping the consumer failed");
+        }
+    }
+
+    async fn settle_loop(self: Arc<Self>) {
+        let mut stop = self.stop_settle.subscribe();
+        loop {
+            let wake = self.settle_wake.notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
+            let batch = std::mem::take(&mut *self.settle_queue.lock());
+            if batch.is_empty() {
+                if *stop.borrow() {
+                    break;
+                }
+                tokio::select! {
+                    _ = &mut wake => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
+            if let Err(e) = self.backend.settle(batch).await {
+                tracing::warn!(pool = %self.config.pool, error = %e,
+                    "settling failed; the broker will redeliver what was not settled");
+            }
+        }
+    }
+
+    /// Release the capacity a settled message held.
+    fn release(&self, inflight: &InFlight) {
+        if let Some(w) = self.workers.get(inflight.worker) {
+            w.load.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.capacity_freed.notify_one();
+    }
+
+    fn count(&self, settlement: &Settlement, n: u64) {
+        let counter = match settlement {
+            Settlement::Ack => &self.stats.processed,
+            Settlement::Retry {
+                count_attempt: true,
+                ..
+            } => &self.stats.retried,
+            Settlement::Retry { .. } | Settlement::Requeue => &self.stats.requeued,
+            Settlement::DeadLetter(_) => &self.stats.dead_lettered,
+        };
+        Stats::add(counter, n);
+    }
+
+    fn enqueue(&self, items: impl IntoIterator<Item = SettleItem>) {
+        let mut any = false;
+        {
+            let mut q = self.settle_queue.lock();
+            for item in items {
+                // Messages handed in by the user (pool.dispatch) belong to no broker.
+                if !matches!(item.0.receipt, Receipt::Local(_)) {
+                    q.push(item);
+                    any = true;
+                }
+            }
+        }
+        if any {
+            self.settle_wake.notify_one();
+        }
+    }
+
+    /// Settle one message. The first settlement wins; later ones fail with
+    /// [`Error::AlreadySettled`] and never reach the backend.
+    pub fn settle(&self, inflight: &Arc<InFlight>, settlement: Settlement) -> Result<()> {
+        if !inflight.claim() {
+            return Err(Error::AlreadySettled);
+        }
+        self.release(inflight);
+        self.count(&settlement, 1);
+        self.enqueue([(inflight.delivery.clone(), settlement)]);
+        Ok(())
+    }
+
+    /// Acknowledge every message not settled yet; returns how many were.
+    pub fn ack_many<'a>(&self, items: impl IntoIterator<Item = &'a Arc<InFlight>>) -> usize {
+        let mut claimed = Vec::new();
+        for inflight in items {
+            if inflight.claim() {
+                self.release(inflight);
+                claimed.push((inflight.delivery.clone(), Settlement::Ack));
+            }
+        }
+        let n = claimed.len();
+        Stats::add(&self.stats.processed, n as u64);
+        self.enqueue(claimed);
+        n
+    }
+
+    /// What the failure policy would do with this message now.
+    pub fn retry_info(&self, inflight: &InFlight) -> RetryInfo {
+        self.config.retry.info(inflight.delivery.attempt, false)
+    }
+
+    /// Run the failure policy for a failed attempt and settle accordingly.
+    pub fn fail(
+        &self,
+        inflight: &Arc<InFlight>,
+        kind: FailureKind,
+        error_type: &str,
+        error_message: &str,
+    ) -> Result<Settlement> {
+        let worker_id = self
+            .worker_id(inflight.worker)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(""));
+        let settlement = self.config.retry.decide(
+            inflight.delivery.attempt,
+            kind,
+            error_type,
+            error_message,
+            &worker_id,
+            false,
+        );
+        self.settle(inflight, settlement.clone())?;
+        Stats::add(&self.stats.failed, 1);
+        Ok(settlement)
+    }
+
+    /// Dead-letter a message on the handler's request.
+    pub fn dead_letter(&self, inflight: &Arc<InFlight>, error_type: &str, reason: &str) -> Result<()> {
+        let worker_id = self
+            .worker_id(inflight.worker)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(""));
+        self.settle(
+            inflight,
+            Settlement::DeadLetter(Failure {
+                error_type: error_type.to_string(),
+                error_message: reason.to_string(),
+                worker_id,
+                poison_pill: false,
+            }),
+        )
+    }
+
+    /// Explicit retry: bounded by the policy's `max_retries` like any other,
+    /// so a handler that always retries still ends in the dead-letter queue.
+    pub fn retry(&self, inflight: &Arc<InFlight>, delay: Option<Duration>) -> Result<Settlement> {
+        let kind = match delay {
+            Some(d) => FailureKind::RetryAfter(d),
+            None => FailureKind::Transient,
+        };
+        let worker_id = self
+            .worker_id(inflight.worker)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(""));
+        let settlement = self.config.retry.decide(
+            inflight.delivery.attempt,
+            kind,
+            "Retry",
+            "retry requested by the handler; retries exhausted",
+            &worker_id,
+            false,
+        );
+        self.settle(inflight, settlement.clone())?;
+        Ok(settlement)
+    }
+
+    /// Adopt a message the user hands in (`pool.dispatch`): it counts against
+    /// the worker's load like any other, and its settlement reaches no broker.
+    pub fn adopt(&self, delivery: Delivery) -> Arc<InFlight> {
+        let loads: Vec<usize> = self
+            .workers
+            .iter()
+            .map(|w| w.load.load(Ordering::Acquire))
+            .collect();
+        // Limits are not enforced on hand-delivered messages: pretend there is room.
+        let limits: Vec<usize> = vec![usize::MAX; loads.len()];
+        let worker = self.picker.pick(&loads, &limits).unwrap_or(0);
+        self.workers[worker].load.fetch_add(1, Ordering::AcqRel);
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Stats::add(&self.stats.received, 1);
+        Arc::new(InFlight::new(delivery, worker))
+    }
+
+    /// Begin a graceful stop: no new deliveries; messages admitted but not yet
+    /// handed to a handler go straight back to the broker.
+    pub async fn begin_drain(&self) {
+        let _ = self.state.compare_exchange(
+            EngineState::Running as u8,
+            EngineState::Draining as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        self.stop_fetch.send_replace(true);
+        // The fetch task is the first task; wait for it so nothing is pushed after.
+        let fetch = {
+            let mut tasks = self.tasks.lock();
+            if tasks.is_empty() {
+                None
+            } else {
+                Some(tasks.remove(0))
+            }
+        };
+        if let Some(handle) = fetch {
+            let _ = handle.await;
+        }
+        for lane in &self.lanes {
+            let left = lane.take_all();
+            for inflight in &left {
+                let _ = self.settle(inflight, Settlement::Requeue);
+            }
+            lane.close();
+        }
+    }
+
+    /// Finish the stop: flush settlements, close the backend.
+    pub async fn finish(&self) -> Result<()> {
+        if self.state() == EngineState::Running {
+            self.begin_drain().await;
+        }
+        self.stop_settle.send_replace(true);
+        self.settle_wake.notify_one();
+        let tasks: Vec<_> = self.tasks.lock().drain(..).collect();
+        for handle in tasks {
+            let _ = handle.await;
+        }
+        // The settle task is gone: flush anything settled after it stopped.
+        let late = std::mem::take(&mut *self.settle_queue.lock());
+        if !late.is_empty() {
+            self.backend.settle(late).await?;
+        }
+        let closed = self.backend.close().await;
+        self.state.store(EngineState::Stopped as u8, Ordering::Release);
+        closed
+    }
+
+    /// True when nothing is in flight and the backend has nothing waiting.
+    pub fn is_idle(&self) -> Option<bool> {
+        if self.in_flight() > 0 || !self.settle_queue.lock().is_empty() {
+            return Some(false);
+        }
+        self.backend.is_drained()
+    }
+}

@@ -1,0 +1,33 @@
+//! A delivery handed to a worker and not yet settled.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::message::Delivery;
+
+#[derive(Debug)]
+pub struct InFlight {
+    pub delivery: Arc<Delivery>,
+    /// Index of the worker it was assigned to.
+    pub worker: usize,
+    settled: AtomicBool,
+}
+
+impl InFlight {
+    pub fn new(delivery: Delivery, worker: usize) -> Self {
+        InFlight {
+            delivery: Arc::new(delivery),
+            worker,
+            settled: AtomicBool::new(false),
+        }
+    }
+
+    /// Claim the one settlement. True for the first caller only.
+    pub fn claim(&self) -> bool {
+        !self.settled.swap(true, Ordering::AcqRel)
+    }
+
+    pub fn is_settled(&self) -> bool {
+        self.settled.load(Ordering::Acquire)
+    }
+}
