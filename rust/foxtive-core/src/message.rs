@@ -60,6 +60,9 @@ pub enum Receipt {
     /// Handed to the pool by the user (`pool.dispatch`); settling it reaches
     /// no broker.
     Local(u64),
+    /// An opaque handle kept by a backend that lives outside the core (a
+    /// backend written in Python).
+    Handle(u64),
 }
 
 /// One delivery, as received. Immutable once built.

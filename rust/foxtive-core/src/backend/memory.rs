@@ -363,7 +363,8 @@ impl Backend for MemoryBackend {
     }
 
     fn is_drained(&self) -> Option<bool> {
-        Some(self.qsize() == 0)
+        let store = self.store.lock();
+        Some(store.ready.is_empty() && store.delayed_entries.is_empty() && store.unacked.is_empty())
     }
 }
 

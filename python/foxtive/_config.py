@@ -1,0 +1,68 @@
+"""Frozen configuration objects with keyword construction and a ``with_*`` chain."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+from typing import Any, TypeVar
+
+from .errors import ConfigError
+
+Seconds = float | _dt.timedelta
+
+_C = TypeVar("_C", bound="FrozenConfig")
+
+
+def seconds(name: str, value: Any, *, allow_none: bool = False, positive: bool = False) -> Any:
+    """Normalise a duration argument (float seconds or timedelta) to float seconds."""
+    if value is None:
+        if allow_none:
+            return None
+        raise ConfigError(f"{name}: a duration in seconds is required")
+    if isinstance(value, _dt.timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(
+            f"{name}: expected seconds (float) or datetime.timedelta, got {type(value).__name__}"
+        )
+    value = float(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ConfigError(f"{name}: must be a finite number of seconds, got {value}")
+    if positive and value <= 0:
+        raise ConfigError(f"{name}: must be > 0 seconds, got {value}")
+    if value < 0:
+        raise ConfigError(f"{name}: must be >= 0 seconds, got {value}")
+    return value
+
+
+def integer(name: str, value: Any, *, minimum: int = 0, allow_none: bool = False) -> Any:
+    """Validate an integer argument."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name}: expected an integer, got {type(value).__name__}")
+    if value < minimum:
+        raise ConfigError(f"{name}: must be >= {minimum}, got {value}")
+    return value
+
+
+class FrozenConfig:
+    """Mixin for frozen dataclasses: ``with_<field>(value)`` returns a copy."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("with_"):
+            field = name[5:]
+            names = {f.name for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+            if field in names:
+
+                def setter(value: Any) -> Any:
+                    return dataclasses.replace(self, **{field: value})  # type: ignore[type-var]
+
+                return setter
+        raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
+
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+
+    def replace(self: _C, **changes: Any) -> _C:
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]

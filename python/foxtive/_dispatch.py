@@ -1,0 +1,429 @@
+"""The Python half of a running pool: where handlers are called.
+
+Rust admits messages and hands them over in batches through lanes:
+
+* lane 0 is watched by the event loop (``loop.add_reader`` on a socket the
+  core writes one byte to, only when the loop said it would wait). Async
+  handlers, and sync handlers that need a timeout or Python middleware, run
+  here in long-lived consumer coroutines: no Task per message. Consumers
+  are started on demand, up to the worker's concurrency, only when the
+  running ones are suspended in their handlers.
+* every other lane belongs to one plain ``def`` worker and is served by its
+  own threads, which block in Rust without the GIL while they wait.
+
+Outcomes go back to Rust in batches (``ack_many``); failures run the
+failure policy in Rust (``_fail``), which settles exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from .errors import PermanentError, RetryableError
+from .worker import RetryInfo, WorkerSpec
+
+if TYPE_CHECKING:
+    from ._core import Engine, Message
+    from .middleware import Middleware
+
+log = logging.getLogger("foxtive")
+
+_TRANSIENT, _PERMANENT, _RETRY_AFTER = 0, 1, 2
+#: Most messages a loop consumer acknowledges in one call.
+_ACK_BATCH = 512
+#: Most messages taken from the core by the loop at once.
+_DRAIN_BATCH = 4096
+
+
+def _describe(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except Exception:
+        text = "<unprintable error>"
+    return text[:2000]
+
+
+class Plan:
+    """How one worker runs: its lane, mode, limit and the callable to invoke."""
+
+    __slots__ = ("batch", "call", "index", "lane", "limit", "spec", "threads", "timeout")
+
+    def __init__(self, index: int, spec: WorkerSpec, lane: int, limit: int,
+                 timeout: float | None, threads: int, batch: int) -> None:
+        self.index = index
+        self.spec = spec
+        self.lane = lane
+        self.limit = limit
+        self.timeout = timeout
+        self.threads = threads
+        self.batch = batch
+        self.call: Callable[[Message], Awaitable[None]] | Callable[[Message], Any] = spec.call
+
+    @property
+    def on_loop(self) -> bool:
+        return self.lane == 0
+
+
+def _chain(middlewares: list[Middleware], final: Callable[[Message], Awaitable[None]]
+           ) -> Callable[[Message], Awaitable[None]]:
+    call = final
+    for mw in reversed(middlewares):
+        def link(message: Message, _mw: Middleware = mw,
+                 _next: Callable[[Message], Awaitable[None]] = call) -> Awaitable[None]:
+            return _mw(message, _next)
+        call = link
+    return call
+
+
+class _ThreadSlot:
+    """What one handler thread holds, so a forced stop can hand it back."""
+
+    __slots__ = ("batch", "index")
+
+    def __init__(self) -> None:
+        self.batch: list[Message] | None = None
+        self.index = 0
+
+
+class _LoopWorker:
+    """Consumers of one worker on the event loop."""
+
+    def __init__(self, runner: Runner, plan: Plan) -> None:
+        self.runner = runner
+        self.plan = plan
+        self.items: collections.deque[Message] = collections.deque()
+        self.idle: list[asyncio.Future[None]] = []
+        self.consumers: set[asyncio.Task[None]] = set()
+        self.rebalance_pending = False
+        self.call = plan.call
+
+    def kick(self) -> None:
+        """Make sure someone will take the queued messages."""
+        if not self.items or self.runner.stopping:
+            return
+        if self.idle:
+            fut = self.idle.pop()
+            if not fut.done():
+                fut.set_result(None)
+        elif len(self.consumers) < self.plan.limit:
+            task = self.runner.loop.create_task(self.consume())
+            self.consumers.add(task)
+            task.add_done_callback(self.consumers.discard)
+        else:
+            return  # every consumer is busy; they come back for more
+        if not self.rebalance_pending:
+            # Runs after the woken consumer yields: if it suspended in its
+            # handler with messages left, wake or start one more.
+            self.rebalance_pending = True
+            self.runner.loop.call_soon(self.rebalance)
+
+    def rebalance(self) -> None:
+        self.rebalance_pending = False
+        self.kick()
+
+    async def consume(self) -> None:
+        items = self.items
+        runner = self.runner
+        run = self.run_one
+        while True:
+            while items:
+                await run(items.popleft())
+            if runner.stopping:
+                return
+            runner.pull(exclude=self)
+            if items:
+                continue
+            runner.flush_acks()
+            fut = runner.loop.create_future()
+            self.idle.append(fut)
+            try:
+                await fut
+            finally:
+                if fut in self.idle:
+                    self.idle.remove(fut)
+
+    async def run_one(self, message: Message) -> None:
+        timeout = self.plan.timeout
+        try:
+            if timeout is None:
+                await self.call(message)  # type: ignore[misc]
+            else:
+                async with asyncio.timeout(timeout):
+                    await self.call(message)  # type: ignore[misc]
+        except BaseException as exc:
+            self.runner.failed(self.plan, message, exc, on_loop=True)
+        else:
+            self.runner.ack_later(message)
+
+
+class Runner:
+    """One run of a pool over one engine."""
+
+    def __init__(self, engine: Engine, plans: list[Plan], middlewares: list[Middleware],
+                 shutdown_timeout: float, handle_signals: bool) -> None:
+        self.engine = engine
+        self.plans = plans
+        self.middlewares = middlewares
+        self.shutdown_timeout = shutdown_timeout
+        self.handle_signals = handle_signals
+        self.loop = asyncio.get_running_loop()
+        self.stopping = False
+        self.stop_event = asyncio.Event()
+        self.force_event = asyncio.Event()
+        self.acks: list[Message] = []
+        self.ack_scheduled = False
+        self.executor: ThreadPoolExecutor | None = None
+        self.loop_workers: list[_LoopWorker | None] = []
+        self.only_loop_worker: _LoopWorker | None = None
+        self.threads: list[threading.Thread] = []
+        self.slots: list[_ThreadSlot] = []
+        self.signals: list[int] = []
+        self.idle_reached = False
+        self._prepare()
+
+    # ---------------------------------------------------------------- set-up
+    def _prepare(self) -> None:
+        loop_sync = [p for p in self.plans if p.on_loop and not p.spec.is_async]
+        if loop_sync:
+            self.executor = ThreadPoolExecutor(
+                max_workers=min(64, sum(p.limit for p in loop_sync)),
+                thread_name_prefix="foxtive-handler",
+            )
+        for plan in self.plans:
+            if plan.on_loop:
+                final = plan.spec.call
+                if not plan.spec.is_async:
+                    final = self._in_executor(plan.spec.call)
+                plan.call = _chain(self.middlewares, final) if self.middlewares else final
+                self.loop_workers.append(_LoopWorker(self, plan))
+            else:
+                self.loop_workers.append(None)
+        on_loop = [w for w in self.loop_workers if w is not None]
+        if len(on_loop) == 1 and len(self.plans) == 1:
+            self.only_loop_worker = on_loop[0]
+
+    def _in_executor(self, fn: Callable[[Message], Any]) -> Callable[[Message], Awaitable[Any]]:
+        loop = self.loop
+        executor = self.executor
+
+        def call(message: Message) -> Awaitable[Any]:
+            return loop.run_in_executor(executor, fn, message)
+
+        return call
+
+    async def run(self) -> None:
+        for plan in self.plans:
+            if plan.spec.setup is not None:
+                await plan.spec.setup()
+        await self.engine.start()
+        self._install_signals()
+        fd = self.engine.wake_fd(0)
+        if fd is not None:
+            self.loop.add_reader(fd, self._on_wake)
+        for plan in self.plans:
+            if not plan.on_loop:
+                for n in range(plan.threads):
+                    slot = _ThreadSlot()
+                    t = threading.Thread(
+                        target=self._thread_main, args=(plan, slot),
+                        name=f"foxtive-{plan.spec.id}-{n}", daemon=True,
+                    )
+                    self.slots.append(slot)
+                    self.threads.append(t)
+                    t.start()
+        try:
+            self.pull()
+            await self.stop_event.wait()
+        finally:
+            if fd is not None:
+                self.loop.remove_reader(fd)
+            await self._drain()
+            self._remove_signals()
+
+    # ------------------------------------------------------------ signals
+    def _install_signals(self) -> None:
+        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self.loop.add_signal_handler(sig, self._on_signal, sig)
+                self.signals.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
+
+    def _remove_signals(self) -> None:
+        for sig in self.signals:
+            with contextlib.suppress(Exception):
+                self.loop.remove_signal_handler(sig)
+        self.signals.clear()
+
+    def _on_signal(self, sig: int) -> None:
+        if self.stop_event.is_set():
+            log.warning("second %s: stopping now; unfinished messages go back to the broker",
+                        signal.Signals(sig).name)
+            self.force_event.set()
+        else:
+            log.info("%s received: draining (up to %.1f s)", signal.Signals(sig).name,
+                     self.shutdown_timeout)
+            self.stop_event.set()
+
+    def request_stop(self, force: bool = False) -> None:
+        self.stop_event.set()
+        if force:
+            self.force_event.set()
+
+    # ---------------------------------------------------------- hand-off
+    def _on_wake(self) -> None:
+        self.engine.clear_wake(0)
+        self.pull()
+
+    def pull(self, exclude: _LoopWorker | None = None) -> None:
+        """Take what the core has ready for the loop and wake consumers."""
+        drain = self.engine.drain
+        only = self.only_loop_worker
+        workers = self.loop_workers
+        while True:
+            batch = drain(0, _DRAIN_BATCH)
+            if not batch:
+                break
+            if only is not None:
+                only.items.extend(batch)
+            else:
+                for m in batch:
+                    w = workers[m._worker]
+                    if w is not None:
+                        w.items.append(m)
+        for w in workers:
+            if w is not None and w is not exclude and w.items:
+                w.kick()
+
+    def ack_later(self, message: Message) -> None:
+        acks = self.acks
+        acks.append(message)
+        if len(acks) >= _ACK_BATCH:
+            self.flush_acks()
+        elif not self.ack_scheduled:
+            self.ack_scheduled = True
+            self.loop.call_soon(self.flush_acks)
+
+    def flush_acks(self) -> None:
+        self.ack_scheduled = False
+        if self.acks:
+            acks, self.acks = self.acks, []
+            self.engine.ack_many(acks)
+
+    # ----------------------------------------------------------- failures
+    def failed(self, plan: Plan, message: Message, exc: BaseException, *, on_loop: bool) -> None:
+        if on_loop and isinstance(exc, asyncio.CancelledError):
+            task = asyncio.current_task()
+            if self.stopping and task is not None and task.cancelling():
+                # Cancelled by shutdown: hand it back untried, never acked.
+                message._requeue()
+                raise exc
+        if message.settled:
+            log.warning("worker %s raised %s after settling message %s; the settlement stands",
+                        plan.spec.id, type(exc).__name__, message.id)
+            return
+        kind, delay = _TRANSIENT, None
+        if isinstance(exc, PermanentError):
+            kind = _PERMANENT
+        elif isinstance(exc, RetryableError) and exc.delay is not None:
+            kind, delay = _RETRY_AFTER, exc.delay
+        if kind != _PERMANENT and plan.spec.has_should_retry:
+            info = RetryInfo(*message._retry_info())
+            try:
+                if not plan.spec.should_retry(message, exc, info):
+                    kind = _PERMANENT
+            except Exception:
+                log.exception("should_retry of worker %s raised; retrying as usual", plan.spec.id)
+        error_type = type(exc).__name__
+        outcome = message._fail(error_type, _describe(exc), kind, delay)
+        if outcome is not None:
+            log.warning("message %s failed in worker %s (attempt %d): %s: %s -> %s",
+                        message.id, plan.spec.id, message.attempt, error_type,
+                        _describe(exc)[:200], outcome)
+
+    # ------------------------------------------------------------ threads
+    def _thread_main(self, plan: Plan, slot: _ThreadSlot) -> None:
+        engine = self.engine
+        fn = plan.spec.call
+        lane = plan.lane
+        max_batch = plan.batch
+        while True:
+            batch = engine.take(lane, max_batch, 0.25)
+            if batch is None:
+                return
+            if not batch:
+                continue
+            slot.batch = batch
+            for i, m in enumerate(batch):
+                slot.index = i
+                if self.stopping:
+                    for rest in batch[i:]:
+                        rest._requeue()
+                    break
+                try:
+                    fn(m)
+                except BaseException as exc:
+                    try:
+                        self.failed(plan, m, exc, on_loop=False)
+                    except BaseException:
+                        log.exception("failure handling of message %s failed", m.id)
+            slot.batch = None
+            engine.ack_many(batch)
+
+    # ----------------------------------------------------------- shutdown
+    async def _drain(self) -> None:
+        self.stopping = True
+        await self.engine.begin_drain()
+        # Taken from the core but not started: back to the broker, untried.
+        for w in self.loop_workers:
+            if w is not None:
+                while w.items:
+                    w.items.popleft()._requeue()
+                for fut in w.idle:
+                    if not fut.done():
+                        fut.set_result(None)
+        self.flush_acks()
+        deadline = self.loop.time() + self.shutdown_timeout
+        while self.engine.in_flight() > 0 and not self.force_event.is_set():
+            remaining = deadline - self.loop.time()
+            if remaining <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.force_event.wait(), min(0.02, remaining))
+            self.flush_acks()
+        if self.engine.in_flight() > 0:
+            log.warning("shutdown: %d message(s) unfinished; handing them back to the broker",
+                        self.engine.in_flight())
+            consumers = [t for w in self.loop_workers if w is not None for t in w.consumers]
+            for t in consumers:
+                t.cancel()
+            for slot in self.slots:
+                batch, index = slot.batch, slot.index
+                if batch is not None:
+                    done = batch[:index]
+                    for m in batch[index:]:
+                        m._requeue()
+                    if done:
+                        self.engine.ack_many(done)
+            if consumers:
+                await asyncio.gather(*consumers, return_exceptions=True)
+        self.flush_acks()
+        for plan in self.plans:
+            if plan.spec.teardown is not None:
+                try:
+                    await plan.spec.teardown()
+                except Exception:
+                    log.exception("teardown of worker %s failed", plan.spec.id)
+        await self.engine.finish()
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)

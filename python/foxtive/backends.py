@@ -1,0 +1,167 @@
+"""Backends: where messages come from.
+
+Native backends (memory, RabbitMQ, Redis Streams) run in Rust. A backend for
+any other queue system can be written in Python by subclassing
+:class:`Backend`; the core drives it through the same interface (slower, as
+every call crosses into Python).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from . import _core
+
+__all__ = ["Backend", "Incoming", "MemoryBackend"]
+
+#: Header that carries the attempt number on retry copies.
+ATTEMPT_HEADER = "x-foxtive-attempt"
+
+
+@dataclasses.dataclass(slots=True)
+class Incoming:
+    """A message as a Python backend receives it.
+
+    ``receipt`` is anything the backend needs to settle it later (a delivery
+    tag, a lease...); foxtive hands it back untouched. ``attempt`` defaults
+    to the ``x-foxtive-attempt`` header, else 1."""
+
+    body: bytes
+    id: str | None = None
+    headers: dict[str, Any] | None = None
+    attempt: int | None = None
+    receipt: Any = None
+    redelivered: bool = False
+
+
+class Backend:
+    """Base class of every backend, and the one to subclass for a new queue system.
+
+    Override ``receive``, ``ack``, ``requeue`` and ``publish`` (plus
+    ``connect``/``close`` if needed). ``retry`` and ``dead_letter`` have
+    defaults built on ``publish``/``ack``: a retry publishes a copy carrying
+    the next attempt number, after ``delay`` seconds, then acks the original;
+    a dead letter is kept in ``self.dead_letter_records`` then acked.
+    """
+
+    name: str = "custom"
+
+    async def connect(self) -> None:
+        """Connect and subscribe; called when a pool starts."""
+
+    async def receive(self, max_messages: int, timeout: float) -> Sequence[Incoming]:
+        """Return up to ``max_messages``, waiting up to ``timeout`` seconds for the first."""
+        raise NotImplementedError
+
+    async def ack(self, receipt: Any) -> None:
+        raise NotImplementedError
+
+    async def requeue(self, receipt: Any) -> None:
+        """Give a message back unfinished (shutdown): it must be delivered again."""
+        raise NotImplementedError
+
+    async def publish(self, body: bytes, headers: dict[str, Any] | None = None,
+                      delay: float | _dt.timedelta | None = None,
+                      message_id: str | None = None) -> str:
+        raise NotImplementedError
+
+    async def publish_many(self, bodies: Iterable[bytes], headers: dict[str, Any] | None = None,
+                           delay: float | _dt.timedelta | None = None) -> list[str]:
+        return [await self.publish(b, headers=headers, delay=delay) for b in bodies]
+
+    async def retry(self, message: dict[str, Any]) -> None:
+        headers = dict(message["headers"])
+        headers[ATTEMPT_HEADER] = message["next_attempt"]
+        await self.publish(message["body"], headers=headers, delay=message["delay"],
+                           message_id=message["id"])
+        await self.ack(message["receipt"])
+
+    async def dead_letter(self, message: dict[str, Any]) -> None:
+        records: list[dict[str, Any]] = self.__dict__.setdefault("dead_letter_records", [])
+        records.append({k: v for k, v in message.items() if k != "receipt"})
+        await self.ack(message["receipt"])
+
+    async def close(self) -> None:
+        """Close connections; called when a pool stops."""
+
+    # -- driven by the core ------------------------------------------------
+    async def _foxtive_receive(self, max_messages: int, timeout: float) -> list[tuple[Any, ...]]:
+        out = []
+        for m in await self.receive(max_messages, timeout):
+            headers = dict(m.headers or {})
+            attempt = m.attempt
+            if attempt is None:
+                try:
+                    attempt = int(headers.get(ATTEMPT_HEADER, 1))
+                except (TypeError, ValueError):
+                    attempt = 1
+            mid = m.id if m.id is not None else str(m.receipt)
+            out.append((mid, m.body, headers, max(1, attempt), m.receipt, m.redelivered))
+        return out
+
+    async def _foxtive_settle(self, items: list[dict[str, Any]]) -> None:
+        for item in items:
+            outcome = item["outcome"]
+            if outcome == "success":
+                await self.ack(item["receipt"])
+            elif outcome == "retried":
+                await self.retry(item)
+            elif outcome == "dead_lettered":
+                await self.dead_letter(item)
+            else:
+                await self.requeue(item["receipt"])
+
+
+class MemoryBackend(Backend):
+    """The in-process backend: the embedded default, and the one for tests.
+
+    ``message.queue`` is its name. Retries and delayed messages wait inside
+    the backend, not in the worker. ``qsize()`` counts waiting messages,
+    ready or delayed; ``unacked()`` those delivered and not settled."""
+
+    def __init__(self, name: str = "memory") -> None:
+        self._native = _core.MemoryBackend(name)
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self._native.name
+
+    def __repr__(self) -> str:
+        return f"MemoryBackend(name={self.name!r})"
+
+    async def publish(self, body: bytes | str, headers: dict[str, Any] | None = None,
+                      delay: float | _dt.timedelta | None = None,
+                      message_id: str | None = None) -> str:
+        return self._native.publish_sync(body, headers, delay, message_id)
+
+    async def publish_many(self, bodies: Iterable[bytes | str],
+                           headers: dict[str, Any] | None = None,
+                           delay: float | _dt.timedelta | None = None) -> list[str]:
+        return self._native.publish_many_sync(bodies, headers, delay)
+
+    def publish_sync(self, body: bytes | str, headers: dict[str, Any] | None = None,
+                     delay: float | _dt.timedelta | None = None,
+                     message_id: str | None = None) -> str:
+        """Publish without awaiting (the memory backend never waits)."""
+        return self._native.publish_sync(body, headers, delay, message_id)
+
+    def publish_many_sync(self, bodies: Iterable[bytes | str],
+                          headers: dict[str, Any] | None = None,
+                          delay: float | _dt.timedelta | None = None) -> list[str]:
+        return self._native.publish_many_sync(bodies, headers, delay)
+
+    def publish_bulk(self, bodies: Iterable[bytes]) -> int:
+        """Publish bodies with nothing else, fast; ids are given on delivery."""
+        return self._native.publish_bulk(bodies)
+
+    def qsize(self) -> int:
+        return self._native.qsize()
+
+    def unacked(self) -> int:
+        return self._native.unacked()
+
+    def dead_letters(self) -> list[_core.DeadLetter]:
+        return self._native.dead_letters()

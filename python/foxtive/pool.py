@@ -1,0 +1,423 @@
+"""Pools: workers, their limits and middleware, run over a backend."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from . import _core
+from ._config import integer, seconds
+from ._dispatch import Plan, Runner
+from .errors import ConfigError
+from .middleware import Middleware, RetryHandler, TimeoutMiddleware
+from .worker import WorkerSpec
+
+__all__ = ["LoadBalancingStrategy", "WorkerPool", "WorkerPoolBuilder"]
+
+log = logging.getLogger("foxtive")
+
+#: Pool-wide limit on messages in flight when none is set.
+DEFAULT_CONCURRENCY_LIMIT = 1000
+#: Threads a plain ``def`` worker gets when it sets no ``concurrency``.
+DEFAULT_SYNC_THREADS = 32
+#: Never more threads than this for one worker.
+MAX_SYNC_THREADS = 256
+
+
+class LoadBalancingStrategy(str, enum.Enum):
+    """How the pool picks a worker for the next message."""
+
+    ROUND_ROBIN = "round_robin"
+    RANDOM = "random"
+    LEAST_LOADED = "least_loaded"
+
+    @classmethod
+    def parse(cls, value: Any) -> LoadBalancingStrategy:
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            key = value.strip().upper().replace("-", "_")
+            if key in cls.__members__:
+                return cls[key]
+            for member in cls:
+                if member.value == value.strip().lower():
+                    return member
+        allowed = ", ".join(m.name for m in cls)
+        raise ConfigError(f"strategy: unknown value {value!r}; allowed: {allowed}")
+
+
+class WorkerPoolBuilder:
+    """Build a :class:`WorkerPool`. Each ``with_*`` / ``add_*`` returns the builder."""
+
+    def __init__(self, name: str = "foxtive-pool") -> None:
+        if not isinstance(name, str) or not name:
+            raise ConfigError("name: must be a non-empty string")
+        self._name = name
+        self._strategy: Any = LoadBalancingStrategy.ROUND_ROBIN
+        self._limit: Any = DEFAULT_CONCURRENCY_LIMIT
+        self._middleware: list[Any] = []
+        self._workers: list[tuple[Any, str | None]] = []
+        self._shutdown_timeout: Any = 30.0
+        self._backend: Any = None
+
+    def with_strategy(self, strategy: LoadBalancingStrategy | str) -> WorkerPoolBuilder:
+        self._strategy = strategy
+        return self
+
+    def with_concurrency_limit(self, limit: int) -> WorkerPoolBuilder:
+        self._limit = limit
+        return self
+
+    def with_middleware(self, middleware: Any) -> WorkerPoolBuilder:
+        self._middleware.append(middleware)
+        return self
+
+    def add_worker(self, worker: Any, id: str | None = None) -> WorkerPoolBuilder:
+        self._workers.append((worker, id))
+        return self
+
+    def add_workers(self, workers: Iterable[Any]) -> WorkerPoolBuilder:
+        for w in workers:
+            self._workers.append((w, None))
+        return self
+
+    def with_shutdown_timeout(self, timeout: float) -> WorkerPoolBuilder:
+        self._shutdown_timeout = timeout
+        return self
+
+    def with_backend(self, backend: Any) -> WorkerPoolBuilder:
+        self._backend = backend
+        return self
+
+    def build(self) -> WorkerPool:
+        """Validate everything and return the pool; ``ConfigError`` names what is wrong."""
+        strategy = LoadBalancingStrategy.parse(self._strategy)
+        limit = integer("concurrency_limit", self._limit, minimum=1)
+        shutdown_timeout = seconds("shutdown_timeout", self._shutdown_timeout)
+        if not self._workers:
+            raise ConfigError("workers: a pool needs at least one worker (add_worker / add_workers)")
+        specs: list[WorkerSpec] = []
+        explicit: set[str] = set()
+        for obj, wid in self._workers:
+            spec = WorkerSpec(obj, wid)
+            is_explicit = wid is not None or isinstance(obj, _worker_base())
+            if is_explicit:
+                if spec.id in explicit:
+                    raise ConfigError(
+                        f"worker id: {spec.id!r} is used twice; ids must be unique within a pool"
+                    )
+                explicit.add(spec.id)
+            specs.append(spec)
+        # Plain callables added more than once get numbered ids: fn, fn-2, fn-3...
+        taken = set(explicit)
+        for spec, (obj, wid) in zip(specs, self._workers, strict=True):
+            if wid is None and not isinstance(obj, _worker_base()):
+                base, n = spec.id, 1
+                while spec.id in taken:
+                    n += 1
+                    spec.id = f"{base}-{n}"
+                taken.add(spec.id)
+        retry = RetryHandler()
+        timeout: float | None = None
+        python_mw: list[Middleware] = []
+        for mw in self._middleware:
+            if isinstance(mw, RetryHandler):
+                retry = mw
+            elif isinstance(mw, TimeoutMiddleware):
+                timeout = mw.seconds
+            elif isinstance(mw, Middleware):
+                python_mw.append(mw)
+            else:
+                raise ConfigError(
+                    f"middleware: expected a foxtive middleware, got {type(mw).__name__}"
+                )
+        if self._backend is not None:
+            _check_backend(self._backend)
+        return WorkerPool(
+            name=self._name,
+            specs=specs,
+            strategy=strategy,
+            concurrency_limit=limit,
+            retry=retry,
+            timeout=timeout,
+            middlewares=python_mw,
+            shutdown_timeout=shutdown_timeout,
+            backend=self._backend,
+        )
+
+
+def _worker_base() -> type:
+    from .worker import Worker
+
+    return Worker
+
+
+def _check_backend(backend: Any) -> None:
+    from .backends import Backend
+
+    if not isinstance(backend, Backend) and getattr(backend, "_native", None) is None:
+        raise ConfigError(
+            "backend: expected a foxtive backend (MemoryBackend, RabbitMqBackend, "
+            f"RedisStreamBackend, ResilientBackend or a foxtive.Backend subclass), "
+            f"got {type(backend).__name__}"
+        )
+
+
+_COUNTERS = ("received", "processed", "failed", "retried", "dead_lettered", "requeued")
+
+
+class WorkerPool:
+    """A set of workers run over one backend. Build it with :class:`WorkerPoolBuilder`."""
+
+    def __init__(self, *, name: str, specs: list[WorkerSpec], strategy: LoadBalancingStrategy,
+                 concurrency_limit: int, retry: RetryHandler, timeout: float | None,
+                 middlewares: list[Middleware], shutdown_timeout: float, backend: Any) -> None:
+        self.name = name
+        self.strategy = strategy
+        self.concurrency_limit = concurrency_limit
+        self.shutdown_timeout = shutdown_timeout
+        self.retry = retry
+        self.timeout = timeout
+        self.middlewares = middlewares
+        self.backend = backend
+        self._specs = specs
+        self._lock = threading.Lock()
+        self._engine: _core.Engine | None = None
+        self._runner: Runner | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._totals = dict.fromkeys(_COUNTERS, 0)
+        self._stop_requested = False
+        self._ran = False
+
+    @property
+    def worker_ids(self) -> list[str]:
+        return [s.id for s in self._specs]
+
+    def __repr__(self) -> str:
+        return f"WorkerPool(name={self.name!r}, workers={self.worker_ids!r})"
+
+    # ------------------------------------------------------------- plans
+    def _plans(self) -> tuple[list[Plan], list[bool]]:
+        lanes = [True]
+        plans: list[Plan] = []
+        for i, spec in enumerate(self._specs):
+            limit = min(spec.concurrency or self.concurrency_limit, self.concurrency_limit)
+            timeout = spec.timeout if spec.timeout is not None else self.timeout
+            on_loop = spec.is_async or timeout is not None or bool(self.middlewares)
+            if on_loop:
+                plans.append(Plan(i, spec, 0, limit, timeout, 0, 0))
+            else:
+                default = min(limit, DEFAULT_SYNC_THREADS)
+                threads = min(limit, MAX_SYNC_THREADS) if spec.concurrency else default
+                batch = max(1, min(256, limit // threads))
+                lanes.append(False)
+                plans.append(Plan(i, spec, len(lanes) - 1, limit, None, threads, batch))
+        return plans, lanes
+
+    def _new_engine(self, backend: Any, plans: list[Plan], lanes: list[bool]) -> _core.Engine:
+        workers = [(p.spec.id, p.limit, p.lane) for p in plans]
+        return _core.Engine(
+            self.name, self.concurrency_limit, workers, self.strategy.value, lanes,
+            backend, self.retry._policy(),
+        )
+
+    def _resolve_backend(self, backend: Any) -> Any:
+        chosen = backend if backend is not None else self.backend
+        if chosen is None:
+            raise ConfigError(
+                "backend: none given; pass one to run() or build the pool with_backend(...)"
+            )
+        _check_backend(chosen)
+        return chosen
+
+    # -------------------------------------------------------------- running
+    async def run_async(self, backend: Any = None, *, handle_signals: bool = True) -> None:
+        """Run until :meth:`shutdown` or SIGTERM/SIGINT, then drain gracefully."""
+        await self._run(backend, until_idle=False, timeout=None, handle_signals=handle_signals)
+
+    def run(self, backend: Any = None) -> None:
+        """Block running the pool; SIGTERM/SIGINT drain it gracefully."""
+        asyncio.run(self.run_async(backend))
+
+    async def run_until_idle_async(self, backend: Any = None, timeout: float = 30.0) -> bool:
+        """Process what is there (including retries that come due), then stop.
+
+        Returns True once idle, False if ``timeout`` seconds passed first
+        (the pool then drains and stops all the same)."""
+        return await self._run(backend, until_idle=True, timeout=seconds("timeout", timeout),
+                               handle_signals=False)
+
+    def run_until_idle(self, backend: Any = None, timeout: float = 30.0) -> bool:
+        """Blocking form of :meth:`run_until_idle_async`."""
+        return asyncio.run(self.run_until_idle_async(backend, timeout))
+
+    async def _run(self, backend: Any, *, until_idle: bool, timeout: float | None,
+                   handle_signals: bool) -> bool:
+        chosen = self._resolve_backend(backend)
+        plans, lanes = self._plans()
+        with self._lock:
+            if self._runner is not None:
+                raise ConfigError("pool: already running")
+            engine = self._new_engine(chosen, plans, lanes)
+            runner = Runner(engine, plans, self.middlewares, self.shutdown_timeout,
+                            handle_signals)
+            self._engine, self._runner = engine, runner
+            self._loop = asyncio.get_running_loop()
+            self._ran = True
+            if self._stop_requested:
+                runner.request_stop()
+                self._stop_requested = False
+        watcher = None
+        if until_idle:
+            watcher = asyncio.ensure_future(self._watch_idle(runner, engine, timeout))
+        try:
+            await runner.run()
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            with self._lock:
+                stats = engine.stats()
+                for k in _COUNTERS:
+                    self._totals[k] += stats[k]
+                self._runner = None
+                self._engine = None
+                self._loop = None
+        return runner.idle_reached
+
+    async def _watch_idle(self, runner: Runner, engine: _core.Engine,
+                          timeout: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        quiet_since: float | None = None
+        last_received = -1
+        while not runner.stop_event.is_set():
+            await asyncio.sleep(0.005)
+            runner.flush_acks()
+            idle = engine.is_idle()
+            if idle is None:
+                # The backend cannot tell: idle once nothing is in flight and
+                # nothing arrived for half a second.
+                received = engine.stats()["received"]
+                if engine.in_flight() == 0 and received == last_received:
+                    quiet_since = quiet_since or loop.time()
+                    idle = loop.time() - quiet_since >= 0.5
+                else:
+                    quiet_since, last_received, idle = None, received, False
+            if idle:
+                runner.idle_reached = True
+                runner.request_stop()
+                return
+            if deadline is not None and loop.time() >= deadline:
+                log.warning("run_until_idle: not idle after %.1f s; stopping", timeout)
+                runner.request_stop()
+                return
+
+    def shutdown(self, force: bool = False) -> None:
+        """Ask the pool to stop gracefully (thread-safe, idempotent).
+
+        ``force=True`` stops at once: unfinished messages go back unacked."""
+        with self._lock:
+            runner, loop = self._runner, self._loop
+            if runner is None:
+                self._stop_requested = True
+                return
+        if loop is not None and loop.is_running():
+            try:
+                loop.call_soon_threadsafe(runner.request_stop, force)
+            except RuntimeError:
+                pass
+
+    async def dispatch(self, message: Any, *, headers: dict[str, Any] | None = None,
+                       message_id: str | None = None) -> str:
+        """Run one message through the middleware and a worker yourself.
+
+        ``message`` is a ``foxtive.Message`` or a body (bytes/str). Returns
+        the outcome: "success", "retried", "dead_lettered" or "requeued".
+        No broker is involved: settlements are recorded, not sent."""
+        plans, lanes = self._plans()
+        engine = self._engine
+        if engine is None:
+            from .backends import MemoryBackend
+
+            engine = self._new_engine(MemoryBackend(f"{self.name}-dispatch"), plans, lanes)
+        if isinstance(message, _core.Message):
+            adopted = engine.adopt(message.body, dict(message.headers), message.id,
+                                   message.queue, message.attempt)
+        else:
+            adopted = engine.adopt(message, headers, message_id)
+        plan = plans[adopted._worker]
+        before = engine.stats()
+        runner = Runner(engine, plans, self.middlewares, self.shutdown_timeout, False)
+        lw = runner.loop_workers[plan.index]
+        if lw is None:
+            try:
+                await asyncio.to_thread(plan.spec.call, adopted)
+            except BaseException as exc:
+                runner.failed(plan, adopted, exc, on_loop=False)
+            else:
+                engine.ack_many([adopted])
+        else:
+            await lw.run_one(adopted)
+            runner.flush_acks()
+        after = engine.stats()
+        for key, outcome in (("processed", "success"), ("retried", "retried"),
+                             ("dead_lettered", "dead_lettered"), ("requeued", "requeued")):
+            if after[key] > before[key]:
+                if self._engine is None:
+                    self._totals[key] += 1
+                return outcome
+        return "success"
+
+    # ------------------------------------------------------------ looking in
+    def stats(self) -> dict[str, Any]:
+        """Counters since the pool was built, plus what is in flight now."""
+        with self._lock:
+            engine = self._engine
+            totals = dict(self._totals)
+        out: dict[str, Any] = dict(totals)
+        if engine is not None:
+            live = engine.stats()
+            for k in _COUNTERS:
+                out[k] += live[k]
+            out["in_flight"] = live["in_flight"]
+            out["workers"] = live["workers"]
+        else:
+            out["in_flight"] = 0
+            out["workers"] = dict.fromkeys(self.worker_ids, 0)
+        out["concurrency_limit"] = self.concurrency_limit
+        out["state"] = engine.state() if engine is not None else "stopped"
+        return out
+
+    def health(self) -> dict[str, Any]:
+        """``{"status": "healthy"|"degraded"|"unhealthy", "message": str, ...}``."""
+        s = self.stats()
+        in_flight, limit = s["in_flight"], self.concurrency_limit
+        saturation = in_flight / limit if limit else 1.0
+        engine = self._engine
+        backend_state = engine.backend_state() if engine is not None else "closed"
+        if s["state"] != "running":
+            status, message = "unhealthy", f"pool {self.name!r} is {s['state']}"
+        elif not self._specs:
+            status, message = "degraded", "no workers"
+        elif backend_state != "connected":
+            status, message = "degraded", f"backend {backend_state}"
+        elif saturation > 0.9:
+            status, message = "degraded", f"saturated: {in_flight}/{limit} in flight"
+        else:
+            status, message = "healthy", f"{in_flight}/{limit} in flight"
+        return {
+            "status": status,
+            "message": message,
+            "pool": self.name,
+            "state": s["state"],
+            "backend": backend_state,
+            "workers": len(self._specs),
+            "in_flight": in_flight,
+            "concurrency_limit": limit,
+            "processed": s["processed"],
+            "failed": s["failed"],
+        }

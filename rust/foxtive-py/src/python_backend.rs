@@ -1,0 +1,221 @@
+//! A backend written in Python (`class MyBackend(foxtive.Backend)`), driven
+//! by the core like any other. Every call crosses into Python and awaits a
+//! coroutine on the pool's event loop: the slow path, by design.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3_async_runtimes::TaskLocals;
+
+use foxtive_core::backend::{Backend, SettleItem};
+use foxtive_core::message::{Delivery, Outgoing, Receipt, Settlement};
+use foxtive_core::{Error, Result};
+
+use crate::convert::{body_from_py, headers_from_py, headers_to_py};
+
+pub struct PythonBackend {
+    obj: Py<PyAny>,
+    name: String,
+    queue: Arc<str>,
+    locals: OnceLock<TaskLocals>,
+    receipts: Mutex<HashMap<u64, Py<PyAny>>>,
+    next: AtomicU64,
+}
+
+/// Remember which event loop a Python backend runs its coroutines on.
+pub fn bind_loop(py: Python<'_>, backend: &Option<Arc<PythonBackend>>) -> PyResult<()> {
+    if let Some(b) = backend {
+        if b.locals.get().is_none() {
+            let locals = TaskLocals::with_running_loop(py)?.copy_context(py)?;
+            let _ = b.locals.set(locals);
+        }
+    }
+    Ok(())
+}
+
+fn err(context: &str, e: PyErr) -> Error {
+    Error::Backend(format!("{context}: {e}"))
+}
+
+impl PythonBackend {
+    pub fn wrap(obj: &Bound<'_, PyAny>) -> PyResult<Arc<PythonBackend>> {
+        let name: String = match obj.getattr("name") {
+            Ok(n) => n.extract().unwrap_or_else(|_| "custom".to_string()),
+            Err(_) => "custom".to_string(),
+        };
+        if !obj.hasattr("_foxtive_receive")? {
+            return Err(crate::errors::config_error(format!(
+                "backend: expected a foxtive backend (MemoryBackend, RabbitMqBackend, \
+                 RedisStreamBackend, ResilientBackend or a foxtive.Backend subclass), got {}",
+                obj.get_type().name()?
+            )));
+        }
+        Ok(Arc::new(PythonBackend {
+            obj: obj.clone().unbind(),
+            queue: Arc::from(name.as_str()),
+            name,
+            locals: OnceLock::new(),
+            receipts: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+        }))
+    }
+
+    async fn call<A>(&self, method: &'static str, args: A) -> Result<Py<PyAny>>
+    where
+        A: for<'py> IntoPyObject<'py, Target = PyTuple, Output = Bound<'py, PyTuple>> + Send,
+    {
+        let fut = Python::attach(|py| {
+            let args: Bound<'_, PyTuple> = args.into_pyobject(py).map_err(Into::into)?;
+            let locals = self.locals.get().ok_or_else(|| {
+                pyo3::exceptions::PyRuntimeError::new_err("the backend has no event loop yet")
+            })?;
+            let coro = self.obj.bind(py).call_method1(method, args)?;
+            pyo3_async_runtimes::into_future_with_locals(locals, coro)
+        })
+        .map_err(|e| err(method, e))?;
+        fut.await.map_err(|e| err(method, e))
+    }
+
+    fn delivery_from(&self, item: &Bound<'_, PyAny>) -> PyResult<Delivery> {
+        let (id, body, headers, attempt, receipt, redelivered): (
+            String,
+            Bound<'_, PyAny>,
+            Option<Bound<'_, PyDict>>,
+            u32,
+            Bound<'_, PyAny>,
+            bool,
+        ) = item.extract()?;
+        let handle = self.next.fetch_add(1, Ordering::Relaxed);
+        self.receipts.lock().insert(handle, receipt.unbind());
+        let mut d = Delivery::new(id, body_from_py(&body)?, self.queue.clone(), Receipt::Handle(handle));
+        if let Some(h) = headers {
+            d.headers = headers_from_py(&h)?;
+        }
+        d.attempt = attempt.max(1);
+        d.redelivered = redelivered;
+        Ok(d)
+    }
+
+    fn settle_item<'py>(&self, py: Python<'py>, delivery: &Delivery, settlement: &Settlement) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Receipt::Handle(handle) = delivery.receipt else {
+            return Ok(None);
+        };
+        let Some(receipt) = self.receipts.lock().remove(&handle) else {
+            return Ok(None);
+        };
+        let d = PyDict::new(py);
+        d.set_item("receipt", receipt)?;
+        d.set_item("outcome", settlement.outcome())?;
+        d.set_item("id", &delivery.id)?;
+        d.set_item("body", PyBytes::new(py, &delivery.body))?;
+        d.set_item("headers", headers_to_py(py, &delivery.headers)?)?;
+        d.set_item("attempt", delivery.attempt)?;
+        d.set_item("queue", &*delivery.queue)?;
+        match settlement {
+            Settlement::Retry {
+                delay,
+                count_attempt,
+            } => {
+                d.set_item("delay", delay.as_secs_f64())?;
+                d.set_item("next_attempt", delivery.attempt + u32::from(*count_attempt))?;
+            }
+            Settlement::DeadLetter(f) => {
+                d.set_item("error_type", &f.error_type)?;
+                d.set_item("error_message", &f.error_message)?;
+                d.set_item("worker_id", &*f.worker_id)?;
+                d.set_item("poison_pill", f.poison_pill)?;
+            }
+            Settlement::Ack | Settlement::Requeue => {}
+        }
+        Ok(Some(d))
+    }
+}
+
+#[async_trait]
+impl Backend for PythonBackend {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn connect(&self) -> Result<()> {
+        self.call("connect", ()).await.map(|_| ())
+    }
+
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        let got = self
+            .call("_foxtive_receive", (max, wait.as_secs_f64()))
+            .await?;
+        Python::attach(|py| {
+            let list = got.bind(py);
+            let mut out = Vec::new();
+            for item in list.try_iter()? {
+                out.push(self.delivery_from(&item?)?);
+            }
+            Ok::<_, PyErr>(out)
+        })
+        .map_err(|e| err("receive", e))
+    }
+
+    async fn settle(&self, batch: Vec<SettleItem>) -> Result<()> {
+        let items = Python::attach(|py| {
+            let list = PyList::empty(py);
+            for (delivery, settlement) in &batch {
+                if let Some(d) = self.settle_item(py, delivery, settlement)? {
+                    list.append(d)?;
+                }
+            }
+            Ok::<_, PyErr>(list.unbind())
+        })
+        .map_err(|e| err("settle", e))?;
+        self.call("_foxtive_settle", (items,)).await.map(|_| ())
+    }
+
+    async fn publish(&self, messages: Vec<Outgoing>) -> Result<Vec<String>> {
+        let mut ids = Vec::with_capacity(messages.len());
+        for m in messages {
+            let args = Python::attach(|py| {
+                let headers = headers_to_py(py, &m.headers)?.unbind();
+                Ok::<_, PyErr>((
+                    PyBytes::new(py, &m.body).unbind(),
+                    headers,
+                    m.delay.map(|d| d.as_secs_f64()),
+                    m.message_id.clone(),
+                ))
+            })
+            .map_err(|e| err("publish", e))?;
+            let id = self.call("publish", args).await?;
+            ids.push(Python::attach(|py| id.bind(py).extract::<String>().unwrap_or_default()));
+        }
+        Ok(ids)
+    }
+
+    async fn stop_receiving(&self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<()> {
+        // Whatever was never settled goes back through the backend's requeue.
+        let left: Vec<Py<PyAny>> = self.receipts.lock().drain().map(|(_, r)| r).collect();
+        if !left.is_empty() {
+            let list = Python::attach(|py| {
+                let list = PyList::empty(py);
+                for r in left {
+                    let d = PyDict::new(py);
+                    d.set_item("receipt", r)?;
+                    d.set_item("outcome", "requeued")?;
+                    list.append(d)?;
+                }
+                Ok::<_, PyErr>(list.unbind())
+            })
+            .map_err(|e| err("close", e))?;
+            self.call("_foxtive_settle", (list,)).await?;
+        }
+        self.call("close", ()).await.map(|_| ())
+    }
+}

@@ -1,0 +1,63 @@
+//! The process's tokio runtime: built lazily, guarded by the process id
+//! (tokio does not survive `fork`; foxtive's multi-process mode spawns fresh
+//! interpreters instead).
+
+use std::sync::OnceLock;
+
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use tokio::runtime::Runtime;
+
+struct Owned {
+    pid: u32,
+    runtime: Runtime,
+}
+
+static RUNTIME: OnceLock<Owned> = OnceLock::new();
+
+fn build() -> Owned {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        // Two cores are common in containers; the Python thread needs one.
+        .worker_threads(2)
+        .thread_name("foxtive-io")
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("cannot start the tokio runtime: {e}"));
+    Owned {
+        pid: std::process::id(),
+        runtime,
+    }
+}
+
+/// The runtime, or an error when used in a forked child.
+pub fn get() -> PyResult<&'static Runtime> {
+    let owned = RUNTIME.get_or_init(|| {
+        let owned = build();
+        owned
+    });
+    if owned.pid != std::process::id() {
+        return Err(PyRuntimeError::new_err(
+            "foxtive's runtime was started before fork(); use a fresh process \
+             (multiprocessing 'spawn' or `foxtive run --processes N`)",
+        ));
+    }
+    // pyo3-async-runtimes (cold paths) shares our runtime.
+    let _ = pyo3_async_runtimes::tokio::init_with_runtime(&owned.runtime);
+    Ok(&owned.runtime)
+}
+
+/// The pid that started the runtime (0 if not started); for tests.
+#[pyfunction]
+pub fn runtime_pid() -> u32 {
+    RUNTIME.get().map_or(0, |o| o.pid)
+}
+
+/// Turn a Rust future into a Python awaitable on our runtime (cold paths only).
+pub fn future_into_py<'py, F, T>(py: Python<'py>, fut: F) -> PyResult<Bound<'py, PyAny>>
+where
+    F: std::future::Future<Output = PyResult<T>> + Send + 'static,
+    T: for<'a> IntoPyObject<'a> + Send + 'static,
+{
+    get()?;
+    pyo3_async_runtimes::tokio::future_into_py(py, fut)
+}
