@@ -14,7 +14,7 @@ use crate::backends::resolve_backend;
 use crate::convert::{body_from_py, duration_from_py, headers_from_py};
 use crate::errors::{config_error, IntoPyResult};
 use crate::message::PyMessage;
-use crate::runtime;
+use crate::bridge;
 
 /// The failure policy's numbers (built from `foxtive.RetryHandler`).
 #[pyclass(frozen, skip_from_py_object, name = "RetryPolicy", module = "foxtive._core")]
@@ -146,7 +146,7 @@ impl PyEngine {
     fn start<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         crate::python_backend::bind_loop(py, &self.python_backend)?;
         let engine = self.engine.clone();
-        runtime::future_into_py(py, async move { engine.start().await.py_err() })
+        bridge::awaitable(py, async move { engine.start().await })
     }
 
     fn wake_fd(&self, lane: usize) -> PyResult<Option<i32>> {
@@ -255,7 +255,7 @@ impl PyEngine {
     /// Stop taking messages; hand back what no handler has started (awaitable).
     fn begin_drain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let engine = self.engine.clone();
-        runtime::future_into_py(py, async move {
+        bridge::awaitable(py, async move {
             engine.begin_drain().await;
             Ok(())
         })
@@ -264,6 +264,6 @@ impl PyEngine {
     /// Flush settlements and close the backend (awaitable).
     fn finish<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let engine = self.engine.clone();
-        runtime::future_into_py(py, async move { engine.finish().await.py_err() })
+        bridge::awaitable(py, async move { engine.finish().await })
     }
 }

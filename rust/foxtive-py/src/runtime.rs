@@ -52,7 +52,10 @@ pub fn runtime_pid() -> u32 {
     RUNTIME.get().map_or(0, |o| o.pid)
 }
 
-/// Turn a Rust future into a Python awaitable on our runtime (cold paths only).
+/// Turn a Rust future into a Python awaitable through pyo3-async-runtimes.
+/// Prefer [`crate::bridge::awaitable`]: it never takes the GIL on a tokio
+/// thread. This remains for code that needs a `PyErr` built on the tokio side.
+#[allow(dead_code)]
 pub fn future_into_py<'py, F, T>(py: Python<'py>, fut: F) -> PyResult<Bound<'py, PyAny>>
 where
     F: std::future::Future<Output = PyResult<T>> + Send + 'static,
