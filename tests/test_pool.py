@@ -209,7 +209,9 @@ def test_middleware_raising_fails_the_message(memory: foxtive.MemoryBackend) -> 
         raise AssertionError("never called")
 
     memory.publish_sync(b"x")
-    pool = foxtive.WorkerPoolBuilder("p").with_middleware(Deny()).add_worker(handler, id="h").build()
+    pool = (
+        foxtive.WorkerPoolBuilder("p").with_middleware(Deny()).add_worker(handler, id="h").build()
+    )
     assert pool.run_until_idle(memory, timeout=10)
     assert memory.dead_letters()[0].error_message == "denied"
 
@@ -319,7 +321,10 @@ def test_health_and_stats_follow_the_pool(memory: foxtive.MemoryBackend) -> None
     async def handler(m: foxtive.Message) -> None:
         seen_health.append(pool_ref[0].health())
 
-    pool = foxtive.WorkerPoolBuilder("p").with_concurrency_limit(1).add_worker(handler, id="h").build()
+    pool = (
+        foxtive.WorkerPoolBuilder("p").with_concurrency_limit(1)
+        .add_worker(handler, id="h").build()
+    )
     pool_ref.append(pool)
     assert pool.health()["status"] == "unhealthy"
     memory.publish_sync(b"x")

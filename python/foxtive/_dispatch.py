@@ -154,10 +154,10 @@ class _LoopWorker:
         timeout = self.plan.timeout
         try:
             if timeout is None:
-                await self.call(message)  # type: ignore[misc]
+                await self.call(message)
             else:
                 async with asyncio.timeout(timeout):
-                    await self.call(message)  # type: ignore[misc]
+                    await self.call(message)
         except BaseException as exc:
             self.runner.failed(self.plan, message, exc, on_loop=True)
         else:
@@ -347,9 +347,10 @@ class Runner:
         error_type = type(exc).__name__
         outcome = message._fail(error_type, _describe(exc), kind, delay)
         if outcome is not None:
-            log.warning("message %s failed in worker %s (attempt %d): %s: %s -> %s",
-                        message.id, plan.spec.id, message.attempt, error_type,
-                        _describe(exc)[:200], outcome)
+            log.log(logging.WARNING if outcome == "dead_lettered" else logging.INFO,
+                    "message %s failed in worker %s (attempt %d): %s: %s -> %s",
+                    message.id, plan.spec.id, message.attempt, error_type,
+                    _describe(exc)[:200], outcome)
 
     # ------------------------------------------------------------ threads
     def _thread_main(self, plan: Plan, slot: _ThreadSlot) -> None:

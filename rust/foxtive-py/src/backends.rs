@@ -207,7 +207,10 @@ impl PyDeadLetter {
     fn __repr__(&self) -> String {
         format!(
             "DeadLetter(original_id={:?}, source_queue={:?}, attempts={}, error_type={:?})",
-            self.inner.original_id, self.inner.source_queue, self.inner.attempts, self.inner.error_type
+            self.inner.original_id,
+            self.inner.source_queue,
+            self.inner.attempts,
+            self.inner.error_type
         )
     }
 }

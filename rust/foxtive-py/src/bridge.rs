@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use pyo3::prelude::*;
-use pyo3::IntoPyObjectExt;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyList, PyTuple};
+use pyo3::IntoPyObjectExt;
 
 use foxtive_core::pool::WakeFd;
 
@@ -74,11 +74,17 @@ impl Completions {
                 Ok(value) => (id, true, value),
                 Err(err) => (id, false, err.into_value(py).into_any()),
             };
-            out.append(PyTuple::new(py, [
-                id_obj(py, item.0)?,
-                pyo3::types::PyBool::new(py, item.1).to_owned().into_any().unbind(),
-                item.2,
-            ])?)?;
+            out.append(PyTuple::new(
+                py,
+                [
+                    id_obj(py, item.0)?,
+                    pyo3::types::PyBool::new(py, item.1)
+                        .to_owned()
+                        .into_any()
+                        .unbind(),
+                    item.2,
+                ],
+            )?)?;
         }
         Ok(out)
     }

@@ -31,10 +31,7 @@ fn build() -> Owned {
 
 /// The runtime, or an error when used in a forked child.
 pub fn get() -> PyResult<&'static Runtime> {
-    let owned = RUNTIME.get_or_init(|| {
-        let owned = build();
-        owned
-    });
+    let owned = RUNTIME.get_or_init(build);
     if owned.pid != std::process::id() {
         return Err(PyRuntimeError::new_err(
             "foxtive's runtime was started before fork(); use a fresh process \
