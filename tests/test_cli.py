@@ -34,7 +34,7 @@ def test_demo_with_a_message_count_finishes_on_its_own() -> None:
         [sys.executable, "-m", "foxtive", "demo", "--messages", "300"],
         capture_output=True, text=True, timeout=60, check=True,
     ).stdout
-    last = [line for line in out.splitlines() if line.startswith("stopped:")][0]
+    last = next(line for line in out.splitlines() if line.startswith("stopped:"))
     sent = int(last.split()[1].replace(",", ""))
     dead = int(last.split(",")[2].split()[0])
     assert sent + dead == 300, last
