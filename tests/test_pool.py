@@ -358,3 +358,24 @@ def test_pool_runs_again_after_stopping(memory: foxtive.MemoryBackend) -> None:
     memory.publish_sync(b"2")
     assert pool.run_until_idle(memory, timeout=5)
     assert pool.stats()["processed"] == 2 and pool.stats()["received"] == 2
+
+
+def test_blocking_sync_handlers_get_more_threads(memory: foxtive.MemoryBackend) -> None:
+    """Sync workers start with few threads and add threads while handlers block."""
+    lock = threading.Lock()
+    active = peak = 0
+
+    def blocking(m: foxtive.Message) -> None:
+        nonlocal active, peak
+        with lock:
+            active += 1
+            peak = max(peak, active)
+        threading.Event().wait(0.02)
+        with lock:
+            active -= 1
+
+    memory.publish_many_sync([b"x"] * 200)
+    pool = foxtive.WorkerPoolBuilder("p").add_worker(blocking, id="io").build()
+    assert pool.run_until_idle(memory, timeout=30)
+    assert peak >= 16  # grew well past the initial two threads
+    assert pool.stats()["processed"] == 200

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import signal
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,12 @@ _TRANSIENT, _PERMANENT, _RETRY_AFTER = 0, 1, 2
 _ACK_BATCH = 512
 #: Most messages taken from the core by the loop at once.
 _DRAIN_BATCH = 4096
+#: Sync handlers faster than this (seconds per message) take whole batches.
+_FAST_HANDLER = 0.0001
+#: Sync handlers slower than this, with work waiting, get another thread.
+_BLOCKING_HANDLER = 0.001
+#: Threads a plain-def worker starts with.
+_INITIAL_THREADS = 2
 
 
 def _describe(exc: BaseException) -> str:
@@ -186,6 +193,8 @@ class Runner:
         self.threads: list[threading.Thread] = []
         self.slots: list[_ThreadSlot] = []
         self.signals: list[int] = []
+        self.grow_lock = threading.Lock()
+        self.thread_counts: dict[int, int] = {}
         self.idle_reached = False
         self._prepare()
 
@@ -230,15 +239,8 @@ class Runner:
             self.loop.add_reader(fd, self._on_wake)
         for plan in self.plans:
             if not plan.on_loop:
-                for n in range(plan.threads):
-                    slot = _ThreadSlot()
-                    t = threading.Thread(
-                        target=self._thread_main, args=(plan, slot),
-                        name=f"foxtive-{plan.spec.id}-{n}", daemon=True,
-                    )
-                    self.slots.append(slot)
-                    self.threads.append(t)
-                    t.start()
+                for _ in range(min(_INITIAL_THREADS, plan.threads)):
+                    self._grow(plan)
         try:
             self.pull()
             await self.stop_event.wait()
@@ -353,11 +355,33 @@ class Runner:
                     _describe(exc)[:200], outcome)
 
     # ------------------------------------------------------------ threads
+    def _start_thread(self, plan: Plan) -> None:
+        slot = _ThreadSlot()
+        n = sum(1 for t in self.threads if t.name.startswith(f"foxtive-{plan.spec.id}-"))
+        t = threading.Thread(target=self._thread_main, args=(plan, slot),
+                             name=f"foxtive-{plan.spec.id}-{n}", daemon=True)
+        self.slots.append(slot)
+        self.threads.append(t)
+        t.start()
+
+    def _grow(self, plan: Plan) -> None:
+        """Add a thread to a worker whose handlers block while work waits."""
+        with self.grow_lock:
+            running = self.thread_counts.get(plan.index, 0)
+            if running < plan.threads and not self.stopping:
+                self.thread_counts[plan.index] = running + 1
+                self._start_thread(plan)
+
     def _thread_main(self, plan: Plan, slot: _ThreadSlot) -> None:
+        # Threads start few (two cores make GIL hand-offs the main cost of
+        # fast handlers) and grow, up to the worker's limit, while handlers
+        # block and messages wait. Fast handlers take big batches; slow ones
+        # take one message at a time so that waiting work spreads out.
         engine = self.engine
         fn = plan.spec.call
         lane = plan.lane
         max_batch = plan.batch
+        clock = time.perf_counter
         while True:
             batch = engine.take(lane, max_batch, 0.25)
             if batch is None:
@@ -365,6 +389,7 @@ class Runner:
             if not batch:
                 continue
             slot.batch = batch
+            started = clock()
             for i, m in enumerate(batch):
                 slot.index = i
                 if self.stopping:
@@ -380,6 +405,10 @@ class Runner:
                         log.exception("failure handling of message %s failed", m.id)
             slot.batch = None
             engine.ack_many(batch)
+            per_message = (clock() - started) / len(batch)
+            max_batch = plan.batch if per_message < _FAST_HANDLER else 1
+            if per_message > _BLOCKING_HANDLER and engine.lane_len(lane) > 0:
+                self._grow(plan)
 
     # ----------------------------------------------------------- shutdown
     async def _drain(self) -> None:

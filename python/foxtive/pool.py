@@ -215,7 +215,7 @@ class WorkerPool:
             else:
                 default = min(limit, DEFAULT_SYNC_THREADS)
                 threads = min(limit, MAX_SYNC_THREADS) if spec.concurrency else default
-                batch = max(1, min(256, limit // threads))
+                batch = max(1, min(256, limit // 2))
                 lanes.append(False)
                 plans.append(Plan(i, spec, len(lanes) - 1, limit, None, threads, batch))
         return plans, lanes

@@ -196,6 +196,11 @@ impl PyEngine {
         }
     }
 
+    /// Messages waiting in a lane.
+    fn lane_len(&self, lane: usize) -> PyResult<usize> {
+        Ok(self.lane(lane)?.len())
+    }
+
     /// Acknowledge every message of the list not settled yet.
     fn ack_many(&self, messages: &Bound<'_, PyList>) -> PyResult<usize> {
         let mut held = Vec::with_capacity(messages.len());
