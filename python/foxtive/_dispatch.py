@@ -380,7 +380,7 @@ class Runner:
         engine = self.engine
         fn = plan.spec.call
         lane = plan.lane
-        max_batch = plan.batch
+        max_batch = 1  # until the handler's speed is known
         clock = time.perf_counter
         while True:
             batch = engine.take(lane, max_batch, 0.25)
@@ -406,7 +406,7 @@ class Runner:
             slot.batch = None
             engine.ack_many(batch)
             per_message = (clock() - started) / len(batch)
-            max_batch = plan.batch if per_message < _FAST_HANDLER else 1
+            max_batch = min(plan.batch, max_batch * 4) if per_message < _FAST_HANDLER else 1
             if per_message > _BLOCKING_HANDLER and engine.lane_len(lane) > 0:
                 self._grow(plan)
 
