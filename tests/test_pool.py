@@ -379,3 +379,56 @@ def test_blocking_sync_handlers_get_more_threads(memory: foxtive.MemoryBackend) 
     assert pool.run_until_idle(memory, timeout=30)
     assert peak >= 16  # grew well past the initial two threads
     assert pool.stats()["processed"] == 200
+
+
+def test_sync_worker_subclass_with_sync_hooks(memory: foxtive.MemoryBackend) -> None:
+    events: list[str] = []
+
+    class SyncWorker(foxtive.Worker):
+        id = "sync-hooks"
+
+        def setup(self) -> None:  # type: ignore[override]
+            events.append("setup")
+
+        def process(self, message: foxtive.Message) -> None:  # type: ignore[override]
+            events.append(threading.current_thread().name.split("-")[0])
+
+        def teardown(self) -> None:  # type: ignore[override]
+            events.append("teardown")
+
+    memory.publish_sync(b"x")
+    pool = foxtive.WorkerPoolBuilder("p").add_worker(SyncWorker()).build()
+    assert pool.run_until_idle(memory, timeout=10)
+    assert events == ["setup", "foxtive", "teardown"]
+
+
+def test_shutdown_from_another_thread_stops_run(memory: foxtive.MemoryBackend) -> None:
+    started = threading.Event()
+
+    async def handler(m: foxtive.Message) -> None:
+        started.set()
+
+    pool = foxtive.WorkerPoolBuilder("p").add_worker(handler, id="h").build()
+    memory.publish_sync(b"x")
+    stopper = threading.Thread(target=lambda: (started.wait(10), pool.shutdown()))
+    stopper.start()
+    pool.run(memory)  # returns once shutdown() is called from the other thread
+    stopper.join()
+    assert pool.stats()["processed"] == 1
+    pool.shutdown()  # idempotent, also when not running
+
+
+def test_delayed_publish_waits_in_the_backend(memory: foxtive.MemoryBackend) -> None:
+    import time
+
+    stamps: list[float] = []
+
+    async def handler(m: foxtive.Message) -> None:
+        stamps.append(time.monotonic())
+
+    t0 = time.monotonic()
+    asyncio.run(memory.publish(b"later", delay=0.3))
+    assert memory.qsize() == 1  # counted while it waits
+    pool = foxtive.WorkerPoolBuilder("p").add_worker(handler, id="h").build()
+    assert pool.run_until_idle(memory, timeout=10)
+    assert stamps and stamps[0] - t0 >= 0.29

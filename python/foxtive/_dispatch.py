@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import inspect
 import logging
 import signal
 import threading
@@ -56,6 +57,13 @@ def _describe(exc: BaseException) -> str:
     except Exception:
         text = "<unprintable error>"
     return text[:2000]
+
+
+async def _maybe_await(value: Any) -> Any:
+    """Hooks may be ``async def`` or plain ``def``."""
+    if inspect.isawaitable(value):
+        return await value
+    return value
 
 
 class Plan:
@@ -231,7 +239,7 @@ class Runner:
     async def run(self) -> None:
         for plan in self.plans:
             if plan.spec.setup is not None:
-                await plan.spec.setup()
+                await _maybe_await(plan.spec.setup())
         await self.engine.start()
         self._install_signals()
         fd = self.engine.wake_fd(0)
@@ -451,7 +459,7 @@ class Runner:
         for plan in self.plans:
             if plan.spec.teardown is not None:
                 try:
-                    await plan.spec.teardown()
+                    await _maybe_await(plan.spec.teardown())
                 except Exception:
                     log.exception("teardown of worker %s failed", plan.spec.id)
         await self.engine.finish()
