@@ -24,7 +24,15 @@ from .errors import (
     RetryableError,
     ShutdownError,
 )
-from .middleware import Middleware, RetryHandler, TimeoutMiddleware, TracingMiddleware
+from .middleware import (
+    CircuitBreakerMiddleware,
+    Middleware,
+    PoisonPillTracker,
+    RateLimitMiddleware,
+    RetryHandler,
+    TimeoutMiddleware,
+    TracingMiddleware,
+)
 from .pool import LoadBalancingStrategy, WorkerPool, WorkerPoolBuilder
 from .worker import BatchWorker, RetryInfo, Worker
 
@@ -33,6 +41,7 @@ __all__ = [
     "Backend",
     "BackendError",
     "BatchWorker",
+    "CircuitBreakerMiddleware",
     "ConfigError",
     "DeadLetter",
     "FoxtiveError",
@@ -43,6 +52,8 @@ __all__ = [
     "Middleware",
     "PayloadError",
     "PermanentError",
+    "PoisonPillTracker",
+    "RateLimitMiddleware",
     "RetryHandler",
     "RetryInfo",
     "RetryableError",

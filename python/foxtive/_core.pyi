@@ -95,6 +95,9 @@ class Engine:
         backend: Any,
         retry: RetryPolicy | None = None,
         batch_size: int = 256,
+        breaker: tuple[int, float, int] | None = None,
+        rate_limit: tuple[float, int] | None = None,
+        poison: tuple[int, float] | None = None,
     ) -> Engine: ...
     def start(self) -> Awaitable[None]: ...
     def wake_fd(self, lane: int) -> int | None: ...

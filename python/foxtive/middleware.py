@@ -15,11 +15,20 @@ from typing import TYPE_CHECKING, Any
 
 from . import _core
 from ._config import FrozenConfig, integer, seconds
+from .errors import ConfigError
 
 if TYPE_CHECKING:
     from ._core import Message
 
-__all__ = ["Middleware", "RetryHandler", "TimeoutMiddleware", "TracingMiddleware"]
+__all__ = [
+    "CircuitBreakerMiddleware",
+    "Middleware",
+    "PoisonPillTracker",
+    "RateLimitMiddleware",
+    "RetryHandler",
+    "TimeoutMiddleware",
+    "TracingMiddleware",
+]
 
 CallNext = Callable[["Message"], Awaitable[None]]
 
@@ -34,6 +43,63 @@ class Middleware:
 
     async def __call__(self, message: Message, call_next: CallNext) -> None:
         await call_next(message)
+
+
+@dataclasses.dataclass(frozen=True)
+class PoisonPillTracker(FrozenConfig):
+    """A message that fails ``max_failures`` times within ``time_window``
+    seconds is a poison pill: dead-lettered (``poison_pill=True``) instead of
+    retried. Memory is bounded (oldest keys evicted); keys are the message id,
+    else a hash of the body; a success clears the record. A message delivered
+    more than ``max(max_retries + 1, max_failures)`` times without ever being
+    settled (it crashes the worker process) is dead-lettered on arrival."""
+
+    max_failures: int = 10
+    time_window: float = 3600.0
+
+    def __post_init__(self) -> None:
+        self._set("max_failures", integer("max_failures", self.max_failures, minimum=1))
+        self._set("time_window", seconds("time_window", self.time_window, positive=True))
+
+
+@dataclasses.dataclass(frozen=True)
+class CircuitBreakerMiddleware(FrozenConfig):
+    """Stop calling handlers that keep failing.
+
+    Closed → open after ``failure_threshold`` consecutive failures. While
+    open, no handler is called: no new messages are fetched, and messages
+    already fetched go back to the broker delayed until the breaker half-opens
+    (not counted as attempts). Half-open admits one probe at a time;
+    ``success_threshold`` successful probes close it, a failed probe reopens
+    it. State: ``pool.stats()["circuit_breaker"]``."""
+
+    failure_threshold: int = 5
+    reset_timeout: float = 30.0
+    success_threshold: int = 1
+
+    def __post_init__(self) -> None:
+        self._set("failure_threshold",
+                  integer("failure_threshold", self.failure_threshold, minimum=1))
+        self._set("reset_timeout", seconds("reset_timeout", self.reset_timeout))
+        self._set("success_threshold",
+                  integer("success_threshold", self.success_threshold, minimum=1))
+
+
+@dataclasses.dataclass(frozen=True)
+class RateLimitMiddleware(FrozenConfig):
+    """At most ``per_second`` messages a second reach the handlers, in bursts
+    of up to ``burst`` (GCRA, governor). Messages wait for a permit; none is
+    failed for being early."""
+
+    per_second: float = 100.0
+    burst: int = 10
+
+    def __post_init__(self) -> None:
+        if isinstance(self.per_second, bool) or not isinstance(self.per_second, int | float) \
+                or not self.per_second > 0 or self.per_second == float("inf"):
+            raise ConfigError(f"per_second: must be a number > 0, got {self.per_second!r}")
+        self._set("per_second", float(self.per_second))
+        self._set("burst", integer("burst", self.burst, minimum=1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +127,10 @@ class RetryHandler(FrozenConfig):
         self._set("max_backoff", seconds("max_backoff", self.max_backoff))
         self._set("backoff_multiplier", float(self.backoff_multiplier))
         self._set("jitter", bool(self.jitter))
+        if self.poison_pill_tracker is not None and not isinstance(
+            self.poison_pill_tracker, PoisonPillTracker
+        ):
+            raise ConfigError("poison_pill_tracker: expected a foxtive.PoisonPillTracker or None")
         # Validates max_backoff >= initial_backoff and the multiplier.
         self._policy()
 

@@ -13,7 +13,13 @@ from . import _core
 from ._config import integer, seconds
 from ._dispatch import Plan, Runner
 from .errors import ConfigError
-from .middleware import Middleware, RetryHandler, TimeoutMiddleware
+from .middleware import (
+    CircuitBreakerMiddleware,
+    Middleware,
+    RateLimitMiddleware,
+    RetryHandler,
+    TimeoutMiddleware,
+)
 from .worker import WorkerSpec
 
 __all__ = ["LoadBalancingStrategy", "WorkerPool", "WorkerPoolBuilder"]
@@ -125,12 +131,18 @@ class WorkerPoolBuilder:
                 taken.add(spec.id)
         retry = RetryHandler()
         timeout: float | None = None
+        breaker: CircuitBreakerMiddleware | None = None
+        rate_limit: RateLimitMiddleware | None = None
         python_mw: list[Middleware] = []
         for mw in self._middleware:
             if isinstance(mw, RetryHandler):
                 retry = mw
             elif isinstance(mw, TimeoutMiddleware):
                 timeout = mw.seconds
+            elif isinstance(mw, CircuitBreakerMiddleware):
+                breaker = mw
+            elif isinstance(mw, RateLimitMiddleware):
+                rate_limit = mw
             elif isinstance(mw, Middleware):
                 python_mw.append(mw)
             else:
@@ -149,6 +161,8 @@ class WorkerPoolBuilder:
             middlewares=python_mw,
             shutdown_timeout=shutdown_timeout,
             backend=self._backend,
+            breaker=breaker,
+            rate_limit=rate_limit,
         )
 
 
@@ -177,7 +191,9 @@ class WorkerPool:
 
     def __init__(self, *, name: str, specs: list[WorkerSpec], strategy: LoadBalancingStrategy,
                  concurrency_limit: int, retry: RetryHandler, timeout: float | None,
-                 middlewares: list[Middleware], shutdown_timeout: float, backend: Any) -> None:
+                 middlewares: list[Middleware], shutdown_timeout: float, backend: Any,
+                 breaker: CircuitBreakerMiddleware | None = None,
+                 rate_limit: RateLimitMiddleware | None = None) -> None:
         self.name = name
         self.strategy = strategy
         self.concurrency_limit = concurrency_limit
@@ -186,6 +202,8 @@ class WorkerPool:
         self.timeout = timeout
         self.middlewares = middlewares
         self.backend = backend
+        self.breaker = breaker
+        self.rate_limit = rate_limit
         self._specs = specs
         self._lock = threading.Lock()
         self._engine: _core.Engine | None = None
@@ -222,9 +240,14 @@ class WorkerPool:
 
     def _new_engine(self, backend: Any, plans: list[Plan], lanes: list[bool]) -> _core.Engine:
         workers = [(p.spec.id, p.limit, p.lane) for p in plans]
+        b, r, t = self.breaker, self.rate_limit, self.retry.poison_pill_tracker
         return _core.Engine(
             self.name, self.concurrency_limit, workers, self.strategy.value, lanes,
             backend, self.retry._policy(),
+            breaker=None if b is None else (b.failure_threshold, b.reset_timeout,
+                                            b.success_threshold),
+            rate_limit=None if r is None else (r.per_second, r.burst),
+            poison=None if t is None else (t.max_failures, t.time_window),
         )
 
     def _resolve_backend(self, backend: Any) -> Any:
@@ -387,9 +410,14 @@ class WorkerPool:
                 out[k] += live[k]
             out["in_flight"] = live["in_flight"]
             out["workers"] = live["workers"]
+            for key in ("circuit_breaker", "circuit_breaker_transitions"):
+                if key in live:
+                    out[key] = live[key]
         else:
             out["in_flight"] = 0
             out["workers"] = dict.fromkeys(self.worker_ids, 0)
+            if self.breaker is not None:
+                out["circuit_breaker"] = "closed"
         out["concurrency_limit"] = self.concurrency_limit
         out["state"] = engine.state() if engine is not None else "stopped"
         return out

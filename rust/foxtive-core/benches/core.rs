@@ -104,6 +104,9 @@ fn bench_engine(rt: &tokio::runtime::Runtime) {
             retry: RetryPolicy::default(),
             lanes: vec![false],
             batch_size: 256,
+            breaker: None,
+            rate_limit: None,
+            poison: None,
         };
         let engine = Engine::new(config, backend.clone()).unwrap();
         rt.block_on(engine.start()).unwrap();

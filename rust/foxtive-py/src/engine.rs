@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use foxtive_core::message::{Delivery, Receipt};
-use foxtive_core::policy::{Backoff, RetryPolicy};
+use foxtive_core::policy::{Backoff, BreakerConfig, RetryPolicy};
 use foxtive_core::pool::{Engine, EngineConfig, Lane, WorkerSpec};
 
 use crate::backends::resolve_backend;
@@ -73,6 +73,14 @@ impl PyRetryPolicy {
     }
 }
 
+fn secs(name: &str, value: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(value).map_err(|_| {
+        config_error(format!(
+            "{name}: must be a finite number of seconds >= 0, got {value}"
+        ))
+    })
+}
+
 #[pyclass(frozen, name = "Engine", module = "foxtive._core")]
 pub struct PyEngine {
     engine: Arc<Engine>,
@@ -106,7 +114,9 @@ impl PyEngine {
 impl PyEngine {
     /// `workers`: (id, limit, lane) triples; `lanes`: True for an event-loop lane.
     #[new]
-    #[pyo3(signature = (pool, concurrency_limit, workers, strategy, lanes, backend, retry = None, batch_size = 256))]
+    /// `breaker`: (failure_threshold, reset_timeout, success_threshold);
+    /// `rate_limit`: (per_second, burst); `poison`: (max_failures, time_window).
+    #[pyo3(signature = (pool, concurrency_limit, workers, strategy, lanes, backend, retry = None, batch_size = 256, breaker = None, rate_limit = None, poison = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         pool: &str,
@@ -117,6 +127,9 @@ impl PyEngine {
         backend: &Bound<'_, PyAny>,
         retry: Option<PyRef<'_, PyRetryPolicy>>,
         batch_size: usize,
+        breaker: Option<(u32, f64, u32)>,
+        rate_limit: Option<(f64, u32)>,
+        poison: Option<(u32, f64)>,
     ) -> PyResult<Self> {
         if concurrency_limit < 1 {
             return Err(config_error(format!(
@@ -144,6 +157,18 @@ impl PyEngine {
             retry: retry.map(|r| r.policy).unwrap_or_default(),
             lanes,
             batch_size,
+            breaker: match breaker {
+                Some((failures, reset, successes)) => Some(
+                    BreakerConfig::new(failures, secs("reset_timeout", reset)?, successes)
+                        .py_err()?,
+                ),
+                None => None,
+            },
+            rate_limit,
+            poison: match poison {
+                Some((max, window)) => Some((max, secs("time_window", window)?)),
+                None => None,
+            },
         };
         let (backend, python_backend) = resolve_backend(backend)?;
         let engine = Engine::new(config, backend).py_err()?;
@@ -174,7 +199,7 @@ impl PyEngine {
 
     /// Up to `max` ready messages of an event-loop lane, without waiting.
     fn drain<'py>(&self, py: Python<'py>, lane: usize, max: usize) -> PyResult<Bound<'py, PyList>> {
-        let items = self.lane(lane)?.drain(max);
+        let items = self.engine.screen(self.lane(lane)?.drain(max));
         self.wrap(py, items)
     }
 
@@ -191,7 +216,7 @@ impl PyEngine {
         let wait = Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or(Duration::from_secs(1));
         let items = py.detach(|| lane_ref.take(max, wait));
         match items {
-            Some(items) => Ok(Some(self.wrap(py, items)?)),
+            Some(items) => Ok(Some(self.wrap(py, self.engine.screen(items))?)),
             None => Ok(None),
         }
     }
@@ -272,6 +297,10 @@ impl PyEngine {
             loads.set_item(&*id, load)?;
         }
         d.set_item("workers", loads)?;
+        if let Some((state, transitions)) = self.engine.breaker_state() {
+            d.set_item("circuit_breaker", state.as_str())?;
+            d.set_item("circuit_breaker_transitions", transitions)?;
+        }
         Ok(d)
     }
 

@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::{watch, Notify};
@@ -20,7 +20,10 @@ use super::{InFlight, Lane, Strategy};
 use crate::backend::{Backend, SettleItem};
 use crate::message::{Delivery, Failure, Receipt, Settlement};
 use crate::observe::{Stats, StatsSnapshot};
-use crate::policy::{FailureKind, RetryInfo, RetryPolicy};
+use crate::policy::{
+    Admission, BreakerConfig, BreakerState, CircuitBreaker, FailureKind, PoisonPillTracker,
+    RateLimiter, RetryInfo, RetryPolicy, Verdict,
+};
 use crate::{Error, Result};
 
 /// A worker as the engine sees it.
@@ -44,7 +47,27 @@ pub struct EngineConfig {
     pub lanes: Vec<bool>,
     /// Most deliveries asked of the backend at once.
     pub batch_size: usize,
+    /// Stop calling handlers while they keep failing.
+    pub breaker: Option<BreakerConfig>,
+    /// Messages per second and burst.
+    pub rate_limit: Option<(f64, u32)>,
+    /// Failures per message within a window before it is a poison pill.
+    pub poison: Option<(u32, Duration)>,
 }
+
+impl EngineConfig {
+    /// A delivered more often than this was never settled by a handler (it
+    /// crashed the worker, or was handed back): a poison pill.
+    pub fn max_deliveries(&self) -> u32 {
+        let retries = self.retry.max_retries.saturating_add(1);
+        let poison = self.poison.map_or(DEFAULT_MAX_DELIVERIES, |(n, _)| n);
+        retries.max(poison)
+    }
+}
+
+/// Deliveries beyond the retry budget tolerated before a message counts as a
+/// poison pill when no tracker says otherwise (`PoisonPillTracker()`'s default).
+pub const DEFAULT_MAX_DELIVERIES: u32 = 10;
 
 impl EngineConfig {
     pub fn validate(&self) -> Result<()> {
@@ -121,6 +144,9 @@ struct WorkerSlot {
 
 pub struct Engine {
     config: EngineConfig,
+    breaker: Option<CircuitBreaker>,
+    limiter: Option<RateLimiter>,
+    poison: Option<PoisonPillTracker>,
     backend: Arc<dyn Backend>,
     workers: Vec<WorkerSlot>,
     lanes: Vec<Lane>,
@@ -163,7 +189,23 @@ impl Engine {
                 load: AtomicUsize::new(0),
             })
             .collect();
+        let breaker = config.breaker.map(CircuitBreaker::new);
+        let limiter = match config.rate_limit {
+            Some((per_second, burst)) => Some(RateLimiter::new(per_second, burst)?),
+            None => None,
+        };
+        let poison = match config.poison {
+            Some((max, window)) => Some(PoisonPillTracker::new(
+                max,
+                window,
+                crate::policy::poison_pill::DEFAULT_CAPACITY,
+            )?),
+            None => None,
+        };
         Ok(Arc::new(Engine {
+            breaker,
+            limiter,
+            poison,
             picker: Picker::new(config.strategy),
             config,
             backend,
@@ -283,15 +325,42 @@ impl Engine {
                 }
                 continue;
             }
-            let want = free.min(self.config.batch_size);
+            let mut want = free.min(self.config.batch_size);
+            let mut probe = false;
+            if let Some(breaker) = &self.breaker {
+                match breaker.admit(Instant::now()) {
+                    Admission::Allow => {}
+                    Admission::Probe => {
+                        probe = true;
+                        want = 1;
+                    }
+                    Admission::Wait(pause) => {
+                        tokio::select! {
+                            _ = tokio::time::sleep(pause) => {}
+                            _ = stop.changed() => break,
+                        }
+                        continue;
+                    }
+                }
+            }
+            if let Some(limiter) = &self.limiter {
+                want = want.min(limiter.burst() as usize);
+            }
             let received = tokio::select! {
                 r = self.backend.receive(want, RECEIVE_WAIT) => r,
-                _ = stop.changed() => break,
+                _ = stop.changed() => {
+                    self.release_probe(probe);
+                    break;
+                }
             };
             let batch = match received {
                 Ok(batch) => batch,
-                Err(Error::Shutdown) => break,
+                Err(Error::Shutdown) => {
+                    self.release_probe(probe);
+                    break;
+                }
                 Err(e) => {
+                    self.release_probe(probe);
                     tracing::warn!(pool = %self.config.pool, error = %e, "receive failed; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(RECEIVE_ERROR_PAUSE) => {}
@@ -301,20 +370,58 @@ impl Engine {
                 }
             };
             if batch.is_empty() {
+                self.release_probe(probe);
                 continue;
             }
             Stats::add(&self.stats.received, batch.len() as u64);
             for (i, w) in self.workers.iter().enumerate() {
                 loads[i] = w.load.load(Ordering::Acquire);
             }
+            let max_deliveries = self.config.max_deliveries();
+            let mut stopped = false;
             for delivery in batch {
+                if let Some(limiter) = &self.limiter {
+                    if !stopped {
+                        tokio::select! {
+                            _ = limiter.until_ready() => {}
+                            _ = stop.changed() => stopped = true,
+                        }
+                    }
+                }
                 // The capacity check above guarantees a worker with room.
                 let worker = self.picker.pick(&loads, &limits).unwrap_or(0);
                 loads[worker] += 1;
                 self.workers[worker].load.fetch_add(1, Ordering::AcqRel);
                 self.in_flight.fetch_add(1, Ordering::AcqRel);
                 let lane = self.workers[worker].spec.lane;
-                per_lane[lane].push(Arc::new(InFlight::new(delivery, worker)));
+                let poisoned = delivery.attempt > max_deliveries;
+                let inflight = Arc::new(if probe {
+                    InFlight::probe(delivery, worker)
+                } else {
+                    InFlight::new(delivery, worker)
+                });
+                if stopped {
+                    let _ = self.settle_with(&inflight, Settlement::Requeue, Verdict::Neutral);
+                } else if poisoned {
+                    // Delivered more often than any handler outcome allows: it
+                    // keeps killing or stalling its worker. Never run it again.
+                    let failure = self.failure(
+                        &inflight,
+                        "PoisonPill",
+                        &format!(
+                            "delivered {} times without being settled (limit {max_deliveries})",
+                            inflight.delivery.attempt
+                        ),
+                        true,
+                    );
+                    let _ = self.settle_with(
+                        &inflight,
+                        Settlement::DeadLetter(failure),
+                        Verdict::Neutral,
+                    );
+                } else {
+                    per_lane[lane].push(inflight);
+                }
             }
             for (lane, items) in self.lanes.iter().zip(per_lane.iter_mut()) {
                 if !items.is_empty() {
@@ -393,20 +500,58 @@ impl Engine {
     /// Settle one message. The first settlement wins; later ones fail with
     /// [`Error::AlreadySettled`] and never reach the backend.
     pub fn settle(&self, inflight: &Arc<InFlight>, settlement: Settlement) -> Result<()> {
+        let verdict = match settlement {
+            Settlement::Ack => Verdict::Success,
+            _ => Verdict::Neutral,
+        };
+        self.settle_with(inflight, settlement, verdict)
+    }
+
+    fn settle_with(
+        &self,
+        inflight: &Arc<InFlight>,
+        settlement: Settlement,
+        verdict: Verdict,
+    ) -> Result<()> {
         if !inflight.claim() {
             return Err(Error::AlreadySettled);
         }
+        self.observe(inflight, verdict);
         self.release(inflight);
         self.count(&settlement, 1);
         self.enqueue([(inflight.delivery.clone(), settlement)]);
         Ok(())
     }
 
+    /// Tell the breaker and the poison-pill tracker how a message ended.
+    fn observe(&self, inflight: &InFlight, verdict: Verdict) {
+        if let Some(breaker) = &self.breaker {
+            breaker.record(verdict, inflight.probe, Instant::now());
+        }
+        if verdict == Verdict::Success {
+            if let Some(poison) = &self.poison {
+                poison.record_success(&inflight.delivery);
+            }
+        }
+    }
+
+    fn release_probe(&self, probe: bool) {
+        if probe {
+            if let Some(breaker) = &self.breaker {
+                breaker.record(Verdict::Neutral, true, Instant::now());
+            }
+        }
+    }
+
     /// Acknowledge every message not settled yet; returns how many were.
     pub fn ack_many<'a>(&self, items: impl IntoIterator<Item = &'a Arc<InFlight>>) -> usize {
         let mut claimed = Vec::new();
+        let observing = self.breaker.is_some() || self.poison.is_some();
         for inflight in items {
             if inflight.claim() {
+                if observing {
+                    self.observe(inflight, Verdict::Success);
+                }
                 self.release(inflight);
                 claimed.push((inflight.delivery.clone(), Settlement::Ack));
             }
@@ -415,6 +560,61 @@ impl Engine {
         Stats::add(&self.stats.processed, n as u64);
         self.enqueue(claimed);
         n
+    }
+
+    /// Drop from a batch the messages an open breaker must not let start:
+    /// they go back to the broker, delayed until it half-opens, uncounted.
+    pub fn screen(&self, items: Vec<Arc<InFlight>>) -> Vec<Arc<InFlight>> {
+        let Some(breaker) = &self.breaker else {
+            return items;
+        };
+        let now = Instant::now();
+        if breaker.state(now) == BreakerState::Closed {
+            return items;
+        }
+        let delay = breaker.remaining_open(now).max(Duration::from_millis(100));
+        items
+            .into_iter()
+            .filter(|inflight| {
+                if breaker.allows(inflight.probe, now) {
+                    return true;
+                }
+                let _ = self.settle_with(
+                    inflight,
+                    Settlement::Retry {
+                        delay,
+                        count_attempt: false,
+                    },
+                    Verdict::Neutral,
+                );
+                false
+            })
+            .collect()
+    }
+
+    /// The circuit breaker's state and transition count, if there is one.
+    pub fn breaker_state(&self) -> Option<(BreakerState, u64)> {
+        self.breaker
+            .as_ref()
+            .map(|b| (b.state(Instant::now()), b.transitions()))
+    }
+
+    fn failure(
+        &self,
+        inflight: &InFlight,
+        error_type: &str,
+        message: &str,
+        poison_pill: bool,
+    ) -> Failure {
+        Failure {
+            error_type: error_type.to_string(),
+            error_message: message.to_string(),
+            worker_id: self
+                .worker_id(inflight.worker)
+                .cloned()
+                .unwrap_or_else(|| Arc::from("")),
+            poison_pill,
+        }
     }
 
     /// What the failure policy would do with this message now.
@@ -430,19 +630,26 @@ impl Engine {
         error_type: &str,
         error_message: &str,
     ) -> Result<Settlement> {
+        if inflight.is_settled() {
+            return Err(Error::AlreadySettled);
+        }
         let worker_id = self
             .worker_id(inflight.worker)
             .cloned()
             .unwrap_or_else(|| Arc::from(""));
+        let poison_pill = self
+            .poison
+            .as_ref()
+            .is_some_and(|p| p.record_failure(&inflight.delivery, Instant::now()));
         let settlement = self.config.retry.decide(
             inflight.delivery.attempt,
             kind,
             error_type,
             error_message,
             &worker_id,
-            false,
+            poison_pill,
         );
-        self.settle(inflight, settlement.clone())?;
+        self.settle_with(inflight, settlement.clone(), Verdict::Failure)?;
         Stats::add(&self.stats.failed, 1);
         Ok(settlement)
     }

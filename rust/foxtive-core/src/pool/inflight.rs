@@ -10,6 +10,8 @@ pub struct InFlight {
     pub delivery: Arc<Delivery>,
     /// Index of the worker it was assigned to.
     pub worker: usize,
+    /// The half-open circuit breaker's probe.
+    pub probe: bool,
     settled: AtomicBool,
 }
 
@@ -18,7 +20,15 @@ impl InFlight {
         InFlight {
             delivery: Arc::new(delivery),
             worker,
+            probe: false,
             settled: AtomicBool::new(false),
+        }
+    }
+
+    pub fn probe(delivery: Delivery, worker: usize) -> Self {
+        InFlight {
+            probe: true,
+            ..InFlight::new(delivery, worker)
         }
     }
 
