@@ -209,10 +209,7 @@ impl MemoryBackend {
         };
         match &entry.meta {
             Some(meta) => {
-                d.id = meta
-                    .id
-                    .clone()
-                    .unwrap_or_else(|| format!("{}-{seq}", self.name));
+                d.id = meta.id.clone().unwrap_or_else(|| format!("{}-{seq}", self.name));
                 d.headers = meta.headers.clone();
                 d.routing_key = meta.routing_key.clone();
                 d.correlation_id = meta.correlation_id.clone();
@@ -256,13 +253,7 @@ impl MemoryBackend {
         }
     }
 
-    fn settle_one(
-        &self,
-        store: &mut Store,
-        delivery: &Delivery,
-        settlement: Settlement,
-        now: Instant,
-    ) {
+    fn settle_one(&self, store: &mut Store, delivery: &Delivery, settlement: Settlement, now: Instant) {
         let Receipt::Seq(seq) = delivery.receipt else {
             return;
         };
@@ -284,9 +275,7 @@ impl MemoryBackend {
                 self.put(store, entry, Some(delay), now);
             }
             Settlement::DeadLetter(failure) => {
-                store
-                    .dead
-                    .push(DeadLetter::from_delivery(delivery, &failure));
+                store.dead.push(DeadLetter::from_delivery(delivery, &failure));
             }
             Settlement::Requeue => {
                 let meta = entry.meta.get_or_insert_with(Default::default);
@@ -396,10 +385,7 @@ mod tests {
         assert_eq!(got.len(), 2);
         assert_eq!(&got[0].body[..], b"a");
         assert_eq!(b.unacked(), 2);
-        let items = got
-            .into_iter()
-            .map(|d| (Arc::new(d), Settlement::Ack))
-            .collect();
+        let items = got.into_iter().map(|d| (Arc::new(d), Settlement::Ack)).collect();
         b.settle(items).await.unwrap();
         assert_eq!(b.unacked(), 0);
         assert_eq!(b.qsize(), 0);
@@ -425,11 +411,7 @@ mod tests {
         .unwrap();
         assert_eq!(b.unacked(), 0);
         assert_eq!(b.qsize(), 1);
-        assert!(b
-            .receive(1, Duration::from_secs(1))
-            .await
-            .unwrap()
-            .is_empty());
+        assert!(b.receive(1, Duration::from_secs(1)).await.unwrap().is_empty());
         let again = b.receive(1, Duration::from_secs(10)).await.unwrap();
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].id, "m1");
