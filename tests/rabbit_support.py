@@ -11,7 +11,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aio_pika
-
 import foxtive
 
 URL = "amqp://guest:guest@127.0.0.1:5672/%2f"

@@ -11,9 +11,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import aio_pika
-import pytest
-
 import foxtive
+import pytest
 
 try:
     from tests.rabbit_support import URL, backend, list_queues, publish_with_pika, unique
