@@ -184,7 +184,7 @@ class RabbitMqBackend(Backend):
             )
         self.config = config
         _install_exit_hook()
-        hb = config.heartbeat
+        hb = seconds("heartbeat", config.heartbeat, allow_none=True)
         self._native = _core.RabbitMqBackend(
             url,
             config.queue_name,
@@ -209,37 +209,38 @@ class RabbitMqBackend(Backend):
 
     @property
     def name(self) -> str:  # type: ignore[override]
-        return self._native.name
+        return str(self._native.name)
 
     @property
     def url(self) -> str:
         """The URL with its password replaced by ``***``."""
-        return self._native.url
+        return str(self._native.url)
 
     @property
     def queue_name(self) -> str:
-        return self._native.name
+        return str(self._native.name)
 
     @property
     def dead_letter_queue(self) -> str:
-        return self._native.dead_letter_queue
+        return str(self._native.dead_letter_queue)
 
     @property
     def state(self) -> str:
         """``"connected"``, ``"reconnecting"`` or ``"closed"``."""
-        return self._native.state
+        return str(self._native.state)
 
     @property
     def reconnect_attempts(self) -> int:
-        return self._native.reconnect_attempts
+        return int(self._native.reconnect_attempts)
 
     @property
     def consecutive_failures(self) -> int:
-        return self._native.consecutive_failures
+        return int(self._native.consecutive_failures)
 
     def retry_queue_for(self, delay: float | _dt.timedelta) -> str | None:
         """The delay-bucket queue a retry after ``delay`` waits in (``None``: no delay)."""
-        return self._native.retry_queue_for(delay)
+        queue: str | None = self._native.retry_queue_for(delay)
+        return queue
 
     def __repr__(self) -> str:
         return f"RabbitMqBackend(url={self.url!r}, queue={self.name!r})"
