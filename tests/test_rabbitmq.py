@@ -294,9 +294,12 @@ def test_publish_is_persistent_confirmed_and_keeps_ids(queue: str) -> None:
         return [one, *many]
 
     ids = run(scenario())
-    assert ids[0] == "mine" and len(set(ids)) == 3
+    # Publishing again after close reconnects (publish-only).
+    ids.append(run(b.publish(b"d")))
+    run(b.close())
+    assert ids[0] == "mine" and len(set(ids)) == 4
     got = run(pika_get_all(queue))
-    assert [m.body for m in got] == [b"a", b"b", b"c"]
+    assert [m.body for m in got] == [b"a", b"b", b"c", b"d"]
     assert [m.message_id for m in got] == ids
     assert all(m.delivery_mode == aio_pika.DeliveryMode.PERSISTENT for m in got)
     assert got[0].headers == {"k": 1, "b": b"x"}

@@ -162,7 +162,6 @@ struct Shared {
     consecutive_failures: AtomicU32,
     closed: AtomicBool,
     stopped: AtomicBool,
-    ever_connected: AtomicBool,
     connect_lock: tokio::sync::Mutex<()>,
     closing: Notify,
 }
@@ -226,7 +225,6 @@ impl RabbitMqBackend {
                 consecutive_failures: AtomicU32::new(0),
                 closed: AtomicBool::new(false),
                 stopped: AtomicBool::new(false),
-                ever_connected: AtomicBool::new(false),
                 connect_lock: tokio::sync::Mutex::new(()),
                 closing: Notify::new(),
             }),
@@ -571,7 +569,6 @@ impl Shared {
         }
         let old = self.link.write().replace(link.clone());
         self.set_state(STATE_CONNECTED);
-        self.ever_connected.store(true, Ordering::Release);
         self.link_changed.send_replace(link.epoch);
         if let Some(old) = old {
             old.dead.store(true, Ordering::Release);
@@ -1257,18 +1254,17 @@ impl Backend for RabbitMqBackend {
 
     async fn publish(&self, messages: Vec<Outgoing>) -> Result<Vec<String>> {
         let s = &self.shared;
-        if s.closed.load(Ordering::Acquire) {
-            return Err(Error::Shutdown);
-        }
-        if !s.ever_connected.load(Ordering::Acquire) {
-            // Publishing on its own (no pool): connect without consuming.
+        if s.closed.load(Ordering::Acquire) || s.current().is_none() {
+            // Publishing on its own (no pool running, or after it closed the
+            // backend): connect without consuming.
             let _guard = s.connect_lock.lock().await;
-            if s.current().is_none() {
+            if s.closed.load(Ordering::Acquire) || s.current().is_none() {
+                s.stopped.store(true, Ordering::Release);
+                s.closed.store(false, Ordering::Release);
                 let link = s.build_link(false).await?;
                 if s.install(link).is_none() {
                     return Err(Error::Shutdown);
                 }
-                s.stopped.store(true, Ordering::Release);
             }
         }
         let link = s.live_link(PUBLISH_RECONNECT_WAIT).await?;
