@@ -34,6 +34,7 @@ from .middleware import (
     TracingMiddleware,
 )
 from .pool import LoadBalancingStrategy, WorkerPool, WorkerPoolBuilder
+from .rabbitmq import RabbitMqBackend, RabbitMqConsumerConfig
 from .worker import BatchWorker, RetryInfo, Worker
 
 __all__ = [
@@ -53,6 +54,8 @@ __all__ = [
     "PayloadError",
     "PermanentError",
     "PoisonPillTracker",
+    "RabbitMqBackend",
+    "RabbitMqConsumerConfig",
     "RateLimitMiddleware",
     "RetryHandler",
     "RetryInfo",

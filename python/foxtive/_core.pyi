@@ -186,3 +186,62 @@ class DeadLetter:
 def redact_url(url: str) -> str: ...
 def runtime_pid() -> int: ...
 
+
+@final
+class RabbitMqBackend:
+    def __new__(
+        cls,
+        url: str,
+        queue_name: str = "worker_queue",
+        *,
+        consumer_tag: str | None = None,
+        prefetch_count: int = 100,
+        declare: bool = True,
+        durable: bool = True,
+        queue_type: str = "classic",
+        queue_arguments: dict[str, Any] | None = None,
+        exchange: str | None = None,
+        exchange_type: str = "direct",
+        routing_key: str | None = None,
+        connection_name: str | None = None,
+        heartbeat: int | None = None,
+        retry_queue_prefix: str | None = None,
+        dead_letter_queue: str | None = None,
+        reconnect_initial: float = 1.0,
+        reconnect_max: float = 60.0,
+        reconnect_multiplier: float = 2.0,
+        reconnect_jitter: float = 0.1,
+    ) -> RabbitMqBackend: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def consumer_tag(self) -> str: ...
+    @property
+    def dead_letter_queue(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def reconnect_attempts(self) -> int: ...
+    @property
+    def consecutive_failures(self) -> int: ...
+    @property
+    def epoch(self) -> int: ...
+    def retry_queue_for(self, delay: _Seconds) -> str | None: ...
+    def connect(self) -> Awaitable[None]: ...
+    def close(self) -> Awaitable[None]: ...
+    def break_connection(self) -> Awaitable[None]: ...
+    def publish(
+        self,
+        body: bytes | str,
+        headers: dict[str, Any] | None = None,
+        delay: _Seconds | None = None,
+        message_id: str | None = None,
+    ) -> Awaitable[str]: ...
+    def publish_many(
+        self,
+        bodies: Iterable[bytes | str],
+        headers: dict[str, Any] | None = None,
+        delay: _Seconds | None = None,
+    ) -> Awaitable[list[str]]: ...

@@ -1,0 +1,217 @@
+//! The RabbitMQ backend as a Python object (`foxtive._core.RabbitMqBackend`).
+//! Configuration arrives already checked by `foxtive.RabbitMqConsumerConfig`
+//! and is checked again by the core.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use foxtive_core::backend::rabbitmq::{QueueType, RabbitMqBackend, RabbitMqConfig};
+use foxtive_core::backend::Backend;
+use foxtive_core::policy::ReconnectStrategy;
+
+use crate::bridge;
+use crate::convert::{duration_from_py, headers_from_py, outgoing_from_py};
+use crate::errors::{config_error, IntoPyResult};
+
+#[pyclass(frozen, name = "RabbitMqBackend", module = "foxtive._core")]
+pub struct PyRabbitMqBackend {
+    pub(crate) inner: Arc<RabbitMqBackend>,
+}
+
+fn secs(name: &str, v: f64) -> PyResult<Duration> {
+    if !v.is_finite() || v < 0.0 {
+        return Err(config_error(format!(
+            "{name}: must be a finite, non-negative number of seconds, got {v}"
+        )));
+    }
+    Duration::try_from_secs_f64(v).map_err(|_| config_error(format!("{name}: out of range")))
+}
+
+#[pymethods]
+impl PyRabbitMqBackend {
+    #[new]
+    #[pyo3(signature = (
+        url, queue_name = "worker_queue", *, consumer_tag = None, prefetch_count = 100,
+        declare = true, durable = true, queue_type = "classic", queue_arguments = None,
+        exchange = None, exchange_type = "direct", routing_key = None, connection_name = None,
+        heartbeat = None, retry_queue_prefix = None, dead_letter_queue = None,
+        reconnect_initial = 1.0, reconnect_max = 60.0, reconnect_multiplier = 2.0,
+        reconnect_jitter = 0.1,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        url: &str,
+        queue_name: &str,
+        consumer_tag: Option<String>,
+        prefetch_count: i64,
+        declare: bool,
+        durable: bool,
+        queue_type: &str,
+        queue_arguments: Option<&Bound<'_, PyDict>>,
+        exchange: Option<String>,
+        exchange_type: &str,
+        routing_key: Option<String>,
+        connection_name: Option<String>,
+        heartbeat: Option<i64>,
+        retry_queue_prefix: Option<String>,
+        dead_letter_queue: Option<String>,
+        reconnect_initial: f64,
+        reconnect_max: f64,
+        reconnect_multiplier: f64,
+        reconnect_jitter: f64,
+    ) -> PyResult<Self> {
+        let mut config = RabbitMqConfig::new(queue_name);
+        if let Some(tag) = consumer_tag {
+            config.consumer_tag = tag;
+        }
+        config.prefetch_count = u16::try_from(prefetch_count)
+            .ok()
+            .filter(|&p| p > 0)
+            .ok_or_else(|| {
+                config_error(format!(
+                    "prefetch_count: must be between 1 and 65535, got {prefetch_count}"
+                ))
+            })?;
+        config.declare = declare;
+        config.durable = durable;
+        config.queue_type = QueueType::parse(queue_type).py_err()?;
+        if let Some(args) = queue_arguments {
+            config.queue_arguments = headers_from_py(args)?;
+        }
+        config.exchange = exchange;
+        config.exchange_type = exchange_type.to_string();
+        config.routing_key = routing_key;
+        config.connection_name = connection_name;
+        config.heartbeat = match heartbeat {
+            None => None,
+            Some(h) => Some(u16::try_from(h).map_err(|_| {
+                config_error(format!(
+                    "heartbeat: must be between 0 and 65535 seconds, got {h}"
+                ))
+            })?),
+        };
+        config.retry_queue_prefix = retry_queue_prefix;
+        config.dead_letter_queue = dead_letter_queue;
+        config.reconnect = ReconnectStrategy::exponential(
+            secs("reconnect_initial", reconnect_initial)?,
+            secs("reconnect_max", reconnect_max)?,
+            reconnect_multiplier,
+            reconnect_jitter,
+        )
+        .py_err()?;
+        Ok(PyRabbitMqBackend {
+            inner: Arc::new(RabbitMqBackend::new(url, config).py_err()?),
+        })
+    }
+
+    #[getter]
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    #[getter]
+    fn url(&self) -> &str {
+        self.inner.redacted_url()
+    }
+
+    #[getter]
+    fn consumer_tag(&self) -> &str {
+        &self.inner.config().consumer_tag
+    }
+
+    #[getter]
+    fn dead_letter_queue(&self) -> &str {
+        self.inner.dead_letter_queue()
+    }
+
+    /// "connected", "reconnecting" or "closed".
+    #[getter]
+    fn state(&self) -> &'static str {
+        self.inner.state().as_str()
+    }
+
+    #[getter]
+    fn reconnect_attempts(&self) -> u64 {
+        self.inner.reconnect_attempts()
+    }
+
+    #[getter]
+    fn consecutive_failures(&self) -> u32 {
+        self.inner.consecutive_failures()
+    }
+
+    /// Grows by one with every (re)connection.
+    #[getter]
+    fn epoch(&self) -> u64 {
+        self.inner.epoch()
+    }
+
+    /// The delay-bucket queue a retry after `delay` seconds waits in.
+    fn retry_queue_for(&self, delay: &Bound<'_, PyAny>) -> PyResult<Option<String>> {
+        Ok(self
+            .inner
+            .retry_queue_for(duration_from_py("delay", delay)?))
+    }
+
+    fn connect<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let inner = self.inner.clone();
+        bridge::awaitable(py, async move { inner.connect().await })
+    }
+
+    fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let inner = self.inner.clone();
+        bridge::awaitable(py, async move { inner.close().await })
+    }
+
+    /// Close the connection as a broker failure would (tests of the reconnect path).
+    fn break_connection<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let inner = self.inner.clone();
+        bridge::awaitable(py, async move { inner.break_connection().await })
+    }
+
+    /// Publish one message persistently with a publisher confirm; returns its id.
+    #[pyo3(signature = (body, headers = None, delay = None, message_id = None))]
+    fn publish<'py>(
+        &self,
+        py: Python<'py>,
+        body: &Bound<'py, PyAny>,
+        headers: Option<&Bound<'py, PyDict>>,
+        delay: Option<&Bound<'py, PyAny>>,
+        message_id: Option<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let out = outgoing_from_py(body, headers, delay, message_id)?;
+        let inner = self.inner.clone();
+        bridge::awaitable(py, async move {
+            let mut ids = inner.publish(vec![out]).await?;
+            Ok(ids.pop().unwrap_or_default())
+        })
+    }
+
+    /// Publish many (confirms awaited together); returns their ids.
+    #[pyo3(signature = (bodies, headers = None, delay = None))]
+    fn publish_many<'py>(
+        &self,
+        py: Python<'py>,
+        bodies: &Bound<'py, PyAny>,
+        headers: Option<&Bound<'py, PyDict>>,
+        delay: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let mut outs = Vec::new();
+        for body in bodies.try_iter()? {
+            outs.push(outgoing_from_py(&body?, headers, delay, None)?);
+        }
+        let inner = self.inner.clone();
+        bridge::awaitable(py, async move { inner.publish(outs).await })
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "RabbitMqBackend(url={:?}, queue={:?})",
+            self.inner.redacted_url(),
+            self.inner.name()
+        )
+    }
+}

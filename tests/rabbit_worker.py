@@ -1,0 +1,55 @@
+"""A worker process for the RabbitMQ shutdown and broker-restart tests.
+
+    python tests/rabbit_worker.py QUEUE OUT_FILE [--delay S] [--shutdown-timeout S]
+        [--prefetch N] [--until-idle]
+
+Each handled message's id is appended to OUT_FILE (one line, flushed) when
+its handler finishes. SIGTERM drains gracefully (pool.run)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+
+import foxtive
+
+URL = "amqp://guest:guest@127.0.0.1:5672/%2f"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("queue")
+    ap.add_argument("out")
+    ap.add_argument("--delay", type=float, default=0.0)
+    ap.add_argument("--shutdown-timeout", type=float, default=10.0)
+    ap.add_argument("--prefetch", type=int, default=50)
+    ap.add_argument("--until-idle", action="store_true")
+    args = ap.parse_args()
+    out = open(args.out, "a", buffering=1)
+
+    async def handler(message: foxtive.Message) -> None:
+        if args.delay:
+            await asyncio.sleep(args.delay)
+        out.write(message.id + "\n")
+
+    backend = foxtive.RabbitMqBackend(
+        URL, foxtive.RabbitMqConsumerConfig(queue_name=args.queue, prefetch_count=args.prefetch),
+        reconnect_initial=0.2, reconnect_max=1.0,
+    )
+    pool = (foxtive.WorkerPoolBuilder("worker")
+            .add_worker(handler, id="h")
+            .with_concurrency_limit(args.prefetch)
+            .with_shutdown_timeout(args.shutdown_timeout)
+            .build())
+    print(f"ready {os.getpid()}", flush=True)
+    if args.until_idle:
+        ok = pool.run_until_idle(backend, timeout=120)
+        return 0 if ok else 1
+    pool.run(backend)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
