@@ -212,6 +212,8 @@ class WorkerPool:
         self._totals = dict.fromkeys(_COUNTERS, 0)
         self._stop_requested = False
         self._ran = False
+        self._breaker_state = "closed"
+        self._breaker_transitions = 0
 
     @property
     def worker_ids(self) -> list[str]:
@@ -308,6 +310,9 @@ class WorkerPool:
                 stats = engine.stats()
                 for k in _COUNTERS:
                     self._totals[k] += stats[k]
+                if "circuit_breaker" in stats:
+                    self._breaker_state = stats["circuit_breaker"]
+                    self._breaker_transitions += stats["circuit_breaker_transitions"]
                 self._runner = None
                 self._engine = None
                 self._loop = None
@@ -410,14 +415,17 @@ class WorkerPool:
                 out[k] += live[k]
             out["in_flight"] = live["in_flight"]
             out["workers"] = live["workers"]
-            for key in ("circuit_breaker", "circuit_breaker_transitions"):
-                if key in live:
-                    out[key] = live[key]
+            if "circuit_breaker" in live:
+                out["circuit_breaker"] = live["circuit_breaker"]
+                out["circuit_breaker_transitions"] = (
+                    self._breaker_transitions + live["circuit_breaker_transitions"]
+                )
         else:
             out["in_flight"] = 0
             out["workers"] = dict.fromkeys(self.worker_ids, 0)
             if self.breaker is not None:
-                out["circuit_breaker"] = "closed"
+                out["circuit_breaker"] = self._breaker_state
+                out["circuit_breaker_transitions"] = self._breaker_transitions
         out["concurrency_limit"] = self.concurrency_limit
         out["state"] = engine.state() if engine is not None else "stopped"
         return out
