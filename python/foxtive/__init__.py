@@ -35,6 +35,7 @@ from .middleware import (
 )
 from .pool import LoadBalancingStrategy, WorkerPool, WorkerPoolBuilder
 from .rabbitmq import RabbitMqBackend, RabbitMqConsumerConfig
+from .resilient import ReconnectStrategy, ResilientBackend
 from .worker import BatchWorker, RetryInfo, Worker
 
 __all__ = [
@@ -57,6 +58,8 @@ __all__ = [
     "RabbitMqBackend",
     "RabbitMqConsumerConfig",
     "RateLimitMiddleware",
+    "ReconnectStrategy",
+    "ResilientBackend",
     "RetryHandler",
     "RetryInfo",
     "RetryableError",

@@ -245,3 +245,39 @@ class RabbitMqBackend:
         headers: dict[str, Any] | None = None,
         delay: _Seconds | None = None,
     ) -> Awaitable[list[str]]: ...
+
+@final
+class ResilientBackend:
+    def __new__(
+        cls,
+        backend: Any,
+        kind: str = "exponential",
+        initial: float = 1.0,
+        max: float = 60.0,
+        multiplier: float = 2.0,
+        jitter: float = 0.1,
+    ) -> ResilientBackend: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def reconnect_attempts(self) -> int: ...
+    @property
+    def consecutive_failures(self) -> int: ...
+    def take_changes(self) -> list[tuple[str, str]]: ...
+    def delay(self, failures: int) -> float: ...
+    def publish(
+        self,
+        body: bytes | str,
+        headers: dict[str, Any] | None = None,
+        delay: _Seconds | None = None,
+        message_id: str | None = None,
+    ) -> Awaitable[str]: ...
+    def publish_many(
+        self,
+        bodies: Iterable[bytes | str],
+        headers: dict[str, Any] | None = None,
+        delay: _Seconds | None = None,
+    ) -> Awaitable[list[str]]: ...
+    def close(self) -> Awaitable[None]: ...

@@ -240,8 +240,10 @@ class Runner:
         for plan in self.plans:
             if plan.spec.setup is not None:
                 await _maybe_await(plan.spec.setup())
-        await self.engine.start()
         self._install_signals()
+        if not await self._start_engine():
+            return
+
         fd = self.engine.wake_fd(0)
         if fd is not None:
             self.loop.add_reader(fd, self._on_wake)
@@ -257,6 +259,34 @@ class Runner:
                 self.loop.remove_reader(fd)
             await self._drain()
             self._remove_signals()
+
+    async def _start_engine(self) -> bool:
+        """Connect; a stop requested meanwhile (a broker that is not there yet
+        behind a ResilientBackend) closes the backend, which ends the wait."""
+        starting = asyncio.ensure_future(self.engine.start())
+        stopping = asyncio.ensure_future(self.stop_event.wait())
+        try:
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if starting.done():
+            starting.result()  # raises if the first connection failed for good
+            return True
+        log.info("stop requested while connecting; closing the backend")
+        await self.engine.finish()
+        with contextlib.suppress(Exception):
+            await starting
+        await self._teardown()
+        self._remove_signals()
+        return False
+
+    async def _teardown(self) -> None:
+        for plan in self.plans:
+            if plan.spec.teardown is not None:
+                try:
+                    await _maybe_await(plan.spec.teardown())
+                except Exception:
+                    log.exception("teardown of worker %s failed", plan.spec.id)
 
     # ------------------------------------------------------------ signals
     def _install_signals(self) -> None:
@@ -456,12 +486,7 @@ class Runner:
             if consumers:
                 await asyncio.gather(*consumers, return_exceptions=True)
         self.flush_acks()
-        for plan in self.plans:
-            if plan.spec.teardown is not None:
-                try:
-                    await _maybe_await(plan.spec.teardown())
-                except Exception:
-                    log.exception("teardown of worker %s failed", plan.spec.id)
+        await self._teardown()
         await self.engine.finish()
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)

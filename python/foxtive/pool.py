@@ -186,6 +186,13 @@ def _check_backend(backend: Any) -> None:
 _COUNTERS = ("received", "processed", "failed", "retried", "dead_lettered", "requeued")
 
 
+async def _poll_backend_state(backend: Any, runner: Runner) -> None:
+    """Fire a backend's state-change callbacks on the loop while the pool runs."""
+    while not runner.stop_event.is_set():
+        backend._poll_state()
+        await asyncio.sleep(0.05)
+
+
 class WorkerPool:
     """A set of workers run over one backend. Build it with :class:`WorkerPoolBuilder`."""
 
@@ -299,6 +306,9 @@ class WorkerPool:
                 runner.request_stop()
                 self._stop_requested = False
         watcher = None
+        state_poller = None
+        if hasattr(chosen, "_poll_state"):
+            state_poller = asyncio.ensure_future(_poll_backend_state(chosen, runner))
         if until_idle:
             watcher = asyncio.ensure_future(self._watch_idle(runner, engine, timeout))
         try:
@@ -306,6 +316,9 @@ class WorkerPool:
         finally:
             if watcher is not None:
                 watcher.cancel()
+            if state_poller is not None:
+                state_poller.cancel()
+                chosen._poll_state()
             with self._lock:
                 stats = engine.stats()
                 for k in _COUNTERS:

@@ -25,6 +25,10 @@ pub fn resolve_backend(obj: &Bound<'_, PyAny>) -> PyResult<Resolved> {
     if let Ok(r) = obj.cast::<crate::rabbitmq::PyRabbitMqBackend>() {
         return Ok((r.get().inner.clone(), None));
     }
+    if let Ok(r) = obj.cast::<crate::resilient::PyResilientBackend>() {
+        let r = r.get();
+        return Ok((r.inner.clone(), r.python_backend.clone()));
+    }
     // Python wrapper classes keep their native object in `_native`.
     if let Ok(native) = obj.getattr("_native") {
         if !native.is_none() {

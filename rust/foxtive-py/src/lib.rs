@@ -10,6 +10,7 @@ mod errors;
 mod message;
 mod python_backend;
 mod rabbitmq;
+mod resilient;
 mod runtime;
 
 use pyo3::prelude::*;
@@ -24,6 +25,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::PyRetryPolicy>()?;
     m.add_class::<backends::PyMemoryBackend>()?;
     m.add_class::<backends::PyDeadLetter>()?;
+    m.add_class::<resilient::PyResilientBackend>()?;
     m.add_class::<rabbitmq::PyRabbitMqBackend>()?;
     m.add_function(wrap_pyfunction!(backends::redact_url, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::runtime_pid, m)?)?;

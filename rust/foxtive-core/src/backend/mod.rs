@@ -2,6 +2,7 @@
 
 pub mod memory;
 pub mod rabbitmq;
+pub mod resilient;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use crate::Result;
 
 pub use memory::MemoryBackend;
 pub use rabbitmq::{RabbitMqBackend, RabbitMqConfig};
+pub use resilient::ResilientBackend;
 
 /// The connection state a backend reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,5 +75,15 @@ pub trait Backend: Send + Sync + 'static {
     /// backend), `None` when it cannot tell without a round trip.
     fn is_drained(&self) -> Option<bool> {
         None
+    }
+
+    /// Reconnections tried since the backend was created.
+    fn reconnect_attempts(&self) -> u64 {
+        0
+    }
+
+    /// Failures in a row (0 when healthy).
+    fn consecutive_failures(&self) -> u32 {
+        0
     }
 }

@@ -1365,6 +1365,14 @@ impl Backend for RabbitMqBackend {
         }
     }
 
+    fn reconnect_attempts(&self) -> u64 {
+        RabbitMqBackend::reconnect_attempts(self)
+    }
+
+    fn consecutive_failures(&self) -> u32 {
+        RabbitMqBackend::consecutive_failures(self)
+    }
+
     /// Not drained while reconnecting (messages may be waiting on the broker);
     /// otherwise unknown without a round trip.
     fn is_drained(&self) -> Option<bool> {

@@ -1,0 +1,147 @@
+"""Backends that refuse to die: reconnect forever, with backoff, until shutdown."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from . import _core
+from ._config import FrozenConfig, seconds
+from .backends import Backend
+from .errors import ConfigError
+
+__all__ = ["ReconnectStrategy", "ResilientBackend"]
+
+log = logging.getLogger("foxtive")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReconnectStrategy(FrozenConfig):
+    """How long to wait between reconnection attempts.
+
+    ``exponential``: after *n* failures in a row wait ``min(max, initial *
+    multiplier^(n-1))``, spread by ``±jitter`` (0.1 = ±10 %), never above
+    ``max``; safe at any *n*. ``fixed``: the same delay every time."""
+
+    kind: str = "exponential"
+    initial: float = 1.0
+    max: float = 60.0
+    multiplier: float = 2.0
+    jitter: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("exponential", "fixed"):
+            raise ConfigError(f"kind: {self.kind!r}; allowed: exponential, fixed")
+        self._set("initial", seconds("initial", self.initial))
+        self._set("max", seconds("max", self.max))
+        self._set("multiplier", float(self.multiplier))
+        self._set("jitter", float(self.jitter))
+        if self.kind == "exponential":
+            if self.max < self.initial:
+                raise ConfigError(f"max: must be >= initial ({self.initial}), got {self.max}")
+            if not self.multiplier >= 1.0:
+                raise ConfigError(f"multiplier: must be >= 1.0, got {self.multiplier}")
+            if not 0.0 <= self.jitter <= 1.0:
+                raise ConfigError(f"jitter: must be between 0.0 and 1.0, got {self.jitter}")
+
+    @classmethod
+    def exponential(cls, initial: float | _dt.timedelta = 1.0, max: float | _dt.timedelta = 60.0,
+                    multiplier: float = 2.0, jitter: float = 0.1) -> ReconnectStrategy:
+        return cls("exponential", initial, max, multiplier, jitter)  # type: ignore[arg-type]
+
+    @classmethod
+    def fixed(cls, delay: float | _dt.timedelta) -> ReconnectStrategy:
+        d = seconds("delay", delay)
+        return cls("fixed", d, d, 1.0, 0.0)
+
+
+StateCallback = Callable[[str, str], Any]
+
+
+class ResilientBackend(Backend):
+    """Wrap any backend so that it reconnects by itself.
+
+    Every failed operation moves it to ``"reconnecting"``: it waits the
+    strategy's delay (a shutdown interrupts the wait at once), reconnects,
+    and goes on; the first connection waits for the broker too. Settlements
+    are not retried: what was not settled is redelivered by the broker.
+    ``on_state_change(callback)`` registers ``callback(old, new)``, called on
+    the pool's event loop while a pool runs over this backend."""
+
+    def __init__(self, backend: Any, strategy: ReconnectStrategy | None = None) -> None:
+        strategy = strategy if strategy is not None else ReconnectStrategy.exponential()
+        if not isinstance(strategy, ReconnectStrategy):
+            raise ConfigError("strategy: expected a foxtive.ReconnectStrategy")
+        self.backend = backend
+        self.strategy = strategy
+        self._native = _core.ResilientBackend(
+            backend, strategy.kind, strategy.initial, strategy.max, strategy.multiplier,
+            strategy.jitter,
+        )
+        self._callbacks: list[StateCallback] = []
+        self._last_state = self._native.state
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self._native.name
+
+    @property
+    def state(self) -> str:
+        """``"connected"``, ``"reconnecting"`` or ``"closed"``."""
+        return self._native.state
+
+    @property
+    def reconnect_attempts(self) -> int:
+        return self._native.reconnect_attempts
+
+    @property
+    def consecutive_failures(self) -> int:
+        return self._native.consecutive_failures
+
+    def on_state_change(self, callback: StateCallback) -> StateCallback:
+        """Call ``callback(old_state, new_state)`` on every change (usable as a decorator)."""
+        self._callbacks.append(callback)
+        return callback
+
+    def _poll_state(self) -> None:
+        """Fire callbacks for every change since the last call, in order (the
+        pool calls this periodically on its loop). Changes of the wrapped
+        backend's own reconnection are seen as they show in ``state``."""
+        changes = self._native.take_changes()
+        now = self._native.state
+        if not changes and now != self._last_state:
+            changes = [(self._last_state, now)]
+        for old, new in changes:
+            self._last_state = new
+            for cb in list(self._callbacks):
+                try:
+                    cb(old, new)
+                except Exception:
+                    log.exception("on_state_change callback failed")
+
+    async def publish(self, body: bytes | str, headers: dict[str, Any] | None = None,
+                      delay: float | _dt.timedelta | None = None,
+                      message_id: str | None = None) -> str:
+        result: str = await self._native.publish(body, headers, delay, message_id)
+        return result
+
+    async def publish_many(self, bodies: Iterable[bytes | str],
+                           headers: dict[str, Any] | None = None,
+                           delay: float | _dt.timedelta | None = None) -> list[str]:
+        result: list[str] = await self._native.publish_many(bodies, headers, delay)
+        return result
+
+    async def close(self) -> None:
+        await self._native.close()
+
+    def __getattr__(self, name: str) -> Any:
+        # qsize(), dead_letters()... of the wrapped backend.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.backend, name)
+
+    def __repr__(self) -> str:
+        return f"ResilientBackend({self.backend!r}, state={self.state!r})"
