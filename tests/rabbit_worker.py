@@ -1,7 +1,7 @@
 """A worker process for the RabbitMQ shutdown and broker-restart tests.
 
     python tests/rabbit_worker.py QUEUE OUT_FILE [--delay S] [--shutdown-timeout S]
-        [--prefetch N] [--until-idle]
+        [--prefetch N] [--until-idle] [--resilient STATE_FILE]
 
 Each handled message's id is appended to OUT_FILE (one line, flushed) when
 its handler finishes. SIGTERM drains gracefully (pool.run)."""
@@ -26,6 +26,8 @@ def main() -> int:
     ap.add_argument("--shutdown-timeout", type=float, default=10.0)
     ap.add_argument("--prefetch", type=int, default=50)
     ap.add_argument("--until-idle", action="store_true")
+    ap.add_argument("--resilient", metavar="STATE_FILE", default=None,
+                    help="wrap the backend in a ResilientBackend; log its state changes here")
     args = ap.parse_args()
     out = open(args.out, "a", buffering=1)
 
@@ -38,6 +40,10 @@ def main() -> int:
         URL, foxtive.RabbitMqConsumerConfig(queue_name=args.queue, prefetch_count=args.prefetch),
         reconnect_initial=0.2, reconnect_max=1.0,
     )
+    if args.resilient:
+        states = open(args.resilient, "a", buffering=1)
+        backend = foxtive.ResilientBackend(backend, foxtive.ReconnectStrategy.fixed(0.2))
+        backend.on_state_change(lambda old, new: states.write(f"{old}->{new}\n"))
     pool = (foxtive.WorkerPoolBuilder("worker")
             .add_worker(handler, id="h")
             .with_concurrency_limit(args.prefetch)

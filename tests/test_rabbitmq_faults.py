@@ -151,3 +151,28 @@ def test_broker_stop_and_start_mid_drain_the_worker_finishes(queue: str, tmp_pat
     assert rc == 0, proc.stderr.read() if proc.stderr else rc
     wait_for(lambda: queue_counts(queue) == (0, 0), 10, "an empty queue")
     assert os.path.exists(out)
+
+
+def test_resilient_backend_reports_the_broker_restart(queue: str, tmp_path: Path) -> None:
+    n = 2000
+    ids = publish(queue, n)
+    out, states = tmp_path / "done.txt", tmp_path / "states.txt"
+    proc = start_worker(queue, out, "--delay", "0.01", "--resilient", str(states))
+    try:
+        wait_for(lambda: len(processed(out)) >= 200, 30, "200 messages processed")
+        subprocess.run(["rabbitmqctl", "stop_app"], check=True, capture_output=True, timeout=60)
+        try:
+            wait_for(lambda: "connected->reconnecting" in (
+                states.read_text() if states.exists() else ""), 30, "the reconnecting state")
+        finally:
+            subprocess.run(["rabbitmqctl", "start_app"], check=True, capture_output=True,
+                           timeout=120)
+        wait_for(lambda: "reconnecting->connected" in states.read_text(), 60,
+                 "the connected state again")
+        wait_for(lambda: set(processed(out)) >= set(ids), 120, "every message processed")
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=30)
+    assert rc == 0, proc.stderr.read() if proc.stderr else rc
+    assert states.read_text().splitlines()[-1].endswith("->closed")
