@@ -93,7 +93,9 @@ def test_strategy_defaults_and_validation() -> None:
     r = foxtive.ResilientBackend(foxtive.MemoryBackend("x"), s)
     for n in (1, 2, 5, 64, 10_000, 2**32 - 1):  # never overflows
         assert 0 < r._native.delay(n) <= 60.0
+        assert 0 < s.delay(n) <= 60.0
     assert 0.9 <= r._native.delay(1) <= 1.1
+    assert 1.8 <= s.delay(2) <= 2.2
     fixed = foxtive.ResilientBackend(foxtive.MemoryBackend("y"),
                                      foxtive.ReconnectStrategy.fixed(dt.timedelta(seconds=2)))
     assert fixed._native.delay(100) == 2.0

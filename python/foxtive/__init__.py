@@ -36,6 +36,7 @@ from .middleware import (
 from .pool import LoadBalancingStrategy, WorkerPool, WorkerPoolBuilder
 from .rabbitmq import RabbitMqBackend, RabbitMqConsumerConfig
 from .resilient import ReconnectStrategy, ResilientBackend
+from .supervisor import Supervisor
 from .worker import BatchWorker, RetryInfo, Worker
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "RetryInfo",
     "RetryableError",
     "ShutdownError",
+    "Supervisor",
     "TimeoutMiddleware",
     "TracingMiddleware",
     "Worker",

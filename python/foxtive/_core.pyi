@@ -185,6 +185,9 @@ class DeadLetter:
 
 def redact_url(url: str) -> str: ...
 def runtime_pid() -> int: ...
+def reconnect_delay(
+    kind: str, initial: float, max: float, multiplier: float, jitter: float, failures: int
+) -> float: ...
 
 
 @final

@@ -52,6 +52,11 @@ class ReconnectStrategy(FrozenConfig):
                     multiplier: float = 2.0, jitter: float = 0.1) -> ReconnectStrategy:
         return cls("exponential", initial, max, multiplier, jitter)  # type: ignore[arg-type]
 
+    def delay(self, failures: int) -> float:
+        """Seconds to wait after ``failures`` consecutive failures (jitter included)."""
+        return _core.reconnect_delay(self.kind, self.initial, self.max, self.multiplier,
+                                     self.jitter, max(0, min(failures, 2**32 - 1)))
+
     @classmethod
     def fixed(cls, delay: float | _dt.timedelta) -> ReconnectStrategy:
         d = seconds("delay", delay)

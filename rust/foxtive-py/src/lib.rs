@@ -29,5 +29,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<rabbitmq::PyRabbitMqBackend>()?;
     m.add_function(wrap_pyfunction!(backends::redact_url, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::runtime_pid, m)?)?;
+    m.add_function(wrap_pyfunction!(resilient::reconnect_delay, m)?)?;
     Ok(())
 }

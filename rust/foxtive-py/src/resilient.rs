@@ -52,6 +52,21 @@ pub fn strategy(
     }
 }
 
+/// The delay a strategy gives after `failures` consecutive failures.
+#[pyfunction]
+pub fn reconnect_delay(
+    kind: &str,
+    initial: f64,
+    max: f64,
+    multiplier: f64,
+    jitter: f64,
+    failures: u32,
+) -> PyResult<f64> {
+    Ok(strategy(kind, initial, max, multiplier, jitter)?
+        .delay(failures)
+        .as_secs_f64())
+}
+
 #[pymethods]
 impl PyResilientBackend {
     #[new]
