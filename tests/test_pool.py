@@ -432,3 +432,37 @@ def test_delayed_publish_waits_in_the_backend(memory: foxtive.MemoryBackend) -> 
     pool = foxtive.WorkerPoolBuilder("p").add_worker(handler, id="h").build()
     assert pool.run_until_idle(memory, timeout=10)
     assert stamps and stamps[0] - t0 >= 0.29
+
+
+def test_tracing_continues_the_trace_across_a_publish(
+    memory: foxtive.MemoryBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from foxtive import tracing
+
+    parent = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
+    spans: list[tracing.Span] = []
+
+    async def stage_one(m: foxtive.Message) -> None:
+        span = tracing.current()
+        assert span is not None
+        spans.append(span)
+        if m.body == b"first":
+            await memory.publish(b"second")
+
+    memory.publish_sync(b"first", headers={"traceparent": parent})
+    pool = (
+        foxtive.WorkerPoolBuilder("p").with_middleware(foxtive.TracingMiddleware("svc"))
+        .add_worker(stage_one, id="stage").build()
+    )
+    with caplog.at_level(logging.INFO, logger="foxtive"):
+        assert pool.run_until_idle(memory, timeout=10)
+    first, second = spans
+    assert first.trace_id == "ab" * 16 and first.parent_id == "cd" * 8
+    assert second.trace_id == first.trace_id  # the trace crossed the queue
+    assert second.parent_id == first.span_id
+    records = [r for r in caplog.records if getattr(r, "trace_id", None) == first.trace_id]
+    assert {getattr(r, "outcome", None) for r in records} >= {"success"}
+    assert all(getattr(r, "worker", None) == "stage" for r in records)
+    assert tracing.current() is None

@@ -31,12 +31,12 @@ from .middleware import (
     RateLimitMiddleware,
     RetryHandler,
     TimeoutMiddleware,
-    TracingMiddleware,
 )
 from .pool import LoadBalancingStrategy, WorkerPool, WorkerPoolBuilder
 from .rabbitmq import RabbitMqBackend, RabbitMqConsumerConfig
 from .resilient import ReconnectStrategy, ResilientBackend
 from .supervisor import Supervisor
+from .tracing import TracingMiddleware
 from .worker import BatchWorker, RetryInfo, Worker
 
 __all__ = [

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from . import _core
+from .tracing import inject
 
 __all__ = ["Backend", "Incoming", "MemoryBackend"]
 
@@ -135,23 +136,23 @@ class MemoryBackend(Backend):
     async def publish(self, body: bytes | str, headers: dict[str, Any] | None = None,
                       delay: float | _dt.timedelta | None = None,
                       message_id: str | None = None) -> str:
-        return self._native.publish_sync(body, headers, delay, message_id)
+        return self._native.publish_sync(body, inject(headers), delay, message_id)
 
     async def publish_many(self, bodies: Iterable[bytes | str],
                            headers: dict[str, Any] | None = None,
                            delay: float | _dt.timedelta | None = None) -> list[str]:
-        return self._native.publish_many_sync(bodies, headers, delay)
+        return self._native.publish_many_sync(bodies, inject(headers), delay)
 
     def publish_sync(self, body: bytes | str, headers: dict[str, Any] | None = None,
                      delay: float | _dt.timedelta | None = None,
                      message_id: str | None = None) -> str:
         """Publish without awaiting (the memory backend never waits)."""
-        return self._native.publish_sync(body, headers, delay, message_id)
+        return self._native.publish_sync(body, inject(headers), delay, message_id)
 
     def publish_many_sync(self, bodies: Iterable[bytes | str],
                           headers: dict[str, Any] | None = None,
                           delay: float | _dt.timedelta | None = None) -> list[str]:
-        return self._native.publish_many_sync(bodies, headers, delay)
+        return self._native.publish_many_sync(bodies, inject(headers), delay)
 
     def publish_bulk(self, bodies: Iterable[bytes]) -> int:
         """Publish bodies with nothing else, fast; ids are given on delivery."""

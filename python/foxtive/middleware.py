@@ -8,8 +8,6 @@ Order: the first added is the outermost.
 from __future__ import annotations
 
 import dataclasses
-import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +25,6 @@ __all__ = [
     "RateLimitMiddleware",
     "RetryHandler",
     "TimeoutMiddleware",
-    "TracingMiddleware",
 ]
 
 CallNext = Callable[["Message"], Awaitable[None]]
@@ -155,39 +152,3 @@ class TimeoutMiddleware(FrozenConfig):
 
     def __post_init__(self) -> None:
         self._set("seconds", seconds("seconds", self.seconds, positive=True))
-
-
-class TracingMiddleware(Middleware):
-    """Log each message's start and outcome through ``logging`` (logger ``foxtive``)."""
-
-    def __init__(self, service_name: str = "foxtive") -> None:
-        self.service_name = service_name
-        self._log = logging.getLogger("foxtive")
-
-    async def __call__(self, message: Message, call_next: CallNext) -> None:
-        log = self._log
-        start = time.perf_counter()
-        log.info(
-            "message %s received from %s (attempt %d)",
-            message.id,
-            message.queue,
-            message.attempt,
-            extra={"service": self.service_name},
-        )
-        try:
-            await call_next(message)
-        except BaseException as exc:
-            log.warning(
-                "message %s failed after %.1f ms: %s",
-                message.id,
-                (time.perf_counter() - start) * 1000,
-                type(exc).__name__,
-                extra={"service": self.service_name},
-            )
-            raise
-        log.debug(
-            "message %s processed in %.1f ms",
-            message.id,
-            (time.perf_counter() - start) * 1000,
-            extra={"service": self.service_name},
-        )

@@ -42,6 +42,7 @@ from . import _core
 from ._config import FrozenConfig, integer, seconds
 from .backends import Backend
 from .errors import ConfigError
+from .tracing import inject
 
 __all__ = ["RabbitMqBackend", "RabbitMqConsumerConfig"]
 
@@ -238,11 +239,11 @@ class RabbitMqBackend(Backend):
                       message_id: str | None = None) -> str:
         """Publish to the queue (declared durable), persistent, with a publisher
         confirm; ``delay`` waits in a delay bucket. Returns the message id."""
-        result: str = await self._native.publish(body, headers, delay, message_id)
+        result: str = await self._native.publish(body, inject(headers), delay, message_id)
         return result
 
     async def publish_many(self, bodies: Iterable[bytes | str],
                            headers: dict[str, Any] | None = None,
                            delay: float | _dt.timedelta | None = None) -> list[str]:
-        result: list[str] = await self._native.publish_many(list(bodies), headers, delay)
+        result: list[str] = await self._native.publish_many(list(bodies), inject(headers), delay)
         return result

@@ -12,6 +12,7 @@ from . import _core
 from ._config import FrozenConfig, seconds
 from .backends import Backend
 from .errors import ConfigError
+from .tracing import inject
 
 __all__ = ["ReconnectStrategy", "ResilientBackend"]
 
@@ -130,13 +131,13 @@ class ResilientBackend(Backend):
     async def publish(self, body: bytes | str, headers: dict[str, Any] | None = None,
                       delay: float | _dt.timedelta | None = None,
                       message_id: str | None = None) -> str:
-        result: str = await self._native.publish(body, headers, delay, message_id)
+        result: str = await self._native.publish(body, inject(headers), delay, message_id)
         return result
 
     async def publish_many(self, bodies: Iterable[bytes | str],
                            headers: dict[str, Any] | None = None,
                            delay: float | _dt.timedelta | None = None) -> list[str]:
-        result: list[str] = await self._native.publish_many(bodies, headers, delay)
+        result: list[str] = await self._native.publish_many(bodies, inject(headers), delay)
         return result
 
     async def close(self) -> None:

@@ -134,6 +134,12 @@ impl PyMessage {
         self.inflight.is_settled()
     }
 
+    /// Id of the worker the pool assigned.
+    #[getter]
+    fn worker_id(&self) -> Option<String> {
+        self.engine.worker_id(self.inflight.worker).map(|id| id.to_string())
+    }
+
     /// Index of the worker the pool assigned (internal).
     #[getter]
     fn _worker(&self) -> usize {
