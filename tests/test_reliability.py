@@ -143,3 +143,62 @@ def test_defaults() -> None:
     assert (rl.per_second, rl.burst) == (100.0, 10)
     pp = foxtive.PoisonPillTracker()
     assert (pp.max_failures, pp.time_window) == (10, 3600.0)
+
+
+SHARED_WORKER = """
+import sys, time, foxtive
+key, n, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+memory = foxtive.MemoryBackend("shared")
+memory.publish_many_sync([b"x"] * n)
+stamps = []
+async def handler(m):
+    stamps.append(time.time())
+pool = (foxtive.WorkerPoolBuilder("p")
+        .with_middleware(foxtive.RateLimitMiddleware(
+            per_second=20, burst=1, redis_url="redis://127.0.0.1:6379/0", key=key))
+        .add_worker(handler, id="h").build())
+print("READY", flush=True)
+sys.stdin.readline()  # start together
+assert pool.run_until_idle(memory, timeout=60)
+open(out, "w").write("\\n".join(map(str, stamps)))
+"""
+
+
+def test_shared_rate_limit_holds_across_two_processes(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+    import uuid
+
+    import redis
+
+    key = f"foxtive-test:rate:{uuid.uuid4().hex}"
+    procs = []
+    try:
+        for i in range(2):
+            p = subprocess.Popen(
+                [sys.executable, "-c", SHARED_WORKER, key, "40", str(tmp_path / f"{i}.txt")],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            )
+            assert p.stdout is not None and p.stdout.readline().strip() == "READY"
+            procs.append(p)
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        for p in procs:
+            assert p.wait(timeout=60) == 0
+        stamps = sorted(
+            float(line) for i in range(2) for line in (tmp_path / f"{i}.txt").read_text().split()
+        )
+        assert len(stamps) == 80
+        rate = (len(stamps) - 1) / (stamps[-1] - stamps[0])
+        assert 18 <= rate <= 22, rate  # one budget of 20/s, not 2 x 20
+    finally:
+        for p in procs:
+            p.kill()
+        redis.Redis(host="127.0.0.1", port=6379).delete(key)
+
+
+def test_shared_rate_limit_repr_hides_the_password() -> None:
+    rl = foxtive.RateLimitMiddleware(redis_url="redis://:s3cret@127.0.0.1:6379/0")
+    assert "s3cret" not in repr(rl)

@@ -98,7 +98,7 @@ class Engine:
         retry: RetryPolicy | None = None,
         batch_size: int = 256,
         breaker: tuple[int, float, int] | None = None,
-        rate_limit: tuple[float, int] | None = None,
+        rate_limit: tuple[float, int, tuple[str, str] | None] | None = None,
         poison: tuple[int, float] | None = None,
     ) -> Engine: ...
     def start(self) -> Awaitable[None]: ...

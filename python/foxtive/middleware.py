@@ -85,11 +85,24 @@ class CircuitBreakerMiddleware(FrozenConfig):
 @dataclasses.dataclass(frozen=True)
 class RateLimitMiddleware(FrozenConfig):
     """At most ``per_second`` messages a second reach the handlers, in bursts
-    of up to ``burst`` (GCRA, governor). Messages wait for a permit; none is
-    failed for being early."""
+    of up to ``burst`` (GCRA). Messages wait for a permit; none is failed for
+    being early.
+
+    Without ``redis_url`` the limit is this process's (governor). With it,
+    every pool using the same ``key`` (default ``foxtive:rate:<pool name>``)
+    on any process or machine shares one budget, decided in Redis by one Lua
+    call per message with the server's clock. If Redis cannot be reached the
+    process limits itself locally at the same rate until it can."""
 
     per_second: float = 100.0
     burst: int = 10
+    redis_url: str | None = None
+    key: str | None = None
+
+    def __repr__(self) -> str:
+        url = None if self.redis_url is None else _core.redact_url(self.redis_url)
+        return (f"RateLimitMiddleware(per_second={self.per_second}, burst={self.burst}, "
+                f"redis_url={url!r}, key={self.key!r})")
 
     def __post_init__(self) -> None:
         if isinstance(self.per_second, bool) or not isinstance(self.per_second, int | float) \
@@ -97,6 +110,10 @@ class RateLimitMiddleware(FrozenConfig):
             raise ConfigError(f"per_second: must be a number > 0, got {self.per_second!r}")
         self._set("per_second", float(self.per_second))
         self._set("burst", integer("burst", self.burst, minimum=1))
+        if self.redis_url is not None and not isinstance(self.redis_url, str):
+            raise ConfigError("redis_url: expected a redis:// or rediss:// URL string")
+        if self.key is not None and (not isinstance(self.key, str) or not self.key):
+            raise ConfigError("key: expected a non-empty string")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -250,12 +250,15 @@ class WorkerPool:
     def _new_engine(self, backend: Any, plans: list[Plan], lanes: list[bool]) -> _core.Engine:
         workers = [(p.spec.id, p.limit, p.lane) for p in plans]
         b, r, t = self.breaker, self.rate_limit, self.retry.poison_pill_tracker
+        shared = None
+        if r is not None and r.redis_url is not None:
+            shared = (r.redis_url, r.key or f"foxtive:rate:{self.name}")
         return _core.Engine(
             self.name, self.concurrency_limit, workers, self.strategy.value, lanes,
             backend, self.retry._policy(),
             breaker=None if b is None else (b.failure_threshold, b.reset_timeout,
                                             b.success_threshold),
-            rate_limit=None if r is None else (r.per_second, r.burst),
+            rate_limit=None if r is None else (r.per_second, r.burst, shared),
             poison=None if t is None else (t.max_failures, t.time_window),
         )
 

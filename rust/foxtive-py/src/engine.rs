@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use foxtive_core::message::{Delivery, Receipt};
-use foxtive_core::policy::{Backoff, BreakerConfig, RetryPolicy};
+use foxtive_core::policy::{Backoff, BreakerConfig, RateLimitConfig, RetryPolicy};
 use foxtive_core::pool::{Engine, EngineConfig, Lane, WorkerSpec};
 
 use crate::backends::resolve_backend;
@@ -128,7 +128,7 @@ impl PyEngine {
         retry: Option<PyRef<'_, PyRetryPolicy>>,
         batch_size: usize,
         breaker: Option<(u32, f64, u32)>,
-        rate_limit: Option<(f64, u32)>,
+        rate_limit: Option<(f64, u32, Option<(String, String)>)>,
         poison: Option<(u32, f64)>,
     ) -> PyResult<Self> {
         if concurrency_limit < 1 {
@@ -164,7 +164,11 @@ impl PyEngine {
                 ),
                 None => None,
             },
-            rate_limit,
+            rate_limit: rate_limit.map(|(per_second, burst, shared)| RateLimitConfig {
+                per_second,
+                burst,
+                shared,
+            }),
             poison: match poison {
                 Some((max, window)) => Some((max, secs("time_window", window)?)),
                 None => None,

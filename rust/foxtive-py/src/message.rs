@@ -137,7 +137,9 @@ impl PyMessage {
     /// Id of the worker the pool assigned.
     #[getter]
     fn worker_id(&self) -> Option<String> {
-        self.engine.worker_id(self.inflight.worker).map(|id| id.to_string())
+        self.engine
+            .worker_id(self.inflight.worker)
+            .map(|id| id.to_string())
     }
 
     /// Index of the worker the pool assigned (internal).

@@ -10,6 +10,6 @@ pub mod retry;
 pub use backoff::Backoff;
 pub use circuit_breaker::{Admission, BreakerConfig, BreakerState, CircuitBreaker, Verdict};
 pub use poison_pill::PoisonPillTracker;
-pub use rate_limit::RateLimiter;
+pub use rate_limit::{RateLimitConfig, RateLimiter};
 pub use reconnect::ReconnectStrategy;
 pub use retry::{FailureKind, RetryInfo, RetryPolicy};

@@ -1,5 +1,7 @@
-//! Rate limiting on governor (GCRA): admission waits for a permit; it never
-//! fails a message for being early.
+//! Rate limiting: admission waits for a permit; it never fails a message for
+//! being early. Local limits use governor (GCRA, in process). A shared limit
+//! runs the same GCRA in Redis, one Lua call per permit, with the server's
+//! clock, so every process and machine draws from one budget.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -7,11 +9,51 @@ use std::time::Duration;
 use governor::clock::DefaultClock;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter as Governor};
+use redis::aio::ConnectionManager;
+use tokio::sync::OnceCell;
 
+use crate::redact::redact_url;
 use crate::{Error, Result};
 
+type Local = Governor<NotKeyed, InMemoryState, DefaultClock>;
+
+/// GCRA over one key. ARGV: emission interval (µs), burst. Returns the
+/// microseconds to wait: 0 when the permit was granted.
+const GCRA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = interval * (tonumber(ARGV[2]) - 1)
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local wait = tat - tolerance - now
+if wait > 0 then return wait end
+local ttl = math.ceil((tat + interval - now) / 1000) + 1000
+redis.call('SET', KEYS[1], tostring(tat + interval), 'PX', ttl)
+return 0
+"#;
+
+/// What a pool's rate limit is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitConfig {
+    pub per_second: f64,
+    pub burst: u32,
+    /// `(redis_url, key)` to share the limit through Redis.
+    pub shared: Option<(String, String)>,
+}
+
+struct Shared {
+    client: redis::Client,
+    key: String,
+    url: String,
+    conn: OnceCell<ConnectionManager>,
+    script: redis::Script,
+    interval_us: u64,
+}
+
 pub struct RateLimiter {
-    limiter: Governor<NotKeyed, InMemoryState, DefaultClock>,
+    local: Local,
+    shared: Option<Shared>,
     burst: u32,
     per_second: f64,
 }
@@ -21,11 +63,20 @@ impl std::fmt::Debug for RateLimiter {
         f.debug_struct("RateLimiter")
             .field("per_second", &self.per_second)
             .field("burst", &self.burst)
+            .field("shared", &self.shared.as_ref().map(|s| (&s.url, &s.key)))
             .finish()
     }
 }
 
 impl RateLimiter {
+    pub fn from_config(config: &RateLimitConfig) -> Result<Self> {
+        match &config.shared {
+            None => Self::new(config.per_second, config.burst),
+            Some((url, key)) => Self::shared(config.per_second, config.burst, url, key),
+        }
+    }
+
+    /// A limit for this process alone.
     pub fn new(per_second: f64, burst: u32) -> Result<Self> {
         if !per_second.is_finite() || per_second <= 0.0 {
             return Err(Error::Config(format!(
@@ -42,18 +93,83 @@ impl RateLimiter {
             .ok_or_else(|| Error::Config(format!("per_second: {per_second} is out of range")))?
             .allow_burst(burst_nz);
         Ok(RateLimiter {
-            limiter: Governor::direct(quota),
+            local: Governor::direct(quota),
+            shared: None,
             burst,
             per_second,
         })
+    }
+
+    /// A limit shared by everything that uses the same Redis `key`. While
+    /// Redis cannot be reached, the process falls back to the same limit
+    /// locally (logged), so work slows down rather than stops or floods.
+    pub fn shared(per_second: f64, burst: u32, redis_url: &str, key: &str) -> Result<Self> {
+        let mut limiter = Self::new(per_second, burst)?;
+        let url = redact_url(redis_url);
+        let client = redis::Client::open(redis_url)
+            .map_err(|e| Error::Config(format!("redis_url: invalid URL {url}: {:?}", e.kind())))?;
+        if key.is_empty() {
+            return Err(Error::Config("key: must be a non-empty string".to_string()));
+        }
+        limiter.shared = Some(Shared {
+            client,
+            key: key.to_string(),
+            url,
+            conn: OnceCell::new(),
+            script: redis::Script::new(GCRA),
+            interval_us: ((1_000_000.0 / per_second).round() as u64).max(1),
+        });
+        Ok(limiter)
     }
 
     pub fn burst(&self) -> u32 {
         self.burst
     }
 
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
     /// Wait for one permit.
     pub async fn until_ready(&self) {
-        self.limiter.until_ready().await;
+        let Some(shared) = &self.shared else {
+            self.local.until_ready().await;
+            return;
+        };
+        loop {
+            match shared.try_acquire(self.burst).await {
+                Ok(Duration::ZERO) => return,
+                Ok(wait) => tokio::time::sleep(wait).await,
+                Err(e) => {
+                    tracing::warn!(redis = %shared.url, error = %e,
+                        "shared rate limit unavailable; limiting locally");
+                    self.local.until_ready().await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Shared {
+    async fn try_acquire(&self, burst: u32) -> Result<Duration> {
+        let conn = self
+            .conn
+            .get_or_try_init(|| async {
+                ConnectionManager::new(self.client.clone())
+                    .await
+                    .map_err(|e| Error::Backend(format!("redis {}: {:?}", self.url, e.kind())))
+            })
+            .await?;
+        let mut conn = conn.clone();
+        let wait_us: u64 = self
+            .script
+            .key(&self.key)
+            .arg(self.interval_us)
+            .arg(burst)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| Error::Backend(format!("redis {}: {:?}", self.url, e.kind())))?;
+        Ok(Duration::from_micros(wait_us))
     }
 }

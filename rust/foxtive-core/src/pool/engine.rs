@@ -22,7 +22,7 @@ use crate::message::{Delivery, Failure, Receipt, Settlement};
 use crate::observe::{Stats, StatsSnapshot};
 use crate::policy::{
     Admission, BreakerConfig, BreakerState, CircuitBreaker, FailureKind, PoisonPillTracker,
-    RateLimiter, RetryInfo, RetryPolicy, Verdict,
+    RateLimitConfig, RateLimiter, RetryInfo, RetryPolicy, Verdict,
 };
 use crate::{Error, Result};
 
@@ -49,8 +49,8 @@ pub struct EngineConfig {
     pub batch_size: usize,
     /// Stop calling handlers while they keep failing.
     pub breaker: Option<BreakerConfig>,
-    /// Messages per second and burst.
-    pub rate_limit: Option<(f64, u32)>,
+    /// Messages per second and burst, optionally shared through Redis.
+    pub rate_limit: Option<RateLimitConfig>,
     /// Failures per message within a window before it is a poison pill.
     pub poison: Option<(u32, Duration)>,
 }
@@ -190,8 +190,8 @@ impl Engine {
             })
             .collect();
         let breaker = config.breaker.map(CircuitBreaker::new);
-        let limiter = match config.rate_limit {
-            Some((per_second, burst)) => Some(RateLimiter::new(per_second, burst)?),
+        let limiter = match &config.rate_limit {
+            Some(limit) => Some(RateLimiter::from_config(limit)?),
             None => None,
         };
         let poison = match config.poison {
