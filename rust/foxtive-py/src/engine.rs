@@ -73,6 +73,9 @@ impl PyRetryPolicy {
     }
 }
 
+/// `(per_second, burst, (redis_url, key) | None)` as Python passes it.
+type RateLimitArg = (f64, u32, Option<(String, String)>);
+
 fn secs(name: &str, value: f64) -> PyResult<Duration> {
     Duration::try_from_secs_f64(value).map_err(|_| {
         config_error(format!(
@@ -128,7 +131,7 @@ impl PyEngine {
         retry: Option<PyRef<'_, PyRetryPolicy>>,
         batch_size: usize,
         breaker: Option<(u32, f64, u32)>,
-        rate_limit: Option<(f64, u32, Option<(String, String)>)>,
+        rate_limit: Option<RateLimitArg>,
         poison: Option<(u32, f64)>,
     ) -> PyResult<Self> {
         if concurrency_limit < 1 {
