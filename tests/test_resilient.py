@@ -125,3 +125,28 @@ def test_resilient_memory_backend_runs_a_pool() -> None:
     assert pool.health()["backend"] == "closed"
 
 
+
+
+async def test_core_reconnect_warnings_reach_python_logging(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    inner = FlakyBackend()
+    inner.down = True
+    backend = foxtive.ResilientBackend(inner, foxtive.ReconnectStrategy.fixed(0.01))
+
+    async def handler(m: foxtive.Message) -> None: ...
+
+    pool = foxtive.WorkerPoolBuilder("p").add_worker(handler, id="h").build()
+    with caplog.at_level(logging.WARNING, logger="foxtive"):
+        run = asyncio.ensure_future(pool.run_async(backend, handle_signals=False))
+        while inner.connects < 3:
+            await asyncio.sleep(0.01)
+        inner.down = False
+        while backend.state != "connected":
+            await asyncio.sleep(0.01)
+        pool.shutdown()
+        await run
+    messages = [r.getMessage() for r in caplog.records if r.name == "foxtive"]
+    assert any("reconnecting" in m and "connection refused" in m for m in messages), messages

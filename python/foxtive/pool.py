@@ -9,7 +9,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from . import _core
+from . import _core, _logs
 from ._config import integer, seconds
 from ._dispatch import Plan, Runner
 from .errors import ConfigError
@@ -186,10 +186,14 @@ def _check_backend(backend: Any) -> None:
 _COUNTERS = ("received", "processed", "failed", "retried", "dead_lettered", "requeued")
 
 
-async def _poll_backend_state(backend: Any, runner: Runner) -> None:
-    """Fire a backend's state-change callbacks on the loop while the pool runs."""
+async def _housekeeping(backend: Any, runner: Runner) -> None:
+    """While the pool runs: emit core log events through ``logging`` and fire
+    a backend's state-change callbacks, on the loop, a few times a second."""
+    poll_state = getattr(backend, "_poll_state", None)
     while not runner.stop_event.is_set():
-        backend._poll_state()
+        _logs.pump()
+        if poll_state is not None:
+            poll_state()
         await asyncio.sleep(0.05)
 
 
@@ -309,9 +313,7 @@ class WorkerPool:
                 runner.request_stop()
                 self._stop_requested = False
         watcher = None
-        state_poller = None
-        if hasattr(chosen, "_poll_state"):
-            state_poller = asyncio.ensure_future(_poll_backend_state(chosen, runner))
+        state_poller = asyncio.ensure_future(_housekeeping(chosen, runner))
         if until_idle:
             watcher = asyncio.ensure_future(self._watch_idle(runner, engine, timeout))
         try:
@@ -319,9 +321,10 @@ class WorkerPool:
         finally:
             if watcher is not None:
                 watcher.cancel()
-            if state_poller is not None:
-                state_poller.cancel()
+            state_poller.cancel()
+            if hasattr(chosen, "_poll_state"):
                 chosen._poll_state()
+            _logs.pump()
             with self._lock:
                 stats = engine.stats()
                 for k in _COUNTERS:

@@ -7,6 +7,7 @@ mod bridge;
 mod convert;
 mod engine;
 mod errors;
+mod logs;
 mod message;
 mod python_backend;
 mod rabbitmq;
@@ -18,6 +19,8 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    logs::install();
+    m.add_function(wrap_pyfunction!(logs::take_logs, m)?)?;
     m.add_class::<awaitable::Ready>()?;
     m.add_class::<bridge::Completions>()?;
     m.add_class::<message::PyMessage>()?;
