@@ -32,6 +32,7 @@ from .middleware import (
     RetryHandler,
     TimeoutMiddleware,
 )
+from .observe import HealthServer, PrometheusCollector
 from .pool import LoadBalancingStrategy, WorkerPool, WorkerPoolBuilder
 from .rabbitmq import RabbitMqBackend, RabbitMqConsumerConfig
 from .resilient import ReconnectStrategy, ResilientBackend
@@ -48,6 +49,7 @@ __all__ = [
     "ConfigError",
     "DeadLetter",
     "FoxtiveError",
+    "HealthServer",
     "Incoming",
     "LoadBalancingStrategy",
     "MemoryBackend",
@@ -56,6 +58,7 @@ __all__ = [
     "PayloadError",
     "PermanentError",
     "PoisonPillTracker",
+    "PrometheusCollector",
     "RabbitMqBackend",
     "RabbitMqConsumerConfig",
     "RateLimitMiddleware",

@@ -183,14 +183,14 @@ def _check_backend(backend: Any) -> None:
         )
 
 
-_COUNTERS = ("received", "processed", "failed", "retried", "dead_lettered", "requeued")
 
 
-async def _housekeeping(backend: Any, runner: Runner) -> None:
+async def _housekeeping(backend: Any, runner: Runner, metrics: _core.Metrics) -> None:
     """While the pool runs: emit core log events through ``logging`` and fire
     a backend's state-change callbacks, on the loop, a few times a second."""
     poll_state = getattr(backend, "_poll_state", None)
     while not runner.stop_event.is_set():
+        metrics.heartbeat()
         _logs.pump()
         if poll_state is not None:
             poll_state()
@@ -220,7 +220,8 @@ class WorkerPool:
         self._engine: _core.Engine | None = None
         self._runner: Runner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._totals = dict.fromkeys(_COUNTERS, 0)
+        # Counters and histograms live in Rust and outlive each run.
+        self._metrics = _core.Metrics(name, [s.id for s in specs])
         self._stop_requested = False
         self._ran = False
         self._breaker_state = "closed"
@@ -264,6 +265,7 @@ class WorkerPool:
                                             b.success_threshold),
             rate_limit=None if r is None else (r.per_second, r.burst, shared),
             poison=None if t is None else (t.max_failures, t.time_window),
+            metrics=self._metrics,
         )
 
     def _resolve_backend(self, backend: Any) -> Any:
@@ -313,7 +315,7 @@ class WorkerPool:
                 runner.request_stop()
                 self._stop_requested = False
         watcher = None
-        state_poller = asyncio.ensure_future(_housekeeping(chosen, runner))
+        state_poller = asyncio.ensure_future(_housekeeping(chosen, runner, self._metrics))
         if until_idle:
             watcher = asyncio.ensure_future(self._watch_idle(runner, engine, timeout))
         try:
@@ -327,8 +329,6 @@ class WorkerPool:
             _logs.pump()
             with self._lock:
                 stats = engine.stats()
-                for k in _COUNTERS:
-                    self._totals[k] += stats[k]
                 if "circuit_breaker" in stats:
                     self._breaker_state = stats["circuit_breaker"]
                     self._breaker_transitions += stats["circuit_breaker_transitions"]
@@ -399,7 +399,7 @@ class WorkerPool:
         else:
             adopted = engine.adopt(message, headers, message_id)
         plan = plans[adopted._worker]
-        before = engine.stats()
+        before = self._metrics.stats()
         runner = Runner(engine, plans, self.middlewares, self.shutdown_timeout, False)
         lw = runner.loop_workers[plan.index]
         if lw is None:
@@ -412,12 +412,10 @@ class WorkerPool:
         else:
             await lw.run_one(adopted)
             runner.flush_acks()
-        after = engine.stats()
+        after = self._metrics.stats()
         for key, outcome in (("processed", "success"), ("retried", "retried"),
                              ("dead_lettered", "dead_lettered"), ("requeued", "requeued")):
             if after[key] > before[key]:
-                if self._engine is None:
-                    self._totals[key] += 1
                 return outcome
         return "success"
 
@@ -426,12 +424,9 @@ class WorkerPool:
         """Counters since the pool was built, plus what is in flight now."""
         with self._lock:
             engine = self._engine
-            totals = dict(self._totals)
-        out: dict[str, Any] = dict(totals)
+        out: dict[str, Any] = dict(self._metrics.stats())
         if engine is not None:
             live = engine.stats()
-            for k in _COUNTERS:
-                out[k] += live[k]
             out["in_flight"] = live["in_flight"]
             out["workers"] = live["workers"]
             if "circuit_breaker" in live:
@@ -450,31 +445,12 @@ class WorkerPool:
         return out
 
     def health(self) -> dict[str, Any]:
-        """``{"status": "healthy"|"degraded"|"unhealthy", "message": str, ...}``."""
-        s = self.stats()
-        in_flight, limit = s["in_flight"], self.concurrency_limit
-        saturation = in_flight / limit if limit else 1.0
-        engine = self._engine
-        backend_state = engine.backend_state() if engine is not None else "closed"
-        if s["state"] != "running":
-            status, message = "unhealthy", f"pool {self.name!r} is {s['state']}"
-        elif not self._specs:
-            status, message = "degraded", "no workers"
-        elif backend_state != "connected":
-            status, message = "degraded", f"backend {backend_state}"
-        elif saturation > 0.9:
-            status, message = "degraded", f"saturated: {in_flight}/{limit} in flight"
-        else:
-            status, message = "healthy", f"{in_flight}/{limit} in flight"
-        return {
-            "status": status,
-            "message": message,
-            "pool": self.name,
-            "state": s["state"],
-            "backend": backend_state,
-            "workers": len(self._specs),
-            "in_flight": in_flight,
-            "concurrency_limit": limit,
-            "processed": s["processed"],
-            "failed": s["failed"],
-        }
+        """``{"status": "healthy"|"degraded"|"unhealthy", "message": str, ...}``:
+        unhealthy when not running (or its event loop is stuck for 30 s),
+        degraded when the backend is not connected or more than 90 % of the
+        limit is in flight. The same judgement ``/health`` serves."""
+        return self._metrics.health(self.concurrency_limit)
+
+    def metrics_text(self) -> str:
+        """Every metric in the Prometheus text format."""
+        return self._metrics.render()

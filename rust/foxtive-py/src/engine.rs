@@ -119,7 +119,7 @@ impl PyEngine {
     #[new]
     /// `breaker`: (failure_threshold, reset_timeout, success_threshold);
     /// `rate_limit`: (per_second, burst); `poison`: (max_failures, time_window).
-    #[pyo3(signature = (pool, concurrency_limit, workers, strategy, lanes, backend, retry = None, batch_size = 256, breaker = None, rate_limit = None, poison = None))]
+    #[pyo3(signature = (pool, concurrency_limit, workers, strategy, lanes, backend, retry = None, batch_size = 256, breaker = None, rate_limit = None, poison = None, metrics = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         pool: &str,
@@ -133,6 +133,7 @@ impl PyEngine {
         breaker: Option<(u32, f64, u32)>,
         rate_limit: Option<RateLimitArg>,
         poison: Option<(u32, f64)>,
+        metrics: Option<PyRef<'_, crate::observe::PyMetrics>>,
     ) -> PyResult<Self> {
         if concurrency_limit < 1 {
             return Err(config_error(format!(
@@ -178,7 +179,11 @@ impl PyEngine {
             },
         };
         let (backend, python_backend) = resolve_backend(backend)?;
-        let engine = Engine::new(config, backend).py_err()?;
+        let engine = match metrics {
+            Some(m) => Engine::with_metrics(config, backend, m.inner.clone()),
+            None => Engine::new(config, backend),
+        }
+        .py_err()?;
         Ok(PyEngine {
             engine,
             python_backend,

@@ -9,6 +9,7 @@ mod engine;
 mod errors;
 mod logs;
 mod message;
+mod observe;
 mod python_backend;
 mod rabbitmq;
 mod resilient;
@@ -29,6 +30,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<backends::PyMemoryBackend>()?;
     m.add_class::<backends::PyDeadLetter>()?;
     m.add_class::<resilient::PyResilientBackend>()?;
+    m.add_class::<observe::PyMetrics>()?;
+    m.add_class::<observe::PyHttpServer>()?;
     m.add_class::<rabbitmq::PyRabbitMqBackend>()?;
     m.add_function(wrap_pyfunction!(backends::redact_url, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::runtime_pid, m)?)?;

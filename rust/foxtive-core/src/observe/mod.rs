@@ -1,5 +1,11 @@
 //! What the pool counts and how healthy it is.
 
+pub mod health;
+pub mod http;
+pub mod metrics;
 pub mod stats;
 
-pub use stats::{Stats, StatsSnapshot};
+pub use health::{assess, Health};
+pub use http::{HttpServer, Source};
+pub use metrics::Metrics;
+pub use stats::StatsSnapshot;

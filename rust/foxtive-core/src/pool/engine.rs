@@ -19,7 +19,7 @@ use super::strategy::Picker;
 use super::{InFlight, Lane, Strategy};
 use crate::backend::{Backend, SettleItem};
 use crate::message::{Delivery, Failure, Receipt, Settlement};
-use crate::observe::{Stats, StatsSnapshot};
+use crate::observe::{stats, Metrics, StatsSnapshot};
 use crate::policy::{
     Admission, BreakerConfig, BreakerState, CircuitBreaker, FailureKind, PoisonPillTracker,
     RateLimitConfig, RateLimiter, RetryInfo, RetryPolicy, Verdict,
@@ -153,7 +153,7 @@ pub struct Engine {
     picker: Picker,
     in_flight: AtomicUsize,
     capacity_freed: Notify,
-    stats: Stats,
+    metrics: Arc<Metrics>,
     settle_queue: Mutex<Vec<SettleItem>>,
     settle_wake: Notify,
     state: AtomicU8,
@@ -169,7 +169,31 @@ const RECEIVE_WAIT: Duration = Duration::from_millis(500);
 
 impl Engine {
     pub fn new(config: EngineConfig, backend: Arc<dyn Backend>) -> Result<Arc<Self>> {
+        let ids: Vec<Arc<str>> = config.workers.iter().map(|w| w.id.clone()).collect();
+        let metrics = Metrics::new(&config.pool, &ids);
+        Self::with_metrics(config, backend, metrics)
+    }
+
+    /// An engine that records into `metrics`, which outlive it (a pool's
+    /// counters accumulate across its runs). Metrics made for other worker
+    /// ids are replaced by fresh ones.
+    pub fn with_metrics(
+        config: EngineConfig,
+        backend: Arc<dyn Backend>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>> {
         config.validate()?;
+        let same_workers = metrics.worker_ids().count() == config.workers.len()
+            && metrics
+                .worker_ids()
+                .zip(&config.workers)
+                .all(|(a, b)| **a == *b.id);
+        let metrics = if same_workers {
+            metrics
+        } else {
+            let ids: Vec<Arc<str>> = config.workers.iter().map(|w| w.id.clone()).collect();
+            Metrics::new(&config.pool, &ids)
+        };
         let lanes = config
             .lanes
             .iter()
@@ -202,7 +226,8 @@ impl Engine {
             )?),
             None => None,
         };
-        Ok(Arc::new(Engine {
+        let engine = Arc::new(Engine {
+            metrics,
             breaker,
             limiter,
             poison,
@@ -213,14 +238,16 @@ impl Engine {
             lanes,
             in_flight: AtomicUsize::new(0),
             capacity_freed: Notify::new(),
-            stats: Stats::default(),
+
             settle_queue: Mutex::new(Vec::new()),
             settle_wake: Notify::new(),
             state: AtomicU8::new(EngineState::Created as u8),
             stop_fetch: watch::channel(false).0,
             stop_settle: watch::channel(false).0,
             tasks: Mutex::new(Vec::new()),
-        }))
+        });
+        engine.metrics.attach(&engine);
+        Ok(engine)
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -254,8 +281,13 @@ impl Engine {
         self.workers.get(index).map(|w| &w.spec.id)
     }
 
+    /// Counters of the pool (across runs, when the metrics are shared).
     pub fn stats(&self) -> StatsSnapshot {
-        self.stats.snapshot()
+        self.metrics.snapshot()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn retry_policy(&self) -> &RetryPolicy {
@@ -373,7 +405,7 @@ impl Engine {
                 self.release_probe(probe);
                 continue;
             }
-            Stats::add(&self.stats.received, batch.len() as u64);
+            stats::add(&self.metrics.received, batch.len() as u64);
             for (i, w) in self.workers.iter().enumerate() {
                 loads[i] = w.load.load(Ordering::Acquire);
             }
@@ -467,17 +499,24 @@ impl Engine {
         self.capacity_freed.notify_one();
     }
 
-    fn count(&self, settlement: &Settlement, n: u64) {
+    fn count(&self, inflight: &InFlight, settlement: &Settlement, now: Instant) {
+        let Some(w) = self.metrics.worker(inflight.worker) else {
+            return;
+        };
         let counter = match settlement {
-            Settlement::Ack => &self.stats.processed,
+            Settlement::Ack => &w.success,
             Settlement::Retry {
                 count_attempt: true,
                 ..
-            } => &self.stats.retried,
-            Settlement::Retry { .. } | Settlement::Requeue => &self.stats.requeued,
-            Settlement::DeadLetter(_) => &self.stats.dead_lettered,
+            } => &w.retried,
+            Settlement::Retry { .. } | Settlement::Requeue => &w.requeued,
+            Settlement::DeadLetter(_) => &w.dead_lettered,
         };
-        Stats::add(counter, n);
+        stats::add(counter, 1);
+        if !matches!(settlement, Settlement::Requeue) {
+            w.duration
+                .observe(now.saturating_duration_since(inflight.admitted));
+        }
     }
 
     fn enqueue(&self, items: impl IntoIterator<Item = SettleItem>) {
@@ -518,7 +557,7 @@ impl Engine {
         }
         self.observe(inflight, verdict);
         self.release(inflight);
-        self.count(&settlement, 1);
+        self.count(inflight, &settlement, Instant::now());
         self.enqueue([(inflight.delivery.clone(), settlement)]);
         Ok(())
     }
@@ -547,17 +586,18 @@ impl Engine {
     pub fn ack_many<'a>(&self, items: impl IntoIterator<Item = &'a Arc<InFlight>>) -> usize {
         let mut claimed = Vec::new();
         let observing = self.breaker.is_some() || self.poison.is_some();
+        let now = Instant::now();
         for inflight in items {
             if inflight.claim() {
                 if observing {
                     self.observe(inflight, Verdict::Success);
                 }
                 self.release(inflight);
+                self.count(inflight, &Settlement::Ack, now);
                 claimed.push((inflight.delivery.clone(), Settlement::Ack));
             }
         }
         let n = claimed.len();
-        Stats::add(&self.stats.processed, n as u64);
         self.enqueue(claimed);
         n
     }
@@ -650,7 +690,9 @@ impl Engine {
             poison_pill,
         );
         self.settle_with(inflight, settlement.clone(), Verdict::Failure)?;
-        Stats::add(&self.stats.failed, 1);
+        if let Some(w) = self.metrics.worker(inflight.worker) {
+            w.record_error(error_type);
+        }
         Ok(settlement)
     }
 
@@ -712,7 +754,7 @@ impl Engine {
         let worker = self.picker.pick(&loads, &limits).unwrap_or(0);
         self.workers[worker].load.fetch_add(1, Ordering::AcqRel);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        Stats::add(&self.stats.received, 1);
+        stats::add(&self.metrics.received, 1);
         Arc::new(InFlight::new(delivery, worker))
     }
 
@@ -764,6 +806,7 @@ impl Engine {
             self.backend.settle(late).await?;
         }
         let closed = self.backend.close().await;
+        stats::add(&self.metrics.reconnects, self.backend.reconnect_attempts());
         self.state
             .store(EngineState::Stopped as u8, Ordering::Release);
         closed

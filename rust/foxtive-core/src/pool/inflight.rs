@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::message::Delivery;
 
@@ -12,6 +13,8 @@ pub struct InFlight {
     pub worker: usize,
     /// The half-open circuit breaker's probe.
     pub probe: bool,
+    /// When it was admitted (for the processing-duration histogram).
+    pub admitted: Instant,
     settled: AtomicBool,
 }
 
@@ -21,6 +24,7 @@ impl InFlight {
             delivery: Arc::new(delivery),
             worker,
             probe: false,
+            admitted: Instant::now(),
             settled: AtomicBool::new(false),
         }
     }

@@ -1,0 +1,81 @@
+"""Operations: the health and metrics HTTP server, and a prometheus_client bridge."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from . import _core
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .pool import WorkerPool
+
+__all__ = ["HealthServer", "PrometheusCollector"]
+
+
+class HealthServer:
+    """Serve ``GET /health`` (liveness: 200 healthy or degraded, 503 unhealthy),
+    ``GET /ready`` (200 only while running, not draining, backend connected)
+    and ``GET /metrics`` (Prometheus) for a pool, from Rust: a CPU-bound
+    handler holding the GIL cannot make a healthy worker look dead.
+
+    Binds 127.0.0.1 unless told otherwise; ``port=0`` picks a free port."""
+
+    def __init__(self, pool: WorkerPool, host: str = "127.0.0.1", port: int = 8080) -> None:
+        from .pool import WorkerPool
+
+        if not isinstance(pool, WorkerPool):
+            raise ConfigError(f"pool: expected a foxtive.WorkerPool, got {type(pool).__name__}")
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ConfigError(f"port: expected an integer from 0 to 65535, got {port!r}")
+        self.pool = pool
+        self.host = host
+        self.port = port
+        self._server: _core.HttpServer | None = None
+
+    def start(self) -> HealthServer:
+        """Start serving in the background (idempotent); returns self."""
+        if self._server is None:
+            self._server = _core.HttpServer(
+                self.pool._metrics, self.pool.concurrency_limit, self.host, self.port
+            )
+            self.port = self._server.port
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def __enter__(self) -> HealthServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "serving" if self._server is not None else "stopped"
+        return f"HealthServer({self.url}, {state})"
+
+
+class PrometheusCollector:
+    """A ``prometheus_client`` collector for apps that already expose metrics:
+
+        prometheus_client.REGISTRY.register(foxtive.PrometheusCollector(pool))
+    """
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        yield from text_string_to_metric_families(self.pool.metrics_text())
+
+    def describe(self) -> list[Any]:
+        return []

@@ -1,0 +1,144 @@
+//! The small HTTP server behind `HealthServer`: GET /health, /ready,
+//! /metrics. Hand-written HTTP/1.1 (one request per connection, GET and
+//! HEAD only) because three read-only endpoints do not justify a web stack.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use super::health::{assess, json_str};
+use super::Metrics;
+use crate::{Error, Result};
+
+/// Most bytes read of a request head.
+const MAX_REQUEST: usize = 8 * 1024;
+/// How long a client may take to send its request.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the server reports on.
+pub struct Source {
+    pub metrics: Arc<Metrics>,
+    pub concurrency_limit: usize,
+}
+
+pub struct HttpServer {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+impl HttpServer {
+    /// Bind and serve in the background. Must be called inside the runtime.
+    pub async fn start(host: &str, port: u16, source: Arc<Source>) -> Result<Self> {
+        let listener = TcpListener::bind((host, port)).await.map_err(|e| {
+            Error::Config(format!("host/port: cannot listen on {host}:{port}: {e}"))
+        })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::Backend(format!("health server address: {e}")))?;
+        let (stop, mut stopped) = watch::channel(false);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        if let Ok((stream, _)) = accepted {
+                            tokio::spawn(serve(stream, source.clone()));
+                        }
+                    }
+                    _ = stopped.changed() => break,
+                }
+            }
+        });
+        Ok(HttpServer { addr, stop })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn serve(mut stream: TcpStream, source: Arc<Source>) {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let head_read = tokio::time::timeout(READ_TIMEOUT, async {
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < MAX_REQUEST {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        true
+    })
+    .await;
+    if !matches!(head_read, Ok(true)) {
+        return;
+    }
+    let head = String::from_utf8_lossy(&buf);
+    let mut parts = head.lines().next().unwrap_or("").split_whitespace();
+    let method = parts.next().unwrap_or("");
+    let path = parts.next().unwrap_or("").split('?').next().unwrap_or("");
+    let (status, content_type, body) = if method != "GET" && method != "HEAD" {
+        (
+            405,
+            "application/json",
+            "{\"error\":\"method not allowed\"}".to_string(),
+        )
+    } else {
+        route(path, &source)
+    };
+    let reason = match status {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Service Unavailable",
+    };
+    let mut response = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if method != "HEAD" {
+        response.extend_from_slice(body.as_bytes());
+    }
+    let _ = stream.write_all(&response).await;
+    let _ = stream.shutdown().await;
+}
+
+fn route(path: &str, source: &Source) -> (u16, &'static str, String) {
+    let pool = source.metrics.pool();
+    match path {
+        "/health" | "/healthz" | "/live" => {
+            let h = assess(&source.metrics, source.concurrency_limit);
+            (h.http_status(), "application/json", h.to_json(pool))
+        }
+        "/ready" | "/readyz" => {
+            let h = assess(&source.metrics, source.concurrency_limit);
+            let status = if h.ready { 200 } else { 503 };
+            (status, "application/json", h.to_json(pool))
+        }
+        "/metrics" => (
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            source.metrics.render(),
+        ),
+        other => (
+            404,
+            "application/json",
+            format!("{{\"error\":\"not found\",\"path\":{}}}", json_str(other)),
+        ),
+    }
+}
