@@ -25,6 +25,8 @@ from .errors import (
     ShutdownError,
 )
 from .middleware import (
+    BatchConfig,
+    BatchMiddleware,
     CircuitBreakerMiddleware,
     Middleware,
     PoisonPillTracker,
@@ -44,6 +46,8 @@ __all__ = [
     "AlreadySettledError",
     "Backend",
     "BackendError",
+    "BatchConfig",
+    "BatchMiddleware",
     "BatchWorker",
     "CircuitBreakerMiddleware",
     "ConfigError",

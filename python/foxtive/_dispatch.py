@@ -69,10 +69,14 @@ async def _maybe_await(value: Any) -> Any:
 class Plan:
     """How one worker runs: its lane, mode, limit and the callable to invoke."""
 
-    __slots__ = ("batch", "call", "index", "lane", "limit", "spec", "threads", "timeout")
+    __slots__ = ("batch", "batching", "call", "index", "lane", "limit", "spec", "threads",
+                 "timeout")
 
     def __init__(self, index: int, spec: WorkerSpec, lane: int, limit: int,
-                 timeout: float | None, threads: int, batch: int) -> None:
+                 timeout: float | None, threads: int, batch: int,
+                 batching: tuple[int, float] | None = None) -> None:
+        #: (batch_size, flush_interval) for a BatchWorker under BatchMiddleware.
+        self.batching = batching
         self.index = index
         self.spec = spec
         self.lane = lane
@@ -179,6 +183,61 @@ class _LoopWorker:
             self.runner.ack_later(message)
 
 
+class _BatchWorker(_LoopWorker):
+    """A BatchWorker under BatchMiddleware: messages gather into batches."""
+
+    def __init__(self, runner: Runner, plan: Plan, size: int, interval: float) -> None:
+        super().__init__(runner, plan)
+        self.size = size
+        self.interval = interval
+        self.pending: list[Message] = []
+        self.timer: asyncio.TimerHandle | None = None
+        self.process_batch = plan.spec.obj.process_batch
+
+    def kick(self) -> None:
+        items, pending = self.items, self.pending
+        while items:
+            pending.append(items.popleft())
+            if len(pending) >= self.size:
+                self.flush()
+                pending = self.pending
+        if self.pending and self.timer is None and not self.runner.stopping:
+            self.timer = self.runner.loop.call_later(self.interval, self.flush)
+
+    def flush(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        task = self.runner.loop.create_task(self.run_batch(batch))
+        self.consumers.add(task)
+        task.add_done_callback(self.consumers.discard)
+
+    async def run_batch(self, batch: list[Message]) -> None:
+        runner, timeout = self.runner, self.plan.timeout
+        try:
+            if timeout is None:
+                await self.process_batch(batch)
+            else:
+                async with asyncio.timeout(timeout):
+                    await self.process_batch(batch)
+        except BaseException as exc:
+            task = asyncio.current_task()
+            if (isinstance(exc, asyncio.CancelledError) and runner.stopping
+                    and task is not None and task.cancelling()):
+                for m in batch:
+                    m._requeue()
+                raise
+            for m in batch:
+                if not m.settled:
+                    runner.failed(self.plan, m, exc, on_loop=True)
+        else:
+            for m in batch:
+                runner.ack_later(m)
+
+
 class Runner:
     """One run of a pool over one engine."""
 
@@ -220,7 +279,11 @@ class Runner:
                 if not plan.spec.is_async:
                     final = self._in_executor(plan.spec.call)
                 plan.call = _chain(self.middlewares, final) if self.middlewares else final
-                self.loop_workers.append(_LoopWorker(self, plan))
+                if plan.batching is not None:
+                    size, interval = plan.batching
+                    self.loop_workers.append(_BatchWorker(self, plan, size, interval))
+                else:
+                    self.loop_workers.append(_LoopWorker(self, plan))
             else:
                 self.loop_workers.append(None)
         on_loop = [w for w in self.loop_workers if w is not None]
@@ -454,6 +517,9 @@ class Runner:
         await self.engine.begin_drain()
         # Taken from the core but not started: back to the broker, untried.
         for w in self.loop_workers:
+            if isinstance(w, _BatchWorker):
+                w.kick()
+                w.flush()  # a partial batch is processed, not handed back
             if w is not None:
                 while w.items:
                     w.items.popleft()._requeue()

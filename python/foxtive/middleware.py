@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from ._core import Message
 
 __all__ = [
+    "BatchConfig",
+    "BatchMiddleware",
     "CircuitBreakerMiddleware",
     "Middleware",
     "PoisonPillTracker",
@@ -169,3 +171,38 @@ class TimeoutMiddleware(FrozenConfig):
 
     def __post_init__(self) -> None:
         self._set("seconds", seconds("seconds", self.seconds, positive=True))
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchConfig(FrozenConfig):
+    """A batch is handed over when it holds ``batch_size`` messages or
+    ``flush_interval`` seconds after its first message arrived (and at
+    shutdown), whichever comes first."""
+
+    batch_size: int = 100
+    flush_interval: float = 5.0
+
+    def __post_init__(self) -> None:
+        self._set("batch_size", integer("batch_size", self.batch_size, minimum=1))
+        self._set("flush_interval", seconds("flush_interval", self.flush_interval, positive=True))
+
+
+class BatchMiddleware:
+    """Hand ``foxtive.BatchWorker`` workers their messages in batches.
+
+    Each message is settled on its own: one the batch handler settled itself
+    keeps that settlement; the others are acked when ``process_batch``
+    returns, and run the failure policy when it raises. A worker's
+    ``concurrency`` caps how many messages can wait in a batch, so keep it at
+    least ``batch_size``. Per-message Python middleware does not wrap batches."""
+
+    def __init__(self, config: BatchConfig | None = None, **kwargs: Any) -> None:
+        if config is not None and kwargs:
+            raise ConfigError("config: pass a BatchConfig or keyword arguments, not both")
+        if config is not None and not isinstance(config, BatchConfig):
+            raise ConfigError("config: expected a foxtive.BatchConfig")
+        self.config = config if config is not None else BatchConfig(**kwargs)
+
+    def __repr__(self) -> str:
+        return f"BatchMiddleware({self.config!r})"
+

@@ -14,13 +14,14 @@ from ._config import integer, seconds
 from ._dispatch import Plan, Runner
 from .errors import ConfigError
 from .middleware import (
+    BatchMiddleware,
     CircuitBreakerMiddleware,
     Middleware,
     RateLimitMiddleware,
     RetryHandler,
     TimeoutMiddleware,
 )
-from .worker import WorkerSpec
+from .worker import BatchWorker, WorkerSpec
 
 __all__ = ["LoadBalancingStrategy", "WorkerPool", "WorkerPoolBuilder"]
 
@@ -133,6 +134,7 @@ class WorkerPoolBuilder:
         timeout: float | None = None
         breaker: CircuitBreakerMiddleware | None = None
         rate_limit: RateLimitMiddleware | None = None
+        batching: BatchMiddleware | None = None
         python_mw: list[Middleware] = []
         for mw in self._middleware:
             if isinstance(mw, RetryHandler):
@@ -143,6 +145,8 @@ class WorkerPoolBuilder:
                 breaker = mw
             elif isinstance(mw, RateLimitMiddleware):
                 rate_limit = mw
+            elif isinstance(mw, BatchMiddleware):
+                batching = mw
             elif isinstance(mw, Middleware):
                 python_mw.append(mw)
             else:
@@ -163,6 +167,7 @@ class WorkerPoolBuilder:
             backend=self._backend,
             breaker=breaker,
             rate_limit=rate_limit,
+            batching=batching,
         )
 
 
@@ -204,7 +209,8 @@ class WorkerPool:
                  concurrency_limit: int, retry: RetryHandler, timeout: float | None,
                  middlewares: list[Middleware], shutdown_timeout: float, backend: Any,
                  breaker: CircuitBreakerMiddleware | None = None,
-                 rate_limit: RateLimitMiddleware | None = None) -> None:
+                 rate_limit: RateLimitMiddleware | None = None,
+                 batching: BatchMiddleware | None = None) -> None:
         self.name = name
         self.strategy = strategy
         self.concurrency_limit = concurrency_limit
@@ -215,6 +221,7 @@ class WorkerPool:
         self.backend = backend
         self.breaker = breaker
         self.rate_limit = rate_limit
+        self.batching = batching
         self._specs = specs
         self._lock = threading.Lock()
         self._engine: _core.Engine | None = None
@@ -241,9 +248,13 @@ class WorkerPool:
         for i, spec in enumerate(self._specs):
             limit = min(spec.concurrency or self.concurrency_limit, self.concurrency_limit)
             timeout = spec.timeout if spec.timeout is not None else self.timeout
-            on_loop = spec.is_async or timeout is not None or bool(self.middlewares)
+            batching = None
+            if self.batching is not None and isinstance(spec.obj, BatchWorker):
+                batching = (self.batching.config.batch_size, self.batching.config.flush_interval)
+            on_loop = (spec.is_async or timeout is not None or bool(self.middlewares)
+                       or batching is not None)
             if on_loop:
-                plans.append(Plan(i, spec, 0, limit, timeout, 0, 0))
+                plans.append(Plan(i, spec, 0, limit, timeout, 0, 0, batching))
             else:
                 default = min(limit, DEFAULT_SYNC_THREADS)
                 threads = min(limit, MAX_SYNC_THREADS) if spec.concurrency else default
