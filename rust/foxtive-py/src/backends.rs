@@ -238,3 +238,34 @@ impl PyDeadLetter {
 pub fn redact_url(url: &str) -> String {
     foxtive_core::redact::redact_url(url)
 }
+
+/// `publish(...)` of a native backend: one message, awaitable of its id.
+pub fn publish_one<'py>(
+    py: Python<'py>,
+    backend: Arc<dyn Backend>,
+    body: &Bound<'py, PyAny>,
+    headers: Option<&Bound<'py, PyDict>>,
+    delay: Option<&Bound<'py, PyAny>>,
+    message_id: Option<String>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let out = outgoing_from_py(body, headers, delay, message_id)?;
+    crate::bridge::awaitable(py, async move {
+        let mut ids = backend.publish(vec![out]).await?;
+        Ok(ids.pop().unwrap_or_default())
+    })
+}
+
+/// `publish_many(...)` of a native backend: awaitable of the ids.
+pub fn publish_many<'py>(
+    py: Python<'py>,
+    backend: Arc<dyn Backend>,
+    bodies: &Bound<'py, PyAny>,
+    headers: Option<&Bound<'py, PyDict>>,
+    delay: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let mut outs = Vec::new();
+    for body in bodies.try_iter()? {
+        outs.push(outgoing_from_py(&body?, headers, delay, None)?);
+    }
+    crate::bridge::awaitable(py, async move { backend.publish(outs).await })
+}

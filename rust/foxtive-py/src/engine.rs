@@ -295,14 +295,7 @@ impl PyEngine {
     }
 
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.engine.stats();
-        let d = PyDict::new(py);
-        d.set_item("received", s.received)?;
-        d.set_item("processed", s.processed)?;
-        d.set_item("failed", s.failed)?;
-        d.set_item("retried", s.retried)?;
-        d.set_item("dead_lettered", s.dead_lettered)?;
-        d.set_item("requeued", s.requeued)?;
+        let d = crate::observe::stats_dict(py, &self.engine.stats())?;
         d.set_item("in_flight", self.engine.in_flight())?;
         let loads = PyDict::new(py);
         for (id, load) in self.engine.worker_loads() {

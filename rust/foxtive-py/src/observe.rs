@@ -6,10 +6,22 @@ use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use foxtive_core::observe::{assess, HttpServer, Metrics, Source};
+use foxtive_core::observe::{assess, HttpServer, Metrics, Source, StatsSnapshot};
 
 use crate::errors::IntoPyResult;
 use crate::runtime;
+
+/// The counters of `pool.stats()` as a dict.
+pub fn stats_dict<'py>(py: Python<'py>, s: &StatsSnapshot) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("received", s.received)?;
+    d.set_item("processed", s.processed)?;
+    d.set_item("failed", s.failed)?;
+    d.set_item("retried", s.retried)?;
+    d.set_item("dead_lettered", s.dead_lettered)?;
+    d.set_item("requeued", s.requeued)?;
+    Ok(d)
+}
 
 /// A pool's metrics, kept across its runs.
 #[pyclass(frozen, name = "Metrics", module = "foxtive._core")]
@@ -34,15 +46,7 @@ impl PyMetrics {
 
     /// Counters since the pool was built.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.inner.snapshot();
-        let d = PyDict::new(py);
-        d.set_item("received", s.received)?;
-        d.set_item("processed", s.processed)?;
-        d.set_item("failed", s.failed)?;
-        d.set_item("retried", s.retried)?;
-        d.set_item("dead_lettered", s.dead_lettered)?;
-        d.set_item("requeued", s.requeued)?;
-        Ok(d)
+        stats_dict(py, &self.inner.snapshot())
     }
 
     /// `{"status", "message", "ready", ...}` as `/health` reports it.

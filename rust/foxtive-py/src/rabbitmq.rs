@@ -13,7 +13,7 @@ use foxtive_core::backend::Backend;
 use foxtive_core::policy::ReconnectStrategy;
 
 use crate::bridge;
-use crate::convert::{duration_from_py, headers_from_py, outgoing_from_py};
+use crate::convert::{duration_from_py, headers_from_py};
 use crate::errors::{config_error, IntoPyResult};
 
 #[pyclass(frozen, name = "RabbitMqBackend", module = "foxtive._core")]
@@ -182,12 +182,7 @@ impl PyRabbitMqBackend {
         delay: Option<&Bound<'py, PyAny>>,
         message_id: Option<String>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let out = outgoing_from_py(body, headers, delay, message_id)?;
-        let inner = self.inner.clone();
-        bridge::awaitable(py, async move {
-            let mut ids = inner.publish(vec![out]).await?;
-            Ok(ids.pop().unwrap_or_default())
-        })
+        crate::backends::publish_one(py, self.inner.clone(), body, headers, delay, message_id)
     }
 
     /// Publish many (confirms awaited together); returns their ids.
@@ -199,12 +194,7 @@ impl PyRabbitMqBackend {
         headers: Option<&Bound<'py, PyDict>>,
         delay: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let mut outs = Vec::new();
-        for body in bodies.try_iter()? {
-            outs.push(outgoing_from_py(&body?, headers, delay, None)?);
-        }
-        let inner = self.inner.clone();
-        bridge::awaitable(py, async move { inner.publish(outs).await })
+        crate::backends::publish_many(py, self.inner.clone(), bodies, headers, delay)
     }
 
     fn __repr__(&self) -> String {

@@ -11,7 +11,6 @@ use foxtive_core::policy::ReconnectStrategy;
 
 use crate::backends::resolve_backend;
 use crate::bridge;
-use crate::convert::outgoing_from_py;
 use crate::errors::{config_error, IntoPyResult};
 use crate::python_backend::PythonBackend;
 
@@ -132,12 +131,7 @@ impl PyResilientBackend {
         message_id: Option<String>,
     ) -> PyResult<Bound<'py, PyAny>> {
         crate::python_backend::bind_loop(py, &self.python_backend)?;
-        let out = outgoing_from_py(body, headers, delay, message_id)?;
-        let inner = self.inner.clone();
-        bridge::awaitable(py, async move {
-            let mut ids = inner.publish(vec![out]).await?;
-            Ok(ids.pop().unwrap_or_default())
-        })
+        crate::backends::publish_one(py, self.inner.clone(), body, headers, delay, message_id)
     }
 
     #[pyo3(signature = (bodies, headers = None, delay = None))]
@@ -149,12 +143,7 @@ impl PyResilientBackend {
         delay: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         crate::python_backend::bind_loop(py, &self.python_backend)?;
-        let mut outs = Vec::new();
-        for body in bodies.try_iter()? {
-            outs.push(outgoing_from_py(&body?, headers, delay, None)?);
-        }
-        let inner = self.inner.clone();
-        bridge::awaitable(py, async move { inner.publish(outs).await })
+        crate::backends::publish_many(py, self.inner.clone(), bodies, headers, delay)
     }
 
     /// Close the wrapped backend; a reconnect wait in progress ends at once.
