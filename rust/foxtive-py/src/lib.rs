@@ -5,6 +5,7 @@ mod awaitable;
 mod backends;
 mod bridge;
 mod convert;
+mod dlq;
 mod engine;
 mod errors;
 mod message;
@@ -24,6 +25,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::PyRetryPolicy>()?;
     m.add_class::<backends::PyMemoryBackend>()?;
     m.add_class::<backends::PyDeadLetter>()?;
+    m.add_class::<dlq::PyDeadLetterStore>()?;
     m.add_class::<rabbitmq::PyRabbitMqBackend>()?;
     m.add_function(wrap_pyfunction!(backends::redact_url, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::runtime_pid, m)?)?;

@@ -105,6 +105,12 @@ pub trait DeadLetterStore: Send + Sync + 'static {
     async fn count(&self) -> Result<usize>;
 }
 
+impl std::fmt::Debug for dyn DeadLetterStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeadLetterStore({})", self.name())
+    }
+}
+
 /// Records replayed per publish call: one broker round trip each.
 const REPLAY_CHUNK: usize = 256;
 

@@ -1,0 +1,156 @@
+//! `_core.DeadLetterStore`: the core's dead-letter stores for `foxtive.dlq`.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+use foxtive_core::dlq::{self, DeadLetterStore, FileStore, MemoryStore, RedisStore};
+
+use crate::backends::{resolve_backend, PyDeadLetter};
+use crate::bridge;
+use crate::convert::headers_to_py;
+use crate::errors::{backend_error, config_error, IntoPyResult};
+
+/// A record to replay through a backend written in Python:
+/// `(key, body, headers, message_id)`.
+type ReplayItem = (String, Py<PyBytes>, Py<PyDict>, String);
+
+#[pyclass(frozen, name = "DeadLetterStore", module = "foxtive._core")]
+pub struct PyDeadLetterStore {
+    pub(crate) inner: Arc<dyn DeadLetterStore>,
+}
+
+/// Run `fut` on the runtime and wait for it without holding the GIL (for the
+/// synchronous methods; the Python thread is never a runtime thread).
+fn wait<T, F>(py: Python<'_>, fut: F) -> PyResult<T>
+where
+    F: Future<Output = foxtive_core::Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    let runtime = crate::runtime::get()?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    runtime.spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    py.detach(|| rx.blocking_recv())
+        .map_err(|_| backend_error("dead-letter store: the operation was dropped"))?
+        .py_err()
+}
+
+fn limit_from(limit: i64) -> PyResult<usize> {
+    usize::try_from(limit)
+        .map_err(|_| config_error(format!("limit: must be an integer >= 0, got {limit}")))
+}
+
+#[pymethods]
+impl PyDeadLetterStore {
+    /// Records in process memory.
+    #[staticmethod]
+    fn memory() -> Self {
+        PyDeadLetterStore {
+            inner: Arc::new(MemoryStore::new()),
+        }
+    }
+
+    /// Records appended to a JSON-lines file at `path`.
+    #[staticmethod]
+    fn file(path: PathBuf) -> PyResult<Self> {
+        Ok(PyDeadLetterStore {
+            inner: Arc::new(FileStore::new(path).py_err()?),
+        })
+    }
+
+    /// Records in a Redis stream at `key`.
+    #[staticmethod]
+    fn redis(url: &str, key: &str) -> PyResult<Self> {
+        Ok(PyDeadLetterStore {
+            inner: Arc::new(RedisStore::new(url, key).py_err()?),
+        })
+    }
+
+    #[getter]
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    /// Up to `limit` records, oldest first.
+    #[pyo3(signature = (limit = 100))]
+    fn list(&self, py: Python<'_>, limit: i64) -> PyResult<Vec<PyDeadLetter>> {
+        let limit = limit_from(limit)?;
+        let store = self.inner.clone();
+        let stored = wait(py, async move { store.list(limit).await })?;
+        Ok(stored
+            .into_iter()
+            .map(|s| PyDeadLetter { inner: s.record })
+            .collect())
+    }
+
+    /// How many records the store holds.
+    fn count(&self, py: Python<'_>) -> PyResult<usize> {
+        let store = self.inner.clone();
+        wait(py, async move { store.count().await })
+    }
+
+    /// Republish records to a native backend, then remove them (awaitable
+    /// count). `ids`: original message ids, or None for every record.
+    #[pyo3(signature = (to, ids = None))]
+    fn replay<'py>(
+        &self,
+        py: Python<'py>,
+        to: &Bound<'py, PyAny>,
+        ids: Option<Vec<String>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (backend, adapter) = resolve_backend(to)?;
+        if adapter.is_some() {
+            return Err(config_error(
+                "to: a backend written in Python is replayed with replay_plan() and its publish()",
+            ));
+        }
+        let store = self.inner.clone();
+        bridge::awaitable(py, async move {
+            dlq::replay(&*store, &*backend, ids.as_deref()).await
+        })
+    }
+
+    /// The records to replay through a backend written in Python, as
+    /// `(key, body, headers, message_id)`, headers ready for a fresh message.
+    #[pyo3(signature = (ids = None))]
+    fn replay_plan(&self, py: Python<'_>, ids: Option<Vec<String>>) -> PyResult<Vec<ReplayItem>> {
+        let store = self.inner.clone();
+        let mut stored = wait(py, async move { store.list(usize::MAX).await })?;
+        if let Some(ids) = ids {
+            stored.retain(|s| ids.contains(&s.record.original_id));
+        }
+        stored
+            .into_iter()
+            .map(|s| {
+                let out = s.record.to_replay();
+                Ok((
+                    s.key,
+                    PyBytes::new(py, &out.body).unbind(),
+                    headers_to_py(py, &out.headers)?.unbind(),
+                    s.record.original_id,
+                ))
+            })
+            .collect()
+    }
+
+    /// Remove records by key (awaitable count).
+    fn remove<'py>(&self, py: Python<'py>, keys: Vec<String>) -> PyResult<Bound<'py, PyAny>> {
+        let store = self.inner.clone();
+        bridge::awaitable(py, async move { store.remove(&keys).await })
+    }
+
+    /// Remove every record (awaitable count).
+    fn purge<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let store = self.inner.clone();
+        bridge::awaitable(py, async move { store.purge().await })
+    }
+
+    fn __repr__(&self) -> String {
+        format!("DeadLetterStore({})", self.inner.name())
+    }
+}
