@@ -14,6 +14,7 @@
 from ._core import DeadLetter, Message
 from ._core import __version__ as __version__
 from .backends import Backend, Incoming, MemoryBackend
+from .dlq import DeadLetterQueue, FileDLQ, MemoryDLQ, RedisDLQ
 from .errors import (
     AlreadySettledError,
     BackendError,
@@ -45,10 +46,13 @@ __all__ = [
     "CircuitBreakerMiddleware",
     "ConfigError",
     "DeadLetter",
+    "DeadLetterQueue",
+    "FileDLQ",
     "FoxtiveError",
     "Incoming",
     "LoadBalancingStrategy",
     "MemoryBackend",
+    "MemoryDLQ",
     "Message",
     "Middleware",
     "PayloadError",
@@ -57,6 +61,7 @@ __all__ = [
     "RabbitMqBackend",
     "RabbitMqConsumerConfig",
     "RateLimitMiddleware",
+    "RedisDLQ",
     "RetryHandler",
     "RetryInfo",
     "RetryableError",

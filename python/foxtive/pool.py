@@ -243,6 +243,7 @@ class WorkerPool:
     def _new_engine(self, backend: Any, plans: list[Plan], lanes: list[bool]) -> _core.Engine:
         workers = [(p.spec.id, p.limit, p.lane) for p in plans]
         b, r, t = self.breaker, self.rate_limit, self.retry.poison_pill_tracker
+        q = self.retry.dead_letter_queue
         return _core.Engine(
             self.name, self.concurrency_limit, workers, self.strategy.value, lanes,
             backend, self.retry._policy(),
@@ -250,6 +251,7 @@ class WorkerPool:
                                             b.success_threshold),
             rate_limit=None if r is None else (r.per_second, r.burst),
             poison=None if t is None else (t.max_failures, t.time_window),
+            dead_letter_store=None if q is None else q._native,
         )
 
     def _resolve_backend(self, backend: Any) -> Any:
@@ -290,6 +292,9 @@ class WorkerPool:
             if self._runner is not None:
                 raise ConfigError("pool: already running")
             engine = self._new_engine(chosen, plans, lanes)
+            if self.retry.dead_letter_queue is not None:
+                # replay()'s default target: where these dead letters came from.
+                self.retry.dead_letter_queue._remember(chosen)
             runner = Runner(engine, plans, self.middlewares, self.shutdown_timeout,
                             handle_signals)
             self._engine, self._runner = engine, runner

@@ -122,11 +122,7 @@ async fn a_store_that_cannot_write_keeps_the_message_in_the_broker() {
     // Handed back, delayed, not acked: it waits in the backend.
     assert_eq!(backend.qsize(), 1);
     assert_eq!(backend.unacked(), 0);
-    let stats = engine.stats();
-    assert_eq!(
-        (stats.dead_lettered, stats.requeued, stats.processed),
-        (0, 1, 2)
-    );
+    assert_eq!(engine.stats().processed, 2, "the others were settled");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

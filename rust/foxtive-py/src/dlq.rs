@@ -4,10 +4,14 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use async_trait::async_trait;
+use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
-use foxtive_core::dlq::{self, DeadLetterStore, FileStore, MemoryStore, RedisStore};
+use foxtive_core::dlq::{
+    self, DeadLetter, DeadLetterStore, FileStore, MemoryStore, RedisStore, StoredDeadLetter,
+};
 
 use crate::backends::{resolve_backend, PyDeadLetter};
 use crate::bridge;
@@ -21,6 +25,51 @@ type ReplayItem = (String, Py<PyBytes>, Py<PyDict>, String);
 #[pyclass(frozen, name = "DeadLetterStore", module = "foxtive._core")]
 pub struct PyDeadLetterStore {
     pub(crate) inner: Arc<dyn DeadLetterStore>,
+    watch: Arc<Watched>,
+}
+
+impl PyDeadLetterStore {
+    fn of(store: impl DeadLetterStore) -> Self {
+        let watch = Arc::new(Watched {
+            inner: Box::new(store),
+            last_error: Mutex::new(None),
+        });
+        PyDeadLetterStore {
+            inner: watch.clone(),
+            watch,
+        }
+    }
+}
+
+/// A store that remembers why its last write failed, so that Python can see
+/// it (`dlq.last_error`) without a tokio thread ever calling into Python.
+struct Watched {
+    inner: Box<dyn DeadLetterStore>,
+    last_error: Mutex<Option<String>>,
+}
+
+#[async_trait]
+impl DeadLetterStore for Watched {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    async fn put(&self, records: Vec<DeadLetter>) -> foxtive_core::Result<()> {
+        let result = self.inner.put(records).await;
+        *self.last_error.lock() = result.as_ref().err().map(ToString::to_string);
+        result
+    }
+    async fn list(&self, limit: usize) -> foxtive_core::Result<Vec<StoredDeadLetter>> {
+        self.inner.list(limit).await
+    }
+    async fn remove(&self, keys: &[String]) -> foxtive_core::Result<usize> {
+        self.inner.remove(keys).await
+    }
+    async fn purge(&self) -> foxtive_core::Result<usize> {
+        self.inner.purge().await
+    }
+    async fn count(&self) -> foxtive_core::Result<usize> {
+        self.inner.count().await
+    }
 }
 
 /// Run `fut` on the runtime and wait for it without holding the GIL (for the
@@ -50,25 +99,19 @@ impl PyDeadLetterStore {
     /// Records in process memory.
     #[staticmethod]
     fn memory() -> Self {
-        PyDeadLetterStore {
-            inner: Arc::new(MemoryStore::new()),
-        }
+        PyDeadLetterStore::of(MemoryStore::new())
     }
 
     /// Records appended to a JSON-lines file at `path`.
     #[staticmethod]
     fn file(path: PathBuf) -> PyResult<Self> {
-        Ok(PyDeadLetterStore {
-            inner: Arc::new(FileStore::new(path).py_err()?),
-        })
+        Ok(PyDeadLetterStore::of(FileStore::new(path).py_err()?))
     }
 
     /// Records in a Redis stream at `key`.
     #[staticmethod]
     fn redis(url: &str, key: &str) -> PyResult<Self> {
-        Ok(PyDeadLetterStore {
-            inner: Arc::new(RedisStore::new(url, key).py_err()?),
-        })
+        Ok(PyDeadLetterStore::of(RedisStore::new(url, key).py_err()?))
     }
 
     #[getter]
@@ -76,9 +119,15 @@ impl PyDeadLetterStore {
         self.inner.name()
     }
 
+    /// Why the last write failed; None when it succeeded (or none happened).
+    #[getter]
+    fn last_error(&self) -> Option<String> {
+        self.watch.last_error.lock().clone()
+    }
+
     /// Up to `limit` records, oldest first.
     #[pyo3(signature = (limit = 100))]
-    fn list(&self, py: Python<'_>, limit: i64) -> PyResult<Vec<PyDeadLetter>> {
+    fn records(&self, py: Python<'_>, limit: i64) -> PyResult<Vec<PyDeadLetter>> {
         let limit = limit_from(limit)?;
         let store = self.inner.clone();
         let stored = wait(py, async move { store.list(limit).await })?;

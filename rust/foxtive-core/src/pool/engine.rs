@@ -493,11 +493,6 @@ impl Engine {
                     messages = n,
                     "cannot store dead letters; the messages stay in the broker and come back in {}s",
                     DEAD_LETTER_STORE_RETRY.as_secs());
-                // Not dead-lettered after all: handed back.
-                self.stats
-                    .dead_lettered
-                    .fetch_sub(n as u64, Ordering::Relaxed);
-                Stats::add(&self.stats.requeued, n as u64);
                 Settlement::Retry {
                     delay: DEAD_LETTER_STORE_RETRY,
                     count_attempt: false,
