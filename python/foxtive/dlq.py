@@ -151,7 +151,8 @@ class FileDLQ(DeadLetterQueue):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         if not isinstance(path, str | os.PathLike):
             raise ConfigError(f"path: expected a file path, got {type(path).__name__}")
-        self.path: str = os.fspath(path)
+        # Absolute now: a later chdir must not move the dead letters.
+        self.path: str = os.path.abspath(os.fspath(path))
         super().__init__(_core.DeadLetterStore.file(self.path))
 
     def __repr__(self) -> str:
