@@ -14,6 +14,7 @@
 from ._core import DeadLetter, Message
 from ._core import __version__ as __version__
 from .backends import Backend, Incoming, MemoryBackend
+from .dlq import DeadLetterQueue, FileDLQ, MemoryDLQ, RedisDLQ
 from .errors import (
     AlreadySettledError,
     BackendError,
@@ -52,11 +53,14 @@ __all__ = [
     "CircuitBreakerMiddleware",
     "ConfigError",
     "DeadLetter",
+    "DeadLetterQueue",
+    "FileDLQ",
     "FoxtiveError",
     "HealthServer",
     "Incoming",
     "LoadBalancingStrategy",
     "MemoryBackend",
+    "MemoryDLQ",
     "Message",
     "Middleware",
     "PayloadError",
@@ -67,6 +71,7 @@ __all__ = [
     "RabbitMqConsumerConfig",
     "RateLimitMiddleware",
     "ReconnectStrategy",
+    "RedisDLQ",
     "ResilientBackend",
     "RetryHandler",
     "RetryInfo",

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _core
 from ._config import FrozenConfig, integer, seconds
+from .dlq import DeadLetterQueue
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -127,6 +128,10 @@ class RetryHandler(FrozenConfig):
     backoff_multiplier^(n-1))``; with ``jitter`` it is drawn uniformly from
     ``[delay/2, delay]``, so it never exceeds ``max_backoff``. Retries wait in
     the broker, never in the worker.
+
+    ``dead_letter_queue``: a :class:`foxtive.MemoryDLQ`, :class:`foxtive.FileDLQ`
+    or :class:`foxtive.RedisDLQ` that keeps dead letters instead of the
+    broker's own dead-letter queue (the message is acked once the store kept it).
     """
 
     max_retries: int = 5
@@ -143,6 +148,13 @@ class RetryHandler(FrozenConfig):
         self._set("max_backoff", seconds("max_backoff", self.max_backoff))
         self._set("backoff_multiplier", float(self.backoff_multiplier))
         self._set("jitter", bool(self.jitter))
+        if self.dead_letter_queue is not None and not isinstance(
+            self.dead_letter_queue, DeadLetterQueue
+        ):
+            raise ConfigError(
+                "dead_letter_queue: expected foxtive.MemoryDLQ(), FileDLQ(path), "
+                f"RedisDLQ(url, key) or None, got {type(self.dead_letter_queue).__name__}"
+            )
         if self.poison_pill_tracker is not None and not isinstance(
             self.poison_pill_tracker, PoisonPillTracker
         ):

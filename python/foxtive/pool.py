@@ -269,6 +269,7 @@ class WorkerPool:
         shared = None
         if r is not None and r.redis_url is not None:
             shared = (r.redis_url, r.key or f"foxtive:rate:{self.name}")
+        q = self.retry.dead_letter_queue
         return _core.Engine(
             self.name, self.concurrency_limit, workers, self.strategy.value, lanes,
             backend, self.retry._policy(),
@@ -277,6 +278,7 @@ class WorkerPool:
             rate_limit=None if r is None else (r.per_second, r.burst, shared),
             poison=None if t is None else (t.max_failures, t.time_window),
             metrics=self._metrics,
+            dead_letter_store=None if q is None else q._native,
         )
 
     def _resolve_backend(self, backend: Any) -> Any:
@@ -317,6 +319,9 @@ class WorkerPool:
             if self._runner is not None:
                 raise ConfigError("pool: already running")
             engine = self._new_engine(chosen, plans, lanes)
+            if self.retry.dead_letter_queue is not None:
+                # replay()'s default target: where these dead letters came from.
+                self.retry.dead_letter_queue._remember(chosen)
             runner = Runner(engine, plans, self.middlewares, self.shutdown_timeout,
                             handle_signals)
             self._engine, self._runner = engine, runner

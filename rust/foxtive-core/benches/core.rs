@@ -107,6 +107,7 @@ fn bench_engine(rt: &tokio::runtime::Runtime) {
             breaker: None,
             rate_limit: None,
             poison: None,
+            dead_letter_store: None,
         };
         let engine = Engine::new(config, backend.clone()).unwrap();
         rt.block_on(engine.start()).unwrap();

@@ -119,7 +119,8 @@ impl PyEngine {
     #[new]
     /// `breaker`: (failure_threshold, reset_timeout, success_threshold);
     /// `rate_limit`: (per_second, burst); `poison`: (max_failures, time_window).
-    #[pyo3(signature = (pool, concurrency_limit, workers, strategy, lanes, backend, retry = None, batch_size = 256, breaker = None, rate_limit = None, poison = None, metrics = None))]
+    /// `dead_letter_store`: where dead letters go instead of the backend's own DLQ.
+    #[pyo3(signature = (pool, concurrency_limit, workers, strategy, lanes, backend, retry = None, batch_size = 256, breaker = None, rate_limit = None, poison = None, metrics = None, dead_letter_store = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         pool: &str,
@@ -134,6 +135,7 @@ impl PyEngine {
         rate_limit: Option<RateLimitArg>,
         poison: Option<(u32, f64)>,
         metrics: Option<PyRef<'_, crate::observe::PyMetrics>>,
+        dead_letter_store: Option<Bound<'_, crate::dlq::PyDeadLetterStore>>,
     ) -> PyResult<Self> {
         if concurrency_limit < 1 {
             return Err(config_error(format!(
@@ -177,6 +179,7 @@ impl PyEngine {
                 Some((max, window)) => Some((max, secs("time_window", window)?)),
                 None => None,
             },
+            dead_letter_store: dead_letter_store.map(|s| s.get().inner.clone()),
         };
         let (backend, python_backend) = resolve_backend(backend)?;
         let engine = match metrics {

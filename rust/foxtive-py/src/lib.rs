@@ -5,6 +5,7 @@ mod awaitable;
 mod backends;
 mod bridge;
 mod convert;
+mod dlq;
 mod engine;
 mod errors;
 mod logs;
@@ -32,6 +33,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<resilient::PyResilientBackend>()?;
     m.add_class::<observe::PyMetrics>()?;
     m.add_class::<observe::PyHttpServer>()?;
+    m.add_class::<dlq::PyDeadLetterStore>()?;
     m.add_class::<rabbitmq::PyRabbitMqBackend>()?;
     m.add_function(wrap_pyfunction!(backends::redact_url, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::runtime_pid, m)?)?;

@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use super::strategy::Picker;
 use super::{InFlight, Lane, Strategy};
 use crate::backend::{Backend, SettleItem};
+use crate::dlq::{DeadLetter, DeadLetterStore};
 use crate::message::{Delivery, Failure, Receipt, Settlement};
 use crate::observe::{stats, Metrics, StatsSnapshot};
 use crate::policy::{
@@ -53,6 +54,8 @@ pub struct EngineConfig {
     pub rate_limit: Option<RateLimitConfig>,
     /// Failures per message within a window before it is a poison pill.
     pub poison: Option<(u32, Duration)>,
+    /// Where dead letters go instead of the backend's own dead-letter queue.
+    pub dead_letter_store: Option<Arc<dyn DeadLetterStore>>,
 }
 
 impl EngineConfig {
@@ -166,6 +169,9 @@ pub struct Engine {
 const RECEIVE_ERROR_PAUSE: Duration = Duration::from_millis(200);
 /// How long one receive call may wait before the loop looks around again.
 const RECEIVE_WAIT: Duration = Duration::from_millis(500);
+/// How long a message whose dead letter could not be stored waits in the
+/// broker before it comes back (to fail, and be stored, again).
+const DEAD_LETTER_STORE_RETRY: Duration = Duration::from_secs(5);
 
 impl Engine {
     pub fn new(config: EngineConfig, backend: Arc<dyn Backend>) -> Result<Arc<Self>> {
@@ -483,11 +489,54 @@ impl Engine {
                 }
                 continue;
             }
+            let batch = self.divert_dead_letters(batch).await;
             if let Err(e) = self.backend.settle(batch).await {
                 tracing::warn!(pool = %self.config.pool, error = %e,
                     "settling failed; the broker will redeliver what was not settled");
             }
         }
+    }
+
+    /// With a dead-letter store, put the batch's dead letters there (one
+    /// call): the backend then acks those the store kept, and keeps those it
+    /// could not, handing them back later (uncounted) rather than acking them
+    /// or dropping them. The rest of the batch is settled as usual.
+    async fn divert_dead_letters(&self, mut batch: Vec<SettleItem>) -> Vec<SettleItem> {
+        let Some(store) = &self.config.dead_letter_store else {
+            return batch;
+        };
+        let records: Vec<DeadLetter> = batch
+            .iter()
+            .filter_map(|(delivery, settlement)| match settlement {
+                Settlement::DeadLetter(failure) => {
+                    Some(DeadLetter::from_delivery(delivery, failure))
+                }
+                _ => None,
+            })
+            .collect();
+        if records.is_empty() {
+            return batch;
+        }
+        let n = records.len();
+        let instead = match store.put(records).await {
+            Ok(()) => Settlement::Ack,
+            Err(e) => {
+                tracing::error!(pool = %self.config.pool, store = store.name(), error = %e,
+                    messages = n,
+                    "cannot store dead letters; the messages stay in the broker and come back in {}s",
+                    DEAD_LETTER_STORE_RETRY.as_secs());
+                Settlement::Retry {
+                    delay: DEAD_LETTER_STORE_RETRY,
+                    count_attempt: false,
+                }
+            }
+        };
+        for item in &mut batch {
+            if matches!(item.1, Settlement::DeadLetter(_)) {
+                item.1 = instead.clone();
+            }
+        }
+        batch
     }
 
     /// Release the capacity a settled message held.
@@ -803,6 +852,7 @@ impl Engine {
         // The settle task is gone: flush anything settled after it stopped.
         let late = std::mem::take(&mut *self.settle_queue.lock());
         if !late.is_empty() {
+            let late = self.divert_dead_letters(late).await;
             self.backend.settle(late).await?;
         }
         let closed = self.backend.close().await;

@@ -1,0 +1,177 @@
+"""Dead-letter stores: where messages that failed for good are kept, read and replayed.
+
+    dlq = foxtive.FileDLQ("/var/lib/app/dead-letters.jsonl")
+    pool = (foxtive.WorkerPoolBuilder("emails")
+            .with_middleware(foxtive.RetryHandler(max_retries=3, dead_letter_queue=dlq))
+            ...)
+    dlq.get_failed_messages(limit=100)   # -> list[foxtive.DeadLetter], oldest first
+    await dlq.replay(to=backend)         # republish, then remove; returns the count
+    await dlq.purge()
+
+With a store, the pool acks a dead-lettered message only once the store has
+kept its record. When the store cannot (disk full, no permission, Redis
+away) the message is not acked: it goes back to the broker, comes back a few
+seconds later, and the error is logged; the pool goes on with the others.
+Without a store, each broker's own dead-letter queue is used.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from . import _core
+from ._config import integer
+from .errors import ConfigError
+
+__all__ = ["DeadLetterQueue", "FileDLQ", "MemoryDLQ", "RedisDLQ"]
+
+#: Records republished before they are removed, per round, when replaying to
+#: a backend written in Python.
+_REPLAY_CHUNK = 256
+
+
+class DeadLetterQueue:
+    """What every dead-letter store offers. Use :class:`MemoryDLQ`,
+    :class:`FileDLQ` or :class:`RedisDLQ`."""
+
+    def __init__(self, native: _core.DeadLetterStore) -> None:
+        self._native = native
+        # The backend of the last pool run with this store: replay()'s default.
+        self._last_backend: Any = None
+
+    def get_failed_messages(self, limit: int = 100) -> list[_core.DeadLetter]:
+        """Up to ``limit`` dead letters, oldest first."""
+        return self._native.records(integer("limit", limit, minimum=0))
+
+    def __len__(self) -> int:
+        return self._native.count()
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the last write failed (the pool logs it too), or None once a
+        write succeeded: for health checks and alerts."""
+        return self._native.last_error
+
+    async def replay(self, ids: Iterable[str] | None = None, to: Any = None) -> int:
+        """Republish dead letters, then remove them from the store; returns how many.
+
+        ``ids``: original message ids to replay (default: all). Each is
+        published with its body, headers and id as a fresh message (attempt
+        1). ``to``: any foxtive backend; by default the backend of the last
+        pool that ran with this store in this process. Only the records
+        present when the call starts are replayed, so messages that fail again
+        meanwhile are not replayed twice. A record is removed only after its
+        copy was published: a failure in between can leave a duplicate (same
+        message id), never a loss.
+        """
+        target = to if to is not None else self._last_backend
+        if target is None:
+            raise ConfigError(
+                "to: no backend to replay to; pass replay(to=backend) "
+                "(the default is the backend of the last pool run with this store)"
+            )
+        wanted = _ids(ids)
+        if _is_native(target):
+            count: int = await self._native.replay(target, wanted)
+            return count
+        return await self._replay_through_python(target, wanted)
+
+    async def _replay_through_python(self, backend: Any, ids: list[str] | None) -> int:
+        from .backends import Backend
+
+        if not isinstance(backend, Backend):
+            raise ConfigError(
+                f"to: expected a foxtive backend, got {type(backend).__name__}"
+            )
+        plan = self._native.replay_plan(ids)
+        done = 0
+        for start in range(0, len(plan), _REPLAY_CHUNK):
+            published: list[str] = []
+            try:
+                for key, body, headers, message_id in plan[start:start + _REPLAY_CHUNK]:
+                    await backend.publish(body, headers=headers, message_id=message_id)
+                    published.append(key)
+            finally:
+                # Even when a publish failed: what went out must not stay.
+                if published:
+                    await self._native.remove(published)
+                done += len(published)
+        return done
+
+    async def purge(self) -> int:
+        """Remove every dead letter; returns how many there were."""
+        count: int = await self._native.purge()
+        return count
+
+    def _remember(self, backend: Any) -> None:
+        self._last_backend = backend
+
+
+def _ids(ids: Iterable[str] | None) -> list[str] | None:
+    if ids is None:
+        return None
+    if isinstance(ids, str | bytes):
+        raise ConfigError("ids: expected a list of message ids, got a single string")
+    out = list(ids)
+    for i in out:
+        if not isinstance(i, str):
+            raise ConfigError(f"ids: message ids are str, got {type(i).__name__}")
+    return out
+
+
+def _is_native(backend: Any) -> bool:
+    """True for backends that run in Rust (their wrappers keep them in ``_native``)."""
+    if isinstance(backend, _core.MemoryBackend | _core.RabbitMqBackend):
+        return True
+    return getattr(backend, "_native", None) is not None
+
+
+class MemoryDLQ(DeadLetterQueue):
+    """Dead letters kept in this process's memory (tests, inspection)."""
+
+    def __init__(self) -> None:
+        super().__init__(_core.DeadLetterStore.memory())
+
+    def __repr__(self) -> str:
+        return "MemoryDLQ()"
+
+
+class FileDLQ(DeadLetterQueue):
+    """Dead letters appended to a local file as JSON lines.
+
+    Each batch is written with one ``write`` and ``fsync``ed before its
+    messages are acked; the file is created with mode 0600; a record torn by a
+    crash mid-write is skipped and never spoils earlier or later records;
+    removal rewrites the file atomically (temporary file, ``fsync``, rename).
+    Bodies are base64, headers keep their types. Processes may share the file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        if not isinstance(path, str | os.PathLike):
+            raise ConfigError(f"path: expected a file path, got {type(path).__name__}")
+        # Absolute now: a later chdir must not move the dead letters.
+        self.path: str = os.path.abspath(os.fspath(path))
+        super().__init__(_core.DeadLetterStore.file(self.path))
+
+    def __repr__(self) -> str:
+        return f"FileDLQ({self.path!r})"
+
+
+class RedisDLQ(DeadLetterQueue):
+    """Dead letters in a Redis stream at ``key`` (one entry per record).
+
+    ``url`` is shown with its password redacted, in ``repr`` and errors."""
+
+    def __init__(self, url: str, key: str = "foxtive:dead-letters") -> None:
+        if not isinstance(url, str) or not url:
+            raise ConfigError("url: expected a redis:// URL")
+        if not isinstance(key, str) or not key:
+            raise ConfigError("key: must be a non-empty string")
+        self.url: str = _core.redact_url(url)
+        self.key: str = key
+        super().__init__(_core.DeadLetterStore.redis(url, key))
+
+    def __repr__(self) -> str:
+        return f"RedisDLQ(url={self.url!r}, key={self.key!r})"
