@@ -98,6 +98,93 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(demo.main(total=args.messages, rate=args.rate))
 
 
+def _store(args: argparse.Namespace) -> Any:
+    from .dlq import DeadLetterQueue, FileDLQ, RedisDLQ
+
+    chosen = [x for x in (args.file, args.redis, args.store) if x]
+    if len(chosen) != 1:
+        raise ConfigError(
+            "store: give exactly one of --file PATH, --redis URL, --store module:attr"
+        )
+    if args.file:
+        return FileDLQ(args.file)
+    if args.redis:
+        return RedisDLQ(args.redis, args.key)
+    obj = _load(args.store)
+    if not isinstance(obj, DeadLetterQueue) and callable(obj):
+        obj = obj()
+    if not isinstance(obj, DeadLetterQueue):
+        raise ConfigError(f"store: {args.store!r} is not a foxtive dead-letter queue")
+    return obj
+
+
+def _record_dict(d: Any, with_body: bool) -> dict[str, Any]:
+    out = {
+        "original_id": d.original_id, "source_queue": d.source_queue, "attempts": d.attempts,
+        "error_type": d.error_type, "error_message": d.error_message,
+        "failed_at": d.failed_at, "worker_id": d.worker_id, "poison_pill": d.poison_pill,
+    }
+    if with_body:
+        body = d.body
+        try:
+            out["body"] = body.decode("utf-8")
+        except UnicodeDecodeError:
+            out["body_hex"] = body.hex()
+        out["headers"] = {k: (v.hex() if isinstance(v, bytes) else v)
+                          for k, v in d.headers.items()}
+    return out
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    store = _store(args)
+    if args.action == "list":
+        records = store.get_failed_messages(limit=args.limit)
+        if args.json:
+            print(json.dumps([_record_dict(d, False) for d in records], indent=2))
+        else:
+            print(f"{len(store)} dead letter(s) in {store!r}")
+            for d in records:
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(d.failed_at))
+                print(f"{d.original_id}  {when}Z  {d.source_queue}  attempts={d.attempts}  "
+                      f"{d.error_type}: {d.error_message[:80]}")
+        return 0
+    if args.action == "show":
+        wanted = set(args.ids)
+        found = [d for d in store.get_failed_messages(limit=len(store) or 1)
+                 if d.original_id in wanted]
+        print(json.dumps([_record_dict(d, True) for d in found], indent=2))
+        return 0 if len(found) >= len(wanted) else 1
+    if args.action == "purge":
+        if not args.yes:
+            raise ConfigError("purge: pass --yes to delete every dead letter")
+        print(f"purged {asyncio.run(store.purge())} dead letter(s)")
+        return 0
+    # replay, in chunks so that a long replay shows progress
+    target = _load(args.to)
+    if callable(target) and not hasattr(target, "publish"):
+        target = target()
+    ids = args.ids or [d.original_id for d in store.get_failed_messages(limit=len(store))]
+    total, done = len(ids), 0
+
+    async def replay_all() -> int:
+        nonlocal done
+        for start in range(0, total, 100):
+            done += await store.replay(ids=ids[start:start + 100], to=target)
+            bar = "#" * int(30 * done / max(total, 1))
+            print(f"\rreplaying [{bar:<30}] {done}/{total}", end="", file=sys.stderr, flush=True)
+        print(file=sys.stderr)
+        close = getattr(target, "close", None)
+        if close is not None:
+            await close()
+        return done
+
+    print(f"replayed {asyncio.run(replay_all())} dead letter(s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="foxtive", description="Background workers with a Rust core.")
     p.add_argument("--log-level", default=None,
@@ -122,6 +209,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default=argparse.SUPPRESS,
                      help="logging level (env FOXTIVE_LOG_LEVEL)")
     run.set_defaults(func=cmd_run)
+
+    dlq = sub.add_parser("dlq", help="inspect, replay or purge a dead-letter store")
+    dlq.add_argument("action", choices=["list", "show", "replay", "purge"])
+    dlq.add_argument("ids", nargs="*", help="original message ids (show; replay: default all)")
+    dlq.add_argument("--file", help="a FileDLQ path")
+    dlq.add_argument("--redis", help="a RedisDLQ URL")
+    dlq.add_argument("--key", default="foxtive:dead-letters", help="the RedisDLQ key")
+    dlq.add_argument("--store", help="module:attr of a dead-letter queue (or a factory)")
+    dlq.add_argument("--limit", type=int, default=100, help="list: at most this many")
+    dlq.add_argument("--json", action="store_true", help="list: JSON output")
+    dlq.add_argument("--to", help="replay: module:attr of the backend to publish to")
+    dlq.add_argument("--yes", action="store_true", help="purge: confirm")
+    dlq.set_defaults(func=cmd_dlq)
 
     demo = sub.add_parser("demo", help="an email worker on the in-process backend")
     demo.add_argument("--messages", type=int, default=None,
