@@ -152,9 +152,26 @@ class _LoopWorker:
         items = self.items
         runner = self.runner
         run = self.run_one
+        call = self.call
+        failed = runner.failed
+        ack_later = runner.ack_later
+        plan = self.plan
+        inline = plan.timeout is None
         while True:
-            while items:
-                await run(items.popleft())
+            if inline:
+                # The common case, inlined: no coroutine per message but the
+                # handler's own (this loop runs ~10^6 times a second).
+                while items:
+                    message = items.popleft()
+                    try:
+                        await call(message)
+                    except BaseException as exc:
+                        failed(plan, message, exc, on_loop=True)
+                    else:
+                        ack_later(message)
+            else:
+                while items:
+                    await run(items.popleft())
             if runner.stopping:
                 return
             runner.pull(exclude=self)
