@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,19 +24,24 @@ async def rabbitmq() -> AsyncIterator[foxtive.Backend]:
         yield rabbit_support.backend(queue, prefetch_count=50)
 
 
+@asynccontextmanager
+async def redis_streams() -> AsyncIterator[foxtive.Backend]:
+    import redis
+
+    stream = f"foxtive-test:rel:{uuid.uuid4().hex[:12]}"
+    config = foxtive.RedisStreamConsumerConfig(stream_name=stream, group_name="rel")
+    try:
+        yield foxtive.RedisStreamBackend("redis://127.0.0.1:6379/0", config)
+    finally:
+        client = redis.Redis(host="127.0.0.1", port=6379)
+        keys = client.keys(f"{stream}*")
+        if keys:
+            client.delete(*keys)
+
+
 BROKERS: dict[str, Callable[[], Any]] = {"rabbitmq": rabbitmq}
-
-
-def redis_broker() -> Any:
-    from . import redis_support
-
-    return redis_support.stream_backend
-
-
-try:
-    BROKERS["redis"] = redis_broker()
-except ImportError:
-    pass
+if hasattr(foxtive, "RedisStreamBackend"):
+    BROKERS["redis"] = redis_streams
 
 
 def retries(max_retries: int, store: Any = None) -> foxtive.RetryHandler:
