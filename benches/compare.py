@@ -1,0 +1,851 @@
+"""Side-by-side benchmark: foxtive, its peers and a pure-Rust ceiling (issue #7).
+
+    . .venv/bin/activate && maturin develop --release
+    cargo build --release -p foxtive-core --example rabbitmq_ceiling
+    python benches/compare.py [--quick] [--rounds 3] [--workloads w1-rabbitmq,w1-memory]
+
+The script runs under the foxtive venv. It creates ``benches/.peers-venv``
+from ``benches/requirements-peers.txt`` on first use (``--no-install`` skips
+that) and runs every peer in that venv, every foxtive contender in the
+current interpreter, each as its own process. For each round and contender:
+
+* the messages are pre-published to a fresh queue, outside the timed window
+  (raw contenders through the Rust publisher, frameworks through their own
+  ``send``/``apply_async``/``kiq``/``publish`` so the format is theirs);
+* the contender process starts; its handler records every message id; a
+  watcher thread in the process ends it once every id was seen (or after
+  ``--idle-timeout`` without progress) and writes first/last handled times;
+* the parent takes peak RSS and CPU seconds from ``wait4`` of that process.
+
+Two rates are reported: process start -> last handled (startup included) and
+first handled -> last handled (the targets use this one). Lost = ids never
+seen, dup = extra deliveries. Results go to ``benches/RESULTS-compare.md``
+(markdown tables, ratio foxtive / each contender) and a PNG chart next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PEERS_VENV = HERE / ".peers-venv"
+PEERS_PY = PEERS_VENV / "bin" / "python"
+AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+BODY_SIZE = 100
+PREFETCH = 1000  # raw clients and foxtive
+
+# --------------------------------------------------------------------------
+# contenders: name -> (interpreter, settings printed with the results)
+# --------------------------------------------------------------------------
+
+FOX = "foxtive"
+PEER = "peers"
+RUST = "rust"
+
+CONTENDERS: dict[str, list[tuple[str, str, str]]] = {
+    "w1-rabbitmq": [
+        ("foxtive", FOX, f"prefetch {PREFETCH}, ack after handler (engine default, batched)"),
+        ("lapin ceiling", RUST, f"prefetch {PREFETCH}, one multiple-ack per drained batch"),
+        ("aio-pika", PEER, f"prefetch {PREFETCH}, manual ack after handler"),
+        ("celery", PEER, "acks_late=True, prefetch_multiplier 4 x 8 threads = 32, pool=threads"),
+        ("dramatiq", PEER, "8 worker threads, prefetch 2xthreads = 16, ack after processing"),
+        ("faststream", PEER, "Channel(prefetch_count=100), AckPolicy.REJECT_ON_ERROR (ack after)"),
+        ("taskiq-aio-pika", PEER, "qos 100, ack_type WHEN_EXECUTED, max_async_tasks 100"),
+    ],
+    "w1-redis": [
+        ("foxtive", FOX, "RedisStreamBackend batch_size 100, delete_on_ack=True"),
+        ("redis-rs ceiling", RUST, "XREADGROUP COUNT 100, one pipelined XACK+XDEL per batch"),
+        ("redis-py", PEER, "sync XREADGROUP COUNT 100, handler per entry, pipelined XACK+XDEL"),
+        ("dramatiq", PEER, "RedisBroker, 8 worker threads, prefetch 2xthreads, ack after"),
+        ("arq", PEER, "max_jobs 100, keep_result 0 (at-least-once by design)"),
+        ("rq", PEER, "SimpleWorker (no fork), one job at a time"),
+        ("celery", PEER, "redis broker, acks_late=True, prefetch_multiplier 4 x 8 threads"),
+        ("taskiq-redis", PEER, "RedisStreamBroker (XACK after), max_async_tasks 100, "
+                               "ack_type WHEN_EXECUTED"),
+        ("faststream", PEER, "StreamSub(group, consumer), AckPolicy.REJECT_ON_ERROR"),
+    ],
+    "w1-memory": [
+        ("foxtive sync", FOX, "MemoryBackend, publish_bulk, default pool (limit 1000)"),
+        ("loop sync", FOX, "plain Python for-loop calling the same handler"),
+        ("foxtive async", FOX, "MemoryBackend, publish_bulk, default pool (limit 1000)"),
+        ("loop async", FOX, "plain asyncio loop awaiting the same handler"),
+    ],
+}
+
+
+def ceiling_binary(name: str = "rabbitmq_ceiling") -> str:
+    for profile in ("release", "debug"):
+        p = TARGET / profile / "examples" / name
+        if p.exists():
+            return str(p)
+    raise SystemExit(f"build it first: cargo build --release -p foxtive-core --example {name}")
+
+
+def body_for(i: int) -> bytes:
+    head = b"m-%d:" % i
+    return head + b"x" * (BODY_SIZE - len(head))
+
+
+# --------------------------------------------------------------------------
+# child side: recorder shared by all consumers
+# --------------------------------------------------------------------------
+
+
+class Recorder:
+    """Counts ids; a watcher thread writes the result and ends the process."""
+
+    def __init__(self, n: int, result: str, idle_timeout: float,
+                 extra: dict[str, Any] | None = None) -> None:
+        self.n = n
+        self.result = result
+        self.idle_timeout = idle_timeout
+        self.hits: list[int] = []
+        self.first = 0.0
+        self.last = 0.0
+        self.extra = extra or {}
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def hit(self, i: int) -> None:
+        t = time.time()
+        if not self.first:
+            self.first = t
+        self.last = t
+        self.hits.append(i)
+
+    def _watch(self) -> None:
+        seen = bytearray(self.n)
+        unique = dups = done = 0
+        progress = time.monotonic()
+        while True:
+            time.sleep(0.02)
+            end = len(self.hits)
+            if end > done:
+                progress = time.monotonic()
+                for i in self.hits[done:end]:
+                    if 0 <= i < self.n and not seen[i]:
+                        seen[i] = 1
+                        unique += 1
+                    else:
+                        dups += 1
+                done = end
+            if unique >= self.n or time.monotonic() - progress > self.idle_timeout:
+                break
+        # a short grace period to catch duplicates delivered right after
+        with open(self.result, "w") as f:
+            json.dump({"first": self.first, "last": self.last, "unique": unique,
+                       "dups": dups, "lost": self.n - unique, **self.extra}, f)
+        os._exit(0)
+
+
+def id_of(raw: bytes | str) -> int:
+    if isinstance(raw, str):
+        raw = raw.encode()
+    return int(raw.split(b":", 1)[0][2:]) if raw.startswith(b"m-") else int(raw)
+
+
+# --------------------------------------------------------------------------
+# child side: publishers (run in the contender's interpreter)
+# --------------------------------------------------------------------------
+
+
+def publish(workload: str, contender: str, queue: str, n: int) -> None:
+    redis_ = workload.endswith("redis")
+    if redis_ and contender in REDIS_PUBLISHERS:
+        return REDIS_PUBLISHERS[contender](queue, n)
+    if contender == "celery":
+        app = celery_app(queue, None, redis_)
+        task = app.tasks["bench.noop"]
+        with app.producer_or_acquire() as producer:
+            for i in range(n):
+                task.apply_async(args=[i], queue=queue, producer=producer)
+    elif contender == "dramatiq":
+        actor = dramatiq_actor(queue, None, redis_)
+        for i in range(n):
+            actor.send(i)
+        actor.broker.close()
+    elif contender == "faststream":
+        import asyncio
+
+        from faststream.rabbit import RabbitBroker, RabbitQueue
+
+        async def go() -> None:
+            broker = RabbitBroker(AMQP_URL)
+            await broker.connect()
+            await broker.declare_queue(RabbitQueue(queue, durable=True))
+            for i in range(n):
+                await broker.publish(i, queue=queue, persist=True)
+            await broker.stop()
+        asyncio.run(go())
+    elif contender == "taskiq-aio-pika":
+        import asyncio
+
+        async def go() -> None:
+            broker, task = taskiq_broker(queue, None)
+            await broker.startup()
+            for i in range(n):
+                await task.kiq(i)
+            await broker.shutdown()
+        asyncio.run(go())
+    else:
+        raise SystemExit(f"no publisher for {contender}")
+
+
+def celery_app(queue: str, rec: Recorder | None, redis_: bool) -> Any:
+    from celery import Celery
+
+    app = Celery("bench", broker=REDIS_URL if redis_ else AMQP_URL.replace("amqp://", "pyamqp://"))
+    app.conf.update(task_acks_late=True, task_reject_on_worker_lost=True,
+                    worker_prefetch_multiplier=4, task_ignore_result=True,
+                    worker_enable_remote_control=False, worker_send_task_events=False,
+                    task_default_queue=queue, worker_hijack_root_logger=False,
+                    broker_connection_retry_on_startup=True)
+
+    @app.task(name="bench.noop")
+    def noop(i: int) -> None:
+        if rec is not None:
+            rec.hit(i)
+    return app
+
+
+def dramatiq_actor(queue: str, rec: Recorder | None, redis_: bool) -> Any:
+    import dramatiq
+
+    if redis_:
+        from dramatiq.brokers.redis import RedisBroker
+
+        broker: Any = RedisBroker(url=REDIS_URL, namespace=f"dramatiq-{queue}")
+    else:
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+        broker = RabbitmqBroker(url=AMQP_URL)
+    dramatiq.set_broker(broker)
+
+    @dramatiq.actor(queue_name=queue, max_retries=0)
+    def noop(i: int) -> None:
+        if rec is not None:
+            rec.hit(i)
+    return noop
+
+
+def taskiq_broker(queue: str, rec: Recorder | None) -> Any:
+    from taskiq_aio_pika import AioPikaBroker
+    from taskiq_aio_pika.queue import Queue
+
+    broker = AioPikaBroker(AMQP_URL, qos=100, task_queues=[Queue(name=queue, durable=True)])
+
+    @broker.task(task_name="bench.noop")
+    async def noop(i: int) -> None:
+        if rec is not None:
+            rec.hit(i)
+    return broker, noop
+
+
+# --------------------------------------------------------------------------
+# child side: consumers
+# --------------------------------------------------------------------------
+
+
+def consume(workload: str, contender: str, queue: str, n: int, result: str,
+            idle: float) -> None:
+    import asyncio
+
+    if workload == "w1-memory":
+        return consume_memory(contender, n, result)
+    rec = Recorder(n, result, idle)
+    redis_ = workload.endswith("redis")
+    if redis_:
+        REDIS_CONSUMERS[contender](queue, rec)
+    elif contender == "foxtive":
+        import foxtive
+
+        async def fox_handler(message: foxtive.Message) -> None:
+            rec.hit(id_of(message.id))
+
+        pool = foxtive.WorkerPoolBuilder("bench").add_worker(fox_handler, id="noop").build()
+        backend = foxtive.RabbitMqBackend(
+            AMQP_URL, foxtive.RabbitMqConsumerConfig(queue_name=queue, prefetch_count=PREFETCH))
+        asyncio.run(pool.run_async(backend, handle_signals=False))
+    elif contender == "aio-pika":
+        import aio_pika
+
+        async def go() -> None:
+            conn = await aio_pika.connect(AMQP_URL)
+            ch = await conn.channel()
+            await ch.set_qos(prefetch_count=PREFETCH)
+            q = await ch.declare_queue(queue, durable=True)
+
+            async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+                rec.hit(id_of(message.message_id or b""))
+                await message.ack()
+            await q.consume(on_message)
+            await asyncio.Event().wait()
+        asyncio.run(go())
+    elif contender == "celery":
+        app = celery_app(queue, rec, redis_)
+        app.worker_main(["worker", "--pool=threads", "-c", "8", "-Q", queue,
+                         "--without-gossip", "--without-mingle", "--without-heartbeat",
+                         "-l", "WARNING"])
+    elif contender == "dramatiq":
+        from dramatiq import Worker
+
+        actor = dramatiq_actor(queue, rec, redis_)
+        worker = Worker(actor.broker, worker_threads=8)
+        worker.start()
+        while True:
+            time.sleep(1)
+    elif contender == "faststream":
+        from faststream.middlewares import AckPolicy
+        from faststream.rabbit import Channel, RabbitBroker, RabbitQueue
+
+        async def go() -> None:
+            broker = RabbitBroker(AMQP_URL)
+
+            @broker.subscriber(RabbitQueue(queue, durable=True),
+                               channel=Channel(prefetch_count=100),
+                               ack_policy=AckPolicy.REJECT_ON_ERROR)
+            async def handle(body: int) -> None:
+                rec.hit(body)
+            await broker.start()
+            await asyncio.Event().wait()
+        asyncio.run(go())
+    elif contender == "taskiq-aio-pika":
+        from taskiq.acks import AcknowledgeType
+        from taskiq.receiver import Receiver
+
+        async def go() -> None:
+            broker, _ = taskiq_broker(queue, rec)
+            broker.is_worker_process = True
+            await broker.startup()
+            receiver = Receiver(broker, max_async_tasks=100,
+                                ack_type=AcknowledgeType.WHEN_EXECUTED)
+            await receiver.listen(asyncio.Event())
+        asyncio.run(go())
+    else:
+        raise SystemExit(f"unknown contender {contender}")
+    time.sleep(3600)  # the recorder ends the process
+
+
+def consume_memory(contender: str, n: int, result: str) -> None:
+    import asyncio
+
+    hits: list[bytes] = []
+    append = hits.append
+
+    def sync_handler(message: Any) -> None:
+        append(message.body)
+
+    async def async_handler(message: Any) -> None:
+        append(message.body)
+
+    kind = contender.split()[1]
+    handler = sync_handler if kind == "sync" else async_handler
+    if contender.startswith("loop"):
+        class Msg:
+            __slots__ = ("body",)
+
+            def __init__(self, body: bytes) -> None:
+                self.body = body
+        msgs = [Msg(body_for(i)) for i in range(n)]
+        t0 = time.time()
+        if kind == "sync":
+            for m in msgs:
+                sync_handler(m)
+        else:
+            async def drive() -> None:
+                for m in msgs:
+                    await async_handler(m)
+            asyncio.run(drive())
+        t1 = time.time()
+    else:
+        import foxtive
+
+        backend = foxtive.MemoryBackend("bench")
+        chunk = 100_000
+        for start in range(0, n, chunk):
+            backend.publish_bulk([body_for(i) for i in range(start, min(n, start + chunk))])
+        pool = foxtive.WorkerPoolBuilder("bench").add_worker(handler, id="noop").build()
+        t0 = time.time()
+        idle = pool.run_until_idle(backend, timeout=600)
+        t1 = time.time()
+        assert idle, "pool did not go idle"
+    seen = {id_of(b) for b in hits}
+    with open(result, "w") as f:
+        json.dump({"first": t0, "last": t1, "unique": len(seen),
+                   "dups": len(hits) - len(seen), "lost": n - len(seen)}, f)
+
+
+# --------------------------------------------------------------------------
+# Redis contenders (child side)
+# --------------------------------------------------------------------------
+
+
+def redis_py_consume(stream: str, rec: Recorder) -> None:
+    import redis
+
+    r = redis.Redis.from_url(REDIS_URL)
+    while True:
+        reply = r.xreadgroup("g", "redis-py", {stream: ">"}, count=100, block=1000)
+        if not reply:
+            continue
+        ids = []
+        for entry_id, fields in reply[0][1]:
+            rec.hit(id_of(fields[b"body"]))
+            ids.append(entry_id)
+        pipe = r.pipeline(transaction=False)
+        pipe.xack(stream, "g", *ids)
+        pipe.xdel(stream, *ids)
+        pipe.execute()
+
+
+def foxtive_redis_consume(stream: str, rec: Recorder) -> None:
+    import asyncio
+
+    import foxtive
+
+    async def handler(message: foxtive.Message) -> None:
+        rec.hit(id_of(message.body))
+
+    pool = foxtive.WorkerPoolBuilder("bench").add_worker(handler, id="noop").build()
+    config = foxtive.RedisStreamConsumerConfig(stream_name=stream, group_name="g",
+                                               batch_size=100, delete_on_ack=True)
+    backend = foxtive.RedisStreamBackend(REDIS_URL, config)
+    asyncio.run(pool.run_async(backend, handle_signals=False))
+
+
+def dramatiq_redis_consume(queue: str, rec: Recorder) -> None:
+    from dramatiq import Worker
+
+    actor = dramatiq_actor(queue, rec, True)
+    Worker(actor.broker, worker_threads=8).start()
+    while True:
+        time.sleep(1)
+
+
+def celery_redis_consume(queue: str, rec: Recorder) -> None:
+    app = celery_app(queue, rec, True)
+    app.worker_main(["worker", "--pool=threads", "-c", "8", "-Q", queue, "--without-gossip",
+                     "--without-mingle", "--without-heartbeat", "-l", "WARNING"])
+
+
+_REC: Recorder | None = None
+
+
+def rq_noop(i: int) -> None:
+    assert _REC is not None
+    _REC.hit(i)
+
+
+def rq_publish(queue: str, n: int) -> None:
+    import redis
+    from rq import Queue
+
+    q = Queue(queue, connection=redis.Redis.from_url(REDIS_URL))
+    for start in range(0, n, 1000):
+        q.enqueue_many([Queue.prepare_data(rq_noop, args=(i,), result_ttl=0)
+                        for i in range(start, min(n, start + 1000))])
+
+
+def rq_consume(queue: str, rec: Recorder) -> None:
+    import logging
+
+    import redis
+    from rq import Queue, SimpleWorker
+
+    global _REC
+    _REC = rec
+    logging.disable(logging.INFO)
+    conn = redis.Redis.from_url(REDIS_URL)
+    SimpleWorker([Queue(queue, connection=conn)], connection=conn).work(
+        logging_level="WARNING", with_scheduler=False)
+
+
+async def arq_noop(ctx: dict[str, Any], i: int) -> None:
+    assert _REC is not None
+    _REC.hit(i)
+
+
+def arq_publish(queue: str, n: int) -> None:
+    import asyncio
+
+    from arq import create_pool
+    from arq.connections import RedisSettings
+
+    async def go() -> None:
+        pool = await create_pool(RedisSettings.from_dsn(REDIS_URL))
+        for i in range(n):
+            await pool.enqueue_job("arq_noop", i, _queue_name=queue)
+        await pool.aclose()
+    asyncio.run(go())
+
+
+def arq_consume(queue: str, rec: Recorder) -> None:
+    import asyncio
+
+    from arq import Worker, func
+    from arq.connections import RedisSettings
+
+    global _REC
+    _REC = rec
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    Worker(functions=[func(arq_noop, name="arq_noop")], queue_name=queue,
+           redis_settings=RedisSettings.from_dsn(REDIS_URL), max_jobs=100, keep_result=0,
+           handle_signals=False, poll_delay=0.05).run()
+
+
+def taskiq_redis_broker(queue: str, rec: Recorder | None) -> Any:
+    from taskiq_redis import RedisStreamBroker
+
+    broker = RedisStreamBroker(REDIS_URL, queue_name=queue, consumer_group_name="g")
+
+    @broker.task(task_name="bench.noop")
+    async def noop(i: int) -> None:
+        if rec is not None:
+            rec.hit(i)
+    return broker, noop
+
+
+def taskiq_redis_publish(queue: str, n: int) -> None:
+    import asyncio
+
+    async def go() -> None:
+        broker, task = taskiq_redis_broker(queue, None)
+        await broker.startup()
+        for i in range(n):
+            await task.kiq(i)
+        await broker.shutdown()
+    asyncio.run(go())
+
+
+def taskiq_redis_consume(queue: str, rec: Recorder) -> None:
+    import asyncio
+
+    from taskiq.acks import AcknowledgeType
+    from taskiq.receiver import Receiver
+
+    async def go() -> None:
+        broker, _ = taskiq_redis_broker(queue, rec)
+        broker.is_worker_process = True
+        await broker.startup()
+        await Receiver(broker, max_async_tasks=100,
+                       ack_type=AcknowledgeType.WHEN_EXECUTED).listen(asyncio.Event())
+    asyncio.run(go())
+
+
+def faststream_redis_publish(queue: str, n: int) -> None:
+    import asyncio
+
+    from faststream.redis import RedisBroker
+
+    async def go() -> None:
+        broker = RedisBroker(REDIS_URL)
+        await broker.connect()
+        for i in range(n):
+            await broker.publish(i, stream=queue)
+        await broker.stop()
+    asyncio.run(go())
+
+
+def faststream_redis_consume(queue: str, rec: Recorder) -> None:
+    import asyncio
+
+    from faststream.middlewares import AckPolicy
+    from faststream.redis import RedisBroker, StreamSub
+
+    async def go() -> None:
+        broker = RedisBroker(REDIS_URL)
+
+        @broker.subscriber(stream=StreamSub(queue, group="g", consumer="c1", batch=False),
+                           ack_policy=AckPolicy.REJECT_ON_ERROR)
+        async def handle(body: int) -> None:
+            rec.hit(body)
+        await broker.start()
+        await asyncio.Event().wait()
+    asyncio.run(go())
+
+
+REDIS_PUBLISHERS = {"rq": rq_publish, "arq": arq_publish,
+                    "taskiq-redis": taskiq_redis_publish,
+                    "faststream": faststream_redis_publish}
+REDIS_CONSUMERS = {"foxtive": foxtive_redis_consume, "redis-py": redis_py_consume,
+                   "dramatiq": dramatiq_redis_consume, "celery": celery_redis_consume,
+                   "rq": rq_consume, "arq": arq_consume,
+                   "taskiq-redis": taskiq_redis_consume,
+                   "faststream": faststream_redis_consume}
+
+
+# --------------------------------------------------------------------------
+# parent side
+# --------------------------------------------------------------------------
+
+
+def ensure_peers_venv() -> None:
+    marker = PEERS_VENV / ".installed"
+    req = HERE / "requirements-peers.txt"
+    if marker.exists() and marker.read_text() == req.read_text():
+        return
+    print(f"creating {PEERS_VENV} from {req.name} (a few minutes, once)", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(PEERS_VENV)], check=True)
+    subprocess.run([str(PEERS_PY), "-m", "pip", "install", "-q", "-r", str(req)], check=True)
+    marker.write_text(req.read_text())
+
+
+def interpreter(kind: str) -> str:
+    return str(PEERS_PY) if kind == PEER else sys.executable
+
+
+def loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def delete_queues(queues: list[str]) -> None:
+    import asyncio
+
+    import aio_pika
+
+    async def go() -> None:
+        conn = await aio_pika.connect(AMQP_URL)
+        for q in queues:
+            ch = await conn.channel()
+            try:
+                await ch.queue_delete(q)
+            except Exception:
+                pass
+        await conn.close()
+    asyncio.run(go())
+
+
+def fill_stream(stream: str, n: int) -> None:
+    import redis
+
+    r = redis.Redis.from_url(REDIS_URL)
+    r.delete(stream)
+    pipe = r.pipeline(transaction=False)
+    for i in range(n):
+        pipe.xadd(stream, {"body": body_for(i)})
+        if i % 5000 == 4999:
+            pipe.execute()
+    pipe.execute()
+    r.xgroup_create(stream, "g", id="0")
+
+
+def delete_redis_keys(queue: str) -> None:
+    import redis
+
+    r = redis.Redis.from_url(REDIS_URL)
+    keys = [k for pat in (f"*{queue}*",) for k in r.scan_iter(match=pat, count=1000)]
+    if keys:
+        r.delete(*keys)
+
+
+def prepublish(workload: str, name: str, kind: str, queue: str, n: int) -> None:
+    if workload == "w1-memory":
+        return
+    if workload == "w1-redis" and name in ("foxtive", "redis-rs ceiling", "redis-py"):
+        return fill_stream(queue, n)
+    if workload == "w1-rabbitmq" and name in ("foxtive", "lapin ceiling", "aio-pika"):
+        subprocess.run([ceiling_binary(), "publish", queue, str(n), str(BODY_SIZE)],
+                       check=True, stdout=subprocess.DEVNULL)
+    else:
+        subprocess.run([interpreter(kind), __file__, "--publish", name, "--queue", queue,
+                        "-n", str(n), "--workload", workload], check=True)
+
+
+def run_contender(workload: str, name: str, kind: str, queue: str, n: int,
+                  idle: float) -> dict[str, Any]:
+    fd, result = tempfile.mkstemp(prefix="foxtive-compare-", suffix=".json")
+    os.close(fd)
+    if kind == RUST and workload == "w1-redis":
+        cmd = [ceiling_binary("redis_ceiling"), "--url", REDIS_URL, "--stream", queue,
+               "--group", "g", "--count", "100", "--expect", str(n), "--delete"]
+    elif kind == RUST:
+        cmd = [ceiling_binary(), "drain", queue, str(n), str(PREFETCH)]
+    else:
+        cmd = [interpreter(kind), __file__, "--consume", name, "--workload", workload,
+               "--queue", queue,
+               "-n", str(n), "--result", result, "--idle-timeout", str(idle)]
+    spawn = time.time()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE if kind == RUST else subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    killer = threading.Timer(idle * 4 + 600, proc.kill)
+    killer.start()
+    out = proc.stdout.read() if proc.stdout else ""
+    _, status, ru = os.wait4(proc.pid, 0)
+    end = time.time()
+    killer.cancel()
+    err = proc.stderr.read() if proc.stderr else ""
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    res: dict[str, Any] = {"rss_mib": ru.ru_maxrss / 1024, "cpu_s": ru.ru_utime + ru.ru_stime,
+                           "exit": proc.returncode}
+    if kind == RUST:
+        line = json.loads(out.strip().splitlines()[-1])
+        res.update(handled_rate=line["rate"], start_rate=line["n"] / (end - spawn),
+                   lost=n - line["n"], dups=0, ids_checked=False)
+    else:
+        try:
+            with open(result) as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            data = {}
+        os.unlink(result)
+        if not data or not data.get("last"):
+            sys.stderr.write(f"{name}: no result (exit {proc.returncode})\n{err[-3000:]}\n")
+            res.update(handled_rate=0.0, start_rate=0.0, lost=n, dups=0, ids_checked=True)
+            return res
+        handled = data["unique"] + data["dups"]
+        span = max(data["last"] - data["first"], 1e-9)
+        res.update(handled_rate=handled / span if handled > 1 else 0.0,
+                   start_rate=data["unique"] / max(data["last"] - spawn, 1e-9),
+                   lost=data["lost"], dups=data["dups"], ids_checked=True)
+    return res
+
+
+def fmt_rate(v: float) -> str:
+    return f"{v:,.0f}"
+
+
+def summarise(workload: str, runs: dict[str, list[dict[str, Any]]],
+              settings: dict[str, str]) -> tuple[list[str], dict[str, float]]:
+    foxes = [k for k in runs if k.startswith("foxtive")]
+    med = {k: statistics.median(r["handled_rate"] for r in v) for k, v in runs.items()}
+    lines = [f"| contender | handled msg/s median (min-max) | start->last msg/s median | "
+             f"lost | dup | peak RSS MiB | CPU s | {' | '.join(f'{f} / this' for f in foxes)} "
+             f"| settings |",
+             "|---|---|---|---|---|---|---|" + "---|" * len(foxes) + "---|"]
+    for k, v in runs.items():
+        rates = [r["handled_rate"] for r in v]
+        ratios = []
+        for f in foxes:
+            ratios.append(f"{med[f] / med[k]:.2f}" if med[k] and f != k else "-")
+        lost = max(r["lost"] for r in v)
+        dups = max(r["dups"] for r in v)
+        check = "" if all(r["ids_checked"] for r in v) else " (count only)"
+        lines.append(
+            f"| {k} | {fmt_rate(med[k])} ({fmt_rate(min(rates))}-{fmt_rate(max(rates))}) | "
+            f"{fmt_rate(statistics.median(r['start_rate'] for r in v))} | {lost}{check} | "
+            f"{dups} | {statistics.median(r['rss_mib'] for r in v):.1f} | "
+            f"{statistics.median(r['cpu_s'] for r in v):.2f} | {' | '.join(ratios)} | "
+            f"{settings[k]} |")
+    return lines, med
+
+
+def chart(all_meds: dict[str, dict[str, float]], png: Path) -> None:
+    script = (
+        "import json,sys\n"
+        "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n"
+        "d=json.load(open(sys.argv[1]))\n"
+        "fig,axes=plt.subplots(len(d),1,figsize=(9,2.2+0.45*sum(len(v) for v in d.values())),"
+        "squeeze=False)\n"
+        "for ax,(w,meds) in zip(axes[:,0],d.items()):\n"
+        "    names=list(meds)[::-1]; vals=[meds[k] for k in names]\n"
+        "    cols=['tab:orange' if k.startswith('foxtive') else 'tab:blue' for k in names]\n"
+        "    ax.barh(names,vals,color=cols); ax.set_xscale('log'); ax.set_title(w)\n"
+        "    ax.set_xlabel('msg/s, first handled -> last handled (median, log scale)')\n"
+        "    for y,v in enumerate(vals): ax.text(v,y,f' {v:,.0f}',va='center',fontsize=8)\n"
+        "fig.tight_layout(); fig.savefig(sys.argv[2],dpi=110)\n")
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(all_meds, f)
+    subprocess.run([str(PEERS_PY), "-c", script, f.name, str(png)], check=True)
+    os.unlink(f.name)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true",
+                    help="10,000 messages per RabbitMQ run, 100,000 in memory, 1 round")
+    ap.add_argument("-n", type=int, default=None, help="messages per run (default 100,000; "
+                    "memory 1,000,000)")
+    ap.add_argument("--workloads", default=",".join(CONTENDERS))
+    ap.add_argument("--only", default="", help="comma-separated contender names")
+    ap.add_argument("--idle-timeout", type=float, default=30.0)
+    ap.add_argument("--out", default=str(HERE / "RESULTS-compare.md"))
+    ap.add_argument("--no-install", action="store_true")
+    # child modes
+    ap.add_argument("--publish", default=None)
+    ap.add_argument("--consume", default=None)
+    ap.add_argument("--queue", default="")
+    ap.add_argument("--result", default="")
+    ap.add_argument("--workload", default="")
+    args = ap.parse_args()
+    if args.publish:
+        return publish(args.workload, args.publish, args.queue, args.n)
+    if args.consume:
+        return consume(args.workload, args.consume, args.queue, args.n, args.result,
+                       args.idle_timeout)
+
+    if not args.no_install:
+        ensure_peers_venv()
+    if args.quick and "--rounds" not in sys.argv:
+        args.rounds = 1
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load_before = loadavg()
+    report = [f"# foxtive against its peers ({started})", "",
+              f"Command: `python benches/compare.py {' '.join(sys.argv[1:])}`", "",
+              f"Machine: {os.cpu_count()} cores, {os.uname().sysname} {os.uname().release}, "
+              f"CPython {sys.version.split()[0]}; load average at start {load_before}.", ""]
+    all_meds: dict[str, dict[str, float]] = {}
+    for workload in [w.strip() for w in args.workloads.split(",") if w.strip()]:
+        contenders = [c for c in CONTENDERS[workload] if not only or c[0] in only]
+        if args.n:
+            n = args.n
+        elif workload == "w1-memory":
+            n = 100_000 if args.quick else 1_000_000
+        else:
+            n = 10_000 if args.quick else 100_000
+        runs: dict[str, list[dict[str, Any]]] = {c[0]: [] for c in contenders}
+        settings = {c[0]: c[2] for c in contenders}
+        print(f"\n== {workload}: {n:,} messages x {args.rounds} rounds "
+              f"(load {loadavg()})", flush=True)
+        for r in range(args.rounds):
+            for name, kind, _ in contenders:
+                queue = f"cmp-{name.split()[0]}-{uuid.uuid4().hex[:6]}"
+                try:
+                    t = time.time()
+                    prepublish(workload, name, kind, queue, n)
+                    pub = time.time() - t
+                    res = run_contender(workload, name, kind, queue, n, args.idle_timeout)
+                finally:
+                    if workload == "w1-rabbitmq":
+                        delete_queues([queue, f"{queue}.DQ", f"{queue}.XQ"])
+                    elif workload == "w1-redis":
+                        delete_redis_keys(queue)
+                res["load"] = loadavg()
+                runs[name].append(res)
+                print(f"round {r + 1}: {name:16s} handled {res['handled_rate']:>11,.0f} msg/s"
+                      f"  start->last {res['start_rate']:>10,.0f}  lost {res['lost']}"
+                      f"  dup {res['dups']}  RSS {res['rss_mib']:.0f} MiB"
+                      f"  CPU {res['cpu_s']:.1f} s  (publish {pub:.1f} s, load {res['load']})",
+                      flush=True)
+        lines, med = summarise(workload, runs, settings)
+        all_meds[workload] = med
+        report += [f"## {workload}: {n:,} messages of ~{BODY_SIZE} B, no-op handler, "
+                   f"median of {args.rounds}", "", *lines, "",
+                   f"Load average after: {loadavg()}.", ""]
+        print("\n".join(lines), flush=True)
+    png = Path(args.out).with_suffix(".png")
+    try:
+        chart(all_meds, png)
+        report += [f"![msg/s per contender]({png.name})", ""]
+    except (subprocess.CalledProcessError, OSError) as e:
+        print(f"chart skipped: {e}", file=sys.stderr)
+    Path(args.out).write_text("\n".join(report))
+    print(f"\nwrote {args.out} and {png.name}")
+
+
+if __name__ == "__main__":
+    main()
