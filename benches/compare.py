@@ -52,6 +52,11 @@ PREFETCH = 1000  # raw clients and foxtive
 # contenders: name -> (interpreter, settings printed with the results)
 # --------------------------------------------------------------------------
 
+W2_SLEEP = 0.010  # W2: each handler awaits / sleeps this long
+W2_CONC = 100  # W2: concurrency (async tasks or threads) for every contender
+SLEEP = 0.0  # set in the child for W2
+CONC = 0
+
 FOX = "foxtive"
 PEER = "peers"
 RUST = "rust"
@@ -77,6 +82,20 @@ CONTENDERS: dict[str, list[tuple[str, str, str]]] = {
         ("taskiq-redis", PEER, "RedisStreamBroker (XACK after), max_async_tasks 100, "
                                "ack_type WHEN_EXECUTED"),
         ("faststream", PEER, "StreamSub(group, consumer), AckPolicy.REJECT_ON_ERROR"),
+    ],
+    "w2-rabbitmq": [
+        ("foxtive", FOX, "prefetch 100, with_concurrency_limit(100), async handler"),
+        ("aio-pika", PEER, "prefetch 100, a task per delivery, manual ack after"),
+        ("celery", PEER, "acks_late, pool=threads -c 100, prefetch_multiplier 1"),
+        ("dramatiq", PEER, "100 worker threads, prefetch 2xthreads, ack after"),
+        ("taskiq-aio-pika", PEER, "qos 100, max_async_tasks 100, WHEN_EXECUTED"),
+    ],
+    "w2-redis": [
+        ("foxtive", FOX, "batch_size 100, delete_on_ack, with_concurrency_limit(100)"),
+        ("dramatiq", PEER, "RedisBroker, 100 worker threads"),
+        ("arq", PEER, "max_jobs 100, keep_result 0"),
+        ("celery", PEER, "redis broker, acks_late, pool=threads -c 100, prefetch_multiplier 1"),
+        ("taskiq-redis", PEER, "RedisStreamBroker, max_async_tasks 100, WHEN_EXECUTED"),
     ],
     "w1-memory": [
         ("foxtive sync", FOX, "MemoryBackend, publish_bulk, default pool (limit 1000)"),
@@ -151,6 +170,20 @@ class Recorder:
         os._exit(0)
 
 
+def sync_work(rec: Recorder, i: int) -> None:
+    rec.hit(i)
+    if SLEEP:
+        time.sleep(SLEEP)
+
+
+async def async_work(rec: Recorder, i: int) -> None:
+    rec.hit(i)
+    if SLEEP:
+        import asyncio
+
+        await asyncio.sleep(SLEEP)
+
+
 def id_of(raw: bytes | str) -> int:
     if isinstance(raw, str):
         raw = raw.encode()
@@ -215,7 +248,7 @@ def celery_app(queue: str, rec: Recorder | None, redis_: bool) -> Any:
 
     app = Celery("bench", broker=REDIS_URL if redis_ else AMQP_URL.replace("amqp://", "pyamqp://"))
     app.conf.update(task_acks_late=True, task_reject_on_worker_lost=True,
-                    worker_prefetch_multiplier=4, task_ignore_result=True,
+                    worker_prefetch_multiplier=1 if CONC else 4, task_ignore_result=True,
                     worker_enable_remote_control=False, worker_send_task_events=False,
                     task_default_queue=queue, worker_hijack_root_logger=False,
                     broker_connection_retry_on_startup=True)
@@ -223,7 +256,7 @@ def celery_app(queue: str, rec: Recorder | None, redis_: bool) -> Any:
     @app.task(name="bench.noop")
     def noop(i: int) -> None:
         if rec is not None:
-            rec.hit(i)
+            sync_work(rec, i)
     return app
 
 
@@ -243,7 +276,7 @@ def dramatiq_actor(queue: str, rec: Recorder | None, redis_: bool) -> Any:
     @dramatiq.actor(queue_name=queue, max_retries=0)
     def noop(i: int) -> None:
         if rec is not None:
-            rec.hit(i)
+            sync_work(rec, i)
     return noop
 
 
@@ -256,7 +289,7 @@ def taskiq_broker(queue: str, rec: Recorder | None) -> Any:
     @broker.task(task_name="bench.noop")
     async def noop(i: int) -> None:
         if rec is not None:
-            rec.hit(i)
+            await async_work(rec, i)
     return broker, noop
 
 
@@ -271,6 +304,9 @@ def consume(workload: str, contender: str, queue: str, n: int, result: str,
 
     if workload == "w1-memory":
         return consume_memory(contender, n, result)
+    global SLEEP, CONC
+    if workload.startswith("w2"):
+        SLEEP, CONC = W2_SLEEP, W2_CONC
     rec = Recorder(n, result, idle)
     redis_ = workload.endswith("redis")
     if redis_:
@@ -279,11 +315,14 @@ def consume(workload: str, contender: str, queue: str, n: int, result: str,
         import foxtive
 
         async def fox_handler(message: foxtive.Message) -> None:
-            rec.hit(id_of(message.id))
+            await async_work(rec, id_of(message.id))
 
-        pool = foxtive.WorkerPoolBuilder("bench").add_worker(fox_handler, id="noop").build()
-        backend = foxtive.RabbitMqBackend(
-            AMQP_URL, foxtive.RabbitMqConsumerConfig(queue_name=queue, prefetch_count=PREFETCH))
+        builder = foxtive.WorkerPoolBuilder("bench").add_worker(fox_handler, id="noop")
+        if CONC:
+            builder = builder.with_concurrency_limit(CONC)
+        pool = builder.build()
+        backend = foxtive.RabbitMqBackend(AMQP_URL, foxtive.RabbitMqConsumerConfig(
+            queue_name=queue, prefetch_count=CONC or PREFETCH))
         asyncio.run(pool.run_async(backend, handle_signals=False))
     elif contender == "aio-pika":
         import aio_pika
@@ -291,25 +330,25 @@ def consume(workload: str, contender: str, queue: str, n: int, result: str,
         async def go() -> None:
             conn = await aio_pika.connect(AMQP_URL)
             ch = await conn.channel()
-            await ch.set_qos(prefetch_count=PREFETCH)
+            await ch.set_qos(prefetch_count=CONC or PREFETCH)
             q = await ch.declare_queue(queue, durable=True)
 
             async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-                rec.hit(id_of(message.message_id or b""))
+                await async_work(rec, id_of(message.message_id or b""))
                 await message.ack()
             await q.consume(on_message)
             await asyncio.Event().wait()
         asyncio.run(go())
     elif contender == "celery":
         app = celery_app(queue, rec, redis_)
-        app.worker_main(["worker", "--pool=threads", "-c", "8", "-Q", queue,
+        app.worker_main(["worker", "--pool=threads", "-c", str(CONC or 8), "-Q", queue,
                          "--without-gossip", "--without-mingle", "--without-heartbeat",
                          "-l", "WARNING"])
     elif contender == "dramatiq":
         from dramatiq import Worker
 
         actor = dramatiq_actor(queue, rec, redis_)
-        worker = Worker(actor.broker, worker_threads=8)
+        worker = Worker(actor.broker, worker_threads=CONC or 8)
         worker.start()
         while True:
             time.sleep(1)
@@ -336,7 +375,7 @@ def consume(workload: str, contender: str, queue: str, n: int, result: str,
             broker, _ = taskiq_broker(queue, rec)
             broker.is_worker_process = True
             await broker.startup()
-            receiver = Receiver(broker, max_async_tasks=100,
+            receiver = Receiver(broker, max_async_tasks=CONC or 100,
                                 ack_type=AcknowledgeType.WHEN_EXECUTED)
             await receiver.listen(asyncio.Event())
         asyncio.run(go())
@@ -423,9 +462,12 @@ def foxtive_redis_consume(stream: str, rec: Recorder) -> None:
     import foxtive
 
     async def handler(message: foxtive.Message) -> None:
-        rec.hit(id_of(message.body))
+        await async_work(rec, id_of(message.body))
 
-    pool = foxtive.WorkerPoolBuilder("bench").add_worker(handler, id="noop").build()
+    builder = foxtive.WorkerPoolBuilder("bench").add_worker(handler, id="noop")
+    if CONC:
+        builder = builder.with_concurrency_limit(CONC)
+    pool = builder.build()
     config = foxtive.RedisStreamConsumerConfig(stream_name=stream, group_name="g",
                                                batch_size=100, delete_on_ack=True)
     backend = foxtive.RedisStreamBackend(REDIS_URL, config)
@@ -436,14 +478,15 @@ def dramatiq_redis_consume(queue: str, rec: Recorder) -> None:
     from dramatiq import Worker
 
     actor = dramatiq_actor(queue, rec, True)
-    Worker(actor.broker, worker_threads=8).start()
+    Worker(actor.broker, worker_threads=CONC or 8).start()
     while True:
         time.sleep(1)
 
 
 def celery_redis_consume(queue: str, rec: Recorder) -> None:
     app = celery_app(queue, rec, True)
-    app.worker_main(["worker", "--pool=threads", "-c", "8", "-Q", queue, "--without-gossip",
+    app.worker_main(["worker", "--pool=threads", "-c", str(CONC or 8), "-Q", queue,
+                     "--without-gossip",
                      "--without-mingle", "--without-heartbeat", "-l", "WARNING"])
 
 
@@ -481,7 +524,7 @@ def rq_consume(queue: str, rec: Recorder) -> None:
 
 async def arq_noop(ctx: dict[str, Any], i: int) -> None:
     assert _REC is not None
-    _REC.hit(i)
+    await async_work(_REC, i)
 
 
 def arq_publish(queue: str, n: int) -> None:
@@ -519,7 +562,7 @@ def taskiq_redis_broker(queue: str, rec: Recorder | None) -> Any:
     @broker.task(task_name="bench.noop")
     async def noop(i: int) -> None:
         if rec is not None:
-            rec.hit(i)
+            await async_work(rec, i)
     return broker, noop
 
 
@@ -544,7 +587,7 @@ def taskiq_redis_consume(queue: str, rec: Recorder) -> None:
         broker, _ = taskiq_redis_broker(queue, rec)
         broker.is_worker_process = True
         await broker.startup()
-        await Receiver(broker, max_async_tasks=100,
+        await Receiver(broker, max_async_tasks=CONC or 100,
                        ack_type=AcknowledgeType.WHEN_EXECUTED).listen(asyncio.Event())
     asyncio.run(go())
 
@@ -662,9 +705,9 @@ def delete_redis_keys(queue: str) -> None:
 def prepublish(workload: str, name: str, kind: str, queue: str, n: int) -> None:
     if workload == "w1-memory":
         return
-    if workload == "w1-redis" and name in ("foxtive", "redis-rs ceiling", "redis-py"):
+    if workload.endswith("redis") and name in ("foxtive", "redis-rs ceiling", "redis-py"):
         return fill_stream(queue, n)
-    if workload == "w1-rabbitmq" and name in ("foxtive", "lapin ceiling", "aio-pika"):
+    if workload.endswith("rabbitmq") and name in ("foxtive", "lapin ceiling", "aio-pika"):
         subprocess.run([ceiling_binary(), "publish", queue, str(n), str(BODY_SIZE)],
                        check=True, stdout=subprocess.DEVNULL)
     else:
@@ -676,7 +719,7 @@ def run_contender(workload: str, name: str, kind: str, queue: str, n: int,
                   idle: float) -> dict[str, Any]:
     fd, result = tempfile.mkstemp(prefix="foxtive-compare-", suffix=".json")
     os.close(fd)
-    if kind == RUST and workload == "w1-redis":
+    if kind == RUST and workload.endswith("redis"):
         cmd = [ceiling_binary("redis_ceiling"), "--url", REDIS_URL, "--stream", queue,
                "--group", "g", "--count", "100", "--expect", str(n), "--delete"]
     elif kind == RUST:
@@ -816,13 +859,15 @@ def main() -> None:
             n = args.n
         elif workload == "w1-memory":
             n = 100_000 if args.quick else 1_000_000
+        elif workload.startswith("w2"):
+            n = 5_000 if args.quick else 50_000
         else:
             n = 10_000 if args.quick else 100_000
         runs: dict[str, list[dict[str, Any]]] = {c[0]: [] for c in contenders}
         settings = {c[0]: c[2] for c in contenders}
         print(f"\n== {workload}: {n:,} messages x {args.rounds} rounds "
               f"(load {loadavg()})", flush=True)
-        counts = {c[0]: min(n, args.slow_cap) if workload == "w1-redis" and c[0] in SLOW
+        counts = {c[0]: min(n, args.slow_cap) if workload.endswith("redis") and c[0] in SLOW
                   else n for c in contenders}
         for r in range(args.rounds):
             for name, kind, _ in contenders:
@@ -834,9 +879,9 @@ def main() -> None:
                     pub = time.time() - t
                     res = run_contender(workload, name, kind, queue, n_run, args.idle_timeout)
                 finally:
-                    if workload == "w1-rabbitmq":
+                    if workload.endswith("rabbitmq"):
                         delete_queues([queue, f"{queue}.DQ", f"{queue}.XQ"])
-                    elif workload == "w1-redis":
+                    elif workload.endswith("redis"):
                         delete_redis_keys(queue)
                 res["load"] = loadavg()
                 runs[name].append(res)
@@ -850,7 +895,10 @@ def main() -> None:
                 settings[name] += f" ({c:,} messages per run: --slow-cap)"
         lines, med = summarise(workload, runs, settings)
         all_meds[workload] = med
-        report += [f"## {workload}: {n:,} messages of ~{BODY_SIZE} B, no-op handler, "
+        what = (f"each awaiting {W2_SLEEP * 1000:.0f} ms at concurrency {W2_CONC} "
+                f"(ideal {W2_CONC / W2_SLEEP:,.0f} msg/s)" if workload.startswith("w2")
+                else "no-op handler")
+        report += [f"## {workload}: {n:,} messages of ~{BODY_SIZE} B, {what}, "
                    f"median of {args.rounds}", "", *lines, "",
                    f"Load average after: {loadavg()}.", ""]
         print("\n".join(lines), flush=True)
