@@ -97,6 +97,14 @@ CONTENDERS: dict[str, list[tuple[str, str, str]]] = {
         ("celery", PEER, "redis broker, acks_late, pool=threads -c 100, prefetch_multiplier 1"),
         ("taskiq-redis", PEER, "RedisStreamBroker, max_async_tasks 100, WHEN_EXECUTED"),
     ],
+    "w4-rabbitmq": [
+        ("foxtive", FOX, f"prefetch {PREFETCH}, async handler"),
+        ("aio-pika", PEER, f"prefetch {PREFETCH}, manual ack after"),
+        ("celery", PEER, "acks_late, pool=threads -c 8, prefetch_multiplier 4"),
+        ("dramatiq", PEER, "8 worker threads, prefetch 2xthreads, ack after"),
+        ("faststream", PEER, "Channel(prefetch_count=100), REJECT_ON_ERROR"),
+        ("taskiq-aio-pika", PEER, "qos 100, max_async_tasks 100, WHEN_EXECUTED"),
+    ],
     "w1-memory": [
         ("foxtive sync", FOX, "MemoryBackend, publish_bulk, default pool (limit 1000)"),
         ("loop sync", FOX, "plain Python for-loop calling the same handler"),
@@ -133,17 +141,20 @@ class Recorder:
         self.result = result
         self.idle_timeout = idle_timeout
         self.hits: list[int] = []
+        self.lat: list[float] = []
         self.first = 0.0
         self.last = 0.0
         self.extra = extra or {}
         threading.Thread(target=self._watch, daemon=True).start()
 
-    def hit(self, i: int) -> None:
+    def hit(self, i: int, sent: float = 0.0) -> None:
         t = time.time()
         if not self.first:
             self.first = t
         self.last = t
         self.hits.append(i)
+        if sent:
+            self.lat.append(t - sent)
 
     def _watch(self) -> None:
         seen = bytearray(self.n)
@@ -165,23 +176,39 @@ class Recorder:
                 break
         # a short grace period to catch duplicates delivered right after
         with open(self.result, "w") as f:
+            lat = sorted(self.lat)
+            pct = {} if not lat else {
+                "p50_ms": lat[len(lat) // 2] * 1000,
+                "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000,
+                "max_ms": lat[-1] * 1000}
             json.dump({"first": self.first, "last": self.last, "unique": unique,
-                       "dups": dups, "lost": self.n - unique, **self.extra}, f)
+                       "dups": dups, "lost": self.n - unique, **pct, **self.extra}, f)
         os._exit(0)
 
 
-def sync_work(rec: Recorder, i: int) -> None:
-    rec.hit(i)
+def sync_work(rec: Recorder, i: int, sent: float = 0.0) -> None:
+    rec.hit(i, sent)
     if SLEEP:
         time.sleep(SLEEP)
 
 
-async def async_work(rec: Recorder, i: int) -> None:
-    rec.hit(i)
+async def async_work(rec: Recorder, i: int, sent: float = 0.0) -> None:
+    rec.hit(i, sent)
     if SLEEP:
         import asyncio
 
         await asyncio.sleep(SLEEP)
+
+
+def sent_of(raw: bytes | str) -> float:
+    """W4 bodies are ``m-<i>:<time.time()>:xxx``; others carry no send time."""
+    if isinstance(raw, str):
+        raw = raw.encode()
+    parts = raw.split(b":", 2)
+    try:
+        return float(parts[1]) if len(parts) == 3 else 0.0
+    except ValueError:
+        return 0.0
 
 
 def id_of(raw: bytes | str) -> int:
@@ -201,6 +228,69 @@ async def in_chunks(n: int, send: Any, chunk: int = 200) -> None:
 
     for start in range(0, n, chunk):
         await asyncio.gather(*(send(i) for i in range(start, min(n, start + chunk))))
+
+
+def paced_publish(workload: str, contender: str, queue: str, n: int, rate: float) -> None:
+    """W4: publish n messages at a steady rate, each carrying its send time."""
+    import asyncio
+
+    async def pace(send: Any) -> None:
+        t0 = time.time() + 0.05
+        for i in range(n):
+            delay = t0 + i / rate - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await send(i, time.time())
+
+    if contender in ("foxtive", "aio-pika"):
+        import aio_pika
+
+        async def go() -> None:
+            conn = await aio_pika.connect(AMQP_URL)
+            ch = await conn.channel()
+            await ch.declare_queue(queue, durable=True)
+
+            async def send(i: int, t: float) -> None:
+                head = b"m-%d:%.6f:" % (i, t)
+                await ch.default_exchange.publish(aio_pika.Message(
+                    head + b"x" * max(0, BODY_SIZE - len(head)), message_id=f"m-{i}",
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=queue)
+            await pace(send)
+            await conn.close()
+        asyncio.run(go())
+    elif contender == "celery":
+        app = celery_app(queue, None, False)
+        task = app.tasks["bench.noop"]
+        with app.producer_or_acquire() as producer:
+            async def send(i: int, t: float) -> None:
+                task.apply_async(args=[i, t], queue=queue, producer=producer)
+            asyncio.run(pace(send))
+    elif contender == "dramatiq":
+        actor = dramatiq_actor(queue, None, False)
+
+        async def send(i: int, t: float) -> None:
+            actor.send(i, t)
+        asyncio.run(pace(send))
+        actor.broker.close()
+    elif contender == "faststream":
+        from faststream.rabbit import RabbitBroker, RabbitQueue
+
+        async def go() -> None:
+            broker = RabbitBroker(AMQP_URL)
+            await broker.connect()
+            await broker.declare_queue(RabbitQueue(queue, durable=True))
+            await pace(lambda i, t: broker.publish([i, t], queue=queue, persist=True))
+            await broker.stop()
+        asyncio.run(go())
+    elif contender == "taskiq-aio-pika":
+        async def go() -> None:
+            broker, task = taskiq_broker(queue, None)
+            await broker.startup()
+            await pace(task.kiq)
+            await broker.shutdown()
+        asyncio.run(go())
+    else:
+        raise SystemExit(f"no paced publisher for {contender}")
 
 
 def publish(workload: str, contender: str, queue: str, n: int) -> None:
@@ -254,9 +344,9 @@ def celery_app(queue: str, rec: Recorder | None, redis_: bool) -> Any:
                     broker_connection_retry_on_startup=True)
 
     @app.task(name="bench.noop")
-    def noop(i: int) -> None:
+    def noop(i: int, sent: float = 0.0) -> None:
         if rec is not None:
-            sync_work(rec, i)
+            sync_work(rec, i, sent)
     return app
 
 
@@ -274,9 +364,9 @@ def dramatiq_actor(queue: str, rec: Recorder | None, redis_: bool) -> Any:
     dramatiq.set_broker(broker)
 
     @dramatiq.actor(queue_name=queue, max_retries=0)
-    def noop(i: int) -> None:
+    def noop(i: int, sent: float = 0.0) -> None:
         if rec is not None:
-            sync_work(rec, i)
+            sync_work(rec, i, sent)
     return noop
 
 
@@ -287,9 +377,9 @@ def taskiq_broker(queue: str, rec: Recorder | None) -> Any:
     broker = AioPikaBroker(AMQP_URL, qos=100, task_queues=[Queue(name=queue, durable=True)])
 
     @broker.task(task_name="bench.noop")
-    async def noop(i: int) -> None:
+    async def noop(i: int, sent: float = 0.0) -> None:
         if rec is not None:
-            await async_work(rec, i)
+            await async_work(rec, i, sent)
     return broker, noop
 
 
@@ -315,7 +405,7 @@ def consume(workload: str, contender: str, queue: str, n: int, result: str,
         import foxtive
 
         async def fox_handler(message: foxtive.Message) -> None:
-            await async_work(rec, id_of(message.id))
+            await async_work(rec, id_of(message.id), sent_of(message.body))
 
         builder = foxtive.WorkerPoolBuilder("bench").add_worker(fox_handler, id="noop")
         if CONC:
@@ -334,7 +424,7 @@ def consume(workload: str, contender: str, queue: str, n: int, result: str,
             q = await ch.declare_queue(queue, durable=True)
 
             async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-                await async_work(rec, id_of(message.message_id or b""))
+                await async_work(rec, id_of(message.message_id or b""), sent_of(message.body))
                 await message.ack()
             await q.consume(on_message)
             await asyncio.Event().wait()
@@ -362,8 +452,11 @@ def consume(workload: str, contender: str, queue: str, n: int, result: str,
             @broker.subscriber(RabbitQueue(queue, durable=True),
                                channel=Channel(prefetch_count=100),
                                ack_policy=AckPolicy.REJECT_ON_ERROR)
-            async def handle(body: int) -> None:
-                rec.hit(body)
+            async def handle(body: Any) -> None:
+                if isinstance(body, list):
+                    rec.hit(body[0], body[1])
+                else:
+                    rec.hit(body)
             await broker.start()
             await asyncio.Event().wait()
         asyncio.run(go())
@@ -462,7 +555,7 @@ def foxtive_redis_consume(stream: str, rec: Recorder) -> None:
     import foxtive
 
     async def handler(message: foxtive.Message) -> None:
-        await async_work(rec, id_of(message.body))
+        await async_work(rec, id_of(message.body), sent_of(message.body))
 
     builder = foxtive.WorkerPoolBuilder("bench").add_worker(handler, id="noop")
     if CONC:
@@ -560,9 +653,9 @@ def taskiq_redis_broker(queue: str, rec: Recorder | None) -> Any:
     broker = RedisStreamBroker(REDIS_URL, queue_name=queue, consumer_group_name="g")
 
     @broker.task(task_name="bench.noop")
-    async def noop(i: int) -> None:
+    async def noop(i: int, sent: float = 0.0) -> None:
         if rec is not None:
-            await async_work(rec, i)
+            await async_work(rec, i, sent)
     return broker, noop
 
 
@@ -703,8 +796,8 @@ def delete_redis_keys(queue: str) -> None:
 
 
 def prepublish(workload: str, name: str, kind: str, queue: str, n: int) -> None:
-    if workload == "w1-memory":
-        return
+    if workload in ("w1-memory", "w4-rabbitmq", "w4-redis"):
+        return  # W4 publishes while the contender runs (run_contender)
     if workload.endswith("redis") and name in ("foxtive", "redis-rs ceiling", "redis-py"):
         return fill_stream(queue, n)
     if workload.endswith("rabbitmq") and name in ("foxtive", "lapin ceiling", "aio-pika"):
@@ -713,6 +806,10 @@ def prepublish(workload: str, name: str, kind: str, queue: str, n: int) -> None:
     else:
         subprocess.run([interpreter(kind), __file__, "--publish", name, "--queue", queue,
                         "-n", str(n), "--workload", workload], check=True)
+
+
+W4_RATE = 1000.0
+W4_WARMUP = 5.0
 
 
 def run_contender(workload: str, name: str, kind: str, queue: str, n: int,
@@ -733,6 +830,11 @@ def run_contender(workload: str, name: str, kind: str, queue: str, n: int,
                             stderr=subprocess.PIPE, text=True)
     killer = threading.Timer(idle * 4 + 600, proc.kill)
     killer.start()
+    if workload.startswith("w4"):
+        time.sleep(W4_WARMUP)  # let the consumer connect and declare
+        subprocess.run([str(PEERS_PY), __file__, "--paced-publish", name, "--queue", queue,
+                        "-n", str(n), "--workload", workload, "--rate", str(W4_RATE)],
+                       check=True)
     out = proc.stdout.read() if proc.stdout else ""
     _, status, ru = os.wait4(proc.pid, 0)
     end = time.time()
@@ -758,6 +860,9 @@ def run_contender(workload: str, name: str, kind: str, queue: str, n: int,
             return res
         handled = data["unique"] + data["dups"]
         span = max(data["last"] - data["first"], 1e-9)
+        for k in ("p50_ms", "p99_ms", "max_ms"):
+            if k in data:
+                res[k] = data[k]
         res.update(handled_rate=handled / span if handled > 1 else 0.0,
                    start_rate=data["unique"] / max(data["last"] - spawn, 1e-9),
                    lost=data["lost"], dups=data["dups"], ids_checked=True)
@@ -766,6 +871,21 @@ def run_contender(workload: str, name: str, kind: str, queue: str, n: int,
 
 def fmt_rate(v: float) -> str:
     return f"{v:,.0f}"
+
+
+def summarise_latency(runs: dict[str, list[dict[str, Any]]],
+                      settings: dict[str, str]) -> list[str]:
+    lines = ["| contender | p50 ms | p99 ms | max ms | lost | dup | peak RSS MiB | CPU s | "
+             "settings |", "|---|---|---|---|---|---|---|---|---|"]
+    for k, v in runs.items():
+        def m(key: str, v: list[dict[str, Any]] = v) -> str:
+            vals = [r[key] for r in v if key in r]
+            return f"{statistics.median(vals):.2f}" if vals else "n/a"
+        lines.append(f"| {k} | {m('p50_ms')} | {m('p99_ms')} | {m('max_ms')} | "
+                     f"{max(r['lost'] for r in v)} | {max(r['dups'] for r in v)} | "
+                     f"{statistics.median(r['rss_mib'] for r in v):.1f} | "
+                     f"{statistics.median(r['cpu_s'] for r in v):.2f} | {settings[k]} |")
+    return lines
 
 
 def summarise(workload: str, runs: dict[str, list[dict[str, Any]]],
@@ -834,7 +954,12 @@ def main() -> None:
     ap.add_argument("--queue", default="")
     ap.add_argument("--result", default="")
     ap.add_argument("--workload", default="")
+    ap.add_argument("--paced-publish", default=None)
+    ap.add_argument("--rate", type=float, default=W4_RATE)
+    ap.add_argument("--w4-seconds", type=float, default=20.0)
     args = ap.parse_args()
+    if args.paced_publish:
+        return paced_publish(args.workload, args.paced_publish, args.queue, args.n, args.rate)
     if args.publish:
         return publish(args.workload, args.publish, args.queue, args.n)
     if args.consume:
@@ -861,6 +986,8 @@ def main() -> None:
             n = 100_000 if args.quick else 1_000_000
         elif workload.startswith("w2"):
             n = 5_000 if args.quick else 50_000
+        elif workload.startswith("w4"):
+            n = int(W4_RATE * (5 if args.quick else args.w4_seconds))
         else:
             n = 10_000 if args.quick else 100_000
         runs: dict[str, list[dict[str, Any]]] = {c[0]: [] for c in contenders}
@@ -888,14 +1015,21 @@ def main() -> None:
                 print(f"round {r + 1}: {name:16s} handled {res['handled_rate']:>11,.0f} msg/s"
                       f"  start->last {res['start_rate']:>10,.0f}  lost {res['lost']}"
                       f"  dup {res['dups']}  RSS {res['rss_mib']:.0f} MiB"
-                      f"  CPU {res['cpu_s']:.1f} s  (publish {pub:.1f} s, load {res['load']})",
+                      f"  CPU {res['cpu_s']:.1f} s  (publish {pub:.1f} s, load {res['load']})"
+                      + (f"  p50 {res['p50_ms']:.2f} p99 {res['p99_ms']:.2f} "
+                         f"max {res['max_ms']:.2f} ms" if "p50_ms" in res else ""),
                       flush=True)
         for name, c in counts.items():
             if c != n:
                 settings[name] += f" ({c:,} messages per run: --slow-cap)"
-        lines, med = summarise(workload, runs, settings)
-        all_meds[workload] = med
-        what = (f"each awaiting {W2_SLEEP * 1000:.0f} ms at concurrency {W2_CONC} "
+        if workload.startswith("w4"):
+            lines = summarise_latency(runs, settings)
+        else:
+            lines, med = summarise(workload, runs, settings)
+            all_meds[workload] = med
+        what = (f"paced at {W4_RATE:,.0f} msg/s, latency publish -> handler start (median "
+                f"of rounds of each percentile)" if workload.startswith("w4") else
+                f"each awaiting {W2_SLEEP * 1000:.0f} ms at concurrency {W2_CONC} "
                 f"(ideal {W2_CONC / W2_SLEEP:,.0f} msg/s)" if workload.startswith("w2")
                 else "no-op handler")
         report += [f"## {workload}: {n:,} messages of ~{BODY_SIZE} B, {what}, "
@@ -904,12 +1038,14 @@ def main() -> None:
         print("\n".join(lines), flush=True)
     png = Path(args.out).with_suffix(".png")
     try:
-        chart(all_meds, png)
-        report += [f"![msg/s per contender]({png.name})", ""]
+        if all_meds:
+            chart(all_meds, png)
+            report += [f"![msg/s per contender]({png.name})", ""]
+            print(f"wrote {png}")
     except (subprocess.CalledProcessError, OSError) as e:
         print(f"chart skipped: {e}", file=sys.stderr)
     Path(args.out).write_text("\n".join(report))
-    print(f"\nwrote {args.out} and {png.name}")
+    print(f"\nwrote {args.out}")
 
 
 if __name__ == "__main__":
