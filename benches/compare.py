@@ -105,6 +105,10 @@ CONTENDERS: dict[str, list[tuple[str, str, str]]] = {
         ("faststream", PEER, "Channel(prefetch_count=100), REJECT_ON_ERROR"),
         ("taskiq-aio-pika", PEER, "qos 100, max_async_tasks 100, WHEN_EXECUTED"),
     ],
+    "w5-rabbitmq": [
+        ("foxtive 1 process", FOX, "foxtive run --processes 1, sync handler, prefetch 100"),
+        ("foxtive 2 processes", FOX, "foxtive run --processes 2, sync handler, prefetch 100"),
+    ],
     "w1-memory": [
         ("foxtive sync", FOX, "MemoryBackend, publish_bulk, default pool (limit 1000)"),
         ("loop sync", FOX, "plain Python for-loop calling the same handler"),
@@ -800,7 +804,8 @@ def prepublish(workload: str, name: str, kind: str, queue: str, n: int) -> None:
         return  # W4 publishes while the contender runs (run_contender)
     if workload.endswith("redis") and name in ("foxtive", "redis-rs ceiling", "redis-py"):
         return fill_stream(queue, n)
-    if workload.endswith("rabbitmq") and name in ("foxtive", "lapin ceiling", "aio-pika"):
+    if workload.endswith("rabbitmq") and name.startswith(("foxtive", "lapin ceiling",
+                                                          "aio-pika")):
         subprocess.run([ceiling_binary(), "publish", queue, str(n), str(BODY_SIZE)],
                        check=True, stdout=subprocess.DEVNULL)
     else:
@@ -812,8 +817,60 @@ W4_RATE = 1000.0
 W4_WARMUP = 5.0
 
 
+def calibrate_k(target_s: float = 0.001) -> int:
+    sys.path.insert(0, str(HERE))
+    from w5_app import burn
+
+    k = 20_000
+    t = time.perf_counter()
+    burn(k)
+    return max(1000, int(k * target_s / (time.perf_counter() - t)))
+
+
+W5_K = 0
+
+
+def run_w5(name: str, queue: str, n: int, idle: float) -> dict[str, Any]:
+    import signal
+
+    import redis
+
+    global W5_K
+    if not W5_K:
+        W5_K = calibrate_k()
+    processes = 2 if "2" in name else 1
+    key = f"w5-{queue}"
+    r = redis.Redis.from_url(REDIS_URL)
+    env = dict(os.environ, W5_QUEUE=queue, W5_K=str(W5_K), W5_KEY=key,
+               PYTHONPATH=str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    foxtive_cli = str(Path(sys.executable).parent / "foxtive")
+    spawn = time.time()
+    proc = subprocess.Popen([foxtive_cli, "run", "w5_app:pool", "--processes", str(processes)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    total, progress, last_total = 0, time.monotonic(), -1
+    vals: list[list[float]] = []
+    while total < n and time.monotonic() - progress < idle:
+        time.sleep(0.1)
+        vals = [json.loads(v) for v in r.hgetall(key).values()]
+        total = int(sum(v[0] for v in vals))
+        if total != last_total:
+            progress, last_total = time.monotonic(), total
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, _, ru = os.wait4(proc.pid, 0)
+    r.delete(key)
+    first = min((v[1] for v in vals if v[0]), default=0.0)
+    last = max((v[2] for v in vals), default=0.0)
+    return {"rss_mib": ru.ru_maxrss / 1024, "cpu_s": ru.ru_utime + ru.ru_stime,
+            "exit": proc.returncode, "handled_rate": total / max(last - first, 1e-9),
+            "start_rate": total / max(last - spawn, 1e-9), "lost": max(0, n - total),
+            "dups": max(0, total - n), "ids_checked": False}
+
+
 def run_contender(workload: str, name: str, kind: str, queue: str, n: int,
                   idle: float) -> dict[str, Any]:
+    if workload.startswith("w5"):
+        return run_w5(name, queue, n, idle)
     fd, result = tempfile.mkstemp(prefix="foxtive-compare-", suffix=".json")
     os.close(fd)
     if kind == RUST and workload.endswith("redis"):
@@ -986,6 +1043,8 @@ def main() -> None:
             n = 100_000 if args.quick else 1_000_000
         elif workload.startswith("w2"):
             n = 5_000 if args.quick else 50_000
+        elif workload.startswith("w5"):
+            n = 2_000 if args.quick else 20_000
         elif workload.startswith("w4"):
             n = int(W4_RATE * (5 if args.quick else args.w4_seconds))
         else:
@@ -1027,7 +1086,9 @@ def main() -> None:
         else:
             lines, med = summarise(workload, runs, settings)
             all_meds[workload] = med
-        what = (f"paced at {W4_RATE:,.0f} msg/s, latency publish -> handler start (median "
+        what = (f"CPU-bound handler (~1 ms of pure Python, {W5_K:,} iterations), counted "
+                f"per process through Redis" if workload.startswith("w5") else
+                f"paced at {W4_RATE:,.0f} msg/s, latency publish -> handler start (median "
                 f"of rounds of each percentile)" if workload.startswith("w4") else
                 f"each awaiting {W2_SLEEP * 1000:.0f} ms at concurrency {W2_CONC} "
                 f"(ideal {W2_CONC / W2_SLEEP:,.0f} msg/s)" if workload.startswith("w2")
