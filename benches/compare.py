@@ -1059,16 +1059,24 @@ def main() -> None:
             for name, kind, _ in contenders:
                 n_run = counts[name]
                 queue = f"cmp-{name.split()[0]}-{uuid.uuid4().hex[:6]}"
+                pub = 0.0
                 try:
                     t = time.time()
                     prepublish(workload, name, kind, queue, n_run)
                     pub = time.time() - t
                     res = run_contender(workload, name, kind, queue, n_run, args.idle_timeout)
+                except (subprocess.CalledProcessError, OSError, ValueError) as e:
+                    print(f"{name}: run failed: {e}", file=sys.stderr, flush=True)
+                    res = {"handled_rate": 0.0, "start_rate": 0.0, "lost": n_run, "dups": 0,
+                           "rss_mib": 0.0, "cpu_s": 0.0, "ids_checked": True, "failed": True}
                 finally:
-                    if workload.endswith("rabbitmq"):
-                        delete_queues([queue, f"{queue}.DQ", f"{queue}.XQ"])
-                    elif workload.endswith("redis"):
-                        delete_redis_keys(queue)
+                    try:
+                        if workload.endswith("rabbitmq"):
+                            delete_queues([queue, f"{queue}.DQ", f"{queue}.XQ"])
+                        elif workload.endswith("redis"):
+                            delete_redis_keys(queue)
+                    except Exception as e:
+                        print(f"cleanup of {queue} failed: {e}", file=sys.stderr)
                 res["load"] = loadavg()
                 runs[name].append(res)
                 print(f"round {r + 1}: {name:16s} handled {res['handled_rate']:>11,.0f} msg/s"
