@@ -109,6 +109,12 @@ CONTENDERS: dict[str, list[tuple[str, str, str]]] = {
         ("foxtive 1 process", FOX, "foxtive run --processes 1, sync handler, prefetch 100"),
         ("foxtive 2 processes", FOX, "foxtive run --processes 2, sync handler, prefetch 100"),
     ],
+    "w6-rabbitmq": [
+        ("foxtive", FOX, "RetryableError(delay=3600), RetryHandler(max_retries=1, 3600 s): "
+                         "TTL retry queue in the broker"),
+        ("celery", PEER, "self.retry(countdown=3600): ETA message, held by the worker"),
+        ("dramatiq", PEER, "max_retries=1, backoff 3,600,000 ms: delay queue .DQ"),
+    ],
     "w1-memory": [
         ("foxtive sync", FOX, "MemoryBackend, publish_bulk, default pool (limit 1000)"),
         ("loop sync", FOX, "plain Python for-loop calling the same handler"),
@@ -136,6 +142,21 @@ def body_for(i: int) -> bytes:
 # --------------------------------------------------------------------------
 
 
+def vmrss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+W6 = False  # set in the child for W6: every handler fails, retry in an hour
+
+
+class W6Error(Exception):
+    """W6: fail every first attempt."""
+
+
 class Recorder:
     """Counts ids; a watcher thread writes the result and ends the process."""
 
@@ -146,6 +167,8 @@ class Recorder:
         self.idle_timeout = idle_timeout
         self.hits: list[int] = []
         self.lat: list[float] = []
+        self.w6 = W6
+        self.rss_before = 0.0
         self.first = 0.0
         self.last = 0.0
         self.extra = extra or {}
@@ -157,6 +180,8 @@ class Recorder:
             self.first = t
         self.last = t
         self.hits.append(i)
+        if self.w6 and not self.rss_before:
+            self.rss_before = vmrss_mib()
         if sent:
             self.lat.append(t - sent)
 
@@ -178,7 +203,9 @@ class Recorder:
                 done = end
             if unique >= self.n or time.monotonic() - progress > self.idle_timeout:
                 break
-        # a short grace period to catch duplicates delivered right after
+        if self.w6:  # let the last retries be scheduled, then weigh the worker
+            time.sleep(3)
+            self.extra.update(rss_before=self.rss_before, rss_after=vmrss_mib())
         with open(self.result, "w") as f:
             lat = sorted(self.lat)
             pct = {} if not lat else {
@@ -192,12 +219,18 @@ class Recorder:
 
 def sync_work(rec: Recorder, i: int, sent: float = 0.0) -> None:
     rec.hit(i, sent)
+    if W6:
+        raise W6Error(i)
     if SLEEP:
         time.sleep(SLEEP)
 
 
 async def async_work(rec: Recorder, i: int, sent: float = 0.0) -> None:
     rec.hit(i, sent)
+    if W6:
+        import foxtive
+
+        raise foxtive.RetryableError("w6", delay=3600)
     if SLEEP:
         import asyncio
 
@@ -347,10 +380,13 @@ def celery_app(queue: str, rec: Recorder | None, redis_: bool) -> Any:
                     task_default_queue=queue, worker_hijack_root_logger=False,
                     broker_connection_retry_on_startup=True)
 
-    @app.task(name="bench.noop")
-    def noop(i: int, sent: float = 0.0) -> None:
+    @app.task(name="bench.noop", bind=True)
+    def noop(self: Any, i: int, sent: float = 0.0) -> None:
         if rec is not None:
-            sync_work(rec, i, sent)
+            try:
+                sync_work(rec, i, sent)
+            except W6Error as e:
+                raise self.retry(countdown=3600, max_retries=1) from e
     return app
 
 
@@ -367,7 +403,8 @@ def dramatiq_actor(queue: str, rec: Recorder | None, redis_: bool) -> Any:
         broker = RabbitmqBroker(url=AMQP_URL)
     dramatiq.set_broker(broker)
 
-    @dramatiq.actor(queue_name=queue, max_retries=0)
+    @dramatiq.actor(queue_name=queue, max_retries=1 if W6 else 0,
+                    min_backoff=3_600_000, max_backoff=3_600_000)
     def noop(i: int, sent: float = 0.0) -> None:
         if rec is not None:
             sync_work(rec, i, sent)
@@ -398,9 +435,14 @@ def consume(workload: str, contender: str, queue: str, n: int, result: str,
 
     if workload == "w1-memory":
         return consume_memory(contender, n, result)
-    global SLEEP, CONC
+    global SLEEP, CONC, W6
     if workload.startswith("w2"):
         SLEEP, CONC = W2_SLEEP, W2_CONC
+    if workload.startswith("w6"):
+        import logging
+
+        W6 = True
+        logging.disable(logging.ERROR)  # 100k failure tracebacks are not the point
     rec = Recorder(n, result, idle)
     redis_ = workload.endswith("redis")
     if redis_:
@@ -412,6 +454,9 @@ def consume(workload: str, contender: str, queue: str, n: int, result: str,
             await async_work(rec, id_of(message.id), sent_of(message.body))
 
         builder = foxtive.WorkerPoolBuilder("bench").add_worker(fox_handler, id="noop")
+        if W6:
+            builder = builder.with_middleware(foxtive.RetryHandler(
+                max_retries=1, initial_backoff=3600, max_backoff=3600, jitter=False))
         if CONC:
             builder = builder.with_concurrency_limit(CONC)
         pool = builder.build()
@@ -759,6 +804,16 @@ def loadavg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def retry_queues(queue: str) -> list[str]:
+    """foxtive's TTL retry queues: ``{queue}.retry.<bucket>``; list them via rabbitmqctl."""
+    try:
+        out = subprocess.run(["rabbitmqctl", "-q", "list_queues", "name"], capture_output=True,
+                             text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [q.strip() for q in out.splitlines() if q.strip().startswith(f"{queue}.retry")]
+
+
 def delete_queues(queues: list[str]) -> None:
     import asyncio
 
@@ -883,8 +938,9 @@ def run_contender(workload: str, name: str, kind: str, queue: str, n: int,
                "--queue", queue,
                "-n", str(n), "--result", result, "--idle-timeout", str(idle)]
     spawn = time.time()
+    errfile = tempfile.TemporaryFile("w+")  # a pipe could fill up and block the child
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE if kind == RUST else subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=errfile, text=True)
     killer = threading.Timer(idle * 4 + 600, proc.kill)
     killer.start()
     if workload.startswith("w4"):
@@ -896,7 +952,9 @@ def run_contender(workload: str, name: str, kind: str, queue: str, n: int,
     _, status, ru = os.wait4(proc.pid, 0)
     end = time.time()
     killer.cancel()
-    err = proc.stderr.read() if proc.stderr else ""
+    errfile.seek(0)
+    err = errfile.read()
+    errfile.close()
     proc.returncode = os.waitstatus_to_exitcode(status)
     res: dict[str, Any] = {"rss_mib": ru.ru_maxrss / 1024, "cpu_s": ru.ru_utime + ru.ru_stime,
                            "exit": proc.returncode}
@@ -917,7 +975,7 @@ def run_contender(workload: str, name: str, kind: str, queue: str, n: int,
             return res
         handled = data["unique"] + data["dups"]
         span = max(data["last"] - data["first"], 1e-9)
-        for k in ("p50_ms", "p99_ms", "max_ms"):
+        for k in ("p50_ms", "p99_ms", "max_ms", "rss_before", "rss_after"):
             if k in data:
                 res[k] = data[k]
         res.update(handled_rate=handled / span if handled > 1 else 0.0,
@@ -1043,6 +1101,8 @@ def main() -> None:
             n = 100_000 if args.quick else 1_000_000
         elif workload.startswith("w2"):
             n = 5_000 if args.quick else 50_000
+        elif workload.startswith("w6"):
+            n = 10_000 if args.quick else 100_000
         elif workload.startswith("w5"):
             n = 2_000 if args.quick else 20_000
         elif workload.startswith("w4"):
@@ -1072,7 +1132,9 @@ def main() -> None:
                 finally:
                     try:
                         if workload.endswith("rabbitmq"):
-                            delete_queues([queue, f"{queue}.DQ", f"{queue}.XQ"])
+                            extra = retry_queues(queue) if workload.startswith("w6") else []
+                            delete_queues([queue, f"{queue}.DQ", f"{queue}.XQ",
+                                           f"{queue}.dlq", *extra])
                         elif workload.endswith("redis"):
                             delete_redis_keys(queue)
                     except Exception as e:
@@ -1091,10 +1153,20 @@ def main() -> None:
                 settings[name] += f" ({c:,} messages per run: --slow-cap)"
         if workload.startswith("w4"):
             lines = summarise_latency(runs, settings)
+        elif workload.startswith("w6"):
+            lines = ["| contender | RSS at first failure MiB | RSS with all retries waiting "
+                     "MiB | growth MiB | lost | settings |", "|---|---|---|---|---|---|"]
+            for k, v in runs.items():
+                b = statistics.median(r.get("rss_before", 0.0) for r in v)
+                a = statistics.median(r.get("rss_after", 0.0) for r in v)
+                lines.append(f"| {k} | {b:.1f} | {a:.1f} | {a - b:+.1f} | "
+                             f"{max(r['lost'] for r in v)} | {settings[k]} |")
         else:
             lines, med = summarise(workload, runs, settings)
             all_meds[workload] = med
-        what = (f"CPU-bound handler (~1 ms of pure Python, {W5_K:,} iterations), counted "
+        what = ("every first attempt fails and is retried in an hour by the framework's "
+                "own mechanism; worker RSS" if workload.startswith("w6") else
+                f"CPU-bound handler (~1 ms of pure Python, {W5_K:,} iterations), counted "
                 f"per process through Redis" if workload.startswith("w5") else
                 f"paced at {W4_RATE:,.0f} msg/s, latency publish -> handler start (median "
                 f"of rounds of each percentile)" if workload.startswith("w4") else
