@@ -1040,6 +1040,30 @@ def run_contender(workload: str, name: str, kind: str, queue: str, n: int,
     return res
 
 
+def available(workload: str, name: str, report: list[str]) -> bool:
+    why = ""
+    if name == "redis-rs ceiling":
+        try:
+            ceiling_binary("redis_ceiling")
+        except SystemExit as e:
+            why = str(e)
+    elif name == "lapin ceiling":
+        try:
+            ceiling_binary()
+        except SystemExit as e:
+            why = str(e)
+    elif name == "foxtive" and workload.endswith("redis"):
+        import foxtive
+
+        if not hasattr(foxtive, "RedisStreamBackend"):
+            why = "this foxtive build has no RedisStreamBackend"
+    if why:
+        print(f"skipping {workload} / {name}: {why}", flush=True)
+        report.append(f"*Skipped {workload} / {name}: {why}.*")
+        report.append("")
+    return not why
+
+
 def fmt_rate(v: float) -> str:
     return f"{v:,.0f}"
 
@@ -1150,7 +1174,8 @@ def main() -> None:
               f"CPython {sys.version.split()[0]}; load average at start {load_before}.", ""]
     all_meds: dict[str, dict[str, float]] = {}
     for workload in [w.strip() for w in args.workloads.split(",") if w.strip()]:
-        contenders = [c for c in CONTENDERS[workload] if not only or c[0] in only]
+        contenders = [c for c in CONTENDERS[workload] if (not only or c[0] in only)
+                      and available(workload, c[0], report)]
         if args.n:
             n = args.n
         elif workload == "w1-memory":
