@@ -488,7 +488,8 @@ def consume(workload: str, contender: str, queue: str, n: int, result: str,
             builder = builder.with_concurrency_limit(CONC)
         pool = builder.build()
         backend = foxtive.RabbitMqBackend(AMQP_URL, foxtive.RabbitMqConsumerConfig(
-            queue_name=queue, prefetch_count=CONC or PREFETCH))
+            queue_name=queue,
+            prefetch_count=int(os.environ.get("W2_PREFETCH", 0)) or CONC or PREFETCH))
         asyncio.run(pool.run_async(backend, handle_signals=False))
     elif contender == "aio-pika":
         import aio_pika
