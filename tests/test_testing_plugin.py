@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import aio_pika
 import pytest
@@ -206,3 +207,11 @@ def test_fixture_is_there(foxtive_memory_backend, foxtive_runner):
 
 def test_our_own_suite_sees_the_plugin(foxtive_memory_backend: foxtive.MemoryBackend) -> None:
     assert isinstance(foxtive_memory_backend, foxtive.MemoryBackend)
+
+
+def test_the_readme_example_passes(pytester: pytest.Pytester) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Testing your workers", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    pytester.makepyfile(code)
+    run(pytester).assert_outcomes(passed=1)
