@@ -280,6 +280,9 @@ class Runner:
         self.grow_lock = threading.Lock()
         self.thread_counts: dict[int, int] = {}
         self.idle_reached = False
+        #: ``callback(worker_id, message, error)`` for every handler failure
+        #: (``WorkerPool.on_failure``); the pool hands over its own list.
+        self.failure_listeners: list[Callable[[str, Message, BaseException], Any]] = []
         self._prepare()
 
     # ---------------------------------------------------------------- set-up
@@ -448,6 +451,11 @@ class Runner:
                 # Cancelled by shutdown: hand it back untried, never acked.
                 message._requeue()
                 raise exc
+        for listener in self.failure_listeners:
+            try:
+                listener(plan.spec.id, message, exc)
+            except Exception:
+                log.exception("failure listener %r raised", listener)
         if message.settled:
             log.warning("worker %s raised %s after settling message %s; the settlement stands",
                         plan.spec.id, type(exc).__name__, message.id)

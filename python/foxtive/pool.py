@@ -6,7 +6,7 @@ import asyncio
 import enum
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import _core, _logs
@@ -26,6 +26,9 @@ from .worker import BatchWorker, WorkerSpec
 __all__ = ["LoadBalancingStrategy", "WorkerPool", "WorkerPoolBuilder"]
 
 log = logging.getLogger("foxtive")
+
+#: ``callback(worker_id, message, error)``, see :meth:`WorkerPool.on_failure`.
+FailureListener = Callable[[str, "_core.Message", BaseException], Any]
 
 #: Pool-wide limit on messages in flight when none is set.
 DEFAULT_CONCURRENCY_LIMIT = 1000
@@ -233,6 +236,20 @@ class WorkerPool:
         self._ran = False
         self._breaker_state = "closed"
         self._breaker_transitions = 0
+        #: Called as ``callback(worker_id, message, error)`` when a handler raises.
+        self.failure_listeners: list[FailureListener] = []
+
+    def on_failure(self, callback: FailureListener) -> FailureListener:
+        """Call ``callback(worker_id, message, error)`` whenever a handler raises
+        (before the failure policy settles the message); usable as a decorator.
+
+        For error reporting (Sentry...) and tests (``foxtive.testing``). It runs
+        where the handler ran: on the pool's event loop, or on a handler
+        thread for plain ``def`` workers, so keep it short and thread-safe.
+        Exceptions it raises are logged and ignored. Remove it with
+        ``pool.failure_listeners.remove(callback)``."""
+        self.failure_listeners.append(callback)
+        return callback
 
     @property
     def worker_ids(self) -> list[str]:
@@ -324,6 +341,7 @@ class WorkerPool:
                 self.retry.dead_letter_queue._remember(chosen)
             runner = Runner(engine, plans, self.middlewares, self.shutdown_timeout,
                             handle_signals)
+            runner.failure_listeners = self.failure_listeners
             self._engine, self._runner = engine, runner
             self._loop = asyncio.get_running_loop()
             self._ran = True
@@ -417,6 +435,7 @@ class WorkerPool:
         plan = plans[adopted._worker]
         before = self._metrics.stats()
         runner = Runner(engine, plans, self.middlewares, self.shutdown_timeout, False)
+        runner.failure_listeners = self.failure_listeners
         lw = runner.loop_workers[plan.index]
         if lw is None:
             try:

@@ -8,7 +8,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use foxtive_core::backend::MemoryBackend;
-use foxtive_core::policy::{Backoff, FailureKind, RetryPolicy};
+use foxtive_core::message::{Delivery, Receipt};
+use foxtive_core::policy::{
+    Backoff, BreakerConfig, CircuitBreaker, FailureKind, PoisonPillTracker, RateLimiter,
+    RetryPolicy, Verdict,
+};
 use foxtive_core::pool::strategy::Picker;
 use foxtive_core::pool::{Engine, EngineConfig, Strategy, WorkerSpec};
 
@@ -37,6 +41,55 @@ fn bench_policies() {
             for i in 0..n {
                 black_box(backoff.delay(black_box((i % 40) as u32)));
             }
+        }),
+    );
+    let breaker = CircuitBreaker::new(BreakerConfig::new(5, Duration::from_secs(30), 1).unwrap());
+    let now = Instant::now();
+    report(
+        "policy: circuit breaker admit + record (closed)",
+        best_ns_per_op(n, || {
+            for _ in 0..n {
+                black_box(breaker.admit(now));
+                breaker.record(Verdict::Success, false, now);
+            }
+        }),
+    );
+    let tracker = PoisonPillTracker::new(10, Duration::from_secs(3600), 100_000).unwrap();
+    let delivery = Delivery::new(
+        "m-1",
+        Bytes::from_static(b"x"),
+        Arc::from("q"),
+        Receipt::Seq(1),
+    );
+    report(
+        "policy: poison-pill success (nothing tracked)",
+        best_ns_per_op(n, || {
+            for _ in 0..n {
+                tracker.record_success(black_box(&delivery));
+            }
+        }),
+    );
+    report(
+        "policy: poison-pill failure then success",
+        best_ns_per_op(n / 10, || {
+            for _ in 0..n / 10 {
+                black_box(tracker.record_failure(&delivery, now));
+                tracker.record_success(&delivery);
+            }
+        }),
+    );
+    let limiter = RateLimiter::new(1e9, 1_000_000).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    report(
+        "policy: rate limiter permit (local, not limiting)",
+        best_ns_per_op(n, || {
+            rt.block_on(async {
+                for _ in 0..n {
+                    limiter.until_ready().await;
+                }
+            })
         }),
     );
     let policy = RetryPolicy::default();

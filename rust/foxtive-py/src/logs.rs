@@ -54,12 +54,15 @@ impl Visit for Fields {
     }
 }
 
-/// A subscriber that only queues INFO and above; foxtive-core uses no spans.
+/// A subscriber that queues foxtive's own events, INFO and above; foxtive-core
+/// uses no spans. Events of the client libraries (lapin logs an ERROR for an
+/// expected 404 on a passive declare, for one) are left out: foxtive reports
+/// what matters about them itself, with context.
 struct Queueing;
 
 impl Subscriber for Queueing {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        *metadata.level() <= Level::INFO
+        *metadata.level() <= Level::INFO && metadata.target().starts_with("foxtive")
     }
     fn new_span(&self, _span: &Attributes<'_>) -> Id {
         Id::from_u64(1)

@@ -442,6 +442,7 @@ impl Backend for MemoryBackend {
     }
 
     async fn close(&self) -> Result<()> {
+        self.closed.store(true, Ordering::Release);
         // Unsettled deliveries go back to the ready queue, as a broker would.
         let mut store = self.store.lock();
         let mut back: Vec<(u64, Entry)> = store.unacked.drain();
