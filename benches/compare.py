@@ -1119,8 +1119,8 @@ def chart(all_meds: dict[str, dict[str, float]], png: Path) -> None:
         "for ax,(w,meds) in zip(axes[:,0],d.items()):\n"
         "    names=list(meds)[::-1]; vals=[meds[k] for k in names]\n"
         "    cols=['tab:orange' if k.startswith('foxtive') else 'tab:blue' for k in names]\n"
-        "    ax.barh(names,vals,color=cols); ax.set_xscale('log'); ax.set_title(w)\n"
-        "    ax.set_xlabel('msg/s, first handled -> last handled (median, log scale)')\n"
+        "    ax.barh(names,vals,color=cols); ax.set_title(w); ax.set_xlim(0,max(vals)*1.25)\n"
+        "    ax.set_xlabel('msg/s, first handled -> last handled (median)')\n"
         "    for y,v in enumerate(vals): ax.text(v,y,f' {v:,.0f}',va='center',fontsize=8)\n"
         "fig.tight_layout(); fig.savefig(sys.argv[2],dpi=110)\n")
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
