@@ -979,6 +979,19 @@ def run_w5(name: str, queue: str, n: int, idle: float) -> dict[str, Any]:
             "dups": max(0, total - n), "ids_checked": False}
 
 
+def poll_hwm(pid: int, out: list[float]) -> None:
+    """Peak RSS (VmHWM) of a running process, polled every 20 ms until it ends."""
+    while True:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        out[0] = max(out[0], int(line.split()[1]) / 1024)
+        except OSError:
+            return
+        time.sleep(0.02)
+
+
 def run_contender(workload: str, name: str, kind: str, queue: str, n: int,
                   idle: float) -> dict[str, Any]:
     if workload.startswith("w5"):
@@ -1000,6 +1013,8 @@ def run_contender(workload: str, name: str, kind: str, queue: str, n: int,
                             stderr=errfile, text=True)
     killer = threading.Timer(idle * 4 + 600, proc.kill)
     killer.start()
+    hwm = [0.0]
+    threading.Thread(target=poll_hwm, args=(proc.pid, hwm), daemon=True).start()
     if workload.startswith("w4"):
         time.sleep(W4_WARMUP)  # let the consumer connect and declare
         subprocess.run([str(PEERS_PY), __file__, "--paced-publish", name, "--queue", queue,
@@ -1013,7 +1028,11 @@ def run_contender(workload: str, name: str, kind: str, queue: str, n: int,
     err = errfile.read()
     errfile.close()
     proc.returncode = os.waitstatus_to_exitcode(status)
-    res: dict[str, Any] = {"rss_mib": ru.ru_maxrss / 1024, "cpu_s": ru.ru_utime + ru.ru_stime,
+    # wait4's ru_maxrss also counts the pages of this (parent) process that the
+    # forked child held before exec: a floor of ~the parent's RSS. VmHWM of the
+    # exec'd process, polled while it runs, is the contender's own peak.
+    res: dict[str, Any] = {"rss_mib": hwm[0] or ru.ru_maxrss / 1024,
+                           "cpu_s": ru.ru_utime + ru.ru_stime,
                            "exit": proc.returncode}
     if kind == RUST:
         line = json.loads(out.strip().splitlines()[-1])
