@@ -1108,8 +1108,8 @@ def summarise(workload: str, runs: dict[str, list[dict[str, Any]]],
     foxes = [k for k in runs if k.startswith("foxtive")]
     med = {k: statistics.median(r["handled_rate"] for r in v) for k, v in runs.items()}
     lines = [f"| contender | handled msg/s median (min-max) | start->last msg/s median | "
-             f"lost | dup | peak RSS MiB | CPU s | {' | '.join(f'{f} / this' for f in foxes)} "
-             f"| settings |",
+             f"lost | dup | peak RSS MiB | CPU s | "
+             f"{''.join(f'{f} / this | ' for f in foxes)}settings |",
              "|---|---|---|---|---|---|---|" + "---|" * len(foxes) + "---|"]
     for k, v in runs.items():
         rates = [r["handled_rate"] for r in v]
@@ -1123,8 +1123,8 @@ def summarise(workload: str, runs: dict[str, list[dict[str, Any]]],
             f"| {k} | {fmt_rate(med[k])} ({fmt_rate(min(rates))}-{fmt_rate(max(rates))}) | "
             f"{fmt_rate(statistics.median(r['start_rate'] for r in v))} | {lost}{check} | "
             f"{dups} | {statistics.median(r['rss_mib'] for r in v):.1f} | "
-            f"{statistics.median(r['cpu_s'] for r in v):.2f} | {' | '.join(ratios)} | "
-            f"{settings[k]} |")
+            f"{statistics.median(r['cpu_s'] for r in v):.2f} | "
+            f"{''.join(x + ' | ' for x in ratios)}{settings[k]} |")
     return lines, med
 
 
