@@ -1,6 +1,7 @@
 //! Where messages come from and where their settlements go.
 
 pub mod memory;
+pub mod redis_streams;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use crate::message::{Delivery, Outgoing, Settlement};
 use crate::Result;
 
 pub use memory::MemoryBackend;
+pub use redis_streams::{RedisStreamBackend, RedisStreamConfig};
 
 /// The connection state a backend reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
