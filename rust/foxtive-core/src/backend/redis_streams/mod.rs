@@ -66,7 +66,7 @@ const MOVE_LIMIT: usize = 500;
 /// Ids per XACK / XDEL / XCLAIM command.
 const IDS_PER_COMMAND: usize = 1000;
 /// A drain probe older than this is not trusted.
-const PROBE_FRESH: Duration = Duration::from_millis(300);
+const PROBE_FRESH: Duration = Duration::from_millis(150);
 /// Shortest time between two drain probes.
 const PROBE_GAP: Duration = Duration::from_millis(20);
 /// Idle time given to entries handed back at shutdown: any peer's
@@ -936,6 +936,8 @@ impl Inner {
                 let err = self.link.error("probe", &e);
                 if err.is_connection() {
                     self.link.lost(gen, &err);
+                } else {
+                    tracing::warn!(stream = %self.queue, error = %err, "drain probe failed");
                 }
             }
         }
