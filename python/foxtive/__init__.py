@@ -26,6 +26,7 @@ from .errors import (
 )
 from .middleware import Middleware, RetryHandler, TimeoutMiddleware, TracingMiddleware
 from .pool import LoadBalancingStrategy, WorkerPool, WorkerPoolBuilder
+from .redis_streams import RedisStreamBackend, RedisStreamConsumerConfig
 from .worker import BatchWorker, RetryInfo, Worker
 
 __all__ = [
@@ -43,6 +44,8 @@ __all__ = [
     "Middleware",
     "PayloadError",
     "PermanentError",
+    "RedisStreamBackend",
+    "RedisStreamConsumerConfig",
     "RetryHandler",
     "RetryInfo",
     "RetryableError",

@@ -8,6 +8,7 @@ mod engine;
 mod errors;
 mod message;
 mod python_backend;
+mod redis_streams;
 mod runtime;
 
 use pyo3::prelude::*;
@@ -21,6 +22,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::PyRetryPolicy>()?;
     m.add_class::<backends::PyMemoryBackend>()?;
     m.add_class::<backends::PyDeadLetter>()?;
+    m.add_class::<redis_streams::PyRedisStreamBackend>()?;
     m.add_function(wrap_pyfunction!(backends::redact_url, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::runtime_pid, m)?)?;
     Ok(())
