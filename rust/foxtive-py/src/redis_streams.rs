@@ -25,7 +25,9 @@ pub struct PyRedisStreamBackend {
 
 fn count(name: &str, value: i64, min: i64) -> PyResult<u64> {
     if value < min {
-        return Err(config_error(format!("{name}: must be >= {min}, got {value}")));
+        return Err(config_error(format!(
+            "{name}: must be >= {min}, got {value}"
+        )));
     }
     Ok(value as u64)
 }

@@ -37,6 +37,8 @@ pub(crate) struct Link {
     next_gen: AtomicU64,
     connecting: tokio::sync::Mutex<()>,
     retry_at: Mutex<Option<Instant>>,
+    /// The last connection error, scrubbed: reported while reconnecting.
+    last_error: Mutex<String>,
     reconnect_attempts: AtomicU64,
     consecutive_failures: AtomicU32,
     closed: AtomicBool,
@@ -76,6 +78,11 @@ fn raw_secret(url: &str) -> Option<String> {
 impl Link {
     pub fn new(url: &str, strategy: ReconnectStrategy) -> Result<Self> {
         let redacted = redact_url(url);
+        if url.starts_with("rediss") {
+            // rustls has two providers compiled in (ring via lapin, aws-lc via
+            // redis) and will not guess: name one, unless the process did.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let mut secrets: Vec<String> = raw_secret(url).into_iter().collect();
         let scrub = |text: String, secrets: &[String]| {
             secrets
@@ -104,6 +111,7 @@ impl Link {
             next_gen: AtomicU64::new(1),
             connecting: tokio::sync::Mutex::new(()),
             retry_at: Mutex::new(None),
+            last_error: Mutex::new(String::new()),
             reconnect_attempts: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             closed: AtomicBool::new(false),
@@ -150,15 +158,14 @@ impl Link {
         if let Some((gen, conn)) = self.writer.lock().as_ref() {
             return Ok((*gen, conn.clone()));
         }
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Shutdown);
-        }
+        // Used again after close (a publish, a new pool run): reopen.
+        self.closed.store(false, Ordering::Release);
         if let Some(at) = *self.retry_at.lock() {
             if Instant::now() < at {
                 return Err(Error::ConnectionLost(format!(
-                    "{}: reconnecting (attempt {} failed)",
-                    self.url,
-                    self.consecutive_failures.load(Ordering::Relaxed)
+                    "reconnecting after {} failed attempt(s); last error: {}",
+                    self.consecutive_failures.load(Ordering::Relaxed),
+                    self.last_error.lock()
                 )));
             }
         }
@@ -205,6 +212,10 @@ impl Link {
             .saturating_add(1);
         let delay = self.strategy.delay(n);
         *self.retry_at.lock() = Some(Instant::now() + delay);
+        *self.last_error.lock() = match err {
+            Error::ConnectionLost(text) | Error::Backend(text) => text.clone(),
+            other => other.to_string(),
+        };
         if !self.closed.load(Ordering::Acquire) {
             tracing::warn!(url = %self.url, failures = n, retry_in_s = delay.as_secs_f64(),
                 error = %err, "Redis connection failed; reconnecting");
@@ -227,7 +238,7 @@ impl Link {
         self.closed.store(false, Ordering::Release);
     }
 
-    /// Drop the command connection; no reconnecting until [`Link::open_again`].
+    /// Drop the command connection; the next use opens a new one.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         *self.writer.lock() = None;

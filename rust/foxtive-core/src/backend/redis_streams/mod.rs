@@ -54,8 +54,10 @@ use scripts::Scripts;
 pub use codec::{decode_header, encode_header};
 pub use config::{default_claim_interval, default_consumer_name, RedisStreamConfig};
 
-/// How long settle and publish keep retrying through a connection loss.
+/// How long settlements keep retrying through a connection loss.
 const OP_RETRY_WINDOW: Duration = Duration::from_secs(15);
+/// How long a publish may retry: a caller waiting on it should hear soon.
+const PUBLISH_RETRY_WINDOW: Duration = Duration::from_secs(2);
 /// How long shutdown steps may try (single attempts, then give up).
 const SHUTDOWN_STEP: Duration = Duration::from_secs(3);
 /// Longest pause of the delayed-message mover when nothing is due sooner
@@ -602,11 +604,11 @@ impl Inner {
     }
 
     /// Store delayed members (delay ms, member) in one script run.
-    async fn schedule(&self, items: &[(u64, &[u8])]) -> Result<()> {
+    async fn schedule(&self, items: &[(u64, &[u8])], window: Duration) -> Result<()> {
         if items.is_empty() {
             return Ok(());
         }
-        self.with_writer("schedule delayed", OP_RETRY_WINDOW, |mut conn| {
+        self.with_writer("schedule delayed", window, |mut conn| {
             let mut inv = self.scripts.schedule.key(&self.cfg.delayed_key);
             for (delay, member) in items {
                 inv.arg(*delay).arg(*member);
@@ -725,7 +727,7 @@ impl Inner {
                 .iter()
                 .map(|(_, ms, m)| (*ms, m.as_slice()))
                 .collect();
-            match self.schedule(&items).await {
+            match self.schedule(&items, OP_RETRY_WINDOW).await {
                 Ok(()) => plan.acks.extend(plan.delayed.iter().map(|(id, _, _)| *id)),
                 Err(e) => {
                     first_error.get_or_insert(e);
@@ -809,7 +811,7 @@ impl Inner {
         }
         for chunk in now_fields.chunks(10_000) {
             let replies = self
-                .with_writer("XADD", OP_RETRY_WINDOW, |mut conn| {
+                .with_writer("XADD", PUBLISH_RETRY_WINDOW, |mut conn| {
                     let mut pipe = redis::pipe();
                     for (_, fields) in chunk {
                         self.xadd(&mut pipe, &self.cfg.stream_name, fields, true);
@@ -825,7 +827,7 @@ impl Inner {
         }
         let items: Vec<(u64, &[u8])> = delayed.iter().map(|(ms, m)| (*ms, m.as_slice())).collect();
         for chunk in items.chunks(1000) {
-            self.schedule(chunk).await?;
+            self.schedule(chunk, PUBLISH_RETRY_WINDOW).await?;
         }
         self.touch();
         ids.into_iter()
