@@ -93,7 +93,8 @@ def main() -> None:
         print(json.dumps(run_one(args.child[0], args.child[1], args.messages, args.body_size)))
         return
     print(f"{args.messages:,} messages, {args.body_size}-byte bodies, no-op handler")
-    print(f"{'handler':8} {'loop msg/s':>14} {'foxtive msg/s':>14} {'ratio':>7} {'peak RSS +MiB':>14}")
+    print(f"{'handler':8} {'loop msg/s':>14} {'foxtive msg/s':>14} {'ratio':>7} "
+          f"{'peak RSS +MiB':>14}")
     for kind in ("sync", "async"):
         res = {}
         for contender in ("loop", "foxtive"):

@@ -20,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import inspect
 import logging
 import signal
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -41,6 +43,12 @@ _TRANSIENT, _PERMANENT, _RETRY_AFTER = 0, 1, 2
 _ACK_BATCH = 512
 #: Most messages taken from the core by the loop at once.
 _DRAIN_BATCH = 4096
+#: Sync handlers faster than this (seconds per message) take whole batches.
+_FAST_HANDLER = 0.0001
+#: Sync handlers slower than this, with work waiting, get another thread.
+_BLOCKING_HANDLER = 0.001
+#: Threads a plain-def worker starts with.
+_INITIAL_THREADS = 2
 
 
 def _describe(exc: BaseException) -> str:
@@ -49,6 +57,13 @@ def _describe(exc: BaseException) -> str:
     except Exception:
         text = "<unprintable error>"
     return text[:2000]
+
+
+async def _maybe_await(value: Any) -> Any:
+    """Hooks may be ``async def`` or plain ``def``."""
+    if inspect.isawaitable(value):
+        return await value
+    return value
 
 
 class Plan:
@@ -154,10 +169,10 @@ class _LoopWorker:
         timeout = self.plan.timeout
         try:
             if timeout is None:
-                await self.call(message)  # type: ignore[misc]
+                await self.call(message)
             else:
                 async with asyncio.timeout(timeout):
-                    await self.call(message)  # type: ignore[misc]
+                    await self.call(message)
         except BaseException as exc:
             self.runner.failed(self.plan, message, exc, on_loop=True)
         else:
@@ -186,6 +201,8 @@ class Runner:
         self.threads: list[threading.Thread] = []
         self.slots: list[_ThreadSlot] = []
         self.signals: list[int] = []
+        self.grow_lock = threading.Lock()
+        self.thread_counts: dict[int, int] = {}
         self.idle_reached = False
         self._prepare()
 
@@ -222,7 +239,7 @@ class Runner:
     async def run(self) -> None:
         for plan in self.plans:
             if plan.spec.setup is not None:
-                await plan.spec.setup()
+                await _maybe_await(plan.spec.setup())
         await self.engine.start()
         self._install_signals()
         fd = self.engine.wake_fd(0)
@@ -230,15 +247,8 @@ class Runner:
             self.loop.add_reader(fd, self._on_wake)
         for plan in self.plans:
             if not plan.on_loop:
-                for n in range(plan.threads):
-                    slot = _ThreadSlot()
-                    t = threading.Thread(
-                        target=self._thread_main, args=(plan, slot),
-                        name=f"foxtive-{plan.spec.id}-{n}", daemon=True,
-                    )
-                    self.slots.append(slot)
-                    self.threads.append(t)
-                    t.start()
+                for _ in range(min(_INITIAL_THREADS, plan.threads)):
+                    self._grow(plan)
         try:
             self.pull()
             await self.stop_event.wait()
@@ -347,16 +357,39 @@ class Runner:
         error_type = type(exc).__name__
         outcome = message._fail(error_type, _describe(exc), kind, delay)
         if outcome is not None:
-            log.warning("message %s failed in worker %s (attempt %d): %s: %s -> %s",
-                        message.id, plan.spec.id, message.attempt, error_type,
-                        _describe(exc)[:200], outcome)
+            log.log(logging.WARNING if outcome == "dead_lettered" else logging.INFO,
+                    "message %s failed in worker %s (attempt %d): %s: %s -> %s",
+                    message.id, plan.spec.id, message.attempt, error_type,
+                    _describe(exc)[:200], outcome)
 
     # ------------------------------------------------------------ threads
+    def _start_thread(self, plan: Plan) -> None:
+        slot = _ThreadSlot()
+        n = sum(1 for t in self.threads if t.name.startswith(f"foxtive-{plan.spec.id}-"))
+        t = threading.Thread(target=self._thread_main, args=(plan, slot),
+                             name=f"foxtive-{plan.spec.id}-{n}", daemon=True)
+        self.slots.append(slot)
+        self.threads.append(t)
+        t.start()
+
+    def _grow(self, plan: Plan) -> None:
+        """Add a thread to a worker whose handlers block while work waits."""
+        with self.grow_lock:
+            running = self.thread_counts.get(plan.index, 0)
+            if running < plan.threads and not self.stopping:
+                self.thread_counts[plan.index] = running + 1
+                self._start_thread(plan)
+
     def _thread_main(self, plan: Plan, slot: _ThreadSlot) -> None:
+        # Threads start few (two cores make GIL hand-offs the main cost of
+        # fast handlers) and grow, up to the worker's limit, while handlers
+        # block and messages wait. Fast handlers take big batches; slow ones
+        # take one message at a time so that waiting work spreads out.
         engine = self.engine
         fn = plan.spec.call
         lane = plan.lane
-        max_batch = plan.batch
+        max_batch = 1  # until the handler's speed is known
+        clock = time.perf_counter
         while True:
             batch = engine.take(lane, max_batch, 0.25)
             if batch is None:
@@ -364,6 +397,7 @@ class Runner:
             if not batch:
                 continue
             slot.batch = batch
+            started = clock()
             for i, m in enumerate(batch):
                 slot.index = i
                 if self.stopping:
@@ -379,6 +413,10 @@ class Runner:
                         log.exception("failure handling of message %s failed", m.id)
             slot.batch = None
             engine.ack_many(batch)
+            per_message = (clock() - started) / len(batch)
+            max_batch = min(plan.batch, max_batch * 4) if per_message < _FAST_HANDLER else 1
+            if per_message > _BLOCKING_HANDLER and engine.lane_len(lane) > 0:
+                self._grow(plan)
 
     # ----------------------------------------------------------- shutdown
     async def _drain(self) -> None:
@@ -421,7 +459,7 @@ class Runner:
         for plan in self.plans:
             if plan.spec.teardown is not None:
                 try:
-                    await plan.spec.teardown()
+                    await _maybe_await(plan.spec.teardown())
                 except Exception:
                     log.exception("teardown of worker %s failed", plan.spec.id)
         await self.engine.finish()

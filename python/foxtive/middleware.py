@@ -41,8 +41,8 @@ class RetryHandler(FrozenConfig):
     """Retry failed messages with exponential backoff, then dead-letter.
 
     ``max_retries`` counts retries after the first attempt (3 → at most 4
-    attempts). Delay before retry *n*: ``min(max_backoff, initial_backoff ×
-    backoff_multiplier^(n−1))``; with ``jitter`` it is drawn uniformly from
+    attempts). Delay before retry *n*: ``min(max_backoff, initial_backoff *
+    backoff_multiplier^(n-1))``; with ``jitter`` it is drawn uniformly from
     ``[delay/2, delay]``, so it never exceeds ``max_backoff``. Retries wait in
     the broker, never in the worker.
     """

@@ -28,7 +28,7 @@ DEFAULT_SYNC_THREADS = 32
 MAX_SYNC_THREADS = 256
 
 
-class LoadBalancingStrategy(str, enum.Enum):
+class LoadBalancingStrategy(enum.StrEnum):
     """How the pool picks a worker for the next message."""
 
     ROUND_ROBIN = "round_robin"
@@ -99,7 +99,9 @@ class WorkerPoolBuilder:
         limit = integer("concurrency_limit", self._limit, minimum=1)
         shutdown_timeout = seconds("shutdown_timeout", self._shutdown_timeout)
         if not self._workers:
-            raise ConfigError("workers: a pool needs at least one worker (add_worker / add_workers)")
+            raise ConfigError(
+                "workers: a pool needs at least one worker (add_worker / add_workers)"
+            )
         specs: list[WorkerSpec] = []
         explicit: set[str] = set()
         for obj, wid in self._workers:
@@ -213,7 +215,7 @@ class WorkerPool:
             else:
                 default = min(limit, DEFAULT_SYNC_THREADS)
                 threads = min(limit, MAX_SYNC_THREADS) if spec.concurrency else default
-                batch = max(1, min(256, limit // threads))
+                batch = max(1, min(256, limit // 2))
                 lanes.append(False)
                 plans.append(Plan(i, spec, len(lanes) - 1, limit, None, threads, batch))
         return plans, lanes

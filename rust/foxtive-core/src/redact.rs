@@ -47,9 +47,6 @@ mod tests {
         assert_eq!(redact_url("rediss://pw@h"), "rediss://***@h");
         assert_eq!(redact_url("amqp://localhost"), "amqp://localhost");
         assert_eq!(redact_url("not a url"), "not a url");
-        assert_eq!(
-            redact_url("amqp://u:p@ss@host/v"),
-            "amqp://u:***@host/v"
-        );
+        assert_eq!(redact_url("amqp://u:p@ss@host/v"), "amqp://u:***@host/v");
     }
 }

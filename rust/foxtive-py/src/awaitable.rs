@@ -37,7 +37,8 @@ impl Ready {
         Err(pyo3::exceptions::PyStopIteration::new_err((value,)))
     }
 
-    fn send(&self, py: Python<'_>, _value: Py<PyAny>) -> PyResult<Option<Py<PyAny>>> {
+    fn send(&self, py: Python<'_>, value: Py<PyAny>) -> PyResult<Option<Py<PyAny>>> {
+        drop(value);
         self.__next__(py)
     }
 

@@ -48,10 +48,11 @@ pub fn header_from_py(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<HeaderValu
         return Ok(HeaderValue::Bool(b.is_true()));
     }
     if obj.is_instance_of::<PyInt>() {
-        return obj
-            .extract::<i64>()
-            .map(HeaderValue::Int)
-            .map_err(|_| config_error(format!("headers[{name:?}]: integer out of the 64-bit range")));
+        return obj.extract::<i64>().map(HeaderValue::Int).map_err(|_| {
+            config_error(format!(
+                "headers[{name:?}]: integer out of the 64-bit range"
+            ))
+        });
     }
     if let Ok(f) = obj.cast::<PyFloat>() {
         return Ok(HeaderValue::Float(f.value()));

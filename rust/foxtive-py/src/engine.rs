@@ -11,13 +11,18 @@ use foxtive_core::policy::{Backoff, RetryPolicy};
 use foxtive_core::pool::{Engine, EngineConfig, Lane, WorkerSpec};
 
 use crate::backends::resolve_backend;
+use crate::bridge;
 use crate::convert::{body_from_py, duration_from_py, headers_from_py};
 use crate::errors::{config_error, IntoPyResult};
 use crate::message::PyMessage;
-use crate::runtime;
 
 /// The failure policy's numbers (built from `foxtive.RetryHandler`).
-#[pyclass(frozen, skip_from_py_object, name = "RetryPolicy", module = "foxtive._core")]
+#[pyclass(
+    frozen,
+    skip_from_py_object,
+    name = "RetryPolicy",
+    module = "foxtive._core"
+)]
 #[derive(Clone)]
 pub struct PyRetryPolicy {
     pub(crate) policy: RetryPolicy,
@@ -81,10 +86,17 @@ impl PyEngine {
             .ok_or_else(|| config_error(format!("lane {index} does not exist")))
     }
 
-    fn wrap<'py>(&self, py: Python<'py>, items: Vec<Arc<foxtive_core::pool::InFlight>>) -> PyResult<Bound<'py, PyList>> {
+    fn wrap<'py>(
+        &self,
+        py: Python<'py>,
+        items: Vec<Arc<foxtive_core::pool::InFlight>>,
+    ) -> PyResult<Bound<'py, PyList>> {
         let mut out = Vec::with_capacity(items.len());
         for inflight in items {
-            out.push(Bound::new(py, PyMessage::new(py, inflight, self.engine.clone()))?);
+            out.push(Bound::new(
+                py,
+                PyMessage::new(py, inflight, self.engine.clone()),
+            )?);
         }
         PyList::new(py, out)
     }
@@ -146,7 +158,7 @@ impl PyEngine {
     fn start<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         crate::python_backend::bind_loop(py, &self.python_backend)?;
         let engine = self.engine.clone();
-        runtime::future_into_py(py, async move { engine.start().await.py_err() })
+        bridge::awaitable(py, async move { engine.start().await })
     }
 
     fn wake_fd(&self, lane: usize) -> PyResult<Option<i32>> {
@@ -168,7 +180,13 @@ impl PyEngine {
 
     /// Up to `max` messages of a thread lane, waiting up to `timeout` seconds
     /// for the first (without the GIL). None once the lane is closed and empty.
-    fn take<'py>(&self, py: Python<'py>, lane: usize, max: usize, timeout: f64) -> PyResult<Option<Bound<'py, PyList>>> {
+    fn take<'py>(
+        &self,
+        py: Python<'py>,
+        lane: usize,
+        max: usize,
+        timeout: f64,
+    ) -> PyResult<Option<Bound<'py, PyList>>> {
         let lane_ref = self.lane(lane)?;
         let wait = Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or(Duration::from_secs(1));
         let items = py.detach(|| lane_ref.take(max, wait));
@@ -176,6 +194,11 @@ impl PyEngine {
             Some(items) => Ok(Some(self.wrap(py, items)?)),
             None => Ok(None),
         }
+    }
+
+    /// Messages waiting in a lane.
+    fn lane_len(&self, lane: usize) -> PyResult<usize> {
+        Ok(self.lane(lane)?.len())
     }
 
     /// Acknowledge every message of the list not settled yet.
@@ -211,7 +234,11 @@ impl PyEngine {
         if let Some(h) = headers {
             d.headers = headers_from_py(h)?;
         }
-        Ok(PyMessage::new(py, self.engine.adopt(d), self.engine.clone()))
+        Ok(PyMessage::new(
+            py,
+            self.engine.adopt(d),
+            self.engine.clone(),
+        ))
     }
 
     fn in_flight(&self) -> usize {
@@ -255,7 +282,7 @@ impl PyEngine {
     /// Stop taking messages; hand back what no handler has started (awaitable).
     fn begin_drain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let engine = self.engine.clone();
-        runtime::future_into_py(py, async move {
+        bridge::awaitable(py, async move {
             engine.begin_drain().await;
             Ok(())
         })
@@ -264,6 +291,6 @@ impl PyEngine {
     /// Flush settlements and close the backend (awaitable).
     fn finish<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let engine = self.engine.clone();
-        runtime::future_into_py(py, async move { engine.finish().await.py_err() })
+        bridge::awaitable(py, async move { engine.finish().await })
     }
 }

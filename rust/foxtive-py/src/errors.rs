@@ -11,11 +11,9 @@ macro_rules! exception {
         pub fn $fn_name(msg: impl Into<String>) -> PyErr {
             static CELL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
             let msg = msg.into();
-            Python::attach(|py| {
-                match CELL.import(py, "foxtive.errors", $name) {
-                    Ok(ty) => PyErr::from_type(ty.clone(), (msg,)),
-                    Err(e) => e,
-                }
+            Python::attach(|py| match CELL.import(py, "foxtive.errors", $name) {
+                Ok(ty) => PyErr::from_type(ty.clone(), (msg,)),
+                Err(e) => e,
             })
         }
     };

@@ -3,6 +3,7 @@
 
 mod awaitable;
 mod backends;
+mod bridge;
 mod convert;
 mod engine;
 mod errors;
@@ -17,6 +18,7 @@ use pyo3::prelude::*;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<awaitable::Ready>()?;
+    m.add_class::<bridge::Completions>()?;
     m.add_class::<message::PyMessage>()?;
     m.add_class::<engine::PyEngine>()?;
     m.add_class::<engine::PyRetryPolicy>()?;

@@ -52,7 +52,9 @@ impl PyMessage {
 fn json_loads(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     static LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     LOADS
-        .get_or_try_init(py, || Ok::<_, PyErr>(py.import("json")?.getattr("loads")?.unbind()))
+        .get_or_try_init(py, || {
+            Ok::<_, PyErr>(py.import("json")?.getattr("loads")?.unbind())
+        })
         .map(|f| f.bind(py))
 }
 
@@ -73,9 +75,9 @@ impl PyMessage {
     /// Typed headers (a fresh read-only view is cheap: the dict is built once).
     #[getter]
     fn headers(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let dict = self
-            .headers
-            .get_or_try_init(py, || headers_to_py(py, &self.inflight.delivery.headers).map(Bound::unbind))?;
+        let dict = self.headers.get_or_try_init(py, || {
+            headers_to_py(py, &self.inflight.delivery.headers).map(Bound::unbind)
+        })?;
         static PROXY: PyOnceLock<Py<PyType>> = PyOnceLock::new();
         let proxy = PROXY.import(py, "types", "MappingProxyType")?;
         Ok(proxy.call1((dict.bind(py),))?.unbind())
@@ -230,7 +232,10 @@ impl PyMessage {
             (2, Some(d)) => FailureKind::RetryAfter(d),
             _ => FailureKind::Transient,
         };
-        match self.engine.fail(&self.inflight, kind, error_type, error_message) {
+        match self
+            .engine
+            .fail(&self.inflight, kind, error_type, error_message)
+        {
             Ok(s) => Ok(Some(s.outcome())),
             Err(foxtive_core::Error::AlreadySettled) => Ok(None),
             Err(e) => Err(crate::errors::to_py(e)),

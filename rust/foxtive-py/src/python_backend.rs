@@ -19,6 +19,16 @@ use foxtive_core::{Error, Result};
 
 use crate::convert::{body_from_py, headers_from_py, headers_to_py};
 
+/// `(id, body, headers, attempt, receipt, redelivered)` from `Backend._foxtive_receive`.
+type ReceivedTuple<'py> = (
+    String,
+    Bound<'py, PyAny>,
+    Option<Bound<'py, PyDict>>,
+    u32,
+    Bound<'py, PyAny>,
+    bool,
+);
+
 pub struct PythonBackend {
     obj: Py<PyAny>,
     name: String,
@@ -83,17 +93,16 @@ impl PythonBackend {
     }
 
     fn delivery_from(&self, item: &Bound<'_, PyAny>) -> PyResult<Delivery> {
-        let (id, body, headers, attempt, receipt, redelivered): (
-            String,
-            Bound<'_, PyAny>,
-            Option<Bound<'_, PyDict>>,
-            u32,
-            Bound<'_, PyAny>,
-            bool,
-        ) = item.extract()?;
+        let (id, body, headers, attempt, receipt, redelivered): ReceivedTuple<'_> =
+            item.extract()?;
         let handle = self.next.fetch_add(1, Ordering::Relaxed);
         self.receipts.lock().insert(handle, receipt.unbind());
-        let mut d = Delivery::new(id, body_from_py(&body)?, self.queue.clone(), Receipt::Handle(handle));
+        let mut d = Delivery::new(
+            id,
+            body_from_py(&body)?,
+            self.queue.clone(),
+            Receipt::Handle(handle),
+        );
         if let Some(h) = headers {
             d.headers = headers_from_py(&h)?;
         }
@@ -102,7 +111,12 @@ impl PythonBackend {
         Ok(d)
     }
 
-    fn settle_item<'py>(&self, py: Python<'py>, delivery: &Delivery, settlement: &Settlement) -> PyResult<Option<Bound<'py, PyDict>>> {
+    fn settle_item<'py>(
+        &self,
+        py: Python<'py>,
+        delivery: &Delivery,
+        settlement: &Settlement,
+    ) -> PyResult<Option<Bound<'py, PyDict>>> {
         let Receipt::Handle(handle) = delivery.receipt else {
             return Ok(None);
         };
@@ -190,7 +204,9 @@ impl Backend for PythonBackend {
             })
             .map_err(|e| err("publish", e))?;
             let id = self.call("publish", args).await?;
-            ids.push(Python::attach(|py| id.bind(py).extract::<String>().unwrap_or_default()));
+            ids.push(Python::attach(|py| {
+                id.bind(py).extract::<String>().unwrap_or_default()
+            }));
         }
         Ok(ids)
     }

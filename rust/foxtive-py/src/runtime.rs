@@ -31,10 +31,7 @@ fn build() -> Owned {
 
 /// The runtime, or an error when used in a forked child.
 pub fn get() -> PyResult<&'static Runtime> {
-    let owned = RUNTIME.get_or_init(|| {
-        let owned = build();
-        owned
-    });
+    let owned = RUNTIME.get_or_init(build);
     if owned.pid != std::process::id() {
         return Err(PyRuntimeError::new_err(
             "foxtive's runtime was started before fork(); use a fresh process \
@@ -52,7 +49,10 @@ pub fn runtime_pid() -> u32 {
     RUNTIME.get().map_or(0, |o| o.pid)
 }
 
-/// Turn a Rust future into a Python awaitable on our runtime (cold paths only).
+/// Turn a Rust future into a Python awaitable through pyo3-async-runtimes.
+/// Prefer [`crate::bridge::awaitable`]: it never takes the GIL on a tokio
+/// thread. This remains for code that needs a `PyErr` built on the tokio side.
+#[allow(dead_code)]
 pub fn future_into_py<'py, F, T>(py: Python<'py>, fut: F) -> PyResult<Bound<'py, PyAny>>
 where
     F: std::future::Future<Output = PyResult<T>> + Send + 'static,

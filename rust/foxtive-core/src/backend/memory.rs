@@ -24,6 +24,8 @@ use crate::{Error, Result};
 /// A stored message. Kept small: a million of them must fit comfortably.
 #[derive(Debug, Clone)]
 struct Entry {
+    /// Publish number: the default id is `{backend}-{number}`.
+    number: u64,
     body: Bytes,
     /// Everything beyond the body, only for messages that have it.
     meta: Option<Box<EntryMeta>>,
@@ -42,13 +44,71 @@ struct EntryMeta {
     redelivered: bool,
 }
 
+/// Delivered, unsettled entries by delivery number. Numbers only grow and
+/// settlement is mostly in order, so a sliding window beats a hash map.
+#[derive(Default)]
+struct Unacked {
+    base: u64,
+    slots: VecDeque<Option<Entry>>,
+    len: usize,
+}
+
+impl Unacked {
+    fn insert(&mut self, seq: u64, entry: Entry) {
+        if self.slots.is_empty() {
+            self.base = seq;
+        }
+        let Some(index) = seq.checked_sub(self.base).map(|i| i as usize) else {
+            return;
+        };
+        if index >= self.slots.len() {
+            self.slots.resize_with(index + 1, || None);
+        }
+        if self.slots[index].replace(entry).is_none() {
+            self.len += 1;
+        }
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<Entry> {
+        let index = seq.checked_sub(self.base)? as usize;
+        let entry = self.slots.get_mut(index)?.take()?;
+        self.len -= 1;
+        while let Some(None) = self.slots.front() {
+            self.slots.pop_front();
+            self.base += 1;
+        }
+        Some(entry)
+    }
+
+    fn drain(&mut self) -> Vec<(u64, Entry)> {
+        let base = self.base;
+        let out = std::mem::take(&mut self.slots)
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, e)| e.map(|e| (base + i as u64, e)))
+            .collect();
+        self.len = 0;
+        out
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 struct Store {
     ready: VecDeque<Entry>,
     /// (due, tie-breaker) → entry; the heap holds the key, the map the entry.
     delayed: BinaryHeap<Reverse<(Instant, u64)>>,
     delayed_entries: HashMap<u64, Entry>,
-    unacked: HashMap<u64, Entry>,
+    unacked: Unacked,
     dead: Vec<DeadLetter>,
+    /// Delivery numbers (receipts), dense so that `Unacked` stays compact.
+    deliveries: u64,
 }
 
 /// The in-process backend.
@@ -73,7 +133,8 @@ impl MemoryBackend {
                 ready: VecDeque::new(),
                 delayed: BinaryHeap::new(),
                 delayed_entries: HashMap::new(),
-                unacked: HashMap::new(),
+                unacked: Unacked::default(),
+                deliveries: 0,
                 dead: Vec::new(),
             }),
             next_seq: AtomicU64::new(1),
@@ -111,7 +172,9 @@ impl MemoryBackend {
             let mut store = self.store.lock();
             store.ready.reserve(n);
             for body in bodies {
+                let number = self.seq();
                 store.ready.push_back(Entry {
+                    number,
                     body,
                     meta: None,
                     attempt: 1,
@@ -124,12 +187,13 @@ impl MemoryBackend {
     }
 
     fn entry_from(&self, out: Outgoing) -> (Entry, String) {
+        let number = self.seq();
         let id = out
             .message_id
             .clone()
-            .unwrap_or_else(|| format!("{}-{}", self.name, self.seq()));
+            .unwrap_or_else(|| self.default_id(number));
         let meta = EntryMeta {
-            id: Some(id.clone()),
+            id: out.message_id,
             headers: out.headers,
             correlation_id: out.correlation_id,
             content_type: out.content_type,
@@ -140,6 +204,7 @@ impl MemoryBackend {
         };
         (
             Entry {
+                number,
                 body: out.body,
                 meta: Some(Box::new(meta)),
                 attempt: out.attempt.max(1),
@@ -184,7 +249,8 @@ impl MemoryBackend {
             let Some(entry) = store.ready.pop_front() else {
                 break;
             };
-            let seq = self.seq();
+            store.deliveries += 1;
+            let seq = store.deliveries;
             out.push(self.delivery_of(&entry, seq, received_at));
             store.unacked.insert(seq, entry);
         }
@@ -209,7 +275,10 @@ impl MemoryBackend {
         };
         match &entry.meta {
             Some(meta) => {
-                d.id = meta.id.clone().unwrap_or_else(|| format!("{}-{seq}", self.name));
+                d.id = meta
+                    .id
+                    .clone()
+                    .unwrap_or_else(|| self.default_id(entry.number));
                 d.headers = meta.headers.clone();
                 d.routing_key = meta.routing_key.clone();
                 d.correlation_id = meta.correlation_id.clone();
@@ -218,9 +287,31 @@ impl MemoryBackend {
                 d.priority = meta.priority;
                 d.redelivered = meta.redelivered;
             }
-            None => d.id = format!("{}-{seq}", self.name),
+            None => d.id = self.default_id(entry.number),
         }
         d
+    }
+
+    /// `{name}-{seq}`, built without the formatting machinery (hot path).
+    fn default_id(&self, seq: u64) -> String {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        let mut n = seq;
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let mut id = String::with_capacity(self.name.len() + 1 + digits.len() - i);
+        id.push_str(&self.name);
+        id.push('-');
+        for &d in &digits[i..] {
+            id.push(char::from(d));
+        }
+        id
     }
 
     /// Messages waiting, ready or delayed.
@@ -253,11 +344,17 @@ impl MemoryBackend {
         }
     }
 
-    fn settle_one(&self, store: &mut Store, delivery: &Delivery, settlement: Settlement, now: Instant) {
+    fn settle_one(
+        &self,
+        store: &mut Store,
+        delivery: &Delivery,
+        settlement: Settlement,
+        now: Instant,
+    ) {
         let Receipt::Seq(seq) = delivery.receipt else {
             return;
         };
-        let Some(mut entry) = store.unacked.remove(&seq) else {
+        let Some(mut entry) = store.unacked.remove(seq) else {
             return;
         };
         match settlement {
@@ -275,7 +372,9 @@ impl MemoryBackend {
                 self.put(store, entry, Some(delay), now);
             }
             Settlement::DeadLetter(failure) => {
-                store.dead.push(DeadLetter::from_delivery(delivery, &failure));
+                store
+                    .dead
+                    .push(DeadLetter::from_delivery(delivery, &failure));
             }
             Settlement::Requeue => {
                 let meta = entry.meta.get_or_insert_with(Default::default);
@@ -345,7 +444,7 @@ impl Backend for MemoryBackend {
     async fn close(&self) -> Result<()> {
         // Unsettled deliveries go back to the ready queue, as a broker would.
         let mut store = self.store.lock();
-        let mut back: Vec<(u64, Entry)> = store.unacked.drain().collect();
+        let mut back: Vec<(u64, Entry)> = store.unacked.drain();
         back.sort_by_key(|(seq, _)| Reverse(*seq));
         for (_, mut entry) in back {
             entry.meta.get_or_insert_with(Default::default).redelivered = true;
@@ -385,7 +484,10 @@ mod tests {
         assert_eq!(got.len(), 2);
         assert_eq!(&got[0].body[..], b"a");
         assert_eq!(b.unacked(), 2);
-        let items = got.into_iter().map(|d| (Arc::new(d), Settlement::Ack)).collect();
+        let items = got
+            .into_iter()
+            .map(|d| (Arc::new(d), Settlement::Ack))
+            .collect();
         b.settle(items).await.unwrap();
         assert_eq!(b.unacked(), 0);
         assert_eq!(b.qsize(), 0);
@@ -411,7 +513,11 @@ mod tests {
         .unwrap();
         assert_eq!(b.unacked(), 0);
         assert_eq!(b.qsize(), 1);
-        assert!(b.receive(1, Duration::from_secs(1)).await.unwrap().is_empty());
+        assert!(b
+            .receive(1, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_empty());
         let again = b.receive(1, Duration::from_secs(10)).await.unwrap();
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].id, "m1");

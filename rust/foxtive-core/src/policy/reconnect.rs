@@ -33,7 +33,12 @@ impl Default for ReconnectStrategy {
 }
 
 impl ReconnectStrategy {
-    pub fn exponential(initial: Duration, max: Duration, multiplier: f64, jitter: f64) -> Result<Self> {
+    pub fn exponential(
+        initial: Duration,
+        max: Duration,
+        multiplier: f64,
+        jitter: f64,
+    ) -> Result<Self> {
         if max < initial {
             return Err(Error::Config(format!(
                 "max: must be >= initial ({}s), got {}s",

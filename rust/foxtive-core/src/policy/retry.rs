@@ -94,8 +94,13 @@ mod tests {
     fn policy(max_retries: u32) -> RetryPolicy {
         RetryPolicy {
             max_retries,
-            backoff: Backoff::new(Duration::from_millis(10), Duration::from_secs(1), 2.0, false)
-                .unwrap(),
+            backoff: Backoff::new(
+                Duration::from_millis(10),
+                Duration::from_secs(1),
+                2.0,
+                false,
+            )
+            .unwrap(),
         }
     }
 
@@ -106,7 +111,10 @@ mod tests {
         for attempt in 1..=3 {
             assert!(matches!(
                 p.decide(attempt, FailureKind::Transient, "E", "boom", &w, false),
-                Settlement::Retry { count_attempt: true, .. }
+                Settlement::Retry {
+                    count_attempt: true,
+                    ..
+                }
             ));
         }
         assert!(matches!(
@@ -134,7 +142,14 @@ mod tests {
         let p = policy(3);
         let w: Arc<str> = Arc::from("w");
         assert_eq!(
-            p.decide(1, FailureKind::RetryAfter(Duration::from_secs(7)), "E", "", &w, false),
+            p.decide(
+                1,
+                FailureKind::RetryAfter(Duration::from_secs(7)),
+                "E",
+                "",
+                &w,
+                false
+            ),
             Settlement::Retry {
                 delay: Duration::from_secs(7),
                 count_attempt: true

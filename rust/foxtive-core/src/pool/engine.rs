@@ -49,9 +49,7 @@ pub struct EngineConfig {
 impl EngineConfig {
     pub fn validate(&self) -> Result<()> {
         if self.concurrency_limit == 0 {
-            return Err(Error::Config(
-                "concurrency_limit: must be >= 1".to_string(),
-            ));
+            return Err(Error::Config("concurrency_limit: must be >= 1".to_string()));
         }
         if self.workers.is_empty() {
             return Err(Error::Config(
@@ -240,7 +238,8 @@ impl Engine {
             ));
         }
         if let Err(e) = self.backend.connect().await {
-            self.state.store(EngineState::Stopped as u8, Ordering::Release);
+            self.state
+                .store(EngineState::Stopped as u8, Ordering::Release);
             return Err(e);
         }
         let fetch = tokio::spawn(self.clone().fetch_loop());
@@ -449,7 +448,12 @@ impl Engine {
     }
 
     /// Dead-letter a message on the handler's request.
-    pub fn dead_letter(&self, inflight: &Arc<InFlight>, error_type: &str, reason: &str) -> Result<()> {
+    pub fn dead_letter(
+        &self,
+        inflight: &Arc<InFlight>,
+        error_type: &str,
+        reason: &str,
+    ) -> Result<()> {
         let worker_id = self
             .worker_id(inflight.worker)
             .cloned()
@@ -553,7 +557,8 @@ impl Engine {
             self.backend.settle(late).await?;
         }
         let closed = self.backend.close().await;
-        self.state.store(EngineState::Stopped as u8, Ordering::Release);
+        self.state
+            .store(EngineState::Stopped as u8, Ordering::Release);
         closed
     }
 

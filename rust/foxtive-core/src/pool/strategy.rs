@@ -65,12 +65,14 @@ impl Picker {
                 found
             }
             Strategy::Random => {
-                let start = if n == 1 { 0 } else { rand::rng().random_range(0..n) };
+                let start = if n == 1 {
+                    0
+                } else {
+                    rand::rng().random_range(0..n)
+                };
                 (0..n).map(|k| (start + k) % n).find(|&i| has_room(i))
             }
-            Strategy::LeastLoaded => (0..n)
-                .filter(|&i| has_room(i))
-                .min_by_key(|&i| loads[i]),
+            Strategy::LeastLoaded => (0..n).filter(|&i| has_room(i)).min_by_key(|&i| loads[i]),
         }
     }
 }
@@ -83,7 +85,9 @@ mod tests {
     fn round_robin_cycles_and_skips_full_workers() {
         let p = Picker::new(Strategy::RoundRobin);
         let limits = [10, 10, 10];
-        let picks: Vec<_> = (0..6).map(|_| p.pick(&[0, 0, 0], &limits).unwrap()).collect();
+        let picks: Vec<_> = (0..6)
+            .map(|_| p.pick(&[0, 0, 0], &limits).unwrap())
+            .collect();
         assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
         assert_eq!(p.pick(&[0, 10, 0], &limits), Some(0));
         assert_eq!(p.pick(&[10, 10, 10], &limits), None);
@@ -106,8 +110,14 @@ mod tests {
 
     #[test]
     fn parses_names() {
-        assert_eq!("LEAST_LOADED".parse::<Strategy>().unwrap(), Strategy::LeastLoaded);
-        assert_eq!("round_robin".parse::<Strategy>().unwrap(), Strategy::RoundRobin);
+        assert_eq!(
+            "LEAST_LOADED".parse::<Strategy>().unwrap(),
+            Strategy::LeastLoaded
+        );
+        assert_eq!(
+            "round_robin".parse::<Strategy>().unwrap(),
+            Strategy::RoundRobin
+        );
         assert!("fastest".parse::<Strategy>().is_err());
     }
 }
