@@ -14,9 +14,9 @@ use foxtive_core::backend::redis_streams::{
 use foxtive_core::backend::Backend;
 
 use crate::backends::PyDeadLetter;
+use crate::bridge;
 use crate::convert::{duration_from_py, outgoing_from_py};
 use crate::errors::{config_error, IntoPyResult};
-use crate::runtime;
 
 #[pyclass(frozen, name = "RedisStreamBackend", module = "foxtive._core")]
 pub struct PyRedisStreamBackend {
@@ -130,8 +130,8 @@ impl PyRedisStreamBackend {
     ) -> PyResult<Bound<'py, PyAny>> {
         let out = outgoing_from_py(body, headers, delay, message_id)?;
         let inner = self.inner.clone();
-        runtime::future_into_py(py, async move {
-            let mut ids = inner.publish(vec![out]).await.py_err()?;
+        bridge::awaitable(py, async move {
+            let mut ids = inner.publish(vec![out]).await?;
             Ok(ids.pop().unwrap_or_default())
         })
     }
@@ -150,15 +150,15 @@ impl PyRedisStreamBackend {
             outs.push(outgoing_from_py(&body?, headers, delay, None)?);
         }
         let inner = self.inner.clone();
-        runtime::future_into_py(py, async move { inner.publish(outs).await.py_err() })
+        bridge::awaitable(py, async move { inner.publish(outs).await })
     }
 
     /// Up to `limit` entries of the dead-letter stream, oldest first (awaitable).
     #[pyo3(signature = (limit = 100))]
     fn dead_letters<'py>(&self, py: Python<'py>, limit: usize) -> PyResult<Bound<'py, PyAny>> {
         let inner = self.inner.clone();
-        runtime::future_into_py(py, async move {
-            let letters = inner.dead_letters(limit).await.py_err()?;
+        bridge::awaitable(py, async move {
+            let letters = inner.dead_letters(limit).await?;
             Ok(letters
                 .into_iter()
                 .map(|inner| PyDeadLetter { inner })
@@ -169,7 +169,7 @@ impl PyRedisStreamBackend {
     /// Close the connections (awaitable); a pool does this when it stops.
     fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let inner = self.inner.clone();
-        runtime::future_into_py(py, async move { inner.close().await.py_err() })
+        bridge::awaitable(py, async move { inner.close().await })
     }
 
     fn __repr__(&self) -> String {
