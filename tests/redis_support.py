@@ -114,6 +114,49 @@ def spawn_worker(stream: str, *args: str) -> tuple[subprocess.Popen[str], Lines]
     return proc, Lines(proc)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class PrivateRedis:
+    """A throw-away redis-server on a free port (for settings the shared
+    server must not get: a password, ACL users)."""
+
+    def __init__(self, workdir: str, *args: str) -> None:
+        self.dir = workdir
+        self.port = free_port()
+        self.args = args
+
+    def start(self) -> bool:
+        if shutil.which("redis-server") is None:
+            return False
+        subprocess.run(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--daemonize", "yes",
+             "--pidfile", os.path.join(self.dir, "private.pid"), *self.args],
+            check=True, capture_output=True,
+        )
+
+        def answers() -> bool:
+            with contextlib.suppress(OSError), socket.create_connection(
+                ("127.0.0.1", self.port), timeout=0.2
+            ):
+                return True
+            return False
+
+        wait_for(answers, 10, "the private Redis to listen")
+        return True
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError, ValueError), open(
+            os.path.join(self.dir, "private.pid")
+        ) as f:
+            os.kill(int(f.read().strip()), signal.SIGTERM)
+
+
 class TlsRedis:
     """A throw-away TLS Redis on a free port, with its own CA."""
 
@@ -138,9 +181,7 @@ class TlsRedis:
             f.write("subjectAltName=IP:127.0.0.1,DNS:localhost")
         run("openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
             "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         try:
             run("redis-server", "--port", "0", "--tls-port", str(self.port),
                 "--tls-cert-file", "server.pem", "--tls-key-file", "server.key",

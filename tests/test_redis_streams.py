@@ -21,6 +21,7 @@ import foxtive
 
 from .redis_support import (
     REDIS_URL,
+    PrivateRedis,
     TlsRedis,
     delete_keys,
     ensure_redis,
@@ -503,3 +504,36 @@ def test_rediss_urls_work(tmp_path: Any) -> None:
         assert out.stdout.strip() == "[b'secure']"
     finally:
         tls.stop()
+
+
+def test_passwords_users_and_databases(tmp_path: Any) -> None:
+    server = PrivateRedis(str(tmp_path), "--requirepass", "s3cret-pw")
+    if not server.start():
+        pytest.skip("redis-server is missing")
+    try:
+        admin = redis.Redis(port=server.port, password="s3cret-pw", db=3)
+        admin.acl_setuser("fox", enabled=True, passwords=["+user-pw"], keys=["*"],
+                          commands=["+@all"], channels=["*"])
+        for url in (f"redis://:s3cret-pw@127.0.0.1:{server.port}/3",
+                    f"redis://fox:user-pw@127.0.0.1:{server.port}/3"):
+            admin.xadd("auth-s", {"body": b"hello"})
+            backend = foxtive.RedisStreamBackend(
+                url, foxtive.RedisStreamConsumerConfig(stream_name="auth-s", block_ms=100))
+            assert "pw" not in repr(backend)
+            got: list[bytes] = []
+
+            async def handler(message: foxtive.Message, got: list[bytes] = got) -> None:
+                got.append(message.body)
+
+            pool = foxtive.WorkerPoolBuilder("p").add_worker(handler, id="h").build()
+            assert pool.run_until_idle(backend, timeout=20)
+            assert got == [b"hello"], url
+            assert admin.xlen("auth-s") == 0, "read and acked in database 3"
+        wrong = foxtive.RedisStreamBackend(
+            f"redis://:wrong-pw@127.0.0.1:{server.port}/3",
+            foxtive.RedisStreamConsumerConfig(stream_name="auth-s"))
+        with pytest.raises(foxtive.BackendError) as info:
+            asyncio.run(wrong.publish(b"x"))
+        assert "wrong-pw" not in str(info.value)
+    finally:
+        server.stop()

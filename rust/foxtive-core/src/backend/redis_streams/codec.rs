@@ -295,8 +295,8 @@ pub(crate) fn delayed_member(fields: &[Field<'_>]) -> Vec<u8> {
     out
 }
 
-/// The raw fields of one entry, as read.
-pub(crate) type RawFields = Vec<(Vec<u8>, Vec<u8>)>;
+/// The raw fields of one entry, as read (slices of the read buffer).
+pub(crate) type RawFields = Vec<(Bytes, Bytes)>;
 
 /// What an entry holds beyond its payload.
 pub(crate) struct Decoded {
@@ -310,11 +310,11 @@ pub(crate) struct Decoded {
     pub routing_key: Option<String>,
     pub priority: Option<u8>,
     /// Fields not part of the layout (kept for dead letters).
-    pub extra: Vec<(String, Vec<u8>)>,
+    pub extra: Vec<(String, Bytes)>,
 }
 
-fn utf8(v: Vec<u8>) -> Option<String> {
-    String::from_utf8(v).ok()
+fn utf8(v: Bytes) -> Option<String> {
+    std::str::from_utf8(&v).ok().map(str::to_string)
 }
 
 /// Read an entry's fields (see the module docs for the layout).
@@ -331,11 +331,11 @@ pub(crate) fn decode_fields(fields: RawFields) -> Decoded {
         priority: None,
         extra: Vec::new(),
     };
-    let mut body: Option<Vec<u8>> = None;
-    let mut data: Option<Vec<u8>> = None;
-    let mut others: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut body: Option<Bytes> = None;
+    let mut data: Option<Bytes> = None;
+    let mut others: Vec<(Bytes, Bytes)> = Vec::new();
     for (name, value) in fields {
-        match name.as_slice() {
+        match name.as_ref() {
             b"body" if body.is_none() => body = Some(value),
             b"data" if data.is_none() => data = Some(value),
             b"id" if d.id.is_none() => d.id = utf8(value),
@@ -365,11 +365,11 @@ pub(crate) fn decode_fields(fields: RawFields) -> Decoded {
     d.body = match (body, data) {
         (Some(b), data) => {
             if let Some(v) = data {
-                others.push((b"data".to_vec(), v));
+                others.push((Bytes::from_static(b"data"), v));
             }
-            Bytes::from(b)
+            b
         }
-        (None, Some(v)) => Bytes::from(v),
+        (None, Some(v)) => v,
         (None, None) => {
             let mut map = serde_json::Map::new();
             for (k, v) in &others {
@@ -467,7 +467,14 @@ mod tests {
     fn owned(fields: Vec<Field<'_>>) -> RawFields {
         fields
             .into_iter()
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .map(|(k, v)| (Bytes::from(k.into_owned()), Bytes::from(v.into_owned())))
+            .collect()
+    }
+
+    fn raw(pairs: &[(&'static [u8], &'static [u8])]) -> RawFields {
+        pairs
+            .iter()
+            .map(|(k, v)| (Bytes::from_static(k), Bytes::from_static(v)))
             .collect()
     }
 
@@ -523,7 +530,7 @@ mod tests {
         let queue: Arc<str> = Arc::from("s");
         let d = delivery(
             "1-1".into(),
-            vec![(b"data".to_vec(), b"{\"a\":1}".to_vec())],
+            raw(&[(b"data", b"{\"a\":1}")]),
             1,
             &queue,
             0.0,
@@ -534,10 +541,7 @@ mod tests {
         assert!(!d.redelivered);
         let d = delivery(
             "1-2".into(),
-            vec![
-                (b"name".to_vec(), b"x".to_vec()),
-                (b"raw".to_vec(), b"\xff".to_vec()),
-            ],
+            raw(&[(b"name", b"x"), (b"raw", b"\xff")]),
             1,
             &queue,
             0.0,
@@ -574,13 +578,7 @@ mod tests {
     #[test]
     fn dead_letters_read_back() {
         let queue: Arc<str> = Arc::from("s");
-        let mut d = delivery(
-            "1-1".into(),
-            vec![(b"body".to_vec(), b"x".to_vec())],
-            3,
-            &queue,
-            0.0,
-        );
+        let mut d = delivery("1-1".into(), raw(&[(b"body", b"x")]), 3, &queue, 0.0);
         d.headers.push(("h".into(), HeaderValue::Bool(true)));
         let failure = Failure {
             error_type: "ValueError".into(),

@@ -118,6 +118,11 @@ impl Link {
         })
     }
 
+    /// Where and how to connect (for the reader's own connection).
+    pub fn info(&self) -> &redis::ConnectionInfo {
+        self.client.get_connection_info()
+    }
+
     /// Remove every secret from a text meant for a log or an error.
     pub fn scrub(&self, text: impl Into<String>) -> String {
         self.secrets

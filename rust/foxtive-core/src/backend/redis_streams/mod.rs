@@ -26,7 +26,9 @@
 pub mod codec;
 mod config;
 mod link;
+mod reader;
 mod reply;
+mod resp;
 mod scripts;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -74,20 +76,14 @@ const PROBE_GAP: Duration = Duration::from_millis(20);
 /// Idle time given to entries handed back at shutdown: any peer's
 /// `claim_idle` is shorter, so they are reclaimed at the peer's next look.
 const RELEASED_IDLE_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Reads of new entries kept in flight while full batches are handed out.
+const READ_AHEAD: usize = 2;
 /// Extra time over BLOCK before a read is considered lost.
 const READ_MARGIN: Duration = Duration::from_secs(5);
 
 /// The Redis Streams backend.
 pub struct RedisStreamBackend {
     inner: Arc<Inner>,
-}
-
-struct Reader {
-    conn: Option<(u64, MultiplexedConnection)>,
-    /// Some(id) while re-reading this consumer's own pending entries.
-    cursor: Option<String>,
-    next_claim: Instant,
-    claim_cursor: String,
 }
 
 #[derive(Clone, Copy)]
@@ -102,11 +98,12 @@ struct Inner {
     queue: Arc<str>,
     link: Link,
     scripts: Scripts,
-    reader: tokio::sync::Mutex<Reader>,
+    reader: tokio::sync::Mutex<reader::Reader>,
     /// Entries delivered and not settled yet → their delivery count.
     held: Mutex<HashMap<StreamId, u32>>,
-    /// Requeued while running: handed out again by the next receive.
-    redeliver: Mutex<VecDeque<Delivery>>,
+    /// Held entries waiting to be handed out: the rest of a read larger
+    /// than the engine asked for, and entries requeued while running.
+    ready: Mutex<VecDeque<Delivery>>,
     stopped: AtomicBool,
     timer: Mutex<Option<(JoinHandle<()>, watch::Sender<bool>)>>,
     timer_wake: Arc<Notify>,
@@ -140,14 +137,9 @@ impl RedisStreamBackend {
                 queue: Arc::from(cfg.stream_name.as_str()),
                 link,
                 scripts: Scripts::new(),
-                reader: tokio::sync::Mutex::new(Reader {
-                    conn: None,
-                    cursor: Some("0".to_string()),
-                    next_claim: Instant::now(),
-                    claim_cursor: "0-0".to_string(),
-                }),
+                reader: tokio::sync::Mutex::new(reader::Reader::new()),
                 held: Mutex::new(HashMap::new()),
-                redeliver: Mutex::new(VecDeque::new()),
+                ready: Mutex::new(VecDeque::new()),
                 stopped: AtomicBool::new(false),
                 timer: Mutex::new(None),
                 timer_wake: Arc::new(Notify::new()),
@@ -278,136 +270,12 @@ impl Inner {
 
     // ------------------------------------------------------------ reading
 
-    /// The reader's connection, opened (after the command connection proved
-    /// Redis reachable) when missing. `None` when `deadline` passes first.
-    async fn reader_conn(
-        &self,
-        rd: &mut Reader,
-        deadline: Instant,
-    ) -> Option<(u64, MultiplexedConnection)> {
-        if let Some(c) = &rd.conn {
-            return Some(c.clone());
-        }
-        loop {
-            if let Ok((gen, _)) = self.link.writer().await {
-                match self.link.open(self.cfg.block + READ_MARGIN).await {
-                    Ok(mut conn) => match self.create_group(&mut conn).await {
-                        Ok(()) => {
-                            rd.conn = Some((gen, conn.clone()));
-                            return Some((gen, conn));
-                        }
-                        Err(e) => self.link.lost(gen, &self.link.error("XGROUP CREATE", &e)),
-                    },
-                    Err(e) => self.link.lost(gen, &self.link.error("connect", &e)),
-                }
-            }
-            let now = Instant::now();
-            let at = self
-                .link
-                .retry_at()
-                .unwrap_or(now)
-                .max(now + Duration::from_millis(20));
-            if at >= deadline {
-                tokio::time::sleep_until(deadline).await;
-                return None;
-            }
-            tokio::time::sleep_until(at).await;
-        }
-    }
-
-    fn xreadgroup(&self, count: usize, block: Option<Duration>, id: &str) -> redis::Cmd {
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(&self.cfg.group_name)
-            .arg(&self.cfg.consumer_name)
-            .arg("COUNT")
-            .arg(count);
-        if let Some(b) = block {
-            cmd.arg("BLOCK").arg(b.as_millis().max(1) as u64);
-        }
-        cmd.arg("STREAMS").arg(&self.cfg.stream_name).arg(id);
-        cmd
-    }
-
-    /// One step of reading: own pending entries first, then a reclaim when
-    /// due, then new entries (blocking until `deadline` at most). `Ok(None)`
-    /// when this step found nothing to hand out.
-    async fn read_step(
-        &self,
-        rd: &mut Reader,
-        conn: &mut MultiplexedConnection,
-        count: usize,
-        deadline: Instant,
-    ) -> std::result::Result<Option<Vec<Delivery>>, RedisError> {
-        if let Some(cursor) = rd.cursor.clone() {
-            let reply = self
-                .xreadgroup(count, None, &cursor)
-                .query_async::<Value>(conn)
-                .await?;
-            let entries = reply::read_reply(reply).map_err(protocol)?;
-            match entries.last() {
-                None => rd.cursor = None,
-                Some(last) => rd.cursor = Some(last.id.clone()),
-            }
-            if entries.is_empty() {
-                return Ok(None);
-            }
-            return self.admit(entries, true).await.map(non_empty);
-        }
-        let now = Instant::now();
-        if now >= rd.next_claim {
-            rd.next_claim = now + self.cfg.claim_interval;
-            let reply = redis::cmd("XAUTOCLAIM")
-                .arg(&self.cfg.stream_name)
-                .arg(&self.cfg.group_name)
-                .arg(&self.cfg.consumer_name)
-                .arg(self.cfg.claim_idle.as_millis() as u64)
-                .arg(&rd.claim_cursor)
-                .arg("COUNT")
-                .arg(count)
-                .query_async::<Value>(conn)
-                .await?;
-            let (next, claimed, deleted) = reply::autoclaim_reply(reply).map_err(protocol)?;
-            if !deleted.is_empty() {
-                tracing::warn!(stream = %self.queue, count = deleted.len(),
-                    "pending entries were deleted from the stream before being processed; dropped from the pending list");
-            }
-            // More to look at: come back at the next read rather than in
-            // `claim_interval`.
-            if next != "0-0" {
-                rd.next_claim = now;
-            }
-            rd.claim_cursor = next;
-            if !claimed.is_empty() {
-                tracing::info!(stream = %self.queue, count = claimed.len(),
-                    "took over entries idle longer than claim_idle");
-                return self.admit(claimed, true).await.map(non_empty);
-            }
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        let block = self.cfg.block.min(left);
-        let block = (!block.is_zero()).then_some(block);
-        let reply = self
-            .xreadgroup(count, block, ">")
-            .query_async::<Value>(conn)
-            .await?;
-        let entries = reply::read_reply(reply).map_err(protocol)?;
-        if entries.is_empty() {
-            return Ok(None);
-        }
-        self.admit(entries, false).await.map(non_empty)
-    }
-
     /// Turn read entries into deliveries: deleted ones are acked away,
     /// poison pills go to the dead-letter stream, the rest are held.
     /// `counted`: look up delivery counts (for entries delivered before).
-    async fn admit(
-        &self,
-        entries: Vec<RawEntry>,
-        counted: bool,
-    ) -> std::result::Result<Vec<Delivery>, RedisError> {
+    async fn admit(&self, entries: Vec<RawEntry>, counted: bool) -> Vec<Delivery> {
         let counts: HashMap<String, u32> = if counted {
-            self.delivery_counts(&entries).await?
+            self.delivery_counts(&entries).await
         } else {
             HashMap::new()
         };
@@ -451,17 +319,17 @@ impl Inner {
         if !out.is_empty() {
             self.touch();
         }
-        Ok(out)
+        out
     }
 
     /// Delivery counts from the pending list, one pipelined XPENDING per entry.
-    async fn delivery_counts(
-        &self,
-        entries: &[RawEntry],
-    ) -> std::result::Result<HashMap<String, u32>, RedisError> {
-        let (gen, mut conn) = match self.link.writer().await {
-            Ok(w) => w,
-            Err(_) => return Ok(HashMap::new()),
+    /// Delivery counts from the pending list, one pipelined XPENDING per
+    /// entry. When Redis cannot say, the entries go out counted as first
+    /// deliveries rather than wait for a reclaim.
+    async fn delivery_counts(&self, entries: &[RawEntry]) -> HashMap<String, u32> {
+        let mut out = HashMap::with_capacity(entries.len());
+        let Ok((gen, mut conn)) = self.link.writer().await else {
+            return out;
         };
         let mut pipe = redis::pipe();
         for e in entries {
@@ -475,19 +343,26 @@ impl Inner {
         let replies: Vec<Value> = match pipe.query_async(&mut conn).await {
             Ok(r) => r,
             Err(e) => {
-                self.link.lost(gen, &self.link.error("XPENDING", &e));
-                return Err(e);
+                let err = self.link.error("XPENDING", &e);
+                tracing::warn!(stream = %self.queue, error = %err,
+                    "delivery counts unavailable; entries go out as first deliveries");
+                if err.is_connection() {
+                    self.link.lost(gen, &err);
+                }
+                return out;
             }
         };
-        let mut out = HashMap::with_capacity(entries.len());
         for reply in replies {
-            for row in reply::pending_rows(reply).map_err(protocol)? {
+            let Ok(rows) = reply::pending_rows(reply) else {
+                continue;
+            };
+            for row in rows {
                 if row.consumer == self.cfg.consumer_name {
                     out.insert(row.id, row.deliveries);
                 }
             }
         }
-        Ok(out)
+        out
     }
 
     async fn dead_letter_poison(&self, poison: Vec<(Delivery, u32)>) {
@@ -513,57 +388,6 @@ impl Inner {
         if let Err(e) = self.settle(items).await {
             tracing::warn!(stream = %self.queue, error = %e,
                 "could not dead-letter poison pills; they stay pending");
-        }
-    }
-
-    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
-        if self.stopped() {
-            return Err(Error::Shutdown);
-        }
-        let deadline = Instant::now() + wait;
-        let max = max.max(1);
-        {
-            let mut again = self.redeliver.lock();
-            if !again.is_empty() {
-                let n = max.min(again.len());
-                return Ok(again.drain(..n).collect());
-            }
-        }
-        let count = max.min(self.cfg.batch_size);
-        let mut rd = self.reader.lock().await;
-        loop {
-            let Some((gen, mut conn)) = self.reader_conn(&mut rd, deadline).await else {
-                return Ok(Vec::new());
-            };
-            match self.read_step(&mut rd, &mut conn, count, deadline).await {
-                Ok(Some(batch)) => return Ok(batch),
-                Ok(None) => {}
-                Err(e) if e.code() == Some("NOGROUP") => {
-                    tracing::warn!(stream = %self.queue, group = %self.cfg.group_name,
-                        "stream or consumer group is gone; recreating it");
-                    if let Err(e) = self.create_group(&mut conn).await {
-                        let err = self.link.error("XGROUP CREATE", &e);
-                        if err.is_connection() {
-                            rd.conn = None;
-                            self.link.lost(gen, &err);
-                        } else {
-                            return Err(err);
-                        }
-                    }
-                    rd.claim_cursor = "0-0".to_string();
-                }
-                Err(e) => {
-                    let err = self.link.error("XREADGROUP", &e);
-                    if !err.is_connection() {
-                        return Err(err);
-                    }
-                    rd.conn = None;
-                    self.link.lost(gen, &err);
-                }
-            }
-            if Instant::now() >= deadline {
-                return Ok(Vec::new());
-            }
         }
     }
 
@@ -626,7 +450,7 @@ impl Inner {
         let mut plan = Plan::default();
         {
             let mut held = self.held.lock();
-            let mut again = self.redeliver.lock();
+            let mut again = self.ready.lock();
             for (d, settlement) in &batch {
                 let Receipt::Stream(entry_id) = &d.receipt else {
                     continue;
@@ -927,7 +751,7 @@ impl Inner {
             .await;
         match res {
             Ok((delayed, pending, undelivered)) => {
-                let local = self.held.lock().is_empty() && self.redeliver.lock().is_empty();
+                let local = self.held.lock().is_empty() && self.ready.lock().is_empty();
                 *self.probe.lock() = Some(Probe {
                     at,
                     activity,
@@ -980,14 +804,6 @@ impl Inner {
             .map(|r| (r.id, r.deliveries))
             .collect())
     }
-}
-
-fn protocol(e: Error) -> RedisError {
-    RedisError::from((redis::ErrorKind::Parse, "unexpected reply", e.to_string()))
-}
-
-fn non_empty(v: Vec<Delivery>) -> Option<Vec<Delivery>> {
-    (!v.is_empty()).then_some(v)
 }
 
 /// The background task: moves due delayed messages, heartbeats held
@@ -1047,8 +863,7 @@ impl Backend for RedisStreamBackend {
         inner.stopped.store(false, Ordering::Release);
         {
             let mut rd = inner.reader.lock().await;
-            rd.cursor = Some("0".to_string());
-            rd.next_claim = Instant::now();
+            *rd = reader::Reader::new();
         }
         inner
             .with_writer("XGROUP CREATE", Duration::ZERO, |mut conn| async move {
@@ -1084,9 +899,10 @@ impl Backend for RedisStreamBackend {
         inner.stopped.store(true, Ordering::Release);
         // Free any blocked read on the server side.
         if let Ok(mut rd) = inner.reader.try_lock() {
+            // What a read-ahead took is pending here: close hands it back.
             rd.conn = None;
         }
-        let waiting: Vec<Delivery> = inner.redeliver.lock().drain(..).collect();
+        let waiting: Vec<Delivery> = inner.ready.lock().drain(..).collect();
         if !waiting.is_empty() {
             let release: Vec<(String, u32)> = {
                 let mut held = inner.held.lock();
@@ -1119,7 +935,7 @@ impl Backend for RedisStreamBackend {
             }
         }
         inner.reader.lock().await.conn = None;
-        inner.redeliver.lock().clear();
+        inner.ready.lock().clear();
         let held: HashSet<StreamId> = inner.held.lock().drain().map(|(k, _)| k).collect();
         // Everything still pending for this consumer goes back: entries in
         // handlers that never settled, and any read whose reply was lost.

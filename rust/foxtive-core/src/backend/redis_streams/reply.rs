@@ -1,8 +1,10 @@
 //! Reading stream replies (RESP2 arrays or RESP3 maps) without copying bodies.
 
+use bytes::Bytes;
 use redis::Value;
 
 use super::codec::RawFields;
+use super::resp::Frame;
 use crate::{Error, Result};
 
 /// One entry as read: its id and fields (`None` when the entry was deleted
@@ -60,8 +62,8 @@ fn fields(v: Value) -> Result<Option<RawFields>> {
     let mut it = flat.into_iter();
     while let (Some(k), Some(v)) = (it.next(), it.next()) {
         out.push((
-            bytes(k).ok_or_else(|| bad("field name"))?,
-            bytes(v).unwrap_or_default(),
+            Bytes::from(bytes(k).ok_or_else(|| bad("field name"))?),
+            Bytes::from(bytes(v).unwrap_or_default()),
         ));
     }
     Ok(Some(out))
@@ -109,6 +111,81 @@ pub(crate) fn read_reply(v: Value) -> Result<Vec<RawEntry>> {
             }
         }
     }
+}
+
+/// How many entries a read reply holds, without taking it apart.
+pub(crate) fn read_len(v: &Value) -> usize {
+    let list = match v {
+        Value::Array(streams) => match streams.first() {
+            Some(Value::Array(pair)) => pair.get(1),
+            _ => None,
+        },
+        Value::Map(pairs) => pairs.first().map(|(_, list)| list),
+        _ => None,
+    };
+    match list {
+        Some(Value::Array(entries)) => entries.len(),
+        _ => 0,
+    }
+}
+
+/// How many entries a read reply (as frames) holds.
+pub(crate) fn frame_read_len(f: &Frame) -> usize {
+    match f {
+        Frame::Array(streams) => match streams.first() {
+            Some(Frame::Array(pair)) => match pair.get(1) {
+                Some(Frame::Array(entries)) => entries.len(),
+                _ => 0,
+            },
+            _ => 0,
+        },
+        _ => 0,
+    }
+}
+
+/// XREADGROUP on one stream, as frames: `[[stream, [[id, [f, v, ...]], ...]]]`.
+/// Field names and values stay slices of the read buffer.
+pub(crate) fn frame_read_reply(f: Frame) -> Result<Vec<RawEntry>> {
+    let Some(stream) = f
+        .into_items()
+        .ok_or_else(|| bad("read"))?
+        .into_iter()
+        .next()
+    else {
+        return Ok(Vec::new());
+    };
+    let Some(list) = stream
+        .into_items()
+        .ok_or_else(|| bad("read stream"))?
+        .into_iter()
+        .nth(1)
+    else {
+        return Ok(Vec::new());
+    };
+    let list = list.into_items().ok_or_else(|| bad("entry list"))?;
+    let mut out = Vec::with_capacity(list.len());
+    for entry in list {
+        let mut parts = entry.into_items().ok_or_else(|| bad("entry"))?.into_iter();
+        let id = parts
+            .next()
+            .and_then(Frame::into_bytes)
+            .and_then(|b| String::from_utf8(b.to_vec()).ok())
+            .ok_or_else(|| bad("entry id"))?;
+        let fields = match parts.next() {
+            Some(Frame::Array(flat)) => {
+                let mut fields = Vec::with_capacity(flat.len() / 2);
+                let mut it = flat.into_iter();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    let k = k.into_bytes().ok_or_else(|| bad("field name"))?;
+                    fields.push((k, v.into_bytes().unwrap_or_default()));
+                }
+                Some(fields)
+            }
+            _ => None,
+        };
+        out.push(RawEntry { id, fields });
+    }
+    Ok(out)
 }
 
 /// XAUTOCLAIM: `[next cursor, entries, deleted ids]` (the last since Redis 7).
@@ -173,6 +250,19 @@ mod tests {
         Value::BulkString(s.to_vec())
     }
 
+    fn resp2_again() -> Value {
+        let entry = |id: &[u8]| {
+            Value::Array(vec![
+                bulk(id),
+                Value::Array(vec![bulk(b"body"), bulk(b"x")]),
+            ])
+        };
+        Value::Array(vec![Value::Array(vec![
+            bulk(b"s"),
+            Value::Array(vec![entry(b"1-1"), entry(b"1-2")]),
+        ])])
+    }
+
     #[test]
     fn reads_resp2_and_resp3_shapes() {
         let entry = Value::Array(vec![
@@ -187,12 +277,30 @@ mod tests {
         let got = read_reply(resp2).unwrap();
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].id, "1-1");
-        assert_eq!(got[0].fields.as_ref().unwrap()[0].1, b"\xff");
+        assert_eq!(&got[0].fields.as_ref().unwrap()[0].1[..], b"\xff");
         assert!(got[1].fields.is_none());
         let resp3 = Value::Map(vec![(bulk(b"s"), Value::Array(vec![entry]))]);
+        assert_eq!(read_len(&resp2_again()), 2);
+        assert_eq!(read_len(&resp3), 1);
+        assert_eq!(read_len(&Value::Nil), 0);
         assert_eq!(read_reply(resp3).unwrap().len(), 1);
         assert!(read_reply(Value::Nil).unwrap().is_empty());
         assert!(read_reply(Value::Int(3)).is_err());
+    }
+
+    #[test]
+    fn reads_frames_without_copying() {
+        let mut buf = bytes::BytesMut::from(
+            &b"*1\r\n*2\r\n$1\r\ns\r\n*2\r\n*2\r\n$3\r\n1-1\r\n*2\r\n$4\r\nbody\r\n$2\r\n\xff\x00\r\n*2\r\n$3\r\n1-2\r\n*-1\r\n"[..],
+        );
+        let frame = super::super::resp::take_frame(&mut buf).unwrap().unwrap();
+        assert_eq!(frame_read_len(&frame), 2);
+        let got = frame_read_reply(frame).unwrap();
+        assert_eq!(got[0].id, "1-1");
+        assert_eq!(&got[0].fields.as_ref().unwrap()[0].1[..], b"\xff\x00");
+        assert!(got[1].fields.is_none(), "deleted while pending");
+        assert!(frame_read_reply(Frame::Nil).unwrap().is_empty());
+        assert!(frame_read_reply(Frame::Int(1)).is_err());
     }
 
     #[test]
