@@ -4,7 +4,10 @@
 //!   first worker are delivered; a deleted stream or group (NOGROUP) is
 //!   recreated and reading goes on.
 //! * On start the consumer re-reads its own pending entries (ID `0`), then
-//!   reads new ones (`>`). Every entry of a batch is delivered.
+//!   reads new ones (`>`). Every entry of a batch is delivered. New entries
+//!   come over a connection of the reader's own, parsed without copying
+//!   bodies (see `resp.rs`); while a full batch is handed out the next one is
+//!   already requested, but never more than the pool asked room for.
 //! * Acks are pipelined per settle batch: `XACK` and, with `delete_on_ack`,
 //!   `XDEL` (Redis 7.0 has no XACKDEL).
 //! * Entries this consumer holds get a heartbeat (their idle time is reset)
@@ -31,7 +34,7 @@ mod reply;
 mod resp;
 mod scripts;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -936,9 +939,10 @@ impl Backend for RedisStreamBackend {
         }
         inner.reader.lock().await.conn = None;
         inner.ready.lock().clear();
-        let held: HashSet<StreamId> = inner.held.lock().drain().map(|(k, _)| k).collect();
+        inner.held.lock().clear();
         // Everything still pending for this consumer goes back: entries in
-        // handlers that never settled, and any read whose reply was lost.
+        // handlers that never settled, read ahead and not handed out, or
+        // read by a request whose reply was lost.
         match inner.own_pending().await {
             Ok(pending) if pending.is_empty() => {
                 let cfg = &inner.cfg;
@@ -958,17 +962,7 @@ impl Backend for RedisStreamBackend {
                     )
                     .await;
             }
-            Ok(pending) => {
-                let unknown = pending
-                    .iter()
-                    .filter(|(id, _)| StreamId::parse(id).is_none_or(|k| !held.contains(&k)))
-                    .count();
-                if unknown > 0 {
-                    tracing::debug!(stream = %inner.queue, count = unknown,
-                        "pending entries never handed to a handler are handed back too");
-                }
-                inner.release(&pending).await;
-            }
+            Ok(pending) => inner.release(&pending).await,
             Err(e) => {
                 tracing::warn!(stream = %inner.queue, error = %e,
                     "could not list pending entries at close; peers reclaim them after claim_idle");
