@@ -1,7 +1,7 @@
 """Redis Streams drain rate: foxtive against a pure-Rust ceiling and redis-py.
 
     python benches/redis_throughput.py [--messages 100000] [--body-size 100]
-        [--batch-size 100] [--rounds 3] [--ceiling PATH]
+        [--batch-size 100] [--rounds 3] [--ceiling PATH] [--quiet 0.8]
 
 Each round, for each contender, a fresh stream gets N pre-added entries of
 ``body-size`` bytes (one ``body`` field, added by redis-py, not timed) and a
@@ -19,7 +19,9 @@ Timing covers connecting, draining and the last ack (foxtive: from
 ``run_until_idle`` to its return, the pool being stopped by the handler that
 sees message N; every contender is checked to leave nothing pending). The
 table gives the median of the rounds; the contenders run interleaved so
-machine noise hits them alike.
+machine noise hits them alike. On a shared machine, ``--quiet F`` waits
+(up to a minute) before each run until the CPUs were idle for a fraction
+``F`` of the last second.
 """
 
 from __future__ import annotations
@@ -106,9 +108,29 @@ def child_redis_py(stream: str, n: int) -> dict[str, float]:
     return {"n": done, "seconds": elapsed, "rate": done / elapsed}
 
 
+def idle_fraction(interval: float = 1.0) -> float:
+    def read() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            parts = [int(x) for x in f.readline().split()[1:]]
+        return parts[3] + parts[4], sum(parts)
+
+    i0, t0 = read()
+    time.sleep(interval)
+    i1, t1 = read()
+    return (i1 - i0) / max(1, t1 - t0)
+
+
+def wait_quiet(need: float, limit: float = 60.0) -> None:
+    deadline = time.monotonic() + limit
+    while idle_fraction() < need and time.monotonic() < deadline:
+        pass
+
+
 def run_contender(name: str, args: argparse.Namespace) -> dict[str, float]:
     stream = f"foxtive-bench:{name}:{uuid.uuid4().hex[:8]}"
     fill(stream, args.messages, args.body_size)
+    if args.quiet:
+        wait_quiet(args.quiet)
     deleted = name == "foxtive+del"
     try:
         if name == "ceiling":
@@ -136,6 +158,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--ceiling", default=os.path.join(target, "release", "examples",
                                                       "redis_ceiling"))
+    ap.add_argument("--quiet", type=float, default=0.0)
     ap.add_argument("--child")
     ap.add_argument("--stream")
     args = ap.parse_args()

@@ -26,11 +26,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 type Ahead = JoinHandle<std::result::Result<Value, RedisError>>;
 
 pub(super) enum ReadConn {
-    Resp(RespConn),
-    /// TLS: redis-rs, with read-ahead in spawned tasks.
+    /// With the COUNT of each read whose reply is still to come.
+    Resp {
+        conn: RespConn,
+        asked: VecDeque<usize>,
+    },
+    /// TLS: redis-rs, with read-ahead in spawned tasks (and their COUNT).
     Mux {
         conn: MultiplexedConnection,
-        ahead: VecDeque<Ahead>,
+        ahead: VecDeque<(usize, Ahead)>,
     },
 }
 
@@ -38,7 +42,7 @@ impl Drop for ReadConn {
     fn drop(&mut self) {
         // A dropped reader reads no more.
         if let ReadConn::Mux { ahead, .. } = self {
-            for task in ahead.drain(..) {
+            for (_, task) in ahead.drain(..) {
                 task.abort();
             }
         }
@@ -140,7 +144,10 @@ impl Inner {
                 let opened = match self.create_group(&mut writer).await {
                     Err(e) => Err(self.link.error("XGROUP CREATE", &e)),
                     Ok(()) => match RespConn::connect(self.link.info(), CONNECT_TIMEOUT).await {
-                        Ok(Some(conn)) => Ok(ReadConn::Resp(conn)),
+                        Ok(Some(conn)) => Ok(ReadConn::Resp {
+                            conn,
+                            asked: VecDeque::new(),
+                        }),
                         Ok(None) => match self.link.open(self.cfg.block + READ_MARGIN).await {
                             Ok(conn) => Ok(ReadConn::Mux {
                                 conn,
@@ -179,16 +186,17 @@ impl Inner {
     }
 
     /// One XREADGROUP on the read connection. For new entries (`>`), a full
-    /// batch sends up to `ahead` more reads right away (no BLOCK: an empty
-    /// answer comes back at once), so they travel while this one is handed
-    /// out.
+    /// batch sends more reads right away (no BLOCK: an empty answer comes
+    /// back at once), so they travel while this one is handed out: at most
+    /// [`READ_AHEAD`] of them, for no more entries than the pool has room
+    /// for (`room`), so nothing is hoarded that other consumers could take.
     async fn read(
         &self,
         conn: &mut ReadConn,
         count: usize,
         id: &str,
         deadline: Instant,
-        ahead: usize,
+        room: usize,
     ) -> std::result::Result<Vec<RawEntry>, ReadError> {
         let new = id == ">";
         let block = if new {
@@ -200,62 +208,93 @@ impl Inner {
         } else {
             None
         };
-        let count_s = count.to_string();
+        // The reads to send ahead once a reply shows more is waiting.
+        let plan = |got: usize, on_the_way: &mut dyn Iterator<Item = usize>, sent: usize| {
+            let mut room = room.saturating_sub(got).saturating_sub(on_the_way.sum());
+            let mut sizes = Vec::new();
+            while sent + sizes.len() < READ_AHEAD && room > 0 && !self.stopped() {
+                let n = room.min(self.cfg.batch_size);
+                sizes.push(n);
+                room -= n;
+            }
+            sizes
+        };
         match conn {
-            ReadConn::Resp(c) => {
-                if c.in_flight == 0 || !new {
+            ReadConn::Resp { conn: c, asked } => {
+                if !new && !asked.is_empty() {
+                    // Replies of reads ahead would come first: start afresh.
+                    return Err(ReadError::Lost(Error::ConnectionLost(
+                        "reader out of step".into(),
+                    )));
+                }
+                if asked.is_empty() || !new {
+                    let count_s = count.to_string();
                     let block_s = block.map(|b| b.as_millis().max(1).to_string());
                     c.queue(&self.xreadgroup_args(&count_s, block_s.as_deref(), id));
                     c.flush(1).await.map_err(lost_io)?;
+                    asked.push_back(count);
                 }
                 // Whatever was sent blocks for at most `block` on the server.
                 let frame = tokio::time::timeout(self.cfg.block + READ_MARGIN, c.reply())
                     .await
                     .map_err(|_| ReadError::Lost(Error::ConnectionLost("read timed out".into())))?
                     .map_err(lost_io)?;
+                let wanted = asked.pop_front().unwrap_or(count);
                 if let Frame::Error(text) = frame {
                     return Err(from_server(text));
                 }
-                if new && reply::frame_read_len(&frame) >= count && !self.stopped() {
-                    let ahead = ahead.saturating_sub(c.in_flight);
-                    for _ in 0..ahead {
-                        c.queue(&self.xreadgroup_args(&count_s, None, ">"));
+                let got = reply::frame_read_len(&frame);
+                if new && got >= wanted {
+                    let sizes = plan(got, &mut asked.iter().copied(), asked.len());
+                    for n in &sizes {
+                        c.queue(&self.xreadgroup_args(&n.to_string(), None, ">"));
+                        asked.push_back(*n);
                     }
-                    if ahead > 0 {
-                        c.flush(ahead).await.map_err(lost_io)?;
+                    if !sizes.is_empty() {
+                        c.flush(sizes.len()).await.map_err(lost_io)?;
                     }
                 }
                 reply::frame_read_reply(frame).map_err(ReadError::Failed)
             }
-            ReadConn::Mux { conn, ahead: tasks } => {
-                let value = match (new, tasks.front_mut()) {
-                    (true, Some(task)) => match tokio::time::timeout_at(deadline, task).await {
-                        // Still on its way: keep it for the next call.
-                        Err(_) => return Ok(Vec::new()),
-                        Ok(joined) => {
-                            tasks.pop_front();
-                            joined
-                                .map_err(|e| {
-                                    ReadError::Lost(Error::ConnectionLost(format!(
-                                        "read-ahead: {e}"
-                                    )))
-                                })?
-                                .map_err(|e| self.read_error("XREADGROUP", &e))?
+            ReadConn::Mux { conn, ahead } => {
+                let (wanted, value) = match (new, ahead.front_mut()) {
+                    (true, Some((wanted, task))) => {
+                        let wanted = *wanted;
+                        match tokio::time::timeout_at(deadline, task).await {
+                            // Still on its way: keep it for the next call.
+                            Err(_) => return Ok(Vec::new()),
+                            Ok(joined) => {
+                                ahead.pop_front();
+                                let value = joined
+                                    .map_err(|e| {
+                                        ReadError::Lost(Error::ConnectionLost(format!(
+                                            "read-ahead: {e}"
+                                        )))
+                                    })?
+                                    .map_err(|e| self.read_error("XREADGROUP", &e))?;
+                                (wanted, value)
+                            }
                         }
-                    },
-                    _ => self
-                        .xreadgroup(count, block, id)
-                        .query_async::<Value>(conn)
-                        .await
-                        .map_err(|e| self.read_error("XREADGROUP", &e))?,
+                    }
+                    _ => {
+                        let value = self
+                            .xreadgroup(count, block, id)
+                            .query_async::<Value>(conn)
+                            .await
+                            .map_err(|e| self.read_error("XREADGROUP", &e))?;
+                        (count, value)
+                    }
                 };
-                if new && reply::read_len(&value) >= count && !self.stopped() {
-                    while tasks.len() < ahead {
-                        let cmd = self.xreadgroup(count, None, ">");
+                let got = reply::read_len(&value);
+                if new && got >= wanted {
+                    let sizes = plan(got, &mut ahead.iter().map(|(n, _)| *n), ahead.len());
+                    for n in sizes {
+                        let cmd = self.xreadgroup(n, None, ">");
                         let mut conn = conn.clone();
-                        tasks.push_back(tokio::spawn(async move {
-                            cmd.query_async::<Value>(&mut conn).await
-                        }));
+                        ahead.push_back((
+                            n,
+                            tokio::spawn(async move { cmd.query_async::<Value>(&mut conn).await }),
+                        ));
                     }
                 }
                 reply::read_reply(value).map_err(ReadError::Failed)
@@ -342,10 +381,7 @@ impl Inner {
         let Some((_, conn)) = rd.conn.as_mut() else {
             return Ok(None);
         };
-        // Read ahead only what the pool has asked room for: never hoard
-        // entries other consumers could be working on.
-        let ahead = (max.saturating_sub(count) / count).min(READ_AHEAD);
-        let entries = self.read(conn, count, ">", deadline, ahead).await?;
+        let entries = self.read(conn, count, ">", deadline, max).await?;
         if entries.is_empty() {
             return Ok(None);
         }
