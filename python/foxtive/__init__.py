@@ -38,6 +38,7 @@ from .middleware import (
 from .observe import HealthServer, PrometheusCollector
 from .pool import LoadBalancingStrategy, WorkerPool, WorkerPoolBuilder
 from .rabbitmq import RabbitMqBackend, RabbitMqConsumerConfig
+from .redis_streams import RedisStreamBackend, RedisStreamConsumerConfig
 from .resilient import ReconnectStrategy, ResilientBackend
 from .supervisor import Supervisor
 from .tracing import TracingMiddleware
@@ -72,6 +73,8 @@ __all__ = [
     "RateLimitMiddleware",
     "ReconnectStrategy",
     "RedisDLQ",
+    "RedisStreamBackend",
+    "RedisStreamConsumerConfig",
     "ResilientBackend",
     "RetryHandler",
     "RetryInfo",

@@ -166,6 +166,51 @@ class MemoryBackend:
     def take_dead_letters(self, ids: list[str] | None = None) -> list[DeadLetter]: ...
 
 @final
+class RedisStreamBackend:
+    def __new__(
+        cls,
+        url: str,
+        stream_name: str = "worker_stream",
+        group_name: str = "worker_group",
+        consumer_name: str | None = None,
+        batch_size: int = 100,
+        block_ms: int = 1000,
+        claim_idle: _Seconds | None = None,
+        claim_interval: _Seconds | None = None,
+        maxlen: int | None = None,
+        delete_on_ack: bool = True,
+        dead_letter_stream: str | None = None,
+        max_deliveries: int = 10,
+    ) -> RedisStreamBackend: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def consumer_name(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def reconnect_attempts(self) -> int: ...
+    @property
+    def consecutive_failures(self) -> int: ...
+    def publish(
+        self,
+        body: bytes | str,
+        headers: dict[str, Any] | None = None,
+        delay: _Seconds | None = None,
+        message_id: str | None = None,
+    ) -> Awaitable[str]: ...
+    def publish_many(
+        self,
+        bodies: Iterable[bytes | str],
+        headers: dict[str, Any] | None = None,
+        delay: _Seconds | None = None,
+    ) -> Awaitable[list[str]]: ...
+    def dead_letters(self, limit: int = 100) -> Awaitable[list[DeadLetter]]: ...
+    def close(self) -> Awaitable[None]: ...
+
+@final
 class DeadLetter:
     @property
     def original_id(self) -> str: ...

@@ -29,6 +29,9 @@ pub fn resolve_backend(obj: &Bound<'_, PyAny>) -> PyResult<Resolved> {
         let r = r.get();
         return Ok((r.inner.clone(), r.python_backend.clone()));
     }
+    if let Ok(r) = obj.cast::<crate::redis_streams::PyRedisStreamBackend>() {
+        return Ok((r.get().inner.clone(), None));
+    }
     // Python wrapper classes keep their native object in `_native`.
     if let Ok(native) = obj.getattr("_native") {
         if !native.is_none() {

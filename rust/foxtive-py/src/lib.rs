@@ -13,6 +13,7 @@ mod message;
 mod observe;
 mod python_backend;
 mod rabbitmq;
+mod redis_streams;
 mod resilient;
 mod runtime;
 
@@ -35,6 +36,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<observe::PyHttpServer>()?;
     m.add_class::<dlq::PyDeadLetterStore>()?;
     m.add_class::<rabbitmq::PyRabbitMqBackend>()?;
+    m.add_class::<redis_streams::PyRedisStreamBackend>()?;
     m.add_function(wrap_pyfunction!(backends::redact_url, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::runtime_pid, m)?)?;
     m.add_function(wrap_pyfunction!(resilient::reconnect_delay, m)?)?;

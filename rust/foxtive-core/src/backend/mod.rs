@@ -2,6 +2,7 @@
 
 pub mod memory;
 pub mod rabbitmq;
+pub mod redis_streams;
 pub mod resilient;
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use crate::Result;
 
 pub use memory::MemoryBackend;
 pub use rabbitmq::{RabbitMqBackend, RabbitMqConfig};
+pub use redis_streams::{RedisStreamBackend, RedisStreamConfig};
 pub use resilient::ResilientBackend;
 
 /// The connection state a backend reports.

@@ -1,0 +1,223 @@
+"""Redis Streams: consumer groups that never strand a message.
+
+    backend = foxtive.RedisStreamBackend(
+        "redis://127.0.0.1:6379/0",
+        foxtive.RedisStreamConsumerConfig(stream_name="emails", group_name="workers"),
+    )
+
+Everything per message runs in Rust (redis-rs): XREADGROUP in batches (own
+pending entries first, then new ones), pipelined XACK (+ XDEL with
+``delete_on_ack``), heartbeats for held entries, XAUTOCLAIM of entries idle
+longer than ``claim_idle`` in dead consumers, poison-pill detection from the
+pending list's delivery count, delayed retries in a sorted set
+(``{stream}:delayed``) moved back by a Lua script, dead letters in
+``{stream}:dlq``, reconnects with backoff, and re-creation of a lost stream
+or group.
+
+Entry layout (one stream entry per message, binary-safe): ``body`` (the
+payload), ``id`` (the publisher's message id, kept on retry copies; absent:
+the entry id is the message id), ``attempt`` (absent: 1), ``h:<name>`` (one
+typed header each), ``p:<name>`` (correlation_id, content_type, reply_to,
+routing_key, priority). Entries written by other clients work too: ``data``
+is the body when there is no ``body`` field, other fields become headers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import os
+import secrets
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+from . import _core
+from ._config import FrozenConfig, integer, seconds
+from .backends import Backend
+from .errors import ConfigError
+from .tracing import inject
+
+__all__ = ["RedisStreamBackend", "RedisStreamConsumerConfig"]
+
+#: Fields whose default is derived from others (recomputed by ``with_*``).
+_DERIVED = ("claim_interval", "dead_letter_stream")
+
+
+def _default_consumer_name() -> str:
+    host = socket.gethostname() or "host"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _name(field: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{field}: must be a non-empty string, got {value!r}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class RedisStreamConsumerConfig(FrozenConfig):
+    """How a Redis Streams consumer reads, reclaims, trims and dead-letters.
+
+    ``consumer_name`` defaults to a name unique to this process
+    (``host-pid-random``). ``claim_interval`` defaults to ``claim_idle / 4``
+    (at most 15 s, at least 0.1 s), ``dead_letter_stream`` to
+    ``{stream_name}:dlq``. ``maxlen`` trims the stream approximately
+    (``MAXLEN ~``) on every add; ``None`` never trims. An entry delivered
+    more than ``max_deliveries`` times without being settled (its handler
+    keeps crashing the worker) is dead-lettered as a poison pill.
+    """
+
+    stream_name: str = "worker_stream"
+    group_name: str = "worker_group"
+    consumer_name: str | None = None
+    batch_size: int = 100
+    block_ms: int = 1000
+    claim_idle: float | _dt.timedelta = 60.0
+    claim_interval: float | _dt.timedelta | None = None
+    maxlen: int | None = None
+    delete_on_ack: bool = True
+    dead_letter_stream: str | None = None
+    max_deliveries: int = 10
+
+    def __post_init__(self) -> None:
+        derived = {f for f in _DERIVED if getattr(self, f) is None}
+        object.__setattr__(self, "_derived", frozenset(derived))
+        self._set("stream_name", _name("stream_name", self.stream_name))
+        self._set("group_name", _name("group_name", self.group_name))
+        if self.consumer_name is None:
+            self._set("consumer_name", _default_consumer_name())
+        self._set("consumer_name", _name("consumer_name", self.consumer_name))
+        batch = integer("batch_size", self.batch_size, minimum=1)
+        if batch > 100_000:
+            raise ConfigError(f"batch_size: must be between 1 and 100000, got {batch}")
+        self._set("batch_size", batch)
+        block = integer("block_ms", self.block_ms, minimum=0)
+        if block > 3_600_000:
+            raise ConfigError(f"block_ms: must be between 0 and 3600000, got {block}")
+        self._set("block_ms", block)
+        claim_idle = seconds("claim_idle", self.claim_idle)
+        if claim_idle < 0.1:
+            raise ConfigError(f"claim_idle: must be >= 0.1 seconds, got {claim_idle}")
+        self._set("claim_idle", claim_idle)
+        if self.claim_interval is None:
+            self._set("claim_interval", min(max(claim_idle / 4, 0.1), 15.0))
+        interval = seconds("claim_interval", self.claim_interval)
+        if interval < 0.1:
+            raise ConfigError(f"claim_interval: must be >= 0.1 seconds, got {interval}")
+        self._set("claim_interval", interval)
+        self._set("maxlen", integer("maxlen", self.maxlen, minimum=1, allow_none=True))
+        if not isinstance(self.delete_on_ack, bool):
+            raise ConfigError(
+                f"delete_on_ack: expected True or False, got {type(self.delete_on_ack).__name__}"
+            )
+        if self.dead_letter_stream is None:
+            self._set("dead_letter_stream", f"{self.stream_name}:dlq")
+        dlq = _name("dead_letter_stream", self.dead_letter_stream)
+        if dlq == self.stream_name:
+            raise ConfigError("dead_letter_stream: must differ from stream_name")
+        self._set("max_deliveries", integer("max_deliveries", self.max_deliveries, minimum=1))
+
+    def replace(self, **changes: Any) -> RedisStreamConsumerConfig:
+        """A copy with ``changes``; derived defaults follow the new values."""
+        names = [f.name for f in dataclasses.fields(self)]
+        unknown = set(changes) - set(names)
+        if unknown:
+            raise ConfigError(f"{sorted(unknown)[0]}: not a RedisStreamConsumerConfig field")
+        derived: frozenset[str] = object.__getattribute__(self, "_derived")
+        kwargs = {n: getattr(self, n) for n in names if n not in derived}
+        kwargs.update(changes)
+        return RedisStreamConsumerConfig(**kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("with_") and name[5:] in {f.name for f in dataclasses.fields(self)}:
+            field = name[5:]
+            return lambda value: self.replace(**{field: value})
+        raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
+
+    @property
+    def delayed_key(self) -> str:
+        """The sorted set where delayed messages (and retries) wait."""
+        return f"{self.stream_name}:delayed"
+
+    def _native_kwargs(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+class RedisStreamBackend(Backend):
+    """A Redis Streams consumer group as a foxtive backend.
+
+    ``url``: ``redis://[user:password@]host:port/db``, ``rediss://`` for TLS
+    (server certificates are checked against the system's roots, or
+    ``SSL_CERT_FILE``), or ``unix:///path``. Nothing connects until a pool
+    starts or the first publish. ``message.queue`` is the stream name.
+    """
+
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0",
+                 config: RedisStreamConsumerConfig | None = None) -> None:
+        if not isinstance(url, str) or not url:
+            raise ConfigError("url: must be a non-empty string such as redis://127.0.0.1:6379/0")
+        if config is None:
+            config = RedisStreamConsumerConfig()
+        if not isinstance(config, RedisStreamConsumerConfig):
+            raise ConfigError(
+                f"config: expected a RedisStreamConsumerConfig, got {type(config).__name__}"
+            )
+        self.config = config
+        self._native = _core.RedisStreamBackend(url, **config._native_kwargs())
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self._native.name
+
+    @property
+    def url(self) -> str:
+        """The URL with its password replaced by ``***``."""
+        return self._native.url
+
+    @property
+    def consumer_name(self) -> str:
+        return self._native.consumer_name
+
+    @property
+    def state(self) -> str:
+        """``"connected"``, ``"reconnecting"`` or ``"closed"``."""
+        return self._native.state
+
+    @property
+    def reconnect_attempts(self) -> int:
+        return self._native.reconnect_attempts
+
+    @property
+    def consecutive_failures(self) -> int:
+        return self._native.consecutive_failures
+
+    def __repr__(self) -> str:
+        return (f"RedisStreamBackend(url={self.url!r}, stream_name={self.config.stream_name!r}, "
+                f"group_name={self.config.group_name!r}, "
+                f"consumer_name={self.consumer_name!r})")
+
+    async def publish(self, body: bytes | str, headers: dict[str, Any] | None = None,
+                      delay: float | _dt.timedelta | None = None,
+                      message_id: str | None = None) -> str:
+        """XADD one message (after ``delay`` seconds, through the delayed set);
+        returns its id: ``message_id`` if given, else the entry id."""
+        result: str = await self._native.publish(body, inject(headers), delay, message_id)
+        return result
+
+    async def publish_many(self, bodies: Iterable[bytes | str],
+                           headers: dict[str, Any] | None = None,
+                           delay: float | _dt.timedelta | None = None) -> list[str]:
+        """Pipelined XADDs; returns the ids in order."""
+        result: list[str] = await self._native.publish_many(bodies, inject(headers), delay)
+        return result
+
+    async def dead_letters(self, limit: int = 100) -> list[_core.DeadLetter]:
+        """The oldest ``limit`` entries of the dead-letter stream."""
+        result: list[_core.DeadLetter] = await self._native.dead_letters(
+            integer("limit", limit, minimum=1))
+        return result
+
+    async def close(self) -> None:
+        """Close the connections (a pool does this when it stops)."""
+        await self._native.close()
