@@ -49,6 +49,9 @@ def main() -> int:
             .with_concurrency_limit(args.prefetch)
             .with_shutdown_timeout(args.shutdown_timeout)
             .build())
+    if args.resilient:
+        server = foxtive.HealthServer(pool, port=0).start()
+        states.write(f"port {server.port}\n")
     print(f"ready {os.getpid()}", flush=True)
     if args.until_idle:
         ok = pool.run_until_idle(backend, timeout=120)

@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -162,15 +164,27 @@ def test_resilient_backend_reports_the_broker_restart(queue: str, tmp_path: Path
     proc = start_worker(queue, out, "--delay", "0.01", "--resilient", str(states))
     try:
         wait_for(lambda: len(processed(out)) >= 200, 30, "200 messages processed")
+        port = int(states.read_text().split("port ")[1].split()[0])
+
+        def ready() -> int:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as r:
+                    return int(r.status)
+            except urllib.error.HTTPError as e:
+                return int(e.code)
+
+        assert ready() == 200
         subprocess.run(["rabbitmqctl", "stop_app"], check=True, capture_output=True, timeout=60)
         try:
-            wait_for(lambda: "connected->reconnecting" in (
-                states.read_text() if states.exists() else ""), 30, "the reconnecting state")
+            wait_for(lambda: "connected->reconnecting" in states.read_text(), 30,
+                     "the reconnecting state")
+            wait_for(lambda: ready() == 503, 30, "/ready to answer 503 while the broker is down")
         finally:
             subprocess.run(["rabbitmqctl", "start_app"], check=True, capture_output=True,
                            timeout=120)
         wait_for(lambda: "reconnecting->connected" in states.read_text(), 60,
                  "the connected state again")
+        wait_for(lambda: ready() == 200, 30, "/ready to answer 200 after the reconnect")
         wait_for(lambda: set(processed(out)) >= set(ids), 120, "every message processed")
         assert proc.poll() is None
     finally:
