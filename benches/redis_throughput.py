@@ -139,8 +139,10 @@ def run_contender(name: str, args: argparse.Namespace) -> dict[str, float]:
         else:
             cmd = [sys.executable, __file__, "--child", name, "--stream", stream,
                    "--messages", str(args.messages), "--batch-size", str(args.batch_size)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"{name} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
     finally:
         try:
             check_and_clean(stream, args.messages, deleted)
