@@ -16,7 +16,7 @@ from typing import Any
 from . import _core
 from .tracing import inject
 
-__all__ = ["Backend", "Incoming", "MemoryBackend"]
+__all__ = ["Backend", "Incoming", "MemoryBackend", "NativeBackend"]
 
 #: Header that carries the attempt number on retry copies.
 ATTEMPT_HEADER = "x-foxtive-attempt"
@@ -166,3 +166,32 @@ class MemoryBackend(Backend):
 
     def dead_letters(self) -> list[_core.DeadLetter]:
         return self._native.dead_letters()
+
+
+class NativeBackend(Backend):
+    """Base of the backends whose connection lives in Rust (``self._native``):
+    their connection state and counters, read without a round trip."""
+
+    _native: Any
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        name: str = self._native.name
+        return name
+
+    @property
+    def state(self) -> str:
+        """``"connected"``, ``"reconnecting"`` or ``"closed"``."""
+        state: str = self._native.state
+        return state
+
+    @property
+    def reconnect_attempts(self) -> int:
+        attempts: int = self._native.reconnect_attempts
+        return attempts
+
+    @property
+    def consecutive_failures(self) -> int:
+        failures: int = self._native.consecutive_failures
+        return failures
+

@@ -40,7 +40,7 @@ from typing import Any
 
 from . import _core
 from ._config import FrozenConfig, integer, seconds
-from .backends import Backend
+from .backends import NativeBackend
 from .errors import ConfigError
 from .tracing import inject
 
@@ -146,7 +146,7 @@ class RabbitMqConsumerConfig(FrozenConfig):
         return self.dead_letter_queue or f"{self.queue_name}.dlq"
 
 
-class RabbitMqBackend(Backend):
+class RabbitMqBackend(NativeBackend):
     """A RabbitMQ queue as a foxtive backend.
 
     ``url``: ``amqp://user:password@host:5672/vhost`` or ``amqps://...`` (TLS
@@ -191,10 +191,6 @@ class RabbitMqBackend(Backend):
         )
 
     @property
-    def name(self) -> str:  # type: ignore[override]
-        return str(self._native.name)
-
-    @property
     def url(self) -> str:
         """The URL with its password replaced by ``***``."""
         return str(self._native.url)
@@ -206,19 +202,6 @@ class RabbitMqBackend(Backend):
     @property
     def dead_letter_queue(self) -> str:
         return str(self._native.dead_letter_queue)
-
-    @property
-    def state(self) -> str:
-        """``"connected"``, ``"reconnecting"`` or ``"closed"``."""
-        return str(self._native.state)
-
-    @property
-    def reconnect_attempts(self) -> int:
-        return int(self._native.reconnect_attempts)
-
-    @property
-    def consecutive_failures(self) -> int:
-        return int(self._native.consecutive_failures)
 
     def retry_queue_for(self, delay: float | _dt.timedelta) -> str | None:
         """The delay-bucket queue a retry after ``delay`` waits in (``None``: no delay)."""

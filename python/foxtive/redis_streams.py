@@ -34,7 +34,7 @@ from typing import Any
 
 from . import _core
 from ._config import FrozenConfig, integer, seconds
-from .backends import Backend
+from .backends import NativeBackend
 from .errors import ConfigError
 from .tracing import inject
 
@@ -144,7 +144,7 @@ class RedisStreamConsumerConfig(FrozenConfig):
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
-class RedisStreamBackend(Backend):
+class RedisStreamBackend(NativeBackend):
     """A Redis Streams consumer group as a foxtive backend.
 
     ``url``: ``redis://[user:password@]host:port/db``, ``rediss://`` for TLS
@@ -167,30 +167,13 @@ class RedisStreamBackend(Backend):
         self._native = _core.RedisStreamBackend(url, **config._native_kwargs())
 
     @property
-    def name(self) -> str:  # type: ignore[override]
-        return self._native.name
-
-    @property
     def url(self) -> str:
         """The URL with its password replaced by ``***``."""
-        return self._native.url
+        return str(self._native.url)
 
     @property
     def consumer_name(self) -> str:
-        return self._native.consumer_name
-
-    @property
-    def state(self) -> str:
-        """``"connected"``, ``"reconnecting"`` or ``"closed"``."""
-        return self._native.state
-
-    @property
-    def reconnect_attempts(self) -> int:
-        return self._native.reconnect_attempts
-
-    @property
-    def consecutive_failures(self) -> int:
-        return self._native.consecutive_failures
+        return str(self._native.consumer_name)
 
     def __repr__(self) -> str:
         return (f"RedisStreamBackend(url={self.url!r}, stream_name={self.config.stream_name!r}, "

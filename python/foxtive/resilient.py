@@ -10,7 +10,7 @@ from typing import Any
 
 from . import _core
 from ._config import FrozenConfig, seconds
-from .backends import Backend
+from .backends import NativeBackend
 from .errors import ConfigError
 from .tracing import inject
 
@@ -67,7 +67,7 @@ class ReconnectStrategy(FrozenConfig):
 StateCallback = Callable[[str, str], Any]
 
 
-class ResilientBackend(Backend):
+class ResilientBackend(NativeBackend):
     """Wrap any backend so that it reconnects by itself.
 
     Every failed operation moves it to ``"reconnecting"``: it waits the
@@ -89,23 +89,6 @@ class ResilientBackend(Backend):
         )
         self._callbacks: list[StateCallback] = []
         self._last_state = self._native.state
-
-    @property
-    def name(self) -> str:  # type: ignore[override]
-        return self._native.name
-
-    @property
-    def state(self) -> str:
-        """``"connected"``, ``"reconnecting"`` or ``"closed"``."""
-        return self._native.state
-
-    @property
-    def reconnect_attempts(self) -> int:
-        return self._native.reconnect_attempts
-
-    @property
-    def consecutive_failures(self) -> int:
-        return self._native.consecutive_failures
 
     def on_state_change(self, callback: StateCallback) -> StateCallback:
         """Call ``callback(old_state, new_state)`` on every change (usable as a decorator)."""
