@@ -1055,8 +1055,14 @@ def delete_redis_keys(queue: str) -> None:
 
     r = redis.Redis.from_url(REDIS_URL)
     keys = [k for pat in (f"*{queue}*",) for k in r.scan_iter(match=pat, count=1000)]
+    # RQ's own registries: the worker and queue sets, the scheduler's hash
+    keys += [k for k in r.scan_iter(match="rq:scheduler:*", count=1000)
+             if r.hget(k, "queues") == queue.encode()]
     if keys:
         r.delete(*keys)
+    for registry in ("rq:workers", "rq:queues"):
+        if members := [m for m in r.smembers(registry) if queue.encode() in m]:
+            r.srem(registry, *members)
 
 
 def prepublish(workload: str, name: str, kind: str, queue: str, n: int) -> None:
@@ -1411,12 +1417,13 @@ def main() -> None:
             lines = summarise_latency(runs, settings)
         elif workload.startswith("w6"):
             lines = ["| contender | RSS at first failure MiB | RSS with all retries waiting "
-                     "MiB | growth MiB | lost | settings |", "|---|---|---|---|---|---|"]
+                     "MiB | growth MiB | lost | dup | settings |", "|---|---|---|---|---|---|---|"]
             for k, v in runs.items():
                 b = statistics.median(r.get("rss_before", 0.0) for r in v)
                 a = statistics.median(r.get("rss_after", 0.0) for r in v)
                 lines.append(f"| {k} | {b:.1f} | {a:.1f} | {a - b:+.1f} | "
-                             f"{max(r['lost'] for r in v)} | {settings[k]} |")
+                             f"{max(r['lost'] for r in v)} | {max(r['dups'] for r in v)} | "
+                             f"{settings[k]} |")
         else:
             lines, med = summarise(workload, runs, settings)
             all_meds[workload] = med
