@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import statistics
@@ -36,6 +37,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +124,47 @@ CONTENDERS: dict[str, list[tuple[str, str, str]]] = {
         ("celery", PEER, "self.retry(countdown=3600): ETA message, held by the worker"),
         ("dramatiq", PEER, "max_retries=1, backoff 3,600,000 ms: delay queue .DQ"),
     ],
+    "w3-redis": [
+        ("foxtive", FOX, "RetryableError(delay=0.05), RetryHandler(max_retries=1): "
+                         "sorted set {stream}:delayed; batch_size 100, delete_on_ack"),
+        ("celery", PEER, "redis broker, self.retry(countdown=0.05, max_retries=1), acks_late"),
+        ("dramatiq", PEER, "RedisBroker, max_retries=1, backoff 50 ms (delay queue .DQ)"),
+        ("arq", PEER, "raise Retry(defer=0.05), max_tries=2, max_jobs 100, keep_result 0"),
+        ("rq", PEER, "SimpleWorker, Retry(max=1, interval=1) (whole seconds only), "
+                     "work(with_scheduler=True): scheduler process requeues every 1 s"),
+        ("taskiq-redis", PEER, "SmartRetryMiddleware(default_retry_count=2, delay 0.05) + "
+                               "ListRedisScheduleSource, its SchedulerLoop (1 s ticks) as a "
+                               "task in the worker; WHEN_EXECUTED"),
+    ],
+    "w4-redis": [
+        ("foxtive", FOX, "RedisStreamBackend batch_size 100, delete_on_ack, async handler"),
+        ("redis-py", PEER, "sync XREADGROUP COUNT 100 BLOCK 1000, pipelined XACK+XDEL"),
+        ("dramatiq", PEER, "RedisBroker, 8 worker threads, prefetch 2xthreads, ack after"),
+        ("arq", PEER, "max_jobs 100, keep_result 0, poll_delay 0.05"),
+        ("rq", PEER, "SimpleWorker (no fork), one job at a time"),
+        ("celery", PEER, "redis broker, acks_late, pool=threads -c 8, prefetch_multiplier 4"),
+        ("taskiq-redis", PEER, "RedisStreamBroker, max_async_tasks 100, WHEN_EXECUTED"),
+        ("faststream", PEER, "StreamSub(group, consumer), AckPolicy.REJECT_ON_ERROR"),
+    ],
+    "w5-redis": [
+        ("foxtive 1 process", FOX, "foxtive run --processes 1, sync handler, "
+                                   "RedisStreamBackend batch_size 100"),
+        ("foxtive 2 processes", FOX, "foxtive run --processes 2, sync handler, "
+                                     "RedisStreamBackend batch_size 100"),
+    ],
+    "w6-redis": [
+        ("foxtive", FOX, "RetryableError(delay=3600), RetryHandler(max_retries=1, 3600 s): "
+                         "sorted set {stream}:delayed in Redis"),
+        ("celery", PEER, "redis broker, self.retry(countdown=3600): ETA message, held by the "
+                         "worker; visibility_timeout 7200"),
+        ("dramatiq", PEER, "RedisBroker, max_retries=1, backoff 3,600,000 ms: delay queue .DQ"),
+        ("arq", PEER, "raise Retry(defer=3600), max_tries=2: job waits in the queue's sorted "
+                      "set"),
+        ("rq", PEER, "SimpleWorker, Retry(max=1, interval=3600): ScheduledJobRegistry, "
+                     "work(with_scheduler=True)"),
+        ("taskiq-redis", PEER, "SmartRetryMiddleware(delay 3600) + ListRedisScheduleSource: "
+                               "retries wait in Redis for `taskiq scheduler` (not running)"),
+    ],
     "w1-memory": [
         ("foxtive sync", FOX, "MemoryBackend, publish_bulk, default pool (limit 1000)"),
         ("loop sync", FOX, "plain Python for-loop calling the same handler"),
@@ -159,7 +202,23 @@ def vmrss_mib() -> float:
 
 W6 = False  # set in the child for W6: every handler fails, retry in an hour
 W3 = False  # set in the child for W3: ids divisible by 10 fail on their first attempt
+W3_DELAY = 0.05  # W3: seconds until the retry
+W6_DELAY = 3600.0  # W6: seconds until the retry
+RETRY_DELAY = 0.0  # W3_DELAY or W6_DELAY in the child
 _failed_once: set[int] = set()
+
+
+def set_mode(workload: str) -> None:
+    """Child side (publishers and consumers): the workload's globals."""
+    global SLEEP, CONC, W6, W3, RETRY_DELAY
+    if workload.startswith("w2"):
+        SLEEP, CONC = W2_SLEEP, W2_CONC
+    W3, W6 = workload.startswith("w3"), workload.startswith("w6")
+    RETRY_DELAY = W3_DELAY if W3 else W6_DELAY if W6 else 0.0
+    if W3 or W6:
+        import logging
+
+        logging.disable(logging.ERROR)  # 100k failure tracebacks are not the point
 
 
 def w3_should_fail(i: int) -> bool:
@@ -191,6 +250,7 @@ class Recorder:
         self.first = 0.0
         self.last = 0.0
         self.extra = extra or {}
+        self.at_exit: list[Any] = []  # callables run before the process ends
         threading.Thread(target=self._watch, daemon=True).start()
 
     def hit(self, i: int, sent: float = 0.0) -> None:
@@ -233,6 +293,8 @@ class Recorder:
                 "max_ms": lat[-1] * 1000}
             json.dump({"first": self.first, "last": self.last, "unique": unique,
                        "dups": dups, "lost": self.n - unique, **pct, **self.extra}, f)
+        for fn in self.at_exit:
+            fn()
         os._exit(0)
 
 
@@ -246,16 +308,20 @@ def sync_work(rec: Recorder, i: int, sent: float = 0.0) -> None:
         time.sleep(SLEEP)
 
 
-async def async_work(rec: Recorder, i: int, sent: float = 0.0) -> None:
-    if w3_should_fail(i):
-        import foxtive
+def fox_retry(delay: float) -> Exception:
+    import foxtive
 
-        raise foxtive.RetryableError("w3", delay=0.05)
+    return foxtive.RetryableError("retry", delay=delay)
+
+
+async def async_work(rec: Recorder, i: int, sent: float = 0.0,
+                     retry: Any = fox_retry) -> None:
+    """``retry(delay)`` is the exception that asks the framework for a retry."""
+    if w3_should_fail(i):
+        raise retry(RETRY_DELAY)
     rec.hit(i, sent)
     if W6:
-        import foxtive
-
-        raise foxtive.RetryableError("w6", delay=3600)
+        raise retry(RETRY_DELAY)
     if SLEEP:
         import asyncio
 
@@ -284,6 +350,16 @@ def id_of(raw: bytes | str) -> int:
 # --------------------------------------------------------------------------
 
 
+def drive_sender(sender: Any, queue: str, use: Any) -> None:
+    """Run ``use(send)`` with the ``send`` of one of REDIS_SENDERS."""
+    import asyncio
+
+    async def go() -> None:
+        async with sender(queue) as send:
+            await use(send)
+    asyncio.run(go())
+
+
 async def in_chunks(n: int, send: Any, chunk: int = 200) -> None:
     """Publish concurrently in chunks: outside the timed window, only to save time."""
     import asyncio
@@ -304,7 +380,11 @@ def paced_publish(workload: str, contender: str, queue: str, n: int, rate: float
                 await asyncio.sleep(delay)
             await send(i, time.time())
 
-    if contender in ("foxtive", "aio-pika"):
+    set_mode(workload)
+    redis_ = workload.endswith("redis")
+    if redis_ and contender in REDIS_SENDERS:
+        drive_sender(REDIS_SENDERS[contender], queue, pace)
+    elif contender in ("foxtive", "aio-pika"):
         import aio_pika
 
         async def go() -> None:
@@ -321,14 +401,14 @@ def paced_publish(workload: str, contender: str, queue: str, n: int, rate: float
             await conn.close()
         asyncio.run(go())
     elif contender == "celery":
-        app = celery_app(queue, None, False)
+        app = celery_app(queue, None, redis_)
         task = app.tasks["bench.noop"]
         with app.producer_or_acquire() as producer:
             async def send(i: int, t: float) -> None:
                 task.apply_async(args=[i, t], queue=queue, producer=producer)
             asyncio.run(pace(send))
     elif contender == "dramatiq":
-        actor = dramatiq_actor(queue, None, False)
+        actor = dramatiq_actor(queue, None, redis_)
 
         async def send(i: int, t: float) -> None:
             actor.send(i, t)
@@ -356,9 +436,13 @@ def paced_publish(workload: str, contender: str, queue: str, n: int, rate: float
 
 
 def publish(workload: str, contender: str, queue: str, n: int) -> None:
+    set_mode(workload)
     redis_ = workload.endswith("redis")
-    if redis_ and contender in REDIS_PUBLISHERS:
-        return REDIS_PUBLISHERS[contender](queue, n)
+    if redis_ and contender in REDIS_BULK_PUBLISHERS:
+        return REDIS_BULK_PUBLISHERS[contender](queue, n)
+    if redis_ and contender in REDIS_SENDERS:
+        return drive_sender(REDIS_SENDERS[contender], queue,
+                            lambda send: in_chunks(n, send, 10))
     if contender == "celery":
         app = celery_app(queue, None, redis_)
         task = app.tasks["bench.noop"]
@@ -404,6 +488,12 @@ def celery_app(queue: str, rec: Recorder | None, redis_: bool) -> Any:
                     worker_enable_remote_control=False, worker_send_task_events=False,
                     task_default_queue=queue, worker_hijack_root_logger=False,
                     broker_connection_retry_on_startup=True)
+    if redis_:
+        # every key under the queue's name (kombu keeps `unacked` global
+        # otherwise); a visibility timeout past the W6 countdown, as Celery's
+        # Redis notes ask for ETA tasks
+        app.conf.broker_transport_options = {"global_keyprefix": f"{queue}:",
+                                             "visibility_timeout": 2 * W6_DELAY}
 
     @app.task(name="bench.noop", bind=True)
     def noop(self: Any, i: int, sent: float = 0.0) -> None:
@@ -411,7 +501,7 @@ def celery_app(queue: str, rec: Recorder | None, redis_: bool) -> Any:
             try:
                 sync_work(rec, i, sent)
             except W6Error as e:
-                raise self.retry(countdown=0.05 if W3 else 3600, max_retries=1) from e
+                raise self.retry(countdown=RETRY_DELAY, max_retries=1) from e
     return app
 
 
@@ -428,8 +518,10 @@ def dramatiq_actor(queue: str, rec: Recorder | None, redis_: bool) -> Any:
         broker = RabbitmqBroker(url=AMQP_URL)
     dramatiq.set_broker(broker)
 
+    backoff_ms = int(RETRY_DELAY * 1000) or 1
+
     @dramatiq.actor(queue_name=queue, max_retries=1 if W6 or W3 else 0,
-                    min_backoff=50 if W3 else 3_600_000, max_backoff=50 if W3 else 3_600_000)
+                    min_backoff=backoff_ms, max_backoff=backoff_ms)
     def noop(i: int, sent: float = 0.0) -> None:
         if rec is not None:
             sync_work(rec, i, sent)
@@ -454,28 +546,29 @@ def taskiq_broker(queue: str, rec: Recorder | None) -> Any:
 # --------------------------------------------------------------------------
 
 
+def fox_pool(handler: Any) -> Any:
+    """The foxtive pool of every broker: retries for W3 / W6, concurrency for W2."""
+    import foxtive
+
+    builder = foxtive.WorkerPoolBuilder("bench").add_worker(handler, id="noop")
+    if W6 or W3:
+        builder = builder.with_middleware(foxtive.RetryHandler(
+            max_retries=1, initial_backoff=RETRY_DELAY, max_backoff=RETRY_DELAY, jitter=False))
+    if CONC:
+        builder = builder.with_concurrency_limit(CONC)
+    return builder.build()
+
+
 def consume(workload: str, contender: str, queue: str, n: int, result: str,
             idle: float) -> None:
     import asyncio
 
     if workload == "w1-memory":
         return consume_memory(contender, n, result)
-    global SLEEP, CONC, W6, W3
-    if workload.startswith("w2"):
-        SLEEP, CONC = W2_SLEEP, W2_CONC
-    if workload.startswith("w3"):
-        import logging
-
-        W3 = True
-        logging.disable(logging.ERROR)
-    if workload.startswith("w6"):
-        import logging
-
-        W6 = True
-        logging.disable(logging.ERROR)  # 100k failure tracebacks are not the point
+    set_mode(workload)
     rec = Recorder(n, result, idle)
     redis_ = workload.endswith("redis")
-    if redis_:
+    if redis_ and contender in REDIS_CONSUMERS:
         REDIS_CONSUMERS[contender](queue, rec)
     elif contender == "foxtive":
         import foxtive
@@ -483,14 +576,7 @@ def consume(workload: str, contender: str, queue: str, n: int, result: str,
         async def fox_handler(message: foxtive.Message) -> None:
             await async_work(rec, id_of(message.id), sent_of(message.body))
 
-        builder = foxtive.WorkerPoolBuilder("bench").add_worker(fox_handler, id="noop")
-        if W6 or W3:
-            delay = 3600 if W6 else 0.05
-            builder = builder.with_middleware(foxtive.RetryHandler(
-                max_retries=1, initial_backoff=delay, max_backoff=delay, jitter=False))
-        if CONC:
-            builder = builder.with_concurrency_limit(CONC)
-        pool = builder.build()
+        pool = fox_pool(fox_handler)
         backend = foxtive.RabbitMqBackend(AMQP_URL, foxtive.RabbitMqConsumerConfig(
             queue_name=queue,
             prefetch_count=int(os.environ.get("W2_PREFETCH", 0)) or CONC or PREFETCH))
@@ -612,6 +698,20 @@ def consume_memory(contender: str, n: int, result: str) -> None:
 # --------------------------------------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def raw_redis_sender(stream: str) -> AsyncIterator[Any]:
+    """W4 for foxtive and redis-py: XADD ``m-<i>:<sent>:xxx`` (the group exists)."""
+    import redis.asyncio
+
+    r = redis.asyncio.Redis.from_url(REDIS_URL)
+
+    async def send(i: int, sent: float | None = None) -> None:
+        head = b"m-%d:%.6f:" % (i, sent or time.time())
+        await r.xadd(stream, {"body": head + b"x" * max(0, BODY_SIZE - len(head))})
+    yield send
+    await r.aclose()
+
+
 def redis_py_consume(stream: str, rec: Recorder) -> None:
     import redis
 
@@ -622,7 +722,7 @@ def redis_py_consume(stream: str, rec: Recorder) -> None:
             continue
         ids = []
         for entry_id, fields in reply[0][1]:
-            rec.hit(id_of(fields[b"body"]))
+            rec.hit(id_of(fields[b"body"]), sent_of(fields[b"body"]))
             ids.append(entry_id)
         pipe = r.pipeline(transaction=False)
         pipe.xack(stream, "g", *ids)
@@ -638,38 +738,33 @@ def foxtive_redis_consume(stream: str, rec: Recorder) -> None:
     async def handler(message: foxtive.Message) -> None:
         await async_work(rec, id_of(message.body), sent_of(message.body))
 
-    builder = foxtive.WorkerPoolBuilder("bench").add_worker(handler, id="noop")
-    if CONC:
-        builder = builder.with_concurrency_limit(CONC)
-    pool = builder.build()
+    pool = fox_pool(handler)
     config = foxtive.RedisStreamConsumerConfig(stream_name=stream, group_name="g",
                                                batch_size=100, delete_on_ack=True)
     backend = foxtive.RedisStreamBackend(REDIS_URL, config)
     asyncio.run(pool.run_async(backend, handle_signals=False))
 
 
-def dramatiq_redis_consume(queue: str, rec: Recorder) -> None:
-    from dramatiq import Worker
-
-    actor = dramatiq_actor(queue, rec, True)
-    Worker(actor.broker, worker_threads=CONC or 8).start()
-    while True:
-        time.sleep(1)
-
-
-def celery_redis_consume(queue: str, rec: Recorder) -> None:
-    app = celery_app(queue, rec, True)
-    app.worker_main(["worker", "--pool=threads", "-c", str(CONC or 8), "-Q", queue,
-                     "--without-gossip",
-                     "--without-mingle", "--without-heartbeat", "-l", "WARNING"])
-
-
 _REC: Recorder | None = None
 
 
-def rq_noop(i: int) -> None:
+def task_args(i: int, sent: float | None) -> tuple[Any, ...]:
+    return (i,) if sent is None else (i, sent)
+
+
+def rq_noop(i: int, sent: float = 0.0) -> None:
     assert _REC is not None
-    _REC.hit(i)
+    sync_work(_REC, i, sent)  # W3 / W6: raises, RQ's Retry takes over
+
+
+def rq_job(queue: str, i: int, sent: float | None = None) -> Any:
+    """Job ids carry the queue name so that cleanup finds every ``rq:job:`` key."""
+    from rq import Queue, Retry
+
+    # RQ retries in whole seconds, through its scheduler (every second)
+    retry = Retry(max=1, interval=max(1, round(RETRY_DELAY))) if RETRY_DELAY else None
+    return Queue.prepare_data(rq_noop, args=task_args(i, sent), result_ttl=0,
+                              job_id=f"{queue}-{i}", retry=retry)
 
 
 def rq_publish(queue: str, n: int) -> None:
@@ -678,8 +773,19 @@ def rq_publish(queue: str, n: int) -> None:
 
     q = Queue(queue, connection=redis.Redis.from_url(REDIS_URL))
     for start in range(0, n, 1000):
-        q.enqueue_many([Queue.prepare_data(rq_noop, args=(i,), result_ttl=0)
-                        for i in range(start, min(n, start + 1000))])
+        q.enqueue_many([rq_job(queue, i) for i in range(start, min(n, start + 1000))])
+
+
+@contextlib.asynccontextmanager
+async def rq_sender(queue: str) -> AsyncIterator[Any]:
+    import redis
+    from rq import Queue
+
+    q = Queue(queue, connection=redis.Redis.from_url(REDIS_URL))
+
+    async def send(i: int, sent: float | None = None) -> None:
+        q.enqueue_many([rq_job(queue, i, sent)])
+    yield send
 
 
 def rq_consume(queue: str, rec: Recorder) -> None:
@@ -692,26 +798,38 @@ def rq_consume(queue: str, rec: Recorder) -> None:
     _REC = rec
     logging.disable(logging.INFO)
     conn = redis.Redis.from_url(REDIS_URL)
-    SimpleWorker([Queue(queue, connection=conn)], connection=conn).work(
-        logging_level="WARNING", with_scheduler=False)
+    worker = SimpleWorker([Queue(queue, connection=conn)], connection=conn, name=f"{queue}-w")
+    # W3 / W6: RQ moves due retries back to the queue from its scheduler, a
+    # process forked by the worker (not counted in this process's RSS / CPU)
+    rec.at_exit.append(lambda: worker.scheduler and worker.scheduler._process
+                       and worker.scheduler._process.kill())
+    worker.work(logging_level="WARNING", with_scheduler=bool(RETRY_DELAY))
 
 
-async def arq_noop(ctx: dict[str, Any], i: int) -> None:
+def arq_retry(delay: float) -> Exception:
+    from arq import Retry
+
+    return Retry(defer=delay)
+
+
+async def arq_noop(ctx: dict[str, Any], i: int, sent: float = 0.0) -> None:
     assert _REC is not None
-    await async_work(_REC, i)
+    await async_work(_REC, i, sent, retry=arq_retry)
 
 
-def arq_publish(queue: str, n: int) -> None:
-    import asyncio
-
+@contextlib.asynccontextmanager
+async def arq_sender(queue: str) -> AsyncIterator[Any]:
+    """Job ids carry the queue name so that cleanup finds every ``arq:*`` key."""
     from arq import create_pool
     from arq.connections import RedisSettings
 
-    async def go() -> None:
-        pool = await create_pool(RedisSettings.from_dsn(REDIS_URL))
-        await in_chunks(n, lambda i: pool.enqueue_job("arq_noop", i, _queue_name=queue), 10)
-        await pool.aclose()
-    asyncio.run(go())
+    pool = await create_pool(RedisSettings.from_dsn(REDIS_URL))
+
+    async def send(i: int, sent: float | None = None) -> None:
+        await pool.enqueue_job("arq_noop", *task_args(i, sent), _queue_name=queue,
+                               _job_id=f"{queue}-{i}")
+    yield send
+    await pool.aclose()
 
 
 def arq_consume(queue: str, rec: Recorder) -> None:
@@ -723,32 +841,43 @@ def arq_consume(queue: str, rec: Recorder) -> None:
     global _REC
     _REC = rec
     asyncio.set_event_loop(asyncio.new_event_loop())
-    Worker(functions=[func(arq_noop, name="arq_noop")], queue_name=queue,
-           redis_settings=RedisSettings.from_dsn(REDIS_URL), max_jobs=100, keep_result=0,
-           handle_signals=False, poll_delay=0.05).run()
+    Worker(functions=[func(arq_noop, name="arq_noop", max_tries=2 if RETRY_DELAY else None)],
+           queue_name=queue, redis_settings=RedisSettings.from_dsn(REDIS_URL), max_jobs=100,
+           keep_result=0, handle_signals=False, poll_delay=0.05).run()
 
 
-def taskiq_redis_broker(queue: str, rec: Recorder | None) -> Any:
-    from taskiq_redis import RedisStreamBroker
+def taskiq_redis_broker(queue: str, rec: Recorder | None) -> tuple[Any, Any, Any]:
+    """W3 / W6: SmartRetryMiddleware; taskiq-redis ignores the ``delay`` label,
+    so retries wait in a ListRedisScheduleSource for a scheduler to send them."""
+    from taskiq_redis import ListRedisScheduleSource, RedisStreamBroker
 
     broker = RedisStreamBroker(REDIS_URL, queue_name=queue, consumer_group_name="g")
+    source = None
+    if RETRY_DELAY:
+        from taskiq.middlewares import SmartRetryMiddleware
+
+        source = ListRedisScheduleSource(REDIS_URL, prefix=f"{queue}-schedule")
+        # default_retry_count counts attempts: 2 = the first and one retry
+        broker = broker.with_middlewares(SmartRetryMiddleware(
+            default_retry_count=2, default_retry_label=True, default_delay=RETRY_DELAY,
+            schedule_source=source))
 
     @broker.task(task_name="bench.noop")
     async def noop(i: int, sent: float = 0.0) -> None:
         if rec is not None:
-            await async_work(rec, i, sent)
-    return broker, noop
+            await async_work(rec, i, sent, retry=lambda _: W6Error(i))
+    return broker, noop, source
 
 
-def taskiq_redis_publish(queue: str, n: int) -> None:
-    import asyncio
+@contextlib.asynccontextmanager
+async def taskiq_redis_sender(queue: str) -> AsyncIterator[Any]:
+    broker, task, _ = taskiq_redis_broker(queue, None)
+    await broker.startup()
 
-    async def go() -> None:
-        broker, task = taskiq_redis_broker(queue, None)
-        await broker.startup()
-        await in_chunks(n, task.kiq, 10)
-        await broker.shutdown()
-    asyncio.run(go())
+    async def send(i: int, sent: float | None = None) -> None:
+        await task.kiq(*task_args(i, sent))
+    yield send
+    await broker.shutdown()
 
 
 def taskiq_redis_consume(queue: str, rec: Recorder) -> None:
@@ -758,29 +887,43 @@ def taskiq_redis_consume(queue: str, rec: Recorder) -> None:
     from taskiq.receiver import Receiver
 
     async def go() -> None:
-        broker, _ = taskiq_redis_broker(queue, rec)
+        broker, _, source = taskiq_redis_broker(queue, rec)
         broker.is_worker_process = True
         await broker.startup()
+        if W3:  # the scheduler (`taskiq scheduler`), here as a task of the worker
+            import datetime
+
+            from taskiq import TaskiqScheduler
+            from taskiq.cli.scheduler.run import SchedulerLoop
+
+            scheduler = TaskiqScheduler(broker, sources=[source])
+            await source.startup()
+            await scheduler.startup()
+            loop = SchedulerLoop(scheduler)
+            task = asyncio.create_task(
+                loop.run(update_interval=datetime.timedelta(seconds=1)))
+            rec.at_exit.append(task.cancel)
         await Receiver(broker, max_async_tasks=CONC or 100,
                        ack_type=AcknowledgeType.WHEN_EXECUTED).listen(asyncio.Event())
     asyncio.run(go())
 
 
-def faststream_redis_publish(queue: str, n: int) -> None:
-    import asyncio
-
+@contextlib.asynccontextmanager
+async def faststream_redis_sender(queue: str) -> AsyncIterator[Any]:
+    import redis
     from faststream.redis import RedisBroker
 
-    async def go() -> None:
-        broker = RedisBroker(REDIS_URL)
-        await broker.connect()
-        await in_chunks(n, lambda i: broker.publish(i, stream=queue), 10)
-        await broker.stop()
-    asyncio.run(go())
-    import redis
+    broker = RedisBroker(REDIS_URL)
+    await broker.connect()
 
-    # the group must see the pre-published entries (FastStream creates it at "$")
-    redis.Redis.from_url(REDIS_URL).xgroup_create(queue, "g", id="0")
+    async def send(i: int, sent: float | None = None) -> None:
+        await broker.publish(i if sent is None else [i, sent], stream=queue)
+    yield send
+    await broker.stop()
+    try:  # the group must see pre-published entries (FastStream creates it at "$")
+        redis.Redis.from_url(REDIS_URL).xgroup_create(queue, "g", id="0")
+    except redis.ResponseError:  # W4: the running consumer created it
+        pass
 
 
 def faststream_redis_consume(queue: str, rec: Recorder) -> None:
@@ -794,19 +937,24 @@ def faststream_redis_consume(queue: str, rec: Recorder) -> None:
 
         @broker.subscriber(stream=StreamSub(queue, group="g", consumer="c1", batch=False),
                            ack_policy=AckPolicy.REJECT_ON_ERROR)
-        async def handle(body: int) -> None:
-            rec.hit(body)
+        async def handle(body: Any) -> None:
+            if isinstance(body, list):
+                rec.hit(body[0], body[1])
+            else:
+                rec.hit(body)
         await broker.start()
         await asyncio.Event().wait()
     asyncio.run(go())
 
 
 SLOW = {"rq", "arq"}
-REDIS_PUBLISHERS = {"rq": rq_publish, "arq": arq_publish,
-                    "taskiq-redis": taskiq_redis_publish,
-                    "faststream": faststream_redis_publish}
+# async context managers yielding ``send(i, sent=None)``: frameworks through
+# their own publisher (pre-publishing and W4), foxtive / redis-py for W4 only
+REDIS_SENDERS = {"rq": rq_sender, "arq": arq_sender, "taskiq-redis": taskiq_redis_sender,
+                 "faststream": faststream_redis_sender, "foxtive": raw_redis_sender,
+                 "redis-py": raw_redis_sender}
+REDIS_BULK_PUBLISHERS = {"rq": rq_publish}  # faster than one enqueue per job
 REDIS_CONSUMERS = {"foxtive": foxtive_redis_consume, "redis-py": redis_py_consume,
-                   "dramatiq": dramatiq_redis_consume, "celery": celery_redis_consume,
                    "rq": rq_consume, "arq": arq_consume,
                    "taskiq-redis": taskiq_redis_consume,
                    "faststream": faststream_redis_consume}
@@ -903,7 +1051,7 @@ def fill_stream(stream: str, n: int) -> None:
         if i % 5000 == 4999:
             pipe.execute()
     pipe.execute()
-    r.xgroup_create(stream, "g", id="0")
+    r.xgroup_create(stream, "g", id="0", mkstream=True)
 
 
 def delete_redis_keys(queue: str) -> None:
@@ -911,14 +1059,24 @@ def delete_redis_keys(queue: str) -> None:
 
     r = redis.Redis.from_url(REDIS_URL)
     keys = [k for pat in (f"*{queue}*",) for k in r.scan_iter(match=pat, count=1000)]
+    # RQ's own registries: the worker and queue sets, the scheduler's hash
+    keys += [k for k in r.scan_iter(match="rq:scheduler:*", count=1000)
+             if r.hget(k, "queues") == queue.encode()]
     if keys:
         r.delete(*keys)
+    for registry in ("rq:workers", "rq:queues"):
+        if members := [m for m in r.smembers(registry) if queue.encode() in m]:
+            r.srem(registry, *members)
 
 
 def prepublish(workload: str, name: str, kind: str, queue: str, n: int) -> None:
+    raw_redis = workload.endswith("redis") and name.startswith(("foxtive", "redis-rs ceiling",
+                                                                "redis-py"))
+    if workload == "w4-redis" and raw_redis:
+        return fill_stream(queue, 0)  # the group, before the consumer starts
     if workload in ("w1-memory", "w4-rabbitmq", "w4-redis"):
         return  # W4 publishes while the contender runs (run_contender)
-    if workload.endswith("redis") and name in ("foxtive", "redis-rs ceiling", "redis-py"):
+    if raw_redis:
         return fill_stream(queue, n)
     if workload.endswith("rabbitmq") and name.startswith(("foxtive", "lapin ceiling",
                                                           "aio-pika")):
@@ -946,7 +1104,7 @@ def calibrate_k(target_s: float = 0.001) -> int:
 W5_K = 0
 
 
-def run_w5(name: str, queue: str, n: int, idle: float) -> dict[str, Any]:
+def run_w5(workload: str, name: str, queue: str, n: int, idle: float) -> dict[str, Any]:
     import signal
 
     import redis
@@ -958,6 +1116,7 @@ def run_w5(name: str, queue: str, n: int, idle: float) -> dict[str, Any]:
     key = f"w5-{queue}"
     r = redis.Redis.from_url(REDIS_URL)
     env = dict(os.environ, W5_QUEUE=queue, W5_K=str(W5_K), W5_KEY=key,
+               W5_BROKER=workload.split("-", 1)[1],
                PYTHONPATH=str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     foxtive_cli = str(Path(sys.executable).parent / "foxtive")
     spawn = time.time()
@@ -999,7 +1158,7 @@ def poll_hwm(pid: int, out: list[float]) -> None:
 def run_contender(workload: str, name: str, kind: str, queue: str, n: int,
                   idle: float) -> dict[str, Any]:
     if workload.startswith("w5"):
-        return run_w5(name, queue, n, idle)
+        return run_w5(workload, name, queue, n, idle)
     fd, result = tempfile.mkstemp(prefix="foxtive-compare-", suffix=".json")
     os.close(fd)
     if kind == RUST and workload.endswith("redis"):
@@ -1076,7 +1235,7 @@ def available(workload: str, name: str, report: list[str]) -> bool:
             ceiling_binary()
         except SystemExit as e:
             why = str(e)
-    elif name == "foxtive" and workload.endswith("redis"):
+    elif name.startswith("foxtive") and workload.endswith("redis"):
         import foxtive
 
         if not hasattr(foxtive, "RedisStreamBackend"):
@@ -1262,12 +1421,13 @@ def main() -> None:
             lines = summarise_latency(runs, settings)
         elif workload.startswith("w6"):
             lines = ["| contender | RSS at first failure MiB | RSS with all retries waiting "
-                     "MiB | growth MiB | lost | settings |", "|---|---|---|---|---|---|"]
+                     "MiB | growth MiB | lost | dup | settings |", "|---|---|---|---|---|---|---|"]
             for k, v in runs.items():
                 b = statistics.median(r.get("rss_before", 0.0) for r in v)
                 a = statistics.median(r.get("rss_after", 0.0) for r in v)
                 lines.append(f"| {k} | {b:.1f} | {a:.1f} | {a - b:+.1f} | "
-                             f"{max(r['lost'] for r in v)} | {settings[k]} |")
+                             f"{max(r['lost'] for r in v)} | {max(r['dups'] for r in v)} | "
+                             f"{settings[k]} |")
         else:
             lines, med = summarise(workload, runs, settings)
             all_meds[workload] = med

@@ -2,6 +2,10 @@
 
     W5_QUEUE=q W5_K=20000 W5_KEY=k PYTHONPATH=benches foxtive run w5_app:pool --processes 2
 
+``W5_BROKER`` picks the backend: ``rabbitmq`` (default; queue ``W5_QUEUE``,
+prefetch 100) or ``redis`` (stream ``W5_QUEUE``, group ``g``, batch 100,
+``delete_on_ack``: the stream and group are filled and created by compare.py).
+
 Each message costs ``W5_K`` iterations of pure Python (≈1 ms, calibrated by
 compare.py). Every process publishes ``[handled, first, last]`` under its pid
 in the Redis hash ``W5_KEY`` every 50 ms; compare.py sums them.
@@ -23,6 +27,7 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 QUEUE = os.environ.get("W5_QUEUE", "w5")
 K = int(os.environ.get("W5_K", "20000"))
 KEY = os.environ.get("W5_KEY", "w5")
+BROKER = os.environ.get("W5_BROKER", "rabbitmq")
 
 _lock = threading.Lock()
 _state = [0, 0.0, 0.0]  # handled, first, last
@@ -57,10 +62,11 @@ def _report() -> None:
 
 threading.Thread(target=_report, daemon=True).start()
 
-pool = (
-    foxtive.WorkerPoolBuilder("w5")
-    .add_worker(handler, id="cpu")
-    .with_backend(foxtive.RabbitMqBackend(
-        AMQP_URL, foxtive.RabbitMqConsumerConfig(queue_name=QUEUE, prefetch_count=100)))
-    .build()
-)
+if BROKER == "redis":
+    backend: foxtive.Backend = foxtive.RedisStreamBackend(
+        REDIS_URL, foxtive.RedisStreamConsumerConfig(
+            stream_name=QUEUE, group_name="g", batch_size=100, delete_on_ack=True))
+else:
+    backend = foxtive.RabbitMqBackend(
+        AMQP_URL, foxtive.RabbitMqConsumerConfig(queue_name=QUEUE, prefetch_count=100))
+pool = foxtive.WorkerPoolBuilder("w5").add_worker(handler, id="cpu").with_backend(backend).build()
