@@ -87,7 +87,12 @@ CONTENDERS: dict[str, list[tuple[str, str, str]]] = {
         ("faststream", PEER, "StreamSub(group, consumer), AckPolicy.REJECT_ON_ERROR"),
     ],
     "w2-rabbitmq": [
-        ("foxtive", FOX, "prefetch 100, with_concurrency_limit(100), async handler"),
+        ("foxtive", FOX, "prefetch 200 (2x concurrency, as the README advises), "
+                         "with_concurrency_limit(100), async handler"),
+        ("foxtive sync", FOX, "prefetch 200, plain def handler, Worker.concurrency 100 "
+                              "(up to 100 threads), time.sleep"),
+        ("asyncio bound", FOX, "no broker: 100 coroutines each awaiting asyncio.sleep(10 ms) "
+                               "in a loop; the most any async handler can do here"),
         ("aio-pika", PEER, "prefetch 100, a task per delivery, manual ack after"),
         ("celery", PEER, "acks_late, pool=threads -c 100, prefetch_multiplier 1"),
         ("dramatiq", PEER, "100 worker threads, prefetch 2xthreads, ack after"),
@@ -95,6 +100,10 @@ CONTENDERS: dict[str, list[tuple[str, str, str]]] = {
     ],
     "w2-redis": [
         ("foxtive", FOX, "batch_size 100, delete_on_ack, with_concurrency_limit(100)"),
+        ("foxtive sync", FOX, "batch_size 100, delete_on_ack, plain def handler, "
+                              "Worker.concurrency 100 (up to 100 threads), time.sleep"),
+        ("asyncio bound", FOX, "no broker: 100 coroutines each awaiting asyncio.sleep(10 ms) "
+                               "in a loop; the most any async handler can do here"),
         ("dramatiq", PEER, "RedisBroker, 100 worker threads"),
         ("arq", PEER, "max_jobs 100, keep_result 0"),
         ("celery", PEER, "redis broker, acks_late, pool=threads -c 100, prefetch_multiplier 1"),
@@ -546,11 +555,43 @@ def taskiq_broker(queue: str, rec: Recorder | None) -> Any:
 # --------------------------------------------------------------------------
 
 
-def fox_pool(handler: Any) -> Any:
-    """The foxtive pool of every broker: retries for W3 / W6, concurrency for W2."""
+async def asyncio_bound(rec: Recorder, n: int) -> None:
+    """W2's reference for async handlers: no broker, no framework, just
+    ``CONC`` coroutines awaiting ``async_work`` (asyncio.sleep(10 ms)) in a
+    loop. asyncio's timers fire up to ~1 ms late (epoll's millisecond timeout,
+    rounded up), so this stays under the 10,000 msg/s of the workload's
+    definition; the gap is the event loop's, not the broker's."""
+    import asyncio
+
+    ids = iter(range(n))
+
+    async def worker() -> None:
+        for i in ids:
+            await async_work(rec, i)
+    await asyncio.gather(*(worker() for _ in range(CONC or 1)))
+    await asyncio.Event().wait()  # the recorder ends the process
+
+
+def fox_pool(handler: Any, rec: Recorder, ident: Any = None) -> Any:
+    """The foxtive pool of every broker: retries for W3 / W6, concurrency for W2.
+
+    With ``ident`` (message -> int id): a plain ``def`` worker (``foxtive
+    sync``) calling ``sync_work`` on up to ``CONC`` threads, instead of the
+    async ``handler``.
+    """
     import foxtive
 
-    builder = foxtive.WorkerPoolBuilder("bench").add_worker(handler, id="noop")
+    if ident is not None:
+        class SyncWorker(foxtive.Worker):
+            id = "noop"
+            concurrency = CONC or None
+
+            def process(self, message: foxtive.Message) -> None:  # type: ignore[override]
+                sync_work(rec, ident(message), sent_of(message.body))
+
+        builder = foxtive.WorkerPoolBuilder("bench").add_worker(SyncWorker())
+    else:
+        builder = foxtive.WorkerPoolBuilder("bench").add_worker(handler, id="noop")
     if W6 or W3:
         builder = builder.with_middleware(foxtive.RetryHandler(
             max_retries=1, initial_backoff=RETRY_DELAY, max_backoff=RETRY_DELAY, jitter=False))
@@ -568,18 +609,25 @@ def consume(workload: str, contender: str, queue: str, n: int, result: str,
     set_mode(workload)
     rec = Recorder(n, result, idle)
     redis_ = workload.endswith("redis")
-    if redis_ and contender in REDIS_CONSUMERS:
+    if redis_ and contender == "foxtive sync":
+        foxtive_redis_consume(queue, rec, sync=True)
+    elif redis_ and contender in REDIS_CONSUMERS:
         REDIS_CONSUMERS[contender](queue, rec)
-    elif contender == "foxtive":
+    elif contender == "asyncio bound":
+        asyncio.run(asyncio_bound(rec, n))
+    elif contender in ("foxtive", "foxtive sync"):
         import foxtive
 
         async def fox_handler(message: foxtive.Message) -> None:
             await async_work(rec, id_of(message.id), sent_of(message.body))
 
-        pool = fox_pool(fox_handler)
+        pool = fox_pool(fox_handler, rec, (lambda m: id_of(m.id)) if contender == "foxtive sync"
+                        else None)
+        # README: prefetch about twice the concurrency, so a finished handler
+        # finds its next message already here.
         backend = foxtive.RabbitMqBackend(AMQP_URL, foxtive.RabbitMqConsumerConfig(
             queue_name=queue,
-            prefetch_count=int(os.environ.get("W2_PREFETCH", 0)) or CONC or PREFETCH))
+            prefetch_count=int(os.environ.get("W2_PREFETCH", 0)) or 2 * CONC or PREFETCH))
         asyncio.run(pool.run_async(backend, handle_signals=False))
     elif contender == "aio-pika":
         import aio_pika
@@ -730,7 +778,7 @@ def redis_py_consume(stream: str, rec: Recorder) -> None:
         pipe.execute()
 
 
-def foxtive_redis_consume(stream: str, rec: Recorder) -> None:
+def foxtive_redis_consume(stream: str, rec: Recorder, sync: bool = False) -> None:
     import asyncio
 
     import foxtive
@@ -738,7 +786,7 @@ def foxtive_redis_consume(stream: str, rec: Recorder) -> None:
     async def handler(message: foxtive.Message) -> None:
         await async_work(rec, id_of(message.body), sent_of(message.body))
 
-    pool = fox_pool(handler)
+    pool = fox_pool(handler, rec, (lambda m: id_of(m.body)) if sync else None)
     config = foxtive.RedisStreamConsumerConfig(stream_name=stream, group_name="g",
                                                batch_size=100, delete_on_ack=True)
     backend = foxtive.RedisStreamBackend(REDIS_URL, config)
@@ -1074,8 +1122,8 @@ def prepublish(workload: str, name: str, kind: str, queue: str, n: int) -> None:
                                                                 "redis-py"))
     if workload == "w4-redis" and raw_redis:
         return fill_stream(queue, 0)  # the group, before the consumer starts
-    if workload in ("w1-memory", "w4-rabbitmq", "w4-redis"):
-        return  # W4 publishes while the contender runs (run_contender)
+    if workload in ("w1-memory", "w4-rabbitmq", "w4-redis") or name == "asyncio bound":
+        return  # W4 publishes while the contender runs (run_contender); no broker
     if raw_redis:
         return fill_stream(queue, n)
     if workload.endswith("rabbitmq") and name.startswith(("foxtive", "lapin ceiling",
