@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -379,6 +380,27 @@ def test_blocking_sync_handlers_get_more_threads(memory: foxtive.MemoryBackend) 
     assert pool.run_until_idle(memory, timeout=30)
     assert peak >= 16  # grew well past the initial two threads
     assert pool.stats()["processed"] == 200
+
+
+def test_cpu_bound_sync_handlers_do_not_pile_up_threads(
+        memory: foxtive.MemoryBackend) -> None:
+    """A handler that computes holds the GIL: more threads would only fight
+    over it, so the worker stays near its initial two (the limit is 32)."""
+    names: set[str] = set()
+
+    def compute(m: foxtive.Message) -> None:
+        names.add(threading.current_thread().name)
+        deadline = time.thread_time() + 0.003  # 3 ms of this thread's own CPU
+        while time.thread_time() < deadline:
+            pass
+
+    memory.publish_many_sync([b"x"] * 150)
+    pool = foxtive.WorkerPoolBuilder("p").add_worker(compute, id="cpu").build()
+    assert pool.run_until_idle(memory, timeout=60)
+    assert pool.stats()["processed"] == 150
+    # Blocking handlers reach 16+ threads on the same input (test above);
+    # a loaded machine may stretch wall time enough to add one or two.
+    assert len(names) <= 6, sorted(names)
 
 
 def test_sync_worker_subclass_with_sync_hooks(memory: foxtive.MemoryBackend) -> None:

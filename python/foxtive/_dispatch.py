@@ -47,6 +47,9 @@ _DRAIN_BATCH = 4096
 _FAST_HANDLER = 0.0001
 #: Sync handlers slower than this, with work waiting, get another thread.
 _BLOCKING_HANDLER = 0.001
+#: A slow handler gets another thread only if its wall time exceeds its
+#: thread's CPU time by this factor times the threads running (GIL waits).
+_OFF_CPU_FACTOR = 2
 #: Threads a plain-def worker starts with.
 _INITIAL_THREADS = 2
 
@@ -508,6 +511,7 @@ class Runner:
         lane = plan.lane
         max_batch = 1  # until the handler's speed is known
         clock = time.perf_counter
+        cpu_clock = time.thread_time
         while True:
             batch = engine.take(lane, max_batch, 0.25)
             if batch is None:
@@ -516,6 +520,7 @@ class Runner:
                 continue
             slot.batch = batch
             started = clock()
+            cpu_started = cpu_clock()
             for i, m in enumerate(batch):
                 slot.index = i
                 if self.stopping:
@@ -531,10 +536,18 @@ class Runner:
                         log.exception("failure handling of message %s failed", m.id)
             slot.batch = None
             engine.ack_many(batch)
-            per_message = (clock() - started) / len(batch)
+            elapsed = clock() - started
+            per_message = elapsed / len(batch)
             max_batch = min(plan.batch, max_batch * 4) if per_message < _FAST_HANDLER else 1
             if per_message > _BLOCKING_HANDLER and engine.lane_len(lane) > 0:
-                self._grow(plan)
+                # Another thread helps a handler that waits off the CPU (I/O,
+                # sleep), not one that computes: those share one GIL, so with
+                # n threads each runs about 1/n of the time, and every extra
+                # thread only adds GIL hand-offs (W5: 32 threads of a 1 ms
+                # CPU-bound handler spent half the CPU in the kernel).
+                threads = self.thread_counts.get(plan.index, 1)
+                if elapsed > _OFF_CPU_FACTOR * threads * (cpu_clock() - cpu_started):
+                    self._grow(plan)
 
     # ----------------------------------------------------------- shutdown
     async def _drain(self) -> None:
