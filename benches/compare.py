@@ -64,6 +64,10 @@ FOX = "foxtive"
 PEER = "peers"
 RUST = "rust"
 
+#: W2's reference for async handlers, the same on both brokers.
+ASYNCIO_BOUND = ("asyncio bound", FOX, "no broker: 100 coroutines each awaiting "
+                 "asyncio.sleep(10 ms) in a loop; the most any async handler can do here")
+
 CONTENDERS: dict[str, list[tuple[str, str, str]]] = {
     "w1-rabbitmq": [
         ("foxtive", FOX, f"prefetch {PREFETCH}, ack after handler (engine default, batched)"),
@@ -91,8 +95,7 @@ CONTENDERS: dict[str, list[tuple[str, str, str]]] = {
                          "with_concurrency_limit(100), async handler"),
         ("foxtive sync", FOX, "prefetch 200, plain def handler, Worker.concurrency 100 "
                               "(up to 100 threads), time.sleep"),
-        ("asyncio bound", FOX, "no broker: 100 coroutines each awaiting asyncio.sleep(10 ms) "
-                               "in a loop; the most any async handler can do here"),
+        ASYNCIO_BOUND,
         ("aio-pika", PEER, "prefetch 100, a task per delivery, manual ack after"),
         ("celery", PEER, "acks_late, pool=threads -c 100, prefetch_multiplier 1"),
         ("dramatiq", PEER, "100 worker threads, prefetch 2xthreads, ack after"),
@@ -102,8 +105,7 @@ CONTENDERS: dict[str, list[tuple[str, str, str]]] = {
         ("foxtive", FOX, "batch_size 100, delete_on_ack, with_concurrency_limit(100)"),
         ("foxtive sync", FOX, "batch_size 100, delete_on_ack, plain def handler, "
                               "Worker.concurrency 100 (up to 100 threads), time.sleep"),
-        ("asyncio bound", FOX, "no broker: 100 coroutines each awaiting asyncio.sleep(10 ms) "
-                               "in a loop; the most any async handler can do here"),
+        ASYNCIO_BOUND,
         ("dramatiq", PEER, "RedisBroker, 100 worker threads"),
         ("arq", PEER, "max_jobs 100, keep_result 0"),
         ("celery", PEER, "redis broker, acks_late, pool=threads -c 100, prefetch_multiplier 1"),
