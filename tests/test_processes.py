@@ -114,3 +114,20 @@ def test_two_processes_kill_one_then_drain_both(tmp_path: Path) -> None:
         if parent.poll() is None:
             parent.kill()
         asyncio.run(cleanup())
+
+
+def test_bad_io_threads_setting_is_a_config_error() -> None:
+    """FOXTIVE_IO_THREADS is read when the runtime first starts: a bad value
+    fails that first use with a ConfigError naming the setting."""
+    code = (
+        "import foxtive\n"
+        "pool = foxtive.WorkerPoolBuilder('p').add_worker(lambda m: None, id='w').build()\n"
+        "try:\n"
+        "    pool.run_until_idle(foxtive.MemoryBackend(), timeout=5)\n"
+        "except foxtive.ConfigError as e:\n"
+        "    print('ConfigError:', e)\n"
+    )
+    env = dict(os.environ, FOXTIVE_IO_THREADS="many")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert "ConfigError: FOXTIVE_IO_THREADS" in out.stdout, out.stdout + out.stderr

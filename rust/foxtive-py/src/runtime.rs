@@ -8,6 +8,8 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use tokio::runtime::Runtime;
 
+use crate::errors::config_error;
+
 struct Owned {
     pid: u32,
     runtime: Runtime,
@@ -20,17 +22,21 @@ static RUNTIME: OnceLock<Owned> = OnceLock::new();
 /// with any pool the GIL-bound Python side can feed; a second one mostly
 /// adds cross-thread wake-ups (measured: 9 % fewer messages per second on
 /// RabbitMQ with two, no difference on Redis; benches/RESULTS.md).
-fn io_threads() -> usize {
-    std::env::var("FOXTIVE_IO_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| *n >= 1)
-        .unwrap_or(1)
+fn io_threads() -> PyResult<usize> {
+    match std::env::var("FOXTIVE_IO_THREADS") {
+        Err(_) => Ok(1),
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if (1..=64).contains(&n) => Ok(n),
+            _ => Err(config_error(format!(
+                "FOXTIVE_IO_THREADS: must be an integer from 1 to 64, got {v:?}"
+            ))),
+        },
+    }
 }
 
-fn build() -> Owned {
+fn build(threads: usize) -> Owned {
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(io_threads())
+        .worker_threads(threads)
         .thread_name("foxtive-io")
         .enable_all()
         .build()
@@ -43,7 +49,14 @@ fn build() -> Owned {
 
 /// The runtime, or an error when used in a forked child.
 pub fn get() -> PyResult<&'static Runtime> {
-    let owned = RUNTIME.get_or_init(build);
+    let owned = match RUNTIME.get() {
+        Some(owned) => owned,
+        // A bad setting fails the first call that needs the runtime, clearly.
+        None => {
+            let threads = io_threads()?;
+            RUNTIME.get_or_init(|| build(threads))
+        }
+    };
     if owned.pid != std::process::id() {
         return Err(PyRuntimeError::new_err(
             "foxtive's runtime was started before fork(); use a fresh process \
