@@ -90,8 +90,8 @@ class Plan:
     def __init__(self, index: int, spec: WorkerSpec, lane: int, limit: int,
                  timeout: float | None, threads: int, batch: int,
                  batching: tuple[int, float] | None = None, *, grow: bool = True) -> None:
-        #: Threads start few and grow (no ``concurrency`` set); otherwise
-        #: all ``threads`` start at once.
+        #: No ``concurrency`` set: threads grow only while handlers wait off
+        #: the CPU. Set: while handlers take long, computing or not.
         self.grow = grow
         #: (batch_size, flush_interval) for a BatchWorker under BatchMiddleware.
         self.batching = batching
@@ -411,10 +411,9 @@ class Runner:
             self.loop.add_reader(fd, self._on_wake)
         for plan in self.plans:
             if not plan.on_loop:
-                start = min(_INITIAL_THREADS, plan.threads) if plan.grow else plan.threads
-                for _ in range(start):
+                for _ in range(min(_INITIAL_THREADS, plan.threads)):
                     self._grow(plan)
-        if any(p.grow and not p.on_loop for p in self.plans):
+        if any(not p.on_loop for p in self.plans):
             self.last_watch = (time.perf_counter(), time.process_time())
             self.watch_handle = self.loop.call_later(_WATCH_INTERVAL, self._watch_threads)
         try:
@@ -583,10 +582,9 @@ class Runner:
                 self._start_thread(plan)
 
     def _watch_threads(self) -> None:
-        """Grow workers without ``concurrency`` whose threads are all inside
-        handlers that wait off the CPU (I/O, a lock, a sleep) while messages
-        wait. Growth when a handler finishes cannot see a handler that
-        never does; this looks at the ones still running."""
+        """Grow thread workers whose threads are all inside long handlers
+        while messages wait. Growth when a handler finishes cannot see a
+        handler that never does; this looks at the ones still running."""
         self.watch_handle = None
         if self.stopping:
             return
@@ -598,7 +596,7 @@ class Runner:
         process_share = (cpu_now - cpu_then) / max(now - then, 1e-6)
         growing = False
         for plan in self.plans:
-            if plan.grow and not plan.on_loop:
+            if not plan.on_loop:
                 if self.thread_counts.get(plan.index, 0) < plan.threads:
                     growing = True
                     self._grow_if_stuck(plan, now, process_share)
@@ -608,6 +606,17 @@ class Runner:
     def _grow_if_stuck(self, plan: Plan, now: float, process_share: float) -> None:
         slots = self.plan_slots.get(plan.index, [])
         n = len(slots)
+        if not plan.grow:
+            # `concurrency` set: the user asked for that many handlers at
+            # once. Fast handlers run on few threads (GIL hand-offs are
+            # their main cost); as soon as every thread has been in one
+            # batch for _STUCK_HANDLER with work waiting, start as many
+            # threads as messages wait, up to the limit.
+            if n and all(s.started is not None and now - s.started >= _STUCK_HANDLER
+                         for s in slots):
+                for _ in range(min(self.engine.lane_len(plan.lane), plan.threads - n)):
+                    self._grow(plan)
+            return
         stuck = 0
         for slot in slots:
             started, busy, seen = slot.started, slot.busy(), slot.seen
@@ -631,12 +640,13 @@ class Runner:
             self._grow(plan)
 
     def _thread_main(self, plan: Plan, slot: _ThreadSlot) -> None:
-        # Without `concurrency`, threads start few (two cores make GIL
-        # hand-offs the main cost of fast handlers) and grow, up to the
-        # worker's limit, while handlers wait off the CPU and messages wait.
-        # With it, all threads start at once and take one message each.
-        # Fast handlers take big batches; slow ones take one message at a
-        # time so that waiting work spreads out.
+        # Threads start few (two cores make GIL hand-offs the main cost of
+        # fast handlers) and grow, up to the worker's limit, while handlers
+        # take long and messages wait: with `concurrency` set whatever the
+        # handler does, without it only while it waits off the CPU (here on
+        # finishing, in _watch_threads while still running). Fast handlers
+        # take big batches; slow ones take one message at a time so that
+        # waiting work spreads out.
         slot.bind()
         engine = self.engine
         fn = plan.spec.call
@@ -686,7 +696,10 @@ class Runner:
                 # thread only adds GIL hand-offs (W5: 32 threads of a 1 ms
                 # CPU-bound handler spent half the CPU in the kernel).
                 threads = self.thread_counts.get(plan.index, 1)
-                if elapsed > _OFF_CPU_FACTOR * threads * (cpu_clock() - cpu_started):
+                if not plan.grow or (
+                        elapsed > _OFF_CPU_FACTOR * threads * (cpu_clock() - cpu_started)):
+                    # `concurrency` set: slow handlers get their threads
+                    # whether they compute or not.
                     self._grow(plan)
 
     # ----------------------------------------------------------- shutdown

@@ -274,9 +274,9 @@ class WorkerPool:
             on_loop = (spec.is_async or timeout is not None or bool(self.middlewares)
                        or batching is not None)
             # A `def` worker that sets `concurrency` gets that many threads
-            # from the start (up to MAX_SYNC_THREADS), one message each:
-            # that many handlers run while messages wait, however long they
-            # block. Without it, threads start few and grow (see _dispatch).
+            # (up to MAX_SYNC_THREADS) as soon as its handlers block with
+            # messages waiting, whether they use the CPU or not. Without it,
+            # threads grow only while handlers wait off the CPU (_dispatch).
             fixed = spec.concurrency is not None
             if on_loop:
                 executor = (min(limit, MAX_SYNC_THREADS) if fixed
@@ -284,12 +284,8 @@ class WorkerPool:
                 plans.append(Plan(i, spec, 0, limit, timeout, executor, 0, batching,
                                   grow=not fixed))
             else:
-                if fixed:
-                    threads = min(limit, MAX_SYNC_THREADS)
-                    batch = max(1, limit // threads)
-                else:
-                    threads = min(limit, DEFAULT_SYNC_THREADS)
-                    batch = max(1, min(256, limit // 2))
+                threads = min(limit, MAX_SYNC_THREADS if fixed else DEFAULT_SYNC_THREADS)
+                batch = max(1, min(256, limit // 2))
                 lanes.append(False)
                 plans.append(Plan(i, spec, len(lanes) - 1, limit, None, threads, batch,
                                   grow=not fixed))
