@@ -289,3 +289,34 @@ def test_timed_out_dead_letter_says_what_and_how_long(
     assert "send_email" in dead.error_message, dead.error_message
     assert "0.25 s" in dead.error_message, dead.error_message
     assert dead.worker_id == "send_email"
+
+
+def test_blocked_loop_sync_worker_leaves_others_their_threads(
+        memory: foxtive.MemoryBackend) -> None:
+    """With Python middleware, ``def`` handlers run on threads driven from the
+    loop. A worker whose handlers block must not take another worker's
+    threads, and gets its own concurrency (on main all shared one pool of
+    64: the blocked worker's 100 messages filled it and queued behind it,
+    and the other worker's messages queued behind those, never to run)."""
+    blocked = Gate(100)
+    done = threading.Event()
+    lock = threading.Lock()
+    count = 0
+
+    def fast(m: foxtive.Message) -> None:
+        nonlocal count
+        with lock:
+            count += 1
+            if count == 200:
+                done.set()
+
+    memory.publish_many_sync([b"x"] * 400)
+    pool = (foxtive.WorkerPoolBuilder("p").with_middleware(foxtive.Middleware())
+            .add_worker(sync_worker("blocked", blocked.handler, 100))
+            .add_worker(sync_worker("fast", fast, 4)).build())
+    with until_idle(pool, memory, blocked) as result:
+        assert blocked.reached.wait(20), f"only {blocked.active} blocked handlers started"
+        assert done.wait(20), f"the other worker ran {count} of its 200 messages"
+        blocked.release.set()
+    assert result == [True]
+    assert pool.stats()["processed"] == 400
