@@ -22,6 +22,7 @@ import collections
 import contextlib
 import inspect
 import logging
+import os
 import signal
 import threading
 import time
@@ -50,8 +51,13 @@ _BLOCKING_HANDLER = 0.001
 #: A slow handler gets another thread only if its wall time exceeds its
 #: thread's CPU time by this factor times the threads running (GIL waits).
 _OFF_CPU_FACTOR = 2
-#: Threads a plain-def worker starts with.
+#: Threads a plain-def worker without ``concurrency`` starts with.
 _INITIAL_THREADS = 2
+#: How often the loop looks for handlers that are running but blocked.
+_WATCH_INTERVAL = 0.05
+#: A handler running at least this long counts as stuck in a wait if its
+#: thread is off the CPU.
+_STUCK_HANDLER = 0.01
 
 
 def _describe(exc: BaseException) -> str:
@@ -60,6 +66,12 @@ def _describe(exc: BaseException) -> str:
     except Exception:
         text = "<unprintable error>"
     return text[:2000]
+
+
+def _timed_out(plan: Plan, what: str) -> str:
+    """The text of the TimeoutError a dead letter keeps: asyncio's own has
+    none, so say which worker timed out and after how long."""
+    return f"{what} {plan.spec.id!r} timed out after {plan.timeout:g} s"
 
 
 async def _maybe_await(value: Any) -> Any:
@@ -72,12 +84,15 @@ async def _maybe_await(value: Any) -> Any:
 class Plan:
     """How one worker runs: its lane, mode, limit and the callable to invoke."""
 
-    __slots__ = ("batch", "batching", "call", "index", "lane", "limit", "spec", "threads",
-                 "timeout")
+    __slots__ = ("batch", "batching", "call", "grow", "index", "lane", "limit", "spec",
+                 "threads", "timeout")
 
     def __init__(self, index: int, spec: WorkerSpec, lane: int, limit: int,
                  timeout: float | None, threads: int, batch: int,
-                 batching: tuple[int, float] | None = None) -> None:
+                 batching: tuple[int, float] | None = None, *, grow: bool = True) -> None:
+        #: No ``concurrency`` set: threads grow only while handlers wait off
+        #: the CPU. Set: while handlers take long, computing or not.
+        self.grow = grow
         #: (batch_size, flush_interval) for a BatchWorker under BatchMiddleware.
         self.batching = batching
         self.index = index
@@ -85,6 +100,8 @@ class Plan:
         self.lane = lane
         self.limit = limit
         self.timeout = timeout
+        #: Most threads: the lane's own, or the executor's for a sync
+        #: handler run from the loop.
         self.threads = threads
         self.batch = batch
         self.call: Callable[[Message], Awaitable[None]] | Callable[[Message], Any] = spec.call
@@ -106,13 +123,53 @@ def _chain(middlewares: list[Middleware], final: Callable[[Message], Awaitable[N
 
 
 class _ThreadSlot:
-    """What one handler thread holds, so a forced stop can hand it back."""
+    """What one handler thread holds, so a forced stop can hand it back, and
+    since when, so the loop can tell a handler that waits from one that
+    computes."""
 
-    __slots__ = ("batch", "index")
+    __slots__ = ("batch", "clock", "index", "sched_fd", "seen", "started")
 
     def __init__(self) -> None:
         self.batch: list[Message] | None = None
         self.index = 0
+        #: perf_counter() when the current batch started; None when idle.
+        self.started: float | None = None
+        #: Ways to read, from the loop, the time this thread computed or
+        #: wanted to (None where the platform has none): Linux's schedstat
+        #: (CPU time + time runnable but waiting for a core, so a loaded
+        #: machine does not make a computing handler look blocked), else
+        #: the thread's CPU clock.
+        self.sched_fd: int | None = None
+        self.clock: int | None = None
+        #: (started, busy time, when) at the loop's last look.
+        self.seen: tuple[float | None, float | None, float] | None = None
+
+    def bind(self) -> None:
+        """Called by the thread itself: its clocks, readable from the loop."""
+        with contextlib.suppress(OSError, AttributeError):
+            self.sched_fd = os.open(f"/proc/self/task/{threading.get_native_id()}/schedstat",
+                                    os.O_RDONLY)
+        getclock = getattr(time, "pthread_getcpuclockid", None)
+        if getclock is not None:
+            with contextlib.suppress(OSError):
+                self.clock = getclock(threading.get_ident())
+
+    def busy(self) -> float | None:
+        """Seconds this thread ran or was runnable so far, if readable."""
+        fd = self.sched_fd
+        if fd is not None:
+            try:
+                fields = os.pread(fd, 128, 0).split()
+                return (int(fields[0]) + int(fields[1])) / 1e9
+            except (OSError, ValueError, IndexError):  # the thread ended
+                return None
+        clock = self.clock
+        if clock is None:
+            return None
+        try:
+            return time.clock_gettime(clock)
+        except OSError:  # the thread ended meanwhile
+            return None
 
 
 class _LoopWorker:
@@ -195,8 +252,14 @@ class _LoopWorker:
             if timeout is None:
                 await self.call(message)
             else:
-                async with asyncio.timeout(timeout):
-                    await self.call(message)
+                limit = asyncio.timeout(timeout)
+                try:
+                    async with limit:
+                        await self.call(message)
+                except TimeoutError:
+                    if not limit.expired():
+                        raise  # the handler's own TimeoutError (a socket's, say)
+                    raise TimeoutError(_timed_out(self.plan, "handler")) from None
         except BaseException as exc:
             self.runner.failed(self.plan, message, exc, on_loop=True)
         else:
@@ -241,8 +304,15 @@ class _BatchWorker(_LoopWorker):
             if timeout is None:
                 await self.process_batch(batch)
             else:
-                async with asyncio.timeout(timeout):
-                    await self.process_batch(batch)
+                limit = asyncio.timeout(timeout)
+                try:
+                    async with limit:
+                        await self.process_batch(batch)
+                except TimeoutError:
+                    if not limit.expired():
+                        raise
+                    text = f"{_timed_out(self.plan, 'batch handler')} ({len(batch)} messages)"
+                    raise TimeoutError(text) from None
         except BaseException as exc:
             task = asyncio.current_task()
             if (isinstance(exc, asyncio.CancelledError) and runner.stopping
@@ -274,7 +344,7 @@ class Runner:
         self.force_event = asyncio.Event()
         self.acks: list[Message] = []
         self.ack_scheduled = False
-        self.executor: ThreadPoolExecutor | None = None
+        self.executors: list[ThreadPoolExecutor] = []
         self.loop_workers: list[_LoopWorker | None] = []
         self.only_loop_worker: _LoopWorker | None = None
         self.threads: list[threading.Thread] = []
@@ -282,6 +352,10 @@ class Runner:
         self.signals: list[int] = []
         self.grow_lock = threading.Lock()
         self.thread_counts: dict[int, int] = {}
+        #: Slots of each thread worker's threads, by plan index.
+        self.plan_slots: dict[int, list[_ThreadSlot]] = {}
+        self.watch_handle: asyncio.TimerHandle | None = None
+        self.last_watch = (0.0, 0.0)
         self.idle_reached = False
         #: ``callback(worker_id, message, error)`` for every handler failure
         #: (``WorkerPool.on_failure``); the pool hands over its own list.
@@ -290,17 +364,19 @@ class Runner:
 
     # ---------------------------------------------------------------- set-up
     def _prepare(self) -> None:
-        loop_sync = [p for p in self.plans if p.on_loop and not p.spec.is_async]
-        if loop_sync:
-            self.executor = ThreadPoolExecutor(
-                max_workers=min(64, sum(p.limit for p in loop_sync)),
-                thread_name_prefix="foxtive-handler",
-            )
         for plan in self.plans:
             if plan.on_loop:
                 final = plan.spec.call
                 if not plan.spec.is_async:
-                    final = self._in_executor(plan.spec.call)
+                    # One executor per worker, as large as its concurrency:
+                    # a worker whose handlers block cannot take another's
+                    # threads.
+                    executor = ThreadPoolExecutor(
+                        max_workers=max(1, plan.threads),
+                        thread_name_prefix=f"foxtive-handler-{plan.spec.id}",
+                    )
+                    self.executors.append(executor)
+                    final = self._in_executor(plan.spec.call, executor)
                 plan.call = _chain(self.middlewares, final) if self.middlewares else final
                 if plan.batching is not None:
                     size, interval = plan.batching
@@ -313,9 +389,9 @@ class Runner:
         if len(on_loop) == 1 and len(self.plans) == 1:
             self.only_loop_worker = on_loop[0]
 
-    def _in_executor(self, fn: Callable[[Message], Any]) -> Callable[[Message], Awaitable[Any]]:
+    def _in_executor(self, fn: Callable[[Message], Any], executor: ThreadPoolExecutor
+                     ) -> Callable[[Message], Awaitable[Any]]:
         loop = self.loop
-        executor = self.executor
 
         def call(message: Message) -> Awaitable[Any]:
             return loop.run_in_executor(executor, fn, message)
@@ -337,6 +413,9 @@ class Runner:
             if not plan.on_loop:
                 for _ in range(min(_INITIAL_THREADS, plan.threads)):
                     self._grow(plan)
+        if any(not p.on_loop for p in self.plans):
+            self.last_watch = (time.perf_counter(), time.process_time())
+            self.watch_handle = self.loop.call_later(_WATCH_INTERVAL, self._watch_threads)
         try:
             self.pull()
             await self.stop_event.wait()
@@ -490,6 +569,7 @@ class Runner:
         t = threading.Thread(target=self._thread_main, args=(plan, slot),
                              name=f"foxtive-{plan.spec.id}-{n}", daemon=True)
         self.slots.append(slot)
+        self.plan_slots.setdefault(plan.index, []).append(slot)
         self.threads.append(t)
         t.start()
 
@@ -501,17 +581,85 @@ class Runner:
                 self.thread_counts[plan.index] = running + 1
                 self._start_thread(plan)
 
+    def _watch_threads(self) -> None:
+        """Grow thread workers whose threads are all inside long handlers
+        while messages wait. Growth when a handler finishes cannot see a
+        handler that never does; this looks at the ones still running."""
+        self.watch_handle = None
+        if self.stopping:
+            return
+        now, cpu_now = time.perf_counter(), time.process_time()
+        then, cpu_then = self.last_watch
+        self.last_watch = (now, cpu_now)
+        # Where a thread's own CPU clock cannot be read: the process's share
+        # of one core since the last look.
+        process_share = (cpu_now - cpu_then) / max(now - then, 1e-6)
+        growing = False
+        for plan in self.plans:
+            if not plan.on_loop:
+                if self.thread_counts.get(plan.index, 0) < plan.threads:
+                    growing = True
+                    self._grow_if_stuck(plan, now, process_share)
+        if growing:
+            self.watch_handle = self.loop.call_later(_WATCH_INTERVAL, self._watch_threads)
+
+    def _grow_if_stuck(self, plan: Plan, now: float, process_share: float) -> None:
+        slots = self.plan_slots.get(plan.index, [])
+        n = len(slots)
+        if not plan.grow:
+            # `concurrency` set: the user asked for that many handlers at
+            # once. Fast handlers run on few threads (GIL hand-offs are
+            # their main cost); as soon as every thread has been in one
+            # batch for _STUCK_HANDLER with work waiting, start as many
+            # threads as messages wait, up to the limit.
+            if n and all(s.started is not None and now - s.started >= _STUCK_HANDLER
+                         for s in slots):
+                for _ in range(min(self.engine.lane_len(plan.lane), plan.threads - n)):
+                    self._grow(plan)
+            return
+        stuck = 0
+        for slot in slots:
+            started, busy, seen = slot.started, slot.busy(), slot.seen
+            slot.seen = (started, busy, now)
+            if started is None or seen is None or seen[0] != started:
+                continue  # free, or a new batch since the last look
+            if now - started < _STUCK_HANDLER:
+                continue
+            if busy is None or seen[1] is None:
+                if process_share < 0.5:
+                    stuck += 1
+            elif (busy - seen[1]) * _OFF_CPU_FACTOR * n < now - seen[2]:
+                # Ran (or was runnable) less than 1/(2n) of the time since
+                # the last look: waiting on I/O, a lock or a sleep, not
+                # computing nor taking its turn at the GIL.
+                stuck += 1
+        waiting = self.engine.lane_len(plan.lane) if n and stuck == n else 0
+        # Every thread waits off the CPU with work waiting: double, within
+        # the limit and the messages waiting.
+        for _ in range(min(waiting, n, plan.threads - n)):
+            self._grow(plan)
+
     def _thread_main(self, plan: Plan, slot: _ThreadSlot) -> None:
         # Threads start few (two cores make GIL hand-offs the main cost of
         # fast handlers) and grow, up to the worker's limit, while handlers
-        # block and messages wait. Fast handlers take big batches; slow ones
-        # take one message at a time so that waiting work spreads out.
+        # take long and messages wait: with `concurrency` set whatever the
+        # handler does, without it only while it waits off the CPU (here on
+        # finishing, in _watch_threads while still running). Fast handlers
+        # take big batches; slow ones take one message at a time so that
+        # waiting work spreads out.
+        slot.bind()
         engine = self.engine
         fn = plan.spec.call
         lane = plan.lane
         max_batch = 1  # until the handler's speed is known
         clock = time.perf_counter
-        cpu_clock = time.thread_time
+        # The thread's CPU time, plus (Linux) the time it was runnable but
+        # waiting for a core: on a loaded machine a computing handler's wall
+        # time stretches, and that must not read as waiting on I/O.
+        cpu_clock: Callable[[], float] = time.thread_time
+        if slot.sched_fd is not None and slot.busy() is not None:
+            def cpu_clock() -> float:
+                return slot.busy() or 0.0
         while True:
             batch = engine.take(lane, max_batch, 0.25)
             if batch is None:
@@ -521,6 +669,7 @@ class Runner:
             slot.batch = batch
             started = clock()
             cpu_started = cpu_clock()
+            slot.started = started
             for i, m in enumerate(batch):
                 slot.index = i
                 if self.stopping:
@@ -534,6 +683,7 @@ class Runner:
                         self.failed(plan, m, exc, on_loop=False)
                     except BaseException:
                         log.exception("failure handling of message %s failed", m.id)
+            slot.started = None
             slot.batch = None
             engine.ack_many(batch)
             elapsed = clock() - started
@@ -546,12 +696,18 @@ class Runner:
                 # thread only adds GIL hand-offs (W5: 32 threads of a 1 ms
                 # CPU-bound handler spent half the CPU in the kernel).
                 threads = self.thread_counts.get(plan.index, 1)
-                if elapsed > _OFF_CPU_FACTOR * threads * (cpu_clock() - cpu_started):
+                if not plan.grow or (
+                        elapsed > _OFF_CPU_FACTOR * threads * (cpu_clock() - cpu_started)):
+                    # `concurrency` set: slow handlers get their threads
+                    # whether they compute or not.
                     self._grow(plan)
 
     # ----------------------------------------------------------- shutdown
     async def _drain(self) -> None:
         self.stopping = True
+        if self.watch_handle is not None:
+            self.watch_handle.cancel()
+            self.watch_handle = None
         await self.engine.begin_drain()
         # Taken from the core but not started: back to the broker, untried.
         for w in self.loop_workers:
@@ -592,5 +748,11 @@ class Runner:
         self.flush_acks()
         await self._teardown()
         await self.engine.finish()
-        if self.executor is not None:
-            self.executor.shutdown(wait=False, cancel_futures=True)
+        for executor in self.executors:
+            executor.shutdown(wait=False, cancel_futures=True)
+        # Only the loop's watcher read these, and it has stopped.
+        for slot in self.slots:
+            if slot.sched_fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(slot.sched_fd)
+                slot.sched_fd = None

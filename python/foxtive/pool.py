@@ -36,6 +36,9 @@ DEFAULT_CONCURRENCY_LIMIT = 1000
 DEFAULT_SYNC_THREADS = 32
 #: Never more threads than this for one worker.
 MAX_SYNC_THREADS = 256
+#: Threads a plain ``def`` worker run on the event loop (it has a timeout or
+#: the pool has Python middleware) may use when it sets no ``concurrency``.
+DEFAULT_LOOP_SYNC_THREADS = 64
 
 
 class LoadBalancingStrategy(enum.StrEnum):
@@ -270,14 +273,22 @@ class WorkerPool:
                 batching = (self.batching.config.batch_size, self.batching.config.flush_interval)
             on_loop = (spec.is_async or timeout is not None or bool(self.middlewares)
                        or batching is not None)
+            # A `def` worker that sets `concurrency` gets that many threads
+            # (up to MAX_SYNC_THREADS) as soon as its handlers block with
+            # messages waiting, whether they use the CPU or not. Without it,
+            # threads grow only while handlers wait off the CPU (_dispatch).
+            fixed = spec.concurrency is not None
             if on_loop:
-                plans.append(Plan(i, spec, 0, limit, timeout, 0, 0, batching))
+                executor = (min(limit, MAX_SYNC_THREADS) if fixed
+                            else min(limit, DEFAULT_LOOP_SYNC_THREADS))
+                plans.append(Plan(i, spec, 0, limit, timeout, executor, 0, batching,
+                                  grow=not fixed))
             else:
-                default = min(limit, DEFAULT_SYNC_THREADS)
-                threads = min(limit, MAX_SYNC_THREADS) if spec.concurrency else default
+                threads = min(limit, MAX_SYNC_THREADS if fixed else DEFAULT_SYNC_THREADS)
                 batch = max(1, min(256, limit // 2))
                 lanes.append(False)
-                plans.append(Plan(i, spec, len(lanes) - 1, limit, None, threads, batch))
+                plans.append(Plan(i, spec, len(lanes) - 1, limit, None, threads, batch,
+                                  grow=not fixed))
         return plans, lanes
 
     def _new_engine(self, backend: Any, plans: list[Plan], lanes: list[bool]) -> _core.Engine:
