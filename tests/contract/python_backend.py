@@ -53,7 +53,7 @@ class ContractPythonBackend(foxtive.Backend):
 
     def _take(self, max_messages: int) -> list[foxtive.Incoming]:
         now = time.monotonic()
-        out = []
+        out: list[foxtive.Incoming] = []
         with self._lock:
             while self._delayed and self._delayed[0][0] <= now:
                 self._ready.append(heapq.heappop(self._delayed)[2])

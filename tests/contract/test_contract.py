@@ -114,7 +114,7 @@ async def test_settle_once(kit: BackendKit) -> None:
         calls[m.body] += 1
         await m.ack()
         assert m.settled
-        second: dict[str, Callable[[], Awaitable[None]]] = {
+        second: dict[str, Callable[[], Awaitable[object]]] = {
             "ack": m.ack,
             "nack": lambda: m.nack(requeue=True),
             "retry": lambda: m.retry(delay=0),
@@ -359,7 +359,7 @@ def test_attempt_survives_a_worker_restart(kit: BackendKit) -> None:
 @pytest.mark.requires(CROSS_PROCESS)
 def test_sigkill_mid_stream_loses_nothing(kit: BackendKit) -> None:
     sent = {f"k-{i}" for i in range(300)}
-    asyncio.run(kit.backend().publish_many(sorted(sent)))
+    asyncio.run(kit.backend().publish_many([s.encode() for s in sorted(sent)]))
     args = ("--delay", "0.05", "--concurrency", "10")
     victim = Worker(kit, *args)
     try:

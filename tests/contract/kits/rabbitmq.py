@@ -83,7 +83,7 @@ class RabbitMqKit(BackendKit):
                     out.append(DeadRecord(
                         body=m.body, message_id=m.message_id,
                         error_type=text("x-foxtive-error-type"),
-                        attempts=None if attempts is None else int(attempts),
+                        attempts=None if attempts is None else int(str(attempts)),
                         source_queue=text("x-foxtive-source-queue"), raw=h))
             finally:
                 await conn.close()

@@ -39,7 +39,9 @@ class RedisStreamsKit(BackendKit):
 
     def dead_letters(self) -> list[DeadRecord]:
         out = []
-        for _entry_id, fields in self.r.xrange(f"{self.queue}:dlq"):
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = self.r.xrange(  # type: ignore[assignment]
+            f"{self.queue}:dlq")
+        for _entry_id, fields in entries:
             f: dict[str, Any] = {k.decode(): v for k, v in fields.items()}
 
             def text(key: str, f: dict[str, Any] = f) -> str | None:
