@@ -2,7 +2,11 @@
 
 A case marked ``@pytest.mark.requires(CAPABILITY, ...)`` is generated only
 for kits declaring those capabilities, so a kit that cannot run a case does
-not show up as a skipped test: it simply has no such case."""
+not show up as a skipped test: it simply has no such case.
+
+``@pytest.mark.known_bug(KIT, reason=...)`` marks the case for that kit only
+as ``xfail(strict=True)``: it fails today because of a bug in foxtive, and
+starts failing the suite (XPASS) the day the bug is fixed, so the mark goes."""
 
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ KITS = load_kits()
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "requires(*capabilities): generate the case only for kits that have them")
+    config.addinivalue_line(
+        "markers", "known_bug(*kits, reason): a strict xfail for those kits only")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -28,8 +34,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         needed.update(mark.args)
     unknown = needed - CAPABILITIES
     assert not unknown, f"{metafunc.function.__name__}: unknown capabilities {sorted(unknown)}"
-    names = [name for name, kit in KITS.items() if needed <= kit.capabilities]
-    metafunc.parametrize("kit", names, indirect=True)
+    bugs: dict[str, str] = {}
+    for mark in metafunc.definition.iter_markers("known_bug"):
+        for name in mark.args:
+            assert name in KITS, f"known_bug: no kit named {name!r}"
+            bugs[name] = mark.kwargs["reason"]
+    params = [
+        pytest.param(name, id=name, marks=[pytest.mark.xfail(strict=True, reason=bugs[name])]
+                     if name in bugs else [])
+        for name, kit in KITS.items() if needed <= kit.capabilities
+    ]
+    metafunc.parametrize("kit", params, indirect=True)
 
 
 @pytest.fixture

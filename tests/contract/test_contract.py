@@ -268,6 +268,32 @@ async def test_graceful_stop_hands_back_unfinished_work(kit: BackendKit) -> None
     assert await judge(kit.waiting) == 0
 
 
+@pytest.mark.known_bug("redis_streams", reason=(
+    "Redis Streams: an entry handed back at graceful shutdown is released with XCLAIM "
+    "RETRYCOUNT count-1, so its next delivery has delivery_count 1 and "
+    "codec.rs sets redelivered = attempt > 1 || delivery_count > 1 = False"))
+async def test_handed_back_work_comes_back_redelivered_same_attempt(kit: BackendKit) -> None:
+    backend = kit.backend()
+    await backend.publish_many([b"held-0", b"held-1"])
+    started: list[bytes] = []
+
+    async def handler(m: foxtive.Message) -> None:
+        started.append(m.body)
+        await asyncio.sleep(3600)
+
+    pool = pool_of(handler, shutdown_timeout=0.2)
+    async with running(pool, backend):
+        await until(lambda: len(started) == 2, "both to start")
+    seen: dict[bytes, tuple[int, bool]] = {}
+
+    async def second(m: foxtive.Message) -> None:
+        seen[m.body] = (m.attempt, m.redelivered)
+
+    assert await pool_of(second).run_until_idle_async(kit.backend(), timeout=60)
+    # A hand-back is not a failed attempt, but the broker did deliver it before.
+    assert seen == {b"held-0": (1, True), b"held-1": (1, True)}
+
+
 @pytest.mark.requires(DROP_CONNECTION)
 async def test_reconnect_after_the_broker_drops_the_connection(kit: BackendKit) -> None:
     backend = kit.backend()
