@@ -48,20 +48,26 @@ def pool_of(handler: Callable[[foxtive.Message], Awaitable[None]], *, concurrenc
 
 
 @asynccontextmanager
-async def running(pool: foxtive.WorkerPool, backend: foxtive.Backend) -> AsyncIterator[None]:
+async def running(pool: foxtive.WorkerPool,
+                  backend: foxtive.Backend) -> AsyncIterator[asyncio.Future[None]]:
     """Run ``pool`` on this loop; stop it gracefully (and wait) on exit."""
     task = asyncio.ensure_future(pool.run_async(backend, handle_signals=False))
     try:
-        yield
+        yield task
     finally:
         pool.shutdown()
         await asyncio.wait_for(task, 60)
 
 
-async def until(predicate: Callable[[], bool], what: str, timeout: float = SOON) -> None:
-    """Wait, without blocking the loop, until ``predicate()`` holds."""
+async def until(predicate: Callable[[], bool], what: str, timeout: float = SOON,
+                pool: asyncio.Future[None] | None = None) -> None:
+    """Wait, without blocking the loop, until ``predicate()`` holds (while
+    the ``pool`` task, if given, still runs)."""
     deadline = time.monotonic() + timeout
     while not predicate():
+        if pool is not None and pool.done():
+            pool.result()  # its error, if it failed
+            raise AssertionError(f"the pool stopped while waiting for {what}")
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.01)
@@ -168,9 +174,9 @@ async def test_long_retry_never_holds_back_a_short_one(kit: BackendKit) -> None:
             short_again.set()
 
     pool = pool_of(handler)
-    async with running(pool, backend):
+    async with running(pool, backend) as task:
         # B's 0.5 s retry comes back while A's 20 s one still waits.
-        await asyncio.wait_for(short_again.wait(), 15)
+        await until(short_again.is_set, "the short retry", timeout=15, pool=task)
         assert (b"long", 2) not in seen
         await judged(kit.waiting, 1, "the long retry waits in the broker")
         assert (b"long", 2) not in seen
@@ -247,10 +253,10 @@ async def test_publish_with_delay(kit: BackendKit) -> None:
         got[m.body] = time.monotonic() - t0
 
     pool = pool_of(handler)
-    async with running(pool, backend):
-        await until(lambda: b"now" in got, "the undelayed message")
+    async with running(pool, backend) as task:
+        await until(lambda: b"now" in got, "the undelayed message", pool=task)
         assert b"later" not in got
-        await until(lambda: b"later" in got, "the delayed message")
+        await until(lambda: b"later" in got, "the delayed message", pool=task)
     assert got[b"later"] >= delay - 0.05, got
     assert await judge(kit.waiting) == 0
 
@@ -270,8 +276,9 @@ async def test_graceful_stop_hands_back_unfinished_work(kit: BackendKit) -> None
         finished.append(m.body)
 
     pool = pool_of(handler, concurrency=10, shutdown_timeout=0.5)
-    async with running(pool, backend):
-        await until(lambda: len(finished) == 3 and len(blocked) == 4, "all seven to start")
+    async with running(pool, backend) as task:
+        await until(lambda: len(finished) == 3 and len(blocked) == 4, "all seven to start",
+                    pool=task)
     assert sorted(finished) == quick
     assert pool.stats()["processed"] == 3
     # The unfinished ones are back in the broker, not acked, not dead.
@@ -302,8 +309,8 @@ async def test_handed_back_work_comes_back_redelivered_same_attempt(kit: Backend
         await asyncio.sleep(3600)
 
     pool = pool_of(handler, shutdown_timeout=0.2)
-    async with running(pool, backend):
-        await until(lambda: len(started) == 2, "both to start")
+    async with running(pool, backend) as task:
+        await until(lambda: len(started) == 2, "both to start", pool=task)
     seen: dict[bytes, tuple[int, bool]] = {}
 
     async def second(m: foxtive.Message) -> None:
@@ -330,15 +337,16 @@ async def test_reconnect_after_the_broker_drops_the_connection(kit: BackendKit) 
         seen[m.body] += 1
 
     pool = pool_of(handler, concurrency=10)
-    async with running(pool, backend):
-        await until(lambda: len(seen) >= 20, "20 messages before the drop")
+    async with running(pool, backend) as task:
+        await until(lambda: len(seen) >= 20, "20 messages before the drop", pool=task)
         assert await judge(lambda: kit.drop_connections(os.getpid())) >= 1
         gate.set()
         # The same backend publishes again, over a new connection.
         await backend.publish_many(after)
-        await until(lambda: set(first + after) <= set(seen), "every message after the drop")
+        await until(lambda: set(first + after) <= set(seen), "every message after the drop",
+                    pool=task)
         assert isinstance(backend, NativeBackend)
-        await until(lambda: backend.state == "connected", "the backend to be connected")
+        await until(lambda: backend.state == "connected", "the backend to be connected", pool=task)
         assert backend.reconnect_attempts >= 1
     assert await judge(kit.waiting) == 0
     assert await judge(kit.dead_letters) == []
