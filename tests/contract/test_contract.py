@@ -363,7 +363,12 @@ class Worker:
             [sys.executable, "-m", "tests.contract.worker", kit.name, kit.queue, *args],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines = Lines(self.proc)
-        self.lines.wait_count(1, "ready")
+        try:
+            self.lines.wait_count(1, "ready")
+        except AssertionError:
+            self.kill()
+            err = self.proc.stderr.read() if self.proc.stderr else ""
+            raise AssertionError(f"the {kit.name} worker did not start: {err[-2000:]}") from None
 
     def events(self, kind: str) -> list[tuple[str, int]]:
         out = []
