@@ -1,0 +1,1 @@
+"""One module per backend kit; each is imported by ``kit.load_kits``."""
