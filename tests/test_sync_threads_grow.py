@@ -5,17 +5,11 @@ from __future__ import annotations
 
 import threading
 
-import pytest
-
 import foxtive
 
 from .redis_support import running_pool, wait_for
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_dispatch._thread_main decides to add a thread only after a handler call returns; "
-    "while the two initial threads are blocked in handlers that wait off the CPU, no "
-    "thread is added, so waiting messages never start although concurrency allows them"))
 def test_blocked_handlers_do_not_hold_back_waiting_messages() -> None:
     backend = foxtive.MemoryBackend("sync-threads")
     backend.publish_many_sync([b"block-a", b"block-b", b"after-0", b"after-1"])
