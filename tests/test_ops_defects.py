@@ -188,7 +188,8 @@ def test_reconnect_warning_hides_a_query_password(tcp_redis: OwnRedis) -> None:
     stream = f"ops7r:{uuid.uuid4().hex[:10]}"
     backend = foxtive.RedisStreamBackend(
         url, foxtive.RedisStreamConsumerConfig(stream_name=stream, group_name="g"))
-    pool = foxtive.WorkerPoolBuilder("ops7r").add_worker(lambda m: None, id="w").build()
+    pool = (foxtive.WorkerPoolBuilder("ops7r").add_worker(lambda m: None, id="w")
+            .with_shutdown_timeout(5).build())
     warned = threading.Event()
 
     class Watch(logging.Handler):
@@ -231,21 +232,31 @@ def test_cli_output_hides_a_query_password(unix_redis: OwnRedis) -> None:
 
 
 # --------------------------------------------------------------- item 8
+def _pythonpath(app_dir: Path) -> str:
+    return os.pathsep.join(p for p in (str(app_dir), os.environ.get("PYTHONPATH")) if p)
+
+
 APP = textwrap.dedent(
     """
-    import os
+    import os, threading, time
     import foxtive
 
-    def handle(message):
-        if os.environ.get("CRASH_AFTER_START"):
-            os._exit(78)  # a crash after start-up, whatever its code
+    def crash_once_running(pool, backend):
+        while backend.state != "connected" or pool.stats()["state"] != "running":
+            time.sleep(0.05)
+        time.sleep(0.5)
+        os._exit(78)  # a crash after start-up, with the start-up failure's code
 
     def make_pool():
         backend = foxtive.RedisStreamBackend(
             os.environ["APP_URL"],
             foxtive.RedisStreamConsumerConfig(stream_name=os.environ["STREAM"], group_name="g"))
-        return (foxtive.WorkerPoolBuilder("ops8").add_worker(handle, id="w")
+        pool = (foxtive.WorkerPoolBuilder("ops8").add_worker(lambda m: None, id="w")
                 .with_backend(backend).build())
+        if os.environ.get("CRASH_AFTER_START"):
+            threading.Thread(target=crash_once_running, args=(pool, backend),
+                             daemon=True).start()
+        return pool
     """
 )
 
@@ -254,7 +265,8 @@ def test_processes_stop_after_repeated_auth_failures_at_start_up(
         tmp_path: Path, tcp_redis: OwnRedis) -> None:
     wrong = "wr0ng-" + SECRET
     (tmp_path / "ops8_app.py").write_text(APP)
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "STREAM": f"ops8:{uuid.uuid4().hex[:8]}",
+    env = {**os.environ, "PYTHONPATH": _pythonpath(tmp_path),
+           "STREAM": f"ops8:{uuid.uuid4().hex[:8]}",
            "APP_URL": f"redis://127.0.0.1:{tcp_redis.port}/0?password={wrong}"}
     t0 = time.monotonic()
     try:
@@ -264,6 +276,7 @@ def test_processes_stop_after_repeated_auth_failures_at_start_up(
     except subprocess.TimeoutExpired as e:
         raise AssertionError(f"still restarting after {time.monotonic() - t0:.0f} s") from e
     assert out.returncode == 78, out.stderr[-2000:]
+    assert time.monotonic() - t0 < 90
     last = out.stderr.strip().splitlines()[-1]
     assert "giving up" in last, last
     assert re.search(r"authentication ?failed|WRONGPASS|invalid username-password", last,
@@ -271,14 +284,13 @@ def test_processes_stop_after_repeated_auth_failures_at_start_up(
     assert wrong not in out.stderr + out.stdout and SECRET not in out.stderr + out.stdout
 
 
+@pytest.mark.timeout(240)
 def test_processes_keep_restarting_a_child_that_crashes_after_start_up(
         tmp_path: Path, tcp_redis: OwnRedis) -> None:
     stream = f"ops8c:{uuid.uuid4().hex[:8]}"
-    client = tcp_redis.client()
-    for _ in range(20):
-        client.xadd(stream, {"body": b"boom"})
     (tmp_path / "ops8_app.py").write_text(APP)
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "STREAM": stream, "CRASH_AFTER_START": "1",
+    env = {**os.environ, "PYTHONPATH": _pythonpath(tmp_path), "STREAM": stream,
+           "CRASH_AFTER_START": "1",
            "APP_URL": f"redis://127.0.0.1:{tcp_redis.port}/0?password={SECRET}"}
     parent = subprocess.Popen([sys.executable, "-m", "foxtive", "run", "ops8_app:make_pool",
                                "--processes", "2", "--shutdown-timeout", "2"],

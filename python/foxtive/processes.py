@@ -145,8 +145,6 @@ def run_processes(target: str, processes: int, child_args: Sequence[str],
                 spawn(child)
         stop.wait(0.1)
 
-    if gave_up is not None:
-        _report_start_limit(gave_up)
     # Drain: every child gets SIGTERM and the shutdown timeout to finish.
     log.info("stopping %d children", processes)
     for child in children:
@@ -166,7 +164,10 @@ def run_processes(target: str, processes: int, child_args: Sequence[str],
         child.read_status()
         if rc != 0:
             code = 1
-    return EX_CONFIG if gave_up is not None else code
+    if gave_up is not None:
+        _report_start_limit(gave_up)  # last, so that it is the last line on stderr
+        return EX_CONFIG
+    return code
 
 
 def _report_start_limit(child: _Child) -> None:
