@@ -61,10 +61,10 @@ class _Child:
         if self.status_fd is None:
             return ""
         chunks = []
-        try:
+        try:  # non-blocking: a grandchild may still hold the write end
             while chunk := os.read(self.status_fd, 65536):
                 chunks.append(chunk)
-        except OSError:
+        except OSError:  # BlockingIOError included: what was written is read
             pass
         finally:
             os.close(self.status_fd)
@@ -116,6 +116,7 @@ def run_processes(target: str, processes: int, child_args: Sequence[str],
             raise
         finally:
             os.close(write_fd)
+        os.set_blocking(read_fd, False)
         child.status_fd = read_fd
         child.started = time.monotonic()
         print(f"foxtive: child {child.index} started (pid {child.proc.pid})", flush=True)
