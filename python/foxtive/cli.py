@@ -73,22 +73,32 @@ def cmd_run(args: argparse.Namespace) -> int:
         return run_processes(args.target, processes, child_args,
                              30.0 if shutdown_timeout is None else shutdown_timeout,
                              health_port)
-    pool = _pool_from(args.target)
-    if shutdown_timeout is not None:
-        pool.shutdown_timeout = seconds("shutdown_timeout", shutdown_timeout)
-    if concurrency is not None:
-        pool.concurrency_limit = integer("concurrency", concurrency, minimum=1)
-    server = None
-    if health_port is not None:
-        from .observe import HealthServer
+    from .processes import StartupGuard
 
-        host = os.environ.get("FOXTIVE_HEALTH_HOST", "127.0.0.1")
-        server = HealthServer(pool, host=host, port=health_port).start()
+    guard = StartupGuard()  # a child of --processes N: exit 78 on a start-up error
     try:
-        pool.run()
-    finally:
-        if server is not None:
-            server.stop()
+        pool = _pool_from(args.target)
+        if shutdown_timeout is not None:
+            pool.shutdown_timeout = seconds("shutdown_timeout", shutdown_timeout)
+        if concurrency is not None:
+            pool.concurrency_limit = integer("concurrency", concurrency, minimum=1)
+        server = None
+        if health_port is not None:
+            from .observe import HealthServer
+
+            host = os.environ.get("FOXTIVE_HEALTH_HOST", "127.0.0.1")
+            server = HealthServer(pool, host=host, port=health_port).start()
+        guard.watch(pool)
+        try:
+            pool.run()
+        finally:
+            if server is not None:
+                server.stop()
+    except Exception as exc:
+        code = guard.exit_code(exc)
+        if code is None:
+            raise
+        return code
     return 0
 
 
@@ -185,10 +195,21 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return 0
 
 
+#: What ``--log-level`` and ``FOXTIVE_LOG_LEVEL`` accept (any case).
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level(text: str) -> str:
+    """argparse type: the level upper-cased; ``choices`` then rejects the rest."""
+    return text.strip().upper()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="foxtive", description="Background workers with a Rust core.")
-    p.add_argument("--log-level", default=None,
-                   help="logging level (default: INFO; env FOXTIVE_LOG_LEVEL)")
+    p.add_argument("--log-level", default=None, type=_log_level, choices=LOG_LEVELS,
+                   metavar="LEVEL",
+                   help="logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL, any case "
+                        "(default: INFO; env FOXTIVE_LOG_LEVEL)")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a pool: foxtive run module:attr")
@@ -206,8 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shutdown-timeout", type=float, default=None,
                      help="seconds to let in-flight messages finish on SIGTERM "
                           "(env FOXTIVE_SHUTDOWN_TIMEOUT)")
-    run.add_argument("--log-level", default=argparse.SUPPRESS,
-                     help="logging level (env FOXTIVE_LOG_LEVEL)")
+    run.add_argument("--log-level", default=argparse.SUPPRESS, type=_log_level,
+                     choices=LOG_LEVELS, metavar="LEVEL",
+                     help="logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL, any case "
+                          "(env FOXTIVE_LOG_LEVEL)")
     run.set_defaults(func=cmd_run)
 
     dlq = sub.add_parser("dlq", help="inspect, replay or purge a dead-letter store")
@@ -232,10 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    level = args.log_level or os.environ.get("FOXTIVE_LOG_LEVEL") or "INFO"
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = args.log_level or _log_level(os.environ.get("FOXTIVE_LOG_LEVEL") or "INFO")
+    if level not in LOG_LEVELS:
+        parser.error(f"FOXTIVE_LOG_LEVEL: invalid level {level!r} "
+                     f"(choose from {', '.join(LOG_LEVELS)}, any case)")
     logging.basicConfig(
-        level=getattr(logging, str(level).upper(), logging.INFO),
+        level=getattr(logging, level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:

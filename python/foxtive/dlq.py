@@ -162,7 +162,9 @@ class FileDLQ(DeadLetterQueue):
 class RedisDLQ(DeadLetterQueue):
     """Dead letters in a Redis stream at ``key`` (one entry per record).
 
-    ``url`` is shown with its password redacted, in ``repr`` and errors."""
+    ``url`` takes the forms :class:`foxtive.RedisStreamBackend` takes; it is
+    shown with every credential (``:password@``, ``?password=``, ``?pass=``)
+    redacted, in ``repr`` and errors."""
 
     def __init__(self, url: str, key: str = "foxtive:dead-letters") -> None:
         if not isinstance(url, str) or not url:

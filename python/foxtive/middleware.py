@@ -114,7 +114,7 @@ class RateLimitMiddleware(FrozenConfig):
         self._set("per_second", float(self.per_second))
         self._set("burst", integer("burst", self.burst, minimum=1))
         if self.redis_url is not None and not isinstance(self.redis_url, str):
-            raise ConfigError("redis_url: expected a redis:// or rediss:// URL string")
+            raise ConfigError("redis_url: expected a Redis URL string (redis://, rediss://, unix://)")
         if self.key is not None and (not isinstance(self.key, str) or not self.key):
             raise ConfigError("key: expected a non-empty string")
 

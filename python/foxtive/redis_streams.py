@@ -149,8 +149,11 @@ class RedisStreamBackend(NativeBackend):
 
     ``url``: ``redis://[user:password@]host:port/db``, ``rediss://`` for TLS
     (server certificates are checked against the system's roots, or
-    ``SSL_CERT_FILE``), or ``unix:///path``. Nothing connects until a pool
-    starts or the first publish. ``message.queue`` is the stream name.
+    ``SSL_CERT_FILE``), or ``unix:///path`` / ``redis+unix:///path``
+    (``?db=N``). The password may also be given as ``?password=`` or
+    ``?pass=`` on any scheme; it is shown as ``***`` everywhere. Nothing
+    connects until a pool starts or the first publish. ``message.queue`` is
+    the stream name.
     """
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0",

@@ -14,6 +14,7 @@ pub mod observe;
 pub mod policy;
 pub mod pool;
 pub mod redact;
+pub mod redis_url;
 
 pub use error::{Error, Result};
 pub use message::{Delivery, HeaderValue, Headers, Outgoing, Receipt, Settlement};

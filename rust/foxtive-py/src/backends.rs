@@ -236,7 +236,8 @@ impl PyDeadLetter {
     }
 }
 
-/// `url` with its password replaced by `***`.
+/// `url` with every credential (userinfo password, `?password=`, `?pass=`, ...)
+/// replaced by `***`: the one redaction of foxtive-core.
 #[pyfunction]
 pub fn redact_url(url: &str) -> String {
     foxtive_core::redact::redact_url(url)

@@ -14,7 +14,8 @@ use redis::streams::StreamRangeReply;
 use tokio::sync::OnceCell;
 
 use super::{codec, DeadLetter, DeadLetterStore, StoredDeadLetter};
-use crate::redact::redact_url;
+use crate::redact::scrub;
+use crate::redis_url::{self, RedisTarget};
 use crate::{Error, Result};
 
 /// The field of a stream entry holding the record.
@@ -29,8 +30,8 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 pub struct RedisStore {
     client: redis::Client,
     key: String,
-    /// The URL's password, to scrub from error texts (redis-rs may echo it).
-    password: Option<String>,
+    /// The URL's secrets, to scrub from error texts (redis-rs may echo them).
+    secrets: Vec<String>,
     name: String,
     conn: OnceCell<ConnectionManager>,
 }
@@ -41,18 +42,15 @@ impl RedisStore {
         if key.is_empty() {
             return Err(Error::Config("key: must be a non-empty string".to_string()));
         }
-        let redacted = redact_url(url);
-        let password = password_of(url);
-        let client = redis::Client::open(url).map_err(|e| {
-            Error::Config(format!(
-                "url: not a valid Redis URL ({redacted}): {}",
-                scrub(e.to_string(), password.as_deref())
-            ))
-        })?;
+        let RedisTarget {
+            client,
+            redacted,
+            secrets,
+        } = redis_url::open(url, "url")?;
         Ok(RedisStore {
             client,
             key: key.to_string(),
-            password,
+            secrets,
             name: format!("redis:{redacted} key={key}"),
             conn: OnceCell::new(),
         })
@@ -79,7 +77,7 @@ impl RedisStore {
     }
 
     fn error(&self, what: &str, e: redis::RedisError) -> Error {
-        let text = scrub(e.to_string(), self.password.as_deref());
+        let text = scrub(e.to_string(), &self.secrets);
         Error::DeadLetter(format!("cannot {what} {}: {text}", self.name))
     }
 
@@ -108,25 +106,6 @@ impl RedisStore {
             }
         }
     }
-}
-
-/// `text` without `password` in it.
-fn scrub(text: String, password: Option<&str>) -> String {
-    match password.filter(|p| !p.is_empty()) {
-        Some(pw) => text.replace(pw, "***"),
-        None => text,
-    }
-}
-
-/// The password part of a `redis://[user[:password]@]host` URL.
-fn password_of(url: &str) -> Option<String> {
-    let rest = &url[url.find("://")? + 3..];
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    let userinfo = &authority[..authority.rfind('@')?];
-    Some(match userinfo.find(':') {
-        Some(colon) => userinfo[colon + 1..].to_string(),
-        None => userinfo.to_string(),
-    })
 }
 
 #[async_trait]
@@ -288,12 +267,5 @@ mod tests {
         let err = RedisStore::new("nope://:secret@host", "k").err().unwrap();
         assert!(matches!(err, Error::Config(_)));
         assert!(!err.to_string().contains("secret"));
-    }
-
-    #[test]
-    fn finds_the_password() {
-        assert_eq!(password_of("redis://u:pw@h:1/0").as_deref(), Some("pw"));
-        assert_eq!(password_of("redis://pw@h").as_deref(), Some("pw"));
-        assert_eq!(password_of("redis://h:1/0"), None);
     }
 }

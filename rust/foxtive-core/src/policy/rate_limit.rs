@@ -13,6 +13,7 @@ use redis::aio::ConnectionManager;
 use tokio::sync::OnceCell;
 
 use crate::redact::redact_url;
+use crate::redis_url::{self, RedisTarget};
 use crate::{Error, Result};
 
 type Local = Governor<NotKeyed, InMemoryState, DefaultClock>;
@@ -34,12 +35,26 @@ return 0
 "#;
 
 /// What a pool's rate limit is.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct RateLimitConfig {
     pub per_second: f64,
     pub burst: u32,
     /// `(redis_url, key)` to share the limit through Redis.
     pub shared: Option<(String, String)>,
+}
+
+// By hand: the shared URL may hold a password.
+impl std::fmt::Debug for RateLimitConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimitConfig")
+            .field("per_second", &self.per_second)
+            .field("burst", &self.burst)
+            .field(
+                "shared",
+                &self.shared.as_ref().map(|(u, k)| (redact_url(u), k)),
+            )
+            .finish()
+    }
 }
 
 struct Shared {
@@ -105,9 +120,11 @@ impl RateLimiter {
     /// locally (logged), so work slows down rather than stops or floods.
     pub fn shared(per_second: f64, burst: u32, redis_url: &str, key: &str) -> Result<Self> {
         let mut limiter = Self::new(per_second, burst)?;
-        let url = redact_url(redis_url);
-        let client = redis::Client::open(redis_url)
-            .map_err(|e| Error::Config(format!("redis_url: invalid URL {url}: {:?}", e.kind())))?;
+        let RedisTarget {
+            client,
+            redacted: url,
+            ..
+        } = redis_url::open(redis_url, "redis_url")?;
         if key.is_empty() {
             return Err(Error::Config("key: must be a non-empty string".to_string()));
         }

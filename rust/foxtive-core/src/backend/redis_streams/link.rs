@@ -18,7 +18,8 @@ use tokio::time::Instant;
 
 use crate::backend::BackendState;
 use crate::policy::ReconnectStrategy;
-use crate::redact::redact_url;
+use crate::redact::scrub;
+use crate::redis_url::{self, RedisTarget};
 use crate::{Error, Result};
 
 /// How long one connection attempt may take.
@@ -63,45 +64,18 @@ pub(crate) fn is_connection_error(e: &RedisError) -> bool {
         )
 }
 
-/// The password part of a URL as written (what `redact_url` hides).
-fn raw_secret(url: &str) -> Option<String> {
-    let rest = &url[url.find("://")? + 3..];
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    let userinfo = &authority[..authority.rfind('@')?];
-    let secret = match userinfo.find(':') {
-        Some(colon) => &userinfo[colon + 1..],
-        None => userinfo,
-    };
-    (!secret.is_empty()).then(|| secret.to_string())
-}
-
 impl Link {
     pub fn new(url: &str, strategy: ReconnectStrategy) -> Result<Self> {
-        let redacted = redact_url(url);
         if url.starts_with("rediss") {
             // rustls has two providers compiled in (ring via lapin, aws-lc via
             // redis) and will not guess: name one, unless the process did.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let mut secrets: Vec<String> = raw_secret(url).into_iter().collect();
-        let scrub = |text: String, secrets: &[String]| {
-            secrets
-                .iter()
-                .fold(text, |t, s| t.replace(s.as_str(), "***"))
-        };
-        let client = redis::Client::open(url).map_err(|e| {
-            Error::Config(format!(
-                "url: {redacted} is not a usable Redis URL (redis://, rediss:// or unix://): {}",
-                scrub(e.to_string(), &secrets)
-            ))
-        })?;
-        if let Some(pw) = client.get_connection_info().redis_settings().password() {
-            if !pw.is_empty() && !secrets.iter().any(|s| s == pw) {
-                secrets.push(pw.to_string());
-            }
-        }
-        // Longest first, so a secret containing another is replaced whole.
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        let RedisTarget {
+            client,
+            redacted,
+            secrets,
+        } = redis_url::open(url, "url")?;
         Ok(Link {
             client,
             url: redacted,
@@ -125,9 +99,7 @@ impl Link {
 
     /// Remove every secret from a text meant for a log or an error.
     pub fn scrub(&self, text: impl Into<String>) -> String {
-        self.secrets
-            .iter()
-            .fold(text.into(), |t, s| t.replace(s.as_str(), "***"))
+        scrub(text, &self.secrets)
     }
 
     /// A Redis error as a core error, scrubbed, classified.
