@@ -1,10 +1,11 @@
 """A worker process for the RabbitMQ shutdown and broker-restart tests.
 
     python tests/rabbit_worker.py QUEUE OUT_FILE [--delay S] [--shutdown-timeout S]
-        [--prefetch N] [--until-idle] [--resilient STATE_FILE]
+        [--prefetch N] [--until-idle] [--resilient STATE_FILE] [--started FILE]
 
 Each handled message's id is appended to OUT_FILE (one line, flushed) when
-its handler finishes. SIGTERM drains gracefully (pool.run)."""
+its handler finishes. SIGTERM drains gracefully (pool.run). With --started,
+"<id> <attempt> <redelivered>" is appended to FILE when a handler starts."""
 
 from __future__ import annotations
 
@@ -28,10 +29,15 @@ def main() -> int:
     ap.add_argument("--until-idle", action="store_true")
     ap.add_argument("--resilient", metavar="STATE_FILE", default=None,
                     help="wrap the backend in a ResilientBackend; log its state changes here")
+    ap.add_argument("--started", metavar="FILE", default=None,
+                    help="append '<id> <attempt> <redelivered>' here when a handler starts")
     args = ap.parse_args()
     out = open(args.out, "a", buffering=1)
+    started = open(args.started, "a", buffering=1) if args.started else None
 
     async def handler(message: foxtive.Message) -> None:
+        if started is not None:
+            started.write(f"{message.id} {message.attempt} {message.redelivered}\n")
         if args.delay:
             await asyncio.sleep(args.delay)
         out.write(message.id + "\n")

@@ -28,7 +28,9 @@ class Incoming:
 
     ``receipt`` is anything the backend needs to settle it later (a delivery
     tag, a lease...); foxtive hands it back untouched. ``attempt`` defaults
-    to the ``x-foxtive-attempt`` header, else 1."""
+    to the ``x-foxtive-attempt`` header, else 1, plus one when
+    ``redelivered`` (it was delivered before): a redelivered message is
+    always at least attempt 2."""
 
     body: bytes
     id: str | None = None
@@ -99,6 +101,10 @@ class Backend:
                     attempt = int(headers.get(ATTEMPT_HEADER, 1))
                 except (TypeError, ValueError):
                     attempt = 1
+                if m.redelivered:
+                    attempt = max(1, attempt) + 1
+            if m.redelivered:
+                attempt = max(2, attempt)
             mid = m.id if m.id is not None else str(m.receipt)
             out.append((mid, m.body, headers, max(1, attempt), m.receipt, m.redelivered))
         return out

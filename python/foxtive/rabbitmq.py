@@ -72,10 +72,14 @@ class RabbitMqConsumerConfig(FrozenConfig):
     """How a :class:`RabbitMqBackend` consumes. Frozen; ``with_<field>(value)`` returns a copy.
 
     ``declare=True`` declares the queue when it does not exist (durable, with
-    ``queue_arguments`` and ``x-queue-type`` for quorum queues); an existing
-    queue is used as it is, whatever arguments another client gave it.
-    ``exchange`` (declared durable, of ``exchange_type``, when missing) is bound
-    with ``routing_key`` (default: the queue name)."""
+    ``queue_arguments`` and ``x-queue-type`` for quorum queues). An existing
+    queue keeps arguments the config does not mention, but one that differs
+    in what the config asks for (``queue_type``, ``durable``,
+    ``queue_arguments``) makes the backend fail to connect with a
+    :class:`ConfigError` naming the queue and the difference.
+    ``exchange`` (declared durable, of ``exchange_type``, when missing; an
+    existing one of another type is a :class:`ConfigError`) is bound with
+    ``routing_key`` (default: the queue name)."""
 
     queue_name: str = "worker_queue"
     consumer_tag: str | None = None

@@ -363,12 +363,14 @@ impl MemoryBackend {
                 delay,
                 count_attempt,
             } => {
-                if count_attempt {
-                    entry.attempt = entry.attempt.saturating_add(1);
-                }
                 let meta = entry.meta.get_or_insert_with(Default::default);
                 meta.id.get_or_insert_with(|| delivery.id.clone());
-                meta.redelivered = true;
+                // A retry that does not count (a deferral) is not a redelivery:
+                // `redelivered` implies `attempt >= 2`, as on the brokers.
+                if count_attempt {
+                    entry.attempt = entry.attempt.saturating_add(1);
+                    meta.redelivered = true;
+                }
                 self.put(store, entry, Some(delay), now);
             }
             Settlement::DeadLetter(failure) => {
@@ -380,6 +382,8 @@ impl MemoryBackend {
                 let meta = entry.meta.get_or_insert_with(Default::default);
                 meta.id.get_or_insert_with(|| delivery.id.clone());
                 meta.redelivered = true;
+                // Delivered once already: the next delivery is the next attempt.
+                entry.attempt = entry.attempt.saturating_add(1);
                 store.ready.push_front(entry);
             }
         }
@@ -449,6 +453,7 @@ impl Backend for MemoryBackend {
         back.sort_by_key(|(seq, _)| Reverse(*seq));
         for (_, mut entry) in back {
             entry.meta.get_or_insert_with(Default::default).redelivered = true;
+            entry.attempt = entry.attempt.saturating_add(1);
             store.ready.push_front(entry);
         }
         Ok(())

@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use lapin::types::{AMQPValue, ByteArray, FieldArray, FieldTable, LongString, ShortString};
 
-use crate::message::{HeaderValue, Headers};
+use crate::message::{header, HeaderValue, Headers};
 
 pub fn value_from_amqp(value: &AMQPValue) -> HeaderValue {
     match value {
@@ -77,6 +77,64 @@ pub fn table_from_headers(headers: &Headers) -> FieldTable {
     table
 }
 
+/// Remove what dead-lettering through foxtive's own queues added to a
+/// message: the `x-death` entries naming one of them, and the
+/// `x-first-death-*` / `x-last-death-*` headers when they name one (rebuilt
+/// from the entries left, which are the original publisher's). Every other
+/// header stays as it was.
+pub fn strip_own_deaths(headers: &mut Headers, is_own_queue: impl Fn(&str) -> bool) {
+    if !headers.iter().any(|(k, _)| is_death_key(k)) {
+        return;
+    }
+    let entry_queue = |v: &HeaderValue| match v {
+        HeaderValue::Table(t) => match header(t, "queue") {
+            Some(HeaderValue::Str(q)) => Some(q.clone()),
+            _ => None,
+        },
+        _ => None,
+    };
+    let mut left: Vec<HeaderValue> = Vec::new();
+    let mut had_deaths = false;
+    if let Some(pos) = headers.iter().position(|(k, _)| k == "x-death") {
+        if let HeaderValue::Array(entries) = &headers[pos].1 {
+            had_deaths = true;
+            left = entries
+                .iter()
+                .filter(|e| !entry_queue(e).is_some_and(|q| is_own_queue(&q)))
+                .cloned()
+                .collect();
+            if left.is_empty() {
+                headers.remove(pos);
+            } else {
+                headers[pos].1 = HeaderValue::Array(left.clone());
+            }
+        }
+    }
+    // x-death lists the most recent death first.
+    for (prefix, entry) in [
+        ("x-first-death-", left.last()),
+        ("x-last-death-", left.first()),
+    ] {
+        let named = header(headers, &format!("{prefix}queue"));
+        if !matches!(named, Some(HeaderValue::Str(q)) if is_own_queue(q)) {
+            continue;
+        }
+        headers.retain(|(k, _)| !k.starts_with(prefix));
+        let Some(HeaderValue::Table(t)) = entry.filter(|_| had_deaths) else {
+            continue;
+        };
+        for field in ["queue", "reason", "exchange"] {
+            if let Some(v) = header(t, field) {
+                headers.push((format!("{prefix}{field}"), v.clone()));
+            }
+        }
+    }
+}
+
+fn is_death_key(k: &str) -> bool {
+    k == "x-death" || k.starts_with("x-first-death-") || k.starts_with("x-last-death-")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +174,52 @@ mod tests {
             value_from_amqp(&v),
             HeaderValue::Bytes(Bytes::from_static(b"\xff\xfe"))
         );
+    }
+    #[test]
+    fn own_deaths_are_stripped_and_the_publishers_kept() {
+        let death = |q: &str| {
+            HeaderValue::Table(vec![
+                ("queue".into(), HeaderValue::Str(q.into())),
+                ("reason".into(), HeaderValue::Str("expired".into())),
+                ("exchange".into(), HeaderValue::Str(String::new())),
+                ("count".into(), HeaderValue::Int(1)),
+            ])
+        };
+        let own = |q: &str| q.starts_with("q.retry.");
+        let s = |v: &str| HeaderValue::Str(v.into());
+        // Only foxtive's bucket: every death header goes, the rest stays.
+        let mut h: Headers = vec![
+            ("custom".into(), s("kept")),
+            (
+                "x-death".into(),
+                HeaderValue::Array(vec![death("q.retry.500")]),
+            ),
+            ("x-first-death-queue".into(), s("q.retry.500")),
+            ("x-first-death-reason".into(), s("expired")),
+            ("x-first-death-exchange".into(), s("")),
+            ("x-last-death-queue".into(), s("q.retry.500")),
+            ("x-last-death-reason".into(), s("expired")),
+        ];
+        strip_own_deaths(&mut h, own);
+        assert_eq!(h, vec![("custom".into(), s("kept"))]);
+        // The publisher's own dead-lettering before foxtive saw it stays.
+        let mut h: Headers = vec![
+            (
+                "x-death".into(),
+                HeaderValue::Array(vec![death("q.retry.500"), death("upstream")]),
+            ),
+            ("x-first-death-queue".into(), s("upstream")),
+            ("x-first-death-reason".into(), s("expired")),
+            ("x-last-death-queue".into(), s("q.retry.500")),
+            ("x-last-death-reason".into(), s("expired")),
+        ];
+        strip_own_deaths(&mut h, own);
+        assert_eq!(
+            header(&h, "x-death"),
+            Some(&HeaderValue::Array(vec![death("upstream")]))
+        );
+        assert_eq!(header(&h, "x-first-death-queue"), Some(&s("upstream")));
+        assert_eq!(header(&h, "x-last-death-queue"), Some(&s("upstream")));
+        assert_eq!(header(&h, "x-last-death-exchange"), Some(&s("")));
     }
 }

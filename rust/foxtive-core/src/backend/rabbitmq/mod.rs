@@ -17,6 +17,7 @@
 pub mod acks;
 pub mod config;
 pub mod fields;
+pub mod topology;
 
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -45,7 +46,10 @@ use tokio::sync::{watch, Notify};
 
 use self::acks::AckTracker;
 pub use self::config::{QueueType, RabbitMqConfig};
-use self::fields::{headers_from_table, table_from_headers};
+use self::fields::{headers_from_table, strip_own_deaths, table_from_headers};
+use self::topology::{
+    builtin_exchange_type, mismatch_text, refusal, Probe, Refusal, MAX_DECLARE_PROBES,
+};
 use super::{Backend, BackendState, SettleItem};
 use crate::message::{
     header, set_header, Delivery, Failure, HeaderValue, Outgoing, Receipt, Settlement,
@@ -309,6 +313,14 @@ impl Shared {
         format!("{}.{ms}", self.retry_prefix)
     }
 
+    /// Whether `queue` is one of this backend's delay buckets.
+    fn is_bucket(&self, queue: &str) -> bool {
+        queue
+            .strip_prefix(self.retry_prefix.as_str())
+            .and_then(|rest| rest.strip_prefix('.'))
+            .is_some_and(|ms| !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit()))
+    }
+
     fn scrub(&self, text: String) -> String {
         let mut text = text;
         for secret in &self.secrets {
@@ -413,7 +425,7 @@ impl Shared {
         let queue = self.config.queue_name.clone();
         if self.config.declare {
             let args = self.config.declare_arguments();
-            self.ensure_queue(link, &queue, self.config.durable, &args, true)
+            self.ensure_queue(link, &queue, self.config.durable, &args, &[])
                 .await?;
         }
         if let Some(exchange) = &self.config.exchange {
@@ -425,23 +437,39 @@ impl Shared {
                 _ => ExchangeKind::Direct,
             };
             let name = ShortString::from(exchange.as_str());
-            let passive = ExchangeDeclareOptions {
-                passive: true,
-                ..Default::default()
-            };
-            let found = admin
-                .exchange_declare(name.clone(), kind.clone(), passive, FieldTable::default())
-                .await;
-            if found.is_err() {
-                *admin = self.open_channel(&link.conn, "admin").await?;
+            let asked = self.config.exchange_type.as_str();
+            if let Some(builtin) = builtin_exchange_type(exchange) {
+                // Predeclared exchanges cannot be declared; their name says their type.
+                if builtin != asked {
+                    return Err(Error::Config(format!(
+                        "exchange '{exchange}' exists as {builtin}, config asks for {asked}"
+                    )));
+                }
+            } else {
                 let opts = ExchangeDeclareOptions {
                     durable: true,
                     ..Default::default()
                 };
-                admin
+                let declared = admin
                     .exchange_declare(name.clone(), kind, opts, FieldTable::default())
-                    .await
-                    .map_err(|e| self.lapin_err(&format!("declaring exchange {exchange:?}"), &e))?;
+                    .await;
+                if let Err(e) = declared {
+                    *admin = self.open_channel(&link.conn, "admin").await?;
+                    match refusal(&e) {
+                        Refusal::Inequivalent(diff) if diff.arg == "type" => {
+                            return Err(Error::Config(mismatch_text("exchange", exchange, &diff)))
+                        }
+                        // It exists, declared by someone else with another
+                        // durability or arguments, or we may not configure
+                        // it: bind to it as it is.
+                        Refusal::Inequivalent(_) | Refusal::AccessRefused => {}
+                        Refusal::Other => {
+                            return Err(
+                                self.lapin_err(&format!("declaring exchange {exchange:?}"), &e)
+                            )
+                        }
+                    }
+                }
             }
             admin
                 .queue_bind(
@@ -459,59 +487,79 @@ impl Shared {
         Ok(())
     }
 
-    /// Make sure `name` exists. With `passive_first` an existing queue is
-    /// used as it is, whatever its arguments; else it is declared with
-    /// `args` (which must match an existing queue's).
+    /// Make sure `name` exists with `durable` and `args`. An existing queue
+    /// keeps the arguments nobody asked foxtive for (read back from the
+    /// broker's refusals and declared back as they are); one that
+    /// contradicts what was asked is a `Config` error naming the queue and
+    /// the difference, except for the arguments in `flexible`, where the
+    /// existing value is taken.
     async fn ensure_queue(
         &self,
         link: &Link,
         name: &str,
         durable: bool,
         args: &crate::message::Headers,
-        passive_first: bool,
+        flexible: &[&str],
     ) -> Result<()> {
         let mut admin = link.admin.lock().await;
         if !admin.status().connected() {
             *admin = self.open_channel(&link.conn, "admin").await?;
         }
-        let qname = ShortString::from(name);
-        if passive_first {
-            let passive = QueueDeclareOptions {
-                passive: true,
+        let mut probe = Probe::new(durable, args);
+        for _ in 0..MAX_DECLARE_PROBES {
+            let opts = QueueDeclareOptions {
+                durable: probe.durable,
+                auto_delete: probe.auto_delete,
                 ..Default::default()
             };
-            if admin
-                .queue_declare(qname.clone(), passive, FieldTable::default())
-                .await
-                .is_ok()
-            {
-                link.declared
-                    .lock()
-                    .insert(name.to_string(), Instant::now());
-                return Ok(());
+            let declared = admin
+                .queue_declare(
+                    ShortString::from(name),
+                    opts,
+                    table_from_headers(&probe.args),
+                )
+                .await;
+            let e = match declared {
+                Ok(_) => {
+                    link.declared
+                        .lock()
+                        .insert(name.to_string(), Instant::now());
+                    return Ok(());
+                }
+                Err(e) => e,
+            };
+            // A refused declaration closes the channel (the broker's close
+            // may not be reflected in its status yet: open a new one anyway).
+            if link.conn.status().connected() {
+                *admin = self.open_channel(&link.conn, "admin").await?;
             }
-            // A failed passive declare closes the channel.
-            *admin = self.open_channel(&link.conn, "admin").await?;
-        }
-        let opts = QueueDeclareOptions {
-            durable,
-            ..Default::default()
-        };
-        let declared = admin
-            .queue_declare(qname, opts, table_from_headers(args))
-            .await;
-        if let Err(e) = declared {
-            if !admin.status().connected() && link.conn.status().connected() {
-                if let Ok(ch) = self.open_channel(&link.conn, "admin").await {
-                    *admin = ch;
+            match refusal(&e) {
+                Refusal::Inequivalent(diff) => probe.adopt(name, &diff, args, flexible)?,
+                Refusal::AccessRefused => {
+                    // Without `configure` permission an existing queue can
+                    // still be used; it just cannot be checked.
+                    let passive = QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    };
+                    admin
+                        .queue_declare(ShortString::from(name), passive, FieldTable::default())
+                        .await
+                        .map_err(|_| self.lapin_err(&format!("declaring queue {name:?}"), &e))?;
+                    tracing::warn!(queue = %name, "no configure permission: using the existing queue without checking its arguments");
+                    link.declared
+                        .lock()
+                        .insert(name.to_string(), Instant::now());
+                    return Ok(());
+                }
+                Refusal::Other => {
+                    return Err(self.lapin_err(&format!("declaring queue {name:?}"), &e))
                 }
             }
-            return Err(self.lapin_err(&format!("declaring queue {name:?}"), &e));
         }
-        link.declared
-            .lock()
-            .insert(name.to_string(), Instant::now());
-        Ok(())
+        Err(Error::Backend(format!(
+            "declaring queue {name:?}: it differs in more than {MAX_DECLARE_PROBES} arguments"
+        )))
     }
 
     async fn ensure_target(&self, link: &Link, target: Target) -> Result<()> {
@@ -528,7 +576,7 @@ impl Shared {
                     &self.config.queue_name,
                     self.config.durable,
                     &args,
-                    true,
+                    &[],
                 )
                 .await
             }
@@ -536,7 +584,9 @@ impl Shared {
                 if link.declared.lock().contains_key(&self.dlq_name) {
                     return Ok(());
                 }
-                self.ensure_queue(link, &self.dlq_name, true, &Vec::new(), true)
+                // Nobody configured the dead-letter queue's durability: one
+                // made elsewhere is used as it is.
+                self.ensure_queue(link, &self.dlq_name, true, &Vec::new(), &["durable"])
                     .await
             }
             Target::Bucket(ms) => {
@@ -567,7 +617,10 @@ impl Shared {
                         HeaderValue::Str(self.config.queue_name.clone()),
                     ),
                 ];
-                self.ensure_queue(link, &name, true, &args, false).await
+                // A bucket left by another version with another expiry is
+                // used as it is rather than refused.
+                self.ensure_queue(link, &name, true, &args, &["x-expires"])
+                    .await
             }
         }
     }
@@ -692,19 +745,27 @@ impl Shared {
 
     fn to_delivery(&self, link: &Link, d: lapin::message::Delivery, received_at: f64) -> Delivery {
         let props = &d.properties;
-        let headers = props
+        let mut headers = props
             .headers()
             .as_ref()
             .map(headers_from_table)
             .unwrap_or_default();
+        // A retry that waited in a delay bucket was dead-lettered back by
+        // the broker: that is foxtive's machinery, not the handler's business.
+        if !headers.is_empty() {
+            strip_own_deaths(&mut headers, |q| self.is_bucket(q));
+        }
         let tag = d.delivery_tag;
         let carried = header(&headers, ATTEMPT_HEADER)
             .and_then(HeaderValue::as_u64)
             .unwrap_or(1)
             .max(1);
+        // Quorum queues count deliveries; a classic queue only says
+        // "redelivered", which means at least one delivery before this one.
         let redeliveries = header(&headers, DELIVERY_COUNT_HEADER)
             .and_then(HeaderValue::as_u64)
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .max(u64::from(d.redelivered));
         let attempt = u32::try_from(carried.saturating_add(redeliveries)).unwrap_or(u32::MAX);
         let id = match props.message_id() {
             Some(id) => id.as_str().to_string(),

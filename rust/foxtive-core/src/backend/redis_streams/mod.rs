@@ -466,6 +466,8 @@ impl Inner {
                         // Still ours and still heartbeated: hand it out again.
                         let mut copy = (**d).clone();
                         copy.redelivered = true;
+                        // Its handler had it: the next delivery is the next attempt.
+                        copy.attempt = copy.attempt.saturating_add(1);
                         again.push_back(copy);
                     } else {
                         let count = held.remove(&key).unwrap_or(1);
