@@ -504,7 +504,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn remove_rewrites_and_keeps_lines_it_cannot_read() {
+    async fn remove_rewrites_and_sets_aside_lines_it_cannot_read() {
         let dir = TempDir::new("remove");
         let path = dir.0.join("dead.jsonl");
         let store = FileStore::new(&path).unwrap();
@@ -518,12 +518,13 @@ mod tests {
         assert_eq!(listed.len(), 3);
         let b_key = listed[1].key.clone();
         assert_eq!(store.remove(std::slice::from_ref(&b_key)).await.unwrap(), 1);
+        assert_eq!(store.set_aside(), 1);
         assert_eq!(store.remove(&[b_key]).await.unwrap(), 0);
+        assert_eq!(store.set_aside(), 0, "nothing more to set aside");
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains("the future"), "set aside, not kept in place");
         let aside = std::fs::read_to_string(store.corrupt_path()).unwrap();
         assert_eq!(aside, "{\"v\": 2, \"from\": \"the future\"}\n");
-        assert_eq!(store.set_aside(), 1);
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "the rewritten file keeps mode 0600");
         let left: Vec<_> = store
