@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -83,7 +84,8 @@ def fill_file(path: Path, bodies: list[str]) -> None:
     assert failing_pool(dlq).run_until_idle(memory, timeout=20)
 
 
-def test_torn_record_in_the_middle_is_set_aside_and_reported(tmp_path: Path) -> None:
+def test_torn_record_in_the_middle_is_set_aside_and_reported(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "dead.jsonl"
     fill_file(path, ["a", "b"])
     lines = path.read_bytes().splitlines(keepends=True)
@@ -96,8 +98,12 @@ def test_torn_record_in_the_middle_is_set_aside_and_reported(tmp_path: Path) -> 
         f.write(b"{\"v\": 1, \"damaged\n")
     fill_file(path, ["d"])
     dlq = foxtive.FileDLQ(path)
-    assert [d.body for d in dlq.get_failed_messages()] == [b"a", b"c", b"d"]
+    with caplog.at_level(logging.WARNING, logger="foxtive"):
+        assert [d.body for d in dlq.get_failed_messages()] == [b"a", b"c", b"d"]
     assert dlq.unreadable == 2
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("skipped unreadable dead-letter records" in m and "unreadable=2" in m
+               for m in warned), warned
 
     listed = foxtive_cli("dlq", "list", "--file", str(path), "--json", cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
@@ -108,6 +114,8 @@ def test_torn_record_in_the_middle_is_set_aside_and_reported(tmp_path: Path) -> 
     assert asyncio.run(dlq.replay(ids=[dlq.get_failed_messages()[0].original_id],
                                   to=memory)) == 1
     assert dlq.set_aside == 2
+    assert any("set aside unreadable dead-letter records" in r.getMessage()
+               and "set_aside=2" in r.getMessage() for r in caplog.records), caplog.text
     corrupt = Path(dlq.corrupt_path)
     assert corrupt.read_bytes() == torn + b"\n" + b"{\"v\": 1, \"damaged\n"
     assert oct(corrupt.stat().st_mode & 0o777) == "0o600"

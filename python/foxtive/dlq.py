@@ -23,7 +23,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from . import _core
+from . import _core, _logs
 from ._config import integer
 from .errors import ConfigError
 
@@ -45,7 +45,9 @@ class DeadLetterQueue:
 
     def get_failed_messages(self, limit: int = 100) -> list[_core.DeadLetter]:
         """Up to ``limit`` dead letters, oldest first."""
-        return self._native.records(integer("limit", limit, minimum=0))
+        records = self._native.records(integer("limit", limit, minimum=0))
+        _logs.pump()  # e.g. the WARNING about unreadable records, now
+        return records
 
     def __len__(self) -> int:
         return self._native.count()
@@ -93,10 +95,13 @@ class DeadLetterQueue:
                 "(the default is the backend of the last pool run with this store)"
             )
         wanted = _ids(ids)
-        if _is_native(target):
-            count: int = await self._native.replay(target, wanted)
-            return count
-        return await self._replay_through_python(target, wanted)
+        try:
+            if _is_native(target):
+                count: int = await self._native.replay(target, wanted)
+                return count
+            return await self._replay_through_python(target, wanted)
+        finally:
+            _logs.pump()
 
     async def _replay_through_python(self, backend: Any, ids: list[str] | None) -> int:
         from .backends import Backend
@@ -122,7 +127,10 @@ class DeadLetterQueue:
 
     async def purge(self) -> int:
         """Remove every dead letter; returns how many there were."""
-        count: int = await self._native.purge()
+        try:
+            count: int = await self._native.purge()
+        finally:
+            _logs.pump()
         return count
 
     def _remember(self, backend: Any) -> None:
@@ -173,7 +181,10 @@ class NativeDeadLetterQueue(DeadLetterQueue):
         each is published, then removed: an interruption in between can leave
         a duplicate, never a loss)."""
         if to is None or to is self.backend or _native_of(to) is _native_of(self.backend):
-            count: int = await self._native.replay_in_place(_ids(ids))
+            try:
+                count: int = await self._native.replay_in_place(_ids(ids))
+            finally:
+                _logs.pump()
             return count
         return await super().replay(ids, to)
 
