@@ -141,6 +141,7 @@ def test_failed_file_write_is_not_counted_nor_acked(tmp_path: Path) -> None:
     stats = pool.stats()
     assert stats["failed"] >= 2
     assert stats["dead_lettered"] == 0, stats
+    assert stats["requeued"] >= 2, "counted as handed back to the backend"
     assert memory.qsize() == 2, "both messages wait in the backend to be written again"
     assert memory.dead_letters() == [] and dlq.last_error and "gone" in dlq.last_error
     # The store comes back: they are written, and counted, once.

@@ -517,11 +517,16 @@ impl Engine {
     /// to the broker and is counted when a later attempt stores it.
     fn count_dead_letters(&self, workers: &[Arc<str>]) {
         for id in workers {
-            let index = self.workers.iter().position(|w| w.spec.id == *id);
-            if let Some(w) = index.and_then(|i| self.metrics.worker(i)) {
+            if let Some(w) = self.metrics_of(id) {
                 stats::add(&w.dead_lettered, 1);
             }
         }
+    }
+
+    /// The counters of the worker with this id.
+    fn metrics_of(&self, id: &Arc<str>) -> Option<&crate::observe::metrics::WorkerMetrics> {
+        let index = self.workers.iter().position(|w| w.spec.id == *id)?;
+        self.metrics.worker(index)
     }
 
     /// With a dead-letter store, put the batch's dead letters there (one
@@ -564,11 +569,8 @@ impl Engine {
         for item in &mut batch {
             if let Settlement::DeadLetter(failure) = &item.1 {
                 if matches!(instead, Settlement::Retry { .. }) {
-                    let index = self
-                        .workers
-                        .iter()
-                        .position(|w| w.spec.id == failure.worker_id);
-                    if let Some(w) = index.and_then(|i| self.metrics.worker(i)) {
+                    // Back to the broker, not dead-lettered (yet).
+                    if let Some(w) = self.metrics_of(&failure.worker_id) {
                         stats::add(&w.requeued, 1);
                     }
                 }
