@@ -425,3 +425,26 @@ impl DeadLetterStore for QueueDeadLetters {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_headers_are_taken_out_of_the_message_headers() {
+        let mut headers: Headers = vec![
+            ("tenant".into(), HeaderValue::Str("acme".into())),
+            ("x-foxtive-error".into(), HeaderValue::Str("boom".into())),
+            ("x-foxtive-attempts".into(), HeaderValue::Int(3)),
+            ("x-foxtive-attempt".into(), HeaderValue::Int(3)),
+        ];
+        let meta = take_meta(&mut headers);
+        assert_eq!(meta.len(), 2);
+        assert_eq!(
+            meta.get("x-foxtive-error"),
+            Some(&HeaderValue::Str("boom".into()))
+        );
+        let names: Vec<_> = headers.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["tenant", "x-foxtive-attempt"]);
+    }
+}

@@ -282,3 +282,35 @@ impl DeadLetterStore for StreamDeadLetters {
         Ok(done)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_replayed_copy_is_the_message_without_the_failure() {
+        let raw = |k: &'static str, v: &'static str| {
+            (
+                Bytes::from_static(k.as_bytes()),
+                Bytes::from_static(v.as_bytes()),
+            )
+        };
+        let fields = vec![
+            raw("body", "b"),
+            raw("id", "m-1"),
+            raw("attempt", "4"),
+            raw("h:tenant", "sacme"),
+            raw("h:x-foxtive-attempt", "i4"),
+            raw("p:content_type", "text/plain"),
+            raw("source", "q"),
+            raw("error_type", "E"),
+            raw("error_message", "boom"),
+            raw("poison_pill", "false"),
+        ];
+        let kept: Vec<_> = replay_fields(&fields)
+            .into_iter()
+            .map(|(k, _)| String::from_utf8(k.to_vec()).unwrap())
+            .collect();
+        assert_eq!(kept, ["body", "id", "h:tenant", "p:content_type"]);
+    }
+}
