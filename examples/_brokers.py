@@ -69,7 +69,7 @@ async def dead_letters(backend: Any) -> list[tuple[bytes, str]]:
                 out.append((m.body, f"{h.get('x-foxtive-error-type')}: {h.get('x-foxtive-error')}"))
                 await m.ack()
         return out
-    return [(d.body, f"{d.error_type}: {d.error_message}") for d in await backend.dead_letters()]
+    return [(d.body, f"{d.error_type}: {d.error_message}") for d in backend.dead_letters()]
 
 
 async def cleanup(*backends: Any) -> None:

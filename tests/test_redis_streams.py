@@ -225,7 +225,7 @@ def test_dead_letters_carry_the_reason(r: redis.Redis, stream: str) -> None:
     assert first[b"attempts"] == b"1"
     assert float(first[b"failed_at"]) > time.time() - 60
     assert entries[1][1][b"error_message"] == b"customer unknown"
-    letters = asyncio.run(backend.dead_letters())
+    letters = backend.dead_letters()
     assert letters[0].original_id == "job-1"
     assert letters[1].error_message == "customer unknown" and not letters[1].poison_pill
 

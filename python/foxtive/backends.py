@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from . import _core
+from ._config import integer
+from .dlq import NativeDeadLetterQueue
 from .tracing import inject
 
 __all__ = ["Backend", "Incoming", "MemoryBackend", "NativeBackend"]
@@ -170,8 +172,17 @@ class MemoryBackend(Backend):
     def unacked(self) -> int:
         return self._native.unacked()
 
-    def dead_letters(self) -> list[_core.DeadLetter]:
-        return self._native.dead_letters()
+    def dead_letters(self, limit: int | None = None) -> list[_core.DeadLetter]:
+        """The dead letters, oldest first (all of them, or the first ``limit``)."""
+        letters = self._native.dead_letters()
+        if limit is None:
+            return letters
+        return letters[:integer("limit", limit, minimum=0)]
+
+    def dead_letter_queue(self) -> NativeDeadLetterQueue:
+        """The dead letters as a queue view: list, replay (back into this
+        backend), purge."""
+        return NativeDeadLetterQueue(self, self._native.dead_letter_store())
 
 
 class NativeBackend(Backend):

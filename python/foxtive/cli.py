@@ -108,18 +108,56 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(demo.main(total=args.messages, rate=args.rate))
 
 
+def _broker_dlq(url: str, queue: str | None, dlq_name: str | None) -> Any:
+    """The native dead-letter queue of queue/stream ``queue`` on ``url``."""
+    from .rabbitmq import RabbitMqBackend, RabbitMqConsumerConfig
+    from .redis_streams import RedisStreamBackend, RedisStreamConsumerConfig
+
+    if not queue:
+        raise ConfigError("queue: --broker needs --queue Q (the queue or stream that "
+                          "dead-lettered its messages)")
+    scheme = url.partition("://")[0].lower()
+    backend: Any
+    if scheme in ("amqp", "amqps"):
+        backend = RabbitMqBackend(url, RabbitMqConsumerConfig(
+            queue_name=queue, declare=False, dead_letter_queue=dlq_name))
+    elif scheme in ("redis", "rediss", "unix"):
+        backend = RedisStreamBackend(url, RedisStreamConsumerConfig(
+            stream_name=queue, dead_letter_stream=dlq_name))
+    else:
+        raise ConfigError(f"broker: expected an amqp(s):// or redis(s):// URL, "
+                          f"got a {scheme or 'schemeless'} URL")
+    return backend.dead_letter_queue()
+
+
+def _missing(args: argparse.Namespace, store: Any) -> str:
+    """Why ``store`` counts as missing, in the user's terms."""
+    if args.file:
+        return (f"no dead-letter file at {store.path} (check --file; a FileDLQ is created "
+                "when the first message is dead-lettered)")
+    if args.redis:
+        return f"no dead-letter stream at key {args.key!r} on {store.url} (check --key)"
+    if args.broker:
+        return (f"neither {args.queue!r} nor its dead-letter queue exists on "
+                f"{store.backend.url} (check --queue)")
+    return f"{store!r} does not exist"
+
+
 def _store(args: argparse.Namespace) -> Any:
     from .dlq import DeadLetterQueue, FileDLQ, RedisDLQ
 
-    chosen = [x for x in (args.file, args.redis, args.store) if x]
+    chosen = [x for x in (args.file, args.redis, args.store, args.broker) if x]
     if len(chosen) != 1:
         raise ConfigError(
-            "store: give exactly one of --file PATH, --redis URL, --store module:attr"
+            "store: give exactly one of --file PATH, --redis URL, --store module:attr, "
+            "--broker URL --queue Q"
         )
     if args.file:
         return FileDLQ(args.file)
     if args.redis:
         return RedisDLQ(args.redis, args.key)
+    if args.broker:
+        return _broker_dlq(args.broker, args.queue, args.dead_letter_queue)
     obj = _load(args.store)
     if not isinstance(obj, DeadLetterQueue) and callable(obj):
         obj = obj()
@@ -145,11 +183,35 @@ def _record_dict(d: Any, with_body: bool) -> dict[str, Any]:
     return out
 
 
+def _report_unreadable(store: Any, after_change: bool) -> None:
+    """Say how many unreadable records were skipped or set aside (stderr, so
+    that ``--json`` output stays JSON)."""
+    from .dlq import FileDLQ
+
+    where = store.corrupt_path if isinstance(store, FileDLQ) else "the store's sidecar"
+    if after_change and store.set_aside:
+        print(f"set aside {store.set_aside} unreadable record(s) in {where}", file=sys.stderr)
+    elif not after_change and store.unreadable:
+        print(f"warning: {store.unreadable} unreadable record(s) skipped; a replay or purge "
+              f"sets them aside in {where}", file=sys.stderr)
+
+
 def cmd_dlq(args: argparse.Namespace) -> int:
+    from .dlq import NativeDeadLetterQueue
+
+    store = _store(args)
+    if not store.exists():
+        raise ConfigError(_missing(args, store))
+    try:
+        return _dlq_action(args, store, isinstance(store, NativeDeadLetterQueue))
+    finally:
+        _report_unreadable(store, args.action in ("replay", "purge"))
+
+
+def _dlq_action(args: argparse.Namespace, store: Any, native: bool) -> int:
     import json
     import time
 
-    store = _store(args)
     if args.action == "list":
         records = store.get_failed_messages(limit=args.limit)
         if args.json:
@@ -172,6 +234,14 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             raise ConfigError("purge: pass --yes to delete every dead letter")
         print(f"purged {asyncio.run(store.purge())} dead letter(s)")
         return 0
+    if native and not args.to:
+        # Each entry moves back to its source queue as one step (AMQP
+        # transaction / Lua script): nothing lost or doubled if interrupted.
+        print(f"replayed {asyncio.run(store.replay(ids=args.ids or None))} dead letter(s)")
+        return 0
+    if not args.to:
+        raise ConfigError("replay: pass --to module:attr, the backend to publish to "
+                          "(--broker replays into the source queue by itself)")
     # replay, in chunks so that a long replay shows progress
     target = _load(args.to)
     if callable(target) and not hasattr(target, "publish"):
@@ -240,9 +310,16 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.add_argument("--redis", help="a RedisDLQ URL")
     dlq.add_argument("--key", default="foxtive:dead-letters", help="the RedisDLQ key")
     dlq.add_argument("--store", help="module:attr of a dead-letter queue (or a factory)")
+    dlq.add_argument("--broker", help="a broker URL (amqp://, redis://): its native "
+                                      "dead-letter queue for --queue")
+    dlq.add_argument("--queue", help="--broker: the queue (RabbitMQ) or stream (Redis) whose "
+                                     "dead letters to reach ({queue}.dlq / {stream}:dlq)")
+    dlq.add_argument("--dead-letter-queue", default=None,
+                     help="--broker: the dead-letter queue or stream, when not the default")
     dlq.add_argument("--limit", type=int, default=100, help="list: at most this many")
     dlq.add_argument("--json", action="store_true", help="list: JSON output")
-    dlq.add_argument("--to", help="replay: module:attr of the backend to publish to")
+    dlq.add_argument("--to", help="replay: module:attr of the backend to publish to "
+                                  "(--broker: default the source queue)")
     dlq.add_argument("--yes", action="store_true", help="purge: confirm")
     dlq.set_defaults(func=cmd_dlq)
 

@@ -12,7 +12,9 @@ With a store, the pool acks a dead-lettered message only once the store has
 kept its record. When the store cannot (disk full, no permission, Redis
 away) the message is not acked: it goes back to the broker, comes back a few
 seconds later, and the error is logged; the pool goes on with the others.
-Without a store, each broker's own dead-letter queue is used.
+Without a store, each broker's own dead-letter queue is used; reach it with
+``backend.dead_letter_queue()`` (a :class:`NativeDeadLetterQueue`) or
+``backend.dead_letters(limit=100)``.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from . import _core
+from . import _core, _logs
 from ._config import integer
 from .errors import ConfigError
 
-__all__ = ["DeadLetterQueue", "FileDLQ", "MemoryDLQ", "RedisDLQ"]
+__all__ = ["DeadLetterQueue", "FileDLQ", "MemoryDLQ", "NativeDeadLetterQueue", "RedisDLQ"]
 
 #: Records republished before they are removed, per round, when replaying to
 #: a backend written in Python.
@@ -43,10 +45,30 @@ class DeadLetterQueue:
 
     def get_failed_messages(self, limit: int = 100) -> list[_core.DeadLetter]:
         """Up to ``limit`` dead letters, oldest first."""
-        return self._native.records(integer("limit", limit, minimum=0))
+        records = self._native.records(integer("limit", limit, minimum=0))
+        _logs.pump()  # e.g. the WARNING about unreadable records, now
+        return records
 
     def __len__(self) -> int:
         return self._native.count()
+
+    def exists(self) -> bool:
+        """Whether the store is there at all (the file, the Redis key, the
+        broker queue). A missing store reads as empty; this tells a typo from
+        "nothing failed"."""
+        return self._native.exists()
+
+    @property
+    def unreadable(self) -> int:
+        """Unreadable records (torn or corrupt) the last read skipped. They
+        are never dropped: the next replay or purge sets them aside (for a
+        :class:`FileDLQ`, in ``<path>.corrupt``), and a WARNING says how many."""
+        return self._native.skipped
+
+    @property
+    def set_aside(self) -> int:
+        """Unreadable records the last replay or purge set aside."""
+        return self._native.set_aside
 
     @property
     def last_error(self) -> str | None:
@@ -73,10 +95,13 @@ class DeadLetterQueue:
                 "(the default is the backend of the last pool run with this store)"
             )
         wanted = _ids(ids)
-        if _is_native(target):
-            count: int = await self._native.replay(target, wanted)
-            return count
-        return await self._replay_through_python(target, wanted)
+        try:
+            if _is_native(target):
+                count: int = await self._native.replay(target, wanted)
+                return count
+            return await self._replay_through_python(target, wanted)
+        finally:
+            _logs.pump()
 
     async def _replay_through_python(self, backend: Any, ids: list[str] | None) -> int:
         from .backends import Backend
@@ -102,7 +127,10 @@ class DeadLetterQueue:
 
     async def purge(self) -> int:
         """Remove every dead letter; returns how many there were."""
-        count: int = await self._native.purge()
+        try:
+            count: int = await self._native.purge()
+        finally:
+            _logs.pump()
         return count
 
     def _remember(self, backend: Any) -> None:
@@ -128,6 +156,46 @@ def _is_native(backend: Any) -> bool:
     return getattr(backend, "_native", None) is not None
 
 
+class NativeDeadLetterQueue(DeadLetterQueue):
+    """A backend's own dead-letter queue (RabbitMQ ``{queue}.dlq``, Redis
+    ``{stream}:dlq``, the memory backend's list), from
+    ``backend.dead_letter_queue()``.
+
+    Records are rebuilt from what the backend wrote with each dead letter
+    (the ``x-foxtive-*`` headers, the entry's fields). ``replay()`` without
+    ``to`` moves each record back to its source queue as one step: an AMQP
+    transaction (publish and ack commit together) or one Lua script on Redis,
+    so an interrupted replay never loses or doubles an entry. Listing a
+    RabbitMQ DLQ takes messages without acknowledging them and hands them
+    back (they are then marked redelivered).
+    """
+
+    def __init__(self, backend: Any, native: _core.DeadLetterStore) -> None:
+        super().__init__(native)
+        self.backend = backend
+        self._last_backend = backend
+
+    async def replay(self, ids: Iterable[str] | None = None, to: Any = None) -> int:
+        """Move dead letters back to their source queue (default: all);
+        returns how many. ``to``: another backend to publish to instead (then
+        each is published, then removed: an interruption in between can leave
+        a duplicate, never a loss)."""
+        if to is None or to is self.backend or _native_of(to) is _native_of(self.backend):
+            try:
+                count: int = await self._native.replay_in_place(_ids(ids))
+            finally:
+                _logs.pump()
+            return count
+        return await super().replay(ids, to)
+
+    def __repr__(self) -> str:
+        return f"NativeDeadLetterQueue({self._native.name})"
+
+
+def _native_of(backend: Any) -> Any:
+    return getattr(backend, "_native", backend)
+
+
 class MemoryDLQ(DeadLetterQueue):
     """Dead letters kept in this process's memory (tests, inspection)."""
 
@@ -145,6 +213,10 @@ class FileDLQ(DeadLetterQueue):
     messages are acked; the file is created with mode 0600; a record torn by a
     crash mid-write is skipped and never spoils earlier or later records;
     removal rewrites the file atomically (temporary file, ``fsync``, rename).
+    Lines that cannot be read (torn in the middle, damaged, or written by a
+    newer foxtive) are never deleted: reads skip and count them
+    (:attr:`unreadable`, a WARNING), and the next replay or purge moves them,
+    as they were, to :attr:`corrupt_path` (:attr:`set_aside` says how many).
     Bodies are base64, headers keep their types. Processes may share the file.
     """
 
@@ -154,6 +226,11 @@ class FileDLQ(DeadLetterQueue):
         # Absolute now: a later chdir must not move the dead letters.
         self.path: str = os.path.abspath(os.fspath(path))
         super().__init__(_core.DeadLetterStore.file(self.path))
+
+    @property
+    def corrupt_path(self) -> str:
+        """Where unreadable records are set aside: ``<path>.corrupt``."""
+        return self.path + ".corrupt"
 
     def __repr__(self) -> str:
         return f"FileDLQ({self.path!r})"

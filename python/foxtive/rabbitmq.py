@@ -41,6 +41,7 @@ from typing import Any
 from . import _core
 from ._config import FrozenConfig, integer, seconds
 from .backends import NativeBackend
+from .dlq import NativeDeadLetterQueue
 from .errors import ConfigError
 from .tracing import inject
 
@@ -150,6 +151,21 @@ class RabbitMqConsumerConfig(FrozenConfig):
         return self.dead_letter_queue or f"{self.queue_name}.dlq"
 
 
+class DeadLetterQueueName(str):
+    """The name of a RabbitMQ backend's dead-letter queue; calling it returns
+    the queue's :class:`foxtive.dlq.NativeDeadLetterQueue` view."""
+
+    _backend: RabbitMqBackend
+
+    def __new__(cls, name: str, backend: RabbitMqBackend) -> DeadLetterQueueName:
+        self = super().__new__(cls, name)
+        self._backend = backend
+        return self
+
+    def __call__(self) -> NativeDeadLetterQueue:
+        return NativeDeadLetterQueue(self._backend, self._backend._native.dead_letter_store())
+
+
 class RabbitMqBackend(NativeBackend):
     """A RabbitMQ queue as a foxtive backend.
 
@@ -204,8 +220,17 @@ class RabbitMqBackend(NativeBackend):
         return str(self._native.name)
 
     @property
-    def dead_letter_queue(self) -> str:
-        return str(self._native.dead_letter_queue)
+    def dead_letter_queue(self) -> DeadLetterQueueName:
+        """The dead-letter queue: its name (a ``str``, as before), and called,
+        ``backend.dead_letter_queue()``, a :class:`foxtive.dlq.NativeDeadLetterQueue`
+        view of it (list, replay, purge)."""
+        return DeadLetterQueueName(str(self._native.dead_letter_queue), self)
+
+    def dead_letters(self, limit: int = 100) -> list[_core.DeadLetter]:
+        """Up to ``limit`` dead letters, oldest first, rebuilt from their
+        ``x-foxtive-*`` headers. Nothing is consumed: the messages are taken
+        without an ack and handed back (they are then marked redelivered)."""
+        return self.dead_letter_queue().get_failed_messages(limit)
 
     def retry_queue_for(self, delay: float | _dt.timedelta) -> str | None:
         """The delay-bucket queue a retry after ``delay`` waits in (``None``: no delay)."""

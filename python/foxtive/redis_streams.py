@@ -35,6 +35,7 @@ from typing import Any
 from . import _core
 from ._config import FrozenConfig, integer, seconds
 from .backends import NativeBackend
+from .dlq import NativeDeadLetterQueue
 from .errors import ConfigError
 from .tracing import inject
 
@@ -198,11 +199,16 @@ class RedisStreamBackend(NativeBackend):
         result: list[str] = await self._native.publish_many(bodies, inject(headers), delay)
         return result
 
-    async def dead_letters(self, limit: int = 100) -> list[_core.DeadLetter]:
-        """The oldest ``limit`` entries of the dead-letter stream."""
-        result: list[_core.DeadLetter] = await self._native.dead_letters(
-            integer("limit", limit, minimum=1))
-        return result
+    def dead_letters(self, limit: int = 100) -> list[_core.DeadLetter]:
+        """The oldest ``limit`` entries of the dead-letter stream
+        (``config.dead_letter_stream``), rebuilt from their fields."""
+        return self.dead_letter_queue().get_failed_messages(limit)
+
+    def dead_letter_queue(self) -> NativeDeadLetterQueue:
+        """The dead-letter stream as a queue view: list, replay (each entry
+        moved back to the stream by one Lua script: never lost or doubled),
+        purge."""
+        return NativeDeadLetterQueue(self, self._native.dead_letter_store())
 
     async def close(self) -> None:
         """Close the connections (a pool does this when it stops)."""

@@ -171,6 +171,13 @@ impl PyMemoryBackend {
             .collect()
     }
 
+    /// The backend's dead letters as a store (list, replay, purge).
+    fn dead_letter_store(&self) -> crate::dlq::PyDeadLetterStore {
+        crate::dlq::PyDeadLetterStore::of(
+            foxtive_core::backend::memory_dlq::MemoryDeadLetters::new(self.inner.clone()),
+        )
+    }
+
     fn __repr__(&self) -> String {
         format!("MemoryBackend(name={:?})", self.inner.name())
     }

@@ -29,7 +29,7 @@ pub struct PyDeadLetterStore {
 }
 
 impl PyDeadLetterStore {
-    fn of(store: impl DeadLetterStore) -> Self {
+    pub(crate) fn of(store: impl DeadLetterStore) -> Self {
         let watch = Arc::new(Watched {
             inner: Box::new(store),
             last_error: Mutex::new(None),
@@ -69,6 +69,18 @@ impl DeadLetterStore for Watched {
     }
     async fn count(&self) -> foxtive_core::Result<usize> {
         self.inner.count().await
+    }
+    async fn exists(&self) -> foxtive_core::Result<bool> {
+        self.inner.exists().await
+    }
+    async fn replay_in_place(&self, ids: Option<&[String]>) -> foxtive_core::Result<usize> {
+        self.inner.replay_in_place(ids).await
+    }
+    fn skipped(&self) -> usize {
+        self.inner.skipped()
+    }
+    fn set_aside(&self) -> usize {
+        self.inner.set_aside()
     }
 }
 
@@ -191,6 +203,39 @@ impl PyDeadLetterStore {
     fn remove<'py>(&self, py: Python<'py>, keys: Vec<String>) -> PyResult<Bound<'py, PyAny>> {
         let store = self.inner.clone();
         bridge::awaitable(py, async move { store.remove(&keys).await })
+    }
+
+    /// Whether the store is there (a file, a key, a queue).
+    fn exists(&self, py: Python<'_>) -> PyResult<bool> {
+        let store = self.inner.clone();
+        wait(py, async move { store.exists().await })
+    }
+
+    /// Unreadable records the last read skipped.
+    #[getter]
+    fn skipped(&self) -> usize {
+        self.inner.skipped()
+    }
+
+    /// Unreadable records the last replay or purge set aside.
+    #[getter]
+    fn set_aside(&self) -> usize {
+        self.inner.set_aside()
+    }
+
+    /// Replay into the source queue in place, each record moved whole
+    /// (native dead-letter queues; awaitable count).
+    #[pyo3(signature = (ids = None))]
+    fn replay_in_place<'py>(
+        &self,
+        py: Python<'py>,
+        ids: Option<Vec<String>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let store = self.inner.clone();
+        bridge::awaitable(
+            py,
+            async move { store.replay_in_place(ids.as_deref()).await },
+        )
     }
 
     /// Remove every record (awaitable count).

@@ -197,6 +197,17 @@ impl PyRabbitMqBackend {
         crate::backends::publish_many(py, self.inner.clone(), bodies, headers, delay)
     }
 
+    /// The dead-letter queue as a store (list, replay, purge).
+    fn dead_letter_store(&self) -> crate::dlq::PyDeadLetterStore {
+        crate::dlq::PyDeadLetterStore::of(self.inner.dead_letter_store())
+    }
+
+    /// The name of the connection the dead-letter store's calls open.
+    #[getter]
+    fn dead_letter_connection_name(&self) -> String {
+        self.inner.dead_letter_store().connection_name()
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "RabbitMqBackend(url={:?}, queue={:?})",

@@ -162,6 +162,11 @@ impl PyRedisStreamBackend {
         bridge::awaitable(py, async move { inner.close().await })
     }
 
+    /// The dead-letter stream as a store (list, replay, purge).
+    fn dead_letter_store(&self) -> crate::dlq::PyDeadLetterStore {
+        crate::dlq::PyDeadLetterStore::of(self.inner.dead_letter_store())
+    }
+
     fn __repr__(&self) -> String {
         let c = self.inner.config();
         format!(

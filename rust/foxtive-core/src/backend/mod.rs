@@ -1,6 +1,7 @@
 //! Where messages come from and where their settlements go.
 
 pub mod memory;
+pub mod memory_dlq;
 pub mod rabbitmq;
 pub mod redis_streams;
 pub mod resilient;

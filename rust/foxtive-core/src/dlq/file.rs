@@ -8,8 +8,11 @@
 //!   next append starts on a fresh line, so earlier records are never touched.
 //! - Removal rewrites the file to a temporary next to it, `fsync`s it and
 //!   renames it over the original: readers see the old file or the new one.
-//!   Lines this version cannot read are kept as they are (they may be a newer
-//!   foxtive's records); only `purge` drops them.
+//! - Lines this version cannot read (torn by a crash, damaged, or a newer
+//!   foxtive's records) are never dropped: reads skip them and count them
+//!   (a WARNING says how many), and the next rewrite (replay, purge) first
+//!   appends them, as they are, to the sidecar `<path>.corrupt` (0600,
+//!   `fsync`ed) and says how many it set aside.
 //! - The file (and its `.lock` companion) are created with mode 0600: dead
 //!   letters hold message bodies.
 //! - Processes sharing the file (`foxtive run --processes N`, or `foxtive dlq`
@@ -21,6 +24,8 @@ use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
@@ -34,6 +39,10 @@ const MODE: u32 = 0o600;
 pub struct FileStore {
     path: PathBuf,
     name: String,
+    /// Unreadable lines the last read skipped.
+    skipped: Arc<AtomicUsize>,
+    /// Unreadable lines the last rewrite moved to the sidecar.
+    set_aside: Arc<AtomicUsize>,
 }
 
 impl FileStore {
@@ -48,11 +57,21 @@ impl FileStore {
             )));
         }
         let name = format!("file:{}", path.display());
-        Ok(FileStore { path, name })
+        Ok(FileStore {
+            path,
+            name,
+            skipped: Arc::default(),
+            set_aside: Arc::default(),
+        })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Where unreadable lines are set aside: `<path>.corrupt`.
+    pub fn corrupt_path(&self) -> PathBuf {
+        sidecar(&self.path)
     }
 
     /// Run blocking file work off the async threads.
@@ -78,6 +97,12 @@ fn new_key() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     format!("{nanos:x}-{:016x}", rand::random::<u64>())
+}
+
+fn sidecar(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".corrupt");
+    PathBuf::from(p)
 }
 
 /// An exclusive `flock` on `<path>.lock`, released when dropped.
@@ -205,23 +230,75 @@ fn read_lines(path: &Path) -> Result<Vec<(Vec<u8>, bool)>> {
     }
 }
 
-/// One line as a record, or `None` for blank, torn or unreadable lines.
-fn parse(path: &Path, line: &[u8], complete: bool) -> Option<StoredDeadLetter> {
+/// What one line holds.
+enum Line {
+    Record(Box<StoredDeadLetter>),
+    /// Nothing: blank.
+    Blank,
+    /// Bytes that are not a record this version can read, with why.
+    Unreadable(String),
+}
+
+fn parse(line: &[u8]) -> Line {
     if line.iter().all(u8::is_ascii_whitespace) {
-        return None;
+        return Line::Blank;
     }
     let parsed = std::str::from_utf8(line)
         .map_err(|e| Error::DeadLetter(format!("not UTF-8: {e}")))
         .and_then(codec::decode);
     match parsed {
-        Ok(stored) => Some(stored),
-        // The tail of a write cut short by a crash: expected, not news.
-        Err(_) if !complete => None,
-        Err(e) => {
-            tracing::warn!(file = %path.display(), error = %e, "skipping a dead-letter line");
-            None
+        Ok(stored) => Line::Record(Box::new(stored)),
+        Err(e) => Line::Unreadable(e.to_string()),
+    }
+}
+
+/// The records of the file, up to `limit`, and how many complete lines could
+/// not be read. An incomplete last line is not counted: it may be an append
+/// in progress (readers take no lock).
+fn read_records(path: &Path, limit: usize) -> Result<(Vec<StoredDeadLetter>, usize)> {
+    let mut records = Vec::new();
+    let mut unreadable = 0;
+    let mut why = String::new();
+    for (line, complete) in read_lines(path)? {
+        match parse(&line) {
+            Line::Record(stored) if records.len() < limit => records.push(*stored),
+            Line::Record(_) | Line::Blank => {}
+            Line::Unreadable(_) if !complete => {}
+            Line::Unreadable(e) => {
+                unreadable += 1;
+                why = e;
+            }
         }
     }
+    if unreadable > 0 {
+        tracing::warn!(file = %path.display(), unreadable, last_error = %why,
+            corrupt = %sidecar(path).display(),
+            "skipped unreadable dead-letter records; the next replay or purge sets them aside");
+    }
+    Ok((records, unreadable))
+}
+
+/// Append `lines` to the sidecar and make them durable, before the main file
+/// loses them.
+fn set_aside(path: &Path, lines: &[&[u8]]) -> Result<()> {
+    let corrupt = sidecar(path);
+    let existed = corrupt.exists();
+    let mut buf = Vec::new();
+    for line in lines {
+        buf.extend_from_slice(line);
+        buf.push(b'\n');
+    }
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(MODE)
+        .open(&corrupt)
+        .and_then(|mut f| f.write_all(&buf).and_then(|()| f.sync_data()))
+        .map_err(|e| io_error("set aside unreadable records in", &corrupt, e))?;
+    if !existed {
+        sync_dir(&corrupt)?;
+    }
+    Ok(())
 }
 
 fn rewrite(path: &Path, lines: &[&[u8]]) -> Result<()> {
@@ -255,26 +332,33 @@ fn rewrite(path: &Path, lines: &[&[u8]]) -> Result<()> {
     result
 }
 
-/// Rewrite the file without the records `drop` selects; returns how many went.
-fn remove_where(path: &Path, drop: impl Fn(Option<&StoredDeadLetter>) -> bool) -> Result<usize> {
+/// Rewrite the file without the records `drop` selects. Unreadable lines
+/// (a torn tail included: under the lock it is a crash's remnant, not an
+/// append in progress) move to the sidecar first. Returns (removed, set aside).
+fn remove_where(path: &Path, drop: impl Fn(&StoredDeadLetter) -> bool) -> Result<(usize, usize)> {
     let _lock = FileLock::acquire(path)?;
     let lines = read_lines(path)?;
     let mut kept: Vec<&[u8]> = Vec::with_capacity(lines.len());
+    let mut unreadable: Vec<&[u8]> = Vec::new();
     let mut removed = 0;
-    for (line, complete) in &lines {
-        let stored = parse(path, line, *complete);
-        if drop(stored.as_ref()) {
-            removed += usize::from(stored.is_some());
-        } else if stored.is_some() || (*complete && !line.iter().all(u8::is_ascii_whitespace)) {
-            // Records, and complete lines we cannot read, stay. Blank lines
-            // and a torn tail go: they hold nothing.
-            kept.push(line);
+    for (line, _) in &lines {
+        match parse(line) {
+            Line::Record(stored) if drop(&stored) => removed += 1,
+            Line::Record(_) => kept.push(line),
+            Line::Blank => {}
+            Line::Unreadable(_) => unreadable.push(line),
         }
+    }
+    if !unreadable.is_empty() {
+        set_aside(path, &unreadable)?;
+        tracing::warn!(file = %path.display(), set_aside = unreadable.len(),
+            corrupt = %sidecar(path).display(),
+            "set aside unreadable dead-letter records (kept as they were)");
     }
     if removed > 0 || kept.len() != lines.len() {
         rewrite(path, &kept)?;
     }
-    Ok(removed)
+    Ok((removed, unreadable.len()))
 }
 
 #[async_trait]
@@ -296,14 +380,9 @@ impl DeadLetterStore for FileStore {
     }
 
     async fn list(&self, limit: usize) -> Result<Vec<StoredDeadLetter>> {
-        self.blocking(move |path| {
-            Ok(read_lines(path)?
-                .iter()
-                .filter_map(|(line, complete)| parse(path, line, *complete))
-                .take(limit)
-                .collect())
-        })
-        .await
+        let (records, skipped) = self.blocking(move |path| read_records(path, limit)).await?;
+        self.skipped.store(skipped, Ordering::Relaxed);
+        Ok(records)
     }
 
     async fn remove(&self, keys: &[String]) -> Result<usize> {
@@ -311,22 +390,40 @@ impl DeadLetterStore for FileStore {
             return Ok(0);
         }
         let keys: std::collections::HashSet<String> = keys.iter().cloned().collect();
-        self.blocking(move |path| remove_where(path, |s| s.is_some_and(|s| keys.contains(&s.key))))
-            .await
+        let (removed, aside) = self
+            .blocking(move |path| remove_where(path, |s| keys.contains(&s.key)))
+            .await?;
+        self.set_aside.store(aside, Ordering::Relaxed);
+        Ok(removed)
     }
 
     async fn purge(&self) -> Result<usize> {
-        self.blocking(|path| {
-            if !path.exists() {
-                return Ok(0);
-            }
-            remove_where(path, |_| true)
-        })
-        .await
+        let (removed, aside) = self
+            .blocking(|path| {
+                if !path.exists() {
+                    return Ok((0, 0));
+                }
+                remove_where(path, |_| true)
+            })
+            .await?;
+        self.set_aside.store(aside, Ordering::Relaxed);
+        Ok(removed)
     }
 
     async fn count(&self) -> Result<usize> {
         self.list(usize::MAX).await.map(|v| v.len())
+    }
+
+    async fn exists(&self) -> Result<bool> {
+        Ok(self.path.is_file())
+    }
+
+    fn skipped(&self) -> usize {
+        self.skipped.load(Ordering::Relaxed)
+    }
+
+    fn set_aside(&self) -> usize {
+        self.set_aside.load(Ordering::Relaxed)
     }
 }
 
@@ -407,7 +504,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn remove_rewrites_and_keeps_lines_it_cannot_read() {
+    async fn remove_rewrites_and_sets_aside_lines_it_cannot_read() {
         let dir = TempDir::new("remove");
         let path = dir.0.join("dead.jsonl");
         let store = FileStore::new(&path).unwrap();
@@ -421,9 +518,13 @@ mod tests {
         assert_eq!(listed.len(), 3);
         let b_key = listed[1].key.clone();
         assert_eq!(store.remove(std::slice::from_ref(&b_key)).await.unwrap(), 1);
+        assert_eq!(store.set_aside(), 1);
         assert_eq!(store.remove(&[b_key]).await.unwrap(), 0);
+        assert_eq!(store.set_aside(), 0, "nothing more to set aside");
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.contains("the future"));
+        assert!(!text.contains("the future"), "set aside, not kept in place");
+        let aside = std::fs::read_to_string(store.corrupt_path()).unwrap();
+        assert_eq!(aside, "{\"v\": 2, \"from\": \"the future\"}\n");
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "the rewritten file keeps mode 0600");
         let left: Vec<_> = store
@@ -437,6 +538,37 @@ mod tests {
         assert_eq!(store.purge().await.unwrap(), 2);
         assert_eq!(store.count().await.unwrap(), 0);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+    }
+
+    #[tokio::test]
+    async fn a_torn_record_in_the_middle_is_counted_then_set_aside_not_deleted() {
+        let dir = TempDir::new("middle");
+        let path = dir.0.join("dead.jsonl");
+        let store = FileStore::new(&path).unwrap();
+        assert!(!store.exists().await.unwrap());
+        store.put(vec![named("a")]).await.unwrap();
+        assert!(store.exists().await.unwrap());
+        let line = codec::encode("k", &named("torn"));
+        let torn = &line.as_bytes()[..line.len() / 2];
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(torn).unwrap();
+        drop(f);
+        store.put(vec![named("b")]).await.unwrap();
+        assert_eq!(store.list(10).await.unwrap().len(), 2);
+        assert_eq!(store.skipped(), 1, "the torn line in the middle is counted");
+        assert_eq!(store.purge().await.unwrap(), 2);
+        assert_eq!(store.set_aside(), 1);
+        let mut kept = std::fs::read(store.corrupt_path()).unwrap();
+        assert_eq!(kept.pop(), Some(b'\n'));
+        assert_eq!(kept, torn, "the unreadable bytes are kept as they were");
+        let mode = std::fs::metadata(store.corrupt_path())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(store.list(10).await.unwrap().len(), 0);
+        assert_eq!(store.skipped(), 0);
     }
 
     #[tokio::test]

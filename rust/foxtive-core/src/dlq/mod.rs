@@ -103,6 +103,37 @@ pub trait DeadLetterStore: Send + Sync + 'static {
 
     /// How many records are kept.
     async fn count(&self) -> Result<usize>;
+
+    /// Whether the store is there at all (a file, a key, a queue). A missing
+    /// store reads as empty; tools use this to tell a typo from "nothing
+    /// failed". Stores that are always there say `true`.
+    async fn exists(&self) -> Result<bool> {
+        Ok(true)
+    }
+
+    /// Republish the chosen records (original ids in `ids`, or all) into the
+    /// queue they failed in and remove them, as one step per record where the
+    /// medium allows (a broker's native dead-letter queue). Stores outside
+    /// the broker have no source of their own: use [`replay`] with a backend.
+    async fn replay_in_place(&self, ids: Option<&[String]>) -> Result<usize> {
+        let _ = ids;
+        Err(Error::DeadLetter(format!(
+            "{}: replays need a backend to publish to (replay(to=backend))",
+            self.name()
+        )))
+    }
+
+    /// Unreadable records (torn or corrupt) the last read had to skip. They
+    /// stay where they are until a change (replay, purge) sets them aside.
+    fn skipped(&self) -> usize {
+        0
+    }
+
+    /// Unreadable records the last change (replay, remove, purge) moved out
+    /// of the way, to a place of the store's own (e.g. `<file>.corrupt`).
+    fn set_aside(&self) -> usize {
+        0
+    }
 }
 
 impl std::fmt::Debug for dyn DeadLetterStore {

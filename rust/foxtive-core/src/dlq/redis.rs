@@ -198,6 +198,15 @@ impl DeadLetterStore for RedisStore {
         Ok(n)
     }
 
+    async fn exists(&self) -> Result<bool> {
+        let mut conn = self.conn().await?;
+        redis::cmd("EXISTS")
+            .arg(&self.key)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.error("read", e))
+    }
+
     async fn count(&self) -> Result<usize> {
         let mut conn = self.conn().await?;
         redis::cmd("XLEN")

@@ -165,6 +165,17 @@ pub struct Engine {
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
+/// The workers of the dead letters a batch still carries.
+fn dead_letter_workers(batch: &[SettleItem]) -> Vec<Arc<str>> {
+    batch
+        .iter()
+        .filter_map(|(_, s)| match s {
+            Settlement::DeadLetter(f) => Some(f.worker_id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Pause after a failed receive before trying again (the backend reconnects).
 const RECEIVE_ERROR_PAUSE: Duration = Duration::from_millis(200);
 /// How long one receive call may wait before the loop looks around again.
@@ -490,11 +501,32 @@ impl Engine {
                 continue;
             }
             let batch = self.divert_dead_letters(batch).await;
-            if let Err(e) = self.backend.settle(batch).await {
-                tracing::warn!(pool = %self.config.pool, error = %e,
-                    "settling failed; the broker will redeliver what was not settled");
+            let dead = dead_letter_workers(&batch);
+            match self.backend.settle(batch).await {
+                Ok(()) => self.count_dead_letters(&dead),
+                Err(e) => {
+                    tracing::warn!(pool = %self.config.pool, error = %e,
+                        "settling failed; the broker will redeliver what was not settled");
+                }
             }
         }
+    }
+
+    /// Count dead letters once they are stored: the store or the backend
+    /// said so. A message whose dead letter could not be written goes back
+    /// to the broker and is counted when a later attempt stores it.
+    fn count_dead_letters(&self, workers: &[Arc<str>]) {
+        for id in workers {
+            if let Some(w) = self.metrics_of(id) {
+                stats::add(&w.dead_lettered, 1);
+            }
+        }
+    }
+
+    /// The counters of the worker with this id.
+    fn metrics_of(&self, id: &Arc<str>) -> Option<&crate::observe::metrics::WorkerMetrics> {
+        let index = self.workers.iter().position(|w| w.spec.id == *id)?;
+        self.metrics.worker(index)
     }
 
     /// With a dead-letter store, put the batch's dead letters there (one
@@ -519,7 +551,10 @@ impl Engine {
         }
         let n = records.len();
         let instead = match store.put(records).await {
-            Ok(()) => Settlement::Ack,
+            Ok(()) => {
+                self.count_dead_letters(&dead_letter_workers(&batch));
+                Settlement::Ack
+            }
             Err(e) => {
                 tracing::error!(pool = %self.config.pool, store = store.name(), error = %e,
                     messages = n,
@@ -532,7 +567,13 @@ impl Engine {
             }
         };
         for item in &mut batch {
-            if matches!(item.1, Settlement::DeadLetter(_)) {
+            if let Settlement::DeadLetter(failure) = &item.1 {
+                if matches!(instead, Settlement::Retry { .. }) {
+                    // Back to the broker, not dead-lettered (yet).
+                    if let Some(w) = self.metrics_of(&failure.worker_id) {
+                        stats::add(&w.requeued, 1);
+                    }
+                }
                 item.1 = instead.clone();
             }
         }
@@ -559,7 +600,16 @@ impl Engine {
                 ..
             } => &w.retried,
             Settlement::Retry { .. } | Settlement::Requeue => &w.requeued,
-            Settlement::DeadLetter(_) => &w.dead_lettered,
+            // Counted once stored (count_dead_letters); a message handed in
+            // by the user (pool.dispatch) reaches no store: counted now.
+            Settlement::DeadLetter(_) if matches!(inflight.delivery.receipt, Receipt::Local(_)) => {
+                &w.dead_lettered
+            }
+            Settlement::DeadLetter(_) => {
+                w.duration
+                    .observe(now.saturating_duration_since(inflight.admitted));
+                return;
+            }
         };
         stats::add(counter, 1);
         if !matches!(settlement, Settlement::Requeue) {
@@ -853,7 +903,9 @@ impl Engine {
         let late = std::mem::take(&mut *self.settle_queue.lock());
         if !late.is_empty() {
             let late = self.divert_dead_letters(late).await;
+            let dead = dead_letter_workers(&late);
             self.backend.settle(late).await?;
+            self.count_dead_letters(&dead);
         }
         let closed = self.backend.close().await;
         stats::add(&self.metrics.reconnects, self.backend.reconnect_attempts());

@@ -16,6 +16,7 @@
 
 pub mod acks;
 pub mod config;
+pub mod dlq;
 pub mod fields;
 pub mod topology;
 

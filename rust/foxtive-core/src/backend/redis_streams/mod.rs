@@ -28,6 +28,7 @@
 
 pub mod codec;
 mod config;
+pub mod dlq;
 mod link;
 mod reader;
 mod reply;
