@@ -89,8 +89,11 @@ impl ResilientBackend {
     /// After a failed operation: wait the strategy's delay (interrupted at once
     /// by `close`), then try to connect again. Returns the error to report.
     async fn recover(&self, error: Error) -> Error {
+        // Once closed, whatever failed, the answer is "shut down": callers
+        // loop until they see it (a connect attempt cut short by `close`
+        // may report a timeout or a lost connection instead).
         if self.closed.load(Ordering::Acquire) || matches!(error, Error::Shutdown) {
-            return error;
+            return Error::Shutdown;
         }
         self.set_state(RECONNECTING);
         let failures = self
@@ -111,7 +114,14 @@ impl ResilientBackend {
             _ = &mut closing => return Error::Shutdown,
         }
         self.reconnect_attempts.fetch_add(1, Ordering::Relaxed);
-        match self.inner.connect().await {
+        let reconnected = tokio::select! {
+            r = self.inner.connect() => r,
+            _ = &mut closing => return Error::Shutdown,
+        };
+        if self.closed.load(Ordering::Acquire) {
+            return Error::Shutdown;
+        }
+        match reconnected {
             Ok(()) => self.mark_healthy(),
             Err(e) => tracing::warn!(backend = self.inner.name(), error = %e, "reconnect failed"),
         }
@@ -139,7 +149,22 @@ impl Backend for ResilientBackend {
         // The first connection also retries: a worker started before its
         // broker waits for it instead of crashing.
         loop {
-            match self.inner.connect().await {
+            if self.closed.load(Ordering::Acquire) {
+                return Err(Error::Shutdown);
+            }
+            let attempt = {
+                let closing = self.closing.notified();
+                tokio::pin!(closing);
+                closing.as_mut().enable();
+                if self.closed.load(Ordering::Acquire) {
+                    return Err(Error::Shutdown);
+                }
+                tokio::select! {
+                    r = self.inner.connect() => r,
+                    _ = &mut closing => return Err(Error::Shutdown),
+                }
+            };
+            match attempt {
                 Ok(()) => {
                     self.mark_healthy();
                     self.set_state(CONNECTED);
