@@ -398,3 +398,21 @@ def test_several_nodes_keep_passwords_out_of_reprs_and_errors() -> None:
     assert "s3cret-pw" not in asyncio.run(go())
     with pytest.raises(foxtive.ConfigError, match="url"):
         foxtive.RabbitMqBackend([], foxtive.RabbitMqConsumerConfig())
+
+
+def test_headers_bigger_than_a_frame_are_refused_without_killing_the_connection() -> None:
+    queue = unique("hugehdr")
+
+    async def go() -> None:
+        b = backend_for(URL, queue)
+        async with judge(queue) as ch:
+            await b.publish(b"before")
+            epoch = b._native.epoch
+            with pytest.raises(foxtive.BackendError, match="frame_max"):
+                await b.publish(b"huge", headers={"big": "h" * 300_000})
+            await b.publish(b"after")
+            assert b._native.epoch == epoch  # the same connection
+            await b.close()
+            assert await ready_count(ch, queue) == 2
+
+    asyncio.run(go())

@@ -17,6 +17,7 @@
 pub mod acks;
 pub mod config;
 pub mod fields;
+pub mod frames;
 pub mod nodes;
 
 use std::collections::HashMap;
@@ -1351,10 +1352,20 @@ impl Backend for RabbitMqBackend {
             }
         }
         let link = s.live_link(PUBLISH_RECONNECT_WAIT).await?;
+        let frame_max = link.conn.configuration().frame_max() as usize;
         let mut ids = Vec::with_capacity(messages.len());
         let mut prepared = Vec::with_capacity(messages.len());
         for mut out in messages {
             let id = out.message_id.take().unwrap_or_else(new_message_id);
+            let needed = self::frames::header_frame_len(&out, &id);
+            if frame_max > 0 && needed > frame_max {
+                // Sent anyway, the broker would close the shared connection.
+                return Err(Error::Backend(format!(
+                    "publish: headers and properties need about {needed} bytes in one frame; \
+                     the broker allows {frame_max} (frame_max): make the headers smaller \
+                     (put large data in the body)"
+                )));
+            }
             if out.attempt > 1 {
                 set_header(
                     &mut out.headers,
