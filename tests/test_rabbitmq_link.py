@@ -335,11 +335,11 @@ def test_connect_timeout_is_a_setting_and_is_honoured(silent: SilentListener) ->
 # ------------------------------------------------------ item 4: broker URLs
 
 
-async def round_trip(url: str | list[str], vhost_url: str = URL) -> None:
+async def round_trip(url: str | list[str], vhost_url: str = URL, **config: Any) -> None:
     """Publish and consume one message through foxtive on ``url``; aio-pika on
     ``vhost_url`` sees the queue where it should be, and cleans up."""
     queue = unique("url")
-    b = backend_for(url, queue)
+    b = backend_for(url, queue, **config)
     await b.publish(b"hello", message_id="one")
     await b.close()
     conn = await aio_pika.connect(vhost_url)
@@ -347,7 +347,7 @@ async def round_trip(url: str | list[str], vhost_url: str = URL) -> None:
         ch = await conn.channel()
         assert await ready_count(ch, queue) == 1
         seen: list[str] = []
-        idle, _ = await asyncio.to_thread(run_pool, backend_for(url, queue), seen, 20)
+        idle, _ = await asyncio.to_thread(run_pool, backend_for(url, queue, **config), seen, 20)
         assert idle and seen == ["one"]
         assert await ready_count(ch, queue) == 0
         await ch.queue_delete(queue)
@@ -377,7 +377,7 @@ def test_several_nodes_fail_over_to_the_good_one(silent: SilentListener) -> None
     one = (f"amqp://guest:guest@127.0.0.1:{dead},127.0.0.1:{silent.port},"
            "127.0.0.1:5672/")
     for _ in range(3):  # the starting node is random
-        asyncio.run(round_trip(one))
+        asyncio.run(round_trip(one, connect_timeout=2))
     nodes = [f"amqp://guest:guest@127.0.0.1:{dead}/", "amqp://guest:guest@127.0.0.1:5672/"]
     asyncio.run(round_trip(nodes))
 
