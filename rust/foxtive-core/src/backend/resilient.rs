@@ -357,6 +357,48 @@ mod tests {
         assert_eq!(r.state(), BackendState::Closed);
     }
 
+    /// A backend whose `connect` never returns (a broker that accepts TCP
+    /// and never answers, with no timeout of its own).
+    struct Silent;
+
+    #[async_trait]
+    impl Backend for Silent {
+        fn name(&self) -> &str {
+            "silent"
+        }
+        async fn connect(&self) -> Result<()> {
+            std::future::pending().await
+        }
+        async fn receive(&self, _max: usize, _wait: Duration) -> Result<Vec<Delivery>> {
+            Ok(Vec::new())
+        }
+        async fn settle(&self, _batch: Vec<SettleItem>) -> Result<()> {
+            Ok(())
+        }
+        async fn publish(&self, _m: Vec<Outgoing>) -> Result<Vec<String>> {
+            Ok(vec![])
+        }
+        async fn close(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn close_interrupts_a_connect_that_never_returns() {
+        let r = Arc::new(ResilientBackend::new(
+            Arc::new(Silent),
+            ReconnectStrategy::fixed(Duration::from_millis(10)),
+        ));
+        let connecting = tokio::spawn({
+            let r = r.clone();
+            async move { r.connect().await }
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        r.close().await.unwrap();
+        let result = tokio::time::timeout(Duration::from_secs(1), connecting).await;
+        assert!(matches!(result, Ok(Ok(Err(Error::Shutdown)))));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn first_connect_waits_for_the_broker() {
         let inner = flaky(true);
