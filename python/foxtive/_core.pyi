@@ -274,7 +274,7 @@ def reconnect_delay(
 class RabbitMqBackend:
     def __new__(
         cls,
-        url: str,
+        url: str | list[str],
         queue_name: str = "worker_queue",
         *,
         consumer_tag: str | None = None,
@@ -294,6 +294,7 @@ class RabbitMqBackend:
         reconnect_max: float = 60.0,
         reconnect_multiplier: float = 2.0,
         reconnect_jitter: float = 0.1,
+        connect_timeout: float = 10.0,
     ) -> RabbitMqBackend: ...
     @property
     def name(self) -> str: ...

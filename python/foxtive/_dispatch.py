@@ -357,6 +357,8 @@ class Runner:
         self.watch_handle: asyncio.TimerHandle | None = None
         self.last_watch = (0.0, 0.0)
         self.idle_reached = False
+        #: Set once the backend connected: idleness is only judged after it.
+        self.started = False
         #: ``callback(worker_id, message, error)`` for every handler failure
         #: (``WorkerPool.on_failure``); the pool hands over its own list.
         self.failure_listeners: list[Callable[[str, Message, BaseException], Any]] = []
@@ -436,11 +438,25 @@ class Runner:
             stopping.cancel()
         if starting.done():
             starting.result()  # raises if the first connection failed for good
+            self.started = True
             return True
         log.info("stop requested while connecting; closing the backend")
         await self.engine.finish()
-        with contextlib.suppress(Exception):
-            await starting
+        # Closing interrupts the connection attempt; a second signal (or a
+        # backend that does not listen) does not hold the exit beyond
+        # shutdown_timeout.
+        forcing = asyncio.ensure_future(self.force_event.wait())
+        try:
+            await asyncio.wait({starting, forcing}, timeout=self.shutdown_timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            forcing.cancel()
+        if starting.done():
+            with contextlib.suppress(BaseException):
+                starting.result()
+        else:
+            log.warning("the backend did not stop connecting within %.1f s; leaving it",
+                        self.shutdown_timeout)
         await self._teardown()
         self._remove_signals()
         return False

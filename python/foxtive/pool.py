@@ -331,7 +331,9 @@ class WorkerPool:
         """Process what is there (including retries that come due), then stop.
 
         Returns True once idle, False if ``timeout`` seconds passed first
-        (the pool then drains and stops all the same)."""
+        (the pool then drains and stops all the same), including when the
+        backend never connected: a broker that does not answer is not idle.
+        A connection that fails outright raises ``BackendError``."""
         return await self._run(backend, until_idle=True, timeout=seconds("timeout", timeout),
                                handle_signals=False)
 
@@ -390,6 +392,15 @@ class WorkerPool:
         last_received = -1
         while not runner.stop_event.is_set():
             await asyncio.sleep(0.005)
+            if not runner.started:
+                # Not connected yet: nothing can be said about the queue (a
+                # broker that never answers must not look idle).
+                if deadline is not None and loop.time() >= deadline:
+                    log.warning("run_until_idle: the backend did not connect within %.1f s; "
+                                "stopping", timeout)
+                    runner.request_stop()
+                    return
+                continue
             runner.flush_acks()
             idle = engine.is_idle()
             if idle is None:

@@ -35,7 +35,7 @@ import datetime as _dt
 import os
 import socket
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from . import _core
@@ -80,7 +80,10 @@ class RabbitMqConsumerConfig(FrozenConfig):
     :class:`ConfigError` naming the queue and the difference.
     ``exchange`` (declared durable, of ``exchange_type``, when missing; an
     existing one of another type is a :class:`ConfigError`) is bound with
-    ``routing_key`` (default: the queue name)."""
+    ``routing_key`` (default: the queue name).
+    ``connect_timeout`` (seconds, default 10) bounds one connection attempt to
+    one node: TCP, AMQP handshake, channels and declarations; a broker that
+    accepts TCP and never answers counts as down after it."""
 
     queue_name: str = "worker_queue"
     consumer_tag: str | None = None
@@ -96,6 +99,7 @@ class RabbitMqConsumerConfig(FrozenConfig):
     heartbeat: float | _dt.timedelta | None = None
     retry_queue_prefix: str | None = None
     dead_letter_queue: str | None = None
+    connect_timeout: float | _dt.timedelta = 10.0
 
     def __post_init__(self) -> None:
         self._set("queue_name", _name("queue_name", self.queue_name))
@@ -141,6 +145,12 @@ class RabbitMqConsumerConfig(FrozenConfig):
         _name("dead_letter_queue", self.dead_letter_queue, allow_none=True)
         if self.dead_letter_queue == self.queue_name:
             raise ConfigError("dead_letter_queue: must differ from queue_name")
+        ct = seconds("connect_timeout", self.connect_timeout)
+        if not 0 < ct <= 3600:
+            raise ConfigError(
+                f"connect_timeout: must be more than 0 and at most 3600 seconds, got {ct}"
+            )
+        self._set("connect_timeout", ct)
 
     @property
     def retry_queue_prefix_or_default(self) -> str:
@@ -170,14 +180,25 @@ class RabbitMqBackend(NativeBackend):
     """A RabbitMQ queue as a foxtive backend.
 
     ``url``: ``amqp://user:password@host:5672/vhost`` or ``amqps://...`` (TLS
-    through rustls). The password never appears in ``repr``, logs or errors.
+    through rustls), read as Python clients read it: ``amqp://host:5672`` and
+    ``amqp://host:5672/`` mean the vhost ``/``, ``/%2F`` too, ``/name`` means
+    ``name``. Several nodes: ``amqp://user:pw@a:5672,b:5672/vhost`` or a list
+    of URLs; connecting and reconnecting go round them, starting from a random
+    one. The password never appears in ``repr``, logs or errors.
     ``reconnect_*`` shape the backoff between reconnection attempts."""
 
-    def __init__(self, url: str, config: RabbitMqConsumerConfig | None = None, *,
+    def __init__(self, url: str | Sequence[str], config: RabbitMqConsumerConfig | None = None, *,
                  reconnect_initial: float = 1.0, reconnect_max: float = 60.0,
                  reconnect_multiplier: float = 2.0, reconnect_jitter: float = 0.1) -> None:
-        if not isinstance(url, str):
-            raise ConfigError(f"url: expected a string, got {type(url).__name__}")
+        urls: str | list[str]
+        if isinstance(url, str):
+            urls = url
+        elif isinstance(url, Sequence) and url and all(isinstance(u, str) for u in url):
+            urls = list(url)
+        else:
+            raise ConfigError(
+                f"url: expected a string or a non-empty list of strings, got {type(url).__name__}"
+            )
         if config is None:
             config = RabbitMqConsumerConfig()
         if not isinstance(config, RabbitMqConsumerConfig):
@@ -187,7 +208,7 @@ class RabbitMqBackend(NativeBackend):
         self.config = config
         hb = seconds("heartbeat", config.heartbeat, allow_none=True)
         self._native = _core.RabbitMqBackend(
-            url,
+            urls,
             config.queue_name,
             consumer_tag=config.consumer_tag,
             prefetch_count=config.prefetch_count,
@@ -208,6 +229,7 @@ class RabbitMqBackend(NativeBackend):
             reconnect_max=seconds("reconnect_max", reconnect_max),
             reconnect_multiplier=float(reconnect_multiplier),
             reconnect_jitter=float(reconnect_jitter),
+            connect_timeout=seconds("connect_timeout", config.connect_timeout),
         )
 
     @property

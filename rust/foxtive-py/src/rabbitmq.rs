@@ -30,6 +30,21 @@ fn secs(name: &str, v: f64) -> PyResult<Duration> {
     Duration::try_from_secs_f64(v).map_err(|_| config_error(format!("{name}: out of range")))
 }
 
+/// One URL (maybe with comma-separated hosts) or a list of them.
+fn broker_urls(url: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+    if let Ok(one) = url.extract::<String>() {
+        return Ok(vec![one]);
+    }
+    url.extract::<Vec<String>>().map_err(|_| {
+        config_error(format!(
+            "url: expected a string or a list of strings, got {}",
+            url.get_type()
+                .name()
+                .map_or_else(|_| "?".to_string(), |n| n.to_string())
+        ))
+    })
+}
+
 #[pymethods]
 impl PyRabbitMqBackend {
     #[new]
@@ -39,11 +54,11 @@ impl PyRabbitMqBackend {
         exchange = None, exchange_type = "direct", routing_key = None, connection_name = None,
         heartbeat = None, retry_queue_prefix = None, dead_letter_queue = None,
         reconnect_initial = 1.0, reconnect_max = 60.0, reconnect_multiplier = 2.0,
-        reconnect_jitter = 0.1,
+        reconnect_jitter = 0.1, connect_timeout = 10.0,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
-        url: &str,
+        url: &Bound<'_, PyAny>,
         queue_name: &str,
         consumer_tag: Option<String>,
         prefetch_count: i64,
@@ -62,6 +77,7 @@ impl PyRabbitMqBackend {
         reconnect_max: f64,
         reconnect_multiplier: f64,
         reconnect_jitter: f64,
+        connect_timeout: f64,
     ) -> PyResult<Self> {
         let mut config = RabbitMqConfig::new(queue_name);
         if let Some(tag) = consumer_tag {
@@ -102,8 +118,11 @@ impl PyRabbitMqBackend {
             reconnect_jitter,
         )
         .py_err()?;
+        config.connect_timeout = secs("connect_timeout", connect_timeout)?;
+        let urls = broker_urls(url)?;
+        let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
         Ok(PyRabbitMqBackend {
-            inner: Arc::new(RabbitMqBackend::new(url, config).py_err()?),
+            inner: Arc::new(RabbitMqBackend::with_urls(&urls, config).py_err()?),
         })
     }
 

@@ -89,8 +89,11 @@ impl ResilientBackend {
     /// After a failed operation: wait the strategy's delay (interrupted at once
     /// by `close`), then try to connect again. Returns the error to report.
     async fn recover(&self, error: Error) -> Error {
+        // Once closed, whatever failed, the answer is "shut down": callers
+        // loop until they see it (a connect attempt cut short by `close`
+        // may report a timeout or a lost connection instead).
         if self.closed.load(Ordering::Acquire) || matches!(error, Error::Shutdown) {
-            return error;
+            return Error::Shutdown;
         }
         self.set_state(RECONNECTING);
         let failures = self
@@ -111,7 +114,14 @@ impl ResilientBackend {
             _ = &mut closing => return Error::Shutdown,
         }
         self.reconnect_attempts.fetch_add(1, Ordering::Relaxed);
-        match self.inner.connect().await {
+        let reconnected = tokio::select! {
+            r = self.inner.connect() => r,
+            _ = &mut closing => return Error::Shutdown,
+        };
+        if self.closed.load(Ordering::Acquire) {
+            return Error::Shutdown;
+        }
+        match reconnected {
             Ok(()) => self.mark_healthy(),
             Err(e) => tracing::warn!(backend = self.inner.name(), error = %e, "reconnect failed"),
         }
@@ -139,7 +149,22 @@ impl Backend for ResilientBackend {
         // The first connection also retries: a worker started before its
         // broker waits for it instead of crashing.
         loop {
-            match self.inner.connect().await {
+            if self.closed.load(Ordering::Acquire) {
+                return Err(Error::Shutdown);
+            }
+            let attempt = {
+                let closing = self.closing.notified();
+                tokio::pin!(closing);
+                closing.as_mut().enable();
+                if self.closed.load(Ordering::Acquire) {
+                    return Err(Error::Shutdown);
+                }
+                tokio::select! {
+                    r = self.inner.connect() => r,
+                    _ = &mut closing => return Err(Error::Shutdown),
+                }
+            };
+            match attempt {
                 Ok(()) => {
                     self.mark_healthy();
                     self.set_state(CONNECTED);
@@ -330,6 +355,48 @@ mod tests {
         let result = tokio::time::timeout(Duration::from_secs(1), connecting).await;
         assert!(matches!(result, Ok(Ok(Err(Error::Shutdown)))));
         assert_eq!(r.state(), BackendState::Closed);
+    }
+
+    /// A backend whose `connect` never returns (a broker that accepts TCP
+    /// and never answers, with no timeout of its own).
+    struct Silent;
+
+    #[async_trait]
+    impl Backend for Silent {
+        fn name(&self) -> &str {
+            "silent"
+        }
+        async fn connect(&self) -> Result<()> {
+            std::future::pending().await
+        }
+        async fn receive(&self, _max: usize, _wait: Duration) -> Result<Vec<Delivery>> {
+            Ok(Vec::new())
+        }
+        async fn settle(&self, _batch: Vec<SettleItem>) -> Result<()> {
+            Ok(())
+        }
+        async fn publish(&self, _m: Vec<Outgoing>) -> Result<Vec<String>> {
+            Ok(vec![])
+        }
+        async fn close(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn close_interrupts_a_connect_that_never_returns() {
+        let r = Arc::new(ResilientBackend::new(
+            Arc::new(Silent),
+            ReconnectStrategy::fixed(Duration::from_millis(10)),
+        ));
+        let connecting = tokio::spawn({
+            let r = r.clone();
+            async move { r.connect().await }
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        r.close().await.unwrap();
+        let result = tokio::time::timeout(Duration::from_secs(1), connecting).await;
+        assert!(matches!(result, Ok(Ok(Err(Error::Shutdown)))));
     }
 
     #[tokio::test(start_paused = true)]

@@ -3,6 +3,7 @@
 use crate::message::{header, HeaderValue, Headers};
 use crate::policy::ReconnectStrategy;
 use crate::{Error, Result};
+use std::time::Duration;
 
 /// The kind of queue to declare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,10 +56,18 @@ pub struct RabbitMqConfig {
     pub retry_queue_prefix: Option<String>,
     pub dead_letter_queue: Option<String>,
     pub reconnect: ReconnectStrategy,
+    /// How long one connection attempt to one node may take (TCP, AMQP
+    /// handshake, channels, declarations) before it counts as failed.
+    pub connect_timeout: Duration,
 }
+
+/// Default for [`RabbitMqConfig::connect_timeout`].
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// AMQP short strings (queue names, tags, keys) hold at most 255 bytes.
 const MAX_NAME: usize = 255;
+/// A connect timeout above this is a typo (it would hide a dead broker).
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(3600);
 
 impl RabbitMqConfig {
     pub fn new(queue_name: impl Into<String>) -> Self {
@@ -78,6 +87,7 @@ impl RabbitMqConfig {
             retry_queue_prefix: None,
             dead_letter_queue: None,
             reconnect: ReconnectStrategy::default(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         }
     }
 
@@ -189,6 +199,13 @@ impl RabbitMqConfig {
                 )))
             }
         }
+        if self.connect_timeout.is_zero() || self.connect_timeout > MAX_CONNECT_TIMEOUT {
+            return Err(Error::Config(format!(
+                "connect_timeout: must be more than 0 and at most {} seconds, got {}",
+                MAX_CONNECT_TIMEOUT.as_secs(),
+                self.connect_timeout.as_secs_f64()
+            )));
+        }
         if self.queue_type == QueueType::Quorum && !self.durable {
             return Err(Error::Config(
                 "durable: quorum queues are always durable; use durable=True with queue_type=\"quorum\""
@@ -266,6 +283,13 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("classic"));
+        c.connect_timeout = Duration::ZERO;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("connect_timeout"));
+        c.connect_timeout = DEFAULT_CONNECT_TIMEOUT;
         c.queue_type = QueueType::Quorum;
         c.durable = false;
         assert!(c.validate().unwrap_err().to_string().contains("durable"));

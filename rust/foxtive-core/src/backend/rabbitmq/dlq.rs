@@ -36,7 +36,7 @@ use lapin::types::{FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
 use super::fields::{headers_from_table, table_from_headers};
-use super::{RabbitMqBackend, CONNECT_TIMEOUT};
+use super::RabbitMqBackend;
 use crate::dlq::{DeadLetter, DeadLetterStore, StoredDeadLetter};
 use crate::message::{HeaderValue, Headers};
 use crate::{Error, Result};
@@ -108,18 +108,28 @@ impl QueueDeadLetters {
         Error::DeadLetter(format!("{}: {inner}", self.name))
     }
 
+    /// A short-lived connection of its own, to the first node that answers
+    /// within `connect_timeout` (the same nodes and limit as the consumer).
     async fn connect(&self) -> Result<Connection> {
-        let props = ConnectionProperties::default()
-            .with_connection_name(LongString::from(self.connection_name().into_bytes()));
-        let uri = self.backend.shared.uri.clone();
-        match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_uri(uri, props)).await {
-            Ok(r) => r.map_err(|e| self.err("connecting", &e)),
-            Err(_) => Err(Error::DeadLetter(format!(
-                "{}: connecting timed out after {}s",
-                self.name,
-                CONNECT_TIMEOUT.as_secs()
-            ))),
+        let shared = &self.backend.shared;
+        let timeout = shared.config.connect_timeout;
+        let mut last = None;
+        for uri in &shared.nodes {
+            let props = ConnectionProperties::default()
+                .with_connection_name(LongString::from(self.connection_name().into_bytes()));
+            match tokio::time::timeout(timeout, Connection::connect_uri(uri.clone(), props)).await {
+                Ok(Ok(conn)) => return Ok(conn),
+                Ok(Err(e)) => last = Some(self.err("connecting", &e)),
+                Err(_) => {
+                    last = Some(Error::DeadLetter(format!(
+                        "{}: connecting timed out after {}s (connect_timeout)",
+                        self.name,
+                        timeout.as_secs_f64()
+                    )))
+                }
+            }
         }
+        Err(last.unwrap_or_else(|| Error::Config("url: no broker node".to_string())))
     }
 
     async fn channel(&self, conn: &Connection) -> Result<Channel> {

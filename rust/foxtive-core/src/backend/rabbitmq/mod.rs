@@ -18,12 +18,14 @@ pub mod acks;
 pub mod config;
 pub mod dlq;
 pub mod fields;
+pub mod frames;
+pub mod nodes;
 pub mod topology;
 
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -48,6 +50,7 @@ use tokio::sync::{watch, Notify};
 use self::acks::AckTracker;
 pub use self::config::{QueueType, RabbitMqConfig};
 use self::fields::{headers_from_table, strip_own_deaths, table_from_headers};
+use self::nodes::parse_nodes;
 use self::topology::{
     builtin_exchange_type, mismatch_text, refusal, Probe, Refusal, MAX_DECLARE_PROBES,
 };
@@ -55,15 +58,15 @@ use super::{Backend, BackendState, SettleItem};
 use crate::message::{
     header, set_header, Delivery, Failure, HeaderValue, Outgoing, Receipt, Settlement,
 };
-use crate::redact::redact_url;
 use crate::{Error, Result};
 
 /// Header carrying the attempt number on retry copies.
 pub const ATTEMPT_HEADER: &str = "x-foxtive-attempt";
 /// Quorum queues count redeliveries in this header.
 const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
-/// How long building a connection may take before it counts as failed.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// A link that stayed up this long proved healthy, even with nothing to do:
+/// the reconnect backoff starts again from its first delay.
+const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 /// How long `publish` waits for a lost connection to come back.
 const PUBLISH_RECONNECT_WAIT: Duration = Duration::from_secs(30);
 /// Dead-letter error texts are cut to this many bytes (headers share one frame).
@@ -129,6 +132,13 @@ struct Link {
     declared: Mutex<HashMap<String, Instant>>,
     dead: AtomicBool,
     cancelled: AtomicBool,
+    /// When the link was built, and whether it has since proved healthy
+    /// (delivered, settled or published something, or stayed up for
+    /// [`HEALTHY_AFTER`]). A link that dies before proving itself counts as
+    /// a failed attempt, so that a broker dropping every new connection is
+    /// retried with backoff rather than in a tight loop.
+    born: Instant,
+    proved: AtomicBool,
 }
 
 impl Link {
@@ -152,7 +162,9 @@ enum BatchEnd {
 struct Shared {
     config: RabbitMqConfig,
     name: Arc<str>,
-    uri: AMQPUri,
+    /// The broker nodes; connections go round them.
+    nodes: Vec<AMQPUri>,
+    next_node: AtomicUsize,
     redacted_url: String,
     /// Secrets to scrub from any error text.
     secrets: Vec<String>,
@@ -186,47 +198,38 @@ impl std::fmt::Debug for RabbitMqBackend {
     }
 }
 
-/// Frame size foxtive proposes unless the URL sets `?frame_max=`. lapin keeps
-/// two ring buffers of 32 frames each for the connection's lifetime, so the
-/// broker's default (128 KiB) costs 8 MiB of resident memory per connection;
-/// 16 KiB costs 1 MiB. Bigger messages simply travel in more frames (the
-/// copy into the body dominates either way).
-const DEFAULT_FRAME_MAX: u32 = 16 * 1024;
-
 impl RabbitMqBackend {
     /// Check the settings and the URL; nothing is connected yet.
     pub fn new(url: &str, config: RabbitMqConfig) -> Result<Self> {
+        Self::with_urls(&[url], config)
+    }
+
+    /// Like [`RabbitMqBackend::new`] with several nodes (each URL may also
+    /// list several hosts, comma-separated): connections go round them,
+    /// starting from a random one.
+    pub fn with_urls(urls: &[&str], config: RabbitMqConfig) -> Result<Self> {
         config.validate()?;
-        let redacted_url = redact_url(url);
-        let mut uri: AMQPUri = url.parse().map_err(|_| {
-            Error::Config(format!(
-                "url: not a valid AMQP URL ({redacted_url}); expected amqp://user:password@host:port/vhost or amqps://..."
-            ))
-        })?;
-        if let Some(hb) = config.heartbeat {
-            uri.query.heartbeat = Some(hb);
-        }
-        if uri.query.frame_max.is_none() {
-            uri.query.frame_max = Some(DEFAULT_FRAME_MAX);
-        }
-        let mut secrets = Vec::new();
-        let password = uri.authority.userinfo.password.clone();
-        if !password.is_empty() {
-            // Both as written in the URL and decoded.
-            if let Some(raw) = raw_password(url) {
-                if raw != password && !raw.is_empty() {
-                    secrets.push(raw);
-                }
+        let parsed = parse_nodes(urls)?;
+        let mut uris = parsed.uris;
+        for uri in &mut uris {
+            if let Some(hb) = config.heartbeat {
+                uri.query.heartbeat = Some(hb);
             }
-            secrets.push(password);
+            // frame_max is left to the broker (unless the URL sets it): a
+            // smaller one makes the broker send content headers bigger than
+            // lapin accepts, and lapin drops the whole connection for it.
         }
+        let redacted_url = parsed.redacted;
+        let secrets = parsed.secrets;
+        let first = rand::random::<u32>() as usize % uris.len();
         let retry_prefix = config.retry_prefix();
         let dlq_name = config.dlq_name();
         Ok(RabbitMqBackend {
             shared: Arc::new(Shared {
                 name: Arc::from(config.queue_name.as_str()),
                 config,
-                uri,
+                nodes: uris,
+                next_node: AtomicUsize::new(first),
                 redacted_url,
                 secrets,
                 retry_prefix,
@@ -297,14 +300,6 @@ impl RabbitMqBackend {
     }
 }
 
-/// The password part of `scheme://user:password@host`, as written.
-fn raw_password(url: &str) -> Option<String> {
-    let rest = &url[url.find("://")? + 3..];
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    let userinfo = &authority[..authority.rfind('@')?];
-    Some(userinfo[userinfo.find(':')? + 1..].to_string())
-}
-
 impl Shared {
     fn current(&self) -> Option<Arc<Link>> {
         self.link.read().clone()
@@ -353,24 +348,56 @@ impl Shared {
             .map_err(|e| self.lapin_err(&format!("opening the {what} channel"), &e))
     }
 
+    /// Build a link on the first node that answers, trying each node once.
+    /// `close` interrupts it at once (a broker that accepts TCP and never
+    /// answers must not hold a shutdown back).
     async fn build_link(&self, consume: bool) -> Result<Link> {
-        let fut = self.build_link_inner(consume);
-        match tokio::time::timeout(CONNECT_TIMEOUT, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::ConnectionLost(format!(
-                "connecting to {} timed out after {}s",
-                self.redacted_url,
-                CONNECT_TIMEOUT.as_secs()
-            ))),
+        let closing = self.closing.notified();
+        tokio::pin!(closing);
+        closing.as_mut().enable();
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Shutdown);
+        }
+        tokio::select! {
+            built = self.try_nodes(consume) => built,
+            _ = &mut closing => Err(Error::Shutdown),
         }
     }
 
-    async fn build_link_inner(&self, consume: bool) -> Result<Link> {
+    /// Go round the nodes, from the one after the last tried, each within
+    /// `connect_timeout`.
+    async fn try_nodes(&self, consume: bool) -> Result<Link> {
+        let n = self.nodes.len();
+        let timeout = self.config.connect_timeout;
+        let mut last = None;
+        for _ in 0..n {
+            let uri = &self.nodes[self.next_node.fetch_add(1, Ordering::Relaxed) % n];
+            let node = format!("{}:{}", uri.authority.host, uri.authority.port);
+            let err = match tokio::time::timeout(timeout, self.build_link_on(uri, consume)).await {
+                Ok(Ok(link)) => return Ok(link),
+                Ok(Err(e)) => e,
+                Err(_) => Error::ConnectionLost(format!(
+                    "connecting to {node} ({}) timed out after {}s (connect_timeout); \
+                     is this the AMQP port of a running broker?",
+                    self.redacted_url,
+                    timeout.as_secs_f64()
+                )),
+            };
+            if n > 1 {
+                tracing::warn!(queue = %self.name, node = %node, error = %err,
+                    "RabbitMQ node did not answer; trying the next one");
+            }
+            last = Some(err);
+        }
+        Err(last.unwrap_or_else(|| Error::Config("url: no broker node".to_string())))
+    }
+
+    async fn build_link_on(&self, uri: &AMQPUri, consume: bool) -> Result<Link> {
         let mut props = ConnectionProperties::default();
         if let Some(name) = &self.config.connection_name {
             props = props.with_connection_name(LongString::from(name.as_bytes().to_vec()));
         }
-        let conn = Connection::connect_uri(self.uri.clone(), props)
+        let conn = Connection::connect_uri(uri.clone(), props)
             .await
             .map_err(|e| self.lapin_err("connecting", &e))?;
         let admin = self.open_channel(&conn, "admin").await?;
@@ -392,6 +419,8 @@ impl Shared {
             declared: Mutex::new(HashMap::new()),
             dead: AtomicBool::new(false),
             cancelled: AtomicBool::new(!consume),
+            born: Instant::now(),
+            proved: AtomicBool::new(false),
         };
         self.declare_topology(&link).await?;
         if !consume {
@@ -650,7 +679,9 @@ impl Shared {
             if link.epoch != epoch {
                 return; // already replaced
             }
-            link.dead.store(true, Ordering::Release);
+            if !link.dead.swap(true, Ordering::AcqRel) {
+                self.count_death(&link);
+            }
         }
         self.set_state(STATE_RECONNECTING);
         if self.reconnecting.swap(true, Ordering::AcqRel) {
@@ -665,7 +696,49 @@ impl Shared {
         }
     }
 
+    /// The link did something useful: the reconnect backoff starts over.
+    fn note_healthy(&self, link: &Link) {
+        if !link.proved.swap(true, Ordering::AcqRel) {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A link died: unless it proved healthy first, that is one more failure
+    /// in a row, and the next attempt waits for it.
+    fn count_death(&self, link: &Link) {
+        if link.born.elapsed() >= HEALTHY_AFTER {
+            self.note_healthy(link);
+        }
+        if !link.proved.load(Ordering::Acquire) {
+            let failures = self
+                .consecutive_failures
+                .fetch_add(1, Ordering::Relaxed)
+                .saturating_add(1);
+            tracing::warn!(queue = %self.name, epoch = link.epoch, failures,
+                "RabbitMQ link died before doing any work; backing off");
+        }
+    }
+
+    /// Wait `delay`, or less if the backend is closed meanwhile.
+    async fn pause(&self, delay: Duration) {
+        let closing = self.closing.notified();
+        tokio::pin!(closing);
+        closing.as_mut().enable();
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = &mut closing => {}
+        }
+    }
+
     async fn reconnect_loop(self: Arc<Self>) {
+        // Links that died before proving healthy are failures too.
+        let owed = self.consecutive_failures.load(Ordering::Relaxed);
+        if owed > 0 {
+            self.pause(self.config.reconnect.delay(owed)).await;
+        }
         loop {
             if self.closed.load(Ordering::Acquire) {
                 break;
@@ -675,7 +748,6 @@ impl Shared {
                 let _guard = self.connect_lock.lock().await;
                 if self.current().is_some_and(|l| l.alive()) {
                     // Someone else (connect) got there first.
-                    self.consecutive_failures.store(0, Ordering::Relaxed);
                     break;
                 }
                 let consume = !self.stopped.load(Ordering::Acquire);
@@ -688,7 +760,7 @@ impl Shared {
                 }
             };
             if built {
-                self.consecutive_failures.store(0, Ordering::Relaxed);
+                // consecutive_failures is reset once the link proves healthy.
                 tracing::info!(queue = %self.name, "RabbitMQ link rebuilt");
                 break;
             }
@@ -696,12 +768,7 @@ impl Shared {
                 .consecutive_failures
                 .fetch_add(1, Ordering::Relaxed)
                 .saturating_add(1);
-            let delay = self.config.reconnect.delay(failures);
-            let closing = self.closing.notified();
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = closing => {}
-            }
+            self.pause(self.config.reconnect.delay(failures)).await;
         }
         self.reconnecting.store(false, Ordering::Release);
         // A failure reported while we were finishing would have been ignored.
@@ -858,6 +925,7 @@ impl Shared {
                 return Err(err);
             }
         }
+        self.note_healthy(link);
         Ok(())
     }
 
@@ -1089,6 +1157,9 @@ impl Shared {
                 },
             });
         }
+        if results.iter().any(Result::is_ok) {
+            self.note_healthy(link);
+        }
         results
     }
 
@@ -1263,7 +1334,6 @@ impl Backend for RabbitMqBackend {
         if s.install(link).is_none() {
             return Err(Error::Shutdown);
         }
-        s.consecutive_failures.store(0, Ordering::Relaxed);
         Ok(())
     }
 
@@ -1284,6 +1354,9 @@ impl Backend for RabbitMqBackend {
             };
             if link.cancelled.load(Ordering::Acquire) {
                 return Ok(Vec::new());
+            }
+            if !link.proved.load(Ordering::Relaxed) && link.born.elapsed() >= HEALTHY_AFTER {
+                s.note_healthy(&link);
             }
             let gathered = tokio::time::timeout_at(
                 deadline,
@@ -1309,6 +1382,7 @@ impl Backend for RabbitMqBackend {
                 }
                 continue;
             }
+            s.note_healthy(&link);
             let received_at = crate::clock::unix_now();
             return Ok(raw
                 .drain(..)
@@ -1340,10 +1414,20 @@ impl Backend for RabbitMqBackend {
             }
         }
         let link = s.live_link(PUBLISH_RECONNECT_WAIT).await?;
+        let frame_max = link.conn.configuration().frame_max() as usize;
         let mut ids = Vec::with_capacity(messages.len());
         let mut prepared = Vec::with_capacity(messages.len());
         for mut out in messages {
             let id = out.message_id.take().unwrap_or_else(new_message_id);
+            let needed = self::frames::header_frame_len(&out, &id);
+            if frame_max > 0 && needed > frame_max {
+                // Sent anyway, the broker would close the shared connection.
+                return Err(Error::Backend(format!(
+                    "publish: headers and properties need about {needed} bytes in one frame; \
+                     the broker allows {frame_max} (frame_max): make the headers smaller \
+                     (put large data in the body)"
+                )));
+            }
             if out.attempt > 1 {
                 set_header(
                     &mut out.headers,
@@ -1485,6 +1569,8 @@ mod tests {
         assert!(!text.contains("hunter2"), "{text}");
         assert!(text.contains("url"), "{text}");
     }
+
+    use super::nodes::raw_password;
 
     #[test]
     fn debug_is_redacted() {

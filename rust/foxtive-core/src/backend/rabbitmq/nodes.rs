@@ -1,0 +1,140 @@
+//! Broker URLs: one or more nodes, read the way Python AMQP clients read them.
+//!
+//! `amqp://host:5672` and `amqp://host:5672/` both mean the default vhost `/`
+//! (lapin alone reads the trailing slash as the empty vhost, which no broker
+//! has); `/%2F` means `/`; `/name` means `name`. Several nodes are given as
+//! `amqp://user:pw@a:5672,b:5672/vhost` (one credential, vhost and query for
+//! all) or as several URLs.
+
+use lapin::uri::AMQPUri;
+
+use crate::redact::redact_url;
+use crate::{Error, Result};
+
+/// The nodes of one backend, with what may be shown of them.
+#[derive(Debug, Clone)]
+pub struct Nodes {
+    pub uris: Vec<AMQPUri>,
+    /// The URLs as given, passwords replaced by `***`.
+    pub redacted: String,
+    /// Passwords, as written and decoded, to scrub from error texts.
+    pub secrets: Vec<String>,
+}
+
+/// Parse `urls` (each possibly with comma-separated hosts) into nodes.
+pub fn parse_nodes(urls: &[&str]) -> Result<Nodes> {
+    if urls.is_empty() {
+        return Err(Error::Config(
+            "url: at least one broker URL is needed".to_string(),
+        ));
+    }
+    let mut uris = Vec::new();
+    let mut secrets: Vec<String> = Vec::new();
+    let mut shown = Vec::new();
+    for url in urls {
+        let redacted = redact_url(url);
+        if let Some(raw) = raw_password(url) {
+            if !raw.is_empty() {
+                secrets.push(raw);
+            }
+        }
+        for one in split_hosts(url) {
+            let mut uri: AMQPUri = one.parse().map_err(|_| {
+                Error::Config(format!(
+                    "url: not a valid AMQP URL ({redacted}); expected \
+                     amqp://user:password@host:port/vhost or amqps://..."
+                ))
+            })?;
+            if uri.vhost.is_empty() {
+                // `amqp://host/`: the default vhost, as in pika, aio-pika, kombu.
+                uri.vhost = "/".to_string();
+            }
+            let password = &uri.authority.userinfo.password;
+            if !password.is_empty() && !secrets.contains(password) {
+                secrets.push(password.clone());
+            }
+            uris.push(uri);
+        }
+        shown.push(redacted);
+    }
+    Ok(Nodes {
+        uris,
+        redacted: shown.join(","),
+        secrets,
+    })
+}
+
+/// `scheme://userinfo@a,b:1/rest` → one URL per host, sharing the rest.
+fn split_hosts(url: &str) -> Vec<String> {
+    let Some(scheme_end) = url.find("://") else {
+        return vec![url.to_string()];
+    };
+    let (scheme, rest) = url.split_at(scheme_end + 3);
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let (userinfo, hosts) = match authority.rfind('@') {
+        Some(at) => (&authority[..=at], &authority[at + 1..]),
+        None => ("", authority),
+    };
+    if !hosts.contains(',') {
+        return vec![url.to_string()];
+    }
+    hosts
+        .split(',')
+        .map(|host| format!("{scheme}{userinfo}{}{tail}", host.trim()))
+        .collect()
+}
+
+/// The password part of `scheme://user:password@host`, as written.
+pub fn raw_password(url: &str) -> Option<String> {
+    let rest = &url[url.find("://")? + 3..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let userinfo = &authority[..authority.rfind('@')?];
+    Some(userinfo[userinfo.find(':')? + 1..].to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vhost(url: &str) -> String {
+        parse_nodes(&[url]).unwrap().uris[0].vhost.clone()
+    }
+
+    #[test]
+    fn vhosts_read_like_python_clients() {
+        assert_eq!(vhost("amqp://h:5672"), "/");
+        assert_eq!(vhost("amqp://h:5672/"), "/");
+        assert_eq!(vhost("amqp://h:5672/%2F"), "/");
+        assert_eq!(vhost("amqp://h:5672/%2f"), "/");
+        assert_eq!(vhost("amqp://h:5672/name"), "name");
+        assert_eq!(vhost("amqp://h:5672/?heartbeat=5"), "/");
+    }
+
+    #[test]
+    fn several_hosts_share_credentials_and_vhost() {
+        let n = parse_nodes(&["amqp://u:s3cret@a:1,b:2/v?heartbeat=5"]).unwrap();
+        assert_eq!(n.uris.len(), 2);
+        assert_eq!(n.uris[0].authority.host, "a");
+        assert_eq!(n.uris[1].authority.host, "b");
+        assert_eq!(n.uris[1].authority.port, 2);
+        assert_eq!(n.uris[1].authority.userinfo.password, "s3cret");
+        assert_eq!(n.uris[1].vhost, "v");
+        assert_eq!(n.uris[1].query.heartbeat, Some(5));
+        assert!(!n.redacted.contains("s3cret"), "{}", n.redacted);
+        let list = parse_nodes(&["amqp://u:p1@a/", "amqp://u:p%402@b"]).unwrap();
+        assert_eq!(list.uris.len(), 2);
+        assert!(list.secrets.contains(&"p%402".to_string()));
+        assert!(list.secrets.contains(&"p@2".to_string()));
+        assert!(!list.redacted.contains("p1") && !list.redacted.contains("p%402"));
+    }
+
+    #[test]
+    fn bad_urls_are_config_errors_without_passwords() {
+        let err = parse_nodes(&["amqp://u:hunter2@[bad"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("url") && !err.contains("hunter2"), "{err}");
+        assert!(parse_nodes(&[]).is_err());
+    }
+}
