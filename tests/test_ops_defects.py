@@ -230,12 +230,32 @@ def test_reconnect_warning_hides_a_query_password(tcp_redis: OwnRedis) -> None:
 
 def test_cli_output_hides_a_query_password(unix_redis: OwnRedis) -> None:
     url = f"unix://{unix_redis.sock}?pass={SECRET}"
-    out = subprocess.run([sys.executable, "-m", "foxtive", "--log-level", "DEBUG", "dlq", "list",
-                          "--redis", url, "--key", "ops7-cli"],
-                         capture_output=True, text=True, timeout=60)
+    key = f"ops7-cli:{uuid.uuid4().hex[:8]}"
+
+    def fail(message: Any) -> None:
+        raise foxtive.PermanentError("failed on purpose")
+
+    memory = foxtive.MemoryBackend("ops7-cli")
+    memory.publish_sync(b"x")
+    pool = (foxtive.WorkerPoolBuilder("ops7-cli").add_worker(fail, id="w")
+            .with_middleware(foxtive.RetryHandler(max_retries=0,
+                                                  dead_letter_queue=foxtive.RedisDLQ(url, key)))
+            .build())
+    assert pool.run_until_idle(memory, timeout=30)
+
+    def cli(key: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "foxtive", "--log-level", "DEBUG", "dlq",
+                               "list", "--redis", url, "--key", key],
+                              capture_output=True, text=True, timeout=60)
+
+    out = cli(key)
     assert out.returncode == 0, out.stderr
-    assert "0 dead letter(s)" in out.stdout and "pass=***" in out.stdout, out.stdout
+    assert "1 dead letter(s)" in out.stdout and "pass=***" in out.stdout, out.stdout
     assert SECRET not in out.stdout + out.stderr
+    missing = cli(key + "-missing")  # the error names the store, password hidden
+    assert missing.returncode == 2 and "pass=***" in missing.stderr, missing.stderr
+    assert SECRET not in missing.stdout + missing.stderr
+    unix_redis.client().delete(key)
 
 
 # --------------------------------------------------------------- item 8
