@@ -8,7 +8,9 @@
 
 Every round runs every contender once, one after the other (interleaved, so
 machine noise hits them alike); the table gives the median of the rounds and
-each contender as a ratio of foxtive's median. Contenders:
+each contender as a ratio of foxtive's median, and the CPU time (user + system,
+from ``wait4``) each contender's process used per message: on a loaded machine
+that moves less than the rates do. Contenders:
 
 * ``hiredis``          benches/redis_ceiling.c: XREADGROUP COUNT <batch>; the
   XACK (+ XDEL) of batch k and the read of batch k+1 in one write.
@@ -101,7 +103,7 @@ def child_handler_loop(n: int) -> dict[str, float]:
         except StopIteration:
             pass
     secs = time.perf_counter() - t0
-    assert len(rec.hits) + 0 <= n
+    assert len(rec.hits) <= n
     return {"n": n, "seconds": secs, "rate": n / secs}
 
 
@@ -141,27 +143,37 @@ def check_and_clean(stream: str, n: int, deleted: bool) -> None:
     assert length == (0 if deleted else n), f"stream length {length}"
 
 
-def run_broker(name: str, args: argparse.Namespace) -> float:
+def run_child(cmd: list[str]) -> tuple[str, float]:
+    """Run ``cmd``; its stdout and the CPU seconds (user + system) it used."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        _, status, ru = os.wait4(proc.pid, 0)
+        out.seek(0)
+        err.seek(0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"{cmd[:4]} failed ({status}):\n{err.read()[-3000:]}")
+        return out.read(), ru.ru_utime + ru.ru_stime
+
+
+def run_broker(name: str, args: argparse.Namespace) -> tuple[float, float]:
     stream = f"foxtive-ceiling-{uuid.uuid4().hex[:8]}"
-    compare.fill_stream(stream, args.messages)
     fd, result = tempfile.mkstemp(prefix="foxtive-ceiling-", suffix=".json")
     os.close(fd)
+    if name == "foxtive":
+        cmd = [sys.executable, __file__, "--child", name, "--stream", stream,
+               "--messages", str(args.messages), "--batch", str(args.batch),
+               "--result", result] + ([] if args.delete else ["--no-delete"])
+    else:
+        cmd = ceiling_cmd(name, stream, args)
+    compare.fill_stream(stream, args.messages)
     try:
-        if name == "foxtive":
-            cmd = [sys.executable, __file__, "--child", name, "--stream", stream,
-                   "--messages", str(args.messages), "--batch", str(args.batch),
-                   "--result", result] + ([] if args.delete else ["--no-delete"])
-        else:
-            cmd = ceiling_cmd(name, stream, args)
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        if done.returncode != 0:
-            raise SystemExit(f"{name} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        out, cpu = run_child(cmd)
         if name == "foxtive":
             with open(result) as f:
                 data = json.load(f)
             assert data["unique"] == args.messages and not data["dups"], data
-            return float(data["unique"] / max(data["last"] - data["first"], 1e-9))
-        return float(json.loads(done.stdout.strip().splitlines()[-1])["rate"])
+            return float(data["unique"] / max(data["last"] - data["first"], 1e-9)), cpu
+        return float(json.loads(out.strip().splitlines()[-1])["rate"]), cpu
     finally:
         os.unlink(result)
         try:
@@ -170,12 +182,10 @@ def run_broker(name: str, args: argparse.Namespace) -> float:
             raise SystemExit(f"{name}: {exc}") from exc
 
 
-def run_local(name: str, args: argparse.Namespace) -> float:
-    cmd = [sys.executable, __file__, "--child", name, "--messages", str(args.messages)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        raise SystemExit(f"{name} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return float(json.loads(done.stdout.strip().splitlines()[-1])["rate"])
+def run_local(name: str, args: argparse.Namespace) -> tuple[float, float]:
+    out, cpu = run_child([sys.executable, __file__, "--child", name,
+                          "--messages", str(args.messages)])
+    return float(json.loads(out.strip().splitlines()[-1])["rate"]), cpu
 
 
 def child(args: argparse.Namespace) -> None:
@@ -206,23 +216,28 @@ def main() -> None:
     if any(n.startswith("hiredis") for n in names) and not C_BINARY.exists():
         raise SystemExit("build the C ceiling first: sh benches/build_redis_ceiling.sh")
     rates: dict[str, list[float]] = {c: [] for c in names}
+    cpus: dict[str, list[float]] = {c: [] for c in names}
     for r in range(args.rounds):
         for name in names:
             local = name in ("handler loop", "foxtive memory")
-            rates[name].append(run_local(name, args) if local else run_broker(name, args))
-            print(f"round {r + 1} {name:15} {rates[name][-1]:>12,.0f}", file=sys.stderr,
-                  flush=True)
+            rate, cpu = run_local(name, args) if local else run_broker(name, args)
+            rates[name].append(rate)
+            cpus[name].append(cpu * 1e6 / args.messages)
+            print(f"round {r + 1} {name:15} {rate:>12,.0f} msg/s {cpus[name][-1]:6.2f} us CPU/msg",
+                  file=sys.stderr, flush=True)
     med = {c: statistics.median(v) for c, v in rates.items()}
+    cpu_med = {c: statistics.median(v) for c, v in cpus.items()}
     with open("/proc/loadavg") as f:
         load = f.read().split()[0]
     print(f"{args.messages:,} entries of {compare.BODY_SIZE} B, COUNT/batch_size "
           f"{args.batch}, {'XACK+XDEL' if args.delete else 'XACK only'}, median of "
           f"{args.rounds} interleaved rounds, load average {load} at the end")
-    print(f"| contender | msg/s (median) | rounds | foxtive / this |\n|---|---:|---|---:|")
+    print("| contender | msg/s (median) | rounds | foxtive / this | CPU us/msg (process, "
+          "startup included) |\n|---|---:|---|---:|---:|")
     for c in names:
         runs = ", ".join(f"{x:,.0f}" for x in rates[c])
         ratio = f"{med['foxtive'] / med[c]:.2f}" if "foxtive" in med else "-"
-        print(f"| {c} | {med[c]:,.0f} | {runs} | {ratio} |")
+        print(f"| {c} | {med[c]:,.0f} | {runs} | {ratio} | {cpu_med[c]:.2f} |")
 
 
 if __name__ == "__main__":
