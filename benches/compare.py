@@ -49,6 +49,8 @@ AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
 BODY_SIZE = 100
+#: The hiredis ceiling (benches/redis_ceiling.c), built by benches/build_redis_ceiling.sh.
+C_CEILING = HERE / ".build" / "redis_ceiling_c"
 PREFETCH = 1000  # raw clients and foxtive
 
 # --------------------------------------------------------------------------
@@ -80,7 +82,10 @@ CONTENDERS: dict[str, list[tuple[str, str, str]]] = {
     ],
     "w1-redis": [
         ("foxtive", FOX, "RedisStreamBackend batch_size 100, delete_on_ack=True"),
-        ("redis-rs ceiling", RUST, "XREADGROUP COUNT 100, one pipelined XACK+XDEL per batch"),
+        ("redis-rs ceiling", RUST, "foxtive's RESP reader, XREADGROUP COUNT 100, XACK+XDEL "
+                                   "of a batch sent with the next read"),
+        ("hiredis ceiling", RUST, "C on hiredis, XREADGROUP COUNT 100, XACK+XDEL of a batch "
+                                  "sent with the next read"),
         ("redis-py", PEER, "sync XREADGROUP COUNT 100, handler per entry, pipelined XACK+XDEL"),
         ("dramatiq", PEER, "RedisBroker, 8 worker threads, prefetch 2xthreads, ack after"),
         ("arq", PEER, "max_jobs 100, keep_result 0 (at-least-once by design)"),
@@ -1121,7 +1126,7 @@ def delete_redis_keys(queue: str) -> None:
 
 def prepublish(workload: str, name: str, kind: str, queue: str, n: int) -> None:
     raw_redis = workload.endswith("redis") and name.startswith(("foxtive", "redis-rs ceiling",
-                                                                "redis-py"))
+                                                                "hiredis ceiling", "redis-py"))
     if workload == "w4-redis" and raw_redis:
         return fill_stream(queue, 0)  # the group, before the consumer starts
     if workload in ("w1-memory", "w4-rabbitmq", "w4-redis") or name == "asyncio bound":
@@ -1217,7 +1222,8 @@ def run_contender(workload: str, name: str, kind: str, queue: str, n: int,
     fd, result = tempfile.mkstemp(prefix="foxtive-compare-", suffix=".json")
     os.close(fd)
     if kind == RUST and workload.endswith("redis"):
-        cmd = [ceiling_binary("redis_ceiling"), "--url", REDIS_URL, "--stream", queue,
+        binary = C_CEILING if name == "hiredis ceiling" else ceiling_binary("redis_ceiling")
+        cmd = [str(binary), "--url", REDIS_URL, "--stream", queue,
                "--group", "g", "--count", "100", "--expect", str(n), "--delete"]
     elif kind == RUST:
         cmd = [ceiling_binary(), "drain", queue, str(n), str(PREFETCH)]
@@ -1285,6 +1291,8 @@ def available(workload: str, name: str, report: list[str]) -> bool:
             ceiling_binary("redis_ceiling")
         except SystemExit as e:
             why = str(e)
+    elif name == "hiredis ceiling" and not C_CEILING.exists():
+        why = f"build it first: sh benches/build_redis_ceiling.sh (looked for {C_CEILING})"
     elif name == "lapin ceiling":
         try:
             ceiling_binary()

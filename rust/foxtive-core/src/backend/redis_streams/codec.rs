@@ -44,12 +44,37 @@ pub struct StreamId {
 }
 
 impl StreamId {
+    /// `<ms>-<seq>`, both decimal. By hand: it runs at least twice per
+    /// message (reading and settling), and `split_once` + `str::parse` were
+    /// ~800 instructions a message.
     pub fn parse(s: &str) -> Option<StreamId> {
-        let (ms, seq) = s.split_once('-')?;
+        let dash = s.bytes().position(|b| b == b'-')?;
+        let (ms, seq) = s.as_bytes().split_at(dash);
         Some(StreamId {
-            ms: ms.parse().ok()?,
-            seq: seq.parse().ok()?,
+            ms: decimal(ms)?,
+            seq: decimal(&seq[1..])?,
         })
+    }
+}
+
+/// A u64 in plain decimal digits (no sign, no spaces, no overflow).
+fn decimal(s: &[u8]) -> Option<u64> {
+    // Up to 19 digits cannot overflow; 20 (u64::MAX has 20) are checked.
+    if s.is_empty() || s.len() > 20 {
+        return None;
+    }
+    let (head, last) = s.split_at(s.len().min(19));
+    let mut n: u64 = 0;
+    for &d in head {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + u64::from(d - b'0');
+    }
+    match last.first() {
+        None => Some(n),
+        Some(d) if d.is_ascii_digit() => n.checked_mul(10)?.checked_add(u64::from(d - b'0')),
+        Some(_) => None,
     }
 }
 
@@ -605,5 +630,17 @@ mod tests {
         assert_eq!(id.to_string(), "1700000000000-12");
         assert!(StreamId::parse("x-1").is_none());
         assert!(StreamId::parse("12").is_none());
+        let max = StreamId::parse("18446744073709551615-0").unwrap();
+        assert_eq!(max.ms, u64::MAX);
+        for bad in [
+            "-1",
+            "1-",
+            "1-2-3",
+            "18446744073709551616-0",
+            "1- 2",
+            "1-+2",
+        ] {
+            assert!(StreamId::parse(bad).is_none(), "{bad}");
+        }
     }
 }
