@@ -412,6 +412,10 @@ class WorkerPool:
                     idle = loop.time() - quiet_since >= 0.5
                 else:
                     quiet_since, last_received, idle = None, received, False
+            else:
+                # Busy, or a delayed retry has yet to come due: the half
+                # second of quiet counts from when it stops being so.
+                quiet_since = None
             if idle:
                 runner.idle_reached = True
                 runner.request_stop()

@@ -163,6 +163,9 @@ pub struct Engine {
     stop_fetch: watch::Sender<bool>,
     stop_settle: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// When the latest delayed retry this engine sent comes due: until then
+    /// a backend that cannot count what waits in the broker is not idle.
+    retry_due: Mutex<Option<Instant>>,
 }
 
 /// The workers of the dead letters a batch still carries.
@@ -262,6 +265,7 @@ impl Engine {
             stop_fetch: watch::channel(false).0,
             stop_settle: watch::channel(false).0,
             tasks: Mutex::new(Vec::new()),
+            retry_due: Mutex::new(None),
         });
         engine.metrics.attach(&engine);
         Ok(engine)
@@ -656,9 +660,20 @@ impl Engine {
         }
         self.observe(inflight, verdict);
         self.release(inflight);
-        self.count(inflight, &settlement, Instant::now());
+        let now = Instant::now();
+        self.count(inflight, &settlement, now);
+        if let Settlement::Retry { delay, .. } = &settlement {
+            self.note_retry_due(now + *delay);
+        }
         self.enqueue([(inflight.delivery.clone(), settlement)]);
         Ok(())
+    }
+
+    fn note_retry_due(&self, due: Instant) {
+        let mut latest = self.retry_due.lock();
+        if latest.is_none_or(|t| t < due) {
+            *latest = Some(due);
+        }
     }
 
     /// Tell the breaker and the poison-pill tracker how a message ended.
@@ -915,10 +930,17 @@ impl Engine {
     }
 
     /// True when nothing is in flight and the backend has nothing waiting.
+    /// A backend that cannot tell (`None`) is not idle while a delayed retry
+    /// this engine sent has yet to come due (`run_until_idle` promises to
+    /// run retries that come due).
     pub fn is_idle(&self) -> Option<bool> {
         if self.in_flight() > 0 || !self.settle_queue.lock().is_empty() {
             return Some(false);
         }
-        self.backend.is_drained()
+        let drained = self.backend.is_drained();
+        if drained.is_none() && self.retry_due.lock().is_some_and(|t| t > Instant::now()) {
+            return Some(false);
+        }
+        drained
     }
 }
