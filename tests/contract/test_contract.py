@@ -205,11 +205,6 @@ async def test_native_dead_letter_queue(kit: BackendKit) -> None:
     assert (stats["processed"], stats["dead_lettered"]) == (1, 1)
 
 
-@pytest.mark.known_bug("rabbitmq", "python", reason=(
-    "run_until_idle promises to process 'retries that come due', but where the backend "
-    "cannot tell whether it is drained (Backend::is_drained() is None: RabbitMQ, Python "
-    "backends) pool._watch_idle calls it idle after 0.5 s with nothing in flight, while a "
-    "retry the pool itself just sent with a 1.5 s delay still waits in the broker"))
 async def test_run_until_idle_includes_retries_that_come_due(kit: BackendKit) -> None:
     backend = kit.backend()
     await backend.publish(b"later-again")
@@ -295,10 +290,6 @@ async def test_graceful_stop_hands_back_unfinished_work(kit: BackendKit) -> None
     assert await judge(kit.waiting) == 0
 
 
-@pytest.mark.known_bug("redis_streams", reason=(
-    "Redis Streams: an entry handed back at graceful shutdown is released with XCLAIM "
-    "RETRYCOUNT count-1 (on purpose: a hand-back does not use up max_deliveries), so its "
-    "next delivery has delivery_count 1: attempt 1 and, consistently, redelivered False"))
 async def test_handed_back_work_comes_back_redelivered_as_the_next_attempt(
         kit: BackendKit) -> None:
     backend = kit.backend()

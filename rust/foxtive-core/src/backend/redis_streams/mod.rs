@@ -514,7 +514,8 @@ impl Inner {
         }
         let result = self.apply(&mut plan).await;
         if !plan.release.is_empty() {
-            self.release(&plan.release).await;
+            // Handed to the engine: a hand-back is the next attempt.
+            self.release(&plan.release, true).await;
         }
         self.touch();
         result
@@ -574,9 +575,11 @@ impl Inner {
     }
 
     /// Hand entries back at shutdown: still pending, but with a large idle
-    /// time so peers reclaim them at once, and their delivery count undone
-    /// (they were not tried).
-    async fn release(&self, entries: &[(String, u32)]) {
+    /// time so peers reclaim them at once. `tried` says whether a handler
+    /// had them: if not (read ahead, never handed out) their delivery count
+    /// is undone; if so it stands, and the next delivery is the next attempt
+    /// (redelivered, as on RabbitMQ).
+    async fn release(&self, entries: &[(String, u32)], tried: bool) {
         if entries.is_empty() {
             return;
         }
@@ -594,7 +597,11 @@ impl Inner {
                         .arg("IDLE")
                         .arg(RELEASED_IDLE_MS)
                         .arg("RETRYCOUNT")
-                        .arg(count.saturating_sub(1))
+                        .arg(if tried {
+                            *count
+                        } else {
+                            count.saturating_sub(1)
+                        })
                         .arg("JUSTID")
                         .ignore();
                 }
@@ -925,7 +932,7 @@ impl Backend for RedisStreamBackend {
                     })
                     .collect()
             };
-            inner.release(&release).await;
+            inner.release(&release, false).await;
         }
         Ok(())
     }
@@ -965,7 +972,7 @@ impl Backend for RedisStreamBackend {
                     )
                     .await;
             }
-            Ok(pending) => inner.release(&pending).await,
+            Ok(pending) => inner.release(&pending, true).await,
             Err(e) => {
                 tracing::warn!(stream = %inner.queue, error = %e,
                     "could not list pending entries at close; peers reclaim them after claim_idle");
