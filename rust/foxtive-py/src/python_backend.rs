@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use pyo3_async_runtimes::TaskLocals;
+use tokio::task::JoinHandle;
 
 use foxtive_core::backend::{Backend, SettleItem};
 use foxtive_core::message::{Delivery, Outgoing, Receipt, Settlement};
@@ -36,6 +37,11 @@ pub struct PythonBackend {
     locals: OnceLock<TaskLocals>,
     receipts: Mutex<HashMap<u64, Py<PyAny>>>,
     next: AtomicU64,
+    /// The receive call in progress. The engine drops a receive when it
+    /// stops fetching, but the Python coroutine goes on and may take
+    /// messages from its queue: its result waits here for the next receive,
+    /// or for `close` to hand back, instead of being lost.
+    receiving: tokio::sync::Mutex<Option<JoinHandle<PyResult<Py<PyAny>>>>>,
 }
 
 /// Remember which event loop a Python backend runs its coroutines on.
@@ -73,14 +79,21 @@ impl PythonBackend {
             locals: OnceLock::new(),
             receipts: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
+            receiving: tokio::sync::Mutex::new(None),
         }))
     }
 
-    async fn call<A>(&self, method: &'static str, args: A) -> Result<Py<PyAny>>
+    /// Start `method(*args)` on the backend's event loop; the future
+    /// resolves with its result.
+    fn start<A>(
+        &self,
+        method: &'static str,
+        args: A,
+    ) -> Result<impl std::future::Future<Output = PyResult<Py<PyAny>>> + Send + 'static>
     where
         A: for<'py> IntoPyObject<'py, Target = PyTuple, Output = Bound<'py, PyTuple>> + Send,
     {
-        let fut = Python::attach(|py| {
+        Python::attach(|py| {
             let args: Bound<'_, PyTuple> = args.into_pyobject(py).map_err(Into::into)?;
             let locals = self.locals.get().ok_or_else(|| {
                 pyo3::exceptions::PyRuntimeError::new_err("the backend has no event loop yet")
@@ -88,8 +101,28 @@ impl PythonBackend {
             let coro = self.obj.bind(py).call_method1(method, args)?;
             pyo3_async_runtimes::into_future_with_locals(locals, coro)
         })
-        .map_err(|e| err(method, e))?;
-        fut.await.map_err(|e| err(method, e))
+        .map_err(|e| err(method, e))
+    }
+
+    async fn call<A>(&self, method: &'static str, args: A) -> Result<Py<PyAny>>
+    where
+        A: for<'py> IntoPyObject<'py, Target = PyTuple, Output = Bound<'py, PyTuple>> + Send,
+    {
+        self.start(method, args)?.await.map_err(|e| err(method, e))
+    }
+
+    /// Deliveries from what `_foxtive_receive` returned (their receipts are
+    /// remembered from here on).
+    fn deliveries_from(&self, got: Py<PyAny>) -> Result<Vec<Delivery>> {
+        Python::attach(|py| {
+            let list = got.bind(py);
+            let mut out = Vec::new();
+            for item in list.try_iter()? {
+                out.push(self.delivery_from(&item?)?);
+            }
+            Ok::<_, PyErr>(out)
+        })
+        .map_err(|e| err("receive", e))
     }
 
     fn delivery_from(&self, item: &Bound<'_, PyAny>) -> PyResult<Delivery> {
@@ -162,18 +195,21 @@ impl Backend for PythonBackend {
     }
 
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
-        let got = self
-            .call("_foxtive_receive", (max, wait.as_secs_f64()))
-            .await?;
-        Python::attach(|py| {
-            let list = got.bind(py);
-            let mut out = Vec::new();
-            for item in list.try_iter()? {
-                out.push(self.delivery_from(&item?)?);
-            }
-            Ok::<_, PyErr>(out)
-        })
-        .map_err(|e| err("receive", e))
+        // Cancel-safe: if this future is dropped while waiting, the call's
+        // handle stays in the slot and its messages are not lost.
+        let mut slot = self.receiving.lock().await;
+        let handle = match slot.as_mut() {
+            Some(handle) => handle,
+            None => slot.insert(tokio::spawn(
+                self.start("_foxtive_receive", (max, wait.as_secs_f64()))?,
+            )),
+        };
+        let joined = handle.await;
+        *slot = None;
+        let got = joined
+            .map_err(|e| Error::Backend(format!("receive: {e}")))?
+            .map_err(|e| err("receive", e))?;
+        self.deliveries_from(got)
     }
 
     async fn settle(&self, batch: Vec<SettleItem>) -> Result<()> {
@@ -216,6 +252,17 @@ impl Backend for PythonBackend {
     }
 
     async fn close(&self) -> Result<()> {
+        // A receive the engine gave up on may still bring messages: take
+        // them (their receipts) so they are handed back below.
+        let pending = self.receiving.lock().await.take();
+        if let Some(handle) = pending {
+            if let Ok(Ok(got)) = handle.await {
+                if let Err(e) = self.deliveries_from(got) {
+                    tracing::warn!(backend = %self.name, error = %e,
+                        "messages received during shutdown could not be read back");
+                }
+            }
+        }
         // Whatever was never settled goes back through the backend's requeue.
         let left: Vec<Py<PyAny>> = self.receipts.lock().drain().map(|(_, r)| r).collect();
         if !left.is_empty() {
