@@ -7,7 +7,7 @@ use async_trait::async_trait;
 
 use super::{Backend, MemoryBackend};
 use crate::dlq::{DeadLetter, DeadLetterStore, StoredDeadLetter};
-use crate::{Error, Result};
+use crate::Result;
 
 /// The dead letters of one memory backend; a record's key is its original id.
 pub struct MemoryDeadLetters {
@@ -31,10 +31,7 @@ impl DeadLetterStore for MemoryDeadLetters {
     }
 
     async fn put(&self, _records: Vec<DeadLetter>) -> Result<()> {
-        Err(Error::DeadLetter(format!(
-            "{}: the backend writes its own dead letters",
-            self.name
-        )))
+        Err(crate::dlq::native_put_refused(&self.name))
     }
 
     async fn list(&self, limit: usize) -> Result<Vec<StoredDeadLetter>> {

@@ -79,6 +79,12 @@ pub struct StoredDeadLetter {
     pub record: DeadLetter,
 }
 
+/// The answer of a backend's own dead-letter queue to [`DeadLetterStore::put`]:
+/// the backend writes its dead letters itself, as part of settling.
+pub fn native_put_refused(store: &str) -> Error {
+    Error::DeadLetter(format!("{store}: the backend writes its own dead letters"))
+}
+
 /// Somewhere dead letters are kept outside the broker.
 ///
 /// Records come back oldest first. Errors are [`Error::DeadLetter`] and never

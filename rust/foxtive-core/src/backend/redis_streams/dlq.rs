@@ -193,10 +193,7 @@ impl DeadLetterStore for StreamDeadLetters {
     }
 
     async fn put(&self, _records: Vec<DeadLetter>) -> Result<()> {
-        Err(Error::DeadLetter(format!(
-            "{}: the backend writes its own dead letters",
-            self.name
-        )))
+        Err(crate::dlq::native_put_refused(&self.name))
     }
 
     async fn list(&self, limit: usize) -> Result<Vec<StoredDeadLetter>> {
