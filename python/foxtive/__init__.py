@@ -25,17 +25,17 @@ from .errors import (
     RetryableError,
     ShutdownError,
 )
-from .middleware import (
+from .middleware import Middleware
+from .observe import HealthServer, PrometheusCollector
+from .policies import (
     BatchConfig,
     BatchMiddleware,
     CircuitBreakerMiddleware,
-    Middleware,
     PoisonPillTracker,
     RateLimitMiddleware,
     RetryHandler,
     TimeoutMiddleware,
 )
-from .observe import HealthServer, PrometheusCollector
 from .pool import LoadBalancingStrategy, WorkerPool, WorkerPoolBuilder
 from .rabbitmq import RabbitMqBackend, RabbitMqConsumerConfig
 from .redis_streams import RedisStreamBackend, RedisStreamConsumerConfig

@@ -15,8 +15,8 @@ from typing import Any
 
 from . import _core
 from ._config import integer
+from ._tracecontext import inject
 from .dlq import NativeDeadLetterQueue
-from .tracing import inject
 
 __all__ = ["Backend", "Incoming", "MemoryBackend", "NativeBackend"]
 

@@ -5,12 +5,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import json
 import logging
 import os
 import sys
+import time
 from typing import Any
 
+from . import demo
+from ._config import integer, seconds
+from .dlq import DeadLetterQueue, FileDLQ, NativeDeadLetterQueue, RedisDLQ
 from .errors import ConfigError
+from .observe import HealthServer
+from .pool import WorkerPool
+from .processes import StartupGuard, run_processes
+from .rabbitmq import RabbitMqBackend, RabbitMqConsumerConfig
+from .redis_streams import RedisStreamBackend, RedisStreamConsumerConfig
 
 
 def _load(target: str) -> Any:
@@ -26,8 +36,6 @@ def _load(target: str) -> Any:
 
 
 def _pool_from(target: str) -> Any:
-    from .pool import WorkerPool
-
     obj = _load(target)
     if not isinstance(obj, WorkerPool) and callable(obj):
         obj = obj()
@@ -53,16 +61,12 @@ def _setting(cli: Any, env: str, convert: Any) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ._config import integer, seconds
-
     processes = _setting(args.processes, "FOXTIVE_PROCESSES", int)
     concurrency = _setting(args.concurrency, "FOXTIVE_CONCURRENCY", int)
     health_port = _setting(args.health_port, "FOXTIVE_HEALTH_PORT", int)
     shutdown_timeout = _setting(args.shutdown_timeout, "FOXTIVE_SHUTDOWN_TIMEOUT", float)
     processes = integer("processes", 1 if processes is None else processes, minimum=1)
     if processes > 1:
-        from .processes import run_processes
-
         child_args = []
         if args.log_level:
             child_args += ["--log-level", args.log_level]
@@ -73,8 +77,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         return run_processes(args.target, processes, child_args,
                              30.0 if shutdown_timeout is None else shutdown_timeout,
                              health_port)
-    from .processes import StartupGuard
-
     guard = StartupGuard()  # a child of --processes N: exit 78 on a start-up error
     try:
         pool = _pool_from(args.target)
@@ -84,8 +86,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             pool.concurrency_limit = integer("concurrency", concurrency, minimum=1)
         server = None
         if health_port is not None:
-            from .observe import HealthServer
-
             host = os.environ.get("FOXTIVE_HEALTH_HOST", "127.0.0.1")
             server = HealthServer(pool, host=host, port=health_port).start()
         guard.watch(pool)
@@ -103,16 +103,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from . import demo
-
     return asyncio.run(demo.main(total=args.messages, rate=args.rate))
 
 
 def _broker_dlq(url: str, queue: str | None, dlq_name: str | None) -> Any:
     """The native dead-letter queue of queue/stream ``queue`` on ``url``."""
-    from .rabbitmq import RabbitMqBackend, RabbitMqConsumerConfig
-    from .redis_streams import RedisStreamBackend, RedisStreamConsumerConfig
-
     if not queue:
         raise ConfigError("queue: --broker needs --queue Q (the queue or stream that "
                           "dead-lettered its messages)")
@@ -144,8 +139,6 @@ def _missing(args: argparse.Namespace, store: Any) -> str:
 
 
 def _store(args: argparse.Namespace) -> Any:
-    from .dlq import DeadLetterQueue, FileDLQ, RedisDLQ
-
     chosen = [x for x in (args.file, args.redis, args.store, args.broker) if x]
     if len(chosen) != 1:
         raise ConfigError(
@@ -186,8 +179,6 @@ def _record_dict(d: Any, with_body: bool) -> dict[str, Any]:
 def _report_unreadable(store: Any, after_change: bool) -> None:
     """Say how many unreadable records were skipped or set aside (stderr, so
     that ``--json`` output stays JSON)."""
-    from .dlq import FileDLQ
-
     where = store.corrupt_path if isinstance(store, FileDLQ) else "the store's sidecar"
     if after_change and store.set_aside:
         print(f"set aside {store.set_aside} unreadable record(s) in {where}", file=sys.stderr)
@@ -197,8 +188,6 @@ def _report_unreadable(store: Any, after_change: bool) -> None:
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
-    from .dlq import NativeDeadLetterQueue
-
     store = _store(args)
     if not store.exists():
         raise ConfigError(_missing(args, store))
@@ -209,9 +198,6 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 
 
 def _dlq_action(args: argparse.Namespace, store: Any, native: bool) -> int:
-    import json
-    import time
-
     if args.action == "list":
         records = store.get_failed_messages(limit=args.limit)
         if args.json:

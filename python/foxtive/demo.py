@@ -18,7 +18,7 @@ from typing import TextIO
 
 from .backends import MemoryBackend
 from .errors import PermanentError
-from .middleware import RetryHandler
+from .policies import RetryHandler
 from .pool import WorkerPoolBuilder
 from .worker import Worker
 

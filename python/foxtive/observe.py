@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import _core
 from .errors import ConfigError
-
-if TYPE_CHECKING:
-    from .pool import WorkerPool
+from .pool import WorkerPool
 
 __all__ = ["HealthServer", "PrometheusCollector"]
 
@@ -23,8 +21,6 @@ class HealthServer:
     Binds 127.0.0.1 unless told otherwise; ``port=0`` picks a free port."""
 
     def __init__(self, pool: WorkerPool, host: str = "127.0.0.1", port: int = 8080) -> None:
-        from .pool import WorkerPool
-
         if not isinstance(pool, WorkerPool):
             raise ConfigError(f"pool: expected a foxtive.WorkerPool, got {type(pool).__name__}")
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:

@@ -12,16 +12,17 @@ from typing import Any
 from . import _core, _logs
 from ._config import integer, seconds
 from ._dispatch import Plan, Runner
+from .backends import Backend, MemoryBackend
 from .errors import ConfigError
-from .middleware import (
+from .middleware import Middleware
+from .policies import (
     BatchMiddleware,
     CircuitBreakerMiddleware,
-    Middleware,
     RateLimitMiddleware,
     RetryHandler,
     TimeoutMiddleware,
 )
-from .worker import BatchWorker, WorkerSpec
+from .worker import BatchWorker, Worker, WorkerSpec
 
 __all__ = ["LoadBalancingStrategy", "WorkerPool", "WorkerPoolBuilder"]
 
@@ -119,7 +120,7 @@ class WorkerPoolBuilder:
         explicit: set[str] = set()
         for obj, wid in self._workers:
             spec = WorkerSpec(obj, wid)
-            is_explicit = wid is not None or isinstance(obj, _worker_base())
+            is_explicit = wid is not None or isinstance(obj, Worker)
             if is_explicit:
                 if spec.id in explicit:
                     raise ConfigError(
@@ -130,7 +131,7 @@ class WorkerPoolBuilder:
         # Plain callables added more than once get numbered ids: fn, fn-2, fn-3...
         taken = set(explicit)
         for spec, (obj, wid) in zip(specs, self._workers, strict=True):
-            if wid is None and not isinstance(obj, _worker_base()):
+            if wid is None and not isinstance(obj, Worker):
                 base, n = spec.id, 1
                 while spec.id in taken:
                     n += 1
@@ -177,15 +178,7 @@ class WorkerPoolBuilder:
         )
 
 
-def _worker_base() -> type:
-    from .worker import Worker
-
-    return Worker
-
-
 def _check_backend(backend: Any) -> None:
-    from .backends import Backend
-
     if not isinstance(backend, Backend) and getattr(backend, "_native", None) is None:
         raise ConfigError(
             "backend: expected a foxtive backend (MemoryBackend, RabbitMqBackend, "
@@ -450,8 +443,6 @@ class WorkerPool:
         plans, lanes = self._plans()
         engine = self._engine
         if engine is None:
-            from .backends import MemoryBackend
-
             engine = self._new_engine(MemoryBackend(f"{self.name}-dispatch"), plans, lanes)
         if isinstance(message, _core.Message):
             adopted = engine.adopt(message.body, dict(message.headers), message.id,

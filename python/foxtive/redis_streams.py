@@ -34,10 +34,10 @@ from typing import Any
 
 from . import _core
 from ._config import FrozenConfig, integer, seconds
+from ._tracecontext import inject
 from .backends import NativeBackend
 from .dlq import NativeDeadLetterQueue
 from .errors import ConfigError
-from .tracing import inject
 
 __all__ = ["RedisStreamBackend", "RedisStreamConsumerConfig"]
 

@@ -10,9 +10,9 @@ from typing import Any
 
 from . import _core
 from ._config import FrozenConfig, seconds
+from ._tracecontext import inject
 from .backends import NativeBackend
 from .errors import ConfigError
-from .tracing import inject
 
 __all__ = ["ReconnectStrategy", "ResilientBackend"]
 

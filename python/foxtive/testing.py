@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from ._core import redact_url
 from .backends import MemoryBackend
 
 if TYPE_CHECKING:
@@ -156,8 +157,6 @@ class Runner:
 # ------------------------------------------------------------------ brokers
 def _unreachable(what: str, url: str, reason: str) -> None:
     """Dramatiq's rule: skip locally, fail in CI (``CI`` set)."""
-    from ._core import redact_url
-
     text = f"{what} is not reachable at {redact_url(url)} ({reason})"
     if os.environ.get("CI"):
         pytest.fail(f"{text}; CI is set, so this fails instead of skipping", pytrace=False)

@@ -12,6 +12,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from ._config import seconds
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -130,8 +131,6 @@ class WorkerSpec:
                 f"got {self.concurrency!r}"
             )
         if self.timeout is not None:
-            from ._config import seconds
-
             self.timeout = seconds("timeout", self.timeout, positive=True)
 
     def should_retry(self, message: Message, error: BaseException, info: RetryInfo) -> bool:
