@@ -42,6 +42,7 @@ from .redis_streams import RedisStreamBackend, RedisStreamConsumerConfig
 from .resilient import ReconnectStrategy, ResilientBackend
 from .supervisor import Supervisor
 from .tracing import TracingMiddleware
+from .urls import backend_from_url
 from .worker import BatchWorker, RetryInfo, Worker
 
 __all__ = [
@@ -86,4 +87,5 @@ __all__ = [
     "Worker",
     "WorkerPool",
     "WorkerPoolBuilder",
+    "backend_from_url",
 ]

@@ -4,6 +4,7 @@ pub mod memory;
 pub mod memory_dlq;
 pub mod rabbitmq;
 pub mod redis_streams;
+pub mod registry;
 pub mod resilient;
 
 use std::sync::Arc;
