@@ -9,7 +9,7 @@ use lapin::options::{
     BasicAckOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
 };
 use lapin::types::ShortString;
-use lapin::Confirmation;
+use lapin::{Channel, Confirmation};
 
 use super::link::Link;
 use super::{Prepared, Shared, Target};
@@ -83,39 +83,8 @@ impl Shared {
         link: &Link,
         messages: Vec<Prepared>,
     ) -> Vec<Result<()>> {
-        let mut results: Vec<Result<()>> = Vec::with_capacity(messages.len());
-        // Declare each target once.
-        let mut targets: Vec<Target> = messages.iter().map(|m| m.target).collect();
-        targets.sort_by_key(|t| match t {
-            Target::Main => 0,
-            Target::DeadLetters => 1,
-            Target::Bucket(ms) => 2 + *ms,
-        });
-        targets.dedup();
-        let mut failed_targets: HashMap<Target, String> = HashMap::new();
-        for t in targets {
-            if let Err(e) = self.ensure_target(link, t).await {
-                failed_targets.insert(t, e.to_string());
-            }
-        }
-        let channel = {
-            let mut ch = link.publish.lock().await;
-            if !ch.status().connected() && link.conn.status().connected() {
-                match self.open_channel(&link.conn, "publish").await {
-                    Ok(new) => {
-                        if new
-                            .confirm_select(ConfirmSelectOptions::default())
-                            .await
-                            .is_ok()
-                        {
-                            *ch = new;
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "reopening the publish channel failed"),
-                }
-            }
-            ch.clone()
-        };
+        let failed_targets = self.declare_targets(link, &messages).await;
+        let channel = self.publish_channel(link).await;
         let mut pending = Vec::with_capacity(messages.len());
         for m in messages {
             if let Some(why) = failed_targets.get(&m.target) {
@@ -140,6 +109,7 @@ impl Shared {
                     .map(|c| (c, queue)),
             );
         }
+        let mut results: Vec<Result<()>> = Vec::with_capacity(pending.len());
         for p in pending {
             results.push(match p {
                 Err(e) => Err(e),
@@ -161,15 +131,81 @@ impl Shared {
         results
     }
 
+    /// Declare each target of `messages` once; the ones that failed, with why.
+    async fn declare_targets(&self, link: &Link, messages: &[Prepared]) -> HashMap<Target, String> {
+        let mut targets: Vec<Target> = messages.iter().map(|m| m.target).collect();
+        targets.sort_by_key(|t| match t {
+            Target::Main => 0,
+            Target::DeadLetters => 1,
+            Target::Bucket(ms) => 2 + *ms,
+        });
+        targets.dedup();
+        let mut failed_targets: HashMap<Target, String> = HashMap::new();
+        for t in targets {
+            if let Err(e) = self.ensure_target(link, t).await {
+                failed_targets.insert(t, e.to_string());
+            }
+        }
+        failed_targets
+    }
+
+    /// The link's publish channel, reopened (with confirms) if it was closed
+    /// while the connection lives on.
+    async fn publish_channel(&self, link: &Link) -> Channel {
+        let mut ch = link.publish.lock().await;
+        if !ch.status().connected() && link.conn.status().connected() {
+            match self.open_channel(&link.conn, "publish").await {
+                Ok(new) => {
+                    if new
+                        .confirm_select(ConfirmSelectOptions::default())
+                        .await
+                        .is_ok()
+                    {
+                        *ch = new;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "reopening the publish channel failed"),
+            }
+        }
+        ch.clone()
+    }
+
     pub(super) async fn settle_batch(self: &Arc<Self>, batch: Vec<SettleItem>) -> Result<()> {
         let Some(link) = self.current() else {
             return Ok(()); // nothing is acknowledged on a dead link; the broker requeues
         };
-        let mut acks = Vec::new();
-        let mut requeues = Vec::new();
-        let mut copies: Vec<(u64, Prepared)> = Vec::new();
-        let mut stale = 0usize;
-        for (delivery, settlement) in &batch {
+        let sorted = self.sort_settlements(&link, &batch);
+        if sorted.stale > 0 {
+            tracing::debug!(queue = %self.name, stale = sorted.stale, "dropped settlements of a dead link; the broker redelivers them");
+        }
+        let mut first_error = None;
+        if !sorted.acks.is_empty() {
+            if let Err(e) = self.ack_tags(&link, sorted.acks).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        if !sorted.requeues.is_empty() {
+            if let Err(e) = self.requeue_tags(&link, sorted.requeues).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        if !sorted.copies.is_empty() {
+            if let Err(e) = self.store_copies(&link, sorted.copies).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        forget_extras(&link, &batch);
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Sort a settle batch by what the broker must do; settlements for
+    /// another link's deliveries are only counted.
+    fn sort_settlements(&self, link: &Link, batch: &[SettleItem]) -> Sorted {
+        let mut sorted = Sorted::default();
+        for (delivery, settlement) in batch {
             let Receipt::Amqp {
                 delivery_tag,
                 epoch,
@@ -178,85 +214,95 @@ impl Shared {
                 continue;
             };
             if epoch != link.epoch {
-                stale += 1;
+                sorted.stale += 1;
                 continue;
             }
             match settlement {
-                Settlement::Ack => acks.push(delivery_tag),
-                Settlement::Requeue => requeues.push(delivery_tag),
+                Settlement::Ack => sorted.acks.push(delivery_tag),
+                Settlement::Requeue => sorted.requeues.push(delivery_tag),
                 Settlement::Retry {
                     delay,
                     count_attempt,
-                } => copies.push((
+                } => sorted.copies.push((
                     delivery_tag,
-                    self.retry_copy(&link, delivery, *delay, *count_attempt),
+                    self.retry_copy(link, delivery, *delay, *count_attempt),
                 )),
-                Settlement::DeadLetter(failure) => copies.push((
-                    delivery_tag,
-                    self.dead_letter_copy(&link, delivery, failure),
-                )),
+                Settlement::DeadLetter(failure) => sorted
+                    .copies
+                    .push((delivery_tag, self.dead_letter_copy(link, delivery, failure))),
             }
         }
-        if stale > 0 {
-            tracing::debug!(queue = %self.name, stale, "dropped settlements of a dead link; the broker redelivers them");
-        }
+        sorted
+    }
+
+    /// Publish retry and dead-letter copies; ack the originals whose copy the
+    /// broker confirmed and requeue the others. The first error, if any.
+    async fn store_copies(
+        self: &Arc<Self>,
+        link: &Link,
+        copies: Vec<(u64, Prepared)>,
+    ) -> Result<()> {
         let mut first_error = None;
-        if !acks.is_empty() {
-            if let Err(e) = self.ack_tags(&link, acks).await {
-                first_error.get_or_insert(e);
-            }
-        }
-        if !requeues.is_empty() {
-            if let Err(e) = self.requeue_tags(&link, requeues).await {
-                first_error.get_or_insert(e);
-            }
-        }
-        if !copies.is_empty() {
-            let (tags, prepared): (Vec<u64>, Vec<Prepared>) = copies.into_iter().unzip();
-            let results = self.publish_confirmed(&link, prepared).await;
-            let mut stored = Vec::new();
-            let mut not_stored = Vec::new();
-            for (tag, r) in tags.into_iter().zip(results) {
-                match r {
-                    Ok(()) => stored.push(tag),
-                    Err(e) => {
-                        tracing::warn!(queue = %self.name, error = %e,
-                            "storing a retry or dead-letter copy failed; the original goes back to the queue");
-                        not_stored.push(tag);
-                        first_error.get_or_insert(e);
-                    }
-                }
-            }
-            if !stored.is_empty() {
-                if let Err(e) = self.ack_tags(&link, stored).await {
-                    first_error.get_or_insert(e);
-                }
-            }
-            if !not_stored.is_empty() && link.alive() {
-                if let Err(e) = self.requeue_tags(&link, not_stored).await {
+        let (tags, prepared): (Vec<u64>, Vec<Prepared>) = copies.into_iter().unzip();
+        let results = self.publish_confirmed(link, prepared).await;
+        let mut stored = Vec::new();
+        let mut not_stored = Vec::new();
+        for (tag, r) in tags.into_iter().zip(results) {
+            match r {
+                Ok(()) => stored.push(tag),
+                Err(e) => {
+                    tracing::warn!(queue = %self.name, error = %e,
+                        "storing a retry or dead-letter copy failed; the original goes back to the queue");
+                    not_stored.push(tag);
                     first_error.get_or_insert(e);
                 }
             }
         }
-        {
-            let mut extras = link.extras.lock();
-            if !extras.is_empty() {
-                for (d, _) in &batch {
-                    if let Receipt::Amqp {
-                        delivery_tag,
-                        epoch,
-                    } = d.receipt
-                    {
-                        if epoch == link.epoch {
-                            extras.remove(&delivery_tag);
-                        }
-                    }
-                }
+        if !stored.is_empty() {
+            if let Err(e) = self.ack_tags(link, stored).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        if !not_stored.is_empty() && link.alive() {
+            if let Err(e) = self.requeue_tags(link, not_stored).await {
+                first_error.get_or_insert(e);
             }
         }
         match first_error {
             Some(e) => Err(e),
             None => Ok(()),
+        }
+    }
+}
+
+/// A settle batch, sorted by what the broker must do with each delivery of
+/// the current link.
+#[derive(Default)]
+struct Sorted {
+    acks: Vec<u64>,
+    requeues: Vec<u64>,
+    /// Retry and dead-letter copies, with the tag of their original.
+    copies: Vec<(u64, Prepared)>,
+    /// Settlements for a dead link's deliveries, dropped.
+    stale: usize,
+}
+
+/// The batch is settled: the extra properties kept for its deliveries are
+/// not needed any more.
+fn forget_extras(link: &Link, batch: &[SettleItem]) {
+    let mut extras = link.extras.lock();
+    if extras.is_empty() {
+        return;
+    }
+    for (d, _) in batch {
+        if let Receipt::Amqp {
+            delivery_tag,
+            epoch,
+        } = d.receipt
+        {
+            if epoch == link.epoch {
+                extras.remove(&delivery_tag);
+            }
         }
     }
 }
