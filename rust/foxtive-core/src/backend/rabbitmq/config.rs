@@ -127,6 +127,13 @@ impl RabbitMqConfig {
                 "prefetch_count: must be between 1 and 65535 (0 would mean unlimited)".to_string(),
             ));
         }
+        self.validate_exchange()?;
+        self.validate_names()?;
+        self.validate_queue()
+    }
+
+    /// The exchange to bind to, its type and the routing key.
+    fn validate_exchange(&self) -> Result<()> {
         if let Some(ex) = &self.exchange {
             check_name("exchange", ex, false)?;
             if ex.starts_with("amq.")
@@ -158,6 +165,11 @@ impl RabbitMqConfig {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// The connection name and the names derived from the queue's.
+    fn validate_names(&self) -> Result<()> {
         if let Some(name) = &self.connection_name {
             if name.is_empty() {
                 return Err(Error::Config(
@@ -188,6 +200,11 @@ impl RabbitMqConfig {
                 "dead_letter_queue: must differ from queue_name".to_string(),
             ));
         }
+        Ok(())
+    }
+
+    /// The queue's type, arguments, durability and the connect timeout.
+    fn validate_queue(&self) -> Result<()> {
         match header(&self.queue_arguments, "x-queue-type") {
             None => {}
             Some(HeaderValue::Str(t)) if t == self.queue_type.as_str() => {}

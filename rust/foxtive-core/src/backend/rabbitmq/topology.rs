@@ -7,11 +7,26 @@
 //! current is C", one argument at a time. AMQP has no way to read a queue's
 //! arguments, so this text is the only place they show; the format has been
 //! stable since RabbitMQ 3.0.
+//!
+//! Declaring the topology lives here too: the main queue and its exchange
+//! binding at connect time, and the dead-letter queue and delay buckets
+//! (`ensure_target`) before anything is published to them.
 
+use std::time::{Duration, Instant};
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::types::{FieldTable, ShortString};
+use lapin::ExchangeKind;
 
+use super::fields::table_from_headers;
+use super::link::Link;
+use super::{Shared, Target};
 use crate::message::{header, HeaderValue, Headers};
 use crate::{Error, Result};
+
+/// Unused delay buckets disappear after twice their delay plus this.
+const BUCKET_EXPIRY_MARGIN_MS: u64 = 60_000;
 
 /// Each refusal names one argument; a queue has a handful at most.
 pub const MAX_DECLARE_PROBES: usize = 16;
@@ -220,6 +235,212 @@ pub fn mismatch_text(what: &str, name: &str, diff: &Inequivalent) -> String {
         );
     }
     text
+}
+
+impl Shared {
+    pub(super) async fn declare_topology(&self, link: &Link) -> Result<()> {
+        let queue = self.config.queue_name.clone();
+        if self.config.declare {
+            let args = self.config.declare_arguments();
+            self.ensure_queue(link, &queue, self.config.durable, &args, &[])
+                .await?;
+        }
+        if let Some(exchange) = &self.config.exchange {
+            let mut admin = link.admin.lock().await;
+            let kind = match self.config.exchange_type.as_str() {
+                "topic" => ExchangeKind::Topic,
+                "fanout" => ExchangeKind::Fanout,
+                "headers" => ExchangeKind::Headers,
+                _ => ExchangeKind::Direct,
+            };
+            let name = ShortString::from(exchange.as_str());
+            let asked = self.config.exchange_type.as_str();
+            if let Some(builtin) = builtin_exchange_type(exchange) {
+                // Predeclared exchanges cannot be declared; their name says their type.
+                if builtin != asked {
+                    return Err(Error::Config(format!(
+                        "exchange '{exchange}' exists as {builtin}, config asks for {asked}"
+                    )));
+                }
+            } else {
+                let opts = ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                };
+                let declared = admin
+                    .exchange_declare(name.clone(), kind, opts, FieldTable::default())
+                    .await;
+                if let Err(e) = declared {
+                    *admin = self.open_channel(&link.conn, "admin").await?;
+                    match refusal(&e) {
+                        Refusal::Inequivalent(diff) if diff.arg == "type" => {
+                            return Err(Error::Config(mismatch_text("exchange", exchange, &diff)))
+                        }
+                        // It exists, declared by someone else with another
+                        // durability or arguments, or we may not configure
+                        // it: bind to it as it is.
+                        Refusal::Inequivalent(_) | Refusal::AccessRefused => {}
+                        Refusal::Other => {
+                            return Err(
+                                self.lapin_err(&format!("declaring exchange {exchange:?}"), &e)
+                            )
+                        }
+                    }
+                }
+            }
+            admin
+                .queue_bind(
+                    ShortString::from(queue.as_str()),
+                    name,
+                    ShortString::from(self.config.binding_key()),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| {
+                    self.lapin_err(&format!("binding {queue:?} to exchange {exchange:?}"), &e)
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Make sure `name` exists with `durable` and `args`. An existing queue
+    /// keeps the arguments nobody asked foxtive for (read back from the
+    /// broker's refusals and declared back as they are); one that
+    /// contradicts what was asked is a `Config` error naming the queue and
+    /// the difference, except for the arguments in `flexible`, where the
+    /// existing value is taken.
+    async fn ensure_queue(
+        &self,
+        link: &Link,
+        name: &str,
+        durable: bool,
+        args: &crate::message::Headers,
+        flexible: &[&str],
+    ) -> Result<()> {
+        let mut admin = link.admin.lock().await;
+        if !admin.status().connected() {
+            *admin = self.open_channel(&link.conn, "admin").await?;
+        }
+        let mut probe = Probe::new(durable, args);
+        for _ in 0..MAX_DECLARE_PROBES {
+            let opts = QueueDeclareOptions {
+                durable: probe.durable,
+                auto_delete: probe.auto_delete,
+                ..Default::default()
+            };
+            let declared = admin
+                .queue_declare(
+                    ShortString::from(name),
+                    opts,
+                    table_from_headers(&probe.args),
+                )
+                .await;
+            let e = match declared {
+                Ok(_) => {
+                    link.declared
+                        .lock()
+                        .insert(name.to_string(), Instant::now());
+                    return Ok(());
+                }
+                Err(e) => e,
+            };
+            // A refused declaration closes the channel (the broker's close
+            // may not be reflected in its status yet: open a new one anyway).
+            if link.conn.status().connected() {
+                *admin = self.open_channel(&link.conn, "admin").await?;
+            }
+            match refusal(&e) {
+                Refusal::Inequivalent(diff) => probe.adopt(name, &diff, args, flexible)?,
+                Refusal::AccessRefused => {
+                    // Without `configure` permission an existing queue can
+                    // still be used; it just cannot be checked.
+                    let passive = QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    };
+                    admin
+                        .queue_declare(ShortString::from(name), passive, FieldTable::default())
+                        .await
+                        .map_err(|_| self.lapin_err(&format!("declaring queue {name:?}"), &e))?;
+                    tracing::warn!(queue = %name, "no configure permission: using the existing queue without checking its arguments");
+                    link.declared
+                        .lock()
+                        .insert(name.to_string(), Instant::now());
+                    return Ok(());
+                }
+                Refusal::Other => {
+                    return Err(self.lapin_err(&format!("declaring queue {name:?}"), &e))
+                }
+            }
+        }
+        Err(Error::Backend(format!(
+            "declaring queue {name:?}: it differs in more than {MAX_DECLARE_PROBES} arguments"
+        )))
+    }
+
+    pub(super) async fn ensure_target(&self, link: &Link, target: Target) -> Result<()> {
+        match target {
+            Target::Main => {
+                if !self.config.declare
+                    || link.declared.lock().contains_key(&self.config.queue_name)
+                {
+                    return Ok(());
+                }
+                let args = self.config.declare_arguments();
+                self.ensure_queue(
+                    link,
+                    &self.config.queue_name,
+                    self.config.durable,
+                    &args,
+                    &[],
+                )
+                .await
+            }
+            Target::DeadLetters => {
+                if link.declared.lock().contains_key(&self.dlq_name) {
+                    return Ok(());
+                }
+                // Nobody configured the dead-letter queue's durability: one
+                // made elsewhere is used as it is.
+                self.ensure_queue(link, &self.dlq_name, true, &Vec::new(), &["durable"])
+                    .await
+            }
+            Target::Bucket(ms) => {
+                let name = self.bucket_name(ms);
+                let expires = ms.saturating_mul(2).saturating_add(BUCKET_EXPIRY_MARGIN_MS);
+                // Redeclaring resets the expiry clock; do it often enough that
+                // a bucket never expires with a message inside (the last
+                // declare is at most (expires - ttl) / 2 old at publish time).
+                let refresh = Duration::from_millis((expires - ms) / 2);
+                let fresh = link
+                    .declared
+                    .lock()
+                    .get(&name)
+                    .is_some_and(|at| at.elapsed() < refresh);
+                if fresh {
+                    return Ok(());
+                }
+                let to_int = |v: u64| HeaderValue::Int(i64::try_from(v).unwrap_or(i64::MAX));
+                let args = vec![
+                    ("x-message-ttl".to_string(), to_int(ms)),
+                    ("x-expires".to_string(), to_int(expires)),
+                    (
+                        "x-dead-letter-exchange".to_string(),
+                        HeaderValue::Str(String::new()),
+                    ),
+                    (
+                        "x-dead-letter-routing-key".to_string(),
+                        HeaderValue::Str(self.config.queue_name.clone()),
+                    ),
+                ];
+                // A bucket left by another version with another expiry is
+                // used as it is rather than refused.
+                self.ensure_queue(link, &name, true, &args, &["x-expires"])
+                    .await
+            }
+        }
+    }
 }
 
 #[cfg(test)]
