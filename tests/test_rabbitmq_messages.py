@@ -177,6 +177,22 @@ def test_quorum_config_on_an_existing_classic_queue_is_a_clear_error(queue: str)
     assert "quorum" not in queue_arguments(queue).split("\t", 1)[1]
 
 
+def test_a_mismatch_behind_resilient_backend_is_still_a_start_up_error(queue: str) -> None:
+    """ResilientBackend retries what waiting can cure, not a queue that exists
+    with other arguments: that stays a ConfigError at start-up."""
+    run(declare_and_publish(queue, [aio_pika.Message(body=b"keep", message_id="r1")]))
+    resilient = foxtive.ResilientBackend(backend(queue, queue_type="quorum"),
+                                         strategy=foxtive.ReconnectStrategy.fixed(0.1))
+
+    async def handler(m: foxtive.Message) -> None:
+        raise AssertionError("nothing may be consumed")
+
+    with pytest.raises(foxtive.ConfigError) as err:
+        pool_of(handler).run_until_idle(resilient, timeout=60)
+    assert f"queue '{queue}' exists as classic, config asks for quorum" in str(err.value)
+    assert list_queues()[queue] == (1, 0)
+
+
 def test_a_differing_queue_argument_is_a_clear_error(queue: str) -> None:
     run(declare_and_publish(queue, [], arguments={"x-max-priority": 3}))
     b = backend(queue, queue_arguments={"x-max-priority": 9})

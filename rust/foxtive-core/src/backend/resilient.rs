@@ -170,6 +170,11 @@ impl Backend for ResilientBackend {
                     self.set_state(CONNECTED);
                     return Ok(());
                 }
+                // A configuration the broker refuses (a queue that exists
+                // with other arguments, a bad setting) is not cured by
+                // waiting: fail the start-up with it instead of retrying it
+                // as a warning forever.
+                Err(e @ Error::Config(_)) => return Err(e),
                 Err(e) => {
                     if let Error::Shutdown = self.recover(e).await {
                         return Err(Error::Shutdown);
