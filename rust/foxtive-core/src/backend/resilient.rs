@@ -103,22 +103,19 @@ impl ResilientBackend {
         let delay = self.strategy.delay(failures);
         tracing::warn!(backend = self.inner.name(), error = %error, failures,
             delay_s = delay.as_secs_f64(), "backend failed; reconnecting");
-        let closing = self.closing.notified();
-        tokio::pin!(closing);
-        closing.as_mut().enable();
-        if self.closed.load(Ordering::Acquire) {
+        if self
+            .unless_closed(async {
+                tokio::time::sleep(delay).await;
+                Ok(())
+            })
+            .await
+            .is_err()
+        {
             return Error::Shutdown;
         }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = &mut closing => return Error::Shutdown,
-        }
         self.reconnect_attempts.fetch_add(1, Ordering::Relaxed);
-        let reconnected = tokio::select! {
-            r = self.inner.connect() => r,
-            _ = &mut closing => return Error::Shutdown,
-        };
-        if self.closed.load(Ordering::Acquire) {
+        let reconnected = self.unless_closed(self.inner.connect()).await;
+        if matches!(reconnected, Err(Error::Shutdown)) || self.closed.load(Ordering::Acquire) {
             return Error::Shutdown;
         }
         match reconnected {
@@ -126,6 +123,24 @@ impl ResilientBackend {
             Err(e) => tracing::warn!(backend = self.inner.name(), error = %e, "reconnect failed"),
         }
         error
+    }
+
+    /// Run `op` unless `close` comes first (checked before it starts too):
+    /// then `Error::Shutdown`, at once, whatever `op` was waiting for.
+    async fn unless_closed<T>(
+        &self,
+        op: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let closing = self.closing.notified();
+        tokio::pin!(closing);
+        closing.as_mut().enable();
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Shutdown);
+        }
+        tokio::select! {
+            r = op => r,
+            _ = &mut closing => Err(Error::Shutdown),
+        }
     }
 
     fn mark_healthy(&self) {
@@ -149,22 +164,9 @@ impl Backend for ResilientBackend {
         // The first connection also retries: a worker started before its
         // broker waits for it instead of crashing.
         loop {
-            if self.closed.load(Ordering::Acquire) {
-                return Err(Error::Shutdown);
-            }
-            let attempt = {
-                let closing = self.closing.notified();
-                tokio::pin!(closing);
-                closing.as_mut().enable();
-                if self.closed.load(Ordering::Acquire) {
-                    return Err(Error::Shutdown);
-                }
-                tokio::select! {
-                    r = self.inner.connect() => r,
-                    _ = &mut closing => return Err(Error::Shutdown),
-                }
-            };
+            let attempt = self.unless_closed(self.inner.connect()).await;
             match attempt {
+                Err(Error::Shutdown) => return Err(Error::Shutdown),
                 Ok(()) => {
                     self.mark_healthy();
                     self.set_state(CONNECTED);
