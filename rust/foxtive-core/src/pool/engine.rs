@@ -504,16 +504,21 @@ impl Engine {
                 }
                 continue;
             }
-            let batch = self.divert_dead_letters(batch).await;
-            let dead = dead_letter_workers(&batch);
-            match self.backend.settle(batch).await {
-                Ok(()) => self.count_dead_letters(&dead),
-                Err(e) => {
-                    tracing::warn!(pool = %self.config.pool, error = %e,
-                        "settling failed; the broker will redeliver what was not settled");
-                }
+            if let Err(e) = self.apply_settlements(batch).await {
+                tracing::warn!(pool = %self.config.pool, error = %e,
+                    "settling failed; the broker will redeliver what was not settled");
             }
         }
+    }
+
+    /// Hand a batch to its stores and the backend; dead letters are counted
+    /// once the backend has them.
+    async fn apply_settlements(&self, batch: Vec<SettleItem>) -> Result<()> {
+        let batch = self.divert_dead_letters(batch).await;
+        let dead = dead_letter_workers(&batch);
+        self.backend.settle(batch).await?;
+        self.count_dead_letters(&dead);
+        Ok(())
     }
 
     /// Count dead letters once they are stored: the store or the backend
@@ -917,10 +922,7 @@ impl Engine {
         // The settle task is gone: flush anything settled after it stopped.
         let late = std::mem::take(&mut *self.settle_queue.lock());
         if !late.is_empty() {
-            let late = self.divert_dead_letters(late).await;
-            let dead = dead_letter_workers(&late);
-            self.backend.settle(late).await?;
-            self.count_dead_letters(&dead);
+            self.apply_settlements(late).await?;
         }
         let closed = self.backend.close().await;
         stats::add(&self.metrics.reconnects, self.backend.reconnect_attempts());
