@@ -441,6 +441,20 @@ pub(crate) fn delivery(
     }
 }
 
+/// Fields a dead-letter entry adds to the message's own: the failure's
+/// description, not the message.
+pub(crate) const DEAD_LETTER_FIELDS: [&str; 9] = [
+    "source",
+    "attempts",
+    "error_type",
+    "error_message",
+    "failed_at",
+    "worker_id",
+    "poison_pill",
+    "entry_id",
+    "consumer",
+];
+
 /// Read a dead-letter entry back.
 pub(crate) fn dead_letter_from_fields(entry_id: &str, fields: RawFields) -> DeadLetter {
     let mut d = decode_fields(fields);
@@ -459,18 +473,8 @@ pub(crate) fn dead_letter_from_fields(entry_id: &str, fields: RawFields) -> Dead
     let poison_pill = take("poison_pill") == "true";
     let _ = take("entry_id");
     let _ = take("consumer");
-    let known = [
-        "source",
-        "attempts",
-        "error_type",
-        "error_message",
-        "failed_at",
-        "worker_id",
-        "poison_pill",
-        "entry_id",
-        "consumer",
-    ];
-    d.headers.retain(|(k, _)| !known.contains(&k.as_str()));
+    d.headers
+        .retain(|(k, _)| !DEAD_LETTER_FIELDS.contains(&k.as_str()));
     DeadLetter {
         original_id: d.id.unwrap_or_else(|| entry_id.to_string()),
         body: d.body,

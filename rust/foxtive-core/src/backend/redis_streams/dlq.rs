@@ -24,20 +24,6 @@ use crate::{Error, Result};
 /// Entries read per XRANGE.
 const PAGE: usize = 500;
 
-/// Fields of a dead-letter entry that describe the failure, not the message.
-const META_FIELDS: [&str; 10] = [
-    "entry_id",
-    "source",
-    "attempts",
-    "error_type",
-    "error_message",
-    "failed_at",
-    "worker_id",
-    "consumer",
-    "poison_pill",
-    "attempt",
-];
-
 /// KEYS[1] dead-letter stream, KEYS[2] source stream; ARGV[1] entry id,
 /// ARGV[2] MAXLEN ('' for none), ARGV[3..] the copy's fields. Returns the
 /// new entry id, or false when the entry is gone (replayed by someone else).
@@ -171,8 +157,9 @@ fn replay_fields(fields: &codec::RawFields) -> Vec<(Bytes, Bytes)> {
         .iter()
         .filter(|(k, _)| {
             let k = k.as_ref();
-            let is_meta = META_FIELDS.iter().any(|m| m.as_bytes() == k);
-            let bookkeeping = k.starts_with(b"h:x-foxtive-") || k == b"h:x-delivery-count";
+            let is_meta = codec::DEAD_LETTER_FIELDS.iter().any(|m| m.as_bytes() == k);
+            let bookkeeping =
+                k == b"attempt" || k.starts_with(b"h:x-foxtive-") || k == b"h:x-delivery-count";
             !is_meta && !bookkeeping
         })
         .cloned()
