@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -80,3 +82,35 @@ async def publish_with_pika(channel: aio_pika.abc.AbstractChannel, queue: str,
 async def ready_count(channel: aio_pika.abc.AbstractChannel, queue: str) -> int:
     q = await channel.declare_queue(queue, passive=True)
     return int(q.declaration_result.message_count or 0)
+
+
+def delete_queues(name: str, exchanges: Iterable[str] = ()) -> None:
+    """Delete ``name`` and every queue named ``name.*`` (delay buckets, the
+    DLQ), and ``exchanges``: what a test on queue ``name`` leaves behind."""
+
+    async def cleanup() -> None:
+        conn = await aio_pika.connect(URL)
+        ch = await conn.channel()
+        for q in list_queues():
+            if q == name or q.startswith(name + "."):
+                await ch.queue_delete(q)
+        for ex in exchanges:
+            await ch.exchange_delete(ex)
+        await conn.close()
+
+    asyncio.run(cleanup())
+
+
+WORKER = Path(__file__).with_name("rabbit_worker.py")
+
+
+def start_worker(queue: str, out: Path, *extra: str) -> subprocess.Popen[str]:
+    """``rabbit_worker.py`` on ``queue`` as a subprocess, once it says it is ready."""
+    proc = subprocess.Popen(
+        [sys.executable, str(WORKER), queue, str(out), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("ready"), (line, proc.stderr.read() if proc.stderr else "")
+    return proc

@@ -7,7 +7,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -19,27 +18,29 @@ import aio_pika
 import pytest
 
 try:
-    from tests.rabbit_support import URL, list_queues, publish_with_pika, unique
+    from tests.rabbit_support import (
+        URL,
+        delete_queues,
+        list_queues,
+        publish_with_pika,
+        start_worker,
+        unique,
+    )
 except ImportError:  # tests/ is not a package
-    from rabbit_support import URL, list_queues, publish_with_pika, unique  # type: ignore[no-redef]
-
-WORKER = Path(__file__).with_name("rabbit_worker.py")
-
+    from rabbit_support import (  # type: ignore[no-redef]
+        URL,
+        delete_queues,
+        list_queues,
+        publish_with_pika,
+        start_worker,
+        unique,
+    )
 
 @pytest.fixture
 def queue() -> Iterator[str]:
     name = unique("faults")
     yield name
-
-    async def cleanup() -> None:
-        conn = await aio_pika.connect(URL)
-        ch = await conn.channel()
-        for q in list_queues():
-            if q == name or q.startswith(name + "."):
-                await ch.queue_delete(q)
-        await conn.close()
-
-    asyncio.run(cleanup())
+    delete_queues(name)
 
 
 def publish(queue: str, n: int) -> list[str]:
@@ -58,16 +59,6 @@ def publish(queue: str, n: int) -> list[str]:
     asyncio.run(go())
     return ids
 
-
-def start_worker(queue: str, out: Path, *extra: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, str(WORKER), queue, str(out), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line.startswith("ready"), (line, proc.stderr.read() if proc.stderr else "")
-    return proc
 
 
 def processed(out: Path) -> list[str]:

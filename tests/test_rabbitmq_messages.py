@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,12 +19,23 @@ import pytest
 import foxtive
 
 try:
-    from tests.rabbit_support import URL, backend, list_queues, unique
+    from tests.rabbit_support import (
+        URL,
+        backend,
+        delete_queues,
+        list_queues,
+        start_worker,
+        unique,
+    )
 except ImportError:  # tests/ is not a package
-    from rabbit_support import URL, backend, list_queues, unique  # type: ignore[no-redef]
-
-WORKER = Path(__file__).with_name("rabbit_worker.py")
-
+    from rabbit_support import (  # type: ignore[no-redef]
+        URL,
+        backend,
+        delete_queues,
+        list_queues,
+        start_worker,
+        unique,
+    )
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
@@ -35,17 +45,7 @@ def run(coro: Any) -> Any:
 def queue(request: pytest.FixtureRequest) -> Iterator[str]:
     name = unique(request.node.name[5:25].replace("_", "-"))
     yield name
-
-    async def cleanup() -> None:
-        conn = await aio_pika.connect(URL)
-        ch = await conn.channel()
-        for q in list_queues():
-            if q == name or q.startswith(name + "."):
-                await ch.queue_delete(q)
-        await ch.exchange_delete(name + "-ex")
-        await conn.close()
-
-    run(cleanup())
+    delete_queues(name, [name + "-ex"])
 
 
 async def declare_and_publish(queue: str, messages: list[aio_pika.Message],
@@ -88,16 +88,6 @@ def wait_for(predicate: Any, timeout: float, what: str) -> None:
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
 
-
-def start_worker(queue: str, out: Path, *extra: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, str(WORKER), queue, str(out), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line.startswith("ready"), (line, proc.stderr.read() if proc.stderr else "")
-    return proc
 
 
 def started_lines(path: Path) -> list[list[str]]:
