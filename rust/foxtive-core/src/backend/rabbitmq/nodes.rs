@@ -8,7 +8,7 @@
 
 use lapin::uri::AMQPUri;
 
-use crate::redact::redact_url;
+use crate::redact::{redact_url, url_secrets};
 use crate::{Error, Result};
 
 /// The nodes of one backend, with what may be shown of them.
@@ -33,9 +33,9 @@ pub fn parse_nodes(urls: &[&str]) -> Result<Nodes> {
     let mut shown = Vec::new();
     for url in urls {
         let redacted = redact_url(url);
-        if let Some(raw) = raw_password(url) {
-            if !raw.is_empty() {
-                secrets.push(raw);
+        for secret in url_secrets(url) {
+            if !secrets.contains(&secret) {
+                secrets.push(secret);
             }
         }
         for one in split_hosts(url) {
@@ -57,6 +57,8 @@ pub fn parse_nodes(urls: &[&str]) -> Result<Nodes> {
         }
         shown.push(redacted);
     }
+    // Longest first, so that `scrub` replaces a secret containing another whole.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
     Ok(Nodes {
         uris,
         redacted: shown.join(","),
@@ -83,14 +85,6 @@ fn split_hosts(url: &str) -> Vec<String> {
         .split(',')
         .map(|host| format!("{scheme}{userinfo}{}{tail}", host.trim()))
         .collect()
-}
-
-/// The password part of `scheme://user:password@host`, as written.
-pub fn raw_password(url: &str) -> Option<String> {
-    let rest = &url[url.find("://")? + 3..];
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    let userinfo = &authority[..authority.rfind('@')?];
-    Some(userinfo[userinfo.find(':')? + 1..].to_string())
 }
 
 #[cfg(test)]
