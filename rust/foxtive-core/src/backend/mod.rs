@@ -20,6 +20,27 @@ pub use rabbitmq::{RabbitMqBackend, RabbitMqConfig};
 pub use redis_streams::{RedisStreamBackend, RedisStreamConfig};
 pub use resilient::ResilientBackend;
 
+/// Run `op` unless the backend is closed first: `closed` is checked before
+/// it starts (after subscribing, so a `close` in between is not missed) and
+/// `closing` cuts it short at once; either way the answer is
+/// `Error::Shutdown`. `close` sets `closed`, then `notify_waiters()`.
+pub(crate) async fn unless_closed<T>(
+    closing: &tokio::sync::Notify,
+    closed: &std::sync::atomic::AtomicBool,
+    op: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let notified = closing.notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
+    if closed.load(std::sync::atomic::Ordering::Acquire) {
+        return Err(crate::Error::Shutdown);
+    }
+    tokio::select! {
+        r = op => r,
+        _ = &mut notified => Err(crate::Error::Shutdown),
+    }
+}
+
 /// The connection state a backend reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendState {

@@ -125,22 +125,12 @@ impl ResilientBackend {
         error
     }
 
-    /// Run `op` unless `close` comes first (checked before it starts too):
-    /// then `Error::Shutdown`, at once, whatever `op` was waiting for.
+    /// Run `op` unless `close` comes first ([`super::unless_closed`]).
     async fn unless_closed<T>(
         &self,
         op: impl std::future::Future<Output = Result<T>>,
     ) -> Result<T> {
-        let closing = self.closing.notified();
-        tokio::pin!(closing);
-        closing.as_mut().enable();
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Shutdown);
-        }
-        tokio::select! {
-            r = op => r,
-            _ = &mut closing => Err(Error::Shutdown),
-        }
+        super::unless_closed(&self.closing, &self.closed, op).await
     }
 
     fn mark_healthy(&self) {

@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 
 use super::acks::AckTracker;
 use super::{Shared, HEALTHY_AFTER, STATE_CONNECTED, STATE_RECONNECTING};
+use crate::backend::unless_closed;
 use crate::{Error, Result};
 
 /// One connection and its channels, valid for one epoch.
@@ -77,16 +78,7 @@ impl Shared {
     /// `close` interrupts it at once (a broker that accepts TCP and never
     /// answers must not hold a shutdown back).
     pub(super) async fn build_link(&self, consume: bool) -> Result<Link> {
-        let closing = self.closing.notified();
-        tokio::pin!(closing);
-        closing.as_mut().enable();
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Shutdown);
-        }
-        tokio::select! {
-            built = self.try_nodes(consume) => built,
-            _ = &mut closing => Err(Error::Shutdown),
-        }
+        unless_closed(&self.closing, &self.closed, self.try_nodes(consume)).await
     }
 
     /// Go round the nodes, from the one after the last tried, each within
@@ -242,16 +234,11 @@ impl Shared {
 
     /// Wait `delay`, or less if the backend is closed meanwhile.
     async fn pause(&self, delay: Duration) {
-        let closing = self.closing.notified();
-        tokio::pin!(closing);
-        closing.as_mut().enable();
-        if self.closed.load(Ordering::Acquire) {
-            return;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = &mut closing => {}
-        }
+        let sleep = async {
+            tokio::time::sleep(delay).await;
+            Ok(())
+        };
+        let _ = unless_closed(&self.closing, &self.closed, sleep).await;
     }
 
     async fn reconnect_loop(self: Arc<Self>) {
