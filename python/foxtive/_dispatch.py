@@ -677,7 +677,14 @@ class Runner:
             def cpu_clock() -> float:
                 return slot.busy() or 0.0
         while True:
-            batch = engine.take(lane, max_batch, 0.25)
+            want = max_batch
+            if want > 1:
+                # Never hoard: a batch takes at most this thread's share of
+                # what waits, so that a handler that turns out to block holds
+                # back no message another thread of the worker could run.
+                share = engine.lane_len(lane) // self.thread_counts.get(plan.index, 1)
+                want = max(1, min(want, share))
+            batch = engine.take(lane, want, 0.25)
             if batch is None:
                 return
             if not batch:
