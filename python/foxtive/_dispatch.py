@@ -30,8 +30,9 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from ._core import FailureKind
 from .errors import PermanentError, RetryableError
-from .worker import RetryInfo, WorkerSpec
+from .worker import WorkerSpec
 
 if TYPE_CHECKING:
     from ._core import Engine, Message
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("foxtive")
 
-_TRANSIENT, _PERMANENT, _RETRY_AFTER = 0, 1, 2
 #: Most messages a loop consumer acknowledges in one call.
 _ACK_BATCH = 512
 #: Most messages taken from the core by the loop at once.
@@ -558,16 +558,15 @@ class Runner:
             log.warning("worker %s raised %s after settling message %s; the settlement stands",
                         plan.spec.id, type(exc).__name__, message.id)
             return
-        kind, delay = _TRANSIENT, None
+        kind, delay = FailureKind.TRANSIENT, None
         if isinstance(exc, PermanentError):
-            kind = _PERMANENT
+            kind = FailureKind.PERMANENT
         elif isinstance(exc, RetryableError) and exc.delay is not None:
-            kind, delay = _RETRY_AFTER, exc.delay
-        if kind != _PERMANENT and plan.spec.has_should_retry:
-            info = RetryInfo(*message._retry_info())
+            kind, delay = FailureKind.RETRY_AFTER, exc.delay
+        if kind != FailureKind.PERMANENT and plan.spec.has_should_retry:
             try:
-                if not plan.spec.should_retry(message, exc, info):
-                    kind = _PERMANENT
+                if not plan.spec.should_retry(message, exc, message._retry_info()):
+                    kind = FailureKind.PERMANENT
             except Exception:
                 log.exception("should_retry of worker %s raised; retrying as usual", plan.spec.id)
         error_type = type(exc).__name__

@@ -155,3 +155,53 @@ pub fn outgoing_from_py(
     out.message_id = message_id;
     Ok(out)
 }
+
+/// A whole number as `T`: what `T` cannot hold (a negative count, say) is a
+/// `ConfigError` naming the argument; the core judges the rest (`>= 1`...).
+/// `bool` is refused although Python counts it as an int.
+pub fn int_from_py<T: TryFrom<i64>>(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<T> {
+    if obj.is_instance_of::<PyBool>() || !obj.is_instance_of::<PyInt>() {
+        return Err(config_error(format!(
+            "{name}: expected an integer, got {}",
+            obj.get_type().name()?
+        )));
+    }
+    let value: i64 = obj
+        .extract()
+        .map_err(|_| config_error(format!("{name}: {obj} is out of range")))?;
+    T::try_from(value).map_err(|_| {
+        config_error(format!(
+            "{name}: must be a non-negative integer in range, got {value}"
+        ))
+    })
+}
+
+/// A number (int or float, not bool) as `f64`; the core judges its range.
+pub fn number_from_py(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<f64> {
+    if obj.is_instance_of::<PyBool>()
+        || !(obj.is_instance_of::<PyInt>() || obj.is_instance_of::<PyFloat>())
+    {
+        return Err(config_error(format!(
+            "{name}: expected a number, got {}",
+            obj.get_type().name()?
+        )));
+    }
+    obj.extract()
+        .map_err(|_| config_error(format!("{name}: {obj} is out of range")))
+}
+
+/// An optional string argument; anything else is a `ConfigError` saying what was expected.
+pub fn opt_str_from_py(
+    name: &str,
+    obj: Option<&Bound<'_, PyAny>>,
+    expected: &str,
+) -> PyResult<Option<String>> {
+    match obj {
+        None => Ok(None),
+        Some(o) if o.is_none() => Ok(None),
+        Some(o) => match o.cast::<PyString>() {
+            Ok(s) => Ok(Some(s.to_str()?.to_string())),
+            Err(_) => Err(config_error(format!("{name}: expected {expected}"))),
+        },
+    }
+}
