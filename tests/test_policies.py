@@ -51,7 +51,7 @@ def test_a_negative_count_is_refused_where_it_crosses() -> None:
     assert str(front.value).startswith("max_retries:") and "-1" in str(front.value)
     # The one check is the native constructor's: it is where the error starts.
     assert front.traceback[-1].name == "__post_init__"
-    with pytest.raises(foxtive.ConfigError, match="^burst: expected an integer, got bool"):
+    with pytest.raises(foxtive.ConfigError, match=r"^burst: expected an integer, got bool"):
         foxtive.RateLimitMiddleware(burst=True)
 
 

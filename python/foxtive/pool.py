@@ -6,12 +6,12 @@ import asyncio
 import enum
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from . import _core, _logs
 from ._config import seconds
-from ._dispatch import Plan, Runner
+from ._dispatch import FailureListener, Plan, Runner
 from .backends import Backend, MemoryBackend
 from .errors import ConfigError
 from .middleware import Middleware
@@ -28,9 +28,6 @@ from .worker import BatchWorker, Worker, WorkerSpec
 __all__ = ["LoadBalancingStrategy", "WorkerPool", "WorkerPoolBuilder"]
 
 log = logging.getLogger("foxtive")
-
-#: ``callback(worker_id, message, error)``, see :meth:`WorkerPool.on_failure`.
-FailureListener = Callable[[str, "_core.Message", BaseException], Any]
 
 #: Pool-wide limit on messages in flight when none is set.
 DEFAULT_CONCURRENCY_LIMIT = 1000
@@ -342,23 +339,21 @@ class WorkerPool:
                 # replay()'s default target: where these dead letters came from.
                 self.retry.dead_letter_queue._remember(chosen)
             runner = Runner(engine, plans, self.middlewares, self.shutdown_timeout,
-                            handle_signals)
-            runner.failure_listeners = self.failure_listeners
+                            handle_signals, self.failure_listeners)
             self._engine, self._runner = engine, runner
             self._loop = asyncio.get_running_loop()
             self._ran = True
             if self._stop_requested:
                 runner.request_stop()
                 self._stop_requested = False
-        watcher = None
+        idle = False
         state_poller = asyncio.ensure_future(_housekeeping(chosen, runner, self._metrics))
-        if until_idle:
-            watcher = asyncio.ensure_future(self._watch_idle(runner, engine, timeout))
         try:
-            await runner.run()
+            if until_idle:
+                idle = await runner.run_until_idle(timeout)
+            else:
+                await runner.run()
         finally:
-            if watcher is not None:
-                watcher.cancel()
             state_poller.cancel()
             if hasattr(chosen, "_poll_state"):
                 chosen._poll_state()
@@ -371,48 +366,7 @@ class WorkerPool:
                 self._runner = None
                 self._engine = None
                 self._loop = None
-        return runner.idle_reached
-
-    async def _watch_idle(self, runner: Runner, engine: _core.Engine,
-                          timeout: float | None) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        quiet_since: float | None = None
-        last_received = -1
-        while not runner.stop_event.is_set():
-            await asyncio.sleep(0.005)
-            if not runner.started:
-                # Not connected yet: nothing can be said about the queue (a
-                # broker that never answers must not look idle).
-                if deadline is not None and loop.time() >= deadline:
-                    log.warning("run_until_idle: the backend did not connect within %.1f s; "
-                                "stopping", timeout)
-                    runner.request_stop()
-                    return
-                continue
-            runner.flush_acks()
-            idle = engine.is_idle()
-            if idle is None:
-                # The backend cannot tell: idle once nothing is in flight and
-                # nothing arrived for half a second.
-                received = engine.stats()["received"]
-                if engine.in_flight() == 0 and received == last_received:
-                    quiet_since = quiet_since or loop.time()
-                    idle = loop.time() - quiet_since >= 0.5
-                else:
-                    quiet_since, last_received, idle = None, received, False
-            else:
-                # Busy, or a delayed retry has yet to come due: the half
-                # second of quiet counts from when it stops being so.
-                quiet_since = None
-            if idle:
-                runner.idle_reached = True
-                runner.request_stop()
-                return
-            if deadline is not None and loop.time() >= deadline:
-                log.warning("run_until_idle: not idle after %.1f s; stopping", timeout)
-                runner.request_stop()
-                return
+        return idle
 
     def shutdown(self, force: bool = False) -> None:
         """Ask the pool to stop gracefully (thread-safe, idempotent).
@@ -445,21 +399,10 @@ class WorkerPool:
                                    message.queue, message.attempt)
         else:
             adopted = engine.adopt(message, headers, message_id)
-        plan = plans[adopted._worker]
         before = self._metrics.stats()
-        runner = Runner(engine, plans, self.middlewares, self.shutdown_timeout, False)
-        runner.failure_listeners = self.failure_listeners
-        lw = runner.loop_workers[plan.index]
-        if lw is None:
-            try:
-                await asyncio.to_thread(plan.spec.call, adopted)
-            except BaseException as exc:
-                runner.failed(plan, adopted, exc, on_loop=False)
-            else:
-                engine.ack_many([adopted])
-        else:
-            await lw.run_one(adopted)
-            runner.flush_acks()
+        runner = Runner(engine, plans, self.middlewares, self.shutdown_timeout, False,
+                        self.failure_listeners)
+        await runner.dispatch(adopted)
         after = self._metrics.stats()
         for key, outcome in (("processed", "success"), ("retried", "retried"),
                              ("dead_lettered", "dead_lettered"), ("requeued", "requeued")):
