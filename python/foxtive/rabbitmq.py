@@ -35,12 +35,11 @@ import datetime as _dt
 import os
 import socket
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import _core
 from ._config import FrozenConfig, integer, seconds
-from ._tracecontext import inject
 from .backends import NativeBackend
 from .dlq import NativeDeadLetterQueue
 from .errors import ConfigError
@@ -173,7 +172,7 @@ class DeadLetterQueueName(str):
         return self
 
     def __call__(self) -> NativeDeadLetterQueue:
-        return NativeDeadLetterQueue(self._backend, self._backend._native.dead_letter_store())
+        return NativeBackend.dead_letter_queue(self._backend)
 
 
 class RabbitMqBackend(NativeBackend):
@@ -186,6 +185,8 @@ class RabbitMqBackend(NativeBackend):
     of URLs; connecting and reconnecting go round them, starting from a random
     one. The password never appears in ``repr``, logs or errors.
     ``reconnect_*`` shape the backoff between reconnection attempts."""
+
+    _native: _core.RabbitMqBackend
 
     def __init__(self, url: str | Sequence[str], config: RabbitMqConsumerConfig | None = None, *,
                  reconnect_initial: float = 1.0, reconnect_max: float = 60.0,
@@ -235,49 +236,22 @@ class RabbitMqBackend(NativeBackend):
     @property
     def url(self) -> str:
         """The URL with its password replaced by ``***``."""
-        return str(self._native.url)
+        return self._native.url
 
     @property
     def queue_name(self) -> str:
-        return str(self._native.name)
+        return self._native.name
 
     @property
     def dead_letter_queue(self) -> DeadLetterQueueName:
         """The dead-letter queue: its name (a ``str``, as before), and called,
         ``backend.dead_letter_queue()``, a :class:`foxtive.dlq.NativeDeadLetterQueue`
         view of it (list, replay, purge)."""
-        return DeadLetterQueueName(str(self._native.dead_letter_queue), self)
-
-    def dead_letters(self, limit: int = 100) -> list[_core.DeadLetter]:
-        """Up to ``limit`` dead letters, oldest first, rebuilt from their
-        ``x-foxtive-*`` headers. Nothing is consumed: the messages are taken
-        without an ack and handed back (they are then marked redelivered)."""
-        return self.dead_letter_queue().get_failed_messages(limit)
+        return DeadLetterQueueName(self._native.dead_letter_queue, self)
 
     def retry_queue_for(self, delay: float | _dt.timedelta) -> str | None:
         """The delay-bucket queue a retry after ``delay`` waits in (``None``: no delay)."""
-        queue: str | None = self._native.retry_queue_for(delay)
-        return queue
+        return self._native.retry_queue_for(delay)
 
     def __repr__(self) -> str:
         return f"RabbitMqBackend(url={self.url!r}, queue={self.name!r})"
-
-    async def connect(self) -> None:
-        await self._native.connect()
-
-    async def close(self) -> None:
-        await self._native.close()
-
-    async def publish(self, body: bytes | str, headers: dict[str, Any] | None = None,
-                      delay: float | _dt.timedelta | None = None,
-                      message_id: str | None = None) -> str:
-        """Publish to the queue (declared durable), persistent, with a publisher
-        confirm; ``delay`` waits in a delay bucket. Returns the message id."""
-        result: str = await self._native.publish(body, inject(headers), delay, message_id)
-        return result
-
-    async def publish_many(self, bodies: Iterable[bytes | str],
-                           headers: dict[str, Any] | None = None,
-                           delay: float | _dt.timedelta | None = None) -> list[str]:
-        result: list[str] = await self._native.publish_many(list(bodies), inject(headers), delay)
-        return result

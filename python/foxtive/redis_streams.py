@@ -29,14 +29,11 @@ import datetime as _dt
 import os
 import secrets
 import socket
-from collections.abc import Iterable
 from typing import Any
 
 from . import _core
 from ._config import FrozenConfig, integer, seconds
-from ._tracecontext import inject
 from .backends import NativeBackend
-from .dlq import NativeDeadLetterQueue
 from .errors import ConfigError
 
 __all__ = ["RedisStreamBackend", "RedisStreamConsumerConfig"]
@@ -154,8 +151,12 @@ class RedisStreamBackend(NativeBackend):
     (``?db=N``). The password may also be given as ``?password=`` or
     ``?pass=`` on any scheme; it is shown as ``***`` everywhere. Nothing
     connects until a pool starts or the first publish. ``message.queue`` is
-    the stream name.
+    the stream name. Its dead-letter stream (``config.dead_letter_stream``)
+    is ``dead_letter_queue()``; a replay moves each entry back to the stream
+    with one Lua script: never lost or doubled.
     """
+
+    _native: _core.RedisStreamBackend
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0",
                  config: RedisStreamConsumerConfig | None = None) -> None:
@@ -173,43 +174,13 @@ class RedisStreamBackend(NativeBackend):
     @property
     def url(self) -> str:
         """The URL with its password replaced by ``***``."""
-        return str(self._native.url)
+        return self._native.url
 
     @property
     def consumer_name(self) -> str:
-        return str(self._native.consumer_name)
+        return self._native.consumer_name
 
     def __repr__(self) -> str:
         return (f"RedisStreamBackend(url={self.url!r}, stream_name={self.config.stream_name!r}, "
                 f"group_name={self.config.group_name!r}, "
                 f"consumer_name={self.consumer_name!r})")
-
-    async def publish(self, body: bytes | str, headers: dict[str, Any] | None = None,
-                      delay: float | _dt.timedelta | None = None,
-                      message_id: str | None = None) -> str:
-        """XADD one message (after ``delay`` seconds, through the delayed set);
-        returns its id: ``message_id`` if given, else the entry id."""
-        result: str = await self._native.publish(body, inject(headers), delay, message_id)
-        return result
-
-    async def publish_many(self, bodies: Iterable[bytes | str],
-                           headers: dict[str, Any] | None = None,
-                           delay: float | _dt.timedelta | None = None) -> list[str]:
-        """Pipelined XADDs; returns the ids in order."""
-        result: list[str] = await self._native.publish_many(bodies, inject(headers), delay)
-        return result
-
-    def dead_letters(self, limit: int = 100) -> list[_core.DeadLetter]:
-        """The oldest ``limit`` entries of the dead-letter stream
-        (``config.dead_letter_stream``), rebuilt from their fields."""
-        return self.dead_letter_queue().get_failed_messages(limit)
-
-    def dead_letter_queue(self) -> NativeDeadLetterQueue:
-        """The dead-letter stream as a queue view: list, replay (each entry
-        moved back to the stream by one Lua script: never lost or doubled),
-        purge."""
-        return NativeDeadLetterQueue(self, self._native.dead_letter_store())
-
-    async def close(self) -> None:
-        """Close the connections (a pool does this when it stops)."""
-        await self._native.close()

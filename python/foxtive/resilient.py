@@ -5,12 +5,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from . import _core
 from ._config import FrozenConfig, seconds
-from ._tracecontext import inject
 from .backends import NativeBackend
 from .errors import ConfigError
 
@@ -77,6 +76,8 @@ class ResilientBackend(NativeBackend):
     ``on_state_change(callback)`` registers ``callback(old, new)``, called on
     the pool's event loop while a pool runs over this backend."""
 
+    _native: _core.ResilientBackend
+
     def __init__(self, backend: Any, strategy: ReconnectStrategy | None = None) -> None:
         strategy = strategy if strategy is not None else ReconnectStrategy.exponential()
         if not isinstance(strategy, ReconnectStrategy):
@@ -110,21 +111,6 @@ class ResilientBackend(NativeBackend):
                     cb(old, new)
                 except Exception:
                     log.exception("on_state_change callback failed")
-
-    async def publish(self, body: bytes | str, headers: dict[str, Any] | None = None,
-                      delay: float | _dt.timedelta | None = None,
-                      message_id: str | None = None) -> str:
-        result: str = await self._native.publish(body, inject(headers), delay, message_id)
-        return result
-
-    async def publish_many(self, bodies: Iterable[bytes | str],
-                           headers: dict[str, Any] | None = None,
-                           delay: float | _dt.timedelta | None = None) -> list[str]:
-        result: list[str] = await self._native.publish_many(bodies, inject(headers), delay)
-        return result
-
-    async def close(self) -> None:
-        await self._native.close()
 
     def __getattr__(self, name: str) -> Any:
         # qsize(), dead_letters()... of the wrapped backend.

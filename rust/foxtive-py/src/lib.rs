@@ -10,6 +10,7 @@ mod engine;
 mod errors;
 mod logs;
 mod message;
+mod native_backend;
 mod observe;
 mod python_backend;
 mod rabbitmq;
@@ -30,6 +31,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<message::PyMessage>()?;
     m.add_class::<engine::PyEngine>()?;
     m.add_class::<engine::PyRetryPolicy>()?;
+    m.add_class::<native_backend::NativeBackend>()?;
     m.add_class::<backends::PyMemoryBackend>()?;
     m.add_class::<backends::PyDeadLetter>()?;
     m.add_class::<resilient::PyResilientBackend>()?;

@@ -10,13 +10,15 @@ use pyo3::types::PyDict;
 
 use foxtive_core::backend::rabbitmq::{QueueType, RabbitMqBackend, RabbitMqConfig};
 use foxtive_core::backend::Backend;
+use foxtive_core::dlq::DeadLetterStore;
 use foxtive_core::policy::ReconnectStrategy;
 
 use crate::bridge;
 use crate::convert::{duration_from_py, headers_from_py};
 use crate::errors::{config_error, IntoPyResult};
+use crate::native_backend::NativeBackend;
 
-#[pyclass(frozen, name = "RabbitMqBackend", module = "foxtive._core")]
+#[pyclass(extends = NativeBackend, frozen, name = "RabbitMqBackend", module = "foxtive._core")]
 pub struct PyRabbitMqBackend {
     pub(crate) inner: Arc<RabbitMqBackend>,
 }
@@ -78,7 +80,7 @@ impl PyRabbitMqBackend {
         reconnect_multiplier: f64,
         reconnect_jitter: f64,
         connect_timeout: f64,
-    ) -> PyResult<Self> {
+    ) -> PyResult<PyClassInitializer<Self>> {
         let mut config = RabbitMqConfig::new(queue_name);
         if let Some(tag) = consumer_tag {
             config.consumer_tag = tag;
@@ -121,14 +123,10 @@ impl PyRabbitMqBackend {
         config.connect_timeout = secs("connect_timeout", connect_timeout)?;
         let urls = broker_urls(url)?;
         let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
-        Ok(PyRabbitMqBackend {
-            inner: Arc::new(RabbitMqBackend::with_urls(&urls, config).py_err()?),
-        })
-    }
-
-    #[getter]
-    fn name(&self) -> &str {
-        self.inner.name()
+        let inner = Arc::new(RabbitMqBackend::with_urls(&urls, config).py_err()?);
+        let dead_letters: Arc<dyn DeadLetterStore> = Arc::new(inner.dead_letter_store());
+        let base = NativeBackend::new(inner.clone()).with_dead_letters(Some(dead_letters));
+        Ok(PyClassInitializer::from(base).add_subclass(PyRabbitMqBackend { inner }))
     }
 
     #[getter]
@@ -146,22 +144,6 @@ impl PyRabbitMqBackend {
         self.inner.dead_letter_queue()
     }
 
-    /// "connected", "reconnecting" or "closed".
-    #[getter]
-    fn state(&self) -> &'static str {
-        self.inner.state().as_str()
-    }
-
-    #[getter]
-    fn reconnect_attempts(&self) -> u64 {
-        self.inner.reconnect_attempts()
-    }
-
-    #[getter]
-    fn consecutive_failures(&self) -> u32 {
-        self.inner.consecutive_failures()
-    }
-
     /// Grows by one with every (re)connection.
     #[getter]
     fn epoch(&self) -> u64 {
@@ -175,50 +157,10 @@ impl PyRabbitMqBackend {
             .retry_queue_for(duration_from_py("delay", delay)?))
     }
 
-    fn connect<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let inner = self.inner.clone();
-        bridge::awaitable(py, async move { inner.connect().await })
-    }
-
-    fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let inner = self.inner.clone();
-        bridge::awaitable(py, async move { inner.close().await })
-    }
-
     /// Close the connection as a broker failure would (tests of the reconnect path).
     fn break_connection<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let inner = self.inner.clone();
         bridge::awaitable(py, async move { inner.break_connection().await })
-    }
-
-    /// Publish one message persistently with a publisher confirm; returns its id.
-    #[pyo3(signature = (body, headers = None, delay = None, message_id = None))]
-    fn publish<'py>(
-        &self,
-        py: Python<'py>,
-        body: &Bound<'py, PyAny>,
-        headers: Option<&Bound<'py, PyDict>>,
-        delay: Option<&Bound<'py, PyAny>>,
-        message_id: Option<String>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        crate::backends::publish_one(py, self.inner.clone(), body, headers, delay, message_id)
-    }
-
-    /// Publish many (confirms awaited together); returns their ids.
-    #[pyo3(signature = (bodies, headers = None, delay = None))]
-    fn publish_many<'py>(
-        &self,
-        py: Python<'py>,
-        bodies: &Bound<'py, PyAny>,
-        headers: Option<&Bound<'py, PyDict>>,
-        delay: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        crate::backends::publish_many(py, self.inner.clone(), bodies, headers, delay)
-    }
-
-    /// The dead-letter queue as a store (list, replay, purge).
-    fn dead_letter_store(&self) -> crate::dlq::PyDeadLetterStore {
-        crate::dlq::PyDeadLetterStore::of(self.inner.dead_letter_store())
     }
 
     /// The name of the connection the dead-letter store's calls open.

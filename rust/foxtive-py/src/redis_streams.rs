@@ -6,19 +6,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
 
 use foxtive_core::backend::redis_streams::{
     default_claim_interval, default_consumer_name, RedisStreamBackend, RedisStreamConfig,
 };
-use foxtive_core::backend::Backend;
+use foxtive_core::dlq::DeadLetterStore;
 
 use crate::backends::PyDeadLetter;
 use crate::bridge;
 use crate::convert::duration_from_py;
 use crate::errors::{config_error, IntoPyResult};
+use crate::native_backend::NativeBackend;
 
-#[pyclass(frozen, name = "RedisStreamBackend", module = "foxtive._core")]
+#[pyclass(extends = NativeBackend, frozen, name = "RedisStreamBackend", module = "foxtive._core")]
 pub struct PyRedisStreamBackend {
     pub(crate) inner: Arc<RedisStreamBackend>,
 }
@@ -63,7 +63,7 @@ impl PyRedisStreamBackend {
         delete_on_ack: bool,
         dead_letter_stream: Option<String>,
         max_deliveries: i64,
-    ) -> PyResult<Self> {
+    ) -> PyResult<PyClassInitializer<Self>> {
         let mut cfg = RedisStreamConfig::new(stream_name, group_name);
         cfg.consumer_name = consumer_name.unwrap_or_else(default_consumer_name);
         cfg.batch_size = count("batch_size", batch_size, 1)? as usize;
@@ -82,14 +82,10 @@ impl PyRedisStreamBackend {
         }
         cfg.max_deliveries = u32::try_from(count("max_deliveries", max_deliveries, 1)?)
             .map_err(|_| config_error("max_deliveries: too large"))?;
-        Ok(PyRedisStreamBackend {
-            inner: Arc::new(RedisStreamBackend::new(url, cfg).py_err()?),
-        })
-    }
-
-    #[getter]
-    fn name(&self) -> &str {
-        self.inner.name()
+        let inner = Arc::new(RedisStreamBackend::new(url, cfg).py_err()?);
+        let dead_letters: Arc<dyn DeadLetterStore> = Arc::new(inner.dead_letter_store());
+        let base = NativeBackend::new(inner.clone()).with_dead_letters(Some(dead_letters));
+        Ok(PyClassInitializer::from(base).add_subclass(PyRedisStreamBackend { inner }))
     }
 
     /// The URL with its password replaced by `***`.
@@ -103,46 +99,6 @@ impl PyRedisStreamBackend {
         &self.inner.config().consumer_name
     }
 
-    #[getter]
-    fn state(&self) -> &'static str {
-        self.inner.state().as_str()
-    }
-
-    #[getter]
-    fn reconnect_attempts(&self) -> u64 {
-        self.inner.reconnect_attempts()
-    }
-
-    #[getter]
-    fn consecutive_failures(&self) -> u32 {
-        self.inner.consecutive_failures()
-    }
-
-    /// Publish one message (awaitable → its id).
-    #[pyo3(signature = (body, headers = None, delay = None, message_id = None))]
-    fn publish<'py>(
-        &self,
-        py: Python<'py>,
-        body: &Bound<'py, PyAny>,
-        headers: Option<&Bound<'py, PyDict>>,
-        delay: Option<&Bound<'py, PyAny>>,
-        message_id: Option<String>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        crate::backends::publish_one(py, self.inner.clone(), body, headers, delay, message_id)
-    }
-
-    /// Publish many messages in pipelined XADDs (awaitable → their ids).
-    #[pyo3(signature = (bodies, headers = None, delay = None))]
-    fn publish_many<'py>(
-        &self,
-        py: Python<'py>,
-        bodies: &Bound<'py, PyAny>,
-        headers: Option<&Bound<'py, PyDict>>,
-        delay: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        crate::backends::publish_many(py, self.inner.clone(), bodies, headers, delay)
-    }
-
     /// Up to `limit` entries of the dead-letter stream, oldest first (awaitable).
     #[pyo3(signature = (limit = 100))]
     fn dead_letters<'py>(&self, py: Python<'py>, limit: usize) -> PyResult<Bound<'py, PyAny>> {
@@ -154,17 +110,6 @@ impl PyRedisStreamBackend {
                 .map(|inner| PyDeadLetter { inner })
                 .collect::<Vec<_>>())
         })
-    }
-
-    /// Close the connections (awaitable); a pool does this when it stops.
-    fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let inner = self.inner.clone();
-        bridge::awaitable(py, async move { inner.close().await })
-    }
-
-    /// The dead-letter stream as a store (list, replay, purge).
-    fn dead_letter_store(&self) -> crate::dlq::PyDeadLetterStore {
-        crate::dlq::PyDeadLetterStore::of(self.inner.dead_letter_store())
     }
 
     fn __repr__(&self) -> String {

@@ -4,20 +4,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
 
 use foxtive_core::backend::{Backend, ResilientBackend};
 use foxtive_core::policy::ReconnectStrategy;
 
 use crate::backends::resolve_backend;
-use crate::bridge;
 use crate::errors::{config_error, IntoPyResult};
-use crate::python_backend::PythonBackend;
+use crate::native_backend::{native_of, NativeBackend};
 
-#[pyclass(frozen, name = "ResilientBackend", module = "foxtive._core")]
+#[pyclass(extends = NativeBackend, frozen, name = "ResilientBackend", module = "foxtive._core")]
 pub struct PyResilientBackend {
     pub(crate) inner: Arc<ResilientBackend>,
-    pub(crate) python_backend: Option<Arc<PythonBackend>>,
 }
 
 fn secs(name: &str, value: f64) -> PyResult<Duration> {
@@ -77,34 +74,16 @@ impl PyResilientBackend {
         max: f64,
         multiplier: f64,
         jitter: f64,
-    ) -> PyResult<Self> {
+    ) -> PyResult<PyClassInitializer<Self>> {
         let strategy = strategy(kind, initial, max, multiplier, jitter)?;
-        let (inner, python_backend) = resolve_backend(backend)?;
-        Ok(PyResilientBackend {
-            inner: Arc::new(ResilientBackend::new(inner, strategy)),
-            python_backend,
-        })
-    }
-
-    #[getter]
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    /// "connected", "reconnecting" or "closed".
-    #[getter]
-    fn state(&self) -> &'static str {
-        self.inner.state().as_str()
-    }
-
-    #[getter]
-    fn reconnect_attempts(&self) -> u64 {
-        self.inner.reconnect_attempts()
-    }
-
-    #[getter]
-    fn consecutive_failures(&self) -> u32 {
-        self.inner.consecutive_failures()
+        let (wrapped, python_backend) = resolve_backend(backend)?;
+        // The wrapped backend's own dead-letter queue stays reachable.
+        let dead_letters = native_of(backend).and_then(|n| n.get().dead_letters());
+        let inner = Arc::new(ResilientBackend::new(wrapped, strategy));
+        let base = NativeBackend::new(inner.clone())
+            .with_dead_letters(dead_letters)
+            .driving(python_backend);
+        Ok(PyClassInitializer::from(base).add_subclass(PyResilientBackend { inner }))
     }
 
     /// State changes since the last call, oldest first: `[(old, new), ...]`.
@@ -119,37 +98,6 @@ impl PyResilientBackend {
     /// The delay after `failures` consecutive failures (jitter included).
     fn delay(&self, failures: u32) -> f64 {
         self.inner.strategy().delay(failures).as_secs_f64()
-    }
-
-    #[pyo3(signature = (body, headers = None, delay = None, message_id = None))]
-    fn publish<'py>(
-        &self,
-        py: Python<'py>,
-        body: &Bound<'py, PyAny>,
-        headers: Option<&Bound<'py, PyDict>>,
-        delay: Option<&Bound<'py, PyAny>>,
-        message_id: Option<String>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        crate::python_backend::bind_loop(py, &self.python_backend)?;
-        crate::backends::publish_one(py, self.inner.clone(), body, headers, delay, message_id)
-    }
-
-    #[pyo3(signature = (bodies, headers = None, delay = None))]
-    fn publish_many<'py>(
-        &self,
-        py: Python<'py>,
-        bodies: &Bound<'py, PyAny>,
-        headers: Option<&Bound<'py, PyDict>>,
-        delay: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        crate::python_backend::bind_loop(py, &self.python_backend)?;
-        crate::backends::publish_many(py, self.inner.clone(), bodies, headers, delay)
-    }
-
-    /// Close the wrapped backend; a reconnect wait in progress ends at once.
-    fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let inner = self.inner.clone();
-        bridge::awaitable(py, async move { inner.close().await })
     }
 
     fn __repr__(&self) -> String {
