@@ -181,11 +181,7 @@ class WorkerPoolBuilder:
 
 def _check_backend(backend: Any) -> None:
     if not isinstance(backend, Backend) and native_of(backend) is None:
-        raise ConfigError(
-            "backend: expected a foxtive backend (MemoryBackend, RabbitMqBackend, "
-            f"RedisStreamBackend, ResilientBackend or a foxtive.Backend subclass), "
-            f"got {type(backend).__name__}"
-        )
+        raise ConfigError(_core.not_a_backend(type(backend).__name__))
 
 
 

@@ -42,6 +42,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<redis_streams::PyRedisStreamBackend>()?;
     m.add_function(wrap_pyfunction!(backends::redact_url, m)?)?;
     m.add_function(wrap_pyfunction!(registry::backend_kind, m)?)?;
+    m.add_function(wrap_pyfunction!(registry::not_a_backend, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::runtime_pid, m)?)?;
     m.add_function(wrap_pyfunction!(resilient::reconnect_delay, m)?)?;
     Ok(())
