@@ -32,40 +32,17 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import os
-import socket
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import _core
-from ._config import FrozenConfig, integer, seconds
+from ._config import FrozenConfig
 from .backends import NativeBackend
 from .dlq import NativeDeadLetterQueue
 from .errors import ConfigError
+from .resilient import ReconnectStrategy
 
 __all__ = ["RabbitMqBackend", "RabbitMqConsumerConfig"]
-
-_QUEUE_TYPES = ("classic", "quorum")
-_EXCHANGE_TYPES = ("direct", "topic", "fanout", "headers")
-
-
-def _default_consumer_tag() -> str:
-    host = socket.gethostname()[:64] or "host"
-    return f"foxtive-{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-def _name(field: str, value: Any, *, allow_none: bool = False, allow_empty: bool = False) -> Any:
-    if value is None and allow_none:
-        return None
-    if not isinstance(value, str):
-        raise ConfigError(f"{field}: expected a string, got {type(value).__name__}")
-    if not value and not allow_empty:
-        raise ConfigError(f"{field}: must be a non-empty string")
-    if len(value.encode()) > 255:
-        raise ConfigError(f"{field}: at most 255 bytes (an AMQP short string)")
-    return value
-
 
 @dataclasses.dataclass(frozen=True)
 class RabbitMqConsumerConfig(FrozenConfig):
@@ -101,55 +78,13 @@ class RabbitMqConsumerConfig(FrozenConfig):
     connect_timeout: float | _dt.timedelta = 10.0
 
     def __post_init__(self) -> None:
-        self._set("queue_name", _name("queue_name", self.queue_name))
-        tag = self.consumer_tag if self.consumer_tag is not None else _default_consumer_tag()
-        self._set("consumer_tag", _name("consumer_tag", tag))
-        prefetch = integer("prefetch_count", self.prefetch_count, minimum=1)
-        if prefetch > 65535:
-            raise ConfigError(f"prefetch_count: must be between 1 and 65535, got {prefetch}")
-        for flag in ("declare", "durable"):
-            if not isinstance(getattr(self, flag), bool):
-                raise ConfigError(
-                    f"{flag}: expected True or False, got {type(getattr(self, flag)).__name__}"
-                )
-        if self.queue_type not in _QUEUE_TYPES:
-            raise ConfigError(
-                f"queue_type: unknown value {self.queue_type!r}; allowed: "
-                + ", ".join(repr(t) for t in _QUEUE_TYPES)
-            )
-        if self.queue_type == "quorum" and not self.durable:
-            raise ConfigError("durable: quorum queues are always durable; use durable=True")
-        if self.queue_arguments is not None:
-            if not isinstance(self.queue_arguments, Mapping) or not all(
-                isinstance(k, str) for k in self.queue_arguments
-            ):
-                raise ConfigError("queue_arguments: expected a dict with str keys")
-            self._set("queue_arguments", dict(self.queue_arguments))
-        _name("exchange", self.exchange, allow_none=True)
-        _name("routing_key", self.routing_key, allow_none=True, allow_empty=True)
-        if self.routing_key is not None and self.exchange is None:
-            raise ConfigError("routing_key: only meaningful with an exchange to bind to; "
-                              "set exchange too")
-        if self.exchange_type not in _EXCHANGE_TYPES:
-            raise ConfigError(
-                f"exchange_type: unknown value {self.exchange_type!r}; allowed: "
-                + ", ".join(repr(t) for t in _EXCHANGE_TYPES)
-            )
-        _name("connection_name", self.connection_name, allow_none=True)
-        hb = seconds("heartbeat", self.heartbeat, allow_none=True)
-        if hb is not None and hb > 65535:
-            raise ConfigError(f"heartbeat: must be between 0 and 65535 seconds, got {hb}")
-        self._set("heartbeat", hb)
-        _name("retry_queue_prefix", self.retry_queue_prefix, allow_none=True)
-        _name("dead_letter_queue", self.dead_letter_queue, allow_none=True)
-        if self.dead_letter_queue == self.queue_name:
-            raise ConfigError("dead_letter_queue: must differ from queue_name")
-        ct = seconds("connect_timeout", self.connect_timeout)
-        if not 0 < ct <= 3600:
-            raise ConfigError(
-                f"connect_timeout: must be more than 0 and at most 3600 seconds, got {ct}"
-            )
-        self._set("connect_timeout", ct)
+        # Checked once, by the core; fields read back normalised (seconds as
+        # floats, the consumer tag filled in).
+        fields = self._fields()
+        if isinstance(self.queue_arguments, Mapping):
+            fields["queue_arguments"] = dict(self.queue_arguments)
+            self._set("queue_arguments", fields["queue_arguments"])
+        self._adopt(_core.RabbitMqConsumerConfig(**fields), keep=("queue_arguments",))
 
     @property
     def retry_queue_prefix_or_default(self) -> str:
@@ -207,31 +142,9 @@ class RabbitMqBackend(NativeBackend):
                 f"config: expected a foxtive.RabbitMqConsumerConfig, got {type(config).__name__}"
             )
         self.config = config
-        hb = seconds("heartbeat", config.heartbeat, allow_none=True)
-        self._native = _core.RabbitMqBackend(
-            urls,
-            config.queue_name,
-            consumer_tag=config.consumer_tag,
-            prefetch_count=config.prefetch_count,
-            declare=config.declare,
-            durable=config.durable,
-            queue_type=config.queue_type,
-            queue_arguments=(
-                None if config.queue_arguments is None else dict(config.queue_arguments)
-            ),
-            exchange=config.exchange,
-            exchange_type=config.exchange_type,
-            routing_key=config.routing_key,
-            connection_name=config.connection_name,
-            heartbeat=None if hb is None else round(hb),
-            retry_queue_prefix=config.retry_queue_prefix,
-            dead_letter_queue=config.dead_letter_queue,
-            reconnect_initial=seconds("reconnect_initial", reconnect_initial),
-            reconnect_max=seconds("reconnect_max", reconnect_max),
-            reconnect_multiplier=float(reconnect_multiplier),
-            reconnect_jitter=float(reconnect_jitter),
-            connect_timeout=seconds("connect_timeout", config.connect_timeout),
-        )
+        reconnect = ReconnectStrategy.exponential(reconnect_initial, reconnect_max,
+                                                  reconnect_multiplier, reconnect_jitter)
+        self._native = _core.RabbitMqBackend(urls, config._native, reconnect._native)
 
     @property
     def url(self) -> str:

@@ -26,13 +26,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import os
-import secrets
-import socket
 from typing import Any
 
 from . import _core
-from ._config import FrozenConfig, integer, seconds
+from ._config import FrozenConfig
 from .backends import NativeBackend
 from .errors import ConfigError
 
@@ -40,17 +37,6 @@ __all__ = ["RedisStreamBackend", "RedisStreamConsumerConfig"]
 
 #: Fields whose default is derived from others (recomputed by ``with_*``).
 _DERIVED = ("claim_interval", "dead_letter_stream")
-
-
-def _default_consumer_name() -> str:
-    host = socket.gethostname() or "host"
-    return f"{host}-{os.getpid()}-{secrets.token_hex(4)}"
-
-
-def _name(field: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{field}: must be a non-empty string, got {value!r}")
-    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,40 +67,8 @@ class RedisStreamConsumerConfig(FrozenConfig):
     def __post_init__(self) -> None:
         derived = {f for f in _DERIVED if getattr(self, f) is None}
         object.__setattr__(self, "_derived", frozenset(derived))
-        self._set("stream_name", _name("stream_name", self.stream_name))
-        self._set("group_name", _name("group_name", self.group_name))
-        if self.consumer_name is None:
-            self._set("consumer_name", _default_consumer_name())
-        self._set("consumer_name", _name("consumer_name", self.consumer_name))
-        batch = integer("batch_size", self.batch_size, minimum=1)
-        if batch > 100_000:
-            raise ConfigError(f"batch_size: must be between 1 and 100000, got {batch}")
-        self._set("batch_size", batch)
-        block = integer("block_ms", self.block_ms, minimum=0)
-        if block > 3_600_000:
-            raise ConfigError(f"block_ms: must be between 0 and 3600000, got {block}")
-        self._set("block_ms", block)
-        claim_idle = seconds("claim_idle", self.claim_idle)
-        if claim_idle < 0.1:
-            raise ConfigError(f"claim_idle: must be >= 0.1 seconds, got {claim_idle}")
-        self._set("claim_idle", claim_idle)
-        if self.claim_interval is None:
-            self._set("claim_interval", min(max(claim_idle / 4, 0.1), 15.0))
-        interval = seconds("claim_interval", self.claim_interval)
-        if interval < 0.1:
-            raise ConfigError(f"claim_interval: must be >= 0.1 seconds, got {interval}")
-        self._set("claim_interval", interval)
-        self._set("maxlen", integer("maxlen", self.maxlen, minimum=1, allow_none=True))
-        if not isinstance(self.delete_on_ack, bool):
-            raise ConfigError(
-                f"delete_on_ack: expected True or False, got {type(self.delete_on_ack).__name__}"
-            )
-        if self.dead_letter_stream is None:
-            self._set("dead_letter_stream", f"{self.stream_name}:dlq")
-        dlq = _name("dead_letter_stream", self.dead_letter_stream)
-        if dlq == self.stream_name:
-            raise ConfigError("dead_letter_stream: must differ from stream_name")
-        self._set("max_deliveries", integer("max_deliveries", self.max_deliveries, minimum=1))
+        # Checked once, by the core; fields read back with defaults filled in.
+        self._adopt(_core.RedisStreamConsumerConfig(**self._fields()))
 
     def replace(self, **changes: Any) -> RedisStreamConsumerConfig:
         """A copy with ``changes``; derived defaults follow the new values."""
@@ -137,9 +91,6 @@ class RedisStreamConsumerConfig(FrozenConfig):
     def delayed_key(self) -> str:
         """The sorted set where delayed messages (and retries) wait."""
         return f"{self.stream_name}:delayed"
-
-    def _native_kwargs(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 class RedisStreamBackend(NativeBackend):
@@ -169,7 +120,7 @@ class RedisStreamBackend(NativeBackend):
                 f"config: expected a RedisStreamConsumerConfig, got {type(config).__name__}"
             )
         self.config = config
-        self._native = _core.RedisStreamBackend(url, **config._native_kwargs())
+        self._native = _core.RedisStreamBackend(url, config._native)
 
     @property
     def url(self) -> str:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _core
-from ._config import FrozenConfig, seconds
+from ._config import FrozenConfig
 from .backends import NativeBackend
 from .errors import ConfigError
 
@@ -24,7 +24,8 @@ class ReconnectStrategy(FrozenConfig):
 
     ``exponential``: after *n* failures in a row wait ``min(max, initial *
     multiplier^(n-1))``, spread by ``±jitter`` (0.1 = ±10 %), never above
-    ``max``; safe at any *n*. ``fixed``: the same delay every time."""
+    ``max``; safe at any *n*. ``fixed``: the same delay every time. Checked
+    once, by the core (``_core.ReconnectStrategy``)."""
 
     kind: str = "exponential"
     initial: float = 1.0
@@ -33,19 +34,7 @@ class ReconnectStrategy(FrozenConfig):
     jitter: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.kind not in ("exponential", "fixed"):
-            raise ConfigError(f"kind: {self.kind!r}; allowed: exponential, fixed")
-        self._set("initial", seconds("initial", self.initial))
-        self._set("max", seconds("max", self.max))
-        self._set("multiplier", float(self.multiplier))
-        self._set("jitter", float(self.jitter))
-        if self.kind == "exponential":
-            if self.max < self.initial:
-                raise ConfigError(f"max: must be >= initial ({self.initial}), got {self.max}")
-            if not self.multiplier >= 1.0:
-                raise ConfigError(f"multiplier: must be >= 1.0, got {self.multiplier}")
-            if not 0.0 <= self.jitter <= 1.0:
-                raise ConfigError(f"jitter: must be between 0.0 and 1.0, got {self.jitter}")
+        self._adopt(_core.ReconnectStrategy(**self._fields()))
 
     @classmethod
     def exponential(cls, initial: float | _dt.timedelta = 1.0, max: float | _dt.timedelta = 60.0,
@@ -54,13 +43,13 @@ class ReconnectStrategy(FrozenConfig):
 
     def delay(self, failures: int) -> float:
         """Seconds to wait after ``failures`` consecutive failures (jitter included)."""
-        return _core.reconnect_delay(self.kind, self.initial, self.max, self.multiplier,
-                                     self.jitter, max(0, min(failures, 2**32 - 1)))
+        delay: float = self._native.delay(max(0, min(failures, 2**32 - 1)))
+        return delay
 
     @classmethod
     def fixed(cls, delay: float | _dt.timedelta) -> ReconnectStrategy:
-        d = seconds("delay", delay)
-        return cls("fixed", d, d, 1.0, 0.0)
+        native = _core.ReconnectStrategy.fixed(delay)
+        return cls("fixed", native.initial, native.max, 1.0, 0.0)
 
 
 StateCallback = Callable[[str, str], Any]
@@ -84,10 +73,7 @@ class ResilientBackend(NativeBackend):
             raise ConfigError("strategy: expected a foxtive.ReconnectStrategy")
         self.backend = backend
         self.strategy = strategy
-        self._native = _core.ResilientBackend(
-            backend, strategy.kind, strategy.initial, strategy.max, strategy.multiplier,
-            strategy.jitter,
-        )
+        self._native = _core.ResilientBackend(backend, strategy._native)
         self._callbacks: list[StateCallback] = []
         self._last_state = self._native.state
 
