@@ -392,6 +392,16 @@ impl Backend for RedisStreamBackend {
     fn is_drained(&self) -> Option<bool> {
         Some(self.inner.is_drained())
     }
+
+    // Through the trait too: the Python base class and a ResilientBackend
+    // around this one read the counters as `dyn Backend`.
+    fn reconnect_attempts(&self) -> u64 {
+        self.inner.link.reconnect_attempts()
+    }
+
+    fn consecutive_failures(&self) -> u32 {
+        self.inner.link.consecutive_failures()
+    }
 }
 
 impl std::fmt::Debug for RedisStreamBackend {
