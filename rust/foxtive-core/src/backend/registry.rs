@@ -237,11 +237,14 @@ mod tests {
             "kafka://user:s3cret@h:9092",
             "postgresql://user:s3cret@h/db",
             "user:s3cret@h:5672",
-            "memory://user:s3cret@h",
             "1amqp://user:s3cret@h",
         ] {
             let m = config_message(url);
             assert!(!m.contains("s3cret"), "{m}");
         }
+        let Err(e) = open("memory://user:s3cret@h", "q", Options::new()) else {
+            panic!("memory:// with text after the scheme opened");
+        };
+        assert!(!e.to_string().contains("s3cret"), "{e}");
     }
 }
