@@ -71,6 +71,14 @@ fn available() -> impl Iterator<Item = &'static Kind> {
     super::KINDS.iter().copied()
 }
 
+/// Planned backends not built yet (a row left in [`PLANNED`] after its
+/// backend landed in [`super::KINDS`] is ignored).
+fn planned() -> impl Iterator<Item = &'static Kind> {
+    PLANNED
+        .iter()
+        .filter(|p| !super::KINDS.iter().any(|k| k.name == p.name))
+}
+
 /// The kind named `name` ("sqlite"), if it is available.
 pub fn kind_named(name: &str) -> Option<&'static Kind> {
     available().find(|k| k.name == name)
@@ -101,7 +109,7 @@ pub fn backend_kind(url: &str) -> Result<&'static Kind> {
     if let Some(kind) = available().find(has) {
         return Ok(kind);
     }
-    if let Some(kind) = PLANNED.iter().find(has) {
+    if let Some(kind) = planned().find(has) {
         return Err(Error::Config(format!(
             "backend '{}' is not available yet ({scheme}:// in {}); {}",
             kind.name,
@@ -148,7 +156,7 @@ pub fn known_schemes() -> String {
     format!(
         "known schemes: {}; not available yet: {}",
         list(&mut available()),
-        list(&mut PLANNED.iter())
+        list(&mut planned())
     )
 }
 
