@@ -10,20 +10,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 
 use foxtive_core::policy::{Backoff, BreakerConfig, PoisonPillTracker, RateLimiter, RetryPolicy};
 use foxtive_core::pool::{EngineConfig, WorkerSpec};
 
-use crate::convert::{duration_from_py, int_from_py, number_from_py, opt_str_from_py};
 use crate::errors::{config_error, IntoPyResult};
+use crate::keywords::Keywords;
 
-/// Seconds given as a float or a `timedelta`; `default` when not given.
-fn secs_or(name: &str, value: Option<&Bound<'_, PyAny>>, default: Duration) -> PyResult<Duration> {
-    match value {
-        Some(v) => duration_from_py(name, v),
-        None => Ok(default),
-    }
-}
+/// What a count must be to fit the core's field.
+const COUNT: &str = "a non-negative integer";
+
+/// Most deliveries an engine asks of its backend at once, unless told.
+const DEFAULT_RECEIVE_BATCH: usize = 256;
 
 /// A duration that must be more than zero (a timeout, a flush interval).
 fn positive(name: &str, value: Duration) -> PyResult<Duration> {
@@ -47,42 +46,36 @@ pub struct PyRetryPolicy {
 
 #[pymethods]
 impl PyRetryPolicy {
+    /// Keywords: max_retries, initial_backoff, max_backoff,
+    /// backoff_multiplier, jitter; an absent one takes its default.
     #[new]
-    #[pyo3(signature = (*, max_retries = None, initial_backoff = None, max_backoff = None, backoff_multiplier = None, jitter = None))]
-    fn new(
-        max_retries: Option<&Bound<'_, PyAny>>,
-        initial_backoff: Option<&Bound<'_, PyAny>>,
-        max_backoff: Option<&Bound<'_, PyAny>>,
-        backoff_multiplier: Option<&Bound<'_, PyAny>>,
-        jitter: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Self> {
-        let defaults = RetryPolicy::default();
-        let max_retries = match max_retries {
-            Some(v) => int_from_py("max_retries", v)?,
-            None => defaults.max_retries,
-        };
-        let multiplier = match backoff_multiplier {
-            Some(v) => number_from_py("backoff_multiplier", v)?,
-            None => defaults.backoff.multiplier(),
-        };
-        let jitter = match jitter {
-            Some(v) => v.is_truthy()?,
-            None => defaults.backoff.jitter(),
-        };
-        let backoff = Backoff::new(
-            secs_or(
+    #[pyo3(signature = (**kwargs))]
+    fn new(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let kw = Keywords::new(
+            "RetryPolicy",
+            kwargs,
+            &[
+                "max_retries",
                 "initial_backoff",
-                initial_backoff,
-                defaults.backoff.initial(),
-            )?,
-            secs_or("max_backoff", max_backoff, defaults.backoff.max())?,
-            multiplier,
-            jitter,
+                "max_backoff",
+                "backoff_multiplier",
+                "jitter",
+            ],
+        )?;
+        let defaults = RetryPolicy::default();
+        let d = defaults.backoff;
+        let backoff = Backoff::new(
+            kw.seconds("initial_backoff")?.unwrap_or(d.initial()),
+            kw.seconds("max_backoff")?.unwrap_or(d.max()),
+            kw.number("backoff_multiplier")?.unwrap_or(d.multiplier()),
+            kw.flag("jitter")?.unwrap_or(d.jitter()),
         )
         .py_err()?;
         Ok(PyRetryPolicy {
             policy: RetryPolicy {
-                max_retries,
+                max_retries: kw
+                    .int_as("max_retries", COUNT)?
+                    .unwrap_or(defaults.max_retries),
                 backoff,
             },
         })
@@ -133,17 +126,16 @@ pub struct PyPoisonPillPolicy {
 
 #[pymethods]
 impl PyPoisonPillPolicy {
+    /// Keywords: max_failures, time_window.
     #[new]
-    #[pyo3(signature = (*, max_failures = None, time_window = None))]
-    fn new(
-        max_failures: Option<&Bound<'_, PyAny>>,
-        time_window: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Self> {
-        let max_failures = match max_failures {
-            Some(v) => int_from_py("max_failures", v)?,
-            None => 10, // PoisonPillTracker()'s default
-        };
-        let time_window = secs_or("time_window", time_window, Duration::from_secs(3600))?;
+    #[pyo3(signature = (**kwargs))]
+    fn new(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let kw = Keywords::new("PoisonPillPolicy", kwargs, &["max_failures", "time_window"])?;
+        // PoisonPillTracker()'s defaults.
+        let max_failures = kw.int_as("max_failures", COUNT)?.unwrap_or(10);
+        let time_window = kw
+            .seconds("time_window")?
+            .unwrap_or(Duration::from_secs(3600));
         // The tracker's own constructor is the check (it allocates nothing).
         PoisonPillTracker::new(max_failures, time_window, 1).py_err()?;
         Ok(PyPoisonPillPolicy {
@@ -176,25 +168,23 @@ pub struct PyCircuitBreakerPolicy {
 
 #[pymethods]
 impl PyCircuitBreakerPolicy {
+    /// Keywords: failure_threshold, reset_timeout, success_threshold.
     #[new]
-    #[pyo3(signature = (*, failure_threshold = None, reset_timeout = None, success_threshold = None))]
-    fn new(
-        failure_threshold: Option<&Bound<'_, PyAny>>,
-        reset_timeout: Option<&Bound<'_, PyAny>>,
-        success_threshold: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Self> {
-        let failures = match failure_threshold {
-            Some(v) => int_from_py("failure_threshold", v)?,
-            None => 5,
-        };
-        let successes = match success_threshold {
-            Some(v) => int_from_py("success_threshold", v)?,
-            None => 1,
-        };
-        let reset = secs_or("reset_timeout", reset_timeout, Duration::from_secs(30))?;
-        Ok(PyCircuitBreakerPolicy {
-            config: BreakerConfig::new(failures, reset, successes).py_err()?,
-        })
+    #[pyo3(signature = (**kwargs))]
+    fn new(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let kw = Keywords::new(
+            "CircuitBreakerPolicy",
+            kwargs,
+            &["failure_threshold", "reset_timeout", "success_threshold"],
+        )?;
+        let config = BreakerConfig::new(
+            kw.int_as("failure_threshold", COUNT)?.unwrap_or(5),
+            kw.seconds("reset_timeout")?
+                .unwrap_or(Duration::from_secs(30)),
+            kw.int_as("success_threshold", COUNT)?.unwrap_or(1),
+        )
+        .py_err()?;
+        Ok(PyCircuitBreakerPolicy { config })
     }
 
     #[getter]
@@ -235,28 +225,19 @@ fn default_rate_key(pool: &str) -> String {
 
 #[pymethods]
 impl PyRateLimitPolicy {
+    /// Keywords: per_second, burst, redis_url, key.
     #[new]
-    #[pyo3(signature = (*, per_second = None, burst = None, redis_url = None, key = None))]
-    fn new(
-        per_second: Option<&Bound<'_, PyAny>>,
-        burst: Option<&Bound<'_, PyAny>>,
-        redis_url: Option<&Bound<'_, PyAny>>,
-        key: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Self> {
-        let per_second = match per_second {
-            Some(v) => number_from_py("per_second", v)?,
-            None => 100.0,
-        };
-        let burst = match burst {
-            Some(v) => int_from_py("burst", v)?,
-            None => 10,
-        };
-        let redis_url = opt_str_from_py(
-            "redis_url",
-            redis_url,
-            "a Redis URL string (redis://, rediss://, unix://)",
+    #[pyo3(signature = (**kwargs))]
+    fn new(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let kw = Keywords::new(
+            "RateLimitPolicy",
+            kwargs,
+            &["per_second", "burst", "redis_url", "key"],
         )?;
-        let key = opt_str_from_py("key", key, "a non-empty string")?;
+        let per_second = kw.number("per_second")?.unwrap_or(100.0);
+        let burst = kw.int_as("burst", COUNT)?.unwrap_or(10);
+        let redis_url = kw.opt_string("redis_url")?;
+        let key = kw.opt_string("key")?;
         // The limiter's own constructors are the check; building one only
         // parses (it connects on first use).
         match &redis_url {
@@ -311,10 +292,12 @@ pub struct PyTimeoutPolicy {
 
 #[pymethods]
 impl PyTimeoutPolicy {
+    /// Keyword: seconds.
     #[new]
-    #[pyo3(signature = (*, seconds = None))]
-    fn new(seconds: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
-        let seconds = secs_or("seconds", seconds, Duration::from_secs(25))?;
+    #[pyo3(signature = (**kwargs))]
+    fn new(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let kw = Keywords::new("TimeoutPolicy", kwargs, &["seconds"])?;
+        let seconds = kw.seconds("seconds")?.unwrap_or(Duration::from_secs(25));
         Ok(PyTimeoutPolicy {
             seconds: positive("seconds", seconds)?,
         })
@@ -340,20 +323,18 @@ pub struct PyBatchPolicy {
 
 #[pymethods]
 impl PyBatchPolicy {
+    /// Keywords: batch_size, flush_interval.
     #[new]
-    #[pyo3(signature = (*, batch_size = None, flush_interval = None))]
-    fn new(
-        batch_size: Option<&Bound<'_, PyAny>>,
-        flush_interval: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Self> {
-        let batch_size: usize = match batch_size {
-            Some(v) => int_from_py("batch_size", v)?,
-            None => 100,
-        };
+    #[pyo3(signature = (**kwargs))]
+    fn new(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let kw = Keywords::new("BatchPolicy", kwargs, &["batch_size", "flush_interval"])?;
+        let batch_size: usize = kw.int_as("batch_size", COUNT)?.unwrap_or(100);
         if batch_size == 0 {
             return Err(config_error("batch_size: must be >= 1, got 0"));
         }
-        let interval = secs_or("flush_interval", flush_interval, Duration::from_secs(5))?;
+        let interval = kw
+            .seconds("flush_interval")?
+            .unwrap_or(Duration::from_secs(5));
         Ok(PyBatchPolicy {
             batch_size,
             flush_interval: positive("flush_interval", interval)?,
@@ -387,17 +368,18 @@ pub struct PyWorkerConfig {
 
 #[pymethods]
 impl PyWorkerConfig {
+    /// Keywords: id, lane, concurrency (None: the pool's limit).
     #[new]
-    #[pyo3(signature = (*, id, lane, concurrency = None))]
-    fn new(id: &str, lane: usize, concurrency: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
-        let concurrency = match concurrency {
-            Some(v) if !v.is_none() => Some(int_from_py("concurrency", v)?),
-            _ => None,
-        };
+    #[pyo3(signature = (**kwargs))]
+    fn new(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let kw = Keywords::new("WorkerConfig", kwargs, &["id", "lane", "concurrency"])?;
+        let id = kw
+            .string("id")?
+            .ok_or_else(|| config_error("id: a worker needs one"))?;
         Ok(PyWorkerConfig {
-            id: Arc::from(id),
-            concurrency,
-            lane,
+            id: Arc::from(id.as_str()),
+            concurrency: kw.int_as("concurrency", COUNT)?,
+            lane: kw.int_as("lane", COUNT)?.unwrap_or(0),
         })
     }
 
@@ -432,24 +414,30 @@ pub struct PyEngineConfig {
 #[pymethods]
 impl PyEngineConfig {
     /// `lanes`: True for an event-loop lane, False for a thread lane.
-    /// `dead_letter_store`: where dead letters go instead of the backend's own DLQ.
+    /// `dead_letter_store`: where dead letters go instead of the backend's
+    /// own DLQ. Keywords `concurrency_limit` (required) and `batch_size`.
     #[new]
-    #[pyo3(signature = (*, pool, concurrency_limit, workers, strategy, lanes, retry = None, batch_size = 256, breaker = None, rate_limit = None, poison = None, dead_letter_store = None))]
+    #[pyo3(signature = (*, pool, workers, strategy, lanes, retry = None, breaker = None, rate_limit = None, poison = None, dead_letter_store = None, **limits))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         pool: &str,
-        concurrency_limit: &Bound<'_, PyAny>,
         workers: Vec<PyRef<'_, PyWorkerConfig>>,
         strategy: &str,
         lanes: Vec<bool>,
         retry: Option<PyRef<'_, PyRetryPolicy>>,
-        batch_size: usize,
         breaker: Option<PyRef<'_, PyCircuitBreakerPolicy>>,
         rate_limit: Option<PyRef<'_, PyRateLimitPolicy>>,
         poison: Option<PyRef<'_, PyPoisonPillPolicy>>,
         dead_letter_store: Option<Bound<'_, crate::dlq::PyDeadLetterStore>>,
+        limits: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
-        let concurrency_limit: usize = int_from_py("concurrency_limit", concurrency_limit)?;
+        let kw = Keywords::new("EngineConfig", limits, &["concurrency_limit", "batch_size"])?;
+        let concurrency_limit: usize = kw
+            .int_as("concurrency_limit", COUNT)?
+            .ok_or_else(|| config_error("concurrency_limit: required"))?;
+        let batch_size = kw
+            .int_as("batch_size", COUNT)?
+            .unwrap_or(DEFAULT_RECEIVE_BATCH);
         let workers = workers
             .iter()
             .map(|w| WorkerSpec {

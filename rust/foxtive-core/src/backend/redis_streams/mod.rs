@@ -57,6 +57,15 @@ use crate::dlq::DeadLetter;
 use crate::message::{Delivery, Failure, Outgoing, Settlement};
 use crate::{Error, Result};
 pub use codec::StreamReceipt;
+
+/// `redis://`, `rediss://`, `unix://`, `redis+unix://`; built by its Python
+/// class from its typed config.
+pub const KIND: super::registry::Kind = super::registry::Kind {
+    name: "redis",
+    type_name: "RedisStreamBackend",
+    schemes: &["redis", "rediss", "unix", "redis+unix"],
+    open: None,
+};
 use codec::{Field, Parts, StreamId};
 use link::Link;
 use reply::RawEntry;
@@ -391,6 +400,16 @@ impl Backend for RedisStreamBackend {
 
     fn is_drained(&self) -> Option<bool> {
         Some(self.inner.is_drained())
+    }
+
+    // Through the trait too: the Python base class and a ResilientBackend
+    // around this one read the counters as `dyn Backend`.
+    fn reconnect_attempts(&self) -> u64 {
+        self.inner.link.reconnect_attempts()
+    }
+
+    fn consecutive_failures(&self) -> u32 {
+        self.inner.link.consecutive_failures()
     }
 }
 
