@@ -6,6 +6,7 @@ pub mod rabbitmq;
 pub mod redis_streams;
 pub mod registry;
 pub mod resilient;
+pub mod sqlite;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,7 @@ pub use memory::MemoryBackend;
 pub use rabbitmq::{RabbitMqBackend, RabbitMqConfig};
 pub use redis_streams::{RedisStreamBackend, RedisStreamConfig};
 pub use resilient::ResilientBackend;
+pub use sqlite::{SqliteBackend, SqliteConfig};
 
 /// Run `op` unless the backend is closed first: `closed` is checked before
 /// it starts (after subscribing, so a `close` in between is not missed) and

@@ -39,7 +39,7 @@ impl BackendKind {
     pub fn is_available(self) -> bool {
         matches!(
             self,
-            BackendKind::Memory | BackendKind::RabbitMq | BackendKind::Redis
+            BackendKind::Memory | BackendKind::RabbitMq | BackendKind::Redis | BackendKind::Sqlite
         )
     }
 }
@@ -150,6 +150,7 @@ mod tests {
             ("rediss://h:6380", BackendKind::Redis),
             ("unix:///tmp/redis.sock", BackendKind::Redis),
             ("redis+unix:///tmp/redis.sock?db=1", BackendKind::Redis),
+            ("sqlite:///foxtive.db", BackendKind::Sqlite),
         ];
         for (url, kind) in cases {
             assert_eq!(backend_kind(url).ok(), Some(kind), "{url}");
@@ -159,7 +160,6 @@ mod tests {
     #[test]
     fn registry_names_backends_still_to_come() {
         for (url, name) in [
-            ("sqlite:///foxtive.db", "sqlite"),
             ("postgresql://u@h/db", "postgres"),
             ("postgres://u@h/db", "postgres"),
             ("nats://h:4222", "nats"),
