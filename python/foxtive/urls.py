@@ -20,6 +20,7 @@ from .backends import Backend, MemoryBackend
 from .errors import ConfigError
 from .rabbitmq import RabbitMqBackend, RabbitMqConsumerConfig
 from .redis_streams import RedisStreamBackend, RedisStreamConsumerConfig
+from .sqlite import SqliteBackend
 
 __all__ = ["backend_from_url"]
 
@@ -35,9 +36,10 @@ def backend_from_url(url: str, queue: str, **options: Any) -> Backend:
       queue_name=queue, **options))``; the ``reconnect_*`` options go to the backend;
     * ``redis://`` / ``rediss://`` / ``unix://`` / ``redis+unix://`` ->
       ``RedisStreamBackend(url, RedisStreamConsumerConfig(stream_name=queue,
-      group_name="foxtive", **options))``.
+      group_name="foxtive", **options))``;
+    * ``sqlite:///rel.db`` / ``sqlite:////abs.db`` -> ``SqliteBackend(path, queue, **options)``.
 
-    ``sqlite://``, ``postgresql://`` / ``postgres://``, ``nats://`` and
+    ``postgresql://`` / ``postgres://``, ``nats://`` and
     ``redis+cluster://`` are known but not available yet. An unknown scheme, a
     scheme not available yet, or an option the backend does not take is a
     :class:`ConfigError` naming it."""
@@ -59,6 +61,10 @@ def backend_from_url(url: str, queue: str, **options: Any) -> Backend:
         config.setdefault("group_name", REDIS_GROUP)
         return RedisStreamBackend(url, RedisStreamConsumerConfig(stream_name=queue, **config),
                                   **extra)
+    if kind == "sqlite":
+        _check_options("SQLite (sqlite:///)", options, config_fields=(),
+                       backend_options=("lease_timeout", "busy_timeout", "poll_max"))
+        return SqliteBackend.from_url(url, queue, **options)
     # The core returned a kind this module does not build: a registry row
     # added without its class here.
     raise ConfigError(f"backend '{kind}' has no Python class in foxtive.urls yet")

@@ -17,6 +17,7 @@ mod redis_streams;
 mod registry;
 mod resilient;
 mod runtime;
+mod sqlite;
 
 use pyo3::prelude::*;
 
@@ -38,6 +39,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<dlq::PyDeadLetterStore>()?;
     m.add_class::<rabbitmq::PyRabbitMqBackend>()?;
     m.add_class::<redis_streams::PyRedisStreamBackend>()?;
+    sqlite::register(m)?;
     m.add_function(wrap_pyfunction!(backends::redact_url, m)?)?;
     m.add_function(wrap_pyfunction!(registry::backend_kind, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::runtime_pid, m)?)?;

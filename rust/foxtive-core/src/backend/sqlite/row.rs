@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rusqlite::types::Value as SqlValue;
+/// A SQL value (a parameter of `INSERT_JOB`), for the Python glue.
+pub use rusqlite::types::Value as SqlValue;
 
 use crate::dlq::codec::{headers_from_json, headers_to_json};
 use crate::message::{Delivery, Headers, Outgoing, Receipt};
@@ -88,16 +89,17 @@ pub fn delivery(
         priority: priority.and_then(|p| u8::try_from(p).ok()),
         received_at,
         redelivered: attempt > 1,
-        receipt: Receipt::Seq(row_id as u64),
+        receipt: Receipt::new(RowReceipt(row_id)),
     })
 }
 
+/// The receipt of a SQLite delivery: the job's row id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowReceipt(pub i64);
+
 /// The row id behind a delivery of this backend.
 pub fn row_id(d: &Delivery) -> Option<i64> {
-    match d.receipt {
-        Receipt::Seq(id) => i64::try_from(id).ok(),
-        _ => None,
-    }
+    d.receipt.get::<RowReceipt>().map(|r| r.0)
 }
 
 /// Row ids as the JSON array `json_each(?)` reads: one statement for a whole
