@@ -94,7 +94,7 @@ def test_enqueue_committed_with_the_business_write_runs_once(kit: SqliteKit) -> 
 
 
 def test_enqueue_refuses_what_is_not_a_sqlite3_connection(kit: SqliteKit) -> None:
-    with pytest.raises(foxtive.ConfigError, match="sqlite3.Connection"):
+    with pytest.raises(foxtive.ConfigError, match=r"sqlite3\.Connection"):
         asyncio.run(kit.backend().publish(b"x", transaction=object()))  # type: ignore[arg-type]
 
 
