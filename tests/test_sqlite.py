@@ -18,6 +18,9 @@ from pathlib import Path
 import pytest
 
 import foxtive
+from foxtive import _core
+from foxtive._native import native_of
+from foxtive.backends import NativeBackend
 
 from .contract.kits.sqlite import LEASE, SqliteKit
 from .redis_support import Lines
@@ -43,6 +46,32 @@ def drain(backend: foxtive.SqliteBackend) -> list[tuple[bytes, int]]:
     pool = foxtive.WorkerPoolBuilder("sqlite-test").add_worker(handler, id="h").build()
     assert pool.run_until_idle(backend, timeout=30)
     return seen
+
+
+# ------------------------------------------------------- the native seam
+
+
+def test_the_backend_is_a_native_backend_with_settings_checked_in_core(kit: SqliteKit) -> None:
+    backend = kit.backend()
+    assert isinstance(backend, NativeBackend)
+    assert native_of(backend) is backend._native
+    assert isinstance(backend._native, _core.NativeBackend)
+    assert (backend.name, backend.state, backend.path) == (kit.queue, "connected", kit.path)
+    assert backend._native.busy_timeout == 10.0  # the core default
+    # Type errors and rule errors alike come from the core, naming the setting.
+    for options, error in [({"lease_timeout": "1"}, "lease_timeout: expected seconds"),
+                           ({"lease_timeout": 0.1}, "lease_timeout: must be >= 0.3"),
+                           ({"queue": ""}, "queue: must be a non-empty"),
+                           ({"path": 3}, "path: expected a string"),
+                           ({"poll_max": 0.0}, "poll_max: must be >=")]:
+        with pytest.raises(foxtive.ConfigError, match=error):
+            foxtive.SqliteBackend(**{"path": kit.path, **options})  # type: ignore[arg-type]
+    with pytest.raises(foxtive.ConfigError, match="prefetch: not a SqliteBackend field"):
+        _core.SqliteBackend(kit.path, prefetch=3)
+    # The dead-letter queue is the base class's: the backend's own table.
+    asyncio.run(backend.publish(b"x"))
+    assert backend.dead_letter_queue().get_failed_messages(10) == []
+    assert backend.dead_letters() == []
 
 
 # ------------------------------------------------------- transactional enqueue

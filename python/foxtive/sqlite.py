@@ -32,7 +32,6 @@ from typing import Any
 from . import _core
 from ._tracecontext import inject
 from .backends import NativeBackend
-from .dlq import NativeDeadLetterQueue
 from .errors import ConfigError
 
 __all__ = ["SqliteBackend"]
@@ -64,17 +63,19 @@ class SqliteBackend(NativeBackend):
     job stays leased without renewal (renewed every third of it while the
     handler runs). ``busy_timeout``: how long a write waits for another
     process's write lock (10 s). ``poll_max``: the longest idle pause.
+    The settings are checked once, by the core. Name, state, connect, close
+    and the dead-letter queue (a table: a replay moves records back in one
+    transaction, never lost or doubled) come from :class:`NativeBackend`.
     """
+
+    _native: _core.SqliteBackend
 
     def __init__(self, path: str = "foxtive.db", queue: str = "default",
                  lease_timeout: float | _dt.timedelta = 30.0, *,
                  busy_timeout: float | _dt.timedelta | None = None,
                  poll_max: float | _dt.timedelta | None = None) -> None:
-        if not isinstance(path, str) or not path:
-            raise ConfigError("path: must be a non-empty string such as foxtive.db")
-        if not isinstance(queue, str) or not queue:
-            raise ConfigError("queue: must be a non-empty string")
-        self._native = _core.SqliteBackend(path, queue, lease_timeout, busy_timeout, poll_max)
+        self._native = _core.SqliteBackend(path, queue, lease_timeout=lease_timeout,
+                                           busy_timeout=busy_timeout, poll_max=poll_max)
 
     @classmethod
     def from_url(cls, url: str, queue: str = "default", **options: Any) -> SqliteBackend:
@@ -84,15 +85,14 @@ class SqliteBackend(NativeBackend):
 
     @property
     def path(self) -> str:
-        return str(self._native.path)
+        return self._native.path
 
     @property
     def lease_timeout(self) -> float:
-        return float(self._native.lease_timeout)
+        return self._native.lease_timeout
 
     def __repr__(self) -> str:
-        return (f"SqliteBackend(path={self.path!r}, queue={self.name!r}, "
-                f"lease_timeout={self.lease_timeout})")
+        return repr(self._native)
 
     async def publish(self, body: bytes | str, headers: dict[str, Any] | None = None,
                       delay: float | _dt.timedelta | None = None,
@@ -105,8 +105,7 @@ class SqliteBackend(NativeBackend):
         if transaction is not None:
             return enqueue(transaction, self.name, [body], inject(headers), delay,
                            message_id)[0]
-        result: str = await self._native.publish(body, inject(headers), delay, message_id)
-        return result
+        return await super().publish(body, headers, delay, message_id)
 
     async def publish_many(self, bodies: Iterable[bytes | str],
                            headers: dict[str, Any] | None = None,
@@ -115,19 +114,4 @@ class SqliteBackend(NativeBackend):
         """Insert many jobs in one transaction; returns their ids in order."""
         if transaction is not None:
             return enqueue(transaction, self.name, bodies, inject(headers), delay)
-        result: list[str] = await self._native.publish_many(bodies, inject(headers), delay)
-        return result
-
-    def dead_letters(self, limit: int = 100) -> list[_core.DeadLetter]:
-        """The oldest ``limit`` dead letters of this queue."""
-        return self.dead_letter_queue().get_failed_messages(limit)
-
-    def dead_letter_queue(self) -> NativeDeadLetterQueue:
-        """The dead-letter table of this queue as a queue view: list, replay
-        (one transaction moves the records back: never lost or doubled),
-        purge."""
-        return NativeDeadLetterQueue(self, self._native.dead_letter_store())
-
-    async def close(self) -> None:
-        """Hand back unsettled jobs and close the file (a pool does this when it stops)."""
-        await self._native.close()
+        return await super().publish_many(bodies, headers, delay)

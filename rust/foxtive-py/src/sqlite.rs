@@ -9,48 +9,72 @@ use pyo3::types::{PyBytes, PyDict, PyTuple};
 
 use foxtive_core::backend::sqlite::row::{self, SqlValue};
 use foxtive_core::backend::sqlite::{path_from_url, schema, SqliteBackend, SqliteConfig};
-use foxtive_core::backend::Backend;
+use foxtive_core::dlq::DeadLetterStore;
 
 use crate::backends::PyDeadLetter;
 use crate::bridge;
-use crate::convert::{duration_from_py, outgoing_from_py};
+use crate::convert::outgoing_from_py;
 use crate::errors::IntoPyResult;
+use crate::keywords::Keywords;
+use crate::native_backend::NativeBackend;
 
-#[pyclass(frozen, name = "SqliteBackend", module = "foxtive._core")]
+/// A SQLite queue. Name, state, counters, connect, close, publish and the
+/// dead-letter store come from the base class; here only what is SQLite's.
+#[pyclass(extends = NativeBackend, frozen, name = "SqliteBackend", module = "foxtive._core")]
 pub struct PySqliteBackend {
     pub(crate) inner: Arc<SqliteBackend>,
 }
 
+const FIELDS: &[&str] = &["path", "queue", "lease_timeout", "busy_timeout", "poll_max"];
+
+/// The settings from keywords: types read here, rules checked once by the
+/// core (`SqliteConfig::validate`, in `SqliteBackend::new`).
+fn config_from(kw: &Keywords<'_>) -> PyResult<SqliteConfig> {
+    let path = kw.string("path")?;
+    let queue = kw.string("queue")?;
+    let mut cfg = SqliteConfig::new(
+        path.as_deref().unwrap_or("foxtive.db"),
+        queue.as_deref().unwrap_or("default"),
+    );
+    if let Some(d) = kw.seconds("lease_timeout")? {
+        cfg.lease_timeout = d;
+    }
+    if let Some(d) = kw.seconds("busy_timeout")? {
+        cfg.busy_timeout = d;
+    }
+    if let Some(d) = kw.seconds("poll_max")? {
+        cfg.poll_max = d;
+    }
+    Ok(cfg)
+}
+
 #[pymethods]
 impl PySqliteBackend {
+    /// `path` and `queue` may be given by position; everything else by
+    /// keyword. An absent setting takes the core default.
     #[new]
-    #[pyo3(signature = (path = "foxtive.db", queue = "default", lease_timeout = None,
-                        busy_timeout = None, poll_max = None))]
-    fn new(
-        path: &str,
-        queue: &str,
-        lease_timeout: Option<&Bound<'_, PyAny>>,
-        busy_timeout: Option<&Bound<'_, PyAny>>,
-        poll_max: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Self> {
-        let mut cfg = SqliteConfig::new(path, queue);
-        if let Some(v) = lease_timeout {
-            cfg.lease_timeout = duration_from_py("lease_timeout", v)?;
+    #[pyo3(signature = (path = None, queue = None, **kwargs))]
+    fn new<'py>(
+        py: Python<'py>,
+        path: Option<Bound<'py, PyAny>>,
+        queue: Option<Bound<'py, PyAny>>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<PyClassInitializer<Self>> {
+        let given = match kwargs {
+            Some(d) => d.copy()?,
+            None => PyDict::new(py),
+        };
+        if let Some(p) = path {
+            given.set_item("path", p)?;
         }
-        if let Some(v) = busy_timeout {
-            cfg.busy_timeout = duration_from_py("busy_timeout", v)?;
+        if let Some(q) = queue {
+            given.set_item("queue", q)?;
         }
-        if let Some(v) = poll_max {
-            cfg.poll_max = duration_from_py("poll_max", v)?;
-        }
-        Ok(PySqliteBackend {
-            inner: Arc::new(SqliteBackend::new(cfg).py_err()?),
-        })
-    }
-
-    #[getter]
-    fn name(&self) -> &str {
-        self.inner.name()
+        let kw = Keywords::new("SqliteBackend", Some(&given), FIELDS)?;
+        let inner = Arc::new(SqliteBackend::new(config_from(&kw)?).py_err()?);
+        let dead_letters: Arc<dyn DeadLetterStore> = Arc::new(inner.dead_letter_store());
+        let base = NativeBackend::new(inner.clone()).with_dead_letters(Some(dead_letters));
+        Ok(PyClassInitializer::from(base).add_subclass(PySqliteBackend { inner }))
     }
 
     #[getter]
@@ -64,48 +88,18 @@ impl PySqliteBackend {
     }
 
     #[getter]
-    fn state(&self) -> &'static str {
-        self.inner.state().as_str()
+    fn busy_timeout(&self) -> f64 {
+        self.inner.config().busy_timeout.as_secs_f64()
     }
 
     #[getter]
-    fn reconnect_attempts(&self) -> u64 {
-        self.inner.reconnect_attempts()
-    }
-
-    #[getter]
-    fn consecutive_failures(&self) -> u32 {
-        self.inner.consecutive_failures()
+    fn poll_max(&self) -> f64 {
+        self.inner.config().poll_max.as_secs_f64()
     }
 
     /// Rows delivered and not settled yet.
     fn held(&self) -> usize {
         self.inner.held()
-    }
-
-    /// Publish one message (awaitable → its id).
-    #[pyo3(signature = (body, headers = None, delay = None, message_id = None))]
-    fn publish<'py>(
-        &self,
-        py: Python<'py>,
-        body: &Bound<'py, PyAny>,
-        headers: Option<&Bound<'py, PyDict>>,
-        delay: Option<&Bound<'py, PyAny>>,
-        message_id: Option<String>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        crate::backends::publish_one(py, self.inner.clone(), body, headers, delay, message_id)
-    }
-
-    /// Publish many messages in one transaction (awaitable → their ids).
-    #[pyo3(signature = (bodies, headers = None, delay = None))]
-    fn publish_many<'py>(
-        &self,
-        py: Python<'py>,
-        bodies: &Bound<'py, PyAny>,
-        headers: Option<&Bound<'py, PyDict>>,
-        delay: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        crate::backends::publish_many(py, self.inner.clone(), bodies, headers, delay)
     }
 
     /// Up to `limit` dead letters of this queue, oldest first (awaitable).
@@ -119,17 +113,6 @@ impl PySqliteBackend {
                 .map(|inner| PyDeadLetter { inner })
                 .collect::<Vec<_>>())
         })
-    }
-
-    /// The dead-letter table of this queue as a store (list, replay, purge).
-    fn dead_letter_store(&self) -> crate::dlq::PyDeadLetterStore {
-        crate::dlq::PyDeadLetterStore::of(self.inner.dead_letter_store())
-    }
-
-    /// Hand back unsettled jobs and close the file (awaitable).
-    fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let inner = self.inner.clone();
-        bridge::awaitable(py, async move { inner.close().await })
     }
 
     fn __repr__(&self) -> String {
