@@ -147,6 +147,12 @@ impl DeadLetterStore for SqliteDeadLetters {
             .map_err(dlq_error)
     }
 
+    /// The file is there: asking must not create it (a mistyped path in
+    /// `foxtive dlq --broker sqlite:///...` is an error, not an empty queue).
+    async fn exists(&self) -> Result<bool> {
+        Ok(self.inner.cfg.path.is_file())
+    }
+
     async fn replay_in_place(&self, ids: Option<&[String]>) -> Result<usize> {
         let queue = self.inner.queue.clone();
         let chosen = ids.map(|ids| serde_json::Value::from(ids.to_vec()).to_string());
