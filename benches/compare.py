@@ -185,8 +185,8 @@ CONTENDERS: dict[str, list[tuple[str, str, str]]] = {
                                "retries wait in Redis for `taskiq scheduler` (not running)"),
     ],
     "w1-sqlite": [
-        ("foxtive", FOX, f"SqliteBackend (WAL, synchronous=FULL), claims of up to "
-                         f"{SQLITE_BATCH} by the pool's batch, async no-op handler"),
+        ("foxtive", FOX, "SqliteBackend (WAL, synchronous=FULL), claims of up to 256 "
+                         "(the pool's default batch_size), async no-op handler"),
         ("sqlite3 raw", FOX, f"stdlib sqlite3, same file and pragmas: BEGIN IMMEDIATE + "
                              f"UPDATE ... RETURNING LIMIT {SQLITE_BATCH}, handler per row, "
                              "one DELETE per batch"),

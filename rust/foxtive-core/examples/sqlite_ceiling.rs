@@ -80,10 +80,7 @@ fn drain(path: &str, queue: &str, n: usize, batch: i64) -> Res<()> {
         first.get_or_insert_with(Instant::now);
         let list = format!(
             "[{}]",
-            ids.iter()
-                .map(i64::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
+            ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
         );
         conn.prepare_cached(DELETE)?.execute([list])?;
         done += ids.len();
