@@ -201,8 +201,11 @@ class Worker:
 def test_three_processes_on_one_file_drain_20000_jobs_once_each(kit: SqliteKit) -> None:
     n = 20_000
     sent = [f"j-{i}" for i in range(n)]
+    # Every process is polling before the jobs arrive, and each job takes
+    # 5 ms: a release build would otherwise let the first process drain the
+    # queue before the third has started.
+    workers = [Worker(kit, "--concurrency", "50", "--delay", "0.005") for _ in range(3)]
     asyncio.run(kit.backend().publish_many([s.encode() for s in sent]))
-    workers = [Worker(kit, "--concurrency", "50") for _ in range(3)]
     try:
         deadline = time.monotonic() + 180
         while sum(len(w.lines.done()) for w in workers) < n:
