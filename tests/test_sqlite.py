@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import datetime as dt
 import os
 import signal
 import sqlite3
@@ -59,15 +60,23 @@ def test_the_backend_is_a_native_backend_with_settings_checked_in_core(kit: Sqli
     assert (backend.name, backend.state, backend.path) == (kit.queue, "connected", kit.path)
     assert backend._native.busy_timeout == 10.0  # the core default
     # Type errors and rule errors alike come from the core, naming the setting.
-    for options, error in [({"lease_timeout": "1"}, "lease_timeout: expected seconds"),
+    for options, error in [({"lease_timeout": "1"}, "lease_timeout: expected a number of sec"),
                            ({"lease_timeout": 0.1}, "lease_timeout: must be >= 0.3"),
+                           ({"busy_timeout": -1}, "busy_timeout: must be a finite, non-neg"),
                            ({"queue": ""}, "queue: must be a non-empty"),
                            ({"path": 3}, "path: expected a string"),
                            ({"poll_max": 0.0}, "poll_max: must be >=")]:
         with pytest.raises(foxtive.ConfigError, match=error):
             foxtive.SqliteBackend(**{"path": kit.path, **options})  # type: ignore[arg-type]
-    with pytest.raises(foxtive.ConfigError, match="prefetch: not a SqliteBackend field"):
-        _core.SqliteBackend(kit.path, prefetch=3)
+    assert foxtive.SqliteBackend(kit.path, lease_timeout=dt.timedelta(seconds=2)).lease_timeout \
+        == 2.0
+    with pytest.raises(foxtive.ConfigError, match=r"unknown option\(s\) 'prefetch' for SQLite "
+                                                  r".*it takes: lease_timeout, busy_timeout"):
+        _core.SqliteBackend(kit.path, "q", {"prefetch": 3})
+    # The core opens it from a URL too (the registry's generic path).
+    opened = _core.open_backend(f"sqlite:///{kit.path}", kit.queue, {"lease_timeout": 2})
+    assert isinstance(opened, _core.NativeBackend) and opened.name == kit.queue
+    assert opened.dead_letter_store() is not None
     # The dead-letter queue is the base class's: the backend's own table.
     asyncio.run(backend.publish(b"x"))
     assert backend.dead_letter_queue().get_failed_messages(10) == []

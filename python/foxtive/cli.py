@@ -14,7 +14,6 @@ from typing import Any
 
 from . import _core, demo
 from ._config import integer, seconds
-from ._native import native_of
 from .dlq import DeadLetterQueue, FileDLQ, NativeDeadLetterQueue, RedisDLQ
 from .errors import ConfigError
 from .observe import HealthServer
@@ -124,7 +123,7 @@ def _broker_dlq(url: str, queue: str | None, dlq_name: str | None) -> Any:
     if not queue:
         raise ConfigError("queue: --broker needs --queue Q (the queue or stream that "
                           "dead-lettered its messages)")
-    kind = _core.backend_kind(url)
+    kind, _ = _core.backend_kind(url)
     name_option, options = _DLQ_OPTIONS.get(kind, ("", {}))
     options = dict(options)
     if dlq_name:
@@ -132,10 +131,8 @@ def _broker_dlq(url: str, queue: str | None, dlq_name: str | None) -> Any:
             raise ConfigError(f"--dead-letter-queue: the {kind} backend's dead letters have "
                               "no name of their own (they are found by --queue)")
         options[name_option] = dlq_name
-    backend = backend_from_url(url, queue, **options)
-    if native_of(backend) is None:
-        raise ConfigError(f"broker: {kind} has no dead-letter queue of its own")
-    return backend.dead_letter_queue()  # type: ignore[attr-defined]
+    # A backend without a dead-letter queue of its own says so (ConfigError).
+    return backend_from_url(url, queue, **options).dead_letter_queue()
 
 
 def _missing(args: argparse.Namespace, store: Any) -> str:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import datetime as _dt
 import sqlite3
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Self
 
 from . import _core
 from ._tracecontext import inject
@@ -74,14 +74,18 @@ class SqliteBackend(NativeBackend):
                  lease_timeout: float | _dt.timedelta = 30.0, *,
                  busy_timeout: float | _dt.timedelta | None = None,
                  poll_max: float | _dt.timedelta | None = None) -> None:
-        self._native = _core.SqliteBackend(path, queue, lease_timeout=lease_timeout,
-                                           busy_timeout=busy_timeout, poll_max=poll_max)
+        self._native = _core.SqliteBackend(path, queue, {
+            "lease_timeout": lease_timeout, "busy_timeout": busy_timeout, "poll_max": poll_max})
 
     @classmethod
-    def from_url(cls, url: str, queue: str = "default", **options: Any) -> SqliteBackend:
+    def from_url(cls, url: str, queue: str = "default", **options: Any) -> Self:
         """``sqlite:///relative.db`` (from the working directory) or
-        ``sqlite:////absolute.db``, as SQLAlchemy reads them."""
-        return cls(_core.sqlite_path_from_url(url), queue, **options)
+        ``sqlite:////absolute.db``, as SQLAlchemy reads them; ``options`` are
+        the keywords above, checked by the core (an unknown one is a
+        ``ConfigError`` listing them)."""
+        backend = cls.__new__(cls)
+        backend._native = _core.SqliteBackend(_core.sqlite_path_from_url(url), queue, options)
+        return backend
 
     @property
     def path(self) -> str:

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
+use foxtive_core::backend::options::Options;
 use foxtive_core::backend::sqlite::row::{self, SqlValue};
 use foxtive_core::backend::sqlite::{path_from_url, schema, SqliteBackend, SqliteConfig};
 use foxtive_core::dlq::DeadLetterStore;
@@ -14,9 +15,9 @@ use foxtive_core::dlq::DeadLetterStore;
 use crate::backends::PyDeadLetter;
 use crate::bridge;
 use crate::convert::outgoing_from_py;
-use crate::errors::IntoPyResult;
-use crate::keywords::Keywords;
+use crate::errors::{config_error, IntoPyResult};
 use crate::native_backend::NativeBackend;
+use crate::registry::options_from_py;
 
 /// A SQLite queue. Name, state, counters, connect, close, publish and the
 /// dead-letter store come from the base class; here only what is SQLite's.
@@ -25,53 +26,35 @@ pub struct PySqliteBackend {
     pub(crate) inner: Arc<SqliteBackend>,
 }
 
-const FIELDS: &[&str] = &["path", "queue", "lease_timeout", "busy_timeout", "poll_max"];
-
-/// The settings from keywords: types read here, rules checked once by the
-/// core (`SqliteConfig::validate`, in `SqliteBackend::new`).
-fn config_from(kw: &Keywords<'_>) -> PyResult<SqliteConfig> {
-    let path = kw.string("path")?;
-    let queue = kw.string("queue")?;
-    let mut cfg = SqliteConfig::new(
-        path.as_deref().unwrap_or("foxtive.db"),
-        queue.as_deref().unwrap_or("default"),
-    );
-    if let Some(d) = kw.seconds("lease_timeout")? {
-        cfg.lease_timeout = d;
-    }
-    if let Some(d) = kw.seconds("busy_timeout")? {
-        cfg.busy_timeout = d;
-    }
-    if let Some(d) = kw.seconds("poll_max")? {
-        cfg.poll_max = d;
-    }
-    Ok(cfg)
+fn text(name: &str, value: &Bound<'_, PyAny>) -> PyResult<String> {
+    value.extract::<String>().map_err(|_| {
+        let type_name = value
+            .get_type()
+            .name()
+            .map_or_else(|_| "?".to_string(), |n| n.to_string());
+        config_error(format!("{name}: expected a string, got {type_name}"))
+    })
 }
 
 #[pymethods]
 impl PySqliteBackend {
-    /// `path` and `queue` may be given by position; everything else by
-    /// keyword. An absent setting takes the core default.
+    /// `options`: the settings by name (`lease_timeout`, `busy_timeout`,
+    /// `poll_max`; None or absent: the default), read and checked once by the
+    /// core, as `backend_from_url("sqlite:///...")` does.
     #[new]
-    #[pyo3(signature = (path = None, queue = None, **kwargs))]
-    fn new<'py>(
-        py: Python<'py>,
-        path: Option<Bound<'py, PyAny>>,
-        queue: Option<Bound<'py, PyAny>>,
-        kwargs: Option<&Bound<'py, PyDict>>,
+    #[pyo3(signature = (path, queue, options = None))]
+    fn new(
+        path: &Bound<'_, PyAny>,
+        queue: &Bound<'_, PyAny>,
+        options: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<PyClassInitializer<Self>> {
-        let given = match kwargs {
-            Some(d) => d.copy()?,
-            None => PyDict::new(py),
+        let options = match options {
+            Some(dict) => options_from_py(dict)?,
+            None => Options::new(),
         };
-        if let Some(p) = path {
-            given.set_item("path", p)?;
-        }
-        if let Some(q) = queue {
-            given.set_item("queue", q)?;
-        }
-        let kw = Keywords::new("SqliteBackend", Some(&given), FIELDS)?;
-        let inner = Arc::new(SqliteBackend::new(config_from(&kw)?).py_err()?);
+        let cfg = SqliteConfig::from_options(text("path", path)?, &text("queue", queue)?, options)
+            .py_err()?;
+        let inner = Arc::new(SqliteBackend::new(cfg).py_err()?);
         let dead_letters: Arc<dyn DeadLetterStore> = Arc::new(inner.dead_letter_store());
         let base = NativeBackend::new(inner.clone()).with_dead_letters(Some(dead_letters));
         Ok(PyClassInitializer::from(base).add_subclass(PySqliteBackend { inner }))

@@ -3,7 +3,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::backend::options::Options;
 use crate::{Error, Result};
+
+/// The options a SQLite backend takes, by name (`backend_from_url`, the
+/// Python class's keywords).
+pub const OPTIONS: &[&str] = &["lease_timeout", "busy_timeout", "poll_max"];
 
 /// Longest pause between two looks at the queue when it is empty.
 ///
@@ -44,6 +49,29 @@ impl SqliteConfig {
             busy_timeout: DEFAULT_BUSY_TIMEOUT,
             poll_max: DEFAULT_POLL_MAX,
         }
+    }
+
+    /// The settings for `path` and `queue` from named options (an absent one
+    /// keeps its default); an unknown option is an error listing
+    /// [`OPTIONS`]. The rules are [`validate`](Self::validate)'s, checked
+    /// when the backend is built.
+    pub fn from_options(
+        path: impl Into<PathBuf>,
+        queue: &str,
+        mut options: Options,
+    ) -> Result<Self> {
+        let mut cfg = SqliteConfig::new(path, queue);
+        if let Some(d) = options.take_seconds("lease_timeout")? {
+            cfg.lease_timeout = d;
+        }
+        if let Some(d) = options.take_seconds("busy_timeout")? {
+            cfg.busy_timeout = d;
+        }
+        if let Some(d) = options.take_seconds("poll_max")? {
+            cfg.poll_max = d;
+        }
+        options.finish("SQLite (sqlite:///)", OPTIONS)?;
+        Ok(cfg)
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -122,6 +150,27 @@ mod tests {
         ] {
             assert!(path_from_url(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn settings_come_from_named_options() {
+        use crate::backend::options::OptionValue;
+        let mut o = Options::new();
+        o.set("lease_timeout", OptionValue::Int(2))
+            .set("poll_max", OptionValue::Float(0.5));
+        let c = SqliteConfig::from_options("x.db", "q", o).unwrap();
+        assert_eq!(c.lease_timeout, Duration::from_secs(2));
+        assert_eq!(c.poll_max, Duration::from_millis(500));
+        assert_eq!(c.busy_timeout, DEFAULT_BUSY_TIMEOUT);
+        let mut o = Options::new();
+        o.set("prefetch", OptionValue::Int(3));
+        let e = SqliteConfig::from_options("x.db", "q", o)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("'prefetch'") && e.contains("lease_timeout, busy_timeout, poll_max"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -39,14 +39,34 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::options::Options;
+use super::registry::{Kind, Opened};
 use super::{Backend, BackendState, SettleItem};
 use crate::clock::unix_now;
 use crate::dlq::DeadLetter;
 use crate::message::{Delivery, Outgoing};
 use crate::{Error, Result};
 
-pub use config::{path_from_url, SqliteConfig, DEFAULT_POLL_MAX, POLL_MIN};
+pub use config::{path_from_url, SqliteConfig, DEFAULT_POLL_MAX, OPTIONS, POLL_MIN};
 pub use dlq::SqliteDeadLetters;
+
+/// `sqlite:///rel.db` / `sqlite:////abs.db`: opened by the core from the URL
+/// and the options in [`OPTIONS`].
+pub const KIND: Kind = Kind {
+    name: "sqlite",
+    type_name: "SqliteBackend",
+    schemes: &["sqlite"],
+    open: Some(open),
+};
+
+fn open(url: &str, queue: &str, options: Options) -> Result<Opened> {
+    let cfg = SqliteConfig::from_options(path_from_url(url)?, queue, options)?;
+    let backend = Arc::new(SqliteBackend::new(cfg)?);
+    Ok(Opened {
+        dead_letters: Some(Arc::new(backend.dead_letter_store())),
+        backend,
+    })
+}
 
 /// How long `close` waits for the renewal task.
 const SHUTDOWN_STEP: Duration = Duration::from_secs(3);
