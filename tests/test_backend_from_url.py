@@ -19,8 +19,10 @@ from .rabbit_support import URL as AMQP_URL
 from .rabbit_support import judge, list_queues, unique
 from .redis_support import REDIS_URL, delete_keys, redis_answers, unique_stream
 
-AVAILABLE = "memory://, amqp://, amqps://, redis://, rediss://, unix://, redis+unix://"
-NOT_YET = "sqlite://, postgresql://, postgres://, nats://, redis+cluster://"
+AVAILABLE = (
+    "memory://, amqp://, amqps://, redis://, rediss://, unix://, redis+unix://, sqlite://"
+)
+NOT_YET = "postgresql://, postgres://, nats://, redis+cluster://"
 
 
 def pool_collecting(seen: list[tuple[bytes, str]]) -> foxtive.WorkerPool:
@@ -121,7 +123,6 @@ def test_an_unknown_scheme_lists_the_known_ones(url: str) -> None:
 
 
 @pytest.mark.parametrize(("url", "name"), [
-    ("sqlite:///foxtive.db", "sqlite"),
     ("postgresql://u@127.0.0.1/db", "postgres"),
     ("postgres://u@127.0.0.1/db", "postgres"),
     ("nats://127.0.0.1:4222", "nats"),

@@ -40,6 +40,7 @@ from .pool import LoadBalancingStrategy, WorkerPool, WorkerPoolBuilder
 from .rabbitmq import RabbitMqBackend, RabbitMqConsumerConfig
 from .redis_streams import RedisStreamBackend, RedisStreamConsumerConfig
 from .resilient import ReconnectStrategy, ResilientBackend
+from .sqlite import SqliteBackend
 from .supervisor import Supervisor
 from .tracing import TracingMiddleware
 from .urls import backend_from_url
@@ -81,6 +82,7 @@ __all__ = [
     "RetryInfo",
     "RetryableError",
     "ShutdownError",
+    "SqliteBackend",
     "Supervisor",
     "TimeoutMiddleware",
     "TracingMiddleware",

@@ -20,6 +20,7 @@ mod redis_streams;
 mod registry;
 mod resilient;
 mod runtime;
+mod sqlite;
 
 use pyo3::prelude::*;
 
@@ -54,6 +55,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<rabbitmq::PyRabbitMqConfig>()?;
     m.add_class::<redis_streams::PyRedisStreamBackend>()?;
     m.add_class::<redis_streams::PyRedisStreamConfig>()?;
+    sqlite::register(m)?;
     m.add_function(wrap_pyfunction!(backends::redact_url, m)?)?;
     m.add_function(wrap_pyfunction!(registry::backend_kind, m)?)?;
     m.add_function(wrap_pyfunction!(registry::not_a_backend, m)?)?;

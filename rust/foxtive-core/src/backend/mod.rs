@@ -7,6 +7,7 @@ pub mod rabbitmq;
 pub mod redis_streams;
 pub mod registry;
 pub mod resilient;
+pub mod sqlite;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,12 +21,18 @@ pub use memory::MemoryBackend;
 pub use rabbitmq::{RabbitMqBackend, RabbitMqConfig};
 pub use redis_streams::{RedisStreamBackend, RedisStreamConfig};
 pub use resilient::ResilientBackend;
+pub use sqlite::{SqliteBackend, SqliteConfig};
 
 /// Every backend foxtive builds, one row each (its [`registry::Kind`] is
 /// declared in its own folder): `backend_from_url` and the errors that list
 /// the backends read this, nothing else. A new backend is its folder, its
 /// `pub mod` line above and its row here.
-pub const KINDS: &[&registry::Kind] = &[&memory::KIND, &rabbitmq::KIND, &redis_streams::KIND];
+pub const KINDS: &[&registry::Kind] = &[
+    &memory::KIND,
+    &rabbitmq::KIND,
+    &redis_streams::KIND,
+    &sqlite::KIND,
+];
 
 /// Run `op` unless the backend is closed first: `closed` is checked before
 /// it starts (after subscribing, so a `close` in between is not missed) and

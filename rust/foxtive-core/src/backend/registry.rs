@@ -194,6 +194,7 @@ mod tests {
             ("rediss://h:6380", "redis"),
             ("unix:///tmp/redis.sock", "redis"),
             ("redis+unix:///tmp/redis.sock?db=1", "redis"),
+            ("sqlite:///foxtive.db", "sqlite"),
         ];
         for (url, name) in cases {
             assert_eq!(backend_kind(url).ok().map(|k| k.name), Some(name), "{url}");
@@ -203,7 +204,6 @@ mod tests {
     #[test]
     fn registry_names_backends_still_to_come() {
         for (url, name) in [
-            ("sqlite:///foxtive.db", "sqlite"),
             ("postgresql://u@h/db", "postgres"),
             ("postgres://u@h/db", "postgres"),
             ("nats://h:4222", "nats"),
@@ -235,7 +235,12 @@ mod tests {
     fn registry_lists_each_available_backend_once() {
         assert_eq!(
             available_backends(),
-            ["MemoryBackend", "RabbitMqBackend", "RedisStreamBackend"]
+            [
+                "MemoryBackend",
+                "RabbitMqBackend",
+                "RedisStreamBackend",
+                "SqliteBackend"
+            ]
         );
     }
 

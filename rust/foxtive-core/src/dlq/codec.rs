@@ -109,7 +109,7 @@ fn float_from_json(v: &Value) -> Option<f64> {
     }
 }
 
-fn headers_to_json(headers: &Headers) -> Value {
+pub fn headers_to_json(headers: &Headers) -> Value {
     Value::Array(
         headers
             .iter()
@@ -133,7 +133,7 @@ fn header_to_json(value: &HeaderValue) -> Value {
     }
 }
 
-fn headers_from_json(value: &Value) -> Result<Headers> {
+pub fn headers_from_json(value: &Value) -> Result<Headers> {
     let Some(pairs) = value.as_array() else {
         return Err(bad("headers: not a list".to_string()));
     };
