@@ -8,13 +8,13 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
+use super::live::Live;
 use super::stats::StatsSnapshot;
-use crate::pool::Engine;
 
 /// Upper bounds of the processing-duration histogram, in seconds.
 pub const BUCKETS: [f64; 16] = [
@@ -98,7 +98,8 @@ pub struct Metrics {
     pub received: AtomicU64,
     pub reconnects: AtomicU64,
     workers: Vec<WorkerMetrics>,
-    engine: Mutex<Weak<Engine>>,
+    /// The live values of the engine running now, if any.
+    live: RwLock<Option<Arc<Live>>>,
     /// Unix milliseconds of the event loop's last sign of life.
     loop_heartbeat_ms: AtomicU64,
 }
@@ -111,7 +112,7 @@ impl Metrics {
             received: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             workers: worker_ids.iter().cloned().map(WorkerMetrics::new).collect(),
-            engine: Mutex::new(Weak::new()),
+            live: RwLock::new(None),
             loop_heartbeat_ms: AtomicU64::new(0),
         })
     }
@@ -128,14 +129,24 @@ impl Metrics {
         self.workers.iter().map(|w| &w.id)
     }
 
-    /// The engine running now (if any) reports live values through these metrics.
-    pub fn attach(&self, engine: &Arc<Engine>) {
-        *self.queue.write() = engine.backend().name().to_string();
-        *self.engine.lock() = Arc::downgrade(engine);
+    /// The engine running now shows its live values through these metrics.
+    pub fn attach(&self, live: Arc<Live>) {
+        *self.queue.write() = live.backend().name().to_string();
+        *self.live.write() = Some(live);
     }
 
-    pub fn engine(&self) -> Option<Arc<Engine>> {
-        self.engine.lock().upgrade()
+    /// The engine that attached `live` is gone: forget its values (unless a
+    /// newer engine attached since).
+    pub fn detach(&self, live: &Arc<Live>) {
+        let mut current = self.live.write();
+        if current.as_ref().is_some_and(|l| Arc::ptr_eq(l, live)) {
+            *current = None;
+        }
+    }
+
+    /// The live values of the engine running now, if any.
+    pub fn live(&self) -> Option<Arc<Live>> {
+        self.live.read().clone()
     }
 
     pub fn heartbeat(&self) {
@@ -173,7 +184,7 @@ impl Metrics {
         let mut out = String::with_capacity(4096);
         let pool = escape(&self.pool);
         let queue = escape(&self.queue.read());
-        let engine = self.engine();
+        let live = self.live();
 
         help(
             &mut out,
@@ -233,10 +244,12 @@ impl Metrics {
             );
         }
 
-        let loads: Vec<(Arc<str>, usize)> = engine
-            .as_ref()
-            .map(|e| e.worker_loads())
-            .unwrap_or_else(|| self.workers.iter().map(|w| (w.id.clone(), 0)).collect());
+        let loads: Vec<(Arc<str>, usize)> = self
+            .workers
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.id.clone(), live.as_ref().map_or(0, |l| l.load(i))))
+            .collect();
         help(
             &mut out,
             "foxtive_worker_active_workers",
@@ -303,9 +316,9 @@ impl Metrics {
             "gauge",
             "Circuit breaker: 0 closed, 1 open, 2 half-open.",
         );
-        let breaker = engine
+        let breaker = live
             .as_ref()
-            .and_then(|e| e.breaker_state())
+            .and_then(|l| l.breaker_state())
             .map_or(0, |(s, _)| s.as_gauge());
         let _ = writeln!(
             out,
@@ -319,9 +332,9 @@ impl Metrics {
             "Backend reconnection attempts.",
         );
         let reconnects = self.reconnects.load(Ordering::Relaxed)
-            + engine
+            + live
                 .as_ref()
-                .map_or(0, |e| e.backend().reconnect_attempts());
+                .map_or(0, |l| l.backend().reconnect_attempts());
         let _ = writeln!(out, "foxtive_worker_backend_reconnects_total{{pool=\"{pool}\",queue=\"{queue}\"}} {reconnects}");
         out
     }
