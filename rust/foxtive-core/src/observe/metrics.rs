@@ -186,8 +186,17 @@ impl Metrics {
         let queue = escape(&self.queue.read());
         let live = self.live();
 
+        self.render_outcomes(&mut out, &pool, &queue);
+        self.render_loads(&mut out, &pool, &queue, live.as_deref());
+        self.render_totals(&mut out, &pool, &queue);
+        self.render_live(&mut out, &pool, &queue, live.as_deref());
+        out
+    }
+
+    /// Received, outcomes and processing durations.
+    fn render_outcomes(&self, out: &mut String, pool: &str, queue: &str) {
         help(
-            &mut out,
+            out,
             "foxtive_worker_messages_received_total",
             "counter",
             "Messages received from the backend.",
@@ -199,7 +208,7 @@ impl Metrics {
         );
 
         help(
-            &mut out,
+            out,
             "foxtive_worker_messages_processed_total",
             "counter",
             "Message outcomes: success, failure (a failed attempt), retried, dead_lettered.",
@@ -218,7 +227,7 @@ impl Metrics {
         }
 
         help(
-            &mut out,
+            out,
             "foxtive_worker_message_processing_duration_seconds",
             "histogram",
             "Time from hand-off to a handler until settlement.",
@@ -243,7 +252,10 @@ impl Metrics {
                 "foxtive_worker_message_processing_duration_seconds_count{{{labels}}} {cumulative}"
             );
         }
+    }
 
+    /// Messages in flight, per worker.
+    fn render_loads(&self, out: &mut String, pool: &str, queue: &str, live: Option<&Live>) {
         let loads: Vec<(Arc<str>, usize)> = self
             .workers
             .iter()
@@ -251,7 +263,7 @@ impl Metrics {
             .map(|(i, w)| (w.id.clone(), live.as_ref().map_or(0, |l| l.load(i))))
             .collect();
         help(
-            &mut out,
+            out,
             "foxtive_worker_active_workers",
             "gauge",
             "Workers with at least one message in flight.",
@@ -263,7 +275,7 @@ impl Metrics {
         );
 
         help(
-            &mut out,
+            out,
             "foxtive_worker_in_flight_messages",
             "gauge",
             "Messages handed to a worker and not settled yet.",
@@ -271,9 +283,12 @@ impl Metrics {
         for (id, load) in &loads {
             let _ = writeln!(out, "foxtive_worker_in_flight_messages{{pool=\"{pool}\",worker=\"{}\",queue=\"{queue}\"}} {load}", escape(id));
         }
+    }
 
+    /// Per-worker retries, dead letters and errors by type.
+    fn render_totals(&self, out: &mut String, pool: &str, queue: &str) {
         help(
-            &mut out,
+            out,
             "foxtive_worker_retries_total",
             "counter",
             "Retries scheduled.",
@@ -284,7 +299,7 @@ impl Metrics {
         }
 
         help(
-            &mut out,
+            out,
             "foxtive_worker_dead_lettered_total",
             "counter",
             "Messages dead-lettered.",
@@ -295,7 +310,7 @@ impl Metrics {
         }
 
         help(
-            &mut out,
+            out,
             "foxtive_worker_errors_total",
             "counter",
             "Failed attempts by error type (an exception class name).",
@@ -309,9 +324,12 @@ impl Metrics {
                     escape(&w.id), escape(error_type));
             }
         }
+    }
 
+    /// What only a running engine knows: breaker state and reconnects.
+    fn render_live(&self, out: &mut String, pool: &str, queue: &str, live: Option<&Live>) {
         help(
-            &mut out,
+            out,
             "foxtive_worker_circuit_breaker_state",
             "gauge",
             "Circuit breaker: 0 closed, 1 open, 2 half-open.",
@@ -326,7 +344,7 @@ impl Metrics {
         );
 
         help(
-            &mut out,
+            out,
             "foxtive_worker_backend_reconnects_total",
             "counter",
             "Backend reconnection attempts.",
@@ -336,7 +354,6 @@ impl Metrics {
                 .as_ref()
                 .map_or(0, |l| l.backend().reconnect_attempts());
         let _ = writeln!(out, "foxtive_worker_backend_reconnects_total{{pool=\"{pool}\",queue=\"{queue}\"}} {reconnects}");
-        out
     }
 }
 
