@@ -135,7 +135,10 @@ impl Engine {
             });
             if stopped {
                 let _ = self.settle_with(&inflight, Settlement::Requeue, Verdict::Neutral);
-            } else if let Some(refusal) = self.policies.before(&inflight.delivery, Instant::now()) {
+            } else if let Some(refusal) =
+                self.policies.before(&inflight.delivery, inflight.admitted)
+            {
+                // (`admitted` is now: no second clock read per message.)
                 // Never run it: straight to the dead-letter queue.
                 let failure = Failure {
                     error_type: refusal.error_type.to_string(),
