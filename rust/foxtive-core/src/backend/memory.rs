@@ -16,10 +16,16 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::options::Options;
+use super::registry::{Kind, Opened};
 use super::{Backend, BackendState, SettleItem};
 use crate::dlq::DeadLetter;
 use crate::message::{Delivery, Headers, Outgoing, Receipt, Settlement};
 use crate::{Error, Result};
+
+/// A memory delivery's receipt: its sequence number in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MemoryReceipt(u64);
 
 /// A stored message. Kept small: a million of them must fit comfortably.
 #[derive(Debug, Clone)]
@@ -118,6 +124,32 @@ pub struct MemoryBackend {
     next_seq: AtomicU64,
     published: Notify,
     closed: AtomicBool,
+}
+
+/// `memory://`: in-process, named after the queue; it takes no options.
+pub const KIND: Kind = Kind {
+    name: "memory",
+    type_name: "MemoryBackend",
+    schemes: &["memory"],
+    open: Some(open),
+};
+
+fn open(url: &str, queue: &str, options: Options) -> Result<Opened> {
+    if url.len() > "memory://".len() {
+        return Err(Error::Config(format!(
+            "url: memory:// takes nothing after the scheme (the queue is the second \
+             argument), got {}",
+            crate::redact::redact_url(url)
+        )));
+    }
+    options.finish("memory://", &[])?;
+    let backend = Arc::new(MemoryBackend::new(queue)?);
+    Ok(Opened {
+        dead_letters: Some(Arc::new(super::memory_dlq::MemoryDeadLetters::new(
+            backend.clone(),
+        ))),
+        backend,
+    })
 }
 
 impl MemoryBackend {
@@ -271,7 +303,7 @@ impl MemoryBackend {
             priority: None,
             received_at,
             redelivered: false,
-            receipt: Receipt::Seq(seq),
+            receipt: Receipt::new(MemoryReceipt(seq)),
         };
         match &entry.meta {
             Some(meta) => {
@@ -351,7 +383,7 @@ impl MemoryBackend {
         settlement: Settlement,
         now: Instant,
     ) {
-        let Receipt::Seq(seq) = delivery.receipt else {
+        let Some(&MemoryReceipt(seq)) = delivery.receipt.get() else {
             return;
         };
         let Some(mut entry) = store.unacked.remove(seq) else {

@@ -74,7 +74,7 @@ impl Policy for MaxAge {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::Receipt;
+    use crate::message::{LocalReceipt, Receipt};
     use bytes::Bytes;
     use std::sync::Arc;
 
@@ -83,7 +83,7 @@ mod tests {
             "m",
             Bytes::from_static(b"x"),
             Arc::from("q"),
-            Receipt::Seq(1),
+            Receipt::new(LocalReceipt(1)),
         );
         if let Some(ago) = published_secs_ago {
             d.headers.push((

@@ -187,7 +187,7 @@ impl Policy for MaxDeliveries {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::Receipt;
+    use crate::message::{LocalReceipt, Receipt};
     use bytes::Bytes;
     use std::sync::Arc;
 
@@ -196,7 +196,7 @@ mod tests {
             id,
             Bytes::from_static(b"x"),
             Arc::from("q"),
-            Receipt::Seq(1),
+            Receipt::new(LocalReceipt(1)),
         )
     }
 

@@ -83,18 +83,28 @@ impl InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::Receipt;
+    use crate::message::{LocalReceipt, Receipt};
     use bytes::Bytes;
 
     #[test]
     fn the_first_settlement_wins_and_is_kept() {
-        let d = Delivery::new("m", Bytes::new(), Arc::from("q"), Receipt::Seq(1));
+        let d = Delivery::new(
+            "m",
+            Bytes::new(),
+            Arc::from("q"),
+            Receipt::new(LocalReceipt(1)),
+        );
         let inflight = InFlight::new(d, 0);
         assert!(inflight.settlement().is_none());
         assert!(inflight.claim(&Settlement::Ack));
         assert!(!inflight.claim(&Settlement::Requeue));
         assert_eq!(inflight.settlement(), Some(&Settlement::Ack));
-        let d = Delivery::new("n", Bytes::new(), Arc::from("q"), Receipt::Seq(2));
+        let d = Delivery::new(
+            "n",
+            Bytes::new(),
+            Arc::from("q"),
+            Receipt::new(LocalReceipt(2)),
+        );
         let inflight = InFlight::new(d, 0);
         assert!(inflight.claim(&Settlement::Requeue));
         assert!(!inflight.claim(&Settlement::Ack));

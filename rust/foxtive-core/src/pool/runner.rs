@@ -60,7 +60,7 @@ impl Engine {
         }
     }
 
-    /// Run one delivery the caller hands in (its receipt `Receipt::Local`:
+    /// Run one delivery the caller hands in (its receipt a `LocalReceipt`:
     /// no broker is involved) through `handler`, and return its settlement.
     /// It counts against a worker's load like any other message.
     pub async fn dispatch<F, Fut>(&self, delivery: Delivery, handler: F) -> Settlement
@@ -180,7 +180,7 @@ mod tests {
 
     use super::*;
     use crate::backend::MemoryBackend;
-    use crate::message::{HeaderValue, Outgoing, Receipt};
+    use crate::message::{HeaderValue, LocalReceipt, Outgoing, Receipt};
     use crate::observe::Metrics;
     use crate::policy::{max_age::PUBLISHED_AT, Backoff, MaxAge, Policy, RetryPolicy};
     use crate::pool::{EngineConfig, Strategy, WorkerSpec};
@@ -226,7 +226,7 @@ mod tests {
             id,
             Bytes::from_static(b"x"),
             Arc::from("q"),
-            Receipt::Local(1),
+            Receipt::new(LocalReceipt(1)),
         );
         d.attempt = attempt;
         d

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::{Engine, InFlight};
 use crate::backend::SettleItem;
 use crate::dlq::DeadLetter;
-use crate::message::{Failure, Receipt, Settlement};
+use crate::message::{Failure, Settlement};
 use crate::observe::metrics::WorkerMetrics;
 use crate::observe::stats;
 use crate::policy::{FailureCtx, FailureKind, RetryInfo, Verdict};
@@ -204,9 +204,7 @@ impl Engine {
             Settlement::Retry { .. } | Settlement::Requeue => &w.requeued,
             // Counted once stored (count_dead_letters); a message handed in
             // by the user (pool.dispatch) reaches no store: counted now.
-            Settlement::DeadLetter(_) if matches!(inflight.delivery.receipt, Receipt::Local(_)) => {
-                &w.dead_lettered
-            }
+            Settlement::DeadLetter(_) if inflight.delivery.receipt.is_local() => &w.dead_lettered,
             Settlement::DeadLetter(_) => {
                 w.duration
                     .observe(now.saturating_duration_since(inflight.admitted));
@@ -226,7 +224,7 @@ impl Engine {
             let mut q = self.settle_queue.lock();
             for item in items {
                 // Messages handed in by the user (pool.dispatch) belong to no broker.
-                if !matches!(item.0.receipt, Receipt::Local(_)) {
+                if !item.0.receipt.is_local() {
                     q.push(item);
                     any = true;
                 }

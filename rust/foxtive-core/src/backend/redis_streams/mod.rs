@@ -26,14 +26,18 @@
 //!
 //! The entry layout is described in [`codec`].
 
+mod admit;
 pub mod codec;
 mod config;
 pub mod dlq;
+mod duties;
 mod link;
+mod publish;
 mod reader;
 mod reply;
 mod resp;
 mod scripts;
+mod settle;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -50,8 +54,18 @@ use tokio::time::Instant;
 
 use super::{Backend, BackendState, SettleItem};
 use crate::dlq::DeadLetter;
-use crate::message::{Delivery, Failure, Outgoing, Receipt, Settlement};
+use crate::message::{Delivery, Failure, Outgoing, Settlement};
 use crate::{Error, Result};
+pub use codec::StreamReceipt;
+
+/// `redis://`, `rediss://`, `unix://`, `redis+unix://`; built by its Python
+/// class from its typed config.
+pub const KIND: super::registry::Kind = super::registry::Kind {
+    name: "redis",
+    type_name: "RedisStreamBackend",
+    schemes: &["redis", "rediss", "unix", "redis+unix"],
+    open: None,
+};
 use codec::{Field, Parts, StreamId};
 use link::Link;
 use reply::RawEntry;
@@ -117,19 +131,6 @@ struct Inner {
     /// drain probe taken before it is not trusted.
     activity: AtomicU64,
 }
-
-/// What a settle batch turns into.
-#[derive(Default)]
-struct Plan<'a> {
-    acks: Vec<&'a str>,
-    /// Immediate copies: (original entry id, stream key, fields).
-    copies: Vec<(&'a str, &'a str, Vec<Field<'a>>)>,
-    /// Delayed retry copies: (original entry id, delay ms, member).
-    delayed: Vec<(&'a str, u64, Vec<u8>)>,
-    /// Handed back at shutdown: (entry id, delivery count).
-    release: Vec<(String, u32)>,
-}
-
 impl RedisStreamBackend {
     /// A backend for `url` (`redis://`, `rediss://` or `unix://`). Nothing is
     /// connected until [`Backend::connect`] or the first publish.
@@ -271,597 +272,6 @@ impl Inner {
             Err(e) => Err(e),
         }
     }
-
-    // ------------------------------------------------------------ reading
-
-    /// Turn read entries into deliveries: deleted ones are acked away,
-    /// poison pills go to the dead-letter stream, the rest are held.
-    /// `counted`: look up delivery counts (for entries delivered before).
-    async fn admit(&self, entries: Vec<RawEntry>, counted: bool) -> Vec<Delivery> {
-        let counts: HashMap<String, u32> = if counted {
-            self.delivery_counts(&entries).await
-        } else {
-            HashMap::new()
-        };
-        let received_at = crate::clock::unix_now();
-        let mut out = Vec::with_capacity(entries.len());
-        let mut gone: Vec<String> = Vec::new();
-        let mut poison: Vec<(Delivery, u32)> = Vec::new();
-        {
-            let mut held = self.held.lock();
-            for entry in entries {
-                let Some(key) = StreamId::parse(&entry.id) else {
-                    continue;
-                };
-                let Some(fields) = entry.fields else {
-                    gone.push(entry.id);
-                    continue;
-                };
-                if counted && held.contains_key(&key) {
-                    // Already in a handler here (a late heartbeat let it go idle).
-                    continue;
-                }
-                let count = counts.get(&entry.id).copied().unwrap_or(1).max(1);
-                let d = codec::delivery(entry.id, fields, count, &self.queue, received_at);
-                if count > self.cfg.max_deliveries {
-                    poison.push((d, count));
-                    continue;
-                }
-                held.insert(key, count);
-                out.push(d);
-            }
-        }
-        if !gone.is_empty() {
-            let ids: Vec<&str> = gone.iter().map(String::as_str).collect();
-            if let Err(e) = self.ack(&ids).await {
-                tracing::warn!(stream = %self.queue, error = %e, "could not ack deleted pending entries");
-            }
-        }
-        if !poison.is_empty() {
-            self.dead_letter_poison(poison).await;
-        }
-        if !out.is_empty() {
-            self.touch();
-        }
-        out
-    }
-
-    /// Delivery counts from the pending list, one pipelined XPENDING per entry.
-    /// Delivery counts from the pending list, one pipelined XPENDING per
-    /// entry. When Redis cannot say, the entries go out counted as first
-    /// deliveries rather than wait for a reclaim.
-    async fn delivery_counts(&self, entries: &[RawEntry]) -> HashMap<String, u32> {
-        let mut out = HashMap::with_capacity(entries.len());
-        let Ok((gen, mut conn)) = self.link.writer().await else {
-            return out;
-        };
-        let mut pipe = redis::pipe();
-        for e in entries {
-            pipe.cmd("XPENDING")
-                .arg(&self.cfg.stream_name)
-                .arg(&self.cfg.group_name)
-                .arg(&e.id)
-                .arg(&e.id)
-                .arg(1);
-        }
-        let replies: Vec<Value> = match pipe.query_async(&mut conn).await {
-            Ok(r) => r,
-            Err(e) => {
-                let err = self.link.error("XPENDING", &e);
-                tracing::warn!(stream = %self.queue, error = %err,
-                    "delivery counts unavailable; entries go out as first deliveries");
-                if err.is_connection() {
-                    self.link.lost(gen, &err);
-                }
-                return out;
-            }
-        };
-        for reply in replies {
-            let Ok(rows) = reply::pending_rows(reply) else {
-                continue;
-            };
-            for row in rows {
-                if row.consumer == self.cfg.consumer_name {
-                    out.insert(row.id, row.deliveries);
-                }
-            }
-        }
-        out
-    }
-
-    async fn dead_letter_poison(&self, poison: Vec<(Delivery, u32)>) {
-        let worker: Arc<str> = Arc::from(self.cfg.consumer_name.as_str());
-        let items: Vec<SettleItem> = poison
-            .into_iter()
-            .map(|(d, count)| {
-                tracing::warn!(stream = %self.queue, id = %d.id, deliveries = count,
-                    "poison pill: delivered too often without being settled; dead-lettering it");
-                let failure = Failure {
-                    error_type: "PoisonPill".to_string(),
-                    error_message: format!(
-                        "delivered {count} times without being settled (max_deliveries={}); \
-                         its handler probably crashed or hung the worker",
-                        self.cfg.max_deliveries
-                    ),
-                    worker_id: worker.clone(),
-                    poison_pill: true,
-                };
-                (Arc::new(d), Settlement::DeadLetter(failure))
-            })
-            .collect();
-        if let Err(e) = self.settle(items).await {
-            tracing::warn!(stream = %self.queue, error = %e,
-                "could not dead-letter poison pills; they stay pending");
-        }
-    }
-
-    // ----------------------------------------------------------- settling
-
-    /// XACK (and XDEL) entries, pipelined.
-    async fn ack(&self, ids: &[&str]) -> Result<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let cfg = &self.cfg;
-        self.with_writer("XACK", OP_RETRY_WINDOW, |mut conn| {
-            let mut pipe = redis::pipe();
-            for chunk in ids.chunks(IDS_PER_COMMAND) {
-                pipe.cmd("XACK")
-                    .arg(&cfg.stream_name)
-                    .arg(&cfg.group_name)
-                    .arg(chunk)
-                    .ignore();
-                if cfg.delete_on_ack {
-                    pipe.cmd("XDEL").arg(&cfg.stream_name).arg(chunk).ignore();
-                }
-            }
-            async move { pipe.query_async::<()>(&mut conn).await }
-        })
-        .await
-    }
-
-    fn xadd<'a>(&self, pipe: &mut redis::Pipeline, key: &str, fields: &[Field<'a>], trim: bool) {
-        let cmd = pipe.cmd("XADD").arg(key);
-        if let (true, Some(n)) = (trim, self.cfg.maxlen) {
-            cmd.arg("MAXLEN").arg("~").arg(n);
-        }
-        cmd.arg("*");
-        for (k, v) in fields {
-            cmd.arg(&**k).arg(&**v);
-        }
-    }
-
-    /// Store delayed members (delay ms, member) in one script run.
-    async fn schedule(&self, items: &[(u64, &[u8])], window: Duration) -> Result<()> {
-        if items.is_empty() {
-            return Ok(());
-        }
-        self.with_writer("schedule delayed", window, |mut conn| {
-            let mut inv = self.scripts.schedule.key(&self.cfg.delayed_key);
-            for (delay, member) in items {
-                inv.arg(*delay).arg(*member);
-            }
-            async move { inv.invoke_async::<Value>(&mut conn).await.map(|_| ()) }
-        })
-        .await?;
-        self.timer_wake.notify_one();
-        Ok(())
-    }
-
-    async fn settle(&self, batch: Vec<SettleItem>) -> Result<()> {
-        let running = !self.stopped();
-        let failed_at = crate::clock::unix_now();
-        let mut plan = Plan::default();
-        {
-            let mut held = self.held.lock();
-            let mut again = self.ready.lock();
-            for (d, settlement) in &batch {
-                let Receipt::Stream(entry_id) = &d.receipt else {
-                    continue;
-                };
-                let Some(key) = StreamId::parse(entry_id) else {
-                    continue;
-                };
-                if let Settlement::Requeue = settlement {
-                    if running {
-                        // Still ours and still heartbeated: hand it out again.
-                        let mut copy = (**d).clone();
-                        copy.redelivered = true;
-                        // Its handler had it: the next delivery is the next attempt.
-                        copy.attempt = copy.attempt.saturating_add(1);
-                        again.push_back(copy);
-                    } else {
-                        let count = held.remove(&key).unwrap_or(1);
-                        plan.release.push((entry_id.clone(), count));
-                    }
-                    continue;
-                }
-                held.remove(&key);
-                match settlement {
-                    Settlement::Ack => plan.acks.push(entry_id),
-                    Settlement::Retry {
-                        delay,
-                        count_attempt,
-                    } => {
-                        let attempt = if *count_attempt {
-                            d.attempt.saturating_add(1)
-                        } else {
-                            d.attempt
-                        };
-                        let fields = Parts::from_delivery(d, attempt).fields();
-                        let ms = delay.as_millis().min(u64::MAX as u128) as u64;
-                        if ms == 0 {
-                            plan.copies.push((entry_id, &self.cfg.stream_name, fields));
-                        } else {
-                            plan.delayed
-                                .push((entry_id, ms, codec::delayed_member(&fields)));
-                        }
-                    }
-                    Settlement::DeadLetter(failure) => {
-                        let fields = codec::dead_letter_fields(
-                            d,
-                            failure,
-                            entry_id,
-                            &self.cfg.consumer_name,
-                            failed_at,
-                        );
-                        plan.copies
-                            .push((entry_id, &self.cfg.dead_letter_stream, fields));
-                    }
-                    Settlement::Requeue => {}
-                }
-            }
-        }
-        let result = self.apply(&mut plan).await;
-        if !plan.release.is_empty() {
-            // Handed to the engine: a hand-back is the next attempt.
-            self.release(&plan.release, true).await;
-        }
-        self.touch();
-        result
-    }
-
-    /// Store copies first, then ack what is safe to ack.
-    async fn apply(&self, plan: &mut Plan<'_>) -> Result<()> {
-        let mut first_error: Option<Error> = None;
-        if !plan.copies.is_empty() {
-            let copies = &plan.copies;
-            let stored = self
-                .with_writer("store copies", OP_RETRY_WINDOW, |mut conn| {
-                    let mut pipe = redis::pipe();
-                    pipe.ignore_errors();
-                    for (_, key, fields) in copies {
-                        let trim = *key == self.cfg.stream_name;
-                        self.xadd(&mut pipe, key, fields, trim);
-                    }
-                    async move { pipe.query_async::<Vec<Value>>(&mut conn).await }
-                })
-                .await;
-            match stored {
-                Ok(replies) => {
-                    for ((entry_id, key, _), reply) in copies.iter().zip(replies) {
-                        if let Value::ServerError(e) = reply {
-                            tracing::warn!(stream = %self.queue, entry = %entry_id, target = %key,
-                                error = %self.link.scrub(format!("{e:?}")),
-                                "could not store a copy; the original stays pending");
-                        } else {
-                            plan.acks.push(entry_id);
-                        }
-                    }
-                }
-                Err(e) => first_error = Some(e),
-            }
-        }
-        if !plan.delayed.is_empty() {
-            let items: Vec<(u64, &[u8])> = plan
-                .delayed
-                .iter()
-                .map(|(_, ms, m)| (*ms, m.as_slice()))
-                .collect();
-            match self.schedule(&items, OP_RETRY_WINDOW).await {
-                Ok(()) => plan.acks.extend(plan.delayed.iter().map(|(id, _, _)| *id)),
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        if let Err(e) = self.ack(&plan.acks).await {
-            first_error.get_or_insert(e);
-        }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-
-    /// Hand entries back at shutdown: still pending, but with a large idle
-    /// time so peers reclaim them at once. `tried` says whether a handler
-    /// had them: if not (read ahead, never handed out) their delivery count
-    /// is undone; if so it stands, and the next delivery is the next attempt
-    /// (redelivered, as on RabbitMQ).
-    async fn release(&self, entries: &[(String, u32)], tried: bool) {
-        if entries.is_empty() {
-            return;
-        }
-        let cfg = &self.cfg;
-        let res = self
-            .with_writer("release pending", SHUTDOWN_STEP, |mut conn| {
-                let mut pipe = redis::pipe();
-                for (id, count) in entries {
-                    pipe.cmd("XCLAIM")
-                        .arg(&cfg.stream_name)
-                        .arg(&cfg.group_name)
-                        .arg(&cfg.consumer_name)
-                        .arg(0)
-                        .arg(id)
-                        .arg("IDLE")
-                        .arg(RELEASED_IDLE_MS)
-                        .arg("RETRYCOUNT")
-                        .arg(if tried {
-                            *count
-                        } else {
-                            count.saturating_sub(1)
-                        })
-                        .arg("JUSTID")
-                        .ignore();
-                }
-                async move { pipe.query_async::<()>(&mut conn).await }
-            })
-            .await;
-        match res {
-            Ok(()) => tracing::info!(stream = %self.queue, count = entries.len(),
-                "unfinished entries handed back for other consumers to take over"),
-            Err(e) => tracing::warn!(stream = %self.queue, error = %e,
-                "could not hand back unfinished entries; peers reclaim them after claim_idle"),
-        }
-    }
-
-    // ------------------------------------------------------------ publish
-
-    async fn publish(&self, messages: Vec<Outgoing>) -> Result<Vec<String>> {
-        let mut ids: Vec<Option<String>> = Vec::with_capacity(messages.len());
-        let mut now_fields: Vec<(usize, Vec<Field<'_>>)> = Vec::new();
-        let mut delayed: Vec<(u64, Vec<u8>)> = Vec::new();
-        let generated: Vec<Option<String>> = messages
-            .iter()
-            .map(|m| match (&m.message_id, m.delay) {
-                (None, Some(d)) if !d.is_zero() => Some(format!("{:032x}", rand::random::<u128>())),
-                _ => None,
-            })
-            .collect();
-        for (i, m) in messages.iter().enumerate() {
-            let id = m.message_id.as_deref().or(generated[i].as_deref());
-            let fields = Parts::from_outgoing(m, id).fields();
-            match m.delay {
-                Some(d) if !d.is_zero() => {
-                    delayed.push((
-                        d.as_millis().min(u64::MAX as u128) as u64,
-                        codec::delayed_member(&fields),
-                    ));
-                    ids.push(id.map(str::to_string));
-                }
-                _ => {
-                    ids.push(m.message_id.clone());
-                    now_fields.push((i, fields));
-                }
-            }
-        }
-        for chunk in now_fields.chunks(10_000) {
-            let replies = self
-                .with_writer("XADD", PUBLISH_RETRY_WINDOW, |mut conn| {
-                    let mut pipe = redis::pipe();
-                    for (_, fields) in chunk {
-                        self.xadd(&mut pipe, &self.cfg.stream_name, fields, true);
-                    }
-                    async move { pipe.query_async::<Vec<Value>>(&mut conn).await }
-                })
-                .await?;
-            for ((i, _), reply) in chunk.iter().zip(replies) {
-                if ids[*i].is_none() {
-                    ids[*i] = reply::string(reply);
-                }
-            }
-        }
-        let items: Vec<(u64, &[u8])> = delayed.iter().map(|(ms, m)| (*ms, m.as_slice())).collect();
-        for chunk in items.chunks(1000) {
-            self.schedule(chunk, PUBLISH_RETRY_WINDOW).await?;
-        }
-        self.touch();
-        ids.into_iter()
-            .map(|id| id.ok_or_else(|| Error::Backend("XADD returned no entry id".to_string())))
-            .collect()
-    }
-
-    // -------------------------------------------------- background duties
-
-    /// Move due delayed messages; returns how long until the next is due.
-    async fn move_due(&self) -> Duration {
-        let Ok((gen, mut conn)) = self.link.writer().await else {
-            return MOVER_POLL;
-        };
-        loop {
-            let maxlen = self.cfg.maxlen.map(|n| n.to_string()).unwrap_or_default();
-            let res = self
-                .scripts
-                .move_due
-                .key(&self.cfg.delayed_key)
-                .key(&self.cfg.stream_name)
-                .arg(MOVE_LIMIT)
-                .arg(maxlen)
-                .invoke_async::<(i64, i64)>(&mut conn)
-                .await;
-            match res {
-                Ok((moved, wait)) => {
-                    if moved > 0 {
-                        self.touch();
-                    }
-                    if moved as usize >= MOVE_LIMIT {
-                        continue;
-                    }
-                    return match u64::try_from(wait) {
-                        Ok(ms) => Duration::from_millis(ms).min(MOVER_POLL),
-                        Err(_) => MOVER_POLL,
-                    };
-                }
-                Err(e) => {
-                    let err = self.link.error("move delayed", &e);
-                    if err.is_connection() {
-                        self.link.lost(gen, &err);
-                    } else {
-                        tracing::warn!(stream = %self.queue, error = %err, "moving delayed messages failed");
-                    }
-                    return Duration::from_secs(1);
-                }
-            }
-        }
-    }
-
-    /// Reset the idle time of the entries this consumer holds.
-    async fn heartbeat(&self) {
-        let ids: Vec<String> = self.held.lock().keys().map(|k| k.to_string()).collect();
-        if ids.is_empty() {
-            return;
-        }
-        let Ok((gen, mut conn)) = self.link.writer().await else {
-            return;
-        };
-        for chunk in ids.chunks(IDS_PER_COMMAND) {
-            let res = self
-                .scripts
-                .heartbeat
-                .key(&self.cfg.stream_name)
-                .arg(&self.cfg.group_name)
-                .arg(&self.cfg.consumer_name)
-                .arg(chunk)
-                .invoke_async::<Value>(&mut conn)
-                .await;
-            if let Err(e) = res {
-                let err = self.link.error("heartbeat", &e);
-                if err.is_connection() {
-                    self.link.lost(gen, &err);
-                } else {
-                    tracing::warn!(stream = %self.queue, error = %err, "heartbeat failed");
-                }
-                return;
-            }
-        }
-    }
-
-    /// Is there anything left for this group (ready, pending or delayed)?
-    async fn probe(&self) {
-        let activity = self.activity.load(Ordering::Acquire);
-        let at = Instant::now();
-        let Ok((gen, mut conn)) = self.link.writer().await else {
-            return;
-        };
-        let res = self
-            .scripts
-            .probe
-            .key(&self.cfg.stream_name)
-            .key(&self.cfg.delayed_key)
-            .arg(&self.cfg.group_name)
-            .invoke_async::<(i64, i64, i64)>(&mut conn)
-            .await;
-        match res {
-            Ok((delayed, pending, undelivered)) => {
-                let local = self.held.lock().is_empty() && self.ready.lock().is_empty();
-                *self.probe.lock() = Some(Probe {
-                    at,
-                    activity,
-                    drained: local && delayed == 0 && pending == 0 && undelivered == 0,
-                });
-            }
-            Err(e) => {
-                let err = self.link.error("probe", &e);
-                if err.is_connection() {
-                    self.link.lost(gen, &err);
-                } else {
-                    tracing::warn!(stream = %self.queue, error = %err, "drain probe failed");
-                }
-            }
-        }
-    }
-
-    fn is_drained(&self) -> bool {
-        if !self.probe_wanted.swap(true, Ordering::AcqRel) {
-            self.timer_wake.notify_one();
-        }
-        match *self.probe.lock() {
-            Some(p) => {
-                p.drained
-                    && p.at.elapsed() < PROBE_FRESH
-                    && p.activity == self.activity.load(Ordering::Acquire)
-            }
-            None => false,
-        }
-    }
-
-    /// Entries pending for this consumer: (id, delivery count).
-    async fn own_pending(&self) -> Result<Vec<(String, u32)>> {
-        let cfg = &self.cfg;
-        let reply = self
-            .with_writer("XPENDING", SHUTDOWN_STEP, |mut conn| async move {
-                redis::cmd("XPENDING")
-                    .arg(&cfg.stream_name)
-                    .arg(&cfg.group_name)
-                    .arg("-")
-                    .arg("+")
-                    .arg(100_000)
-                    .arg(&cfg.consumer_name)
-                    .query_async::<Value>(&mut conn)
-                    .await
-            })
-            .await?;
-        Ok(reply::pending_rows(reply)?
-            .into_iter()
-            .map(|r| (r.id, r.deliveries))
-            .collect())
-    }
-}
-
-/// The background task: moves due delayed messages, heartbeats held
-/// entries, probes for `is_drained`. Holds only a weak reference.
-async fn duties(weak: Weak<Inner>, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
-    let mut next_move = Instant::now();
-    let mut next_beat = Instant::now();
-    let mut next_probe = Instant::now();
-    loop {
-        let notified = wake.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        {
-            let Some(inner) = weak.upgrade() else {
-                return;
-            };
-            let now = Instant::now();
-            if now >= next_move {
-                next_move = now + inner.move_due().await;
-            }
-            if now >= next_beat {
-                inner.heartbeat().await;
-                next_beat = now + inner.cfg.heartbeat_interval();
-            }
-            if now >= next_probe && inner.probe_wanted.swap(false, Ordering::AcqRel) {
-                inner.probe().await;
-                next_probe = now + PROBE_GAP;
-            }
-        }
-        let until = next_move.min(next_beat);
-        tokio::select! {
-            _ = tokio::time::sleep_until(until) => {}
-            _ = &mut notified => {
-                // A schedule or a probe request: look again now.
-                next_move = next_move.min(Instant::now());
-                if Instant::now() < next_probe {
-                    tokio::time::sleep_until(next_probe).await;
-                }
-            }
-            _ = stop.changed() => {}
-        }
-        if *stop.borrow() {
-            return;
-        }
-    }
 }
 
 #[async_trait]
@@ -889,7 +299,11 @@ impl Backend for RedisStreamBackend {
         let mut timer = inner.timer.lock();
         if timer.is_none() {
             let (tx, rx) = watch::channel(false);
-            let task = tokio::spawn(duties(Arc::downgrade(inner), inner.timer_wake.clone(), rx));
+            let task = tokio::spawn(duties::duties(
+                Arc::downgrade(inner),
+                inner.timer_wake.clone(),
+                rx,
+            ));
             *timer = Some((task, tx));
         }
         Ok(())
@@ -921,14 +335,12 @@ impl Backend for RedisStreamBackend {
                 let mut held = inner.held.lock();
                 waiting
                     .iter()
-                    .filter_map(|d| match &d.receipt {
-                        Receipt::Stream(id) => {
-                            let count = StreamId::parse(id)
-                                .and_then(|k| held.remove(&k))
-                                .unwrap_or(1);
-                            Some((id.clone(), count))
-                        }
-                        _ => None,
+                    .filter_map(|d| {
+                        let StreamReceipt(id) = d.receipt.get()?;
+                        let count = StreamId::parse(id)
+                            .and_then(|k| held.remove(&k))
+                            .unwrap_or(1);
+                        Some((id.clone(), count))
                     })
                     .collect()
             };
@@ -988,6 +400,16 @@ impl Backend for RedisStreamBackend {
 
     fn is_drained(&self) -> Option<bool> {
         Some(self.inner.is_drained())
+    }
+
+    // Through the trait too: the Python base class and a ResilientBackend
+    // around this one read the counters as `dyn Backend`.
+    fn reconnect_attempts(&self) -> u64 {
+        self.inner.link.reconnect_attempts()
+    }
+
+    fn consecutive_failures(&self) -> u32 {
+        self.inner.link.consecutive_failures()
     }
 }
 
