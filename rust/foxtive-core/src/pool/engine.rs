@@ -261,3 +261,48 @@ impl Drop for Engine {
 pub(super) const RECEIVE_ERROR_PAUSE: Duration = Duration::from_millis(200);
 /// How long one receive call may wait before the loop looks around again.
 pub(super) const RECEIVE_WAIT: Duration = Duration::from_millis(500);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{BreakerConfig, MaxAge, RateLimitConfig};
+    use crate::pool::{Strategy, WorkerSpec};
+
+    #[test]
+    fn policies_compose_in_hook_order_with_retry_last() {
+        let config = EngineConfig {
+            pool: Arc::from("p"),
+            concurrency_limit: 1,
+            workers: vec![WorkerSpec {
+                id: Arc::from("w"),
+                limit: 1,
+                lane: 0,
+            }],
+            strategy: Strategy::RoundRobin,
+            retry: RetryPolicy::default(),
+            lanes: vec![false],
+            batch_size: 1,
+            breaker: Some(BreakerConfig::new(3, Duration::from_secs(1), 1).unwrap()),
+            rate_limit: Some(RateLimitConfig {
+                per_second: 10.0,
+                burst: 2,
+                shared: None,
+            }),
+            poison: Some((3, Duration::from_secs(60))),
+            dead_letter_store: None,
+        };
+        let age: Arc<dyn Policy> = Arc::new(MaxAge::new(Duration::from_secs(5)).unwrap());
+        let set = compose_policies(&config, vec![age]).unwrap();
+        assert_eq!(
+            format!("{set:?}"),
+            r#"["circuit_breaker", "rate_limit", "max_deliveries", "poison_pill", "max_age", "retry"]"#
+        );
+        assert!(set.find::<CircuitBreaker>().is_some());
+        assert_eq!(set.find::<MaxDeliveries>().map(|m| m.max), Some(6));
+        // The breaker is closed, the limiter caps a fetch at its burst.
+        assert_eq!(
+            set.admit(100, Instant::now()),
+            crate::policy::Admitted::Fetch { want: 2, probes: 0 }
+        );
+    }
+}

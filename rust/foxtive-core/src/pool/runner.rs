@@ -273,6 +273,39 @@ mod tests {
         assert_eq!(engine.in_flight(), 0);
     }
 
+    /// A policy that never lets a failure be retried.
+    struct NoRetries;
+
+    impl Policy for NoRetries {
+        fn name(&self) -> &'static str {
+            "no_retries"
+        }
+        fn hooks(&self) -> crate::policy::Hooks {
+            crate::policy::Hooks {
+                on_failure: true,
+                ..Default::default()
+            }
+        }
+        fn on_failure(&self, f: &mut crate::policy::FailureCtx<'_>, _now: Instant) {
+            f.kind = FailureKind::Permanent;
+        }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+    }
+
+    #[tokio::test]
+    async fn an_extra_policy_shapes_failures_before_the_retry_decision() {
+        let (_, engine) = engine(vec![Arc::new(NoRetries)]);
+        let settlement = engine
+            .dispatch(local("a", 1), |_| async { failed(FailureKind::Transient) })
+            .await;
+        assert!(
+            matches!(settlement, Settlement::DeadLetter(_)),
+            "{settlement:?}"
+        );
+    }
+
     #[tokio::test]
     async fn a_handler_settling_itself_wins() {
         let (_, engine) = engine(Vec::new());
