@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
+import msgspec.structs
 
 from .errors import PayloadError
 
@@ -93,29 +94,37 @@ class ArgumentConverter:
     def convert(self, args: list[Any], kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
         """``(args, kwargs)`` to call the function with; ``PayloadError`` if
         the payload does not fit its signature (the field and the reason)."""
-        named: dict[str, Any] = {}
-        extra_kw: dict[str, Any] = {}
-        for k, v in kwargs.items():
-            if k in self._names:
-                named[k] = v
-            elif self._var_kw is not None:
-                extra_kw[k] = v
-            else:
-                raise PayloadError(f"task {self._fn_name}: unexpected keyword argument {k!r}")
         n = len(self._positional)
-        for name, v in zip(self._positional, args, strict=False):
-            if name in named:
-                raise PayloadError(f"task {self._fn_name}: argument {name!r} given twice")
-            named[name] = v
-        rest = args[n:]
-        if rest and self._var_pos is None:
-            raise PayloadError(f"task {self._fn_name}: takes {n} positional argument(s), "
-                               f"{len(args)} given")
+        if not kwargs and len(args) <= n:
+            # The common case: positional arguments only.
+            named: dict[str, Any] = dict(zip(self._positional, args, strict=False))
+            extra_kw: dict[str, Any] = {}
+            rest: list[Any] = []
+        else:
+            named, extra_kw = {}, {}
+            for k, v in kwargs.items():
+                if k in self._names:
+                    named[k] = v
+                elif self._var_kw is not None:
+                    extra_kw[k] = v
+                else:
+                    raise PayloadError(
+                        f"task {self._fn_name}: unexpected keyword argument {k!r}")
+            for name, v in zip(self._positional, args, strict=False):
+                if name in named:
+                    raise PayloadError(f"task {self._fn_name}: argument {name!r} given twice")
+                named[name] = v
+            rest = args[n:]
+            if rest and self._var_pos is None:
+                raise PayloadError(f"task {self._fn_name}: takes {n} positional argument(s), "
+                                   f"{len(args)} given")
         try:
             obj = msgspec.convert(named, self._struct)
         except msgspec.ValidationError as e:
             raise self._error(e) from None
-        values = {name: getattr(obj, name) for name in self._struct.__struct_fields__}
+        values = msgspec.structs.asdict(obj)
+        if not self._models and not rest and not extra_kw and not self._positional_only:
+            return [], values
         for name, model in self._models.items():
             try:
                 values[name] = model.model_validate(values[name])
