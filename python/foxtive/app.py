@@ -29,6 +29,7 @@ from .backends import MemoryBackend
 from .errors import ConfigError, PayloadError, PermanentError, UnknownTaskError
 from .policies import RetryHandler
 from .pool import WorkerPool, WorkerPoolBuilder
+from .results import MemoryResultStore, RedisResultStore, ResultStore, failed, succeeded
 from .tasks import Task
 from .urls import backend_from_url
 from .worker import RetryInfo, Worker
@@ -100,8 +101,28 @@ class _Router(Worker):
         if task is None:
             raise UnknownTaskError(f"no task named {name!r} is registered on app "
                                    f"{self.app.name!r} (queue {self.queue!r})")
-        args, kwargs = envelope.decode(message.body)
-        await task._run(args, kwargs)
+        if not self.app.results:
+            args, kwargs = envelope.decode(message.body)
+            await task._run(args, kwargs)
+            return
+        store = self.app._result_store()
+        try:
+            await store.mark(message.id, "running")
+            args, kwargs = envelope.decode(message.body)
+            value = await task._run(args, kwargs)
+            encoded = envelope.to_json_value(value)
+        except Exception as e:
+            final = isinstance(e, PermanentError) or message.attempt > self._retries(task)
+            await store.finish(message.id, failed(e, message.attempt) if final
+                               else {"status": "retrying"})
+            raise
+        await store.finish(message.id, succeeded(encoded))
+
+    def _retries(self, task: Task[Any, Any]) -> int:
+        limit = self.app.retry.max_retries
+        if task.max_retries is not None:
+            limit = min(limit, task.max_retries)
+        return int(limit)
 
     def should_retry(self, message: Any, error: BaseException, info: RetryInfo) -> bool:
         # A task's own max_retries (lower than the app's policy) stops it earlier.
@@ -145,6 +166,9 @@ class App:
         self._producers: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._loop_thread: _LoopThread | None = None
+        self._results_store: ResultStore | None = None
+        if results:
+            self._result_store()  # fail now on a broker without a store
 
     def __repr__(self) -> str:
         return f"App({self.name!r}, tasks={len(self._tasks)})"
@@ -251,6 +275,8 @@ class App:
     # -- publishing ----------------------------------------------------------
     async def _publish(self, queue: str, body: bytes, headers: dict[str, Any],
                        delay: float | None, task_id: str) -> None:
+        if self.results:
+            await self._result_store().mark(task_id, "pending")
         await self.backend(queue).publish(body, headers=headers, delay=delay,
                                           message_id=task_id)
 
@@ -258,6 +284,8 @@ class App:
                       delay: float | None, task_id: str) -> None:
         backend = self.backend(queue)
         if isinstance(backend, MemoryBackend):  # never waits: no loop needed
+            if self.results:
+                self._result_store().mark_sync([task_id], "pending")
             backend.publish_sync(body, headers=headers, delay=delay, message_id=task_id)
             return
         self._run_sync(self._publish(queue, body, headers, delay, task_id))
@@ -266,6 +294,14 @@ class App:
                             headers: dict[str, Any], delay: float | None) -> None:
         # publish_many cannot carry one message id per message, and the task id
         # is the message id: publish each, concurrently (one round trip's wait).
+        items = list(items)
+        if self.results:
+            store = self._result_store()
+            ids = [task_id for _, task_id in items]
+            if isinstance(store, RedisResultStore):
+                await store.mark_many(ids, "pending")
+            else:
+                store.mark_sync(ids, "pending")
         backend = self.backend(queue)
         if isinstance(backend, MemoryBackend):
             for body, task_id in items:
@@ -281,8 +317,41 @@ class App:
             lt = self._loop_thread
         return lt.run(coro)
 
-    def _result_store(self) -> Any:
-        raise ConfigError("results: this app stores no results; use App(..., results=True)")
+    def _result_store(self) -> ResultStore:
+        """The app's result store (made on first use); ``ConfigError`` if the
+        app keeps no results or its broker has no store foxtive can use."""
+        store = self._results_store
+        if store is not None:
+            return store
+        if not self.results:
+            raise ConfigError("results: this app stores no results; use App(..., results=True)")
+        with self._lock:
+            if self._results_store is None:
+                self._results_store = self._make_store()
+            return self._results_store
+
+    def _make_store(self) -> ResultStore:
+        url = self.results if isinstance(self.results, str) else self.broker
+        if not isinstance(url, str):
+            # A backend factory: results live where its backends do, if known.
+            if isinstance(self._new_backend_probe(), MemoryBackend):
+                return MemoryResultStore(self.result_ttl)
+            raise ConfigError("results=True: the broker factory's backend has no result store "
+                              "foxtive can use; pass results='redis://...'")
+        scheme = url.split(":", 1)[0].lower()
+        if scheme == "memory":
+            return MemoryResultStore(self.result_ttl)
+        if scheme in ("redis", "rediss", "unix", "redis+unix"):
+            return RedisResultStore(url, self.result_ttl)
+        if isinstance(self.results, str):
+            raise ConfigError(f"results: store URL scheme {scheme}:// is not supported yet; "
+                              "use redis://...")
+        raise ConfigError(f"results=True: a {scheme}:// broker has no result store of its own "
+                          "here; pass results='redis://...'")
+
+    def _new_backend_probe(self) -> Any:
+        queues = self.queues or ["default"]
+        return self.backend(queues[0])
 
     def close(self) -> None:
         """Close the publishing backends and stop the app's loop thread (sync
@@ -296,11 +365,13 @@ class App:
         with self._lock:
             producers, self._producers = self._producers, {}
             lt, self._loop_thread = self._loop_thread, None
+        store, self._results_store = self._results_store, None
+        closing = list(producers.values()) + ([store] if store is not None else [])
         if lt is not None:
-            lt.run(_close_all(producers.values()))
+            lt.run(_close_all(closing))
             lt.stop()
-        elif producers:
-            asyncio.run(_close_all(producers.values()))
+        elif closing:
+            asyncio.run(_close_all(closing))
 
     async def aclose(self) -> None:
         """Close the publishing backends and stop the app's loop thread."""
@@ -308,6 +379,9 @@ class App:
             producers, self._producers = self._producers, {}
             lt, self._loop_thread = self._loop_thread, None
         await _close_all(producers.values())
+        store, self._results_store = self._results_store, None
+        if store is not None:
+            await store.close()
         if lt is not None:
             await asyncio.to_thread(lt.stop)
 

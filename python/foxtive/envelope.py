@@ -60,9 +60,15 @@ def encode(args: Sequence[Any], kwargs: Mapping[str, Any]) -> bytes:
         raise TypeError(f"task arguments cannot be encoded as JSON: {e}") from e
 
 
-def encode_value(value: Any) -> bytes:
-    """A task's return value as JSON (results)."""
-    return _encoder.encode(value)
+def to_json_value(value: Any) -> Any:
+    """A task's return value as JSON-ready builtins (results); ``TypeError``
+    if it cannot be encoded."""
+    try:
+        return msgspec.to_builtins(value, enc_hook=_enc_hook)
+    except TypeError:
+        raise
+    except (msgspec.EncodeError, ValueError, OverflowError) as e:
+        raise TypeError(f"task result cannot be encoded as JSON: {e}") from e
 
 
 def decode(body: bytes) -> tuple[list[Any], dict[str, Any]]:
