@@ -19,6 +19,7 @@ import asyncio
 import datetime as _dt
 import inspect
 import os
+import signal
 import threading
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, ParamSpec, TypeVar, overload
@@ -167,6 +168,7 @@ class App:
         self._lock = threading.Lock()
         self._loop_thread: _LoopThread | None = None
         self._results_store: ResultStore | None = None
+        self._running: list[WorkerPool] = []
         if results:
             self._result_store()  # fail now on a broker without a store
 
@@ -271,6 +273,62 @@ class App:
         if shutdown_timeout is not None:
             builder = builder.with_shutdown_timeout(shutdown_timeout)
         return builder.build()
+
+    def _pools(self, queues: Iterable[str] | None, **settings: Any) -> list[WorkerPool]:
+        names = list(queues) if queues is not None else self.queues
+        if not names:
+            raise ConfigError(f"queues: app {self.name!r} has no tasks or workers to run")
+        unknown = sorted(set(names) - set(self.queues))
+        if unknown:
+            raise ConfigError(f"queues: {', '.join(unknown)} not used by app {self.name!r}; "
+                              f"its queues: {', '.join(self.queues)}")
+        return [self.pool(q, **settings) for q in names]
+
+    async def run_async(self, queues: Iterable[str] | None = None, *,
+                        handle_signals: bool = True, concurrency_limit: int | None = None,
+                        shutdown_timeout: float | None = None) -> None:
+        """Run the pools of ``queues`` (default: every queue of the app) until
+        :meth:`shutdown` or SIGTERM/SIGINT, then drain them all gracefully."""
+        pools = self._pools(queues, concurrency_limit=concurrency_limit,
+                            shutdown_timeout=shutdown_timeout)
+        await self._run_pools(pools, handle_signals=handle_signals)
+
+    async def _run_pools(self, pools: list[WorkerPool], *, handle_signals: bool) -> None:
+        with self._lock:
+            self._running = pools
+        loop = asyncio.get_running_loop()
+        installed: list[signal.Signals] = []
+        if handle_signals and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                try:
+                    loop.add_signal_handler(sig, self.shutdown)
+                    installed.append(sig)
+                except (NotImplementedError, RuntimeError):  # not on this platform
+                    pass
+        try:
+            runs = [asyncio.ensure_future(p.run_async(handle_signals=False)) for p in pools]
+            done, _ = await asyncio.wait(runs, return_when=asyncio.FIRST_EXCEPTION)
+            if any(r.exception() is not None for r in done):
+                self.shutdown()  # one pool failed: stop the others, then raise
+            await asyncio.gather(*runs)
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            with self._lock:
+                self._running = []
+
+    def run(self, queues: Iterable[str] | None = None, *, concurrency_limit: int | None = None,
+            shutdown_timeout: float | None = None) -> None:
+        """Block running the app's queues (see :meth:`run_async`)."""
+        asyncio.run(self.run_async(queues, concurrency_limit=concurrency_limit,
+                                   shutdown_timeout=shutdown_timeout))
+
+    def shutdown(self) -> None:
+        """Ask every running pool of the app to stop gracefully (thread-safe)."""
+        with self._lock:
+            pools = list(self._running)
+        for p in pools:
+            p.shutdown()
 
     # -- publishing ----------------------------------------------------------
     async def _publish(self, queue: str, body: bytes, headers: dict[str, Any],

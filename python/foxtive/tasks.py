@@ -14,22 +14,40 @@ import inspect
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 
 from . import envelope
 from ._config import seconds
 from .convert import ArgumentConverter
 from .errors import ConfigError
-
-if TYPE_CHECKING:
-    from .app import App
-    from .policies import RetryHandler
+from .policies import RetryHandler
 
 __all__ = ["Task", "TaskCall", "TaskHandle"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+_T = TypeVar("_T")
+
+
+class TaskApp(Protocol):
+    """What a task needs from its app (``foxtive.App``; named here so this
+    module does not import app.py, which imports it)."""
+
+    _tasks: dict[str, Task[Any, Any]]
+
+    async def _publish(self, queue: str, body: bytes, headers: dict[str, Any],
+                       delay: float | None, task_id: str) -> None: ...
+
+    def _publish_sync(self, queue: str, body: bytes, headers: dict[str, Any],
+                      delay: float | None, task_id: str) -> None: ...
+
+    async def _publish_many(self, queue: str, items: Iterable[tuple[bytes, str]],
+                            headers: dict[str, Any], delay: float | None) -> None: ...
+
+    def _run_sync(self, coro: Coroutine[Any, Any, _T]) -> _T: ...
+
+    def _result_store(self) -> Any: ...
 
 #: Header carrying a task's priority (0-9) until the publish API has one.
 PRIORITY_HEADER = "foxtive-priority"
@@ -44,7 +62,7 @@ class TaskHandle:
 
     __slots__ = ("_app", "id", "queue", "task_name")
 
-    def __init__(self, id: str, task_name: str, queue: str, app: App | None = None) -> None:
+    def __init__(self, id: str, task_name: str, queue: str, app: TaskApp | None = None) -> None:
         self.id = id
         self.task_name = task_name
         self.queue = queue
@@ -138,7 +156,7 @@ class Task(Generic[P, R]):
 
     Calling it runs the function inline; ``send`` enqueues it."""
 
-    def __init__(self, app: App, fn: Callable[P, R], *, name: str, queue: str,
+    def __init__(self, app: TaskApp, fn: Callable[P, R], *, name: str, queue: str,
                  max_retries: int | None, retry_backoff: RetryHandler | None,
                  timeout: float | None, rate_limit: str | None, priority: int | None) -> None:
         self.app = app
