@@ -33,6 +33,16 @@ class Point:
     y: float
 
 
+try:
+    import pydantic
+
+    class Address(pydantic.BaseModel):
+        street: str
+        zip_code: int
+except ImportError:  # pydantic is optional
+    Address = None  # type: ignore[assignment,misc]
+
+
 class Opts(TypedDict):
     depth: int
     label: str
@@ -313,3 +323,24 @@ def test_broker_factory_is_called_per_queue() -> None:
     t.send_sync(1)
     assert app.pool("q1").run_until_idle(timeout=20.0)
     assert made == ["q1"] and ran == [1]
+
+
+def test_pydantic_model_arguments_and_results() -> None:
+    if Address is None:
+        pytest.skip("pydantic is not installed")
+    app = make_app(results=True)
+    got: list[Any] = []
+
+    @app.task
+    def ship(order: int, to: Address) -> Address:
+        got.append(to)
+        return to
+
+    h = ship.send_sync(1, Address(street="Main St", zip_code=12345))
+    ship.send_sync(2, {"street": "Elm"})  # type: ignore[arg-type]
+    drain(app)
+    assert got == [Address(street="Main St", zip_code=12345)]
+    assert h.result_sync(timeout=1) == Address(street="Main St", zip_code=12345)
+    [letter] = app.backend("default").dead_letters()
+    assert letter.error_type == "PayloadError" and letter.attempts == 1
+    assert "'to'" in letter.error_message and "zip_code" in letter.error_message

@@ -10,6 +10,7 @@ pydantic models (optional) are validated by pydantic after that pass.
 from __future__ import annotations
 
 import inspect
+import logging
 import re
 import typing
 from collections.abc import Callable
@@ -21,6 +22,8 @@ import msgspec.structs
 from .errors import PayloadError
 
 __all__ = ["ArgumentConverter"]
+
+log = logging.getLogger("foxtive")
 
 _AT_PATH = re.compile(r" - at `\$\.?([^`]*)`$")
 
@@ -44,7 +47,12 @@ class ArgumentConverter:
         sig = inspect.signature(fn)
         try:
             hints = typing.get_type_hints(fn)
-        except Exception:  # unresolvable annotations: accept what JSON gives
+        except Exception as e:
+            # An annotation naming what the function's module cannot see (a
+            # class local to another function): checking nothing would let
+            # any payload through, so say so loudly, once per task.
+            log.warning("task %s: its annotations cannot be resolved (%s); its arguments "
+                        "are passed as decoded from JSON, unchecked", self._fn_name, e)
             hints = {}
         self.return_type: Any = hints.get("return", Any)
         self._positional: list[str] = []
