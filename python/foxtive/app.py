@@ -92,10 +92,11 @@ class _Router(Worker):
             if inspect.isawaitable(result):
                 await result
             return
-        if isinstance(name, bytes):
+        if name.__class__ is bytes:
             name = name.decode("utf-8", "replace")
         version = headers.get(envelope.ENVELOPE_HEADER)
-        if version is not None and str(version) != str(envelope.ENVELOPE_VERSION):
+        # 1 from foxtive and typed clients, "1" from plain-string ones (redis-cli).
+        if version is not None and version != 1 and version != "1":
             raise PayloadError(f"task {name}: envelope version {version!r} is not supported "
                                f"(this worker reads version {envelope.ENVELOPE_VERSION})")
         task = self.app._tasks.get(name)
@@ -103,14 +104,12 @@ class _Router(Worker):
             raise UnknownTaskError(f"no task named {name!r} is registered on app "
                                    f"{self.app.name!r} (queue {self.queue!r})")
         if not self.app.results:
-            args, kwargs = envelope.decode(message.body)
-            await task._run(args, kwargs)
+            await task._run(message.body)
             return
         store = self.app._result_store()
         try:
             await store.mark(message.id, "running")
-            args, kwargs = envelope.decode(message.body)
-            value = await task._run(args, kwargs)
+            value = await task._run(message.body)
             encoded = envelope.to_json_value(value)
         except Exception as e:
             final = isinstance(e, PermanentError) or message.attempt > self._retries(task)

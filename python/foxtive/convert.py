@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 import msgspec.structs
 
+from . import envelope
 from .errors import PayloadError
 
 __all__ = ["ArgumentConverter"]
@@ -38,7 +39,7 @@ class ArgumentConverter:
     Built lazily (on the first message), so annotations may name types
     defined after the decorator ran."""
 
-    __slots__ = ("_fn_name", "_models", "_names", "_positional", "_positional_only",
+    __slots__ = ("_envelope", "_fn_name", "_models", "_names", "_positional", "_positional_only",
                  "_struct", "_var_kw", "_var_kw_type", "_var_pos", "_var_pos_type",
                  "return_type")
 
@@ -84,6 +85,17 @@ class ArgumentConverter:
                 fields.append((p.name, tp))
             else:
                 fields.append((p.name, tp, p.default))
+        # The fast path: a body whose arguments are all positional decodes in
+        # one msgspec call, straight into an array-like Struct in signature
+        # order (possible when every parameter can be passed by position).
+        self._envelope: Any = None
+        if (self._var_pos is None and self._var_kw is None and not self._models
+                and len(self._positional) == len(fields)):
+            positional = msgspec.defstruct(f"{self._fn_name}.positional", fields,
+                                           array_like=True, forbid_unknown_fields=True)
+            self._envelope = msgspec.defstruct(
+                f"{self._fn_name}.envelope",
+                [("args", positional), ("kwargs", dict[str, Any], {})])
         # Required fields first, as a Struct needs (the call is by name anyway).
         fields.sort(key=lambda f: len(f) == 3)
         self._struct = msgspec.defstruct(
@@ -98,6 +110,20 @@ class ArgumentConverter:
             text = text[: m.start()]
         field = f"argument {where!r}: " if where else ""
         return PayloadError(f"task {self._fn_name}: {field}{text}")
+
+    def decode_call(self, body: bytes) -> tuple[tuple[Any, ...] | list[Any], dict[str, Any]]:
+        """``(args, kwargs)`` to call the function with, from a message body;
+        ``PayloadError`` (naming the argument and the reason) if it does not fit."""
+        if self._envelope is not None:
+            try:
+                env = msgspec.json.decode(body, type=self._envelope)
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                pass  # the general path below says exactly what is wrong
+            else:
+                if not env.kwargs:
+                    return msgspec.structs.astuple(env.args), {}
+        args, kwargs = envelope.decode(body)
+        return self.convert(args, kwargs)
 
     def convert(self, args: list[Any], kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
         """``(args, kwargs)`` to call the function with; ``PayloadError`` if

@@ -176,6 +176,7 @@ class Task(Generic[P, R]):
         self._limiter = None if per_second is None else _RateLimiter(per_second)
         self.priority = _priority(priority)
         self.is_async = inspect.iscoroutinefunction(fn)
+        self._direct = self.is_async and self._limiter is None and self.timeout is None
         self._conv: ArgumentConverter | None = None
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", name)
@@ -223,10 +224,13 @@ class Task(Generic[P, R]):
         return TaskCall(self).send_many_sync(calls)
 
     # -- worker side --------------------------------------------------------
-    async def _run(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        """Convert the decoded arguments, then run the function (sync ones
+    async def _run(self, body: bytes) -> Any:
+        """Decode and convert the arguments, then run the function (sync ones
         on a thread), under the task's rate limit and timeout."""
-        call_args, call_kwargs = self._converter().convert(args, kwargs)
+        conv = self._conv or self._converter()
+        call_args, call_kwargs = conv.decode_call(body)
+        if self._direct:  # async, no rate limit, no timeout: the common case
+            return await self.fn(*call_args, **call_kwargs)  # type: ignore[misc]
         if self._limiter is not None:
             await self._limiter.acquire()
         fn: Callable[..., Any] = self.fn
