@@ -5,11 +5,13 @@ in test_tasks_brokers.py; the static typing check in test_tasks_typing.py."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import enum
 import json
 import threading
+import time
 import uuid
 from decimal import Decimal
 from typing import Any, TypedDict
@@ -344,3 +346,35 @@ def test_pydantic_model_arguments_and_results() -> None:
     [letter] = app.backend("default").dead_letters()
     assert letter.error_type == "PayloadError" and letter.attempts == 1
     assert "'to'" in letter.error_message and "zip_code" in letter.error_message
+
+
+def test_task_timeout_fails_the_attempt() -> None:
+    app = make_app(retry=fast_retries(1))
+    started: list[int] = []
+
+    @app.task(timeout=0.05)
+    async def slow() -> None:
+        started.append(1)
+        await asyncio.sleep(30)
+
+    slow.send_sync()
+    drain(app)
+    assert len(started) == 2                 # first attempt + one retry
+    [letter] = app.backend("default").dead_letters()
+    assert letter.error_type == "TimeoutError" and letter.attempts == 2
+
+
+def test_task_rate_limit_spaces_runs() -> None:
+    app = make_app()
+    stamps: list[float] = []
+
+    @app.task(rate_limit="4/s")
+    async def limited(i: int) -> None:
+        stamps.append(time.monotonic())
+
+    for i in range(6):
+        limited.send_sync(i)
+    drain(app)
+    assert len(stamps) == 6
+    # A burst of 4 permits, then one every 0.25 s: the 6th runs >= 0.5 s after the 1st.
+    assert max(stamps) - min(stamps) >= 0.45

@@ -12,6 +12,7 @@ import asyncio
 import datetime as _dt
 import inspect
 import re
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
@@ -111,25 +112,30 @@ class TaskHandle:
 
 
 class _RateLimiter:
-    """A token bucket for one task in one process: waits for a permit."""
+    """A token bucket for one task in one process. Each call reserves a
+    permit (the balance may go negative) and sleeps until it is due: fair,
+    and bound to no event loop (pools may run on different loops)."""
 
     def __init__(self, per_second: float) -> None:
         self.rate = per_second
         self.capacity = max(1.0, per_second)
         self.tokens = self.capacity
         self.stamp = time.monotonic()
-        self.lock = asyncio.Lock()
+        self.lock = threading.Lock()
+
+    def reserve(self) -> float:
+        """Take a permit; the seconds to wait before using it."""
+        with self.lock:
+            now = time.monotonic()
+            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            self.tokens -= 1.0
+            return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
     async def acquire(self) -> None:
-        async with self.lock:
-            while True:
-                now = time.monotonic()
-                self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-                self.stamp = now
-                if self.tokens >= 1.0:
-                    self.tokens -= 1.0
-                    return
-                await asyncio.sleep((1.0 - self.tokens) / self.rate)
+        wait = self.reserve()
+        if wait > 0:
+            await asyncio.sleep(wait)
 
 
 def parse_rate(rate: str | None) -> float | None:
