@@ -378,3 +378,21 @@ def test_task_rate_limit_spaces_runs() -> None:
     assert len(stamps) == 6
     # A burst of 4 permits, then one every 0.25 s: the 6th runs >= 0.5 s after the 1st.
     assert max(stamps) - min(stamps) >= 0.45
+
+
+def test_task_retry_backoff_is_its_own() -> None:
+    # The app's policy would wait a minute; the task's own waits milliseconds.
+    app = make_app(retry=foxtive.RetryHandler(max_retries=3, initial_backoff=60.0,
+                                              max_backoff=60.0))
+    attempts: list[int] = []
+
+    @app.task(retry_backoff=fast_retries(2))
+    def flaky() -> None:
+        attempts.append(1)
+        raise ConnectionError("try later")
+
+    flaky.send_sync()
+    assert app.run_until_idle(timeout=20.0)
+    assert len(attempts) == 3                 # the task's max_retries=2
+    [letter] = app.backend("default").dead_letters()
+    assert (letter.error_type, letter.attempts) == ("ConnectionError", 3)

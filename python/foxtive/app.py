@@ -19,6 +19,7 @@ import asyncio
 import datetime as _dt
 import inspect
 import os
+import random
 import signal
 import threading
 from collections.abc import Callable, Coroutine, Iterable
@@ -27,7 +28,13 @@ from typing import Any, ParamSpec, TypeVar, overload
 from . import envelope
 from ._config import seconds
 from .backends import MemoryBackend
-from .errors import ConfigError, PayloadError, PermanentError, UnknownTaskError
+from .errors import (
+    ConfigError,
+    PayloadError,
+    PermanentError,
+    RetryableError,
+    UnknownTaskError,
+)
 from .policies import RetryHandler
 from .pool import WorkerPool, WorkerPoolBuilder
 from .results import MemoryResultStore, RedisResultStore, ResultStore, failed, succeeded
@@ -104,7 +111,14 @@ class _Router(Worker):
             raise UnknownTaskError(f"no task named {name!r} is registered on app "
                                    f"{self.app.name!r} (queue {self.queue!r})")
         if not self.app.results:
-            await task._run(message.body)
+            if task.retry_backoff is None:
+                await task._run(message.body)
+                return
+            try:
+                await task._run(message.body)
+            except Exception as e:
+                self._backoff(task, message, e)
+                raise
             return
         store = self.app._result_store()
         try:
@@ -115,8 +129,24 @@ class _Router(Worker):
             final = isinstance(e, PermanentError) or message.attempt > self._retries(task)
             await store.finish(message.id, failed(e, message.attempt) if final
                                else {"status": "retrying"})
+            if task.retry_backoff is not None:
+                self._backoff(task, message, e)
             raise
         await store.finish(message.id, succeeded(encoded))
+
+    def _backoff(self, task: Task[Any, Any], message: Any, error: Exception) -> None:
+        """A task's own ``retry_backoff``: a failure that will be retried
+        becomes a RetryableError carrying that policy's delay (the last one
+        is raised as it is, so the dead letter names the real error)."""
+        policy = task.retry_backoff
+        if (policy is None or isinstance(error, PermanentError | RetryableError)
+                or message.attempt > self._retries(task)):
+            return
+        delay = min(policy.max_backoff,
+                    policy.initial_backoff * policy.backoff_multiplier ** (message.attempt - 1))
+        if policy.jitter:
+            delay = random.uniform(delay / 2, delay)
+        raise RetryableError(f"{type(error).__name__}: {error}", delay=delay) from error
 
     def _retries(self, task: Task[Any, Any]) -> int:
         limit = self.app.retry.max_retries
@@ -315,6 +345,19 @@ class App:
                 loop.remove_signal_handler(sig)
             with self._lock:
                 self._running = []
+
+    async def run_until_idle_async(self, queues: Iterable[str] | None = None,
+                                   timeout: float = 30.0) -> bool:
+        """Process what waits on ``queues`` (default: all the app's), retries
+        that come due included, then return (tests, burst mode): True once
+        every queue was idle within ``timeout`` seconds."""
+        pools = self._pools(queues)
+        done = await asyncio.gather(*(p.run_until_idle_async(timeout=timeout) for p in pools))
+        return all(done)
+
+    def run_until_idle(self, queues: Iterable[str] | None = None, timeout: float = 30.0) -> bool:
+        """Blocking form of :meth:`run_until_idle_async`."""
+        return asyncio.run(self.run_until_idle_async(queues, timeout))
 
     def run(self, queues: Iterable[str] | None = None, *, concurrency_limit: int | None = None,
             shutdown_timeout: float | None = None) -> None:
