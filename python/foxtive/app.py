@@ -16,7 +16,10 @@ to the plain handler registered with :meth:`App.worker`, if any.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import datetime as _dt
+import functools
 import inspect
 import os
 import random
@@ -46,6 +49,9 @@ __all__ = ["DEFAULT_BROKER", "App"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+#: Threads an app gives its plain ``def`` tasks and handlers (all queues).
+SYNC_THREADS = 32
 
 #: The broker when neither ``broker=`` nor ``$FOXTIVE_BROKER`` names one.
 DEFAULT_BROKER = "sqlite:///foxtive.db"
@@ -198,6 +204,7 @@ class App:
         self._loop_thread: _LoopThread | None = None
         self._results_store: ResultStore | None = None
         self._running: list[WorkerPool] = []
+        self._threads: concurrent.futures.ThreadPoolExecutor | None = None
         if results:
             self._result_store()  # fail now on a broker without a store
 
@@ -256,7 +263,10 @@ class App:
                 self._plain[queue] = fn
             else:
                 async def on_thread(message: Any) -> Any:
-                    return await asyncio.to_thread(fn, message)
+                    loop = asyncio.get_running_loop()
+                    ctx = contextvars.copy_context()
+                    return await loop.run_in_executor(self._executor(),
+                                                      functools.partial(ctx.run, fn, message))
                 self._plain[queue] = on_thread
             return fn
 
@@ -417,6 +427,24 @@ class App:
             lt = self._loop_thread
         return lt.run(coro)
 
+    def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The threads plain ``def`` tasks run on: the app's own, not the
+        loop's default executor (a handful of threads on a small machine)."""
+        ex = self._threads
+        if ex is None:
+            with self._lock:
+                if self._threads is None:
+                    self._threads = concurrent.futures.ThreadPoolExecutor(
+                        SYNC_THREADS, thread_name_prefix=f"foxtive-{self.name}")
+                ex = self._threads
+        return ex
+
+    def _stop_threads(self) -> None:
+        with self._lock:
+            ex, self._threads = self._threads, None
+        if ex is not None:
+            ex.shutdown(wait=False)  # running tasks finish; idle threads exit
+
     def _result_store(self) -> ResultStore:
         """The app's result store (made on first use); ``ConfigError`` if the
         app keeps no results or its broker has no store foxtive can use."""
@@ -466,6 +494,7 @@ class App:
             producers, self._producers = self._producers, {}
             lt, self._loop_thread = self._loop_thread, None
         store, self._results_store = self._results_store, None
+        self._stop_threads()
         closing = list(producers.values()) + ([store] if store is not None else [])
         if lt is not None:
             lt.run(_close_all(closing))
@@ -479,6 +508,7 @@ class App:
             producers, self._producers = self._producers, {}
             lt, self._loop_thread = self._loop_thread, None
         await _close_all(producers.values())
+        self._stop_threads()
         store, self._results_store = self._results_store, None
         if store is not None:
             await store.close()

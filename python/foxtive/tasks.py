@@ -9,7 +9,10 @@ pyright check ``send(...)`` against the function's own signature.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import datetime as _dt
+import functools
 import inspect
 import re
 import threading
@@ -49,6 +52,8 @@ class TaskApp(Protocol):
     def _run_sync(self, coro: Coroutine[Any, Any, _T]) -> _T: ...
 
     def _result_store(self) -> Any: ...
+
+    def _executor(self) -> concurrent.futures.Executor: ...
 
 #: Header carrying a task's priority (0-9) until the publish API has one.
 PRIORITY_HEADER = "foxtive-priority"
@@ -243,7 +248,9 @@ class Task(Generic[P, R]):
         if self.is_async:
             run: Awaitable[Any] = fn(*call_args, **call_kwargs)
         else:
-            run = asyncio.to_thread(fn, *call_args, **call_kwargs)
+            ctx = contextvars.copy_context()
+            run = asyncio.get_running_loop().run_in_executor(
+                self.app._executor(), functools.partial(ctx.run, fn, *call_args, **call_kwargs))
         if self.timeout is not None:
             return await asyncio.wait_for(run, self.timeout)
         return await run
