@@ -162,7 +162,10 @@ class _Router(Worker):
 
     def should_retry(self, message: Any, error: BaseException, info: RetryInfo) -> bool:
         # A task's own max_retries (lower than the app's policy) stops it earlier.
-        task = self.app._tasks.get(str(message.headers.get(envelope.TASK_HEADER)))
+        name = message.headers.get(envelope.TASK_HEADER)
+        if name.__class__ is bytes:
+            name = name.decode("utf-8", "replace")
+        task = self.app._tasks.get(str(name))
         if task is not None and task.max_retries is not None:
             return bool(message.attempt <= task.max_retries)
         return True
