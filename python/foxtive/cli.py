@@ -14,6 +14,7 @@ from typing import Any
 
 from . import _core, demo
 from ._config import integer, seconds
+from .app import App
 from .dlq import DeadLetterQueue, FileDLQ, NativeDeadLetterQueue, RedisDLQ
 from .errors import ConfigError
 from .observe import HealthServer
@@ -73,11 +74,21 @@ def cmd_run(args: argparse.Namespace) -> int:
             child_args += ["--concurrency", str(concurrency)]
         if shutdown_timeout is not None:
             child_args += ["--shutdown-timeout", str(shutdown_timeout)]
+        if args.queues:
+            child_args += ["--queues", args.queues]
         return run_processes(args.target, processes, child_args,
                              30.0 if shutdown_timeout is None else shutdown_timeout,
                              health_port)
     guard = StartupGuard()  # a child of --processes N: exit 78 on a start-up error
     try:
+        target = _load(args.target)
+        if isinstance(target, App):  # every queue of the app (or --queues) in this process
+            queues = [q for q in (args.queues or "").split(",") if q] or None
+            pools = target._pools(queues, concurrency_limit=concurrency,
+                                  shutdown_timeout=shutdown_timeout)
+            guard.watch(pools[0])
+            asyncio.run(target._run_pools(pools, handle_signals=True))
+            return 0
         pool = _pool_from(args.target)
         if shutdown_timeout is not None:
             pool.shutdown_timeout = seconds("shutdown_timeout", shutdown_timeout)
@@ -281,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a pool: foxtive run module:attr")
     run.add_argument("target", help="module:attr, a WorkerPool built with_backend(...) "
                                     "or a zero-argument callable returning one")
+    run.add_argument("--queues", default=None,
+                     help="a foxtive.App target: the queues to run, comma-separated "
+                          "(default: all of the app's)")
     run.add_argument("--processes", type=int, default=None,
                      help="worker processes, each a fresh interpreter, supervised "
                           "(default 1; env FOXTIVE_PROCESSES)")
