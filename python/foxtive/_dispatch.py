@@ -485,9 +485,10 @@ class Runner:
                 self.request_stop()
                 return
 
-    async def dispatch(self, message: Message) -> None:
+    async def dispatch(self, message: Message) -> str:
         """Run one message the engine adopted through its worker (and the
-        Python middleware) here and now; the engine settles it."""
+        Python middleware) here and now; the engine settles it. Returns how:
+        "success", "retried", "dead_lettered" or "requeued"."""
         plan = self.plans[message._worker]
         worker = self.loop_workers[plan.index]
         if worker is None:
@@ -500,6 +501,8 @@ class Runner:
         else:
             await worker.run_one(message)
             self.flush_acks()
+        # Both paths settle it (the handler may have first): the engine says how.
+        return message._outcome or "success"
 
     async def _start_engine(self) -> bool:
         """Connect; a stop requested meanwhile (a broker that is not there yet

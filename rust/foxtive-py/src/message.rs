@@ -251,6 +251,13 @@ impl PyMessage {
         }
     }
 
+    /// How it was settled ("success", "retried", "dead_lettered",
+    /// "requeued"), None while it is not (internal: `pool.dispatch`).
+    #[getter]
+    fn _outcome(&self) -> Option<&'static str> {
+        self.inflight.settlement().map(Settlement::outcome)
+    }
+
     /// Hand back unsettled, untried (shutdown). False if already settled.
     fn _requeue(&self) -> bool {
         self.engine
