@@ -69,42 +69,173 @@ class Message:
     def dead_letter(self, reason: str) -> Awaitable[None]: ...
     def dead_letter_sync(self, reason: str) -> None: ...
     def _fail(
-        self, error_type: str, error_message: str, kind: int, delay: _Seconds | None = None
+        self,
+        error_type: str,
+        error_message: str,
+        kind: FailureKind,
+        delay: _Seconds | None = None,
     ) -> str | None: ...
     def _requeue(self) -> bool: ...
-    def _retry_info(self) -> tuple[int, int, float, bool, bool]: ...
+    def _retry_info(self) -> RetryInfo: ...
+    @property
+    def _outcome(self) -> str | None: ...
 
+@final
+class FailureKind:
+    TRANSIENT: FailureKind
+    PERMANENT: FailureKind
+    RETRY_AFTER: FailureKind
+    def __eq__(self, value: object, /) -> bool: ...
+    def __ne__(self, value: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
+    def __int__(self) -> int: ...
+
+@final
+class RetryInfo:
+    def __new__(
+        cls,
+        attempt: int,
+        max_retries: int,
+        next_delay: float,
+        exhausted: bool,
+        poison_pill: bool,
+    ) -> RetryInfo: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def max_retries(self) -> int: ...
+    @property
+    def next_delay(self) -> float: ...
+    @property
+    def exhausted(self) -> bool: ...
+    @property
+    def poison_pill(self) -> bool: ...
+    def __eq__(self, value: object, /) -> bool: ...
+    def __ne__(self, value: object, /) -> bool: ...
+
+# Engine settings: built from keywords, checked by the core when built.
 @final
 class RetryPolicy:
     def __new__(
         cls,
-        max_retries: int = 5,
+        *,
+        max_retries: int | None = None,
         initial_backoff: _Seconds | None = None,
         max_backoff: _Seconds | None = None,
-        backoff_multiplier: float = 2.0,
-        jitter: bool = True,
+        backoff_multiplier: float | None = None,
+        jitter: bool | None = None,
     ) -> RetryPolicy: ...
     def delay(self, retry: int) -> float: ...
     @property
     def max_retries(self) -> int: ...
+    @property
+    def initial_backoff(self) -> float: ...
+    @property
+    def max_backoff(self) -> float: ...
+    @property
+    def backoff_multiplier(self) -> float: ...
+    @property
+    def jitter(self) -> bool: ...
+
+@final
+class PoisonPillPolicy:
+    def __new__(
+        cls, *, max_failures: int | None = None, time_window: _Seconds | None = None
+    ) -> PoisonPillPolicy: ...
+    @property
+    def max_failures(self) -> int: ...
+    @property
+    def time_window(self) -> float: ...
+
+@final
+class CircuitBreakerPolicy:
+    def __new__(
+        cls,
+        *,
+        failure_threshold: int | None = None,
+        reset_timeout: _Seconds | None = None,
+        success_threshold: int | None = None,
+    ) -> CircuitBreakerPolicy: ...
+    @property
+    def failure_threshold(self) -> int: ...
+    @property
+    def reset_timeout(self) -> float: ...
+    @property
+    def success_threshold(self) -> int: ...
+
+@final
+class RateLimitPolicy:
+    def __new__(
+        cls,
+        *,
+        per_second: float | None = None,
+        burst: int | None = None,
+        redis_url: str | None = None,
+        key: str | None = None,
+    ) -> RateLimitPolicy: ...
+    @property
+    def per_second(self) -> float: ...
+    @property
+    def burst(self) -> int: ...
+    @property
+    def redis_url(self) -> str | None: ...
+    @property
+    def key(self) -> str | None: ...
+
+@final
+class TimeoutPolicy:
+    def __new__(cls, *, seconds: _Seconds | None = None) -> TimeoutPolicy: ...
+    @property
+    def seconds(self) -> float: ...
+
+@final
+class BatchPolicy:
+    def __new__(
+        cls, *, batch_size: int | None = None, flush_interval: _Seconds | None = None
+    ) -> BatchPolicy: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def flush_interval(self) -> float: ...
+
+@final
+class WorkerConfig:
+    def __new__(cls, *, id: str, lane: int, concurrency: int | None = None) -> WorkerConfig: ...
+    @property
+    def id(self) -> str: ...
+    @property
+    def lane(self) -> int: ...
+    @property
+    def concurrency(self) -> int | None: ...
+
+@final
+class EngineConfig:
+    def __new__(
+        cls,
+        *,
+        pool: str,
+        concurrency_limit: int,
+        workers: list[WorkerConfig],
+        strategy: str,
+        lanes: list[bool],
+        retry: RetryPolicy | None = None,
+        batch_size: int = 256,
+        breaker: CircuitBreakerPolicy | None = None,
+        rate_limit: RateLimitPolicy | None = None,
+        poison: PoisonPillPolicy | None = None,
+        dead_letter_store: DeadLetterStore | None = None,
+    ) -> EngineConfig: ...
+    @property
+    def pool(self) -> str: ...
+    @property
+    def concurrency_limit(self) -> int: ...
+    @property
+    def worker_limits(self) -> list[int]: ...
 
 @final
 class Engine:
     def __new__(
-        cls,
-        pool: str,
-        concurrency_limit: int,
-        workers: list[tuple[str, int, int]],
-        strategy: str,
-        lanes: list[bool],
-        backend: Any,
-        retry: RetryPolicy | None = None,
-        batch_size: int = 256,
-        breaker: tuple[int, float, int] | None = None,
-        rate_limit: tuple[float, int, tuple[str, str] | None] | None = None,
-        poison: tuple[int, float] | None = None,
-        metrics: Metrics | None = None,
-        dead_letter_store: DeadLetterStore | None = None,
+        cls, config: EngineConfig, backend: Any, metrics: Metrics | None = None
     ) -> Engine: ...
     def start(self) -> Awaitable[None]: ...
     def wake_fd(self, lane: int) -> int | None: ...

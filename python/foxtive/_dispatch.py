@@ -30,8 +30,9 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from ._core import FailureKind
 from .errors import PermanentError, RetryableError
-from .worker import RetryInfo, WorkerSpec
+from .worker import WorkerSpec
 
 if TYPE_CHECKING:
     from ._core import Engine, Message
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("foxtive")
 
-_TRANSIENT, _PERMANENT, _RETRY_AFTER = 0, 1, 2
 #: Most messages a loop consumer acknowledges in one call.
 _ACK_BATCH = 512
 #: Most messages taken from the core by the loop at once.
@@ -328,11 +328,18 @@ class _BatchWorker(_LoopWorker):
                 runner.ack_later(m)
 
 
+#: ``callback(worker_id, message, error)`` for every handler failure.
+FailureListener = Callable[[str, "Message", BaseException], Any]
+
+
 class Runner:
-    """One run of a pool over one engine."""
+    """One run of a pool over one engine: it runs until stopped
+    (:meth:`run`), until idle (:meth:`run_until_idle`), or one message the
+    caller hands in (:meth:`dispatch`). The pool configures and starts it."""
 
     def __init__(self, engine: Engine, plans: list[Plan], middlewares: list[Middleware],
-                 shutdown_timeout: float, handle_signals: bool) -> None:
+                 shutdown_timeout: float, handle_signals: bool,
+                 failure_listeners: list[FailureListener] | None = None) -> None:
         self.engine = engine
         self.plans = plans
         self.middlewares = middlewares
@@ -356,12 +363,12 @@ class Runner:
         self.plan_slots: dict[int, list[_ThreadSlot]] = {}
         self.watch_handle: asyncio.TimerHandle | None = None
         self.last_watch = (0.0, 0.0)
-        self.idle_reached = False
+        self._idle_reached = False
         #: Set once the backend connected: idleness is only judged after it.
         self.started = False
-        #: ``callback(worker_id, message, error)`` for every handler failure
-        #: (``WorkerPool.on_failure``); the pool hands over its own list.
-        self.failure_listeners: list[Callable[[str, Message, BaseException], Any]] = []
+        #: Called for every handler failure (``WorkerPool.on_failure``): the
+        #: pool's own list, so listeners added while running are called too.
+        self.failure_listeners = failure_listeners if failure_listeners is not None else []
         self._prepare()
 
     # ---------------------------------------------------------------- set-up
@@ -426,6 +433,76 @@ class Runner:
                 self.loop.remove_reader(fd)
             await self._drain()
             self._remove_signals()
+
+    async def run_until_idle(self, timeout: float | None) -> bool:
+        """Run until nothing is left to do (retries that come due included),
+        then drain and stop. True once idle; False if ``timeout`` seconds
+        passed first or the pool was stopped, including when the backend
+        never connected (a broker that does not answer is not idle)."""
+        watcher = asyncio.ensure_future(self._watch_idle(timeout))
+        try:
+            await self.run()
+        finally:
+            watcher.cancel()
+        return self._idle_reached
+
+    async def _watch_idle(self, timeout: float | None) -> None:
+        loop, engine = self.loop, self.engine
+        deadline = None if timeout is None else loop.time() + timeout
+        quiet_since: float | None = None
+        last_received = -1
+        while not self.stop_event.is_set():
+            await asyncio.sleep(0.005)
+            if not self.started:
+                # Not connected yet: nothing can be said about the queue.
+                if deadline is not None and loop.time() >= deadline:
+                    log.warning("run_until_idle: the backend did not connect within %.1f s; "
+                                "stopping", timeout)
+                    self.request_stop()
+                    return
+                continue
+            self.flush_acks()
+            idle = engine.is_idle()
+            if idle is None:
+                # The backend cannot tell: idle once nothing is in flight and
+                # nothing arrived for half a second.
+                received = engine.stats()["received"]
+                if engine.in_flight() == 0 and received == last_received:
+                    quiet_since = quiet_since or loop.time()
+                    idle = loop.time() - quiet_since >= 0.5
+                else:
+                    quiet_since, last_received, idle = None, received, False
+            else:
+                # Busy, or a delayed retry has yet to come due: the half
+                # second of quiet counts from when it stops being so.
+                quiet_since = None
+            if idle:
+                self._idle_reached = True
+                self.request_stop()
+                return
+            if deadline is not None and loop.time() >= deadline:
+                log.warning("run_until_idle: not idle after %.1f s; stopping", timeout)
+                self.request_stop()
+                return
+
+    async def dispatch(self, message: Message) -> str:
+        """Run one message the engine adopted through its worker (and the
+        Python middleware) here and now; the engine settles it. Returns how:
+        "success", "retried", "dead_lettered" or "requeued"."""
+        plan = self.plans[message._worker]
+        worker = self.loop_workers[plan.index]
+        if worker is None:
+            try:
+                await asyncio.to_thread(plan.spec.call, message)
+            except BaseException as exc:
+                self.failed(plan, message, exc, on_loop=False)
+            else:
+                self.engine.ack_many([message])
+        else:
+            await worker.run_one(message)
+            self.flush_acks()
+        # Both paths settle it (the handler may have first): the engine says how.
+        return message._outcome or "success"
 
     async def _start_engine(self) -> bool:
         """Connect; a stop requested meanwhile (a broker that is not there yet
@@ -558,16 +635,15 @@ class Runner:
             log.warning("worker %s raised %s after settling message %s; the settlement stands",
                         plan.spec.id, type(exc).__name__, message.id)
             return
-        kind, delay = _TRANSIENT, None
+        kind, delay = FailureKind.TRANSIENT, None
         if isinstance(exc, PermanentError):
-            kind = _PERMANENT
+            kind = FailureKind.PERMANENT
         elif isinstance(exc, RetryableError) and exc.delay is not None:
-            kind, delay = _RETRY_AFTER, exc.delay
-        if kind != _PERMANENT and plan.spec.has_should_retry:
-            info = RetryInfo(*message._retry_info())
+            kind, delay = FailureKind.RETRY_AFTER, exc.delay
+        if kind != FailureKind.PERMANENT and plan.spec.has_should_retry:
             try:
-                if not plan.spec.should_retry(message, exc, info):
-                    kind = _PERMANENT
+                if not plan.spec.should_retry(message, exc, message._retry_info()):
+                    kind = FailureKind.PERMANENT
             except Exception:
                 log.exception("should_retry of worker %s raised; retrying as usual", plan.spec.id)
         error_type = type(exc).__name__

@@ -2,10 +2,12 @@
 
 Retry with backoff, poison-pill detection, the circuit breaker, rate limit,
 timeout and batching are settings of the core, not code around the handler:
-each class here is a thin, frozen, typed front for one of them. They are
-added with ``WorkerPoolBuilder.with_middleware`` like Python middleware (and
-stay importable from :mod:`foxtive.middleware`), but none wraps the handler;
-see :mod:`foxtive.middleware` for the Python wrappers.
+each class here is a thin, frozen, typed front for one ``_core`` settings
+object, which the core checks when it is built (these classes check nothing
+themselves). They are added with ``WorkerPoolBuilder.with_middleware`` like
+Python middleware (and stay importable from :mod:`foxtive.middleware`), but
+none wraps the handler: each adds itself to the pool's
+:class:`EngineSettings`. See :mod:`foxtive.middleware` for the Python wrappers.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import dataclasses
 from typing import Any
 
 from . import _core
-from ._config import FrozenConfig, integer, seconds
+from ._config import FrozenConfig
 from .dlq import DeadLetterQueue
 from .errors import ConfigError
 
@@ -22,11 +24,31 @@ __all__ = [
     "BatchConfig",
     "BatchMiddleware",
     "CircuitBreakerMiddleware",
+    "EnginePolicy",
+    "EngineSettings",
     "PoisonPillTracker",
     "RateLimitMiddleware",
     "RetryHandler",
     "TimeoutMiddleware",
 ]
+
+
+class EnginePolicy:
+    """A setting of the engine, added to a pool with ``with_middleware``."""
+
+    __slots__ = ()
+
+    def _add_to(self, settings: EngineSettings) -> None:
+        """Put this policy where the pool's engine settings keep it."""
+        raise NotImplementedError
+
+
+def _front(front: Any, native: Any, *names: str) -> None:
+    """Keep the checked ``_core`` object and show its values (normalised:
+    a ``timedelta`` reads back as float seconds) as the front's fields."""
+    object.__setattr__(front, "_native", native)
+    for name in names:
+        object.__setattr__(front, name, getattr(native, name))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,14 +62,17 @@ class PoisonPillTracker(FrozenConfig):
 
     max_failures: int = 10
     time_window: float = 3600.0
+    _native: _core.PoisonPillPolicy = dataclasses.field(
+        init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self._set("max_failures", integer("max_failures", self.max_failures, minimum=1))
-        self._set("time_window", seconds("time_window", self.time_window, positive=True))
+        _front(self, _core.PoisonPillPolicy(max_failures=self.max_failures,
+                                            time_window=self.time_window),
+               "max_failures", "time_window")
 
 
 @dataclasses.dataclass(frozen=True)
-class CircuitBreakerMiddleware(FrozenConfig):
+class CircuitBreakerMiddleware(FrozenConfig, EnginePolicy):
     """Stop calling handlers that keep failing.
 
     Closed → open after ``failure_threshold`` consecutive failures. While
@@ -60,17 +85,21 @@ class CircuitBreakerMiddleware(FrozenConfig):
     failure_threshold: int = 5
     reset_timeout: float = 30.0
     success_threshold: int = 1
+    _native: _core.CircuitBreakerPolicy = dataclasses.field(
+        init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self._set("failure_threshold",
-                  integer("failure_threshold", self.failure_threshold, minimum=1))
-        self._set("reset_timeout", seconds("reset_timeout", self.reset_timeout))
-        self._set("success_threshold",
-                  integer("success_threshold", self.success_threshold, minimum=1))
+        _front(self, _core.CircuitBreakerPolicy(failure_threshold=self.failure_threshold,
+                                                reset_timeout=self.reset_timeout,
+                                                success_threshold=self.success_threshold),
+               "failure_threshold", "reset_timeout", "success_threshold")
+
+    def _add_to(self, settings: EngineSettings) -> None:
+        settings.breaker = self
 
 
 @dataclasses.dataclass(frozen=True)
-class RateLimitMiddleware(FrozenConfig):
+class RateLimitMiddleware(FrozenConfig, EnginePolicy):
     """At most ``per_second`` messages a second reach the handlers, in bursts
     of up to ``burst`` (GCRA). Messages wait for a permit; none is failed for
     being early.
@@ -85,6 +114,8 @@ class RateLimitMiddleware(FrozenConfig):
     burst: int = 10
     redis_url: str | None = None
     key: str | None = None
+    _native: _core.RateLimitPolicy = dataclasses.field(
+        init=False, repr=False, compare=False)
 
     def __repr__(self) -> str:
         url = None if self.redis_url is None else _core.redact_url(self.redis_url)
@@ -92,19 +123,16 @@ class RateLimitMiddleware(FrozenConfig):
                 f"redis_url={url!r}, key={self.key!r})")
 
     def __post_init__(self) -> None:
-        if isinstance(self.per_second, bool) or not isinstance(self.per_second, int | float) \
-                or not self.per_second > 0 or self.per_second == float("inf"):
-            raise ConfigError(f"per_second: must be a number > 0, got {self.per_second!r}")
-        self._set("per_second", float(self.per_second))
-        self._set("burst", integer("burst", self.burst, minimum=1))
-        if self.redis_url is not None and not isinstance(self.redis_url, str):
-            raise ConfigError("redis_url: expected a Redis URL string (redis://, rediss://, unix://)")
-        if self.key is not None and (not isinstance(self.key, str) or not self.key):
-            raise ConfigError("key: expected a non-empty string")
+        _front(self, _core.RateLimitPolicy(per_second=self.per_second, burst=self.burst,
+                                           redis_url=self.redis_url, key=self.key),
+               "per_second", "burst", "redis_url", "key")
+
+    def _add_to(self, settings: EngineSettings) -> None:
+        settings.rate_limit = self
 
 
 @dataclasses.dataclass(frozen=True)
-class RetryHandler(FrozenConfig):
+class RetryHandler(FrozenConfig, EnginePolicy):
     """Retry failed messages with exponential backoff, then dead-letter.
 
     ``max_retries`` counts retries after the first attempt (3 → at most 4
@@ -125,13 +153,11 @@ class RetryHandler(FrozenConfig):
     jitter: bool = True
     dead_letter_queue: Any = None
     poison_pill_tracker: Any = None
+    _native: _core.RetryPolicy = dataclasses.field(
+        init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self._set("max_retries", integer("max_retries", self.max_retries, minimum=0))
-        self._set("initial_backoff", seconds("initial_backoff", self.initial_backoff))
-        self._set("max_backoff", seconds("max_backoff", self.max_backoff))
-        self._set("backoff_multiplier", float(self.backoff_multiplier))
-        self._set("jitter", bool(self.jitter))
+        # These two are Python objects, not settings the core could check.
         if self.dead_letter_queue is not None and not isinstance(
             self.dead_letter_queue, DeadLetterQueue
         ):
@@ -143,30 +169,33 @@ class RetryHandler(FrozenConfig):
             self.poison_pill_tracker, PoisonPillTracker
         ):
             raise ConfigError("poison_pill_tracker: expected a foxtive.PoisonPillTracker or None")
-        # Validates max_backoff >= initial_backoff and the multiplier.
-        self._policy()
+        _front(self, _core.RetryPolicy(max_retries=self.max_retries,
+                                       initial_backoff=self.initial_backoff,
+                                       max_backoff=self.max_backoff,
+                                       backoff_multiplier=self.backoff_multiplier,
+                                       jitter=self.jitter),
+               "max_retries", "initial_backoff", "max_backoff", "backoff_multiplier", "jitter")
 
-    def _policy(self) -> _core.RetryPolicy:
-        return _core.RetryPolicy(
-            self.max_retries,
-            self.initial_backoff,
-            self.max_backoff,
-            self.backoff_multiplier,
-            self.jitter,
-        )
+    def _add_to(self, settings: EngineSettings) -> None:
+        settings.retry = self
 
 
 @dataclasses.dataclass(frozen=True)
-class TimeoutMiddleware(FrozenConfig):
+class TimeoutMiddleware(FrozenConfig, EnginePolicy):
     """Cut off a message's processing after ``seconds``; the message fails with
     ``TimeoutError`` and is settled exactly once. Async handlers are
     cancelled; sync handlers are abandoned (their late result is ignored).
     A worker's own ``timeout`` takes precedence."""
 
     seconds: float = 25.0
+    _native: _core.TimeoutPolicy = dataclasses.field(
+        init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self._set("seconds", seconds("seconds", self.seconds, positive=True))
+        _front(self, _core.TimeoutPolicy(seconds=self.seconds), "seconds")
+
+    def _add_to(self, settings: EngineSettings) -> None:
+        settings.timeout = self
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,13 +206,16 @@ class BatchConfig(FrozenConfig):
 
     batch_size: int = 100
     flush_interval: float = 5.0
+    _native: _core.BatchPolicy = dataclasses.field(
+        init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self._set("batch_size", integer("batch_size", self.batch_size, minimum=1))
-        self._set("flush_interval", seconds("flush_interval", self.flush_interval, positive=True))
+        _front(self, _core.BatchPolicy(batch_size=self.batch_size,
+                                       flush_interval=self.flush_interval),
+               "batch_size", "flush_interval")
 
 
-class BatchMiddleware:
+class BatchMiddleware(EnginePolicy):
     """Hand ``foxtive.BatchWorker`` workers their messages in batches.
 
     Each message is settled on its own: one the batch handler settled itself
@@ -192,13 +224,49 @@ class BatchMiddleware:
     ``concurrency`` caps how many messages can wait in a batch, so keep it at
     least ``batch_size``. Per-message Python middleware does not wrap batches."""
 
+    __slots__ = ("_config",)
+
     def __init__(self, config: BatchConfig | None = None, **kwargs: Any) -> None:
         if config is not None and kwargs:
             raise ConfigError("config: pass a BatchConfig or keyword arguments, not both")
         if config is not None and not isinstance(config, BatchConfig):
             raise ConfigError("config: expected a foxtive.BatchConfig")
-        self.config = config if config is not None else BatchConfig(**kwargs)
+        self._config = config if config is not None else BatchConfig(**kwargs)
+
+    @property
+    def config(self) -> BatchConfig:
+        return self._config
 
     def __repr__(self) -> str:
         return f"BatchMiddleware({self.config!r})"
 
+    def _add_to(self, settings: EngineSettings) -> None:
+        settings.batching = self
+
+
+@dataclasses.dataclass
+class EngineSettings:
+    """The engine policies a pool was given (each added itself, last one of a
+    kind wins), and the ``_core.EngineConfig`` they make with the pool's own
+    settings."""
+
+    retry: RetryHandler = dataclasses.field(default_factory=RetryHandler)
+    breaker: CircuitBreakerMiddleware | None = None
+    rate_limit: RateLimitMiddleware | None = None
+    timeout: TimeoutMiddleware | None = None
+    batching: BatchMiddleware | None = None
+
+    def engine_config(self, *, pool: str, concurrency_limit: Any, strategy: str,
+                      workers: list[_core.WorkerConfig], lanes: list[bool]
+                      ) -> _core.EngineConfig:
+        """Checked by the core (``ConfigError`` names what is wrong)."""
+        retry, breaker, rate = self.retry, self.breaker, self.rate_limit
+        tracker, dlq = retry.poison_pill_tracker, retry.dead_letter_queue
+        return _core.EngineConfig(
+            pool=pool, concurrency_limit=concurrency_limit, workers=workers,
+            strategy=strategy, lanes=lanes, retry=retry._native,
+            breaker=None if breaker is None else breaker._native,
+            rate_limit=None if rate is None else rate._native,
+            poison=None if tracker is None else tracker._native,
+            dead_letter_store=None if dlq is None else dlq._native,
+        )

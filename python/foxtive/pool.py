@@ -6,12 +6,12 @@ import asyncio
 import enum
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from . import _core, _logs
-from ._config import integer, seconds
-from ._dispatch import Plan, Runner
+from ._config import seconds
+from ._dispatch import FailureListener, Plan, Runner
 from ._native import native_of
 from .backends import Backend, MemoryBackend
 from .errors import ConfigError
@@ -19,18 +19,16 @@ from .middleware import Middleware
 from .policies import (
     BatchMiddleware,
     CircuitBreakerMiddleware,
+    EnginePolicy,
+    EngineSettings,
     RateLimitMiddleware,
     RetryHandler,
-    TimeoutMiddleware,
 )
 from .worker import BatchWorker, Worker, WorkerSpec
 
 __all__ = ["LoadBalancingStrategy", "WorkerPool", "WorkerPoolBuilder"]
 
 log = logging.getLogger("foxtive")
-
-#: ``callback(worker_id, message, error)``, see :meth:`WorkerPool.on_failure`.
-FailureListener = Callable[[str, "_core.Message", BaseException], Any]
 
 #: Pool-wide limit on messages in flight when none is set.
 DEFAULT_CONCURRENCY_LIMIT = 1000
@@ -109,28 +107,17 @@ class WorkerPoolBuilder:
         return self
 
     def build(self) -> WorkerPool:
-        """Validate everything and return the pool; ``ConfigError`` names what is wrong."""
+        """Validate everything and return the pool; ``ConfigError`` names what is wrong.
+
+        The engine's settings (limits, workers, policies) are checked once,
+        by the core, when the pool builds its ``_core.EngineConfig``."""
         strategy = LoadBalancingStrategy.parse(self._strategy)
-        limit = integer("concurrency_limit", self._limit, minimum=1)
         shutdown_timeout = seconds("shutdown_timeout", self._shutdown_timeout)
-        if not self._workers:
-            raise ConfigError(
-                "workers: a pool needs at least one worker (add_worker / add_workers)"
-            )
-        specs: list[WorkerSpec] = []
-        explicit: set[str] = set()
-        for obj, wid in self._workers:
-            spec = WorkerSpec(obj, wid)
-            is_explicit = wid is not None or isinstance(obj, Worker)
-            if is_explicit:
-                if spec.id in explicit:
-                    raise ConfigError(
-                        f"worker id: {spec.id!r} is used twice; ids must be unique within a pool"
-                    )
-                explicit.add(spec.id)
-            specs.append(spec)
-        # Plain callables added more than once get numbered ids: fn, fn-2, fn-3...
-        taken = set(explicit)
+        specs = [WorkerSpec(obj, wid) for obj, wid in self._workers]
+        # Plain callables added more than once get numbered ids: fn, fn-2,
+        # fn-3... (ids given twice on purpose are the core's to refuse).
+        taken = {spec.id for spec, (obj, wid) in zip(specs, self._workers, strict=True)
+                 if wid is not None or isinstance(obj, Worker)}
         for spec, (obj, wid) in zip(specs, self._workers, strict=True):
             if wid is None and not isinstance(obj, Worker):
                 base, n = spec.id, 1
@@ -138,23 +125,11 @@ class WorkerPoolBuilder:
                     n += 1
                     spec.id = f"{base}-{n}"
                 taken.add(spec.id)
-        retry = RetryHandler()
-        timeout: float | None = None
-        breaker: CircuitBreakerMiddleware | None = None
-        rate_limit: RateLimitMiddleware | None = None
-        batching: BatchMiddleware | None = None
+        settings = EngineSettings()
         python_mw: list[Middleware] = []
         for mw in self._middleware:
-            if isinstance(mw, RetryHandler):
-                retry = mw
-            elif isinstance(mw, TimeoutMiddleware):
-                timeout = mw.seconds
-            elif isinstance(mw, CircuitBreakerMiddleware):
-                breaker = mw
-            elif isinstance(mw, RateLimitMiddleware):
-                rate_limit = mw
-            elif isinstance(mw, BatchMiddleware):
-                batching = mw
+            if isinstance(mw, EnginePolicy):
+                mw._add_to(settings)
             elif isinstance(mw, Middleware):
                 python_mw.append(mw)
             else:
@@ -167,15 +142,11 @@ class WorkerPoolBuilder:
             name=self._name,
             specs=specs,
             strategy=strategy,
-            concurrency_limit=limit,
-            retry=retry,
-            timeout=timeout,
+            concurrency_limit=self._limit,
+            settings=settings,
             middlewares=python_mw,
             shutdown_timeout=shutdown_timeout,
             backend=self._backend,
-            breaker=breaker,
-            rate_limit=rate_limit,
-            batching=batching,
         )
 
 
@@ -202,23 +173,24 @@ class WorkerPool:
     """A set of workers run over one backend. Build it with :class:`WorkerPoolBuilder`."""
 
     def __init__(self, *, name: str, specs: list[WorkerSpec], strategy: LoadBalancingStrategy,
-                 concurrency_limit: int, retry: RetryHandler, timeout: float | None,
-                 middlewares: list[Middleware], shutdown_timeout: float, backend: Any,
-                 breaker: CircuitBreakerMiddleware | None = None,
-                 rate_limit: RateLimitMiddleware | None = None,
-                 batching: BatchMiddleware | None = None) -> None:
+                 concurrency_limit: Any, settings: EngineSettings,
+                 middlewares: list[Middleware], shutdown_timeout: float, backend: Any) -> None:
         self.name = name
         self.strategy = strategy
-        self.concurrency_limit = concurrency_limit
         self.shutdown_timeout = shutdown_timeout
-        self.retry = retry
-        self.timeout = timeout
+        self.settings = settings
         self.middlewares = middlewares
         self.backend = backend
-        self.breaker = breaker
-        self.rate_limit = rate_limit
-        self.batching = batching
         self._specs = specs
+        # Checked here, once, by the core; every run's engine is built from it.
+        worker_lanes, lanes = self._worker_lanes()
+        self._config = settings.engine_config(
+            pool=name, concurrency_limit=concurrency_limit, strategy=strategy.value,
+            workers=[_core.WorkerConfig(id=s.id, lane=lane, concurrency=s.concurrency)
+                     for s, lane in zip(specs, worker_lanes, strict=True)],
+            lanes=lanes,
+        )
+        self.concurrency_limit: int = self._config.concurrency_limit
         self._lock = threading.Lock()
         self._engine: _core.Engine | None = None
         self._runner: Runner | None = None
@@ -245,6 +217,27 @@ class WorkerPool:
         return callback
 
     @property
+    def retry(self) -> RetryHandler:
+        return self.settings.retry
+
+    @property
+    def timeout(self) -> float | None:
+        """The pool's timeout for one message (``TimeoutMiddleware``), if any."""
+        return None if self.settings.timeout is None else self.settings.timeout.seconds
+
+    @property
+    def breaker(self) -> CircuitBreakerMiddleware | None:
+        return self.settings.breaker
+
+    @property
+    def rate_limit(self) -> RateLimitMiddleware | None:
+        return self.settings.rate_limit
+
+    @property
+    def batching(self) -> BatchMiddleware | None:
+        return self.settings.batching
+
+    @property
     def worker_ids(self) -> list[str]:
         return [s.id for s in self._specs]
 
@@ -252,52 +245,52 @@ class WorkerPool:
         return f"WorkerPool(name={self.name!r}, workers={self.worker_ids!r})"
 
     # ------------------------------------------------------------- plans
-    def _plans(self) -> tuple[list[Plan], list[bool]]:
+    def _timeout_of(self, spec: WorkerSpec) -> float | None:
+        return spec.timeout if spec.timeout is not None else self.timeout
+
+    def _batching_of(self, spec: WorkerSpec) -> tuple[int, float] | None:
+        """(batch_size, flush_interval) for a BatchWorker under BatchMiddleware."""
+        if self.batching is None or not isinstance(spec.obj, BatchWorker):
+            return None
+        return (self.batching.config.batch_size, self.batching.config.flush_interval)
+
+    def _worker_lanes(self) -> tuple[list[int], list[bool]]:
+        """Each worker's lane, and the lanes (True: the event loop's, lane 0;
+        False: a thread lane of one plain ``def`` worker)."""
         lanes = [True]
+        of: list[int] = []
+        for spec in self._specs:
+            if (spec.is_async or self._timeout_of(spec) is not None or bool(self.middlewares)
+                    or self._batching_of(spec) is not None):
+                of.append(0)
+            else:
+                lanes.append(False)
+                of.append(len(lanes) - 1)
+        return of, lanes
+
+    def _plans(self) -> list[Plan]:
         plans: list[Plan] = []
-        for i, spec in enumerate(self._specs):
-            limit = min(spec.concurrency or self.concurrency_limit, self.concurrency_limit)
-            timeout = spec.timeout if spec.timeout is not None else self.timeout
-            batching = None
-            if self.batching is not None and isinstance(spec.obj, BatchWorker):
-                batching = (self.batching.config.batch_size, self.batching.config.flush_interval)
-            on_loop = (spec.is_async or timeout is not None or bool(self.middlewares)
-                       or batching is not None)
+        limits = self._config.worker_limits
+        for i, (spec, lane) in enumerate(zip(self._specs, self._worker_lanes()[0], strict=True)):
+            limit = limits[i]
             # A `def` worker that sets `concurrency` gets that many threads
             # (up to MAX_SYNC_THREADS) as soon as its handlers block with
             # messages waiting, whether they use the CPU or not. Without it,
             # threads grow only while handlers wait off the CPU (_dispatch).
             fixed = spec.concurrency is not None
-            if on_loop:
+            if lane == 0:
                 executor = (min(limit, MAX_SYNC_THREADS) if fixed
                             else min(limit, DEFAULT_LOOP_SYNC_THREADS))
-                plans.append(Plan(i, spec, 0, limit, timeout, executor, 0, batching,
-                                  grow=not fixed))
+                plans.append(Plan(i, spec, 0, limit, self._timeout_of(spec), executor, 0,
+                                  self._batching_of(spec), grow=not fixed))
             else:
                 threads = min(limit, MAX_SYNC_THREADS if fixed else DEFAULT_SYNC_THREADS)
                 batch = max(1, min(256, limit // 2))
-                lanes.append(False)
-                plans.append(Plan(i, spec, len(lanes) - 1, limit, None, threads, batch,
-                                  grow=not fixed))
-        return plans, lanes
+                plans.append(Plan(i, spec, lane, limit, None, threads, batch, grow=not fixed))
+        return plans
 
-    def _new_engine(self, backend: Any, plans: list[Plan], lanes: list[bool]) -> _core.Engine:
-        workers = [(p.spec.id, p.limit, p.lane) for p in plans]
-        b, r, t = self.breaker, self.rate_limit, self.retry.poison_pill_tracker
-        shared = None
-        if r is not None and r.redis_url is not None:
-            shared = (r.redis_url, r.key or f"foxtive:rate:{self.name}")
-        q = self.retry.dead_letter_queue
-        return _core.Engine(
-            self.name, self.concurrency_limit, workers, self.strategy.value, lanes,
-            backend, self.retry._policy(),
-            breaker=None if b is None else (b.failure_threshold, b.reset_timeout,
-                                            b.success_threshold),
-            rate_limit=None if r is None else (r.per_second, r.burst, shared),
-            poison=None if t is None else (t.max_failures, t.time_window),
-            metrics=self._metrics,
-            dead_letter_store=None if q is None else q._native,
-        )
+    def _new_engine(self, backend: Any) -> _core.Engine:
+        return _core.Engine(self._config, backend, metrics=self._metrics)
 
     def _resolve_backend(self, backend: Any) -> Any:
         chosen = backend if backend is not None else self.backend
@@ -334,32 +327,30 @@ class WorkerPool:
     async def _run(self, backend: Any, *, until_idle: bool, timeout: float | None,
                    handle_signals: bool) -> bool:
         chosen = self._resolve_backend(backend)
-        plans, lanes = self._plans()
+        plans = self._plans()
         with self._lock:
             if self._runner is not None:
                 raise ConfigError("pool: already running")
-            engine = self._new_engine(chosen, plans, lanes)
+            engine = self._new_engine(chosen)
             if self.retry.dead_letter_queue is not None:
                 # replay()'s default target: where these dead letters came from.
                 self.retry.dead_letter_queue._remember(chosen)
             runner = Runner(engine, plans, self.middlewares, self.shutdown_timeout,
-                            handle_signals)
-            runner.failure_listeners = self.failure_listeners
+                            handle_signals, self.failure_listeners)
             self._engine, self._runner = engine, runner
             self._loop = asyncio.get_running_loop()
             self._ran = True
             if self._stop_requested:
                 runner.request_stop()
                 self._stop_requested = False
-        watcher = None
+        idle = False
         state_poller = asyncio.ensure_future(_housekeeping(chosen, runner, self._metrics))
-        if until_idle:
-            watcher = asyncio.ensure_future(self._watch_idle(runner, engine, timeout))
         try:
-            await runner.run()
+            if until_idle:
+                idle = await runner.run_until_idle(timeout)
+            else:
+                await runner.run()
         finally:
-            if watcher is not None:
-                watcher.cancel()
             state_poller.cancel()
             if hasattr(chosen, "_poll_state"):
                 chosen._poll_state()
@@ -372,48 +363,7 @@ class WorkerPool:
                 self._runner = None
                 self._engine = None
                 self._loop = None
-        return runner.idle_reached
-
-    async def _watch_idle(self, runner: Runner, engine: _core.Engine,
-                          timeout: float | None) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        quiet_since: float | None = None
-        last_received = -1
-        while not runner.stop_event.is_set():
-            await asyncio.sleep(0.005)
-            if not runner.started:
-                # Not connected yet: nothing can be said about the queue (a
-                # broker that never answers must not look idle).
-                if deadline is not None and loop.time() >= deadline:
-                    log.warning("run_until_idle: the backend did not connect within %.1f s; "
-                                "stopping", timeout)
-                    runner.request_stop()
-                    return
-                continue
-            runner.flush_acks()
-            idle = engine.is_idle()
-            if idle is None:
-                # The backend cannot tell: idle once nothing is in flight and
-                # nothing arrived for half a second.
-                received = engine.stats()["received"]
-                if engine.in_flight() == 0 and received == last_received:
-                    quiet_since = quiet_since or loop.time()
-                    idle = loop.time() - quiet_since >= 0.5
-                else:
-                    quiet_since, last_received, idle = None, received, False
-            else:
-                # Busy, or a delayed retry has yet to come due: the half
-                # second of quiet counts from when it stops being so.
-                quiet_since = None
-            if idle:
-                runner.idle_reached = True
-                runner.request_stop()
-                return
-            if deadline is not None and loop.time() >= deadline:
-                log.warning("run_until_idle: not idle after %.1f s; stopping", timeout)
-                runner.request_stop()
-                return
+        return idle
 
     def shutdown(self, force: bool = False) -> None:
         """Ask the pool to stop gracefully (thread-safe, idempotent).
@@ -437,36 +387,18 @@ class WorkerPool:
         ``message`` is a ``foxtive.Message`` or a body (bytes/str). Returns
         the outcome: "success", "retried", "dead_lettered" or "requeued".
         No broker is involved: settlements are recorded, not sent."""
-        plans, lanes = self._plans()
+        plans = self._plans()
         engine = self._engine
         if engine is None:
-            engine = self._new_engine(MemoryBackend(f"{self.name}-dispatch"), plans, lanes)
+            engine = self._new_engine(MemoryBackend(f"{self.name}-dispatch"))
         if isinstance(message, _core.Message):
             adopted = engine.adopt(message.body, dict(message.headers), message.id,
                                    message.queue, message.attempt)
         else:
             adopted = engine.adopt(message, headers, message_id)
-        plan = plans[adopted._worker]
-        before = self._metrics.stats()
-        runner = Runner(engine, plans, self.middlewares, self.shutdown_timeout, False)
-        runner.failure_listeners = self.failure_listeners
-        lw = runner.loop_workers[plan.index]
-        if lw is None:
-            try:
-                await asyncio.to_thread(plan.spec.call, adopted)
-            except BaseException as exc:
-                runner.failed(plan, adopted, exc, on_loop=False)
-            else:
-                engine.ack_many([adopted])
-        else:
-            await lw.run_one(adopted)
-            runner.flush_acks()
-        after = self._metrics.stats()
-        for key, outcome in (("processed", "success"), ("retried", "retried"),
-                             ("dead_lettered", "dead_lettered"), ("requeued", "requeued")):
-            if after[key] > before[key]:
-                return outcome
-        return "success"
+        runner = Runner(engine, plans, self.middlewares, self.shutdown_timeout, False,
+                        self.failure_listeners)
+        return await runner.dispatch(adopted)
 
     # ------------------------------------------------------------ looking in
     def stats(self) -> dict[str, Any]:

@@ -7,29 +7,18 @@ loop; plain ``def`` handlers run on the pool's threads.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ._config import seconds
+from ._core import RetryInfo
 from .errors import ConfigError
 
 if TYPE_CHECKING:
     from ._core import Message
 
 __all__ = ["BatchWorker", "RetryInfo", "Worker"]
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class RetryInfo:
-    """What the failure policy knows about a failed attempt."""
-
-    attempt: int
-    max_retries: int
-    next_delay: float
-    exhausted: bool
-    poison_pill: bool
 
 
 class Worker:
@@ -121,15 +110,7 @@ class WorkerSpec:
             )
         self.id: str = str(wid)
         self.is_async = _is_async(self.call)
-        if self.concurrency is not None and (
-            isinstance(self.concurrency, bool)
-            or not isinstance(self.concurrency, int)
-            or self.concurrency < 1
-        ):
-            raise ConfigError(
-                f"concurrency: worker {self.id!r} must be an integer >= 1 or None, "
-                f"got {self.concurrency!r}"
-            )
+        # `concurrency` is the engine's to check (_core.WorkerConfig).
         if self.timeout is not None:
             self.timeout = seconds("timeout", self.timeout, positive=True)
 

@@ -7,82 +7,14 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use foxtive_core::message::{Delivery, LocalReceipt, Receipt};
-use foxtive_core::policy::{Backoff, BreakerConfig, RateLimitConfig, RetryPolicy};
-use foxtive_core::pool::{Engine, EngineConfig, Lane, WorkerSpec};
+use foxtive_core::pool::{Engine, Lane};
 
 use crate::backends::resolve_backend;
 use crate::bridge;
-use crate::convert::{body_from_py, duration_from_py, headers_from_py};
+use crate::convert::{body_from_py, headers_from_py};
 use crate::errors::{config_error, IntoPyResult};
 use crate::message::PyMessage;
-
-/// The failure policy's numbers (built from `foxtive.RetryHandler`).
-#[pyclass(
-    frozen,
-    skip_from_py_object,
-    name = "RetryPolicy",
-    module = "foxtive._core"
-)]
-#[derive(Clone)]
-pub struct PyRetryPolicy {
-    pub(crate) policy: RetryPolicy,
-}
-
-#[pymethods]
-impl PyRetryPolicy {
-    #[new]
-    #[pyo3(signature = (max_retries = 5, initial_backoff = None, max_backoff = None, backoff_multiplier = 2.0, jitter = true))]
-    fn new(
-        max_retries: i64,
-        initial_backoff: Option<&Bound<'_, PyAny>>,
-        max_backoff: Option<&Bound<'_, PyAny>>,
-        backoff_multiplier: f64,
-        jitter: bool,
-    ) -> PyResult<Self> {
-        let max_retries = u32::try_from(max_retries).map_err(|_| {
-            config_error(format!(
-                "max_retries: must be an integer from 0 to {}, got {max_retries}",
-                u32::MAX
-            ))
-        })?;
-        let initial = match initial_backoff {
-            Some(v) => duration_from_py("initial_backoff", v)?,
-            None => Duration::from_secs(1),
-        };
-        let max = match max_backoff {
-            Some(v) => duration_from_py("max_backoff", v)?,
-            None => Duration::from_secs(60),
-        };
-        let backoff = Backoff::new(initial, max, backoff_multiplier, jitter).py_err()?;
-        Ok(PyRetryPolicy {
-            policy: RetryPolicy {
-                max_retries,
-                backoff,
-            },
-        })
-    }
-
-    /// The delay before retry number `retry` (1 = first), jitter included.
-    fn delay(&self, retry: u32) -> f64 {
-        self.policy.backoff.delay(retry).as_secs_f64()
-    }
-
-    #[getter]
-    fn max_retries(&self) -> u32 {
-        self.policy.max_retries
-    }
-}
-
-/// `(per_second, burst, (redis_url, key) | None)` as Python passes it.
-type RateLimitArg = (f64, u32, Option<(String, String)>);
-
-fn secs(name: &str, value: f64) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(value).map_err(|_| {
-        config_error(format!(
-            "{name}: must be a finite number of seconds >= 0, got {value}"
-        ))
-    })
-}
+use crate::policies::PyEngineConfig;
 
 #[pyclass(frozen, name = "Engine", module = "foxtive._core")]
 pub struct PyEngine {
@@ -115,72 +47,16 @@ impl PyEngine {
 
 #[pymethods]
 impl PyEngine {
-    /// `workers`: (id, limit, lane) triples; `lanes`: True for an event-loop lane.
+    /// An engine over `backend` built from `config` (checked when it was
+    /// built); `metrics` outlive it (a pool's counters span its runs).
     #[new]
-    /// `breaker`: (failure_threshold, reset_timeout, success_threshold);
-    /// `rate_limit`: (per_second, burst); `poison`: (max_failures, time_window).
-    /// `dead_letter_store`: where dead letters go instead of the backend's own DLQ.
-    #[pyo3(signature = (pool, concurrency_limit, workers, strategy, lanes, backend, retry = None, batch_size = 256, breaker = None, rate_limit = None, poison = None, metrics = None, dead_letter_store = None))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (config, backend, metrics = None))]
     fn new(
-        pool: &str,
-        concurrency_limit: i64,
-        workers: Vec<(String, i64, usize)>,
-        strategy: &str,
-        lanes: Vec<bool>,
+        config: PyRef<'_, PyEngineConfig>,
         backend: &Bound<'_, PyAny>,
-        retry: Option<PyRef<'_, PyRetryPolicy>>,
-        batch_size: usize,
-        breaker: Option<(u32, f64, u32)>,
-        rate_limit: Option<RateLimitArg>,
-        poison: Option<(u32, f64)>,
         metrics: Option<PyRef<'_, crate::observe::PyMetrics>>,
-        dead_letter_store: Option<Bound<'_, crate::dlq::PyDeadLetterStore>>,
     ) -> PyResult<Self> {
-        if concurrency_limit < 1 {
-            return Err(config_error(format!(
-                "concurrency_limit: must be an integer >= 1, got {concurrency_limit}"
-            )));
-        }
-        let mut specs = Vec::with_capacity(workers.len());
-        for (id, limit, lane) in workers {
-            if limit < 1 {
-                return Err(config_error(format!(
-                    "concurrency: worker {id:?} must be >= 1, got {limit}"
-                )));
-            }
-            specs.push(WorkerSpec {
-                id: Arc::from(id.as_str()),
-                limit: (limit as usize).min(concurrency_limit as usize),
-                lane,
-            });
-        }
-        let config = EngineConfig {
-            pool: Arc::from(pool),
-            concurrency_limit: concurrency_limit as usize,
-            workers: specs,
-            strategy: strategy.parse().py_err()?,
-            retry: retry.map(|r| r.policy).unwrap_or_default(),
-            lanes,
-            batch_size,
-            breaker: match breaker {
-                Some((failures, reset, successes)) => Some(
-                    BreakerConfig::new(failures, secs("reset_timeout", reset)?, successes)
-                        .py_err()?,
-                ),
-                None => None,
-            },
-            rate_limit: rate_limit.map(|(per_second, burst, shared)| RateLimitConfig {
-                per_second,
-                burst,
-                shared,
-            }),
-            poison: match poison {
-                Some((max, window)) => Some((max, secs("time_window", window)?)),
-                None => None,
-            },
-            dead_letter_store: dead_letter_store.map(|s| s.get().inner.clone()),
-        };
+        let config = config.config.clone();
         let (backend, python_backend) = resolve_backend(backend)?;
         let engine = match metrics {
             Some(m) => Engine::with_metrics(config, backend, m.inner.clone()),

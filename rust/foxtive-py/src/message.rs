@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyString, PyType};
 
-use foxtive_core::policy::FailureKind;
+use foxtive_core::policy::{FailureKind, RetryInfo};
 use foxtive_core::pool::{Engine, InFlight};
 use foxtive_core::Settlement;
 
@@ -225,19 +225,20 @@ impl PyMessage {
         Ok(Ready::none())
     }
 
-    /// Run the failure policy (internal). `kind`: 0 transient, 1 permanent,
-    /// 2 retry after `delay`. Returns the outcome, or None if already settled.
+    /// Run the failure policy (internal): `kind` says how the handler
+    /// failed, `delay` goes with `FailureKind.RETRY_AFTER` (without one it
+    /// is transient). Returns the outcome, or None if already settled.
     #[pyo3(signature = (error_type, error_message, kind, delay = None))]
     fn _fail(
         &self,
         error_type: &str,
         error_message: &str,
-        kind: u8,
+        kind: PyFailureKind,
         delay: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Option<&'static str>> {
         let kind = match (kind, opt_duration("delay", delay)?) {
-            (1, _) => FailureKind::Permanent,
-            (2, Some(d)) => FailureKind::RetryAfter(d),
+            (PyFailureKind::Permanent, _) => FailureKind::Permanent,
+            (PyFailureKind::RetryAfter, Some(d)) => FailureKind::RetryAfter(d),
             _ => FailureKind::Transient,
         };
         match self
@@ -250,6 +251,13 @@ impl PyMessage {
         }
     }
 
+    /// How it was settled ("success", "retried", "dead_lettered",
+    /// "requeued"), None while it is not (internal: `pool.dispatch`).
+    #[getter]
+    fn _outcome(&self) -> Option<&'static str> {
+        self.inflight.settlement().map(Settlement::outcome)
+    }
+
     /// Hand back unsettled, untried (shutdown). False if already settled.
     fn _requeue(&self) -> bool {
         self.engine
@@ -257,16 +265,9 @@ impl PyMessage {
             .is_ok()
     }
 
-    /// (attempt, max_retries, next_delay, exhausted, poison_pill) for `should_retry`.
-    fn _retry_info(&self) -> (u32, u32, f64, bool, bool) {
-        let i = self.engine.retry_info(&self.inflight);
-        (
-            i.attempt,
-            i.max_retries,
-            i.next_delay.as_secs_f64(),
-            i.exhausted,
-            i.poison_pill,
-        )
+    /// What the failure policy knows now, for `Worker.should_retry`.
+    fn _retry_info(&self) -> PyRetryInfo {
+        PyRetryInfo::from(self.engine.retry_info(&self.inflight))
     }
 
     fn __repr__(&self) -> String {
@@ -277,6 +278,95 @@ impl PyMessage {
             &*d.queue,
             d.attempt,
             d.body.len()
+        )
+    }
+}
+
+/// How a handler failed, as Python classifies it for the failure policy.
+#[pyclass(
+    eq,
+    eq_int,
+    frozen,
+    hash,
+    from_py_object,
+    name = "FailureKind",
+    module = "foxtive._core"
+)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PyFailureKind {
+    /// An ordinary exception: retry while attempts remain.
+    #[pyo3(name = "TRANSIENT")]
+    Transient,
+    /// `PermanentError`, or `should_retry` said no: dead-letter now.
+    #[pyo3(name = "PERMANENT")]
+    Permanent,
+    /// `RetryableError(delay=...)`: retry after that delay.
+    #[pyo3(name = "RETRY_AFTER")]
+    RetryAfter,
+}
+
+/// What the failure policy knows about a failed attempt (`foxtive.RetryInfo`,
+/// handed to `Worker.should_retry`).
+#[pyclass(
+    frozen,
+    eq,
+    get_all,
+    skip_from_py_object,
+    name = "RetryInfo",
+    module = "foxtive"
+)]
+#[derive(Clone, Copy, PartialEq)]
+pub struct PyRetryInfo {
+    /// 1 on the first delivery.
+    attempt: u32,
+    max_retries: u32,
+    /// Seconds before the next retry, if there is one.
+    next_delay: f64,
+    /// No retry left: this failure dead-letters the message.
+    exhausted: bool,
+    poison_pill: bool,
+}
+
+impl From<RetryInfo> for PyRetryInfo {
+    fn from(i: RetryInfo) -> Self {
+        PyRetryInfo {
+            attempt: i.attempt,
+            max_retries: i.max_retries,
+            next_delay: i.next_delay.as_secs_f64(),
+            exhausted: i.exhausted,
+            poison_pill: i.poison_pill,
+        }
+    }
+}
+
+#[pymethods]
+impl PyRetryInfo {
+    #[new]
+    #[pyo3(signature = (attempt, max_retries, next_delay, exhausted, poison_pill))]
+    fn new(
+        attempt: u32,
+        max_retries: u32,
+        next_delay: f64,
+        exhausted: bool,
+        poison_pill: bool,
+    ) -> Self {
+        PyRetryInfo {
+            attempt,
+            max_retries,
+            next_delay,
+            exhausted,
+            poison_pill,
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "RetryInfo(attempt={}, max_retries={}, next_delay={}, exhausted={}, poison_pill={})",
+            self.attempt,
+            self.max_retries,
+            self.next_delay,
+            if self.exhausted { "True" } else { "False" },
+            if self.poison_pill { "True" } else { "False" }
         )
     }
 }
