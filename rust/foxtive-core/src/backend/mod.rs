@@ -2,6 +2,7 @@
 
 pub mod memory;
 pub mod memory_dlq;
+pub mod postgres;
 pub mod rabbitmq;
 pub mod redis_streams;
 pub mod registry;
@@ -16,6 +17,7 @@ use crate::message::{Delivery, Outgoing, Settlement};
 use crate::Result;
 
 pub use memory::MemoryBackend;
+pub use postgres::{PostgresBackend, PostgresConfig};
 pub use rabbitmq::{RabbitMqBackend, RabbitMqConfig};
 pub use redis_streams::{RedisStreamBackend, RedisStreamConfig};
 pub use resilient::ResilientBackend;

@@ -39,7 +39,10 @@ impl BackendKind {
     pub fn is_available(self) -> bool {
         matches!(
             self,
-            BackendKind::Memory | BackendKind::RabbitMq | BackendKind::Redis
+            BackendKind::Memory
+                | BackendKind::RabbitMq
+                | BackendKind::Redis
+                | BackendKind::Postgres
         )
     }
 }
@@ -150,6 +153,8 @@ mod tests {
             ("rediss://h:6380", BackendKind::Redis),
             ("unix:///tmp/redis.sock", BackendKind::Redis),
             ("redis+unix:///tmp/redis.sock?db=1", BackendKind::Redis),
+            ("postgresql://u@h/db?schema=s", BackendKind::Postgres),
+            ("postgres://u@h/db", BackendKind::Postgres),
         ];
         for (url, kind) in cases {
             assert_eq!(backend_kind(url).ok(), Some(kind), "{url}");
@@ -160,8 +165,6 @@ mod tests {
     fn registry_names_backends_still_to_come() {
         for (url, name) in [
             ("sqlite:///foxtive.db", "sqlite"),
-            ("postgresql://u@h/db", "postgres"),
-            ("postgres://u@h/db", "postgres"),
             ("nats://h:4222", "nats"),
             ("redis+cluster://h1:7000,h2:7001", "redis-cluster"),
         ] {
@@ -188,7 +191,7 @@ mod tests {
     fn registry_errors_never_show_a_password() {
         for url in [
             "kafka://user:s3cret@h:9092",
-            "postgresql://user:s3cret@h/db",
+            "nats://user:s3cret@h:4222",
             "user:s3cret@h:5672",
             "memory://user:s3cret@h",
             "1amqp://user:s3cret@h",
