@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use foxtive_core::backend::MemoryBackend;
-use foxtive_core::message::{Delivery, Receipt};
+use foxtive_core::message::{Delivery, LocalReceipt, Receipt};
 use foxtive_core::policy::{
     Backoff, BreakerConfig, CircuitBreaker, FailureKind, PoisonPillTracker, RateLimiter,
     RetryPolicy, Verdict,
@@ -59,7 +59,7 @@ fn bench_policies() {
         "m-1",
         Bytes::from_static(b"x"),
         Arc::from("q"),
-        Receipt::Seq(1),
+        Receipt::new(LocalReceipt(1)),
     );
     report(
         "policy: poison-pill success (nothing tracked)",

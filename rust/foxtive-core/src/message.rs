@@ -1,5 +1,7 @@
 //! What a delivery is, and what can be done with it.
 
+use std::any::Any;
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,22 +50,44 @@ impl HeaderValue {
     }
 }
 
-/// How the backend finds a delivery again to settle it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Receipt {
-    /// The memory backend's sequence number.
-    Seq(u64),
-    /// An AMQP delivery tag, valid only on the channel generation `epoch`.
-    Amqp { delivery_tag: u64, epoch: u64 },
-    /// A Redis stream entry id.
-    Stream(String),
-    /// Handed to the pool by the user (`pool.dispatch`); settling it reaches
-    /// no broker.
-    Local(u64),
-    /// An opaque handle kept by a backend that lives outside the core (a
-    /// backend written in Python).
-    Handle(u64),
+/// How the backend finds a delivery again to settle it: a value of the
+/// backend's own type (an AMQP delivery tag, a stream entry id, a row id...),
+/// opaque to everyone else. Only the backend that made it reads it back, so a
+/// new backend adds its own type in its own folder and nothing here changes.
+#[derive(Clone)]
+pub struct Receipt(Arc<dyn ReceiptValue>);
+
+/// What a receipt may hold: any plain value a backend defines.
+pub trait ReceiptValue: Any + Send + Sync + fmt::Debug {}
+impl<T: Any + Send + Sync + fmt::Debug> ReceiptValue for T {}
+
+impl Receipt {
+    pub fn new<T: ReceiptValue>(value: T) -> Self {
+        Receipt(Arc::new(value))
+    }
+
+    /// The value, if this receipt holds a `T` (it was made by that backend).
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        let value: &dyn Any = self.0.as_ref();
+        value.downcast_ref::<T>()
+    }
+
+    /// Whether the user handed this delivery to the pool (`pool.dispatch`).
+    pub fn is_local(&self) -> bool {
+        self.get::<LocalReceipt>().is_some()
+    }
 }
+
+impl fmt::Debug for Receipt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Receipt").field(&self.0).finish()
+    }
+}
+
+/// The receipt of a delivery handed to the pool by the user (`pool.dispatch`):
+/// settling it reaches no broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalReceipt(pub u64);
 
 /// One delivery, as received. Immutable once built.
 #[derive(Debug, Clone)]

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use foxtive_core::backend::rabbitmq::{QueueType, RabbitMqBackend, RabbitMqConfig};
+use foxtive_core::backend::rabbitmq::{AmqpReceipt, QueueType, RabbitMqBackend, RabbitMqConfig};
 use foxtive_core::backend::Backend;
-use foxtive_core::message::{header, Failure, HeaderValue, Outgoing, Receipt, Settlement};
+use foxtive_core::message::{header, Failure, HeaderValue, Outgoing, Settlement};
 use foxtive_core::policy::ReconnectStrategy;
 use foxtive_core::{Delivery, Error};
 use lapin::options::{
@@ -392,8 +392,8 @@ async fn reconnects_and_never_acks_a_stale_tag() {
     assert!(b.epoch() > epoch);
     assert!(b.reconnect_attempts() >= 1);
     assert_eq!(b.consecutive_failures(), 0);
-    let Receipt::Amqp { epoch: e2, .. } = again[0].receipt else {
-        panic!()
+    let Some(&AmqpReceipt { epoch: e2, .. }) = again[0].receipt.get() else {
+        panic!("not an AMQP receipt: {:?}", again[0].receipt)
     };
     assert_ne!(e2, epoch);
     // Acks for the dead link are dropped (they would close the new channel).

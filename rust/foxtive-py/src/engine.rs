@@ -6,7 +6,7 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
-use foxtive_core::message::{Delivery, Receipt};
+use foxtive_core::message::{Delivery, LocalReceipt, Receipt};
 use foxtive_core::policy::{Backoff, BreakerConfig, RateLimitConfig, RetryPolicy};
 use foxtive_core::pool::{Engine, EngineConfig, Lane, WorkerSpec};
 
@@ -268,7 +268,7 @@ impl PyEngine {
             message_id.unwrap_or_else(|| format!("local-{seq}")),
             body_from_py(body)?,
             queue,
-            Receipt::Local(seq),
+            Receipt::new(LocalReceipt(seq)),
         );
         d.attempt = attempt.max(1);
         if let Some(h) = headers {

@@ -30,6 +30,11 @@ type ReceivedTuple<'py> = (
     bool,
 );
 
+/// A Python-written backend's delivery, as the core sees it: a handle to
+/// the Python receipt object this adapter keeps until it is settled.
+#[derive(Debug, Clone, Copy)]
+struct PythonReceipt(u64);
+
 pub struct PythonBackend {
     obj: Py<PyAny>,
     name: String,
@@ -134,7 +139,7 @@ impl PythonBackend {
             id,
             body_from_py(&body)?,
             self.queue.clone(),
-            Receipt::Handle(handle),
+            Receipt::new(PythonReceipt(handle)),
         );
         if let Some(h) = headers {
             d.headers = headers_from_py(&h)?;
@@ -150,7 +155,7 @@ impl PythonBackend {
         delivery: &Delivery,
         settlement: &Settlement,
     ) -> PyResult<Option<Bound<'py, PyDict>>> {
-        let Receipt::Handle(handle) = delivery.receipt else {
+        let Some(&PythonReceipt(handle)) = delivery.receipt.get() else {
             return Ok(None);
         };
         let Some(receipt) = self.receipts.lock().remove(&handle) else {

@@ -21,6 +21,10 @@ use crate::dlq::DeadLetter;
 use crate::message::{Delivery, Headers, Outgoing, Receipt, Settlement};
 use crate::{Error, Result};
 
+/// A memory delivery's receipt: its sequence number in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MemoryReceipt(u64);
+
 /// A stored message. Kept small: a million of them must fit comfortably.
 #[derive(Debug, Clone)]
 struct Entry {
@@ -271,7 +275,7 @@ impl MemoryBackend {
             priority: None,
             received_at,
             redelivered: false,
-            receipt: Receipt::Seq(seq),
+            receipt: Receipt::new(MemoryReceipt(seq)),
         };
         match &entry.meta {
             Some(meta) => {
@@ -351,7 +355,7 @@ impl MemoryBackend {
         settlement: Settlement,
         now: Instant,
     ) {
-        let Receipt::Seq(seq) = delivery.receipt else {
+        let Some(&MemoryReceipt(seq)) = delivery.receipt.get() else {
             return;
         };
         let Some(mut entry) = store.unacked.remove(seq) else {

@@ -114,7 +114,7 @@ impl PoisonPillTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::Receipt;
+    use crate::message::{LocalReceipt, Receipt};
     use bytes::Bytes;
     use std::sync::Arc;
 
@@ -123,7 +123,7 @@ mod tests {
             id,
             Bytes::from_static(b"x"),
             Arc::from("q"),
-            Receipt::Seq(1),
+            Receipt::new(LocalReceipt(1)),
         )
     }
 

@@ -19,7 +19,7 @@ use super::strategy::Picker;
 use super::{InFlight, Lane, Strategy};
 use crate::backend::{Backend, SettleItem};
 use crate::dlq::{DeadLetter, DeadLetterStore};
-use crate::message::{Delivery, Failure, Receipt, Settlement};
+use crate::message::{Delivery, Failure, Settlement};
 use crate::observe::{stats, Metrics, StatsSnapshot};
 use crate::policy::{
     Admission, BreakerConfig, BreakerState, CircuitBreaker, FailureKind, PoisonPillTracker,
@@ -611,9 +611,7 @@ impl Engine {
             Settlement::Retry { .. } | Settlement::Requeue => &w.requeued,
             // Counted once stored (count_dead_letters); a message handed in
             // by the user (pool.dispatch) reaches no store: counted now.
-            Settlement::DeadLetter(_) if matches!(inflight.delivery.receipt, Receipt::Local(_)) => {
-                &w.dead_lettered
-            }
+            Settlement::DeadLetter(_) if inflight.delivery.receipt.is_local() => &w.dead_lettered,
             Settlement::DeadLetter(_) => {
                 w.duration
                     .observe(now.saturating_duration_since(inflight.admitted));
@@ -633,7 +631,7 @@ impl Engine {
             let mut q = self.settle_queue.lock();
             for item in items {
                 // Messages handed in by the user (pool.dispatch) belong to no broker.
-                if !matches!(item.0.receipt, Receipt::Local(_)) {
+                if !item.0.receipt.is_local() {
                     q.push(item);
                     any = true;
                 }

@@ -20,6 +20,14 @@ const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 /// Dead-letter error texts are cut to this many bytes (headers share one frame).
 const MAX_ERROR_TEXT: usize = 8 * 1024;
 
+/// A RabbitMQ delivery's receipt: its delivery tag, valid only on the channel
+/// generation (`epoch`) that delivered it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AmqpReceipt {
+    pub delivery_tag: u64,
+    pub epoch: u64,
+}
+
 impl Shared {
     pub(super) fn to_delivery(
         &self,
@@ -77,10 +85,10 @@ impl Shared {
             priority: *props.priority(),
             received_at,
             redelivered: d.redelivered,
-            receipt: Receipt::Amqp {
+            receipt: Receipt::new(AmqpReceipt {
                 delivery_tag: tag,
                 epoch: link.epoch,
-            },
+            }),
         }
     }
 
@@ -199,9 +207,7 @@ impl Shared {
     }
 
     fn take_extras(&self, link: &Link, d: &Delivery) -> Option<BasicProperties> {
-        let Receipt::Amqp { delivery_tag, .. } = d.receipt else {
-            return None;
-        };
+        let &AmqpReceipt { delivery_tag, .. } = d.receipt.get()?;
         let extras = link.extras.lock();
         if extras.is_empty() {
             None

@@ -38,6 +38,7 @@ use lapin::BasicProperties;
 use parking_lot::RwLock;
 use tokio::sync::{watch, Notify};
 
+pub use self::codec::AmqpReceipt;
 pub use self::config::{QueueType, RabbitMqConfig};
 use self::link::{BatchEnd, Link};
 use self::nodes::parse_nodes;

@@ -11,10 +11,11 @@ use lapin::options::{
 use lapin::types::ShortString;
 use lapin::{Channel, Confirmation};
 
+use super::codec::AmqpReceipt;
 use super::link::Link;
 use super::{Prepared, Shared, Target};
 use crate::backend::SettleItem;
-use crate::message::{Receipt, Settlement};
+use crate::message::Settlement;
 use crate::{Error, Result};
 
 impl Shared {
@@ -206,10 +207,10 @@ impl Shared {
     fn sort_settlements(&self, link: &Link, batch: &[SettleItem]) -> Sorted {
         let mut sorted = Sorted::default();
         for (delivery, settlement) in batch {
-            let Receipt::Amqp {
+            let Some(&AmqpReceipt {
                 delivery_tag,
                 epoch,
-            } = delivery.receipt
+            }) = delivery.receipt.get()
             else {
                 continue;
             };
@@ -295,10 +296,10 @@ fn forget_extras(link: &Link, batch: &[SettleItem]) {
         return;
     }
     for (d, _) in batch {
-        if let Receipt::Amqp {
+        if let Some(&AmqpReceipt {
             delivery_tag,
             epoch,
-        } = d.receipt
+        }) = d.receipt.get()
         {
             if epoch == link.epoch {
                 extras.remove(&delivery_tag);

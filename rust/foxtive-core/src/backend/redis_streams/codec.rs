@@ -36,6 +36,10 @@ use crate::message::{Delivery, Failure, HeaderValue, Headers, Outgoing, Receipt}
 /// A field name and value as written to a stream entry.
 pub(crate) type Field<'a> = (Cow<'a, [u8]>, Cow<'a, [u8]>);
 
+/// A stream delivery's receipt: its entry id (`<ms>-<seq>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamReceipt(pub String);
+
 /// A stream entry id (`<ms>-<seq>`), small and cheap to hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StreamId {
@@ -437,7 +441,7 @@ pub(crate) fn delivery(
         priority: d.priority,
         received_at,
         redelivered: attempt > 1 || delivery_count > 1,
-        receipt: Receipt::Stream(entry_id),
+        receipt: Receipt::new(StreamReceipt(entry_id)),
     }
 }
 
@@ -551,7 +555,7 @@ mod tests {
         assert_eq!(d.correlation_id.as_deref(), Some("c1"));
         assert_eq!(d.priority, Some(3));
         assert!(d.redelivered);
-        assert_eq!(d.receipt, Receipt::Stream("5-0".into()));
+        assert_eq!(d.receipt.get(), Some(&StreamReceipt("5-0".into())));
     }
 
     #[test]

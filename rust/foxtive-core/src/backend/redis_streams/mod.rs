@@ -50,8 +50,9 @@ use tokio::time::Instant;
 
 use super::{Backend, BackendState, SettleItem};
 use crate::dlq::DeadLetter;
-use crate::message::{Delivery, Failure, Outgoing, Receipt, Settlement};
+use crate::message::{Delivery, Failure, Outgoing, Settlement};
 use crate::{Error, Result};
+pub use codec::StreamReceipt;
 use codec::{Field, Parts, StreamId};
 use link::Link;
 use reply::RawEntry;
@@ -456,7 +457,7 @@ impl Inner {
             let mut held = self.held.lock();
             let mut again = self.ready.lock();
             for (d, settlement) in &batch {
-                let Receipt::Stream(entry_id) = &d.receipt else {
+                let Some(StreamReceipt(entry_id)) = d.receipt.get() else {
                     continue;
                 };
                 let Some(key) = StreamId::parse(entry_id) else {
@@ -921,14 +922,12 @@ impl Backend for RedisStreamBackend {
                 let mut held = inner.held.lock();
                 waiting
                     .iter()
-                    .filter_map(|d| match &d.receipt {
-                        Receipt::Stream(id) => {
-                            let count = StreamId::parse(id)
-                                .and_then(|k| held.remove(&k))
-                                .unwrap_or(1);
-                            Some((id.clone(), count))
-                        }
-                        _ => None,
+                    .filter_map(|d| {
+                        let StreamReceipt(id) = d.receipt.get()?;
+                        let count = StreamId::parse(id)
+                            .and_then(|k| held.remove(&k))
+                            .unwrap_or(1);
+                        Some((id.clone(), count))
                     })
                     .collect()
             };
