@@ -42,13 +42,17 @@ pub(crate) fn probe_sql(schema: &str) -> String {
     )
 }
 
-/// The row id and attempt a delivery was claimed with: together they name
+/// A claim: the row id and its `attempts` when claimed. Together they name
 /// this claim, so a late settlement cannot touch a later claim of the row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowReceipt {
+    pub id: i64,
+    pub attempts: i32,
+}
+
+/// The claim a delivery of this backend was made from.
 pub(crate) fn claim_of(d: &Delivery) -> Option<(i64, i32)> {
-    match d.receipt {
-        Receipt::Seq(id) => Some((i64::try_from(id).ok()?, i32::try_from(d.attempt).ok()?)),
-        _ => None,
-    }
+    d.receipt.get::<RowReceipt>().map(|r| (r.id, r.attempts))
 }
 
 /// A claimed row as a delivery.
@@ -79,6 +83,6 @@ pub(crate) fn delivery(row: &Row, queue: &Arc<str>, received_at: f64) -> Result<
         priority: priority.and_then(|p| u8::try_from(p).ok()),
         received_at,
         redelivered: attempt > 1,
-        receipt: Receipt::Seq(id as u64),
+        receipt: Receipt::new(RowReceipt { id, attempts }),
     })
 }
