@@ -213,6 +213,59 @@ class RedisStreamBackend:
     def close(self) -> Awaitable[None]: ...
 
 @final
+class PostgresBackend:
+    def __new__(
+        cls,
+        dsn: str,
+        queue: str = "default",
+        schema: str = "foxtive",
+        lease_timeout: _Seconds | None = None,
+        poll_interval: _Seconds | None = None,
+    ) -> PostgresBackend: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def schema(self) -> str: ...
+    @property
+    def lease_timeout(self) -> float: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def reconnect_attempts(self) -> int: ...
+    @property
+    def consecutive_failures(self) -> int: ...
+    @property
+    def held(self) -> int: ...
+    def ensure_schema(self) -> Awaitable[None]: ...
+    def publish(
+        self,
+        body: bytes | str,
+        headers: dict[str, Any] | None = None,
+        delay: _Seconds | None = None,
+        message_id: str | None = None,
+    ) -> Awaitable[str]: ...
+    def publish_many(
+        self,
+        bodies: Iterable[bytes | str],
+        headers: dict[str, Any] | None = None,
+        delay: _Seconds | None = None,
+    ) -> Awaitable[list[str]]: ...
+    def dead_letters(self, limit: int = 100) -> Awaitable[list[DeadLetter]]: ...
+    def dead_letter_store(self) -> DeadLetterStore: ...
+    def close(self) -> Awaitable[None]: ...
+
+def postgres_enqueue(
+    schema: str,
+    queue: str,
+    bodies: Iterable[bytes | str],
+    headers: dict[str, Any] | None = None,
+    delay: _Seconds | None = None,
+    message_id: str | None = None,
+) -> tuple[str, list[Any], list[str]]: ...
+
+@final
 class DeadLetter:
     @property
     def original_id(self) -> str: ...

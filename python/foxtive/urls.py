@@ -18,6 +18,7 @@ from typing import Any
 from . import _core
 from .backends import Backend, MemoryBackend
 from .errors import ConfigError
+from .postgres import PostgresBackend
 from .rabbitmq import RabbitMqBackend, RabbitMqConsumerConfig
 from .redis_streams import RedisStreamBackend, RedisStreamConsumerConfig
 
@@ -35,9 +36,11 @@ def backend_from_url(url: str, queue: str, **options: Any) -> Backend:
       queue_name=queue, **options))``; the ``reconnect_*`` options go to the backend;
     * ``redis://`` / ``rediss://`` / ``unix://`` / ``redis+unix://`` ->
       ``RedisStreamBackend(url, RedisStreamConsumerConfig(stream_name=queue,
-      group_name="foxtive", **options))``.
+      group_name="foxtive", **options))``;
+    * ``postgresql://`` / ``postgres://`` -> ``PostgresBackend(url, queue, **options)``
+      (``schema``, ``lease_timeout``, ``poll_interval``; ``?schema=`` in the URL too).
 
-    ``sqlite://``, ``postgresql://`` / ``postgres://``, ``nats://`` and
+    ``sqlite://``, ``nats://`` and
     ``redis+cluster://`` are known but not available yet. An unknown scheme, a
     scheme not available yet, or an option the backend does not take is a
     :class:`ConfigError` naming it."""
@@ -59,6 +62,10 @@ def backend_from_url(url: str, queue: str, **options: Any) -> Backend:
         config.setdefault("group_name", REDIS_GROUP)
         return RedisStreamBackend(url, RedisStreamConsumerConfig(stream_name=queue, **config),
                                   **extra)
+    if kind == "postgres":
+        _check_options("PostgreSQL (postgresql://)", options, config_fields=(),
+                       backend_options=("schema", "lease_timeout", "poll_interval"))
+        return PostgresBackend(url, queue, **options)
     # The core returned a kind this module does not build: a registry row
     # added without its class here.
     raise ConfigError(f"backend '{kind}' has no Python class in foxtive.urls yet")

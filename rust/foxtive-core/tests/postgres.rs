@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use foxtive_core::backend::postgres::{PostgresBackend, PostgresConfig};
 use foxtive_core::backend::{Backend, BackendState};
+use foxtive_core::dlq::DeadLetterStore;
 use foxtive_core::message::{Failure, HeaderValue, Outgoing, Settlement};
 use foxtive_core::Delivery;
 use tokio_postgres::{Client, NoTls};

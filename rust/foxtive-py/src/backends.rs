@@ -32,6 +32,9 @@ pub fn resolve_backend(obj: &Bound<'_, PyAny>) -> PyResult<Resolved> {
     if let Ok(r) = obj.cast::<crate::redis_streams::PyRedisStreamBackend>() {
         return Ok((r.get().inner.clone(), None));
     }
+    if let Ok(r) = obj.cast::<crate::postgres::PyPostgresBackend>() {
+        return Ok((r.get().inner.clone(), None));
+    }
     // Python wrapper classes keep their native object in `_native`.
     if let Ok(native) = obj.getattr("_native") {
         if !native.is_none() {

@@ -11,6 +11,7 @@ mod errors;
 mod logs;
 mod message;
 mod observe;
+mod postgres;
 mod python_backend;
 mod rabbitmq;
 mod redis_streams;
@@ -38,6 +39,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<dlq::PyDeadLetterStore>()?;
     m.add_class::<rabbitmq::PyRabbitMqBackend>()?;
     m.add_class::<redis_streams::PyRedisStreamBackend>()?;
+    m.add_class::<postgres::PyPostgresBackend>()?;
+    m.add_function(wrap_pyfunction!(postgres::postgres_enqueue, m)?)?;
     m.add_function(wrap_pyfunction!(backends::redact_url, m)?)?;
     m.add_function(wrap_pyfunction!(registry::backend_kind, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::runtime_pid, m)?)?;

@@ -43,7 +43,7 @@ use crate::{Error, Result};
 use link::{Conn, Link};
 use publish::EnqueueRows;
 
-pub use config::{PostgresConfig, DEFAULT_SCHEMA};
+pub use config::{validate_schema, PostgresConfig, DEFAULT_SCHEMA};
 
 /// How long settlements keep trying through a connection loss.
 const SETTLE_RETRY_WINDOW: Duration = Duration::from_secs(15);
@@ -134,8 +134,8 @@ impl PostgresBackend {
     }
 
     /// The dead-letter table of this queue as a store (list, replay, purge).
-    pub fn dead_letter_store(&self) -> Arc<dyn crate::dlq::DeadLetterStore> {
-        Arc::new(dlq::PostgresDeadLetters::new(self.inner.clone()))
+    pub fn dead_letter_store(&self) -> dlq::PostgresDeadLetters {
+        dlq::PostgresDeadLetters::new(self.inner.clone())
     }
 
     /// Up to `limit` dead letters of this queue, oldest first.
