@@ -196,6 +196,11 @@ async fn round_trip_in_batches_keeps_ids_and_typed_headers() {
     assert_eq!(v, 1);
     b.close().await.unwrap();
     assert_eq!(b.state(), BackendState::Closed);
+    // Used again after close (a publish, a new pool run): it reconnects.
+    b.publish(vec![out("again")]).await.unwrap();
+    b.connect().await.unwrap();
+    assert_eq!(receive_all(&b, 1, Duration::from_secs(5)).await.len(), 1);
+    b.close().await.unwrap();
 }
 
 #[tokio::test]

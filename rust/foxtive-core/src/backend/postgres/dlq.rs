@@ -48,6 +48,7 @@ impl PostgresDeadLetters {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>> {
+        self.inner.link.reopen();
         let conn = self
             .inner
             .link
@@ -179,6 +180,7 @@ impl DeadLetterStore for PostgresDeadLetters {
                 &rows.delay,
                 &keys,
             ];
+            self.inner.link.reopen();
             let conn = self
                 .inner
                 .link

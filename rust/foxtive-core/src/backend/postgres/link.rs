@@ -254,6 +254,11 @@ impl Link {
         })
     }
 
+    /// Used again after close (a publish, a new pool run): allow connecting.
+    pub fn reopen(&self) {
+        self.closed.store(false, Ordering::Release);
+    }
+
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.closing.notify_waiters();

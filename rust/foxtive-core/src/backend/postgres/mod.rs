@@ -130,6 +130,7 @@ impl PostgresBackend {
 
     /// Connect (creating or migrating the schema) without starting anything.
     pub async fn ensure_schema(&self) -> Result<()> {
+        self.inner.link.reopen();
         self.inner.link.conn().await.map(|_| ())
     }
 
@@ -307,6 +308,8 @@ impl Inner {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
+        // Publishing on its own (no pool running, or after a pool closed us).
+        self.link.reopen();
         let rows = EnqueueRows::of(messages);
         let bodies: Vec<&[u8]> = rows.body.iter().map(|b| &b[..]).collect();
         let give_up = Instant::now() + PUBLISH_RETRY_WINDOW;
@@ -423,6 +426,7 @@ impl Backend for PostgresBackend {
 
     async fn connect(&self) -> Result<()> {
         self.inner.stopped.store(false, Ordering::Release);
+        self.inner.link.reopen();
         self.inner.link.conn().await?;
         self.inner.start_renewer();
         Ok(())
