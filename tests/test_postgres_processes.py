@@ -28,10 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 WORKER = textwrap.dedent(
     """
-    import asyncio, os, sys
+    import asyncio, os, sys, time
     import foxtive
 
-    url, queue, schema, out, lease, delay = sys.argv[1:7]
+    url, queue, schema, out, lease, delay, mode = sys.argv[1:8]
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
 
     async def handle(message):
@@ -40,6 +40,18 @@ WORKER = textwrap.dedent(
         if float(delay):
             await asyncio.sleep(float(delay))
         os.write(fd, f"done {message.body.decode()} {message.attempt}\\n".encode())
+
+    def busy(message):
+        # CPU-bound Python: the GIL is this thread's almost all the time.
+        os.write(fd, f"start {message.body.decode()} {message.attempt}\\n".encode())
+        end = time.monotonic() + float(delay)
+        n = 0
+        while time.monotonic() < end:
+            n += sum(i * i for i in range(1000))
+        os.write(fd, f"done {message.body.decode()} {message.attempt}\\n".encode())
+
+    if mode == "busy":
+        handle = busy
 
     backend = foxtive.PostgresBackend(url, queue, schema=schema, lease_timeout=float(lease))
     pool = (foxtive.WorkerPoolBuilder("pg-procs").add_worker(handle, id="h")
@@ -87,13 +99,13 @@ def wait_for(predicate: object, timeout: float, what: str) -> None:
 
 class Worker:
     def __init__(self, tmp: Path, n: int, queue: str, schema: str, *, lease: float = 30.0,
-                 delay: float = 0.0) -> None:
+                 delay: float = 0.0, mode: str = "async") -> None:
         self.out = tmp / f"worker-{n}.log"
         script = tmp / "pg_worker.py"
         script.write_text(WORKER)
         self.proc = subprocess.Popen(
             [sys.executable, str(script), POSTGRES_URL, queue, schema, str(self.out),
-             str(lease), str(delay)],
+             str(lease), str(delay), mode],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         wait_for(lambda: events(self.out, "ready") or self.proc.poll() is not None, 60,
                  "the worker to start")
@@ -186,3 +198,32 @@ def test_sigkill_mid_job_the_job_comes_back_after_the_lease_as_attempt_2(
     assert back_after >= lease * 0.5, back_after
     assert [e for e in events(heir.out, "done") if e[0] == "slow"] == [("slow", 2)]
     assert waiting(schema, queue) == 0
+
+
+def test_a_gil_bound_handler_keeps_its_job_for_3x_lease_timeout(tmp_path: Path,
+                                                                 schema: str) -> None:
+    queue = "busy"
+    lease = 1.0
+    backend = foxtive.PostgresBackend(POSTGRES_URL, queue, schema=schema)
+
+    async def publish() -> None:
+        await backend.publish(b"cpu")
+        await backend.close()
+
+    asyncio.run(publish())
+    busy = Worker(tmp_path, 0, queue, schema, lease=lease, delay=3 * lease, mode="busy")
+    rival = None
+    try:
+        wait_for(lambda: events(busy.out, "start"), 30, "the busy job to start")
+        # A second worker polls the queue all along; the lease is renewed from Rust.
+        rival = Worker(tmp_path, 1, queue, schema, lease=lease)
+        wait_for(lambda: events(busy.out, "done"), 60, "the busy job to finish")
+        wait_for(lambda: waiting(schema, queue) == 0, 30, "the job to be acked")
+        busy.stop()
+        rival.stop()
+    finally:
+        busy.kill()
+        if rival is not None:
+            rival.kill()
+    assert events(busy.out, "done") == [("cpu", 1)]
+    assert rival is not None and events(rival.out, "start") == [], "handed to another worker"
