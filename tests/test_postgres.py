@@ -5,10 +5,14 @@ Judged with psycopg; every test has its own schema and drops it."""
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -122,3 +126,42 @@ async def test_backend_from_url_and_the_password_never_shows(schema: str) -> Non
     assert "s3cret" not in str(info.value)
     with pytest.raises(foxtive.ConfigError, match="unknown option"):
         foxtive.backend_from_url(url, "q", prefetch=5)
+
+
+async def test_foxtive_dlq_cli_lists_replays_and_purges_the_table(schema: str,
+                                                                  tmp_path: Path) -> None:
+    url = f"{POSTGRES_URL}?schema={schema}"
+    backend = foxtive.PostgresBackend(url, "billing")
+    await backend.publish_many([b"bad-1", b"bad-2"])
+
+    async def handler(m: foxtive.Message) -> None:
+        raise ValueError("nope")
+
+    pool = (foxtive.WorkerPoolBuilder("pg-dlq").add_worker(handler, id="h")
+            .with_middleware(foxtive.RetryHandler(max_retries=0)).build())
+    assert await pool.run_until_idle_async(backend, timeout=30)
+    assert len(backend.dead_letters()) == 2
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "foxtive", "--log-level", "ERROR", "dlq",
+                               *args, "--broker", url, "--queue", "billing"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+    listed = cli("list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    records = json.loads(listed.stdout)
+    assert len(records) == 2
+    assert {r["error_type"] for r in records} == {"ValueError"}
+    first = records[0]["original_id"]
+    shown = cli("show", first)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)[0]["body"] in ("bad-1", "bad-2")
+    replayed = cli("replay", first)
+    assert replayed.returncode == 0, replayed.stderr
+    assert "replayed 1" in replayed.stdout
+    assert jobs(schema, "billing") == 1
+    purged = cli("purge", "--yes")
+    assert purged.returncode == 0, purged.stderr
+    assert "purged 1" in purged.stdout
+    assert backend.dead_letters() == []
+    await backend.close()

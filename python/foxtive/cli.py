@@ -18,6 +18,7 @@ from .dlq import DeadLetterQueue, FileDLQ, NativeDeadLetterQueue, RedisDLQ
 from .errors import ConfigError
 from .observe import HealthServer
 from .pool import WorkerPool
+from .postgres import PostgresBackend
 from .processes import StartupGuard, run_processes
 from .rabbitmq import RabbitMqBackend, RabbitMqConsumerConfig
 from .redis_streams import RedisStreamBackend, RedisStreamConsumerConfig
@@ -119,8 +120,11 @@ def _broker_dlq(url: str, queue: str | None, dlq_name: str | None) -> Any:
     elif scheme in ("redis", "rediss", "unix"):
         backend = RedisStreamBackend(url, RedisStreamConsumerConfig(
             stream_name=queue, dead_letter_stream=dlq_name))
+    elif scheme in ("postgresql", "postgres") and dlq_name is None:
+        backend = PostgresBackend(url, queue)  # the schema's dead_letters table, this queue
     else:
-        raise ConfigError(f"broker: expected an amqp(s):// or redis(s):// URL, "
+        raise ConfigError(f"broker: expected an amqp(s)://, redis(s):// or postgresql:// URL "
+                          "(--dead-letter-queue is not for postgresql://), "
                           f"got a {scheme or 'schemeless'} URL")
     return backend.dead_letter_queue()
 
