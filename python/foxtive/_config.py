@@ -64,5 +64,17 @@ class FrozenConfig:
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
 
+    def _fields(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+    def _adopt(self, native: Any, keep: tuple[str, ...] = ()) -> None:
+        """Keep ``native``, the core config built (and checked, once, in
+        Rust) from these fields, and read the fields back from it: seconds as
+        floats, defaults filled in. ``keep``: fields left as given."""
+        object.__setattr__(self, "_native", native)
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            if f.name not in keep:
+                object.__setattr__(self, f.name, getattr(native, f.name))
+
     def replace(self: _C, **changes: Any) -> _C:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]

@@ -4,6 +4,8 @@ from datetime import timedelta
 from os import PathLike
 from typing import Any, final
 
+from typing_extensions import disjoint_base
+
 __version__: str
 
 _Seconds = float | timedelta
@@ -128,11 +130,37 @@ class Engine:
     def begin_drain(self) -> Awaitable[None]: ...
     def finish(self) -> Awaitable[None]: ...
 
-@final
-class MemoryBackend:
-    def __new__(cls, name: str = "memory") -> MemoryBackend: ...
+@disjoint_base
+class NativeBackend:
+    """Base of every backend that runs in Rust (not constructed directly)."""
     @property
     def name(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def reconnect_attempts(self) -> int: ...
+    @property
+    def consecutive_failures(self) -> int: ...
+    def connect(self) -> Awaitable[None]: ...
+    def close(self) -> Awaitable[None]: ...
+    def publish(
+        self,
+        body: bytes | str,
+        headers: dict[str, Any] | None = None,
+        delay: _Seconds | None = None,
+        message_id: str | None = None,
+    ) -> Awaitable[str]: ...
+    def publish_many(
+        self,
+        bodies: Iterable[bytes | str],
+        headers: dict[str, Any] | None = None,
+        delay: _Seconds | None = None,
+    ) -> Awaitable[list[str]]: ...
+    def dead_letter_store(self) -> DeadLetterStore | None: ...
+
+@final
+class MemoryBackend(NativeBackend):
+    def __new__(cls, name: str = "memory") -> MemoryBackend: ...
     def publish_sync(
         self,
         body: bytes | str,
@@ -147,73 +175,22 @@ class MemoryBackend:
         delay: _Seconds | None = None,
     ) -> list[str]: ...
     def publish_bulk(self, bodies: Iterable[bytes]) -> int: ...
-    def publish(
-        self,
-        body: bytes | str,
-        headers: dict[str, Any] | None = None,
-        delay: _Seconds | None = None,
-        message_id: str | None = None,
-    ) -> Awaitable[str]: ...
-    def publish_many(
-        self,
-        bodies: Iterable[bytes | str],
-        headers: dict[str, Any] | None = None,
-        delay: _Seconds | None = None,
-    ) -> Awaitable[list[str]]: ...
     def qsize(self) -> int: ...
     def unacked(self) -> int: ...
     def dead_letters(self) -> list[DeadLetter]: ...
     def take_dead_letters(self, ids: list[str] | None = None) -> list[DeadLetter]: ...
-    def dead_letter_store(self) -> DeadLetterStore: ...
 
 @final
-class RedisStreamBackend:
-    def __new__(
-        cls,
-        url: str,
-        stream_name: str = "worker_stream",
-        group_name: str = "worker_group",
-        consumer_name: str | None = None,
-        batch_size: int = 100,
-        block_ms: int = 1000,
-        claim_idle: _Seconds | None = None,
-        claim_interval: _Seconds | None = None,
-        maxlen: int | None = None,
-        delete_on_ack: bool = True,
-        dead_letter_stream: str | None = None,
-        max_deliveries: int = 10,
-    ) -> RedisStreamBackend: ...
-    @property
-    def name(self) -> str: ...
+class RedisStreamBackend(NativeBackend):
+    def __new__(cls, url: str, config: RedisStreamConsumerConfig) -> RedisStreamBackend: ...
     @property
     def url(self) -> str: ...
     @property
     def consumer_name(self) -> str: ...
-    @property
-    def state(self) -> str: ...
-    @property
-    def reconnect_attempts(self) -> int: ...
-    @property
-    def consecutive_failures(self) -> int: ...
-    def publish(
-        self,
-        body: bytes | str,
-        headers: dict[str, Any] | None = None,
-        delay: _Seconds | None = None,
-        message_id: str | None = None,
-    ) -> Awaitable[str]: ...
-    def publish_many(
-        self,
-        bodies: Iterable[bytes | str],
-        headers: dict[str, Any] | None = None,
-        delay: _Seconds | None = None,
-    ) -> Awaitable[list[str]]: ...
     def dead_letters(self, limit: int = 100) -> Awaitable[list[DeadLetter]]: ...
-    def dead_letter_store(self) -> DeadLetterStore: ...
-    def close(self) -> Awaitable[None]: ...
 
 @final
-class PostgresBackend:
+class PostgresBackend(NativeBackend):
     def __new__(
         cls,
         dsn: str,
@@ -223,38 +200,15 @@ class PostgresBackend:
         poll_interval: _Seconds | None = None,
     ) -> PostgresBackend: ...
     @property
-    def name(self) -> str: ...
-    @property
     def url(self) -> str: ...
     @property
     def schema(self) -> str: ...
     @property
     def lease_timeout(self) -> float: ...
     @property
-    def state(self) -> str: ...
-    @property
-    def reconnect_attempts(self) -> int: ...
-    @property
-    def consecutive_failures(self) -> int: ...
-    @property
     def held(self) -> int: ...
     def ensure_schema(self) -> Awaitable[None]: ...
-    def publish(
-        self,
-        body: bytes | str,
-        headers: dict[str, Any] | None = None,
-        delay: _Seconds | None = None,
-        message_id: str | None = None,
-    ) -> Awaitable[str]: ...
-    def publish_many(
-        self,
-        bodies: Iterable[bytes | str],
-        headers: dict[str, Any] | None = None,
-        delay: _Seconds | None = None,
-    ) -> Awaitable[list[str]]: ...
     def dead_letters(self, limit: int = 100) -> Awaitable[list[DeadLetter]]: ...
-    def dead_letter_store(self) -> DeadLetterStore: ...
-    def close(self) -> Awaitable[None]: ...
 
 def postgres_enqueue(
     schema: str,
@@ -317,41 +271,19 @@ class DeadLetterStore:
 
 def redact_url(url: str) -> str: ...
 def backend_kind(url: str) -> str: ...
+def not_a_backend(got: str) -> str: ...
 def runtime_pid() -> int: ...
 def take_logs() -> list[tuple[int, str, str]]: ...
-def reconnect_delay(
-    kind: str, initial: float, max: float, multiplier: float, jitter: float, failures: int
-) -> float: ...
 
 
 @final
-class RabbitMqBackend:
+class RabbitMqBackend(NativeBackend):
     def __new__(
         cls,
         url: str | list[str],
-        queue_name: str = "worker_queue",
-        *,
-        consumer_tag: str | None = None,
-        prefetch_count: int = 100,
-        declare: bool = True,
-        durable: bool = True,
-        queue_type: str = "classic",
-        queue_arguments: dict[str, Any] | None = None,
-        exchange: str | None = None,
-        exchange_type: str = "direct",
-        routing_key: str | None = None,
-        connection_name: str | None = None,
-        heartbeat: int | None = None,
-        retry_queue_prefix: str | None = None,
-        dead_letter_queue: str | None = None,
-        reconnect_initial: float = 1.0,
-        reconnect_max: float = 60.0,
-        reconnect_multiplier: float = 2.0,
-        reconnect_jitter: float = 0.1,
-        connect_timeout: float = 10.0,
+        config: RabbitMqConsumerConfig,
+        reconnect: ReconnectStrategy | None = None,
     ) -> RabbitMqBackend: ...
-    @property
-    def name(self) -> str: ...
     @property
     def url(self) -> str: ...
     @property
@@ -360,68 +292,18 @@ class RabbitMqBackend:
     def dead_letter_queue(self) -> str: ...
     @property
     def dead_letter_connection_name(self) -> str: ...
-    def dead_letter_store(self) -> DeadLetterStore: ...
-    @property
-    def state(self) -> str: ...
-    @property
-    def reconnect_attempts(self) -> int: ...
-    @property
-    def consecutive_failures(self) -> int: ...
     @property
     def epoch(self) -> int: ...
     def retry_queue_for(self, delay: _Seconds) -> str | None: ...
-    def connect(self) -> Awaitable[None]: ...
-    def close(self) -> Awaitable[None]: ...
     def break_connection(self) -> Awaitable[None]: ...
-    def publish(
-        self,
-        body: bytes | str,
-        headers: dict[str, Any] | None = None,
-        delay: _Seconds | None = None,
-        message_id: str | None = None,
-    ) -> Awaitable[str]: ...
-    def publish_many(
-        self,
-        bodies: Iterable[bytes | str],
-        headers: dict[str, Any] | None = None,
-        delay: _Seconds | None = None,
-    ) -> Awaitable[list[str]]: ...
 
 @final
-class ResilientBackend:
+class ResilientBackend(NativeBackend):
     def __new__(
-        cls,
-        backend: Any,
-        kind: str = "exponential",
-        initial: float = 1.0,
-        max: float = 60.0,
-        multiplier: float = 2.0,
-        jitter: float = 0.1,
+        cls, backend: Any, strategy: ReconnectStrategy | None = None
     ) -> ResilientBackend: ...
-    @property
-    def name(self) -> str: ...
-    @property
-    def state(self) -> str: ...
-    @property
-    def reconnect_attempts(self) -> int: ...
-    @property
-    def consecutive_failures(self) -> int: ...
     def take_changes(self) -> list[tuple[str, str]]: ...
     def delay(self, failures: int) -> float: ...
-    def publish(
-        self,
-        body: bytes | str,
-        headers: dict[str, Any] | None = None,
-        delay: _Seconds | None = None,
-        message_id: str | None = None,
-    ) -> Awaitable[str]: ...
-    def publish_many(
-        self,
-        bodies: Iterable[bytes | str],
-        headers: dict[str, Any] | None = None,
-        delay: _Seconds | None = None,
-    ) -> Awaitable[list[str]]: ...
-    def close(self) -> Awaitable[None]: ...
 
 @final
 class Metrics:
@@ -441,3 +323,122 @@ class HttpServer:
     @property
     def port(self) -> int: ...
     def stop(self) -> None: ...
+
+@final
+class ReconnectStrategy:
+    def __new__(
+        cls,
+        *,
+        kind: str = ...,
+        initial: _Seconds = ...,
+        max: _Seconds = ...,
+        multiplier: float = ...,
+        jitter: float = ...,
+    ) -> ReconnectStrategy: ...
+    @staticmethod
+    def fixed(delay: _Seconds) -> ReconnectStrategy: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def initial(self) -> float: ...
+    @property
+    def max(self) -> float: ...
+    @property
+    def multiplier(self) -> float: ...
+    @property
+    def jitter(self) -> float: ...
+    def delay(self, failures: int) -> float: ...
+
+@final
+class RedisStreamConsumerConfig:
+    def __new__(
+        cls,
+        *,
+        stream_name: str = ...,
+        group_name: str = ...,
+        consumer_name: str | None = ...,
+        batch_size: int = ...,
+        block_ms: int = ...,
+        claim_idle: _Seconds = ...,
+        claim_interval: _Seconds | None = ...,
+        maxlen: int | None = ...,
+        delete_on_ack: bool = ...,
+        dead_letter_stream: str | None = ...,
+        max_deliveries: int = ...,
+    ) -> RedisStreamConsumerConfig: ...
+    @property
+    def stream_name(self) -> str: ...
+    @property
+    def group_name(self) -> str: ...
+    @property
+    def consumer_name(self) -> str: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def block_ms(self) -> int: ...
+    @property
+    def claim_idle(self) -> float: ...
+    @property
+    def claim_interval(self) -> float: ...
+    @property
+    def maxlen(self) -> int | None: ...
+    @property
+    def delete_on_ack(self) -> bool: ...
+    @property
+    def dead_letter_stream(self) -> str: ...
+    @property
+    def delayed_key(self) -> str: ...
+    @property
+    def max_deliveries(self) -> int: ...
+
+@final
+class RabbitMqConsumerConfig:
+    def __new__(
+        cls,
+        *,
+        queue_name: str = ...,
+        consumer_tag: str | None = ...,
+        prefetch_count: int = ...,
+        declare: bool = ...,
+        durable: bool = ...,
+        queue_type: str = ...,
+        queue_arguments: Mapping[str, Any] | None = ...,
+        exchange: str | None = ...,
+        routing_key: str | None = ...,
+        exchange_type: str = ...,
+        connection_name: str | None = ...,
+        heartbeat: _Seconds | None = ...,
+        retry_queue_prefix: str | None = ...,
+        dead_letter_queue: str | None = ...,
+        connect_timeout: _Seconds = ...,
+    ) -> RabbitMqConsumerConfig: ...
+    @property
+    def queue_name(self) -> str: ...
+    @property
+    def consumer_tag(self) -> str: ...
+    @property
+    def prefetch_count(self) -> int: ...
+    @property
+    def declare(self) -> bool: ...
+    @property
+    def durable(self) -> bool: ...
+    @property
+    def queue_type(self) -> str: ...
+    @property
+    def queue_arguments(self) -> dict[str, _HeaderValue]: ...
+    @property
+    def exchange(self) -> str | None: ...
+    @property
+    def routing_key(self) -> str | None: ...
+    @property
+    def exchange_type(self) -> str: ...
+    @property
+    def connection_name(self) -> str | None: ...
+    @property
+    def heartbeat(self) -> float | None: ...
+    @property
+    def retry_queue_prefix(self) -> str | None: ...
+    @property
+    def dead_letter_queue(self) -> str | None: ...
+    @property
+    def connect_timeout(self) -> float: ...

@@ -17,6 +17,7 @@ from . import _core
 from ._config import integer
 from ._tracecontext import inject
 from .dlq import NativeDeadLetterQueue
+from .errors import ConfigError
 
 __all__ = ["Backend", "Incoming", "MemoryBackend", "NativeBackend"]
 
@@ -124,19 +125,76 @@ class Backend:
                 await self.requeue(item["receipt"])
 
 
-class MemoryBackend(Backend):
+class NativeBackend(Backend):
+    """Base of the backends that run in Rust (``self._native``, a subclass of
+    ``_core.NativeBackend``): what they share is written here once —
+    connection state and counters (read without a round trip), connect,
+    close, publish and their own dead-letter queue."""
+
+    _native: _core.NativeBackend
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self._native.name
+
+    @property
+    def state(self) -> str:
+        """``"connected"``, ``"reconnecting"`` or ``"closed"``."""
+        return self._native.state
+
+    @property
+    def reconnect_attempts(self) -> int:
+        return self._native.reconnect_attempts
+
+    @property
+    def consecutive_failures(self) -> int:
+        return self._native.consecutive_failures
+
+    async def connect(self) -> None:
+        await self._native.connect()
+
+    async def close(self) -> None:
+        """Close the connections (a pool does this when it stops)."""
+        await self._native.close()
+
+    async def publish(self, body: bytes | str, headers: dict[str, Any] | None = None,
+                      delay: float | _dt.timedelta | None = None,
+                      message_id: str | None = None) -> str:
+        """Publish one message (durably where the broker can, after ``delay``
+        seconds); returns its id: ``message_id`` if given."""
+        return await self._native.publish(body, inject(headers), delay, message_id)
+
+    async def publish_many(self, bodies: Iterable[bytes | str],
+                           headers: dict[str, Any] | None = None,
+                           delay: float | _dt.timedelta | None = None) -> list[str]:
+        """Publish many in one batch; returns their ids in order."""
+        return await self._native.publish_many(bodies, inject(headers), delay)
+
+    def dead_letter_queue(self) -> NativeDeadLetterQueue:
+        """The backend's own dead-letter queue as a queue view: list, replay
+        (back to the source queue, each record moved as one step), purge."""
+        store = self._native.dead_letter_store()
+        if store is None:
+            raise ConfigError(f"{type(self).__name__} has no dead-letter queue of its own")
+        return NativeDeadLetterQueue(self, store)
+
+    def dead_letters(self, limit: int = 100) -> list[_core.DeadLetter]:
+        """Up to ``limit`` dead letters, oldest first, rebuilt from what the
+        backend wrote with each (nothing is consumed)."""
+        return self.dead_letter_queue().get_failed_messages(limit)
+
+
+class MemoryBackend(NativeBackend):
     """The in-process backend: the embedded default, and the one for tests.
 
     ``message.queue`` is its name. Retries and delayed messages wait inside
     the backend, not in the worker. ``qsize()`` counts waiting messages,
     ready or delayed; ``unacked()`` those delivered and not settled."""
 
+    _native: _core.MemoryBackend
+
     def __init__(self, name: str = "memory") -> None:
         self._native = _core.MemoryBackend(name)
-
-    @property
-    def name(self) -> str:  # type: ignore[override]
-        return self._native.name
 
     def __repr__(self) -> str:
         return f"MemoryBackend(name={self.name!r})"
@@ -178,37 +236,3 @@ class MemoryBackend(Backend):
         if limit is None:
             return letters
         return letters[:integer("limit", limit, minimum=0)]
-
-    def dead_letter_queue(self) -> NativeDeadLetterQueue:
-        """The dead letters as a queue view: list, replay (back into this
-        backend), purge."""
-        return NativeDeadLetterQueue(self, self._native.dead_letter_store())
-
-
-class NativeBackend(Backend):
-    """Base of the backends whose connection lives in Rust (``self._native``):
-    their connection state and counters, read without a round trip."""
-
-    _native: Any
-
-    @property
-    def name(self) -> str:  # type: ignore[override]
-        name: str = self._native.name
-        return name
-
-    @property
-    def state(self) -> str:
-        """``"connected"``, ``"reconnecting"`` or ``"closed"``."""
-        state: str = self._native.state
-        return state
-
-    @property
-    def reconnect_attempts(self) -> int:
-        attempts: int = self._native.reconnect_attempts
-        return attempts
-
-    @property
-    def consecutive_failures(self) -> int:
-        failures: int = self._native.consecutive_failures
-        return failures
-

@@ -26,6 +26,7 @@ from typing import Any
 
 from . import _core, _logs
 from ._config import integer
+from ._native import native_of
 from .errors import ConfigError
 
 __all__ = ["DeadLetterQueue", "FileDLQ", "MemoryDLQ", "NativeDeadLetterQueue", "RedisDLQ"]
@@ -97,7 +98,7 @@ class DeadLetterQueue:
             )
         wanted = _ids(ids)
         try:
-            if _is_native(target):
+            if native_of(target) is not None:
                 count: int = await self._native.replay(target, wanted)
                 return count
             return await self._replay_through_python(target, wanted)
@@ -151,13 +152,6 @@ def _ids(ids: Iterable[str] | None) -> list[str] | None:
     return out
 
 
-def _is_native(backend: Any) -> bool:
-    """True for backends that run in Rust (their wrappers keep them in ``_native``)."""
-    if isinstance(backend, _core.MemoryBackend | _core.RabbitMqBackend):
-        return True
-    return getattr(backend, "_native", None) is not None
-
-
 class NativeDeadLetterQueue(DeadLetterQueue):
     """A backend's own dead-letter queue (RabbitMQ ``{queue}.dlq``, Redis
     ``{stream}:dlq``, the memory backend's list), from
@@ -182,7 +176,7 @@ class NativeDeadLetterQueue(DeadLetterQueue):
         returns how many. ``to``: another backend to publish to instead (then
         each is published, then removed: an interruption in between can leave
         a duplicate, never a loss)."""
-        if to is None or to is self.backend or _native_of(to) is _native_of(self.backend):
+        if to is None or to is self.backend or _same_native(to, self.backend):
             try:
                 count: int = await self._native.replay_in_place(_ids(ids))
             finally:
@@ -194,8 +188,9 @@ class NativeDeadLetterQueue(DeadLetterQueue):
         return f"NativeDeadLetterQueue({self._native.name})"
 
 
-def _native_of(backend: Any) -> Any:
-    return getattr(backend, "_native", backend)
+def _same_native(a: Any, b: Any) -> bool:
+    native = native_of(a)
+    return native is not None and native is native_of(b)
 
 
 class MemoryDLQ(DeadLetterQueue):

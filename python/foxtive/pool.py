@@ -12,6 +12,7 @@ from typing import Any
 from . import _core, _logs
 from ._config import integer, seconds
 from ._dispatch import Plan, Runner
+from ._native import native_of
 from .backends import Backend, MemoryBackend
 from .errors import ConfigError
 from .middleware import Middleware
@@ -179,12 +180,8 @@ class WorkerPoolBuilder:
 
 
 def _check_backend(backend: Any) -> None:
-    if not isinstance(backend, Backend) and getattr(backend, "_native", None) is None:
-        raise ConfigError(
-            "backend: expected a foxtive backend (MemoryBackend, RabbitMqBackend, "
-            f"RedisStreamBackend, ResilientBackend or a foxtive.Backend subclass), "
-            f"got {type(backend).__name__}"
-        )
+    if not isinstance(backend, Backend) and native_of(backend) is None:
+        raise ConfigError(_core.not_a_backend(type(backend).__name__))
 
 
 

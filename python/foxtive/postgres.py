@@ -36,7 +36,6 @@ from typing import Any
 from . import _core
 from ._tracecontext import inject
 from .backends import NativeBackend
-from .dlq import NativeDeadLetterQueue
 from .errors import ConfigError
 
 __all__ = ["PostgresBackend"]
@@ -49,8 +48,13 @@ class PostgresBackend(NativeBackend):
     (``postgres://`` too; ``?schema=name`` picks the schema). The password is
     shown as ``***`` everywhere. ``lease_timeout``: seconds a claimed job
     stays with a worker that stopped renewing it (died). Nothing connects
-    until a pool starts or the first publish.
+    until a pool starts or the first publish. Its dead-letter queue
+    (``dead_letter_queue()``, ``foxtive dlq --broker URL --queue Q``) is the
+    schema's ``dead_letters`` table; a replay moves each record back into
+    ``jobs`` with one statement: never lost or doubled.
     """
+
+    _native: _core.PostgresBackend
 
     def __init__(self, dsn: str, queue: str = "default", schema: str = "foxtive",
                  lease_timeout: float | _dt.timedelta = 30.0, *,
@@ -100,8 +104,7 @@ class PostgresBackend(NativeBackend):
         if transaction is not None:
             ids = await self._enqueue(transaction, [body], headers, delay, message_id)
             return ids[0]
-        result: str = await self._native.publish(body, inject(headers), delay, message_id)
-        return result
+        return await super().publish(body, headers, delay, message_id)
 
     async def publish_many(self, bodies: Iterable[bytes | str],
                            headers: dict[str, Any] | None = None,
@@ -110,8 +113,7 @@ class PostgresBackend(NativeBackend):
         """Insert many jobs in one statement; returns their ids in order."""
         if transaction is not None:
             return await self._enqueue(transaction, list(bodies), headers, delay, None)
-        result: list[str] = await self._native.publish_many(bodies, inject(headers), delay)
-        return result
+        return await super().publish_many(bodies, headers, delay)
 
     async def _enqueue(self, conn: Any, bodies: list[bytes | str],
                        headers: dict[str, Any] | None, delay: float | _dt.timedelta | None,
@@ -123,19 +125,6 @@ class PostgresBackend(NativeBackend):
                                                   inject(headers), delay, message_id)
         await _execute(conn, sql, params)
         return list(ids)
-
-    def dead_letters(self, limit: int = 100) -> list[_core.DeadLetter]:
-        """The oldest ``limit`` dead letters of this queue."""
-        return self.dead_letter_queue().get_failed_messages(limit)
-
-    def dead_letter_queue(self) -> NativeDeadLetterQueue:
-        """The ``dead_letters`` table of this queue as a queue view: list,
-        replay (each record moved back into ``jobs`` by one statement), purge."""
-        return NativeDeadLetterQueue(self, self._native.dead_letter_store())
-
-    async def close(self) -> None:
-        """Hand back unsettled jobs and close the connection (a pool does this)."""
-        await self._native.close()
 
 
 async def _execute(conn: Any, sql: str, params: list[Any]) -> None:

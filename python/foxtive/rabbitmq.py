@@ -32,41 +32,17 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import os
-import socket
-import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import _core
-from ._config import FrozenConfig, integer, seconds
-from ._tracecontext import inject
+from ._config import FrozenConfig
 from .backends import NativeBackend
 from .dlq import NativeDeadLetterQueue
 from .errors import ConfigError
+from .resilient import ReconnectStrategy
 
 __all__ = ["RabbitMqBackend", "RabbitMqConsumerConfig"]
-
-_QUEUE_TYPES = ("classic", "quorum")
-_EXCHANGE_TYPES = ("direct", "topic", "fanout", "headers")
-
-
-def _default_consumer_tag() -> str:
-    host = socket.gethostname()[:64] or "host"
-    return f"foxtive-{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-def _name(field: str, value: Any, *, allow_none: bool = False, allow_empty: bool = False) -> Any:
-    if value is None and allow_none:
-        return None
-    if not isinstance(value, str):
-        raise ConfigError(f"{field}: expected a string, got {type(value).__name__}")
-    if not value and not allow_empty:
-        raise ConfigError(f"{field}: must be a non-empty string")
-    if len(value.encode()) > 255:
-        raise ConfigError(f"{field}: at most 255 bytes (an AMQP short string)")
-    return value
-
 
 @dataclasses.dataclass(frozen=True)
 class RabbitMqConsumerConfig(FrozenConfig):
@@ -102,55 +78,13 @@ class RabbitMqConsumerConfig(FrozenConfig):
     connect_timeout: float | _dt.timedelta = 10.0
 
     def __post_init__(self) -> None:
-        self._set("queue_name", _name("queue_name", self.queue_name))
-        tag = self.consumer_tag if self.consumer_tag is not None else _default_consumer_tag()
-        self._set("consumer_tag", _name("consumer_tag", tag))
-        prefetch = integer("prefetch_count", self.prefetch_count, minimum=1)
-        if prefetch > 65535:
-            raise ConfigError(f"prefetch_count: must be between 1 and 65535, got {prefetch}")
-        for flag in ("declare", "durable"):
-            if not isinstance(getattr(self, flag), bool):
-                raise ConfigError(
-                    f"{flag}: expected True or False, got {type(getattr(self, flag)).__name__}"
-                )
-        if self.queue_type not in _QUEUE_TYPES:
-            raise ConfigError(
-                f"queue_type: unknown value {self.queue_type!r}; allowed: "
-                + ", ".join(repr(t) for t in _QUEUE_TYPES)
-            )
-        if self.queue_type == "quorum" and not self.durable:
-            raise ConfigError("durable: quorum queues are always durable; use durable=True")
-        if self.queue_arguments is not None:
-            if not isinstance(self.queue_arguments, Mapping) or not all(
-                isinstance(k, str) for k in self.queue_arguments
-            ):
-                raise ConfigError("queue_arguments: expected a dict with str keys")
-            self._set("queue_arguments", dict(self.queue_arguments))
-        _name("exchange", self.exchange, allow_none=True)
-        _name("routing_key", self.routing_key, allow_none=True, allow_empty=True)
-        if self.routing_key is not None and self.exchange is None:
-            raise ConfigError("routing_key: only meaningful with an exchange to bind to; "
-                              "set exchange too")
-        if self.exchange_type not in _EXCHANGE_TYPES:
-            raise ConfigError(
-                f"exchange_type: unknown value {self.exchange_type!r}; allowed: "
-                + ", ".join(repr(t) for t in _EXCHANGE_TYPES)
-            )
-        _name("connection_name", self.connection_name, allow_none=True)
-        hb = seconds("heartbeat", self.heartbeat, allow_none=True)
-        if hb is not None and hb > 65535:
-            raise ConfigError(f"heartbeat: must be between 0 and 65535 seconds, got {hb}")
-        self._set("heartbeat", hb)
-        _name("retry_queue_prefix", self.retry_queue_prefix, allow_none=True)
-        _name("dead_letter_queue", self.dead_letter_queue, allow_none=True)
-        if self.dead_letter_queue == self.queue_name:
-            raise ConfigError("dead_letter_queue: must differ from queue_name")
-        ct = seconds("connect_timeout", self.connect_timeout)
-        if not 0 < ct <= 3600:
-            raise ConfigError(
-                f"connect_timeout: must be more than 0 and at most 3600 seconds, got {ct}"
-            )
-        self._set("connect_timeout", ct)
+        # Checked once, by the core; fields read back normalised (seconds as
+        # floats, the consumer tag filled in).
+        fields = self._fields()
+        if isinstance(self.queue_arguments, Mapping):
+            fields["queue_arguments"] = dict(self.queue_arguments)
+            self._set("queue_arguments", fields["queue_arguments"])
+        self._adopt(_core.RabbitMqConsumerConfig(**fields), keep=("queue_arguments",))
 
     @property
     def retry_queue_prefix_or_default(self) -> str:
@@ -173,7 +107,7 @@ class DeadLetterQueueName(str):
         return self
 
     def __call__(self) -> NativeDeadLetterQueue:
-        return NativeDeadLetterQueue(self._backend, self._backend._native.dead_letter_store())
+        return NativeBackend.dead_letter_queue(self._backend)
 
 
 class RabbitMqBackend(NativeBackend):
@@ -186,6 +120,8 @@ class RabbitMqBackend(NativeBackend):
     of URLs; connecting and reconnecting go round them, starting from a random
     one. The password never appears in ``repr``, logs or errors.
     ``reconnect_*`` shape the backoff between reconnection attempts."""
+
+    _native: _core.RabbitMqBackend
 
     def __init__(self, url: str | Sequence[str], config: RabbitMqConsumerConfig | None = None, *,
                  reconnect_initial: float = 1.0, reconnect_max: float = 60.0,
@@ -206,78 +142,29 @@ class RabbitMqBackend(NativeBackend):
                 f"config: expected a foxtive.RabbitMqConsumerConfig, got {type(config).__name__}"
             )
         self.config = config
-        hb = seconds("heartbeat", config.heartbeat, allow_none=True)
-        self._native = _core.RabbitMqBackend(
-            urls,
-            config.queue_name,
-            consumer_tag=config.consumer_tag,
-            prefetch_count=config.prefetch_count,
-            declare=config.declare,
-            durable=config.durable,
-            queue_type=config.queue_type,
-            queue_arguments=(
-                None if config.queue_arguments is None else dict(config.queue_arguments)
-            ),
-            exchange=config.exchange,
-            exchange_type=config.exchange_type,
-            routing_key=config.routing_key,
-            connection_name=config.connection_name,
-            heartbeat=None if hb is None else round(hb),
-            retry_queue_prefix=config.retry_queue_prefix,
-            dead_letter_queue=config.dead_letter_queue,
-            reconnect_initial=seconds("reconnect_initial", reconnect_initial),
-            reconnect_max=seconds("reconnect_max", reconnect_max),
-            reconnect_multiplier=float(reconnect_multiplier),
-            reconnect_jitter=float(reconnect_jitter),
-            connect_timeout=seconds("connect_timeout", config.connect_timeout),
-        )
+        reconnect = ReconnectStrategy.exponential(reconnect_initial, reconnect_max,
+                                                  reconnect_multiplier, reconnect_jitter)
+        self._native = _core.RabbitMqBackend(urls, config._native, reconnect._native)
 
     @property
     def url(self) -> str:
         """The URL with its password replaced by ``***``."""
-        return str(self._native.url)
+        return self._native.url
 
     @property
     def queue_name(self) -> str:
-        return str(self._native.name)
+        return self._native.name
 
     @property
     def dead_letter_queue(self) -> DeadLetterQueueName:
         """The dead-letter queue: its name (a ``str``, as before), and called,
         ``backend.dead_letter_queue()``, a :class:`foxtive.dlq.NativeDeadLetterQueue`
         view of it (list, replay, purge)."""
-        return DeadLetterQueueName(str(self._native.dead_letter_queue), self)
-
-    def dead_letters(self, limit: int = 100) -> list[_core.DeadLetter]:
-        """Up to ``limit`` dead letters, oldest first, rebuilt from their
-        ``x-foxtive-*`` headers. Nothing is consumed: the messages are taken
-        without an ack and handed back (they are then marked redelivered)."""
-        return self.dead_letter_queue().get_failed_messages(limit)
+        return DeadLetterQueueName(self._native.dead_letter_queue, self)
 
     def retry_queue_for(self, delay: float | _dt.timedelta) -> str | None:
         """The delay-bucket queue a retry after ``delay`` waits in (``None``: no delay)."""
-        queue: str | None = self._native.retry_queue_for(delay)
-        return queue
+        return self._native.retry_queue_for(delay)
 
     def __repr__(self) -> str:
         return f"RabbitMqBackend(url={self.url!r}, queue={self.name!r})"
-
-    async def connect(self) -> None:
-        await self._native.connect()
-
-    async def close(self) -> None:
-        await self._native.close()
-
-    async def publish(self, body: bytes | str, headers: dict[str, Any] | None = None,
-                      delay: float | _dt.timedelta | None = None,
-                      message_id: str | None = None) -> str:
-        """Publish to the queue (declared durable), persistent, with a publisher
-        confirm; ``delay`` waits in a delay bucket. Returns the message id."""
-        result: str = await self._native.publish(body, inject(headers), delay, message_id)
-        return result
-
-    async def publish_many(self, bodies: Iterable[bytes | str],
-                           headers: dict[str, Any] | None = None,
-                           delay: float | _dt.timedelta | None = None) -> list[str]:
-        result: list[str] = await self._native.publish_many(list(bodies), inject(headers), delay)
-        return result

@@ -26,34 +26,17 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import os
-import secrets
-import socket
-from collections.abc import Iterable
 from typing import Any
 
 from . import _core
-from ._config import FrozenConfig, integer, seconds
-from ._tracecontext import inject
+from ._config import FrozenConfig
 from .backends import NativeBackend
-from .dlq import NativeDeadLetterQueue
 from .errors import ConfigError
 
 __all__ = ["RedisStreamBackend", "RedisStreamConsumerConfig"]
 
 #: Fields whose default is derived from others (recomputed by ``with_*``).
 _DERIVED = ("claim_interval", "dead_letter_stream")
-
-
-def _default_consumer_name() -> str:
-    host = socket.gethostname() or "host"
-    return f"{host}-{os.getpid()}-{secrets.token_hex(4)}"
-
-
-def _name(field: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{field}: must be a non-empty string, got {value!r}")
-    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,40 +67,8 @@ class RedisStreamConsumerConfig(FrozenConfig):
     def __post_init__(self) -> None:
         derived = {f for f in _DERIVED if getattr(self, f) is None}
         object.__setattr__(self, "_derived", frozenset(derived))
-        self._set("stream_name", _name("stream_name", self.stream_name))
-        self._set("group_name", _name("group_name", self.group_name))
-        if self.consumer_name is None:
-            self._set("consumer_name", _default_consumer_name())
-        self._set("consumer_name", _name("consumer_name", self.consumer_name))
-        batch = integer("batch_size", self.batch_size, minimum=1)
-        if batch > 100_000:
-            raise ConfigError(f"batch_size: must be between 1 and 100000, got {batch}")
-        self._set("batch_size", batch)
-        block = integer("block_ms", self.block_ms, minimum=0)
-        if block > 3_600_000:
-            raise ConfigError(f"block_ms: must be between 0 and 3600000, got {block}")
-        self._set("block_ms", block)
-        claim_idle = seconds("claim_idle", self.claim_idle)
-        if claim_idle < 0.1:
-            raise ConfigError(f"claim_idle: must be >= 0.1 seconds, got {claim_idle}")
-        self._set("claim_idle", claim_idle)
-        if self.claim_interval is None:
-            self._set("claim_interval", min(max(claim_idle / 4, 0.1), 15.0))
-        interval = seconds("claim_interval", self.claim_interval)
-        if interval < 0.1:
-            raise ConfigError(f"claim_interval: must be >= 0.1 seconds, got {interval}")
-        self._set("claim_interval", interval)
-        self._set("maxlen", integer("maxlen", self.maxlen, minimum=1, allow_none=True))
-        if not isinstance(self.delete_on_ack, bool):
-            raise ConfigError(
-                f"delete_on_ack: expected True or False, got {type(self.delete_on_ack).__name__}"
-            )
-        if self.dead_letter_stream is None:
-            self._set("dead_letter_stream", f"{self.stream_name}:dlq")
-        dlq = _name("dead_letter_stream", self.dead_letter_stream)
-        if dlq == self.stream_name:
-            raise ConfigError("dead_letter_stream: must differ from stream_name")
-        self._set("max_deliveries", integer("max_deliveries", self.max_deliveries, minimum=1))
+        # Checked once, by the core; fields read back with defaults filled in.
+        self._adopt(_core.RedisStreamConsumerConfig(**self._fields()))
 
     def replace(self, **changes: Any) -> RedisStreamConsumerConfig:
         """A copy with ``changes``; derived defaults follow the new values."""
@@ -141,9 +92,6 @@ class RedisStreamConsumerConfig(FrozenConfig):
         """The sorted set where delayed messages (and retries) wait."""
         return f"{self.stream_name}:delayed"
 
-    def _native_kwargs(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
 
 class RedisStreamBackend(NativeBackend):
     """A Redis Streams consumer group as a foxtive backend.
@@ -154,8 +102,12 @@ class RedisStreamBackend(NativeBackend):
     (``?db=N``). The password may also be given as ``?password=`` or
     ``?pass=`` on any scheme; it is shown as ``***`` everywhere. Nothing
     connects until a pool starts or the first publish. ``message.queue`` is
-    the stream name.
+    the stream name. Its dead-letter stream (``config.dead_letter_stream``)
+    is ``dead_letter_queue()``; a replay moves each entry back to the stream
+    with one Lua script: never lost or doubled.
     """
+
+    _native: _core.RedisStreamBackend
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0",
                  config: RedisStreamConsumerConfig | None = None) -> None:
@@ -168,48 +120,18 @@ class RedisStreamBackend(NativeBackend):
                 f"config: expected a RedisStreamConsumerConfig, got {type(config).__name__}"
             )
         self.config = config
-        self._native = _core.RedisStreamBackend(url, **config._native_kwargs())
+        self._native = _core.RedisStreamBackend(url, config._native)
 
     @property
     def url(self) -> str:
         """The URL with its password replaced by ``***``."""
-        return str(self._native.url)
+        return self._native.url
 
     @property
     def consumer_name(self) -> str:
-        return str(self._native.consumer_name)
+        return self._native.consumer_name
 
     def __repr__(self) -> str:
         return (f"RedisStreamBackend(url={self.url!r}, stream_name={self.config.stream_name!r}, "
                 f"group_name={self.config.group_name!r}, "
                 f"consumer_name={self.consumer_name!r})")
-
-    async def publish(self, body: bytes | str, headers: dict[str, Any] | None = None,
-                      delay: float | _dt.timedelta | None = None,
-                      message_id: str | None = None) -> str:
-        """XADD one message (after ``delay`` seconds, through the delayed set);
-        returns its id: ``message_id`` if given, else the entry id."""
-        result: str = await self._native.publish(body, inject(headers), delay, message_id)
-        return result
-
-    async def publish_many(self, bodies: Iterable[bytes | str],
-                           headers: dict[str, Any] | None = None,
-                           delay: float | _dt.timedelta | None = None) -> list[str]:
-        """Pipelined XADDs; returns the ids in order."""
-        result: list[str] = await self._native.publish_many(bodies, inject(headers), delay)
-        return result
-
-    def dead_letters(self, limit: int = 100) -> list[_core.DeadLetter]:
-        """The oldest ``limit`` entries of the dead-letter stream
-        (``config.dead_letter_stream``), rebuilt from their fields."""
-        return self.dead_letter_queue().get_failed_messages(limit)
-
-    def dead_letter_queue(self) -> NativeDeadLetterQueue:
-        """The dead-letter stream as a queue view: list, replay (each entry
-        moved back to the stream by one Lua script: never lost or doubled),
-        purge."""
-        return NativeDeadLetterQueue(self, self._native.dead_letter_store())
-
-    async def close(self) -> None:
-        """Close the connections (a pool does this when it stops)."""
-        await self._native.close()

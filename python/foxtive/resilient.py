@@ -5,12 +5,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from . import _core
-from ._config import FrozenConfig, seconds
-from ._tracecontext import inject
+from ._config import FrozenConfig
 from .backends import NativeBackend
 from .errors import ConfigError
 
@@ -25,7 +24,8 @@ class ReconnectStrategy(FrozenConfig):
 
     ``exponential``: after *n* failures in a row wait ``min(max, initial *
     multiplier^(n-1))``, spread by ``±jitter`` (0.1 = ±10 %), never above
-    ``max``; safe at any *n*. ``fixed``: the same delay every time."""
+    ``max``; safe at any *n*. ``fixed``: the same delay every time. Checked
+    once, by the core (``_core.ReconnectStrategy``)."""
 
     kind: str = "exponential"
     initial: float = 1.0
@@ -34,19 +34,7 @@ class ReconnectStrategy(FrozenConfig):
     jitter: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.kind not in ("exponential", "fixed"):
-            raise ConfigError(f"kind: {self.kind!r}; allowed: exponential, fixed")
-        self._set("initial", seconds("initial", self.initial))
-        self._set("max", seconds("max", self.max))
-        self._set("multiplier", float(self.multiplier))
-        self._set("jitter", float(self.jitter))
-        if self.kind == "exponential":
-            if self.max < self.initial:
-                raise ConfigError(f"max: must be >= initial ({self.initial}), got {self.max}")
-            if not self.multiplier >= 1.0:
-                raise ConfigError(f"multiplier: must be >= 1.0, got {self.multiplier}")
-            if not 0.0 <= self.jitter <= 1.0:
-                raise ConfigError(f"jitter: must be between 0.0 and 1.0, got {self.jitter}")
+        self._adopt(_core.ReconnectStrategy(**self._fields()))
 
     @classmethod
     def exponential(cls, initial: float | _dt.timedelta = 1.0, max: float | _dt.timedelta = 60.0,
@@ -55,13 +43,13 @@ class ReconnectStrategy(FrozenConfig):
 
     def delay(self, failures: int) -> float:
         """Seconds to wait after ``failures`` consecutive failures (jitter included)."""
-        return _core.reconnect_delay(self.kind, self.initial, self.max, self.multiplier,
-                                     self.jitter, max(0, min(failures, 2**32 - 1)))
+        delay: float = self._native.delay(max(0, min(failures, 2**32 - 1)))
+        return delay
 
     @classmethod
     def fixed(cls, delay: float | _dt.timedelta) -> ReconnectStrategy:
-        d = seconds("delay", delay)
-        return cls("fixed", d, d, 1.0, 0.0)
+        native = _core.ReconnectStrategy.fixed(delay)
+        return cls("fixed", native.initial, native.max, 1.0, 0.0)
 
 
 StateCallback = Callable[[str, str], Any]
@@ -77,16 +65,15 @@ class ResilientBackend(NativeBackend):
     ``on_state_change(callback)`` registers ``callback(old, new)``, called on
     the pool's event loop while a pool runs over this backend."""
 
+    _native: _core.ResilientBackend
+
     def __init__(self, backend: Any, strategy: ReconnectStrategy | None = None) -> None:
         strategy = strategy if strategy is not None else ReconnectStrategy.exponential()
         if not isinstance(strategy, ReconnectStrategy):
             raise ConfigError("strategy: expected a foxtive.ReconnectStrategy")
         self.backend = backend
         self.strategy = strategy
-        self._native = _core.ResilientBackend(
-            backend, strategy.kind, strategy.initial, strategy.max, strategy.multiplier,
-            strategy.jitter,
-        )
+        self._native = _core.ResilientBackend(backend, strategy._native)
         self._callbacks: list[StateCallback] = []
         self._last_state = self._native.state
 
@@ -110,21 +97,6 @@ class ResilientBackend(NativeBackend):
                     cb(old, new)
                 except Exception:
                     log.exception("on_state_change callback failed")
-
-    async def publish(self, body: bytes | str, headers: dict[str, Any] | None = None,
-                      delay: float | _dt.timedelta | None = None,
-                      message_id: str | None = None) -> str:
-        result: str = await self._native.publish(body, inject(headers), delay, message_id)
-        return result
-
-    async def publish_many(self, bodies: Iterable[bytes | str],
-                           headers: dict[str, Any] | None = None,
-                           delay: float | _dt.timedelta | None = None) -> list[str]:
-        result: list[str] = await self._native.publish_many(bodies, inject(headers), delay)
-        return result
-
-    async def close(self) -> None:
-        await self._native.close()
 
     def __getattr__(self, name: str) -> Any:
         # qsize(), dead_letters()... of the wrapped backend.

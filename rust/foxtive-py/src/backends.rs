@@ -1,4 +1,5 @@
-//! The native backends as Python objects, and the dead-letter record.
+//! Resolving a Python backend object to the core, the memory backend, and
+//! the dead-letter record.
 
 use std::sync::Arc;
 
@@ -6,46 +7,35 @@ use bytes::{Bytes, BytesMut};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
+use foxtive_core::backend::memory_dlq::MemoryDeadLetters;
 use foxtive_core::backend::{Backend, MemoryBackend};
-use foxtive_core::dlq::DeadLetter;
+use foxtive_core::dlq::{DeadLetter, DeadLetterStore};
 
-use crate::awaitable::Ready;
 use crate::convert::{body_from_py, headers_to_py, outgoing_from_py};
 use crate::errors::IntoPyResult;
+use crate::native_backend::{native_of, NativeBackend};
 use crate::python_backend::PythonBackend;
 
-/// Find the core backend behind a Python backend object: a native one, or an
-/// adapter around a backend written in Python.
+/// The core backend behind a Python backend object, and the adapter when it
+/// is (or drives) one written in Python.
 pub type Resolved = (Arc<dyn Backend>, Option<Arc<PythonBackend>>);
 
+/// Find the core backend behind `obj`: one downcast to the native base class
+/// (every native backend is a subclass of it), else the native object a
+/// Python front keeps in `_native`, else an adapter around a backend written
+/// in Python.
 pub fn resolve_backend(obj: &Bound<'_, PyAny>) -> PyResult<Resolved> {
-    if let Ok(m) = obj.cast::<PyMemoryBackend>() {
-        return Ok((m.get().inner.clone(), None));
-    }
-    if let Ok(r) = obj.cast::<crate::rabbitmq::PyRabbitMqBackend>() {
-        return Ok((r.get().inner.clone(), None));
-    }
-    if let Ok(r) = obj.cast::<crate::resilient::PyResilientBackend>() {
-        let r = r.get();
-        return Ok((r.inner.clone(), r.python_backend.clone()));
-    }
-    if let Ok(r) = obj.cast::<crate::redis_streams::PyRedisStreamBackend>() {
-        return Ok((r.get().inner.clone(), None));
-    }
-    if let Ok(r) = obj.cast::<crate::postgres::PyPostgresBackend>() {
-        return Ok((r.get().inner.clone(), None));
-    }
-    // Python wrapper classes keep their native object in `_native`.
-    if let Ok(native) = obj.getattr("_native") {
-        if !native.is_none() {
-            return resolve_backend(&native);
-        }
+    if let Some(native) = native_of(obj) {
+        let native = native.get();
+        return Ok((native.inner.clone(), native.python_backend.clone()));
     }
     let adapter = PythonBackend::wrap(obj)?;
     Ok((adapter.clone(), Some(adapter)))
 }
 
-#[pyclass(frozen, name = "MemoryBackend", module = "foxtive._core")]
+/// The in-process backend. Publishing is synchronous here (`publish_sync`):
+/// memory never waits, so it needs no trip through the runtime.
+#[pyclass(extends = NativeBackend, frozen, name = "MemoryBackend", module = "foxtive._core")]
 pub struct PyMemoryBackend {
     pub(crate) inner: Arc<MemoryBackend>,
 }
@@ -54,15 +44,12 @@ pub struct PyMemoryBackend {
 impl PyMemoryBackend {
     #[new]
     #[pyo3(signature = (name = "memory"))]
-    fn new(name: &str) -> PyResult<Self> {
-        Ok(PyMemoryBackend {
-            inner: Arc::new(MemoryBackend::new(name).py_err()?),
-        })
-    }
-
-    #[getter]
-    fn name(&self) -> &str {
-        self.inner.name()
+    fn new(name: &str) -> PyResult<PyClassInitializer<Self>> {
+        let inner = Arc::new(MemoryBackend::new(name).py_err()?);
+        let dead_letters: Arc<dyn DeadLetterStore> =
+            Arc::new(MemoryDeadLetters::new(inner.clone()));
+        let base = NativeBackend::new(inner.clone()).with_dead_letters(Some(dead_letters));
+        Ok(PyClassInitializer::from(base).add_subclass(PyMemoryBackend { inner }))
     }
 
     /// Publish one message; returns its id (synchronously: memory never waits).
@@ -121,31 +108,6 @@ impl PyMemoryBackend {
         Ok(self.inner.publish_bodies(parts))
     }
 
-    #[pyo3(signature = (body, headers = None, delay = None, message_id = None))]
-    fn publish(
-        &self,
-        py: Python<'_>,
-        body: &Bound<'_, PyAny>,
-        headers: Option<&Bound<'_, PyDict>>,
-        delay: Option<&Bound<'_, PyAny>>,
-        message_id: Option<String>,
-    ) -> PyResult<Ready> {
-        let id = self.publish_sync(body, headers, delay, message_id)?;
-        Ok(Ready::of(id.into_pyobject(py)?.into_any().unbind()))
-    }
-
-    #[pyo3(signature = (bodies, headers = None, delay = None))]
-    fn publish_many(
-        &self,
-        py: Python<'_>,
-        bodies: &Bound<'_, PyAny>,
-        headers: Option<&Bound<'_, PyDict>>,
-        delay: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Ready> {
-        let ids = self.publish_many_sync(bodies, headers, delay)?;
-        Ok(Ready::of(ids.into_pyobject(py)?.into_any().unbind()))
-    }
-
     /// Messages waiting, ready or delayed.
     fn qsize(&self) -> usize {
         self.inner.qsize()
@@ -172,13 +134,6 @@ impl PyMemoryBackend {
             .into_iter()
             .map(|d| PyDeadLetter { inner: d })
             .collect()
-    }
-
-    /// The backend's dead letters as a store (list, replay, purge).
-    fn dead_letter_store(&self) -> crate::dlq::PyDeadLetterStore {
-        crate::dlq::PyDeadLetterStore::of(
-            foxtive_core::backend::memory_dlq::MemoryDeadLetters::new(self.inner.clone()),
-        )
     }
 
     fn __repr__(&self) -> String {
@@ -251,35 +206,4 @@ impl PyDeadLetter {
 #[pyfunction]
 pub fn redact_url(url: &str) -> String {
     foxtive_core::redact::redact_url(url)
-}
-
-/// `publish(...)` of a native backend: one message, awaitable of its id.
-pub fn publish_one<'py>(
-    py: Python<'py>,
-    backend: Arc<dyn Backend>,
-    body: &Bound<'py, PyAny>,
-    headers: Option<&Bound<'py, PyDict>>,
-    delay: Option<&Bound<'py, PyAny>>,
-    message_id: Option<String>,
-) -> PyResult<Bound<'py, PyAny>> {
-    let out = outgoing_from_py(body, headers, delay, message_id)?;
-    crate::bridge::awaitable(py, async move {
-        let mut ids = backend.publish(vec![out]).await?;
-        Ok(ids.pop().unwrap_or_default())
-    })
-}
-
-/// `publish_many(...)` of a native backend: awaitable of the ids.
-pub fn publish_many<'py>(
-    py: Python<'py>,
-    backend: Arc<dyn Backend>,
-    bodies: &Bound<'py, PyAny>,
-    headers: Option<&Bound<'py, PyDict>>,
-    delay: Option<&Bound<'py, PyAny>>,
-) -> PyResult<Bound<'py, PyAny>> {
-    let mut outs = Vec::new();
-    for body in bodies.try_iter()? {
-        outs.push(outgoing_from_py(&body?, headers, delay, None)?);
-    }
-    crate::bridge::awaitable(py, async move { backend.publish(outs).await })
 }

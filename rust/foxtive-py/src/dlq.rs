@@ -30,8 +30,13 @@ pub struct PyDeadLetterStore {
 
 impl PyDeadLetterStore {
     pub(crate) fn of(store: impl DeadLetterStore) -> Self {
+        PyDeadLetterStore::shared(Arc::new(store))
+    }
+
+    /// A view of a store that others hold too (a backend's own DLQ).
+    pub(crate) fn shared(store: Arc<dyn DeadLetterStore>) -> Self {
         let watch = Arc::new(Watched {
-            inner: Box::new(store),
+            inner: store,
             last_error: Mutex::new(None),
         });
         PyDeadLetterStore {
@@ -44,7 +49,7 @@ impl PyDeadLetterStore {
 /// A store that remembers why its last write failed, so that Python can see
 /// it (`dlq.last_error`) without a tokio thread ever calling into Python.
 struct Watched {
-    inner: Box<dyn DeadLetterStore>,
+    inner: Arc<dyn DeadLetterStore>,
     last_error: Mutex<Option<String>>,
 }
 

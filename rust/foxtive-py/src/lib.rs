@@ -8,8 +8,10 @@ mod convert;
 mod dlq;
 mod engine;
 mod errors;
+mod keywords;
 mod logs;
 mod message;
+mod native_backend;
 mod observe;
 mod postgres;
 mod python_backend;
@@ -31,19 +33,23 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<message::PyMessage>()?;
     m.add_class::<engine::PyEngine>()?;
     m.add_class::<engine::PyRetryPolicy>()?;
+    m.add_class::<native_backend::NativeBackend>()?;
     m.add_class::<backends::PyMemoryBackend>()?;
     m.add_class::<backends::PyDeadLetter>()?;
     m.add_class::<resilient::PyResilientBackend>()?;
+    m.add_class::<resilient::PyReconnectStrategy>()?;
     m.add_class::<observe::PyMetrics>()?;
     m.add_class::<observe::PyHttpServer>()?;
     m.add_class::<dlq::PyDeadLetterStore>()?;
     m.add_class::<rabbitmq::PyRabbitMqBackend>()?;
+    m.add_class::<rabbitmq::PyRabbitMqConfig>()?;
     m.add_class::<redis_streams::PyRedisStreamBackend>()?;
+    m.add_class::<redis_streams::PyRedisStreamConfig>()?;
     m.add_class::<postgres::PyPostgresBackend>()?;
     m.add_function(wrap_pyfunction!(postgres::postgres_enqueue, m)?)?;
     m.add_function(wrap_pyfunction!(backends::redact_url, m)?)?;
     m.add_function(wrap_pyfunction!(registry::backend_kind, m)?)?;
+    m.add_function(wrap_pyfunction!(registry::not_a_backend, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::runtime_pid, m)?)?;
-    m.add_function(wrap_pyfunction!(resilient::reconnect_delay, m)?)?;
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! `_core.PostgresBackend`: the PostgreSQL backend as a Python object, and
+//! `_core.PostgresBackend`: the PostgreSQL backend as a Python object (a
+//! subclass of the native base: name, state, publish, close are there), and
 //! `_core.postgres_enqueue`, which turns messages into the backend's own
 //! INSERT (SQL text and parameters) for a transactional enqueue through the
 //! caller's connection.
@@ -11,14 +12,15 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use foxtive_core::backend::postgres::publish::EnqueueRows;
 use foxtive_core::backend::postgres::schema::{insert_sql, Placeholders};
 use foxtive_core::backend::postgres::{PostgresBackend, PostgresConfig};
-use foxtive_core::backend::Backend;
+use foxtive_core::dlq::DeadLetterStore;
 
 use crate::backends::PyDeadLetter;
 use crate::bridge;
 use crate::convert::{duration_from_py, outgoing_from_py};
 use crate::errors::{config_error, IntoPyResult};
+use crate::native_backend::NativeBackend;
 
-#[pyclass(frozen, name = "PostgresBackend", module = "foxtive._core")]
+#[pyclass(extends = NativeBackend, frozen, name = "PostgresBackend", module = "foxtive._core")]
 pub struct PyPostgresBackend {
     pub(crate) inner: Arc<PostgresBackend>,
 }
@@ -33,7 +35,7 @@ impl PyPostgresBackend {
         schema: &str,
         lease_timeout: Option<&Bound<'_, PyAny>>,
         poll_interval: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Self> {
+    ) -> PyResult<PyClassInitializer<Self>> {
         let mut cfg = PostgresConfig::new(queue);
         cfg.schema = schema.to_string();
         if let Some(v) = lease_timeout {
@@ -42,14 +44,10 @@ impl PyPostgresBackend {
         if let Some(v) = poll_interval {
             cfg.poll_interval = duration_from_py("poll_interval", v)?;
         }
-        Ok(PyPostgresBackend {
-            inner: Arc::new(PostgresBackend::new(dsn, cfg).py_err()?),
-        })
-    }
-
-    #[getter]
-    fn name(&self) -> &str {
-        self.inner.name()
+        let inner = Arc::new(PostgresBackend::new(dsn, cfg).py_err()?);
+        let dead_letters: Arc<dyn DeadLetterStore> = Arc::new(inner.dead_letter_store());
+        let base = NativeBackend::new(inner.clone()).with_dead_letters(Some(dead_letters));
+        Ok(PyClassInitializer::from(base).add_subclass(PyPostgresBackend { inner }))
     }
 
     /// The DSN with its password replaced by `***`.
@@ -68,21 +66,6 @@ impl PyPostgresBackend {
         self.inner.config().lease_timeout.as_secs_f64()
     }
 
-    #[getter]
-    fn state(&self) -> &'static str {
-        self.inner.state().as_str()
-    }
-
-    #[getter]
-    fn reconnect_attempts(&self) -> u64 {
-        self.inner.reconnect_attempts()
-    }
-
-    #[getter]
-    fn consecutive_failures(&self) -> u32 {
-        self.inner.consecutive_failures()
-    }
-
     /// Rows claimed by this backend and not settled yet.
     #[getter]
     fn held(&self) -> usize {
@@ -93,31 +76,6 @@ impl PyPostgresBackend {
     fn ensure_schema<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let inner = self.inner.clone();
         bridge::awaitable(py, async move { inner.ensure_schema().await })
-    }
-
-    /// Publish one message (awaitable → its id).
-    #[pyo3(signature = (body, headers = None, delay = None, message_id = None))]
-    fn publish<'py>(
-        &self,
-        py: Python<'py>,
-        body: &Bound<'py, PyAny>,
-        headers: Option<&Bound<'py, PyDict>>,
-        delay: Option<&Bound<'py, PyAny>>,
-        message_id: Option<String>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        crate::backends::publish_one(py, self.inner.clone(), body, headers, delay, message_id)
-    }
-
-    /// Publish many messages in one INSERT (awaitable → their ids).
-    #[pyo3(signature = (bodies, headers = None, delay = None))]
-    fn publish_many<'py>(
-        &self,
-        py: Python<'py>,
-        bodies: &Bound<'py, PyAny>,
-        headers: Option<&Bound<'py, PyDict>>,
-        delay: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        crate::backends::publish_many(py, self.inner.clone(), bodies, headers, delay)
     }
 
     /// Up to `limit` dead letters of this queue, oldest first (awaitable).
@@ -131,17 +89,6 @@ impl PyPostgresBackend {
                 .map(|inner| PyDeadLetter { inner })
                 .collect::<Vec<_>>())
         })
-    }
-
-    /// The dead-letter table of this queue as a store (list, replay, purge).
-    fn dead_letter_store(&self) -> crate::dlq::PyDeadLetterStore {
-        crate::dlq::PyDeadLetterStore::of(self.inner.dead_letter_store())
-    }
-
-    /// Close the connection (awaitable); a pool does this when it stops.
-    fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let inner = self.inner.clone();
-        bridge::awaitable(py, async move { inner.close().await })
     }
 
     fn __repr__(&self) -> String {

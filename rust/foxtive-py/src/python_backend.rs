@@ -71,10 +71,8 @@ impl PythonBackend {
             Err(_) => "custom".to_string(),
         };
         if !obj.hasattr("_foxtive_receive")? {
-            return Err(crate::errors::config_error(format!(
-                "backend: expected a foxtive backend (MemoryBackend, RabbitMqBackend, \
-                 RedisStreamBackend, ResilientBackend or a foxtive.Backend subclass), got {}",
-                obj.get_type().name()?
+            return Err(crate::errors::config_error(crate::registry::not_a_backend(
+                &obj.get_type().name()?.to_string(),
             )));
         }
         Ok(Arc::new(PythonBackend {

@@ -1,33 +1,175 @@
 //! The RabbitMQ backend as a Python object (`foxtive._core.RabbitMqBackend`).
-//! Configuration arrives already checked by `foxtive.RabbitMqConsumerConfig`
-//! and is checked again by the core.
+//! Its configuration crosses as one `_core.RabbitMqConsumerConfig`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use foxtive_core::backend::rabbitmq::{QueueType, RabbitMqBackend, RabbitMqConfig};
 use foxtive_core::backend::Backend;
-use foxtive_core::policy::ReconnectStrategy;
+use foxtive_core::dlq::DeadLetterStore;
 
 use crate::bridge;
-use crate::convert::{duration_from_py, headers_from_py};
+use crate::convert::{duration_from_py, headers_from_py, headers_to_py};
 use crate::errors::{config_error, IntoPyResult};
+use crate::keywords::Keywords;
+use crate::native_backend::NativeBackend;
+use crate::resilient::PyReconnectStrategy;
 
-#[pyclass(frozen, name = "RabbitMqBackend", module = "foxtive._core")]
+#[pyclass(extends = NativeBackend, frozen, name = "RabbitMqBackend", module = "foxtive._core")]
 pub struct PyRabbitMqBackend {
     pub(crate) inner: Arc<RabbitMqBackend>,
 }
 
-fn secs(name: &str, v: f64) -> PyResult<Duration> {
-    if !v.is_finite() || v < 0.0 {
-        return Err(config_error(format!(
-            "{name}: must be a finite, non-negative number of seconds, got {v}"
-        )));
+/// `RabbitMqConsumerConfig` as a config object: built from keywords,
+/// checked once by the core (`RabbitMqConfig::validate`), its fields
+/// read-only. The reconnect strategy is the backend's, not part of it.
+#[pyclass(frozen, name = "RabbitMqConsumerConfig", module = "foxtive._core")]
+pub struct PyRabbitMqConfig {
+    pub(crate) inner: RabbitMqConfig,
+}
+
+const FIELDS: &[&str] = &[
+    "queue_name",
+    "consumer_tag",
+    "prefetch_count",
+    "declare",
+    "durable",
+    "queue_type",
+    "queue_arguments",
+    "exchange",
+    "routing_key",
+    "exchange_type",
+    "connection_name",
+    "heartbeat",
+    "retry_queue_prefix",
+    "dead_letter_queue",
+    "connect_timeout",
+];
+
+fn config_from(kw: &Keywords<'_>) -> PyResult<RabbitMqConfig> {
+    let mut c = RabbitMqConfig::new(
+        kw.string("queue_name")?
+            .as_deref()
+            .unwrap_or("worker_queue"),
+    );
+    if let Some(tag) = kw.opt_string("consumer_tag")? {
+        c.consumer_tag = tag;
     }
-    Duration::try_from_secs_f64(v).map_err(|_| config_error(format!("{name}: out of range")))
+    if let Some(n) = kw.int_as::<u16>("prefetch_count", "between 1 and 65535")? {
+        c.prefetch_count = n;
+    }
+    if let Some(declare) = kw.flag("declare")? {
+        c.declare = declare;
+    }
+    if let Some(durable) = kw.flag("durable")? {
+        c.durable = durable;
+    }
+    if let Some(t) = kw.string("queue_type")? {
+        c.queue_type = QueueType::parse(&t).py_err()?;
+    }
+    if let Some(args) = kw.dict("queue_arguments")? {
+        c.queue_arguments = headers_from_py(&args)?;
+    }
+    c.exchange = kw.opt_string("exchange")?;
+    c.routing_key = kw.opt_string("routing_key")?;
+    if let Some(t) = kw.string("exchange_type")? {
+        c.exchange_type = t;
+    }
+    c.connection_name = kw.opt_string("connection_name")?;
+    c.heartbeat = kw
+        .seconds("heartbeat")?
+        .map(|hb| {
+            u16::try_from(hb.as_secs_f64().round() as u64).map_err(|_| {
+                config_error(format!(
+                    "heartbeat: must be between 0 and 65535 seconds, got {}",
+                    hb.as_secs_f64()
+                ))
+            })
+        })
+        .transpose()?;
+    c.retry_queue_prefix = kw.opt_string("retry_queue_prefix")?;
+    c.dead_letter_queue = kw.opt_string("dead_letter_queue")?;
+    if let Some(t) = kw.seconds("connect_timeout")? {
+        c.connect_timeout = t;
+    }
+    c.validate().py_err()?;
+    Ok(c)
+}
+
+#[pymethods]
+impl PyRabbitMqConfig {
+    /// Keywords: the fields below; an absent one takes its default.
+    #[new]
+    #[pyo3(signature = (**kwargs))]
+    fn new(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let kw = Keywords::new("RabbitMqConsumerConfig", kwargs, FIELDS)?;
+        Ok(PyRabbitMqConfig {
+            inner: config_from(&kw)?,
+        })
+    }
+
+    #[getter]
+    fn queue_name(&self) -> &str {
+        &self.inner.queue_name
+    }
+    #[getter]
+    fn consumer_tag(&self) -> &str {
+        &self.inner.consumer_tag
+    }
+    #[getter]
+    fn prefetch_count(&self) -> u16 {
+        self.inner.prefetch_count
+    }
+    #[getter]
+    fn declare(&self) -> bool {
+        self.inner.declare
+    }
+    #[getter]
+    fn durable(&self) -> bool {
+        self.inner.durable
+    }
+    #[getter]
+    fn queue_type(&self) -> &'static str {
+        self.inner.queue_type.as_str()
+    }
+    #[getter]
+    fn queue_arguments<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        headers_to_py(py, &self.inner.queue_arguments)
+    }
+    #[getter]
+    fn exchange(&self) -> Option<&str> {
+        self.inner.exchange.as_deref()
+    }
+    #[getter]
+    fn routing_key(&self) -> Option<&str> {
+        self.inner.routing_key.as_deref()
+    }
+    #[getter]
+    fn exchange_type(&self) -> &str {
+        &self.inner.exchange_type
+    }
+    #[getter]
+    fn connection_name(&self) -> Option<&str> {
+        self.inner.connection_name.as_deref()
+    }
+    #[getter]
+    fn heartbeat(&self) -> Option<f64> {
+        self.inner.heartbeat.map(f64::from)
+    }
+    #[getter]
+    fn retry_queue_prefix(&self) -> Option<&str> {
+        self.inner.retry_queue_prefix.as_deref()
+    }
+    #[getter]
+    fn dead_letter_queue(&self) -> Option<&str> {
+        self.inner.dead_letter_queue.as_deref()
+    }
+    #[getter]
+    fn connect_timeout(&self) -> f64 {
+        self.inner.connect_timeout.as_secs_f64()
+    }
 }
 
 /// One URL (maybe with comma-separated hosts) or a list of them.
@@ -48,87 +190,22 @@ fn broker_urls(url: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
 #[pymethods]
 impl PyRabbitMqBackend {
     #[new]
-    #[pyo3(signature = (
-        url, queue_name = "worker_queue", *, consumer_tag = None, prefetch_count = 100,
-        declare = true, durable = true, queue_type = "classic", queue_arguments = None,
-        exchange = None, exchange_type = "direct", routing_key = None, connection_name = None,
-        heartbeat = None, retry_queue_prefix = None, dead_letter_queue = None,
-        reconnect_initial = 1.0, reconnect_max = 60.0, reconnect_multiplier = 2.0,
-        reconnect_jitter = 0.1, connect_timeout = 10.0,
-    ))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (url, config, reconnect = None))]
     fn new(
         url: &Bound<'_, PyAny>,
-        queue_name: &str,
-        consumer_tag: Option<String>,
-        prefetch_count: i64,
-        declare: bool,
-        durable: bool,
-        queue_type: &str,
-        queue_arguments: Option<&Bound<'_, PyDict>>,
-        exchange: Option<String>,
-        exchange_type: &str,
-        routing_key: Option<String>,
-        connection_name: Option<String>,
-        heartbeat: Option<i64>,
-        retry_queue_prefix: Option<String>,
-        dead_letter_queue: Option<String>,
-        reconnect_initial: f64,
-        reconnect_max: f64,
-        reconnect_multiplier: f64,
-        reconnect_jitter: f64,
-        connect_timeout: f64,
-    ) -> PyResult<Self> {
-        let mut config = RabbitMqConfig::new(queue_name);
-        if let Some(tag) = consumer_tag {
-            config.consumer_tag = tag;
+        config: PyRef<'_, PyRabbitMqConfig>,
+        reconnect: Option<PyRef<'_, PyReconnectStrategy>>,
+    ) -> PyResult<PyClassInitializer<Self>> {
+        let mut config = config.inner.clone();
+        if let Some(strategy) = reconnect {
+            config.reconnect = strategy.inner;
         }
-        config.prefetch_count = u16::try_from(prefetch_count)
-            .ok()
-            .filter(|&p| p > 0)
-            .ok_or_else(|| {
-                config_error(format!(
-                    "prefetch_count: must be between 1 and 65535, got {prefetch_count}"
-                ))
-            })?;
-        config.declare = declare;
-        config.durable = durable;
-        config.queue_type = QueueType::parse(queue_type).py_err()?;
-        if let Some(args) = queue_arguments {
-            config.queue_arguments = headers_from_py(args)?;
-        }
-        config.exchange = exchange;
-        config.exchange_type = exchange_type.to_string();
-        config.routing_key = routing_key;
-        config.connection_name = connection_name;
-        config.heartbeat = match heartbeat {
-            None => None,
-            Some(h) => Some(u16::try_from(h).map_err(|_| {
-                config_error(format!(
-                    "heartbeat: must be between 0 and 65535 seconds, got {h}"
-                ))
-            })?),
-        };
-        config.retry_queue_prefix = retry_queue_prefix;
-        config.dead_letter_queue = dead_letter_queue;
-        config.reconnect = ReconnectStrategy::exponential(
-            secs("reconnect_initial", reconnect_initial)?,
-            secs("reconnect_max", reconnect_max)?,
-            reconnect_multiplier,
-            reconnect_jitter,
-        )
-        .py_err()?;
-        config.connect_timeout = secs("connect_timeout", connect_timeout)?;
         let urls = broker_urls(url)?;
         let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
-        Ok(PyRabbitMqBackend {
-            inner: Arc::new(RabbitMqBackend::with_urls(&urls, config).py_err()?),
-        })
-    }
-
-    #[getter]
-    fn name(&self) -> &str {
-        self.inner.name()
+        let inner = Arc::new(RabbitMqBackend::with_urls(&urls, config).py_err()?);
+        let dead_letters: Arc<dyn DeadLetterStore> = Arc::new(inner.dead_letter_store());
+        let base = NativeBackend::new(inner.clone()).with_dead_letters(Some(dead_letters));
+        Ok(PyClassInitializer::from(base).add_subclass(PyRabbitMqBackend { inner }))
     }
 
     #[getter]
@@ -146,22 +223,6 @@ impl PyRabbitMqBackend {
         self.inner.dead_letter_queue()
     }
 
-    /// "connected", "reconnecting" or "closed".
-    #[getter]
-    fn state(&self) -> &'static str {
-        self.inner.state().as_str()
-    }
-
-    #[getter]
-    fn reconnect_attempts(&self) -> u64 {
-        self.inner.reconnect_attempts()
-    }
-
-    #[getter]
-    fn consecutive_failures(&self) -> u32 {
-        self.inner.consecutive_failures()
-    }
-
     /// Grows by one with every (re)connection.
     #[getter]
     fn epoch(&self) -> u64 {
@@ -175,50 +236,10 @@ impl PyRabbitMqBackend {
             .retry_queue_for(duration_from_py("delay", delay)?))
     }
 
-    fn connect<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let inner = self.inner.clone();
-        bridge::awaitable(py, async move { inner.connect().await })
-    }
-
-    fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let inner = self.inner.clone();
-        bridge::awaitable(py, async move { inner.close().await })
-    }
-
     /// Close the connection as a broker failure would (tests of the reconnect path).
     fn break_connection<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let inner = self.inner.clone();
         bridge::awaitable(py, async move { inner.break_connection().await })
-    }
-
-    /// Publish one message persistently with a publisher confirm; returns its id.
-    #[pyo3(signature = (body, headers = None, delay = None, message_id = None))]
-    fn publish<'py>(
-        &self,
-        py: Python<'py>,
-        body: &Bound<'py, PyAny>,
-        headers: Option<&Bound<'py, PyDict>>,
-        delay: Option<&Bound<'py, PyAny>>,
-        message_id: Option<String>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        crate::backends::publish_one(py, self.inner.clone(), body, headers, delay, message_id)
-    }
-
-    /// Publish many (confirms awaited together); returns their ids.
-    #[pyo3(signature = (bodies, headers = None, delay = None))]
-    fn publish_many<'py>(
-        &self,
-        py: Python<'py>,
-        bodies: &Bound<'py, PyAny>,
-        headers: Option<&Bound<'py, PyDict>>,
-        delay: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        crate::backends::publish_many(py, self.inner.clone(), bodies, headers, delay)
-    }
-
-    /// The dead-letter queue as a store (list, replay, purge).
-    fn dead_letter_store(&self) -> crate::dlq::PyDeadLetterStore {
-        crate::dlq::PyDeadLetterStore::of(self.inner.dead_letter_store())
     }
 
     /// The name of the connection the dead-letter store's calls open.

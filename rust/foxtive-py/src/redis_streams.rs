@@ -1,6 +1,5 @@
 //! `_core.RedisStreamBackend`: the Redis Streams backend as a Python object.
-//! Configuration is validated in Python (`foxtive.RedisStreamConsumerConfig`)
-//! and again in the core.
+//! Its configuration crosses as one `_core.RedisStreamConsumerConfig`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,87 +8,154 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use foxtive_core::backend::redis_streams::{
-    default_claim_interval, default_consumer_name, RedisStreamBackend, RedisStreamConfig,
+    default_claim_interval, RedisStreamBackend, RedisStreamConfig,
 };
-use foxtive_core::backend::Backend;
+use foxtive_core::dlq::DeadLetterStore;
 
 use crate::backends::PyDeadLetter;
 use crate::bridge;
-use crate::convert::duration_from_py;
-use crate::errors::{config_error, IntoPyResult};
+use crate::errors::IntoPyResult;
+use crate::keywords::Keywords;
+use crate::native_backend::NativeBackend;
 
-#[pyclass(frozen, name = "RedisStreamBackend", module = "foxtive._core")]
+#[pyclass(extends = NativeBackend, frozen, name = "RedisStreamBackend", module = "foxtive._core")]
 pub struct PyRedisStreamBackend {
     pub(crate) inner: Arc<RedisStreamBackend>,
 }
 
-fn count(name: &str, value: i64, min: i64) -> PyResult<u64> {
-    if value < min {
-        return Err(config_error(format!(
-            "{name}: must be >= {min}, got {value}"
-        )));
+/// `RedisStreamConsumerConfig` as a config object: built from keywords,
+/// checked once by the core (`RedisStreamConfig::validate`), its fields
+/// read-only.
+#[pyclass(frozen, name = "RedisStreamConsumerConfig", module = "foxtive._core")]
+pub struct PyRedisStreamConfig {
+    pub(crate) inner: RedisStreamConfig,
+}
+
+const FIELDS: &[&str] = &[
+    "stream_name",
+    "group_name",
+    "consumer_name",
+    "batch_size",
+    "block_ms",
+    "claim_idle",
+    "claim_interval",
+    "maxlen",
+    "delete_on_ack",
+    "dead_letter_stream",
+    "max_deliveries",
+];
+
+fn config_from(kw: &Keywords<'_>) -> PyResult<RedisStreamConfig> {
+    let stream = kw.string("stream_name")?;
+    let group = kw.string("group_name")?;
+    let mut cfg = RedisStreamConfig::new(
+        stream.as_deref().unwrap_or("worker_stream"),
+        group.as_deref().unwrap_or("worker_group"),
+    );
+    if let Some(name) = kw.opt_string("consumer_name")? {
+        cfg.consumer_name = name;
     }
-    Ok(value as u64)
+    if let Some(n) = kw.int_as::<usize>("batch_size", "between 1 and 100000")? {
+        cfg.batch_size = n;
+    }
+    if let Some(ms) = kw.int_as::<u64>("block_ms", "between 0 and 3600000")? {
+        cfg.block = Duration::from_millis(ms);
+    }
+    if let Some(idle) = kw.seconds("claim_idle")? {
+        cfg.claim_idle = idle;
+    }
+    cfg.claim_interval = match kw.seconds("claim_interval")? {
+        Some(interval) => interval,
+        None => default_claim_interval(cfg.claim_idle),
+    };
+    cfg.maxlen = kw.int_as::<u64>("maxlen", ">= 1 (or None for no trimming)")?;
+    if let Some(delete) = kw.flag("delete_on_ack")? {
+        cfg.delete_on_ack = delete;
+    }
+    if let Some(dlq) = kw.opt_string("dead_letter_stream")? {
+        cfg.dead_letter_stream = dlq;
+    }
+    if let Some(n) = kw.int_as::<u32>("max_deliveries", ">= 1")? {
+        cfg.max_deliveries = n;
+    }
+    cfg.validate().py_err()?;
+    Ok(cfg)
+}
+
+#[pymethods]
+impl PyRedisStreamConfig {
+    /// Keywords: the fields below; an absent one takes its default (derived
+    /// ones follow `stream_name` and `claim_idle`).
+    #[new]
+    #[pyo3(signature = (**kwargs))]
+    fn new(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let kw = Keywords::new("RedisStreamConsumerConfig", kwargs, FIELDS)?;
+        Ok(PyRedisStreamConfig {
+            inner: config_from(&kw)?,
+        })
+    }
+
+    #[getter]
+    fn stream_name(&self) -> &str {
+        &self.inner.stream_name
+    }
+    #[getter]
+    fn group_name(&self) -> &str {
+        &self.inner.group_name
+    }
+    #[getter]
+    fn consumer_name(&self) -> &str {
+        &self.inner.consumer_name
+    }
+    #[getter]
+    fn batch_size(&self) -> usize {
+        self.inner.batch_size
+    }
+    #[getter]
+    fn block_ms(&self) -> u128 {
+        self.inner.block.as_millis()
+    }
+    #[getter]
+    fn claim_idle(&self) -> f64 {
+        self.inner.claim_idle.as_secs_f64()
+    }
+    #[getter]
+    fn claim_interval(&self) -> f64 {
+        self.inner.claim_interval.as_secs_f64()
+    }
+    #[getter]
+    fn maxlen(&self) -> Option<u64> {
+        self.inner.maxlen
+    }
+    #[getter]
+    fn delete_on_ack(&self) -> bool {
+        self.inner.delete_on_ack
+    }
+    #[getter]
+    fn dead_letter_stream(&self) -> &str {
+        &self.inner.dead_letter_stream
+    }
+    #[getter]
+    fn delayed_key(&self) -> &str {
+        &self.inner.delayed_key
+    }
+    #[getter]
+    fn max_deliveries(&self) -> u32 {
+        self.inner.max_deliveries
+    }
 }
 
 #[pymethods]
 impl PyRedisStreamBackend {
     #[new]
-    #[pyo3(signature = (
-        url,
-        stream_name = "worker_stream",
-        group_name = "worker_group",
-        consumer_name = None,
-        batch_size = 100,
-        block_ms = 1000,
-        claim_idle = None,
-        claim_interval = None,
-        maxlen = None,
-        delete_on_ack = true,
-        dead_letter_stream = None,
-        max_deliveries = 10,
-    ))]
-    #[allow(clippy::too_many_arguments)]
     fn new(
         url: &str,
-        stream_name: &str,
-        group_name: &str,
-        consumer_name: Option<String>,
-        batch_size: i64,
-        block_ms: i64,
-        claim_idle: Option<&Bound<'_, PyAny>>,
-        claim_interval: Option<&Bound<'_, PyAny>>,
-        maxlen: Option<i64>,
-        delete_on_ack: bool,
-        dead_letter_stream: Option<String>,
-        max_deliveries: i64,
-    ) -> PyResult<Self> {
-        let mut cfg = RedisStreamConfig::new(stream_name, group_name);
-        cfg.consumer_name = consumer_name.unwrap_or_else(default_consumer_name);
-        cfg.batch_size = count("batch_size", batch_size, 1)? as usize;
-        cfg.block = Duration::from_millis(count("block_ms", block_ms, 0)?);
-        if let Some(v) = claim_idle {
-            cfg.claim_idle = duration_from_py("claim_idle", v)?;
-        }
-        cfg.claim_interval = match claim_interval {
-            Some(v) if !v.is_none() => duration_from_py("claim_interval", v)?,
-            _ => default_claim_interval(cfg.claim_idle),
-        };
-        cfg.maxlen = maxlen.map(|n| count("maxlen", n, 1)).transpose()?;
-        cfg.delete_on_ack = delete_on_ack;
-        if let Some(dlq) = dead_letter_stream {
-            cfg.dead_letter_stream = dlq;
-        }
-        cfg.max_deliveries = u32::try_from(count("max_deliveries", max_deliveries, 1)?)
-            .map_err(|_| config_error("max_deliveries: too large"))?;
-        Ok(PyRedisStreamBackend {
-            inner: Arc::new(RedisStreamBackend::new(url, cfg).py_err()?),
-        })
-    }
-
-    #[getter]
-    fn name(&self) -> &str {
-        self.inner.name()
+        config: PyRef<'_, PyRedisStreamConfig>,
+    ) -> PyResult<PyClassInitializer<Self>> {
+        let inner = Arc::new(RedisStreamBackend::new(url, config.inner.clone()).py_err()?);
+        let dead_letters: Arc<dyn DeadLetterStore> = Arc::new(inner.dead_letter_store());
+        let base = NativeBackend::new(inner.clone()).with_dead_letters(Some(dead_letters));
+        Ok(PyClassInitializer::from(base).add_subclass(PyRedisStreamBackend { inner }))
     }
 
     /// The URL with its password replaced by `***`.
@@ -103,46 +169,6 @@ impl PyRedisStreamBackend {
         &self.inner.config().consumer_name
     }
 
-    #[getter]
-    fn state(&self) -> &'static str {
-        self.inner.state().as_str()
-    }
-
-    #[getter]
-    fn reconnect_attempts(&self) -> u64 {
-        self.inner.reconnect_attempts()
-    }
-
-    #[getter]
-    fn consecutive_failures(&self) -> u32 {
-        self.inner.consecutive_failures()
-    }
-
-    /// Publish one message (awaitable → its id).
-    #[pyo3(signature = (body, headers = None, delay = None, message_id = None))]
-    fn publish<'py>(
-        &self,
-        py: Python<'py>,
-        body: &Bound<'py, PyAny>,
-        headers: Option<&Bound<'py, PyDict>>,
-        delay: Option<&Bound<'py, PyAny>>,
-        message_id: Option<String>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        crate::backends::publish_one(py, self.inner.clone(), body, headers, delay, message_id)
-    }
-
-    /// Publish many messages in pipelined XADDs (awaitable → their ids).
-    #[pyo3(signature = (bodies, headers = None, delay = None))]
-    fn publish_many<'py>(
-        &self,
-        py: Python<'py>,
-        bodies: &Bound<'py, PyAny>,
-        headers: Option<&Bound<'py, PyDict>>,
-        delay: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        crate::backends::publish_many(py, self.inner.clone(), bodies, headers, delay)
-    }
-
     /// Up to `limit` entries of the dead-letter stream, oldest first (awaitable).
     #[pyo3(signature = (limit = 100))]
     fn dead_letters<'py>(&self, py: Python<'py>, limit: usize) -> PyResult<Bound<'py, PyAny>> {
@@ -154,17 +180,6 @@ impl PyRedisStreamBackend {
                 .map(|inner| PyDeadLetter { inner })
                 .collect::<Vec<_>>())
         })
-    }
-
-    /// Close the connections (awaitable); a pool does this when it stops.
-    fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let inner = self.inner.clone();
-        bridge::awaitable(py, async move { inner.close().await })
-    }
-
-    /// The dead-letter stream as a store (list, replay, purge).
-    fn dead_letter_store(&self) -> crate::dlq::PyDeadLetterStore {
-        crate::dlq::PyDeadLetterStore::of(self.inner.dead_letter_store())
     }
 
     fn __repr__(&self) -> String {

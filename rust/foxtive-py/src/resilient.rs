@@ -10,101 +10,133 @@ use foxtive_core::backend::{Backend, ResilientBackend};
 use foxtive_core::policy::ReconnectStrategy;
 
 use crate::backends::resolve_backend;
-use crate::bridge;
+use crate::convert::duration_from_py;
 use crate::errors::{config_error, IntoPyResult};
-use crate::python_backend::PythonBackend;
+use crate::keywords::Keywords;
+use crate::native_backend::{native_of, NativeBackend};
 
-#[pyclass(frozen, name = "ResilientBackend", module = "foxtive._core")]
+#[pyclass(extends = NativeBackend, frozen, name = "ResilientBackend", module = "foxtive._core")]
 pub struct PyResilientBackend {
     pub(crate) inner: Arc<ResilientBackend>,
-    pub(crate) python_backend: Option<Arc<PythonBackend>>,
 }
 
-fn secs(name: &str, value: f64) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(value).map_err(|_| {
-        config_error(format!(
-            "{name}: must be a finite number of seconds >= 0, got {value}"
-        ))
-    })
+/// `ReconnectStrategy` as a config object: built from keywords, checked by
+/// the core (`ReconnectStrategy::exponential`), its fields read-only.
+#[pyclass(frozen, name = "ReconnectStrategy", module = "foxtive._core")]
+pub struct PyReconnectStrategy {
+    pub(crate) inner: ReconnectStrategy,
 }
 
-/// A strategy from its parts: `kind` is "exponential" or "fixed".
-pub fn strategy(
+const STRATEGY_FIELDS: &[&str] = &["kind", "initial", "max", "multiplier", "jitter"];
+
+/// A strategy from its parts: `kind` is "exponential" or "fixed" (which
+/// waits `initial` every time).
+fn strategy(
     kind: &str,
-    initial: f64,
-    max: f64,
+    initial: Duration,
+    max: Duration,
     multiplier: f64,
     jitter: f64,
 ) -> PyResult<ReconnectStrategy> {
     match kind {
-        "exponential" => ReconnectStrategy::exponential(
-            secs("initial", initial)?,
-            secs("max", max)?,
-            multiplier,
-            jitter,
-        )
-        .py_err(),
-        "fixed" => Ok(ReconnectStrategy::fixed(secs("delay", initial)?)),
+        "exponential" => ReconnectStrategy::exponential(initial, max, multiplier, jitter).py_err(),
+        "fixed" => Ok(ReconnectStrategy::fixed(initial)),
         other => Err(config_error(format!(
-            "strategy: unknown kind {other:?}; allowed: exponential, fixed"
+            "kind: unknown value {other:?}; allowed: exponential, fixed"
         ))),
     }
 }
 
-/// The delay a strategy gives after `failures` consecutive failures.
-#[pyfunction]
-pub fn reconnect_delay(
-    kind: &str,
-    initial: f64,
-    max: f64,
-    multiplier: f64,
-    jitter: f64,
-    failures: u32,
-) -> PyResult<f64> {
-    Ok(strategy(kind, initial, max, multiplier, jitter)?
-        .delay(failures)
-        .as_secs_f64())
+#[pymethods]
+impl PyReconnectStrategy {
+    /// Keywords: kind ("exponential" or "fixed"), initial, max (seconds),
+    /// multiplier, jitter.
+    #[new]
+    #[pyo3(signature = (**kwargs))]
+    fn new(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let kw = Keywords::new("ReconnectStrategy", kwargs, STRATEGY_FIELDS)?;
+        let inner = strategy(
+            &kw.string("kind")?
+                .unwrap_or_else(|| "exponential".to_string()),
+            kw.seconds("initial")?.unwrap_or(Duration::from_secs(1)),
+            kw.seconds("max")?.unwrap_or(Duration::from_secs(60)),
+            kw.number("multiplier")?.unwrap_or(2.0),
+            kw.number("jitter")?.unwrap_or(0.1),
+        )?;
+        Ok(PyReconnectStrategy { inner })
+    }
+
+    /// The same `delay` (seconds or timedelta) every time.
+    #[staticmethod]
+    fn fixed(delay: &Bound<'_, PyAny>) -> PyResult<Self> {
+        Ok(PyReconnectStrategy {
+            inner: ReconnectStrategy::fixed(duration_from_py("delay", delay)?),
+        })
+    }
+
+    #[getter]
+    fn kind(&self) -> &'static str {
+        match self.inner {
+            ReconnectStrategy::Fixed(_) => "fixed",
+            ReconnectStrategy::Exponential { .. } => "exponential",
+        }
+    }
+
+    #[getter]
+    fn initial(&self) -> f64 {
+        match self.inner {
+            ReconnectStrategy::Fixed(d) => d.as_secs_f64(),
+            ReconnectStrategy::Exponential { initial, .. } => initial.as_secs_f64(),
+        }
+    }
+
+    #[getter]
+    fn max(&self) -> f64 {
+        match self.inner {
+            ReconnectStrategy::Fixed(d) => d.as_secs_f64(),
+            ReconnectStrategy::Exponential { max, .. } => max.as_secs_f64(),
+        }
+    }
+
+    #[getter]
+    fn multiplier(&self) -> f64 {
+        match self.inner {
+            ReconnectStrategy::Fixed(_) => 1.0,
+            ReconnectStrategy::Exponential { multiplier, .. } => multiplier,
+        }
+    }
+
+    #[getter]
+    fn jitter(&self) -> f64 {
+        match self.inner {
+            ReconnectStrategy::Fixed(_) => 0.0,
+            ReconnectStrategy::Exponential { jitter, .. } => jitter,
+        }
+    }
+
+    /// Seconds to wait after `failures` consecutive failures (jitter included).
+    fn delay(&self, failures: u32) -> f64 {
+        self.inner.delay(failures).as_secs_f64()
+    }
 }
 
 #[pymethods]
 impl PyResilientBackend {
     #[new]
-    #[pyo3(signature = (backend, kind = "exponential", initial = 1.0, max = 60.0, multiplier = 2.0, jitter = 0.1))]
+    #[pyo3(signature = (backend, strategy = None))]
     fn new(
         backend: &Bound<'_, PyAny>,
-        kind: &str,
-        initial: f64,
-        max: f64,
-        multiplier: f64,
-        jitter: f64,
-    ) -> PyResult<Self> {
-        let strategy = strategy(kind, initial, max, multiplier, jitter)?;
-        let (inner, python_backend) = resolve_backend(backend)?;
-        Ok(PyResilientBackend {
-            inner: Arc::new(ResilientBackend::new(inner, strategy)),
-            python_backend,
-        })
-    }
-
-    #[getter]
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    /// "connected", "reconnecting" or "closed".
-    #[getter]
-    fn state(&self) -> &'static str {
-        self.inner.state().as_str()
-    }
-
-    #[getter]
-    fn reconnect_attempts(&self) -> u64 {
-        self.inner.reconnect_attempts()
-    }
-
-    #[getter]
-    fn consecutive_failures(&self) -> u32 {
-        self.inner.consecutive_failures()
+        strategy: Option<PyRef<'_, PyReconnectStrategy>>,
+    ) -> PyResult<PyClassInitializer<Self>> {
+        let strategy = strategy.map(|s| s.inner).unwrap_or_default();
+        let (wrapped, python_backend) = resolve_backend(backend)?;
+        // The wrapped backend's own dead-letter queue stays reachable.
+        let dead_letters = native_of(backend).and_then(|n| n.get().dead_letters());
+        let inner = Arc::new(ResilientBackend::new(wrapped, strategy));
+        let base = NativeBackend::new(inner.clone())
+            .with_dead_letters(dead_letters)
+            .driving(python_backend);
+        Ok(PyClassInitializer::from(base).add_subclass(PyResilientBackend { inner }))
     }
 
     /// State changes since the last call, oldest first: `[(old, new), ...]`.
@@ -119,37 +151,6 @@ impl PyResilientBackend {
     /// The delay after `failures` consecutive failures (jitter included).
     fn delay(&self, failures: u32) -> f64 {
         self.inner.strategy().delay(failures).as_secs_f64()
-    }
-
-    #[pyo3(signature = (body, headers = None, delay = None, message_id = None))]
-    fn publish<'py>(
-        &self,
-        py: Python<'py>,
-        body: &Bound<'py, PyAny>,
-        headers: Option<&Bound<'py, PyDict>>,
-        delay: Option<&Bound<'py, PyAny>>,
-        message_id: Option<String>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        crate::python_backend::bind_loop(py, &self.python_backend)?;
-        crate::backends::publish_one(py, self.inner.clone(), body, headers, delay, message_id)
-    }
-
-    #[pyo3(signature = (bodies, headers = None, delay = None))]
-    fn publish_many<'py>(
-        &self,
-        py: Python<'py>,
-        bodies: &Bound<'py, PyAny>,
-        headers: Option<&Bound<'py, PyDict>>,
-        delay: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        crate::python_backend::bind_loop(py, &self.python_backend)?;
-        crate::backends::publish_many(py, self.inner.clone(), bodies, headers, delay)
-    }
-
-    /// Close the wrapped backend; a reconnect wait in progress ends at once.
-    fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let inner = self.inner.clone();
-        bridge::awaitable(py, async move { inner.close().await })
     }
 
     fn __repr__(&self) -> String {

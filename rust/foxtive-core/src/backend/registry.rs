@@ -34,6 +34,19 @@ impl BackendKind {
         }
     }
 
+    /// The backend's type name, the same in Rust and in Python: what error
+    /// messages that list the backends show.
+    pub fn type_name(self) -> &'static str {
+        match self {
+            BackendKind::Memory => "MemoryBackend",
+            BackendKind::RabbitMq => "RabbitMqBackend",
+            BackendKind::Redis | BackendKind::RedisCluster => "RedisStreamBackend",
+            BackendKind::Sqlite => "SqliteBackend",
+            BackendKind::Postgres => "PostgresBackend",
+            BackendKind::Nats => "NatsBackend",
+        }
+    }
+
     /// False for the backends that are announced but not built yet: their
     /// URLs get an error saying so rather than "unknown scheme".
     pub fn is_available(self) -> bool {
@@ -62,6 +75,17 @@ pub const SCHEMES: &[(&str, BackendKind)] = &[
     ("nats", BackendKind::Nats),
     ("redis+cluster", BackendKind::RedisCluster),
 ];
+
+/// The type names of the backends usable now, each once, in [`SCHEMES`] order.
+pub fn available_backends() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = Vec::new();
+    for (_, kind) in SCHEMES {
+        if kind.is_available() && !names.contains(&kind.type_name()) {
+            names.push(kind.type_name());
+        }
+    }
+    names
+}
 
 /// The backend kind `url` is for, or a `Config` error that lists the schemes
 /// usable now and those still to come.
@@ -185,6 +209,14 @@ mod tests {
         let m = config_message("127.0.0.1:6379");
         assert!(m.contains("without a URL scheme"), "{m}");
         assert!(config_message("memory://q").contains("takes nothing"));
+    }
+
+    #[test]
+    fn registry_lists_each_available_backend_once() {
+        assert_eq!(
+            available_backends(),
+            ["MemoryBackend", "RabbitMqBackend", "RedisStreamBackend"]
+        );
     }
 
     #[test]

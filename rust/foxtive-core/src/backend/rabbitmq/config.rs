@@ -176,6 +176,7 @@ impl RabbitMqConfig {
                     "connection_name: must be a non-empty string or None".to_string(),
                 ));
             }
+            check_name("connection_name", name, false)?;
         }
         if let Some(prefix) = &self.retry_queue_prefix {
             check_name("retry_queue_prefix", prefix, false)?;

@@ -1,0 +1,59 @@
+//! Publishing: immediate entries with XADD, delayed ones into the sorted set.
+
+use super::*;
+
+impl Inner {
+    pub(super) async fn publish(&self, messages: Vec<Outgoing>) -> Result<Vec<String>> {
+        let mut ids: Vec<Option<String>> = Vec::with_capacity(messages.len());
+        let mut now_fields: Vec<(usize, Vec<Field<'_>>)> = Vec::new();
+        let mut delayed: Vec<(u64, Vec<u8>)> = Vec::new();
+        let generated: Vec<Option<String>> = messages
+            .iter()
+            .map(|m| match (&m.message_id, m.delay) {
+                (None, Some(d)) if !d.is_zero() => Some(format!("{:032x}", rand::random::<u128>())),
+                _ => None,
+            })
+            .collect();
+        for (i, m) in messages.iter().enumerate() {
+            let id = m.message_id.as_deref().or(generated[i].as_deref());
+            let fields = Parts::from_outgoing(m, id).fields();
+            match m.delay {
+                Some(d) if !d.is_zero() => {
+                    delayed.push((
+                        d.as_millis().min(u64::MAX as u128) as u64,
+                        codec::delayed_member(&fields),
+                    ));
+                    ids.push(id.map(str::to_string));
+                }
+                _ => {
+                    ids.push(m.message_id.clone());
+                    now_fields.push((i, fields));
+                }
+            }
+        }
+        for chunk in now_fields.chunks(10_000) {
+            let replies = self
+                .with_writer("XADD", PUBLISH_RETRY_WINDOW, |mut conn| {
+                    let mut pipe = redis::pipe();
+                    for (_, fields) in chunk {
+                        self.xadd(&mut pipe, &self.cfg.stream_name, fields, true);
+                    }
+                    async move { pipe.query_async::<Vec<Value>>(&mut conn).await }
+                })
+                .await?;
+            for ((i, _), reply) in chunk.iter().zip(replies) {
+                if ids[*i].is_none() {
+                    ids[*i] = reply::string(reply);
+                }
+            }
+        }
+        let items: Vec<(u64, &[u8])> = delayed.iter().map(|(ms, m)| (*ms, m.as_slice())).collect();
+        for chunk in items.chunks(1000) {
+            self.schedule(chunk, PUBLISH_RETRY_WINDOW).await?;
+        }
+        self.touch();
+        ids.into_iter()
+            .map(|id| id.ok_or_else(|| Error::Backend("XADD returned no entry id".to_string())))
+            .collect()
+    }
+}

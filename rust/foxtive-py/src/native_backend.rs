@@ -1,0 +1,147 @@
+//! `_core.NativeBackend`: the one base class of every backend that runs in
+//! Rust. What they all share (name, connection state and counters, connect,
+//! close, publish, their dead-letter store) is written here once; each
+//! subclass (`MemoryBackend`, `RabbitMqBackend`, ...) adds only what is its
+//! own. Finding the core backend behind a Python object is then one downcast
+//! to this class, whatever the backend ([`native_of`]).
+
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use foxtive_core::backend::Backend;
+use foxtive_core::dlq::DeadLetterStore;
+
+use crate::bridge;
+use crate::convert::outgoing_from_py;
+use crate::dlq::PyDeadLetterStore;
+use crate::python_backend::{bind_loop, PythonBackend};
+
+#[pyclass(subclass, frozen, name = "NativeBackend", module = "foxtive._core")]
+pub struct NativeBackend {
+    pub(crate) inner: Arc<dyn Backend>,
+    /// The backend written in Python this one drives (a `ResilientBackend`
+    /// around one): its coroutines run on the event loop of the first call.
+    pub(crate) python_backend: Option<Arc<PythonBackend>>,
+    /// The backend's own dead-letter queue, when it has one.
+    dead_letters: Option<Arc<dyn DeadLetterStore>>,
+}
+
+impl NativeBackend {
+    pub fn new(inner: Arc<dyn Backend>) -> Self {
+        NativeBackend {
+            inner,
+            python_backend: None,
+            dead_letters: None,
+        }
+    }
+
+    /// The backend keeps its dead letters in `store` (its native DLQ).
+    pub fn with_dead_letters(mut self, store: Option<Arc<dyn DeadLetterStore>>) -> Self {
+        self.dead_letters = store;
+        self
+    }
+
+    /// The backend drives `backend`, written in Python.
+    pub fn driving(mut self, backend: Option<Arc<PythonBackend>>) -> Self {
+        self.python_backend = backend;
+        self
+    }
+
+    pub fn dead_letters(&self) -> Option<Arc<dyn DeadLetterStore>> {
+        self.dead_letters.clone()
+    }
+}
+
+/// The native backend `obj` is (any subclass of the base), or the one a
+/// Python front keeps in `_native`; None for anything else.
+pub fn native_of<'py>(obj: &Bound<'py, PyAny>) -> Option<Bound<'py, NativeBackend>> {
+    if let Ok(native) = obj.cast::<NativeBackend>() {
+        return Some(native.clone());
+    }
+    let front = obj.getattr("_native").ok()?;
+    front.cast_into::<NativeBackend>().ok()
+}
+
+#[pymethods]
+impl NativeBackend {
+    /// The queue or stream name.
+    #[getter]
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    /// "connected", "reconnecting" or "closed".
+    #[getter]
+    fn state(&self) -> &'static str {
+        self.inner.state().as_str()
+    }
+
+    #[getter]
+    fn reconnect_attempts(&self) -> u64 {
+        self.inner.reconnect_attempts()
+    }
+
+    #[getter]
+    fn consecutive_failures(&self) -> u32 {
+        self.inner.consecutive_failures()
+    }
+
+    /// Connect and declare (awaitable); a pool does this when it starts.
+    fn connect<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        bind_loop(py, &self.python_backend)?;
+        let inner = self.inner.clone();
+        bridge::awaitable(py, async move { inner.connect().await })
+    }
+
+    /// Close the connections (awaitable); a pool does this when it stops.
+    fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        bind_loop(py, &self.python_backend)?;
+        let inner = self.inner.clone();
+        bridge::awaitable(py, async move { inner.close().await })
+    }
+
+    /// Publish one message (durably where the broker can); awaitable of its id.
+    #[pyo3(signature = (body, headers = None, delay = None, message_id = None))]
+    fn publish<'py>(
+        &self,
+        py: Python<'py>,
+        body: &Bound<'py, PyAny>,
+        headers: Option<&Bound<'py, PyDict>>,
+        delay: Option<&Bound<'py, PyAny>>,
+        message_id: Option<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        bind_loop(py, &self.python_backend)?;
+        let out = outgoing_from_py(body, headers, delay, message_id)?;
+        let backend = self.inner.clone();
+        bridge::awaitable(py, async move {
+            let mut ids = backend.publish(vec![out]).await?;
+            Ok(ids.pop().unwrap_or_default())
+        })
+    }
+
+    /// Publish many in one batch; awaitable of their ids, in order.
+    #[pyo3(signature = (bodies, headers = None, delay = None))]
+    fn publish_many<'py>(
+        &self,
+        py: Python<'py>,
+        bodies: &Bound<'py, PyAny>,
+        headers: Option<&Bound<'py, PyDict>>,
+        delay: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        bind_loop(py, &self.python_backend)?;
+        let mut outs = Vec::new();
+        for body in bodies.try_iter()? {
+            outs.push(outgoing_from_py(&body?, headers, delay, None)?);
+        }
+        let backend = self.inner.clone();
+        bridge::awaitable(py, async move { backend.publish(outs).await })
+    }
+
+    /// The backend's own dead-letter queue as a store (list, replay, purge);
+    /// None when it has none.
+    fn dead_letter_store(&self) -> Option<PyDeadLetterStore> {
+        self.dead_letters.clone().map(PyDeadLetterStore::shared)
+    }
+}
