@@ -532,3 +532,58 @@ async fn the_password_never_shows() {
     assert!(!err.contains("hunter2secret"), "{err}");
     assert_eq!(b.state(), BackendState::Reconnecting);
 }
+
+/// The backend's own drain rate, with no engine or Python: claim a batch,
+/// ack it, repeat (`cargo test --release -p foxtive-core --test postgres
+/// drain_rate -- --ignored --nocapture`). A measurement, not a check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn drain_rate() {
+    let db = Db::new("drain_rate").await;
+    let b = Arc::new(db.backend(LEASE));
+    let n = 100_000;
+    let t = Instant::now();
+    for _ in 0..10 {
+        b.publish((0..n / 10).map(|_| out("x")).collect())
+            .await
+            .unwrap();
+    }
+    let enqueue = t.elapsed();
+    for batch in [256usize, 1000] {
+        if batch == 1000 {
+            for _ in 0..10 {
+                b.publish((0..n / 10).map(|_| out("x")).collect())
+                    .await
+                    .unwrap();
+            }
+        }
+        let t = Instant::now();
+        let mut done = 0;
+        let mut pending: Option<tokio::task::JoinHandle<()>> = None;
+        while done < n {
+            let got = b.receive(batch, Duration::from_millis(100)).await.unwrap();
+            done += got.len();
+            let items = got
+                .into_iter()
+                .map(|d| (Arc::new(d), Settlement::Ack))
+                .collect();
+            // Acks of one batch overlap the claim of the next, as in the engine.
+            if let Some(p) = pending.take() {
+                p.await.unwrap();
+            }
+            let b2 = b.clone();
+            pending = Some(tokio::spawn(async move { b2.settle(items).await.unwrap() }));
+        }
+        if let Some(p) = pending.take() {
+            p.await.unwrap();
+        }
+        let el = t.elapsed();
+        println!(
+            "batch {batch}: drained {n} in {:.2}s = {:.0}/s (enqueue {:.0}/s)",
+            el.as_secs_f64(),
+            n as f64 / el.as_secs_f64(),
+            n as f64 / enqueue.as_secs_f64()
+        );
+    }
+    b.close().await.unwrap();
+}

@@ -60,6 +60,14 @@ CREATE TABLE {s}.jobs (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX jobs_due ON {s}.jobs (queue, run_at, id);
+-- Every job is inserted, updated at claim and deleted: a queue table churns.
+-- Vacuum it after a fixed number of dead rows, not a fraction of its size
+-- (the default waits for 20 % of the table), so dead index entries do not
+-- pile up in front of the next due job.
+ALTER TABLE {s}.jobs SET (autovacuum_vacuum_scale_factor = 0.0,
+    autovacuum_vacuum_threshold = 10000, autovacuum_vacuum_insert_scale_factor = 0.0,
+    autovacuum_vacuum_insert_threshold = 10000, autovacuum_analyze_scale_factor = 0.0,
+    autovacuum_analyze_threshold = 10000);
 CREATE TABLE {s}.dead_letters (
     id bigserial PRIMARY KEY,
     queue text NOT NULL,
