@@ -230,7 +230,7 @@ impl Inner {
             if self.link.closed.load(Ordering::Acquire) {
                 return Err(Error::Shutdown);
             }
-            if self.stopped.load(Ordering::Acquire) {
+            if self.stopped.load(Ordering::Acquire) || max == 0 {
                 let _ =
                     crate::backend::unless_closed(&self.link.closing, &self.link.closed, async {
                         tokio::time::sleep_until(deadline).await;
