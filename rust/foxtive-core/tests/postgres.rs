@@ -430,7 +430,7 @@ async fn a_terminated_connection_is_replaced_and_nothing_is_lost() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(killed, 1);
+    assert!(killed >= 1, "{killed}");
     // Settling what was claimed before the drop works over the next connection.
     let mut settled = 0;
     let until = Instant::now() + Duration::from_secs(10);

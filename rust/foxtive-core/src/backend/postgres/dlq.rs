@@ -48,7 +48,7 @@ impl PostgresDeadLetters {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>> {
-        self.inner.link.reopen();
+        self.inner.reopen();
         let conn = self
             .inner
             .link
@@ -180,7 +180,7 @@ impl DeadLetterStore for PostgresDeadLetters {
                 &rows.delay,
                 &keys,
             ];
-            self.inner.link.reopen();
+            self.inner.reopen();
             let conn = self
                 .inner
                 .link

@@ -1,8 +1,10 @@
 //! The connection to PostgreSQL and its health.
 //!
-//! One connection per backend carries everything: fetches, settlements,
-//! publishes, lease renewals (tokio-postgres pipelines them) and the LISTEN
-//! of the queue's channel, whose notifications wake idle receivers. No
+//! A backend has two links: one for claims, probes, lease renewals and
+//! publishes, one for settlements, so the server works on a batch's acks
+//! while it claims the next batch (tokio-postgres pipelines the statements
+//! of each). Both LISTEN on the queue's channel, whose notifications wake
+//! idle receivers. No
 //! statement needs a transaction of its own (each is one atomic statement),
 //! so the connection is shared freely.
 //!
@@ -27,6 +29,9 @@ use crate::backend::BackendState;
 use crate::policy::ReconnectStrategy;
 use crate::redact::scrub;
 use crate::{Error, Result};
+
+/// Connection numbers, unique in the process (a backend has two links).
+static NEXT_GEN: AtomicU64 = AtomicU64::new(1);
 
 /// Statements prepared once per connection: each use is one round trip.
 pub(crate) struct Statements {
@@ -60,7 +65,6 @@ pub(crate) struct Link {
     current: Mutex<Option<Arc<Conn>>>,
     connecting: tokio::sync::Mutex<()>,
     retry_at: Mutex<Option<Instant>>,
-    next_gen: AtomicU64,
     migrated: AtomicBool,
     /// Ever failed or connected: the next attempt counts as a reconnection.
     tried: AtomicBool,
@@ -95,25 +99,32 @@ pub(crate) fn is_connection_error(e: &tokio_postgres::Error) -> bool {
 }
 
 impl Link {
-    pub fn new(dsn: Dsn, schema: &str, queue: &str, strategy: ReconnectStrategy) -> Self {
+    /// A link to `dsn`; `wake` is notified by NOTIFYs on the queue's channel
+    /// and when the connection ends (shared by a backend's links).
+    pub fn new(
+        dsn: &Dsn,
+        schema: &str,
+        queue: &str,
+        strategy: ReconnectStrategy,
+        wake: Arc<Notify>,
+    ) -> Self {
         Link {
-            config: dsn.config,
-            url: dsn.redacted,
-            secrets: dsn.secrets,
+            config: dsn.config.clone(),
+            url: dsn.redacted.clone(),
+            secrets: dsn.secrets.clone(),
             schema: schema.to_string(),
             queue: queue.to_string(),
             strategy,
             current: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             retry_at: Mutex::new(None),
-            next_gen: AtomicU64::new(1),
             migrated: AtomicBool::new(false),
             tried: AtomicBool::new(false),
             reconnect_attempts: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             closed: AtomicBool::new(false),
             closing: Notify::new(),
-            wake: Arc::new(Notify::new()),
+            wake,
         }
     }
 
@@ -247,7 +258,7 @@ impl Link {
         .await
         .map_err(|e| self.error("prepare", &e))?;
         Ok(Conn {
-            gen: self.next_gen.fetch_add(1, Ordering::Relaxed),
+            gen: NEXT_GEN.fetch_add(1, Ordering::Relaxed),
             client,
             stmts,
             channel,

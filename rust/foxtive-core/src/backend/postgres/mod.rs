@@ -71,7 +71,10 @@ struct Probe {
 pub(crate) struct Inner {
     cfg: PostgresConfig,
     queue: Arc<str>,
+    /// Claims, probes, lease renewals, publishes, dead-letter tools.
     pub(crate) link: Link,
+    /// Settlements, on a connection of their own (see `link.rs`).
+    settler: Link,
     /// Rows claimed by this backend and not settled: id → attempts at claim.
     held: Mutex<HashMap<i64, i32>>,
     stopped: AtomicBool,
@@ -99,11 +102,20 @@ impl PostgresBackend {
             }
         }
         cfg.validate()?;
-        let link = Link::new(parsed, &cfg.schema, &cfg.queue, cfg.reconnect);
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let link = Link::new(
+            &parsed,
+            &cfg.schema,
+            &cfg.queue,
+            cfg.reconnect,
+            wake.clone(),
+        );
+        let settler = Link::new(&parsed, &cfg.schema, &cfg.queue, cfg.reconnect, wake);
         Ok(PostgresBackend {
             inner: Arc::new(Inner {
                 queue: Arc::from(cfg.queue.as_str()),
                 link,
+                settler,
                 held: Mutex::new(HashMap::new()),
                 stopped: AtomicBool::new(false),
                 renewer: Mutex::new(None),
@@ -130,7 +142,7 @@ impl PostgresBackend {
 
     /// Connect (creating or migrating the schema) without starting anything.
     pub async fn ensure_schema(&self) -> Result<()> {
-        self.inner.link.reopen();
+        self.inner.reopen();
         self.inner.link.conn().await.map(|_| ())
     }
 
@@ -156,8 +168,15 @@ impl Inner {
         let err = self.link.error(context, e);
         if err.is_connection() || conn.client.is_closed() {
             self.link.lost(conn.gen);
+            self.settler.lost(conn.gen);
         }
         err
+    }
+
+    /// Used again after close (a publish, a new pool run): allow connecting.
+    pub(crate) fn reopen(&self) {
+        self.link.reopen();
+        self.settler.reopen();
     }
 
     fn touch(&self) {
@@ -273,7 +292,7 @@ impl Inner {
         }
         let give_up = Instant::now() + SETTLE_RETRY_WINDOW;
         let result = loop {
-            let attempt = match self.link.conn().await {
+            let attempt = match self.settler.conn().await {
                 Ok(conn) => plan
                     .apply(&conn)
                     .await
@@ -309,7 +328,7 @@ impl Inner {
             return Ok(Vec::new());
         }
         // Publishing on its own (no pool running, or after a pool closed us).
-        self.link.reopen();
+        self.reopen();
         let rows = EnqueueRows::of(messages);
         let bodies: Vec<&[u8]> = rows.body.iter().map(|b| &b[..]).collect();
         let give_up = Instant::now() + PUBLISH_RETRY_WINDOW;
@@ -426,7 +445,7 @@ impl Backend for PostgresBackend {
 
     async fn connect(&self) -> Result<()> {
         self.inner.stopped.store(false, Ordering::Release);
-        self.inner.link.reopen();
+        self.inner.reopen();
         self.inner.link.conn().await?;
         self.inner.start_renewer();
         Ok(())
@@ -460,11 +479,18 @@ impl Backend for PostgresBackend {
             inner.release_held().await;
         }
         inner.link.close();
+        inner.settler.close();
         Ok(())
     }
 
     fn state(&self) -> BackendState {
-        self.inner.link.state()
+        match (self.inner.link.state(), self.inner.settler.state()) {
+            (BackendState::Closed, _) => BackendState::Closed,
+            (BackendState::Reconnecting, _) | (_, BackendState::Reconnecting) => {
+                BackendState::Reconnecting
+            }
+            _ => BackendState::Connected,
+        }
     }
 
     fn is_drained(&self) -> Option<bool> {
@@ -472,11 +498,14 @@ impl Backend for PostgresBackend {
     }
 
     fn reconnect_attempts(&self) -> u64 {
-        self.inner.link.reconnect_attempts()
+        self.inner.link.reconnect_attempts() + self.inner.settler.reconnect_attempts()
     }
 
     fn consecutive_failures(&self) -> u32 {
-        self.inner.link.consecutive_failures()
+        self.inner
+            .link
+            .consecutive_failures()
+            .max(self.inner.settler.consecutive_failures())
     }
 }
 
