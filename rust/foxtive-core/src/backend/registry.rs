@@ -215,7 +215,12 @@ mod tests {
     fn registry_lists_each_available_backend_once() {
         assert_eq!(
             available_backends(),
-            ["MemoryBackend", "RabbitMqBackend", "RedisStreamBackend"]
+            [
+                "MemoryBackend",
+                "RabbitMqBackend",
+                "RedisStreamBackend",
+                "PostgresBackend"
+            ]
         );
     }
 
