@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from .errors import ConfigError
@@ -78,3 +80,26 @@ class FrozenConfig:
 
     def replace(self: _C, **changes: Any) -> _C:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+def split_options(what: str, config_cls: type, backend_cls: Callable[..., Any], queue_field: str,
+                  options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``backend_from_url`` options of a backend built from a typed config:
+    those for the config (its fields) and those for the backend (its
+    keyword-only parameters); anything else is a ConfigError naming it."""
+    if queue_field in options:
+        raise ConfigError(
+            f"{queue_field}: give the queue as backend_from_url's second argument, not as an option"
+        )
+    fields = tuple(f.name for f in dataclasses.fields(config_cls) if f.name != queue_field)
+    params = inspect.signature(backend_cls).parameters.values()
+    extra_names = tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+    allowed = fields + extra_names
+    unknown = sorted(k for k in options if k not in allowed)
+    if unknown:
+        names = ", ".join(repr(k) for k in unknown)
+        raise ConfigError(f"backend_from_url: unknown option(s) {names} for {what}; "
+                          f"it takes: {', '.join(allowed)}")
+    config = {k: v for k, v in options.items() if k in fields}
+    extra = {k: v for k, v in options.items() if k in extra_names}
+    return config, extra

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from . import _core
 from ._config import integer
@@ -133,6 +133,35 @@ class NativeBackend(Backend):
 
     _native: _core.NativeBackend
 
+    #: foxtive's native backend classes by type name ("SqliteBackend"), for
+    #: ``backend_from_url``: each registers itself by being defined.
+    _by_type_name: ClassVar[dict[str, type[NativeBackend]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__module__.startswith("foxtive."):  # not users' own subclasses
+            NativeBackend._by_type_name[cls.__name__] = cls
+
+    @classmethod
+    def class_named(cls, type_name: str) -> type[NativeBackend] | None:
+        """foxtive's native backend class called ``type_name``, if defined."""
+        return cls._by_type_name.get(type_name)
+
+    @classmethod
+    def from_url(cls, url: str, queue: str, **options: Any) -> Self:
+        """The backend ``url`` names, consuming ``queue``; ``options`` are its
+        settings by name. By default the core opens it from the URL and checks
+        the options (SQLite, PostgreSQL...); backends built from a typed
+        config of their own override this."""
+        native = _core.open_backend(url, queue, options)
+        if native is None:
+            scheme = url.split(":", 1)[0]
+            raise ConfigError(f"{cls.__name__}.from_url: the core does not open {scheme}:// URLs; "
+                              "this class must build it")
+        backend = cls.__new__(cls)
+        backend._native = native
+        return backend
+
     @property
     def name(self) -> str:  # type: ignore[override]
         return self._native.name
@@ -198,6 +227,13 @@ class MemoryBackend(NativeBackend):
 
     def __repr__(self) -> str:
         return f"MemoryBackend(name={self.name!r})"
+
+    @classmethod
+    def from_url(cls, url: str, queue: str, **options: Any) -> Self:
+        """``memory://`` (nothing after the scheme, no options): checked by
+        the core's registry, then built as ``MemoryBackend(queue)``."""
+        _core.open_backend(url, queue, options)
+        return cls(queue)
 
     async def publish(self, body: bytes | str, headers: dict[str, Any] | None = None,
                       delay: float | _dt.timedelta | None = None,

@@ -31,7 +31,7 @@ from __future__ import annotations
 import datetime as _dt
 import inspect
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Self
 
 from . import _core
 from ._tracecontext import inject
@@ -68,6 +68,14 @@ class PostgresBackend(NativeBackend):
             raise ConfigError("schema: must be a non-empty string")
         self._native = _core.PostgresBackend(dsn, queue, schema, lease_timeout, poll_interval)
         self._schema_ready = False
+
+    @classmethod
+    def from_url(cls, url: str, queue: str, **options: Any) -> Self:
+        """``postgresql://`` / ``postgres://`` (``?schema=``) with the options
+        ``schema``, ``lease_timeout``, ``poll_interval``; checked by the core's
+        registry (an unknown option is a ConfigError naming those it takes)."""
+        _core.open_backend(url, queue, options)
+        return cls(url, queue, **options)
 
     @property
     def url(self) -> str:

@@ -33,10 +33,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Self
 
 from . import _core
-from ._config import FrozenConfig
+from ._config import FrozenConfig, split_options
 from .backends import NativeBackend
 from .dlq import NativeDeadLetterQueue
 from .errors import ConfigError
@@ -165,6 +165,14 @@ class RabbitMqBackend(NativeBackend):
     def retry_queue_for(self, delay: float | _dt.timedelta) -> str | None:
         """The delay-bucket queue a retry after ``delay`` waits in (``None``: no delay)."""
         return self._native.retry_queue_for(delay)
+
+    @classmethod
+    def from_url(cls, url: str, queue: str, **options: Any) -> Self:
+        """``amqp://`` / ``amqps://`` for ``backend_from_url``: the options are
+        ``RabbitMqConsumerConfig`` fields and the ``reconnect_*`` settings."""
+        config, extra = split_options("RabbitMQ (amqp://)", RabbitMqConsumerConfig, cls,
+                                      "queue_name", options)
+        return cls(url, RabbitMqConsumerConfig(queue_name=queue, **config), **extra)
 
     def __repr__(self) -> str:
         return f"RabbitMqBackend(url={self.url!r}, queue={self.name!r})"

@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-from typing import Any
+from typing import Any, Self
 
 from . import _core
-from ._config import FrozenConfig
+from ._config import FrozenConfig, split_options
 from .backends import NativeBackend
 from .errors import ConfigError
+
+#: The consumer group a Redis URL's backend reads with (API.md: "consumer group foxtive").
+REDIS_GROUP = "foxtive"
 
 __all__ = ["RedisStreamBackend", "RedisStreamConsumerConfig"]
 
@@ -130,6 +133,16 @@ class RedisStreamBackend(NativeBackend):
     @property
     def consumer_name(self) -> str:
         return self._native.consumer_name
+
+    @classmethod
+    def from_url(cls, url: str, queue: str, **options: Any) -> Self:
+        """``redis://`` and friends for ``backend_from_url``: the options are
+        ``RedisStreamConsumerConfig`` fields; the group is ``foxtive`` unless
+        ``group_name`` is given (API.md)."""
+        config, extra = split_options("Redis (redis://)", RedisStreamConsumerConfig, cls,
+                                      "stream_name", options)
+        config.setdefault("group_name", REDIS_GROUP)
+        return cls(url, RedisStreamConsumerConfig(stream_name=queue, **config), **extra)
 
     def __repr__(self) -> str:
         return (f"RedisStreamBackend(url={self.url!r}, stream_name={self.config.stream_name!r}, "

@@ -50,6 +50,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(backends::redact_url, m)?)?;
     m.add_function(wrap_pyfunction!(registry::backend_kind, m)?)?;
     m.add_function(wrap_pyfunction!(registry::not_a_backend, m)?)?;
+    m.add_function(wrap_pyfunction!(registry::open_backend, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::runtime_pid, m)?)?;
     Ok(())
 }

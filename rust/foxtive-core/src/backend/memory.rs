@@ -16,6 +16,8 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::options::Options;
+use super::registry::{Kind, Opened};
 use super::{Backend, BackendState, SettleItem};
 use crate::dlq::DeadLetter;
 use crate::message::{Delivery, Headers, Outgoing, Receipt, Settlement};
@@ -122,6 +124,32 @@ pub struct MemoryBackend {
     next_seq: AtomicU64,
     published: Notify,
     closed: AtomicBool,
+}
+
+/// `memory://`: in-process, named after the queue; it takes no options.
+pub const KIND: Kind = Kind {
+    name: "memory",
+    type_name: "MemoryBackend",
+    schemes: &["memory"],
+    open: Some(open),
+};
+
+fn open(url: &str, queue: &str, options: Options) -> Result<Opened> {
+    if url.len() > "memory://".len() {
+        return Err(Error::Config(format!(
+            "url: memory:// takes nothing after the scheme (the queue is the second \
+             argument), got {}",
+            crate::redact::redact_url(url)
+        )));
+    }
+    options.finish("memory://", &[])?;
+    let backend = Arc::new(MemoryBackend::new(queue)?);
+    Ok(Opened {
+        dead_letters: Some(Arc::new(super::memory_dlq::MemoryDeadLetters::new(
+            backend.clone(),
+        ))),
+        backend,
+    })
 }
 
 impl MemoryBackend {

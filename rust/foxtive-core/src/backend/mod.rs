@@ -2,6 +2,7 @@
 
 pub mod memory;
 pub mod memory_dlq;
+pub mod options;
 pub mod postgres;
 pub mod rabbitmq;
 pub mod redis_streams;
@@ -21,6 +22,17 @@ pub use postgres::{PostgresBackend, PostgresConfig};
 pub use rabbitmq::{RabbitMqBackend, RabbitMqConfig};
 pub use redis_streams::{RedisStreamBackend, RedisStreamConfig};
 pub use resilient::ResilientBackend;
+
+/// Every backend foxtive builds, one row each (its [`registry::Kind`] is
+/// declared in its own folder): `backend_from_url` and the errors that list
+/// the backends read this, nothing else. A new backend is its folder, its
+/// `pub mod` line above and its row here.
+pub const KINDS: &[&registry::Kind] = &[
+    &memory::KIND,
+    &rabbitmq::KIND,
+    &redis_streams::KIND,
+    &postgres::KIND,
+];
 
 /// Run `op` unless the backend is closed first: `closed` is checked before
 /// it starts (after subscribing, so a `close` in between is not missed) and

@@ -1,95 +1,97 @@
-//! Broker URL scheme -> backend kind, in one place (`backend_from_url`).
+//! Broker URL scheme -> backend, in one place (`backend_from_url`).
 //!
-//! This module decides only which backend a URL is for; building the backend
-//! from the URL and the queue name is left to the caller (the Python front
-//! maps each kind to its class). A new backend is one row in [`SCHEMES`].
-//! Errors show the URL with its credentials replaced by `***`.
+//! Every backend foxtive builds is one [`Kind`], declared in its own folder
+//! (`backend/<name>/`) and listed once in [`super::KINDS`]: its schemes, its
+//! type name and, when the core can build it from a URL alone, how to open
+//! it. Backends announced but not built yet are rows of [`PLANNED`], so their
+//! URLs get "not available yet" rather than "unknown scheme". Errors show the
+//! URL with its credentials replaced by `***`.
 
+use std::sync::Arc;
+
+use super::options::Options;
+use super::Backend;
+use crate::dlq::DeadLetterStore;
 use crate::redact::redact_url;
 use crate::{Error, Result};
 
-/// Which backend a URL names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackendKind {
-    Memory,
-    RabbitMq,
-    Redis,
-    Sqlite,
-    Postgres,
-    Nats,
-    RedisCluster,
+/// A backend opened from a URL: the backend and, when it has one, its own
+/// dead-letter queue as a store (`foxtive dlq`, `backend.dead_letter_queue()`).
+pub struct Opened {
+    pub backend: Arc<dyn Backend>,
+    pub dead_letters: Option<Arc<dyn DeadLetterStore>>,
 }
 
-impl BackendKind {
-    /// The kind's name, as returned to Python and shown in errors.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackendKind::Memory => "memory",
-            BackendKind::RabbitMq => "rabbitmq",
-            BackendKind::Redis => "redis",
-            BackendKind::Sqlite => "sqlite",
-            BackendKind::Postgres => "postgres",
-            BackendKind::Nats => "nats",
-            BackendKind::RedisCluster => "redis-cluster",
-        }
-    }
+/// Build a backend from its URL, the queue it consumes and its options.
+pub type OpenFn = fn(url: &str, queue: &str, options: Options) -> Result<Opened>;
 
-    /// The backend's type name, the same in Rust and in Python: what error
-    /// messages that list the backends show.
-    pub fn type_name(self) -> &'static str {
-        match self {
-            BackendKind::Memory => "MemoryBackend",
-            BackendKind::RabbitMq => "RabbitMqBackend",
-            BackendKind::Redis | BackendKind::RedisCluster => "RedisStreamBackend",
-            BackendKind::Sqlite => "SqliteBackend",
-            BackendKind::Postgres => "PostgresBackend",
-            BackendKind::Nats => "NatsBackend",
-        }
-    }
-
-    /// False for the backends that are announced but not built yet: their
-    /// URLs get an error saying so rather than "unknown scheme".
-    pub fn is_available(self) -> bool {
-        matches!(
-            self,
-            BackendKind::Memory
-                | BackendKind::RabbitMq
-                | BackendKind::Redis
-                | BackendKind::Postgres
-        )
-    }
+/// One backend foxtive knows.
+#[derive(Debug)]
+pub struct Kind {
+    /// Short name: returned to Python, shown in errors ("sqlite").
+    pub name: &'static str,
+    /// The class name, the same in Rust and in Python ("SqliteBackend").
+    pub type_name: &'static str,
+    /// URL schemes, lower case, in the order errors list them.
+    pub schemes: &'static [&'static str],
+    /// How the core opens it from a URL; `None` when its Python class builds
+    /// it from a typed config of its own (RabbitMQ, Redis Streams).
+    pub open: Option<OpenFn>,
 }
 
-/// Every scheme foxtive knows, lower case, in the order errors list them.
-pub const SCHEMES: &[(&str, BackendKind)] = &[
-    ("memory", BackendKind::Memory),
-    ("amqp", BackendKind::RabbitMq),
-    ("amqps", BackendKind::RabbitMq),
-    ("redis", BackendKind::Redis),
-    ("rediss", BackendKind::Redis),
-    ("unix", BackendKind::Redis),
-    ("redis+unix", BackendKind::Redis),
-    ("sqlite", BackendKind::Sqlite),
-    ("postgresql", BackendKind::Postgres),
-    ("postgres", BackendKind::Postgres),
-    ("nats", BackendKind::Nats),
-    ("redis+cluster", BackendKind::RedisCluster),
+/// Announced backends that are not built yet.
+pub const PLANNED: &[Kind] = &[
+    Kind {
+        name: "sqlite",
+        type_name: "SqliteBackend",
+        schemes: &["sqlite"],
+        open: None,
+    },
+    Kind {
+        name: "nats",
+        type_name: "NatsBackend",
+        schemes: &["nats"],
+        open: None,
+    },
+    Kind {
+        name: "redis-cluster",
+        type_name: "RedisStreamBackend",
+        schemes: &["redis+cluster"],
+        open: None,
+    },
 ];
 
-/// The type names of the backends usable now, each once, in [`SCHEMES`] order.
+fn available() -> impl Iterator<Item = &'static Kind> {
+    super::KINDS.iter().copied()
+}
+
+/// Planned backends not built yet (a row left in [`PLANNED`] after its
+/// backend landed in [`super::KINDS`] is ignored).
+fn planned() -> impl Iterator<Item = &'static Kind> {
+    PLANNED
+        .iter()
+        .filter(|p| !super::KINDS.iter().any(|k| k.name == p.name))
+}
+
+/// The kind named `name` ("sqlite"), if it is available.
+pub fn kind_named(name: &str) -> Option<&'static Kind> {
+    available().find(|k| k.name == name)
+}
+
+/// The type names of the backends usable now, each once, in [`super::KINDS`] order.
 pub fn available_backends() -> Vec<&'static str> {
     let mut names: Vec<&'static str> = Vec::new();
-    for (_, kind) in SCHEMES {
-        if kind.is_available() && !names.contains(&kind.type_name()) {
-            names.push(kind.type_name());
+    for kind in available() {
+        if !names.contains(&kind.type_name) {
+            names.push(kind.type_name);
         }
     }
     names
 }
 
-/// The backend kind `url` is for, or a `Config` error that lists the schemes
+/// The backend `url` is for, or a `Config` error that lists the schemes
 /// usable now and those still to come.
-pub fn backend_kind(url: &str) -> Result<BackendKind> {
+pub fn backend_kind(url: &str) -> Result<&'static Kind> {
     let scheme = scheme_of(url).ok_or_else(|| {
         // The text may be a bare `user:password@host`: never echo it.
         Error::Config(format!(
@@ -97,33 +99,33 @@ pub fn backend_kind(url: &str) -> Result<BackendKind> {
             known_schemes()
         ))
     })?;
-    let kind = SCHEMES
-        .iter()
-        .find(|(name, _)| *name == scheme)
-        .map(|(_, kind)| *kind)
-        .ok_or_else(|| {
-            Error::Config(format!(
-                "url: unknown scheme '{scheme}://' in {}; {}",
-                redact_url(url),
-                known_schemes()
-            ))
-        })?;
-    if !kind.is_available() {
+    let has = |k: &&Kind| k.schemes.contains(&scheme.as_str());
+    if let Some(kind) = available().find(has) {
+        return Ok(kind);
+    }
+    if let Some(kind) = planned().find(has) {
         return Err(Error::Config(format!(
             "backend '{}' is not available yet ({scheme}:// in {}); {}",
-            kind.as_str(),
+            kind.name,
             redact_url(url),
             known_schemes()
         )));
     }
-    if kind == BackendKind::Memory && url.len() > "memory://".len() {
-        return Err(Error::Config(format!(
-            "url: memory:// takes nothing after the scheme (the queue is the second \
-             argument), got {}",
-            redact_url(url)
-        )));
+    Err(Error::Config(format!(
+        "url: unknown scheme '{scheme}://' in {}; {}",
+        redact_url(url),
+        known_schemes()
+    )))
+}
+
+/// Open the backend `url` names, when the core can build it from a URL
+/// (`Ok(None)` when its Python class builds it instead).
+pub fn open(url: &str, queue: &str, options: Options) -> Result<Option<Opened>> {
+    let kind = backend_kind(url)?;
+    match kind.open {
+        Some(open) => open(url, queue, options).map(Some),
+        None => Ok(None),
     }
-    Ok(kind)
 }
 
 /// The scheme of `url`, lower-cased, when it is a valid RFC 3986 scheme
@@ -138,18 +140,17 @@ fn scheme_of(url: &str) -> Option<String> {
 
 /// The sentence every registry error ends with.
 pub fn known_schemes() -> String {
-    let list = |available: bool| {
-        SCHEMES
-            .iter()
-            .filter(|(_, kind)| kind.is_available() == available)
-            .map(|(name, _)| format!("{name}://"))
+    let list = |kinds: &mut dyn Iterator<Item = &Kind>| {
+        kinds
+            .flat_map(|k| k.schemes.iter())
+            .map(|s| format!("{s}://"))
             .collect::<Vec<_>>()
             .join(", ")
     };
     format!(
         "known schemes: {}; not available yet: {}",
-        list(true),
-        list(false)
+        list(&mut available()),
+        list(&mut planned())
     )
 }
 
@@ -160,28 +161,38 @@ mod tests {
     fn config_message(url: &str) -> String {
         match backend_kind(url) {
             Err(Error::Config(m)) => m,
-            other => panic!("expected a Config error for {url}, got {other:?}"),
+            Err(other) => panic!("expected a Config error for {url}, got {other:?}"),
+            Ok(kind) => panic!("expected a Config error for {url}, got {kind:?}"),
         }
+    }
+
+    #[test]
+    fn registry_opens_what_the_core_can_build_from_a_url() {
+        let opened = open("memory://", "jobs", Options::new()).unwrap().unwrap();
+        assert_eq!(opened.backend.name(), "jobs");
+        assert!(opened.dead_letters.is_some());
+        let mut extra = Options::new();
+        extra.set("colour", super::super::options::OptionValue::Bool(true));
+        assert!(open("memory://", "jobs", extra).is_err());
+        // RabbitMQ is built by its Python class from its typed config.
+        assert!(open("amqp://h", "jobs", Options::new()).unwrap().is_none());
     }
 
     #[test]
     fn registry_maps_each_available_scheme() {
         let cases = [
-            ("memory://", BackendKind::Memory),
-            (
-                "amqp://guest:guest@127.0.0.1:5672/%2f",
-                BackendKind::RabbitMq,
-            ),
-            ("AMQPS://h/v", BackendKind::RabbitMq),
-            ("redis://127.0.0.1:6379/0", BackendKind::Redis),
-            ("rediss://h:6380", BackendKind::Redis),
-            ("unix:///tmp/redis.sock", BackendKind::Redis),
-            ("redis+unix:///tmp/redis.sock?db=1", BackendKind::Redis),
-            ("postgresql://u@h/db?schema=s", BackendKind::Postgres),
-            ("postgres://u@h/db", BackendKind::Postgres),
+            ("memory://", "memory"),
+            ("amqp://guest:guest@127.0.0.1:5672/%2f", "rabbitmq"),
+            ("AMQPS://h/v", "rabbitmq"),
+            ("redis://127.0.0.1:6379/0", "redis"),
+            ("rediss://h:6380", "redis"),
+            ("unix:///tmp/redis.sock", "redis"),
+            ("redis+unix:///tmp/redis.sock?db=1", "redis"),
+            ("postgresql://u@h/db?schema=s", "postgres"),
+            ("postgres://u@h/db", "postgres"),
         ];
-        for (url, kind) in cases {
-            assert_eq!(backend_kind(url).ok(), Some(kind), "{url}");
+        for (url, name) in cases {
+            assert_eq!(backend_kind(url).ok().map(|k| k.name), Some(name), "{url}");
         }
     }
 
@@ -208,7 +219,10 @@ mod tests {
         assert!(m.contains("redis+unix://"), "{m}");
         let m = config_message("127.0.0.1:6379");
         assert!(m.contains("without a URL scheme"), "{m}");
-        assert!(config_message("memory://q").contains("takes nothing"));
+        let Err(Error::Config(m)) = open("memory://q", "q", Options::new()) else {
+            panic!("memory://q opened");
+        };
+        assert!(m.contains("takes nothing"), "{m}");
     }
 
     #[test]
@@ -230,11 +244,14 @@ mod tests {
             "kafka://user:s3cret@h:9092",
             "nats://user:s3cret@h:4222",
             "user:s3cret@h:5672",
-            "memory://user:s3cret@h",
             "1amqp://user:s3cret@h",
         ] {
             let m = config_message(url);
             assert!(!m.contains("s3cret"), "{m}");
         }
+        let Err(e) = open("memory://user:s3cret@h", "q", Options::new()) else {
+            panic!("memory:// with text after the scheme opened");
+        };
+        assert!(!e.to_string().contains("s3cret"), "{e}");
     }
 }

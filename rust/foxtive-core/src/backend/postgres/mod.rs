@@ -44,6 +44,42 @@ use link::{Conn, Link};
 use publish::EnqueueRows;
 
 pub use config::{validate_schema, PostgresConfig, DEFAULT_SCHEMA};
+pub use fetch::RowReceipt;
+
+/// `postgresql://` and `postgres://` (libpq URLs; `?schema=` picks the
+/// schema), opened by the core from the URL and its options.
+pub const KIND: super::registry::Kind = super::registry::Kind {
+    name: "postgres",
+    type_name: "PostgresBackend",
+    schemes: &["postgresql", "postgres"],
+    open: Some(open),
+};
+
+/// The options [`open`] takes.
+pub const OPTIONS: &[&str] = &["schema", "lease_timeout", "poll_interval"];
+
+fn open(
+    url: &str,
+    queue: &str,
+    mut options: super::options::Options,
+) -> Result<super::registry::Opened> {
+    let mut cfg = PostgresConfig::new(queue);
+    if let Some(schema) = options.take_str("schema")? {
+        cfg.schema = schema;
+    }
+    if let Some(lease) = options.take_seconds("lease_timeout")? {
+        cfg.lease_timeout = lease;
+    }
+    if let Some(poll) = options.take_seconds("poll_interval")? {
+        cfg.poll_interval = poll;
+    }
+    options.finish("PostgreSQL (postgresql://)", OPTIONS)?;
+    let backend = Arc::new(PostgresBackend::new(url, cfg)?);
+    Ok(super::registry::Opened {
+        dead_letters: Some(Arc::new(backend.dead_letter_store())),
+        backend,
+    })
+}
 
 /// How long settlements keep trying through a connection loss.
 const SETTLE_RETRY_WINDOW: Duration = Duration::from_secs(15);

@@ -39,6 +39,14 @@ use parking_lot::RwLock;
 use tokio::sync::{watch, Notify};
 
 pub use self::codec::AmqpReceipt;
+
+/// `amqp://` / `amqps://`; built by its Python class from its typed config.
+pub const KIND: super::registry::Kind = super::registry::Kind {
+    name: "rabbitmq",
+    type_name: "RabbitMqBackend",
+    schemes: &["amqp", "amqps"],
+    open: None,
+};
 pub use self::config::{QueueType, RabbitMqConfig};
 use self::link::{BatchEnd, Link};
 use self::nodes::parse_nodes;

@@ -57,6 +57,15 @@ use crate::dlq::DeadLetter;
 use crate::message::{Delivery, Failure, Outgoing, Settlement};
 use crate::{Error, Result};
 pub use codec::StreamReceipt;
+
+/// `redis://`, `rediss://`, `unix://`, `redis+unix://`; built by its Python
+/// class from its typed config.
+pub const KIND: super::registry::Kind = super::registry::Kind {
+    name: "redis",
+    type_name: "RedisStreamBackend",
+    schemes: &["redis", "rediss", "unix", "redis+unix"],
+    open: None,
+};
 use codec::{Field, Parts, StreamId};
 use link::Link;
 use reply::RawEntry;
