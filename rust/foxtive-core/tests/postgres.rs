@@ -342,7 +342,7 @@ async fn a_dead_workers_job_comes_back_after_the_lease_as_the_next_attempt() {
 #[tokio::test]
 async fn a_running_job_keeps_its_lease_past_lease_timeout() {
     let db = Db::new("lease_renewal").await;
-    let lease = Duration::from_millis(400);
+    let lease = Duration::from_secs(1);
     let a = db.backend(lease);
     let other = db.backend(lease);
     a.publish(vec![with_id("slow", "slow-1")]).await.unwrap();
