@@ -349,7 +349,9 @@ impl Inner {
             }
         }
         self.touch();
-        if plan.wake {
+        if !plan.reschedule.0.is_empty() {
+            // A receiver asleep until the lease end it probed (or its poll)
+            // looks again now: a short retry is due long before either.
             self.link.wake.notify_waiters();
         }
         if let Err(e) = &result {
