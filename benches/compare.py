@@ -52,6 +52,9 @@ BODY_SIZE = 100
 #: The hiredis ceiling (benches/redis_ceiling.c), built by benches/build_redis_ceiling.sh.
 C_CEILING = HERE / ".build" / "redis_ceiling_c"
 PREFETCH = 1000  # raw clients and foxtive
+SQLITE_BATCH = 500  # W1 on SQLite: rows claimed per transaction by the raw consumers
+#: W1 on SQLite: one database file per run, on the same disk as the worktree.
+SQLITE_DIR = Path(os.environ.get("SQLITE_BENCH_DIR", tempfile.gettempdir()))
 
 # --------------------------------------------------------------------------
 # contenders: name -> (interpreter, settings printed with the results)
@@ -181,6 +184,20 @@ CONTENDERS: dict[str, list[tuple[str, str, str]]] = {
         ("taskiq-redis", PEER, "SmartRetryMiddleware(delay 3600) + ListRedisScheduleSource: "
                                "retries wait in Redis for `taskiq scheduler` (not running)"),
     ],
+    "w1-sqlite": [
+        ("foxtive", FOX, "SqliteBackend (WAL, synchronous=FULL), claims of up to 256 "
+                         "(the pool's default batch_size), async no-op handler"),
+        ("sqlite3 raw", FOX, f"stdlib sqlite3, same file and pragmas: BEGIN IMMEDIATE + "
+                             f"UPDATE ... RETURNING LIMIT {SQLITE_BATCH}, handler per row, "
+                             "one DELETE per batch"),
+        ("rusqlite ceiling", RUST, f"the same loop in Rust (examples/sqlite_ceiling.rs), "
+                                   f"LIMIT {SQLITE_BATCH}, no handler"),
+        ("huey", PEER, "SqliteHuey, consumer with 8 threads, poll 1-10 ms (removes each "
+                       "task before running it: at-most-once)"),
+        ("foxtive 3 processes", FOX, "three foxtive processes on one file (count from "
+                                     "their recorded ids)"),
+        ("sqlite3 raw 3 processes", FOX, "three raw consumers on one file"),
+    ],
     "w1-memory": [
         ("foxtive sync", FOX, "MemoryBackend, publish_bulk, default pool (limit 1000)"),
         ("loop sync", FOX, "plain Python for-loop calling the same handler"),
@@ -252,8 +269,13 @@ class Recorder:
     """Counts ids; a watcher thread writes the result and ends the process."""
 
     def __init__(self, n: int, result: str, idle_timeout: float,
-                 extra: dict[str, Any] | None = None) -> None:
+                 extra: dict[str, Any] | None = None, share: bool = False) -> None:
         self.n = n
+        # One of several processes draining one queue: it stops once the
+        # queue looks drained (0.5 s without a message after the first) and
+        # writes the ids it saw, which the parent merges.
+        self.share = share
+        self.ids: list[int] = []
         self.result = result
         self.idle_timeout = idle_timeout
         # A deque the watcher empties as it goes (append and popleft are
@@ -291,12 +313,16 @@ class Recorder:
                 progress = time.monotonic()
                 while hits:
                     i = hits.popleft()
+                    if self.share:
+                        self.ids.append(i)
                     if 0 <= i < self.n and not seen[i]:
                         seen[i] = 1
                         unique += 1
                     else:
                         dups += 1
-            if unique >= self.n or time.monotonic() - progress > self.idle_timeout:
+            idle = time.monotonic() - progress
+            if (unique >= self.n or idle > self.idle_timeout
+                    or (self.share and unique and idle > 0.5)):
                 break
         if self.w6:  # let the last retries be scheduled, then weigh the worker
             time.sleep(3)
@@ -307,6 +333,8 @@ class Recorder:
                 "p50_ms": lat[len(lat) // 2] * 1000,
                 "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000,
                 "max_ms": lat[-1] * 1000}
+            if self.share:
+                pct["ids"] = self.ids
             json.dump({"first": self.first, "last": self.last, "unique": unique,
                        "dups": dups, "lost": self.n - unique, **pct, **self.extra}, f)
         for fn in self.at_exit:
@@ -452,6 +480,8 @@ def paced_publish(workload: str, contender: str, queue: str, n: int, rate: float
 
 
 def publish(workload: str, contender: str, queue: str, n: int) -> None:
+    if workload == "w1-sqlite":
+        return sqlite_publish(contender, queue, n)
     set_mode(workload)
     redis_ = workload.endswith("redis")
     if redis_ and contender in REDIS_BULK_PUBLISHERS:
@@ -613,6 +643,8 @@ def consume(workload: str, contender: str, queue: str, n: int, result: str,
 
     if workload == "w1-memory":
         return consume_memory(contender, n, result)
+    if workload == "w1-sqlite":
+        return consume_sqlite(contender, queue, n, result, idle)
     set_mode(workload)
     rec = Recorder(n, result, idle)
     redis_ = workload.endswith("redis")
@@ -694,6 +726,94 @@ def consume(workload: str, contender: str, queue: str, n: int, result: str,
                                 ack_type=AcknowledgeType.WHEN_EXECUTED)
             await receiver.listen(asyncio.Event())
         asyncio.run(go())
+    else:
+        raise SystemExit(f"unknown contender {contender}")
+    time.sleep(3600)  # the recorder ends the process
+
+
+# --------------------------------------------------------------------------
+# SQLite contenders (child side): one file per run, SQLITE_DIR/<queue>.db
+# --------------------------------------------------------------------------
+
+
+def sqlite_path(queue: str) -> str:
+    return str(SQLITE_DIR / f"{queue}.db")
+
+
+#: The raw consumers' claim: foxtive's own (fetch.rs), on foxtive's table.
+SQLITE_CLAIM = ("UPDATE foxtive_jobs SET attempts = attempts + 1, locked_until = ?3, "
+                "run_at = ?3 WHERE id IN (SELECT id FROM foxtive_jobs WHERE queue = ?1 AND "
+                "run_at <= ?2 ORDER BY run_at LIMIT ?4) RETURNING id, body")
+
+
+def sqlite_publish(contender: str, queue: str, n: int) -> None:
+    """Pre-publish: huey through its own enqueue, the others through foxtive's
+    ``publish_many`` (the rows the raw consumers and the ceiling read too)."""
+    if contender == "huey":
+        _, noop = huey_app(queue, None)
+        for i in range(n):
+            noop(i)
+        return
+    import asyncio
+
+    import foxtive
+
+    async def go() -> None:
+        backend = foxtive.SqliteBackend(sqlite_path(queue), queue)
+        for start in range(0, n, 10_000):
+            await backend.publish_many([body_for(i) for i in range(start, min(n, start + 10_000))])
+        await backend.close()
+    asyncio.run(go())
+
+
+def huey_app(queue: str, rec: Recorder | None) -> tuple[Any, Any]:
+    from huey import SqliteHuey
+
+    huey = SqliteHuey(queue, filename=sqlite_path(queue), results=False)
+
+    @huey.task()
+    def noop(i: int) -> None:
+        if rec is not None:
+            rec.hit(i)
+    return huey, noop
+
+
+def consume_sqlite(contender: str, queue: str, n: int, result: str, idle: float) -> None:
+    import asyncio
+
+    rec = Recorder(n, result, idle, share=contender.endswith("processes"))
+    path = sqlite_path(queue)
+    if contender.startswith("foxtive"):
+        import foxtive
+
+        async def handler(message: foxtive.Message) -> None:
+            rec.hit(id_of(message.body))
+
+        pool = fox_pool(handler, rec)
+        asyncio.run(pool.run_async(foxtive.SqliteBackend(path, queue), handle_signals=False))
+    elif contender.startswith("sqlite3 raw"):
+        import sqlite3
+
+        conn = sqlite3.connect(path, timeout=10, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        while True:
+            t = time.time()
+            conn.execute("BEGIN IMMEDIATE")
+            rows = conn.execute(SQLITE_CLAIM, (queue, t, t + 30.0, SQLITE_BATCH)).fetchall()
+            conn.execute("COMMIT")
+            if not rows:
+                time.sleep(0.001)
+                continue
+            for _, body in rows:
+                rec.hit(id_of(body))
+            conn.execute("DELETE FROM foxtive_jobs WHERE id IN (SELECT value FROM json_each(?))",
+                         (json.dumps([r[0] for r in rows]),))
+    elif contender == "huey":
+        huey, _ = huey_app(queue, rec)
+        consumer = huey.create_consumer(workers=8, worker_type="thread", periodic=False,
+                                        initial_delay=0.001, backoff=1.5, max_delay=0.01)
+        consumer.run()
     else:
         raise SystemExit(f"unknown contender {contender}")
     time.sleep(3600)  # the recorder ends the process
@@ -1002,7 +1122,7 @@ def faststream_redis_consume(queue: str, rec: Recorder) -> None:
     asyncio.run(go())
 
 
-SLOW = {"rq", "arq"}
+SLOW = {"rq", "arq", "huey"}
 # async context managers yielding ``send(i, sent=None)``: frameworks through
 # their own publisher (pre-publishing and W4), foxtive / redis-py for W4 only
 REDIS_SENDERS = {"rq": rq_sender, "arq": arq_sender, "taskiq-redis": taskiq_redis_sender,
@@ -1052,7 +1172,8 @@ def retry_queues(queue: str) -> list[str]:
 def wait_for_brokers(workload: str, limit: float = 180.0) -> None:
     import socket
 
-    ports = [] if workload == "w1-memory" else [6379] + ([5672] if "rabbit" in workload else [])
+    ports = [] if workload in ("w1-memory", "w1-sqlite") else \
+        [6379] + ([5672] if "rabbit" in workload else [])
     end = time.time() + limit
     for port in ports:
         while True:
@@ -1074,6 +1195,10 @@ def cleanup(workload: str, queue: str) -> None:
             delete_queues([queue, f"{queue}.DQ", f"{queue}.XQ", f"{queue}.dlq", *extra])
         elif workload.endswith("redis"):
             delete_redis_keys(queue)
+        elif workload.endswith("sqlite"):
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(sqlite_path(queue) + suffix)
     except Exception as e:
         print(f"cleanup of {queue} failed: {e}", file=sys.stderr)
 
@@ -1133,6 +1258,11 @@ def prepublish(workload: str, name: str, kind: str, queue: str, n: int) -> None:
         return  # W4 publishes while the contender runs (run_contender); no broker
     if raw_redis:
         return fill_stream(queue, n)
+    if workload == "w1-sqlite":
+        subprocess.run([interpreter(kind if name == "huey" else FOX), __file__, "--publish",
+                        "huey" if name == "huey" else "foxtive", "--queue", queue, "-n", str(n),
+                        "--workload", workload], check=True, timeout=900)
+        return
     if workload.endswith("rabbitmq") and name.startswith(("foxtive", "lapin ceiling",
                                                           "aio-pika")):
         subprocess.run([ceiling_binary(), "publish", queue, str(n), str(BODY_SIZE)],
@@ -1219,12 +1349,17 @@ def run_contender(workload: str, name: str, kind: str, queue: str, n: int,
                   idle: float) -> dict[str, Any]:
     if workload.startswith("w5"):
         return run_w5(workload, name, queue, n, idle)
+    if name.endswith("processes"):
+        return run_shared(workload, name, kind, queue, n, idle, int(name.split()[-2]))
     fd, result = tempfile.mkstemp(prefix="foxtive-compare-", suffix=".json")
     os.close(fd)
     if kind == RUST and workload.endswith("redis"):
         binary = C_CEILING if name == "hiredis ceiling" else ceiling_binary("redis_ceiling")
         cmd = [str(binary), "--url", REDIS_URL, "--stream", queue,
                "--group", "g", "--count", "100", "--expect", str(n), "--delete"]
+    elif kind == RUST and workload.endswith("sqlite"):
+        cmd = [ceiling_binary("sqlite_ceiling"), "drain", sqlite_path(queue), queue, str(n),
+               str(SQLITE_BATCH)]
     elif kind == RUST:
         cmd = [ceiling_binary(), "drain", queue, str(n), str(PREFETCH)]
     else:
@@ -1284,6 +1419,45 @@ def run_contender(workload: str, name: str, kind: str, queue: str, n: int,
     return res
 
 
+def run_shared(workload: str, name: str, kind: str, queue: str, n: int, idle: float,
+               copies: int) -> dict[str, Any]:
+    """``copies`` processes of contender ``name`` (less its " N processes")
+    on one queue; each writes the ids it handled, merged here: lost and dup
+    are checked over all of them, the rate spans first to last handled."""
+    single = name.rsplit(" ", 2)[0]
+    results = []
+    for _ in range(copies):
+        fd, result = tempfile.mkstemp(prefix="foxtive-compare-", suffix=".json")
+        os.close(fd)
+        results.append(result)
+    spawn = time.time()
+    procs = [subprocess.Popen([interpreter(kind), __file__, "--consume", name, "--workload",
+                               workload, "--queue", queue, "-n", str(n), "--result", r,
+                               "--idle-timeout", str(idle)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for r in results]
+    rss = cpu = 0.0
+    for p in procs:
+        _, _, ru = os.wait4(p.pid, 0)
+        rss, cpu = rss + ru.ru_maxrss / 1024, cpu + ru.ru_utime + ru.ru_stime
+    datas = []
+    for r in results:
+        with contextlib.suppress(OSError, ValueError), open(r) as f:
+            datas.append(json.load(f))
+        os.unlink(r)
+    ids = [i for d in datas for i in d.get("ids", [])]
+    unique = len(set(ids))
+    firsts = [d["first"] for d in datas if d.get("first")]
+    last = max((d["last"] for d in datas if d.get("last")), default=0.0)
+    span = max(last - min(firsts, default=last), 1e-9)
+    print(f"  {single} x{copies}: {[len(d.get('ids', [])) for d in datas]} each",
+          flush=True)
+    return {"rss_mib": rss, "cpu_s": cpu, "exit": max(p.returncode or 0 for p in procs),
+            "handled_rate": len(ids) / span if len(ids) > 1 else 0.0,
+            "start_rate": unique / max(last - spawn, 1e-9), "lost": n - unique,
+            "dups": len(ids) - unique, "ids_checked": True}
+
+
 def available(workload: str, name: str, report: list[str]) -> bool:
     why = ""
     if name == "redis-rs ceiling":
@@ -1293,6 +1467,14 @@ def available(workload: str, name: str, report: list[str]) -> bool:
             why = str(e)
     elif name == "hiredis ceiling" and not C_CEILING.exists():
         why = f"build it first: sh benches/build_redis_ceiling.sh (looked for {C_CEILING})"
+    elif name == "rusqlite ceiling":
+        try:
+            ceiling_binary("sqlite_ceiling")
+        except SystemExit as e:
+            why = str(e)
+    elif name == "huey" and subprocess.run([str(PEERS_PY), "-c", "import huey"],
+                                           capture_output=True).returncode != 0:
+        why = "huey is not installed in benches/.peers-venv"
     elif name == "lapin ceiling":
         try:
             ceiling_binary()
@@ -1442,7 +1624,8 @@ def main() -> None:
         settings = {c[0]: c[2] for c in contenders}
         print(f"\n== {workload}: {n:,} messages x {args.rounds} rounds "
               f"(load {loadavg()})", flush=True)
-        counts = {c[0]: min(n, args.slow_cap) if workload.endswith("redis") and c[0] in SLOW
+        counts = {c[0]: min(n, args.slow_cap)
+                  if workload.endswith(("redis", "sqlite")) and c[0] in SLOW
                   else n for c in contenders}
         for r in range(args.rounds):
             for name, kind, _ in contenders:

@@ -73,6 +73,8 @@ CASES = [
     ("resilient_backend.py", [], ["backend: connected → reconnecting",
                                   "backend: reconnecting → connected",
                                   "processed 10 of 10"]),
+    ("tasks_email.py", [], ["result: user2@example.com",
+                            "failed for good: PermanentError: not an address"]),
 ]
 
 

@@ -13,6 +13,7 @@
 
 from ._core import DeadLetter, Message
 from ._core import __version__ as __version__
+from .app import App
 from .backends import Backend, Incoming, MemoryBackend
 from .dlq import DeadLetterQueue, FileDLQ, MemoryDLQ, RedisDLQ
 from .errors import (
@@ -24,6 +25,8 @@ from .errors import (
     PermanentError,
     RetryableError,
     ShutdownError,
+    TaskError,
+    UnknownTaskError,
 )
 from .middleware import Middleware
 from .observe import HealthServer, PrometheusCollector
@@ -41,13 +44,16 @@ from .postgres import PostgresBackend
 from .rabbitmq import RabbitMqBackend, RabbitMqConsumerConfig
 from .redis_streams import RedisStreamBackend, RedisStreamConsumerConfig
 from .resilient import ReconnectStrategy, ResilientBackend
+from .sqlite import SqliteBackend
 from .supervisor import Supervisor
+from .tasks import Task, TaskHandle
 from .tracing import TracingMiddleware
 from .urls import backend_from_url
 from .worker import BatchWorker, RetryInfo, Worker
 
 __all__ = [
     "AlreadySettledError",
+    "App",
     "Backend",
     "BackendError",
     "BatchConfig",
@@ -83,9 +89,14 @@ __all__ = [
     "RetryInfo",
     "RetryableError",
     "ShutdownError",
+    "SqliteBackend",
     "Supervisor",
+    "Task",
+    "TaskError",
+    "TaskHandle",
     "TimeoutMiddleware",
     "TracingMiddleware",
+    "UnknownTaskError",
     "Worker",
     "WorkerPool",
     "WorkerPoolBuilder",

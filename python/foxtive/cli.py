@@ -12,16 +12,15 @@ import sys
 import time
 from typing import Any
 
-from . import demo
+from . import _core, demo
 from ._config import integer, seconds
+from .app import App
 from .dlq import DeadLetterQueue, FileDLQ, NativeDeadLetterQueue, RedisDLQ
 from .errors import ConfigError
 from .observe import HealthServer
 from .pool import WorkerPool
-from .postgres import PostgresBackend
 from .processes import StartupGuard, run_processes
-from .rabbitmq import RabbitMqBackend, RabbitMqConsumerConfig
-from .redis_streams import RedisStreamBackend, RedisStreamConsumerConfig
+from .urls import backend_from_url
 
 
 def _load(target: str) -> Any:
@@ -75,11 +74,21 @@ def cmd_run(args: argparse.Namespace) -> int:
             child_args += ["--concurrency", str(concurrency)]
         if shutdown_timeout is not None:
             child_args += ["--shutdown-timeout", str(shutdown_timeout)]
+        if args.queues:
+            child_args += ["--queues", args.queues]
         return run_processes(args.target, processes, child_args,
                              30.0 if shutdown_timeout is None else shutdown_timeout,
                              health_port)
     guard = StartupGuard()  # a child of --processes N: exit 78 on a start-up error
     try:
+        target = _load(args.target)
+        if isinstance(target, App):  # every queue of the app (or --queues) in this process
+            queues = [q for q in (args.queues or "").split(",") if q] or None
+            pools = target._pools(queues, concurrency_limit=concurrency,
+                                  shutdown_timeout=shutdown_timeout)
+            guard.watch(pools[0])
+            asyncio.run(target._run_pools(pools, handle_signals=True))
+            return 0
         pool = _pool_from(args.target)
         if shutdown_timeout is not None:
             pool.shutdown_timeout = seconds("shutdown_timeout", shutdown_timeout)
@@ -107,26 +116,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(demo.main(total=args.messages, rate=args.rate))
 
 
+#: What ``--broker`` passes to ``backend_from_url`` per backend kind (the
+#: core registry decides the kind): the option that names a dead-letter queue
+#: other than the default, and options that keep the tool from changing the
+#: broker (RabbitMQ: declare nothing). A kind not listed takes no options:
+#: its dead letters have no separate name (SQLite: a table in the same file).
+_DLQ_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "rabbitmq": ("dead_letter_queue", {"declare": False}),
+    "redis": ("dead_letter_stream", {}),
+}
+
+
 def _broker_dlq(url: str, queue: str | None, dlq_name: str | None) -> Any:
-    """The native dead-letter queue of queue/stream ``queue`` on ``url``."""
+    """The native dead-letter queue of queue/stream ``queue`` on ``url``: the
+    backend the URL names (``backend_from_url``), through its own
+    ``dead_letter_queue()``."""
     if not queue:
         raise ConfigError("queue: --broker needs --queue Q (the queue or stream that "
                           "dead-lettered its messages)")
-    scheme = url.partition("://")[0].lower()
-    backend: Any
-    if scheme in ("amqp", "amqps"):
-        backend = RabbitMqBackend(url, RabbitMqConsumerConfig(
-            queue_name=queue, declare=False, dead_letter_queue=dlq_name))
-    elif scheme in ("redis", "rediss", "unix"):
-        backend = RedisStreamBackend(url, RedisStreamConsumerConfig(
-            stream_name=queue, dead_letter_stream=dlq_name))
-    elif scheme in ("postgresql", "postgres") and dlq_name is None:
-        backend = PostgresBackend(url, queue)  # the schema's dead_letters table, this queue
-    else:
-        raise ConfigError(f"broker: expected an amqp(s)://, redis(s):// or postgresql:// URL "
-                          "(--dead-letter-queue is not for postgresql://), "
-                          f"got a {scheme or 'schemeless'} URL")
-    return backend.dead_letter_queue()
+    kind, _ = _core.backend_kind(url)
+    name_option, options = _DLQ_OPTIONS.get(kind, ("", {}))
+    options = dict(options)
+    if dlq_name:
+        if not name_option:
+            raise ConfigError(f"--dead-letter-queue: the {kind} backend's dead letters have "
+                              "no name of their own (they are found by --queue)")
+        options[name_option] = dlq_name
+    # A backend without a dead-letter queue of its own says so (ConfigError).
+    return backend_from_url(url, queue, **options).dead_letter_queue()
 
 
 def _missing(args: argparse.Namespace, store: Any) -> str:
@@ -138,7 +155,7 @@ def _missing(args: argparse.Namespace, store: Any) -> str:
         return f"no dead-letter stream at key {args.key!r} on {store.url} (check --key)"
     if args.broker:
         return (f"neither {args.queue!r} nor its dead-letter queue exists on "
-                f"{store.backend.url} (check --queue)")
+                f"{_core.redact_url(args.broker)} (check --queue and the --broker URL)")
     return f"{store!r} does not exist"
 
 
@@ -275,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a pool: foxtive run module:attr")
     run.add_argument("target", help="module:attr, a WorkerPool built with_backend(...) "
                                     "or a zero-argument callable returning one")
+    run.add_argument("--queues", default=None,
+                     help="a foxtive.App target: the queues to run, comma-separated "
+                          "(default: all of the app's)")
     run.add_argument("--processes", type=int, default=None,
                      help="worker processes, each a fresh interpreter, supervised "
                           "(default 1; env FOXTIVE_PROCESSES)")
@@ -300,10 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.add_argument("--redis", help="a RedisDLQ URL")
     dlq.add_argument("--key", default="foxtive:dead-letters", help="the RedisDLQ key")
     dlq.add_argument("--store", help="module:attr of a dead-letter queue (or a factory)")
-    dlq.add_argument("--broker", help="a broker URL (amqp://, redis://): its native "
-                                      "dead-letter queue for --queue")
-    dlq.add_argument("--queue", help="--broker: the queue (RabbitMQ) or stream (Redis) whose "
-                                     "dead letters to reach ({queue}.dlq / {stream}:dlq)")
+    dlq.add_argument("--broker", help="a broker URL (amqp://, redis://, sqlite:///path.db): "
+                                      "its native dead-letter queue for --queue")
+    dlq.add_argument("--queue", help="--broker: the queue (RabbitMQ, SQLite) or stream (Redis) "
+                                     "whose dead letters to reach ({queue}.dlq / {stream}:dlq / "
+                                     "the file's dead-letter table)")
     dlq.add_argument("--dead-letter-queue", default=None,
                      help="--broker: the dead-letter queue or stream, when not the default")
     dlq.add_argument("--limit", type=int, default=100, help="list: at most this many")

@@ -18,6 +18,8 @@ __all__ = [
     "PermanentError",
     "RetryableError",
     "ShutdownError",
+    "TaskError",
+    "UnknownTaskError",
 ]
 
 
@@ -59,3 +61,20 @@ class AlreadySettledError(FoxtiveError):
 
 class ShutdownError(FoxtiveError):
     """The pool or backend is shut down."""
+
+
+class UnknownTaskError(FoxtiveError):
+    """A task message names a task this worker does not know. Not permanent:
+    a rolling deploy may bring the task, so it is retried with the app's
+    policy, then dead-lettered with ``error_type="UnknownTaskError"``."""
+
+
+class TaskError(FoxtiveError):
+    """A task failed for good: ``type_name`` and ``message`` of its last
+    error, after ``attempts`` attempts."""
+
+    def __init__(self, type_name: str, message: str, attempts: int) -> None:
+        super().__init__(f"{type_name}: {message} (after {attempts} attempt(s))")
+        self.type_name = type_name
+        self.message = message
+        self.attempts = attempts

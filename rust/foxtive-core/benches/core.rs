@@ -135,8 +135,10 @@ fn bench_strategies() {
 }
 
 /// The whole Rust path of one message over the memory backend: receive,
-/// admission, lane hand-off, settle-once ack, batched settlement.
-fn bench_engine(rt: &tokio::runtime::Runtime) {
+/// admission, lane hand-off, settle-once ack, batched settlement. With
+/// `policies`, a circuit breaker and a poison-pill tracker are on (every
+/// hook point the hot path has: admit, before, start, after).
+fn bench_engine(rt: &tokio::runtime::Runtime, policies: bool) {
     let n = 1_000_000u64;
     let ns = best_ns_per_op(n, || {
         let backend = Arc::new(MemoryBackend::new("bench").unwrap());
@@ -157,9 +159,9 @@ fn bench_engine(rt: &tokio::runtime::Runtime) {
             retry: RetryPolicy::default(),
             lanes: vec![false],
             batch_size: 256,
-            breaker: None,
+            breaker: policies.then(|| BreakerConfig::new(5, Duration::from_secs(30), 1).unwrap()),
             rate_limit: None,
-            poison: None,
+            poison: policies.then_some((3, Duration::from_secs(60))),
             dead_letter_store: None,
         };
         let engine = Engine::new(config, backend.clone()).unwrap();
@@ -171,6 +173,7 @@ fn bench_engine(rt: &tokio::runtime::Runtime) {
                 let mut done = 0u64;
                 while done < n {
                     if let Some(batch) = lane.take(256, Duration::from_millis(50)) {
+                        let batch = engine.screen(batch);
                         done += engine.ack_many(batch.iter()) as u64;
                     }
                 }
@@ -180,7 +183,12 @@ fn bench_engine(rt: &tokio::runtime::Runtime) {
         rt.block_on(engine.finish()).unwrap();
         assert_eq!(engine.stats().processed, n);
     });
-    report("engine: memory backend, receive → ack (1M msgs)", ns);
+    let name = if policies {
+        "engine: + breaker, poison pill (1M msgs)"
+    } else {
+        "engine: memory backend, receive → ack (1M msgs)"
+    };
+    report(name, ns);
 }
 
 fn main() {
@@ -192,5 +200,6 @@ fn main() {
     println!("foxtive-core benchmarks (best of {ROUNDS} rounds)");
     bench_policies();
     bench_strategies();
-    bench_engine(&rt);
+    bench_engine(&rt, false);
+    bench_engine(&rt, true);
 }

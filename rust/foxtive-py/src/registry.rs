@@ -2,7 +2,7 @@
 //! and the Python classes of the backends the core opens from a URL.
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString};
+use pyo3::types::{PyBool, PyDelta, PyDict, PyFloat, PyInt, PyString};
 
 use foxtive_core::backend::options::{OptionValue, Options};
 use foxtive_core::backend::registry;
@@ -42,7 +42,7 @@ pub fn open_backend(
     ))
 }
 
-fn options_from_py(dict: &Bound<'_, PyDict>) -> PyResult<Options> {
+pub(crate) fn options_from_py(dict: &Bound<'_, PyDict>) -> PyResult<Options> {
     let mut options = Options::new();
     for (key, value) in dict.iter() {
         let key: String = key.extract()?;
@@ -62,6 +62,9 @@ fn options_from_py(dict: &Bound<'_, PyDict>) -> PyResult<Options> {
             OptionValue::Float(value.extract()?)
         } else if value.is_instance_of::<PyString>() {
             OptionValue::Str(value.extract()?)
+        } else if value.is_instance_of::<PyDelta>() {
+            // Seconds may be given as a timedelta, as everywhere in the API.
+            OptionValue::Float(value.call_method0("total_seconds")?.extract()?)
         } else {
             let type_name = value
                 .get_type()

@@ -8,6 +8,7 @@ pub mod rabbitmq;
 pub mod redis_streams;
 pub mod registry;
 pub mod resilient;
+pub mod sqlite;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,7 @@ pub use postgres::{PostgresBackend, PostgresConfig};
 pub use rabbitmq::{RabbitMqBackend, RabbitMqConfig};
 pub use redis_streams::{RedisStreamBackend, RedisStreamConfig};
 pub use resilient::ResilientBackend;
+pub use sqlite::{SqliteBackend, SqliteConfig};
 
 /// Every backend foxtive builds, one row each (its [`registry::Kind`] is
 /// declared in its own folder): `backend_from_url` and the errors that list
@@ -31,6 +33,7 @@ pub const KINDS: &[&registry::Kind] = &[
     &memory::KIND,
     &rabbitmq::KIND,
     &redis_streams::KIND,
+    &sqlite::KIND,
     &postgres::KIND,
 ];
 

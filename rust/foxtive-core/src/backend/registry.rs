@@ -188,6 +188,7 @@ mod tests {
             ("rediss://h:6380", "redis"),
             ("unix:///tmp/redis.sock", "redis"),
             ("redis+unix:///tmp/redis.sock?db=1", "redis"),
+            ("sqlite:///foxtive.db", "sqlite"),
             ("postgresql://u@h/db?schema=s", "postgres"),
             ("postgres://u@h/db", "postgres"),
         ];
@@ -199,7 +200,6 @@ mod tests {
     #[test]
     fn registry_names_backends_still_to_come() {
         for (url, name) in [
-            ("sqlite:///foxtive.db", "sqlite"),
             ("nats://h:4222", "nats"),
             ("redis+cluster://h1:7000,h2:7001", "redis-cluster"),
         ] {
@@ -233,6 +233,7 @@ mod tests {
                 "MemoryBackend",
                 "RabbitMqBackend",
                 "RedisStreamBackend",
+                "SqliteBackend",
                 "PostgresBackend"
             ]
         );

@@ -121,7 +121,7 @@ pub fn headers_from_text(text: &str) -> Result<Headers> {
     headers_from_json(&value)
 }
 
-fn headers_to_json(headers: &Headers) -> Value {
+pub fn headers_to_json(headers: &Headers) -> Value {
     Value::Array(
         headers
             .iter()
@@ -145,7 +145,7 @@ fn header_to_json(value: &HeaderValue) -> Value {
     }
 }
 
-fn headers_from_json(value: &Value) -> Result<Headers> {
+pub fn headers_from_json(value: &Value) -> Result<Headers> {
     let Some(pairs) = value.as_array() else {
         return Err(bad("headers: not a list".to_string()));
     };

@@ -2,9 +2,9 @@
 
 use std::fmt::Write as _;
 
+use super::EngineState;
 use super::Metrics;
 use crate::backend::BackendState;
-use crate::pool::EngineState;
 
 /// Seconds without a sign of life from the event loop before the pool counts
 /// as stuck (a handler blocking the loop).
@@ -91,9 +91,8 @@ pub fn json_str(value: &str) -> String {
 /// flight; healthy otherwise.
 pub fn assess(metrics: &Metrics, concurrency_limit: usize) -> Health {
     let stats = metrics.snapshot();
-    let engine = metrics.engine();
-    let (state, backend, in_flight) = match &engine {
-        Some(e) => (e.state(), e.backend().state(), e.in_flight()),
+    let (state, backend, in_flight) = match metrics.live() {
+        Some(l) => (l.state(), l.backend_state(), l.in_flight()),
         None => (EngineState::Stopped, BackendState::Closed, 0),
     };
     let workers = metrics.worker_ids().count();

@@ -8,13 +8,13 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
+use super::live::Live;
 use super::stats::StatsSnapshot;
-use crate::pool::Engine;
 
 /// Upper bounds of the processing-duration histogram, in seconds.
 pub const BUCKETS: [f64; 16] = [
@@ -98,7 +98,8 @@ pub struct Metrics {
     pub received: AtomicU64,
     pub reconnects: AtomicU64,
     workers: Vec<WorkerMetrics>,
-    engine: Mutex<Weak<Engine>>,
+    /// The live values of the engine running now, if any.
+    live: RwLock<Option<Arc<Live>>>,
     /// Unix milliseconds of the event loop's last sign of life.
     loop_heartbeat_ms: AtomicU64,
 }
@@ -111,7 +112,7 @@ impl Metrics {
             received: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             workers: worker_ids.iter().cloned().map(WorkerMetrics::new).collect(),
-            engine: Mutex::new(Weak::new()),
+            live: RwLock::new(None),
             loop_heartbeat_ms: AtomicU64::new(0),
         })
     }
@@ -128,14 +129,24 @@ impl Metrics {
         self.workers.iter().map(|w| &w.id)
     }
 
-    /// The engine running now (if any) reports live values through these metrics.
-    pub fn attach(&self, engine: &Arc<Engine>) {
-        *self.queue.write() = engine.backend().name().to_string();
-        *self.engine.lock() = Arc::downgrade(engine);
+    /// The engine running now shows its live values through these metrics.
+    pub fn attach(&self, live: Arc<Live>) {
+        *self.queue.write() = live.backend().name().to_string();
+        *self.live.write() = Some(live);
     }
 
-    pub fn engine(&self) -> Option<Arc<Engine>> {
-        self.engine.lock().upgrade()
+    /// The engine that attached `live` is gone: forget its values (unless a
+    /// newer engine attached since).
+    pub fn detach(&self, live: &Arc<Live>) {
+        let mut current = self.live.write();
+        if current.as_ref().is_some_and(|l| Arc::ptr_eq(l, live)) {
+            *current = None;
+        }
+    }
+
+    /// The live values of the engine running now, if any.
+    pub fn live(&self) -> Option<Arc<Live>> {
+        self.live.read().clone()
     }
 
     pub fn heartbeat(&self) {
@@ -173,10 +184,19 @@ impl Metrics {
         let mut out = String::with_capacity(4096);
         let pool = escape(&self.pool);
         let queue = escape(&self.queue.read());
-        let engine = self.engine();
+        let live = self.live();
 
+        self.render_outcomes(&mut out, &pool, &queue);
+        self.render_loads(&mut out, &pool, &queue, live.as_deref());
+        self.render_totals(&mut out, &pool, &queue);
+        self.render_live(&mut out, &pool, &queue, live.as_deref());
+        out
+    }
+
+    /// Received, outcomes and processing durations.
+    fn render_outcomes(&self, out: &mut String, pool: &str, queue: &str) {
         help(
-            &mut out,
+            out,
             "foxtive_worker_messages_received_total",
             "counter",
             "Messages received from the backend.",
@@ -188,7 +208,7 @@ impl Metrics {
         );
 
         help(
-            &mut out,
+            out,
             "foxtive_worker_messages_processed_total",
             "counter",
             "Message outcomes: success, failure (a failed attempt), retried, dead_lettered.",
@@ -207,7 +227,7 @@ impl Metrics {
         }
 
         help(
-            &mut out,
+            out,
             "foxtive_worker_message_processing_duration_seconds",
             "histogram",
             "Time from hand-off to a handler until settlement.",
@@ -232,13 +252,18 @@ impl Metrics {
                 "foxtive_worker_message_processing_duration_seconds_count{{{labels}}} {cumulative}"
             );
         }
+    }
 
-        let loads: Vec<(Arc<str>, usize)> = engine
-            .as_ref()
-            .map(|e| e.worker_loads())
-            .unwrap_or_else(|| self.workers.iter().map(|w| (w.id.clone(), 0)).collect());
+    /// Messages in flight, per worker.
+    fn render_loads(&self, out: &mut String, pool: &str, queue: &str, live: Option<&Live>) {
+        let loads: Vec<(Arc<str>, usize)> = self
+            .workers
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.id.clone(), live.as_ref().map_or(0, |l| l.load(i))))
+            .collect();
         help(
-            &mut out,
+            out,
             "foxtive_worker_active_workers",
             "gauge",
             "Workers with at least one message in flight.",
@@ -250,7 +275,7 @@ impl Metrics {
         );
 
         help(
-            &mut out,
+            out,
             "foxtive_worker_in_flight_messages",
             "gauge",
             "Messages handed to a worker and not settled yet.",
@@ -258,9 +283,12 @@ impl Metrics {
         for (id, load) in &loads {
             let _ = writeln!(out, "foxtive_worker_in_flight_messages{{pool=\"{pool}\",worker=\"{}\",queue=\"{queue}\"}} {load}", escape(id));
         }
+    }
 
+    /// Per-worker retries, dead letters and errors by type.
+    fn render_totals(&self, out: &mut String, pool: &str, queue: &str) {
         help(
-            &mut out,
+            out,
             "foxtive_worker_retries_total",
             "counter",
             "Retries scheduled.",
@@ -271,7 +299,7 @@ impl Metrics {
         }
 
         help(
-            &mut out,
+            out,
             "foxtive_worker_dead_lettered_total",
             "counter",
             "Messages dead-lettered.",
@@ -282,7 +310,7 @@ impl Metrics {
         }
 
         help(
-            &mut out,
+            out,
             "foxtive_worker_errors_total",
             "counter",
             "Failed attempts by error type (an exception class name).",
@@ -296,16 +324,19 @@ impl Metrics {
                     escape(&w.id), escape(error_type));
             }
         }
+    }
 
+    /// What only a running engine knows: breaker state and reconnects.
+    fn render_live(&self, out: &mut String, pool: &str, queue: &str, live: Option<&Live>) {
         help(
-            &mut out,
+            out,
             "foxtive_worker_circuit_breaker_state",
             "gauge",
             "Circuit breaker: 0 closed, 1 open, 2 half-open.",
         );
-        let breaker = engine
+        let breaker = live
             .as_ref()
-            .and_then(|e| e.breaker_state())
+            .and_then(|l| l.breaker_state())
             .map_or(0, |(s, _)| s.as_gauge());
         let _ = writeln!(
             out,
@@ -313,17 +344,16 @@ impl Metrics {
         );
 
         help(
-            &mut out,
+            out,
             "foxtive_worker_backend_reconnects_total",
             "counter",
             "Backend reconnection attempts.",
         );
         let reconnects = self.reconnects.load(Ordering::Relaxed)
-            + engine
+            + live
                 .as_ref()
-                .map_or(0, |e| e.backend().reconnect_attempts());
+                .map_or(0, |l| l.backend().reconnect_attempts());
         let _ = writeln!(out, "foxtive_worker_backend_reconnects_total{{pool=\"{pool}\",queue=\"{queue}\"}} {reconnects}");
-        out
     }
 }
 

@@ -6,11 +6,17 @@
 //! ends without a verdict (handed back at shutdown) frees the probe slot, so
 //! the breaker can never lock itself out.
 
+use std::any::Any;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use super::{Admit, Hooks, Policy};
+use crate::message::Delivery;
 use crate::{Error, Result};
+
+/// The shortest delay before a message handed back by an open breaker comes back.
+const MIN_HAND_BACK: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {
@@ -206,6 +212,24 @@ impl CircuitBreaker {
         }
     }
 
+    /// Whether a message admitted earlier must go back untried, and after
+    /// how long it should come back: not while closed, nor for the probe.
+    pub fn hand_back(&self, probe: bool, now: Instant) -> Option<Duration> {
+        let mut inner = self.inner.lock();
+        self.refresh(&mut inner, now);
+        match inner.state {
+            BreakerState::Closed => None,
+            BreakerState::HalfOpen if probe => None,
+            BreakerState::HalfOpen => Some(MIN_HAND_BACK),
+            BreakerState::Open => {
+                let left = inner.opened_at.map_or(Duration::ZERO, |t| {
+                    (t + self.config.reset_timeout).saturating_duration_since(now)
+                });
+                Some(left.max(MIN_HAND_BACK))
+            }
+        }
+    }
+
     /// How long until the breaker half-opens (zero when it is not open).
     pub fn remaining_open(&self, now: Instant) -> Duration {
         let inner = self.inner.lock();
@@ -245,6 +269,48 @@ impl CircuitBreaker {
             // Stragglers admitted before the breaker opened say nothing new.
             _ => {}
         }
+    }
+}
+
+/// The breaker as an engine policy: it admits (or waits, or grants the
+/// probe), hands back what an open breaker must not start, and learns from
+/// every outcome.
+impl Policy for CircuitBreaker {
+    fn name(&self) -> &'static str {
+        "circuit_breaker"
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks {
+            admit: true,
+            start: true,
+            after: true,
+            ..Hooks::default()
+        }
+    }
+
+    fn admit(&self, now: Instant) -> Admit {
+        match CircuitBreaker::admit(self, now) {
+            Admission::Allow => Admit::Allow(usize::MAX),
+            Admission::Probe => Admit::Probe,
+            Admission::Wait(pause) => Admit::Wait(pause),
+        }
+    }
+
+    fn unadmit(&self, now: Instant) {
+        self.record(Verdict::Neutral, true, now);
+    }
+
+    fn start(&self, probe: bool, now: Instant) -> Option<Duration> {
+        self.hand_back(probe, now)
+    }
+
+    fn after(&self, _delivery: &Delivery, probe: bool, verdict: Verdict, now: Instant) {
+        self.record(verdict, probe, now);
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
     }
 }
 
@@ -308,6 +374,21 @@ mod tests {
         assert_eq!(b.admit(later), Admission::Probe);
         b.record(Verdict::Failure, true, later);
         assert_eq!(b.state(later), BreakerState::Open);
+    }
+
+    #[test]
+    fn hands_back_all_but_the_probe_while_not_closed() {
+        let b = breaker(1);
+        let t = Instant::now();
+        assert_eq!(b.hand_back(false, t), None);
+        for _ in 0..3 {
+            b.record(Verdict::Failure, false, t);
+        }
+        let soon = t + Duration::from_secs(10);
+        assert_eq!(b.hand_back(false, soon), Some(Duration::from_secs(20)));
+        let later = t + Duration::from_secs(30);
+        assert_eq!(b.hand_back(true, later), None);
+        assert_eq!(b.hand_back(false, later), Some(MIN_HAND_BACK));
     }
 
     #[test]

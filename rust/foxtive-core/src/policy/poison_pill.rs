@@ -7,12 +7,14 @@
 //! * an in-process failure count per stable key (message id, else a hash of
 //!   the body) within a time window, evicting the oldest keys past a cap.
 
+use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use super::{FailureCtx, Hooks, Policy, Refusal, Verdict};
 use crate::message::Delivery;
 use crate::{Error, Result};
 
@@ -111,6 +113,77 @@ impl PoisonPillTracker {
     }
 }
 
+/// The tracker as an engine policy: a failure counts against the message
+/// (enough of them make it a poison pill: no more retries); a success clears it.
+impl Policy for PoisonPillTracker {
+    fn name(&self) -> &'static str {
+        "poison_pill"
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks {
+            after: true,
+            on_failure: true,
+            ..Hooks::default()
+        }
+    }
+
+    fn after(&self, delivery: &Delivery, _probe: bool, verdict: Verdict, _now: Instant) {
+        if verdict == Verdict::Success {
+            self.record_success(delivery);
+        }
+    }
+
+    fn on_failure(&self, failure: &mut FailureCtx<'_>, now: Instant) {
+        if self.record_failure(failure.delivery, now) {
+            failure.poison_pill = true;
+        }
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// The durable signal: a message delivered more often than any handler
+/// outcome allows keeps killing or stalling its worker. It is never run
+/// again; it goes to the dead-letter queue as a poison pill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxDeliveries {
+    pub max: u32,
+}
+
+impl Policy for MaxDeliveries {
+    fn name(&self) -> &'static str {
+        "max_deliveries"
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks {
+            before: true,
+            ..Hooks::default()
+        }
+    }
+
+    fn before(&self, delivery: &Delivery, _now: Instant) -> Option<Refusal> {
+        if delivery.attempt <= self.max {
+            return None;
+        }
+        Some(Refusal {
+            error_type: "PoisonPill",
+            message: format!(
+                "delivered {} times without being settled (limit {})",
+                delivery.attempt, self.max
+            ),
+            poison_pill: true,
+        })
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,6 +220,18 @@ mod tests {
         let d = delivery("a");
         assert!(!t.record_failure(&d, now));
         assert!(!t.record_failure(&d, now + Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn max_deliveries_refuses_beyond_the_limit() {
+        let limit = MaxDeliveries { max: 3 };
+        let mut d = delivery("a");
+        d.attempt = 3;
+        assert_eq!(limit.before(&d, Instant::now()), None);
+        d.attempt = 4;
+        let refusal = limit.before(&d, Instant::now()).unwrap();
+        assert!(refusal.poison_pill);
+        assert_eq!(refusal.error_type, "PoisonPill");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! runs the same GCRA in Redis, one Lua call per permit, with the server's
 //! clock, so every process and machine draws from one budget.
 
+use std::any::Any;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use governor::{Quota, RateLimiter as Governor};
 use redis::aio::ConnectionManager;
 use tokio::sync::OnceCell;
 
+use super::{Admit, Hooks, Pace, Policy};
 use crate::redact::redact_url;
 use crate::redis_url::{self, RedisTarget};
 use crate::{Error, Result};
@@ -165,6 +167,34 @@ impl RateLimiter {
                 }
             }
         }
+    }
+}
+
+/// The limiter as an engine policy: a fetch asks for at most a burst, and
+/// every received delivery waits for its permit before it is admitted.
+impl Policy for RateLimiter {
+    fn name(&self) -> &'static str {
+        "rate_limit"
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks {
+            admit: true,
+            pace: true,
+            ..Hooks::default()
+        }
+    }
+
+    fn admit(&self, _now: std::time::Instant) -> Admit {
+        Admit::Allow(self.burst as usize)
+    }
+
+    fn pace(&self) -> Pace<'_> {
+        Box::pin(self.until_ready())
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
     }
 }
 

@@ -1,9 +1,10 @@
 //! The failure policy: retry with backoff, then dead-letter.
 
+use std::any::Any;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::Backoff;
+use super::{Backoff, FailureCtx, Hooks, Policy};
 use crate::message::{Failure, Settlement};
 
 /// How a handler failed, as classified by the caller.
@@ -84,6 +85,38 @@ impl RetryPolicy {
                 count_attempt: true,
             },
         }
+    }
+}
+
+/// The retry policy decides whatever failure no policy before it decided;
+/// the engine composes it last.
+impl Policy for RetryPolicy {
+    fn name(&self) -> &'static str {
+        "retry"
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks {
+            on_failure: true,
+            ..Hooks::default()
+        }
+    }
+
+    fn on_failure(&self, f: &mut FailureCtx<'_>, _now: Instant) {
+        if f.settlement.is_none() {
+            f.settlement = Some(self.decide(
+                f.delivery.attempt,
+                f.kind,
+                f.error_type,
+                f.error_message,
+                f.worker_id,
+                f.poison_pill,
+            ));
+        }
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
     }
 }
 

@@ -1,0 +1,272 @@
+"""Result stores: where a task's outcome waits for ``handle.result()``.
+
+A record is JSON: ``{"status": "pending"|"running"|"retrying"}`` while the
+task is on its way, then ``{"status": "succeeded", "value": ...}`` or
+``{"status": "failed", "error": {"type", "message", "attempts"}}``. Every
+record expires ``result_ttl`` seconds after its last write.
+
+* :class:`MemoryResultStore`: in the process (``memory://`` brokers).
+* :class:`RedisResultStore`: key ``foxtive:result:<id>`` holds the record;
+  a final write also pushes to the list ``foxtive:result:<id>:done`` so a
+  waiter blocks on ``BLMOVE`` (the list keeps its element for the next
+  waiter) instead of polling. It uses redis-py (``pip install foxtive[redis]``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import weakref
+from typing import Any
+
+import msgspec
+
+from .errors import ConfigError, TaskError
+
+__all__ = ["FINAL", "MemoryResultStore", "RedisResultStore", "ResultStore"]
+
+#: Statuses after which nothing changes.
+FINAL = frozenset({"succeeded", "failed"})
+
+_enc = msgspec.json.Encoder()
+_dec = msgspec.json.Decoder()
+
+
+def _outcome(record: dict[str, Any]) -> Any:
+    """The value of a final record, or the TaskError it holds."""
+    if record["status"] == "succeeded":
+        return record.get("value")
+    err = record.get("error") or {}
+    raise TaskError(str(err.get("type", "Exception")), str(err.get("message", "")),
+                    int(err.get("attempts", 0)))
+
+
+def succeeded(value: Any) -> dict[str, Any]:
+    return {"status": "succeeded", "value": value}
+
+
+def failed(error: BaseException, attempts: int) -> dict[str, Any]:
+    return {"status": "failed",
+            "error": {"type": type(error).__name__, "message": str(error)[:2000],
+                      "attempts": attempts}}
+
+
+class ResultStore:
+    """What the app and the router need from a result store."""
+
+    ttl: float
+
+    async def mark(self, task_id: str, status: str) -> None:
+        raise NotImplementedError
+
+    def mark_sync(self, task_ids: list[str], status: str) -> None:
+        raise NotImplementedError
+
+    async def finish(self, task_id: str, record: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    async def status(self, task_id: str) -> str:
+        raise NotImplementedError
+
+    async def wait(self, task_id: str, timeout: float | None) -> Any:
+        raise NotImplementedError
+
+    def wait_sync(self, task_id: str, timeout: float | None) -> Any:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+class MemoryResultStore(ResultStore):
+    """Results in this process (thread-safe); waiters are woken, not polling."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._records: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._cond = threading.Condition()
+        self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = {}
+
+    def _get(self, task_id: str) -> dict[str, Any] | None:
+        item = self._records.get(task_id)
+        if item is None:
+            return None
+        if item[0] < time.monotonic():
+            del self._records[task_id]
+            return None
+        return item[1]
+
+    def _put(self, task_id: str, record: dict[str, Any]) -> None:
+        with self._cond:
+            self._records[task_id] = (time.monotonic() + self.ttl, record)
+            if record["status"] in FINAL:
+                self._cond.notify_all()
+                for loop, fut in self._waiters.pop(task_id, []):
+                    loop.call_soon_threadsafe(_wake, fut)
+
+    async def mark(self, task_id: str, status: str) -> None:
+        self._put(task_id, {"status": status})
+
+    def mark_sync(self, task_ids: list[str], status: str) -> None:
+        for task_id in task_ids:
+            self._put(task_id, {"status": status})
+
+    async def finish(self, task_id: str, record: dict[str, Any]) -> None:
+        self._put(task_id, record)
+
+    async def status(self, task_id: str) -> str:
+        with self._cond:
+            record = self._get(task_id)
+        return "unknown" if record is None else str(record["status"])
+
+    async def wait(self, task_id: str, timeout: float | None) -> Any:
+        loop = asyncio.get_running_loop()
+        with self._cond:
+            record = self._get(task_id)
+            if record is not None and record["status"] in FINAL:
+                return _outcome(record)
+            fut: asyncio.Future[None] = loop.create_future()
+            self._waiters.setdefault(task_id, []).append((loop, fut))
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise TimeoutError(f"task {task_id}: no result within {timeout} s") from None
+        finally:
+            with self._cond:
+                waiters = self._waiters.get(task_id)
+                if waiters and (loop, fut) in waiters:
+                    waiters.remove((loop, fut))
+        with self._cond:
+            record = self._get(task_id)
+        if record is None:
+            raise TimeoutError(f"task {task_id}: its result expired")
+        return _outcome(record)
+
+    def wait_sync(self, task_id: str, timeout: float | None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                record = self._get(task_id)
+                if record is not None and record["status"] in FINAL:
+                    return _outcome(record)
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"task {task_id}: no result within {timeout} s")
+                self._cond.wait(left)
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class RedisResultStore(ResultStore):
+    """Results in Redis with a TTL on every key; waiting blocks on BLMOVE."""
+
+    def __init__(self, url: str, ttl: float, prefix: str = "foxtive:result:") -> None:
+        try:
+            import redis
+        except ImportError:  # pragma: no cover - depends on the environment
+            raise ConfigError("results on Redis need redis-py: pip install 'foxtive[redis]'"
+                              ) from None
+        self.url = url
+        self.ttl = ttl
+        self.prefix = prefix
+        self._ttl_ms = max(1, int(ttl * 1000))
+        self._sync = redis.Redis.from_url(url)
+        # redis.asyncio clients belong to the loop that made their connections.
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary())
+
+    def _client(self) -> Any:
+        import redis.asyncio
+
+        loop = asyncio.get_running_loop()
+        client = self._async.get(loop)
+        if client is None:
+            client = self._async[loop] = redis.asyncio.Redis.from_url(self.url)
+        return client
+
+    def _key(self, task_id: str) -> str:
+        return f"{self.prefix}{task_id}"
+
+    async def mark(self, task_id: str, status: str) -> None:
+        await self._client().set(self._key(task_id), _enc.encode({"status": status}),
+                                 px=self._ttl_ms)
+
+    def mark_sync(self, task_ids: list[str], status: str) -> None:
+        value = _enc.encode({"status": status})
+        with self._sync.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.set(self._key(task_id), value, px=self._ttl_ms)
+            pipe.execute()
+
+    async def mark_many(self, task_ids: list[str], status: str) -> None:
+        value = _enc.encode({"status": status})
+        async with self._client().pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.set(self._key(task_id), value, px=self._ttl_ms)
+            await pipe.execute()
+
+    async def finish(self, task_id: str, record: dict[str, Any]) -> None:
+        key = self._key(task_id)
+        async with self._client().pipeline(transaction=True) as pipe:
+            pipe.set(key, _enc.encode(record), px=self._ttl_ms)
+            pipe.delete(f"{key}:done")
+            pipe.rpush(f"{key}:done", b"1")
+            pipe.pexpire(f"{key}:done", self._ttl_ms)
+            await pipe.execute()
+
+    async def status(self, task_id: str) -> str:
+        raw = await self._client().get(self._key(task_id))
+        return "unknown" if raw is None else str(_dec.decode(raw)["status"])
+
+    def _final(self, raw: Any) -> dict[str, Any] | None:
+        if raw is None:
+            return None
+        record: dict[str, Any] = _dec.decode(raw)
+        return record if record.get("status") in FINAL else None
+
+    async def wait(self, task_id: str, timeout: float | None) -> Any:
+        key = self._key(task_id)
+        client = self._client()
+        record = self._final(await client.get(key))
+        if record is None and timeout is not None and timeout <= 0:
+            raise TimeoutError(f"task {task_id}: no result yet")
+        if record is None:
+            # Blocks in Redis until the final write pushes (the element stays
+            # for other waiters); 0 = forever.
+            moved = await client.blmove(f"{key}:done", f"{key}:done", timeout or 0,
+                                        "RIGHT", "RIGHT")
+            if moved is None:
+                raise TimeoutError(f"task {task_id}: no result within {timeout} s")
+            record = self._final(await client.get(key))
+            if record is None:
+                raise TimeoutError(f"task {task_id}: its result expired")
+        return _outcome(record)
+
+    def wait_sync(self, task_id: str, timeout: float | None) -> Any:
+        key = self._key(task_id)
+        record = self._final(self._sync.get(key))
+        if record is None and timeout is not None and timeout <= 0:
+            raise TimeoutError(f"task {task_id}: no result yet")
+        if record is None:
+            # redis-py types the timeout as int; Redis >= 6 takes seconds as a float.
+            moved = self._sync.blmove(f"{key}:done", f"{key}:done",
+                                      timeout or 0,  # type: ignore[arg-type]
+                                      "RIGHT", "RIGHT")
+            if moved is None:
+                raise TimeoutError(f"task {task_id}: no result within {timeout} s")
+            record = self._final(self._sync.get(key))
+            if record is None:
+                raise TimeoutError(f"task {task_id}: its result expired")
+        return _outcome(record)
+
+    async def close(self) -> None:
+        try:
+            client = self._async.pop(asyncio.get_running_loop(), None)
+            if client is not None:
+                await client.aclose()
+        finally:
+            self._sync.close()

@@ -1,0 +1,121 @@
+"""SQLite: durable queues in one file, no server.
+
+    backend = foxtive.SqliteBackend("foxtive.db", queue="emails", lease_timeout=30.0)
+
+Everything per message runs in Rust (rusqlite, bundled SQLite): jobs are rows
+of ``foxtive_jobs`` in WAL mode, claimed in batches by one ``UPDATE ...
+RETURNING`` inside ``BEGIN IMMEDIATE`` (the claim counts the attempt and
+leases the rows for ``lease_timeout``); leases are renewed from Rust while
+handlers run, so a handler holding the GIL keeps its jobs, and a killed
+worker's jobs come back after ``lease_timeout`` as the next attempt. Several
+processes may share the file. Retries stay in the table with a later
+``run_at`` (a long delay never holds back a due job); dead letters go to
+``foxtive_dead_letters``. Idle workers poll with back-off (at most every
+``poll_max`` seconds, 0.25 by default) and are woken at once by publishes
+from their own process.
+
+Transactional enqueue: ``await backend.publish(body, transaction=conn)``
+with a :class:`sqlite3.Connection` on the same file inserts the job through
+that connection, inside its open transaction: roll back and there is no
+job; commit and it runs. From SQLAlchemy, pass the DB-API connection
+(``session.connection().connection.driver_connection``); from Django,
+``django.db.connection.connection``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import sqlite3
+from collections.abc import Iterable
+from typing import Any, Self
+
+from . import _core
+from ._tracecontext import inject
+from .backends import NativeBackend
+from .errors import ConfigError
+
+__all__ = ["SqliteBackend"]
+
+
+def enqueue(conn: sqlite3.Connection, queue: str, bodies: Iterable[bytes | str],
+            headers: dict[str, Any] | None = None,
+            delay: float | _dt.timedelta | None = None,
+            message_id: str | None = None) -> list[str]:
+    """Insert jobs through ``conn`` (in its current transaction); the SQL
+    comes from the core, the same the backend's own publish runs."""
+    if not isinstance(conn, sqlite3.Connection):
+        raise ConfigError(
+            f"transaction: expected a sqlite3.Connection, got {type(conn).__name__}")
+    ddl, insert, rows, ids = _core.sqlite_enqueue(queue, list(bodies), headers, delay,
+                                                  message_id)
+    for statement in ddl:
+        conn.execute(statement)
+    conn.executemany(insert, rows)
+    return list(ids)
+
+
+class SqliteBackend(NativeBackend):
+    """A queue in a SQLite file as a foxtive backend.
+
+    ``path``: the database file, created with its tables if missing.
+    ``queue``: the queue consumed and published to (``message.queue``);
+    several queues may share one file. ``lease_timeout``: how long a claimed
+    job stays leased without renewal (renewed every third of it while the
+    handler runs). ``busy_timeout``: how long a write waits for another
+    process's write lock (10 s). ``poll_max``: the longest idle pause.
+    The settings are checked once, by the core. Name, state, connect, close
+    and the dead-letter queue (a table: a replay moves records back in one
+    transaction, never lost or doubled) come from :class:`NativeBackend`.
+    """
+
+    _native: _core.SqliteBackend
+
+    def __init__(self, path: str = "foxtive.db", queue: str = "default",
+                 lease_timeout: float | _dt.timedelta = 30.0, *,
+                 busy_timeout: float | _dt.timedelta | None = None,
+                 poll_max: float | _dt.timedelta | None = None) -> None:
+        self._native = _core.SqliteBackend(path, queue, {
+            "lease_timeout": lease_timeout, "busy_timeout": busy_timeout, "poll_max": poll_max})
+
+    @classmethod
+    def from_url(cls, url: str, queue: str = "default", **options: Any) -> Self:
+        """``sqlite:///relative.db`` (from the working directory) or
+        ``sqlite:////absolute.db``, as SQLAlchemy reads them; ``options`` are
+        the keywords above, checked by the core (an unknown one is a
+        ``ConfigError`` listing them)."""
+        backend = cls.__new__(cls)
+        backend._native = _core.SqliteBackend(_core.sqlite_path_from_url(url), queue, options)
+        return backend
+
+    @property
+    def path(self) -> str:
+        return self._native.path
+
+    @property
+    def lease_timeout(self) -> float:
+        return self._native.lease_timeout
+
+    def __repr__(self) -> str:
+        return repr(self._native)
+
+    async def publish(self, body: bytes | str, headers: dict[str, Any] | None = None,
+                      delay: float | _dt.timedelta | None = None,
+                      message_id: str | None = None, *,
+                      transaction: sqlite3.Connection | None = None) -> str:
+        """Insert one job (due after ``delay`` seconds); returns its id
+        (``message_id`` if given, else a generated one). With
+        ``transaction=conn`` the row is inserted through that connection,
+        in its open transaction."""
+        if transaction is not None:
+            return enqueue(transaction, self.name, [body], inject(headers), delay,
+                           message_id)[0]
+        return await super().publish(body, headers, delay, message_id)
+
+    async def publish_many(self, bodies: Iterable[bytes | str],
+                           headers: dict[str, Any] | None = None,
+                           delay: float | _dt.timedelta | None = None, *,
+                           transaction: sqlite3.Connection | None = None) -> list[str]:
+        """Insert many jobs in one transaction; returns their ids in order."""
+        if transaction is not None:
+            return enqueue(transaction, self.name, bodies, inject(headers), delay)
+        return await super().publish_many(bodies, headers, delay)

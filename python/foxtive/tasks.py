@@ -1,0 +1,337 @@
+"""Tasks: a function called later, elsewhere, with its arguments checked.
+
+A task is a message in the documented envelope (:mod:`foxtive.envelope`), so
+pools, middleware, retries, dead letters and every backend apply unchanged.
+``Task`` is generic over the function's parameters (``ParamSpec``): mypy and
+pyright check ``send(...)`` against the function's own signature.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import datetime as _dt
+import functools
+import inspect
+import re
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar
+
+from . import envelope
+from ._config import seconds
+from .convert import ArgumentConverter
+from .errors import ConfigError
+from .policies import RetryHandler
+
+__all__ = ["Task", "TaskCall", "TaskHandle"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+_T = TypeVar("_T")
+
+
+class TaskApp(Protocol):
+    """What a task needs from its app (``foxtive.App``; named here so this
+    module does not import app.py, which imports it)."""
+
+    _tasks: dict[str, Task[Any, Any]]
+
+    async def _publish(self, queue: str, body: bytes, headers: dict[str, Any],
+                       delay: float | None, task_id: str) -> None: ...
+
+    def _publish_sync(self, queue: str, body: bytes, headers: dict[str, Any],
+                      delay: float | None, task_id: str) -> None: ...
+
+    async def _publish_many(self, queue: str, items: Iterable[tuple[bytes, str]],
+                            headers: dict[str, Any], delay: float | None) -> None: ...
+
+    def _run_sync(self, coro: Coroutine[Any, Any, _T]) -> _T: ...
+
+    def _result_store(self) -> Any: ...
+
+    def _executor(self) -> concurrent.futures.Executor: ...
+
+#: Header carrying a task's priority (0-9) until the publish API has one.
+PRIORITY_HEADER = "foxtive-priority"
+
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
+_PER = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
+        "h": 3600.0, "hour": 3600.0}
+
+
+class TaskHandle:
+    """A sent task: its ``id`` (the message id), ``task_name`` and ``queue``."""
+
+    __slots__ = ("_app", "id", "queue", "task_name")
+
+    def __init__(self, id: str, task_name: str, queue: str, app: TaskApp | None = None) -> None:
+        self.id = id
+        self.task_name = task_name
+        self.queue = queue
+        self._app = app
+
+    def __repr__(self) -> str:
+        return f"TaskHandle(id={self.id!r}, task_name={self.task_name!r}, queue={self.queue!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, TaskHandle)
+                and (self.id, self.task_name, self.queue)
+                == (other.id, other.task_name, other.queue))
+
+    def __hash__(self) -> int:
+        return hash((self.id, self.task_name, self.queue))
+
+    def _store(self) -> Any:
+        if self._app is None:
+            raise ConfigError("results: this handle belongs to no app")
+        return self._app._result_store()
+
+    async def result(self, timeout: float | _dt.timedelta | None = None) -> Any:
+        """The task's return value (decoded by its return annotation), or
+        ``TaskError`` once it failed for good, or ``TimeoutError``."""
+        t = None if timeout is None else seconds("timeout", timeout)
+        value = await self._store().wait(self.id, t)
+        return self._decode(value)
+
+    def result_sync(self, timeout: float | _dt.timedelta | None = None) -> Any:
+        """:meth:`result` from sync code (no event loop needed)."""
+        t = None if timeout is None else seconds("timeout", timeout)
+        value = self._store().wait_sync(self.id, t)
+        return self._decode(value)
+
+    async def status(self) -> str:
+        """``"pending"``, ``"running"``, ``"retrying"``, ``"succeeded"``,
+        ``"failed"`` or ``"unknown"``."""
+        return str(await self._store().status(self.id))
+
+    def _decode(self, value: Any) -> Any:
+        assert self._app is not None
+        task = self._app._tasks.get(self.task_name)
+        if task is None:
+            return value
+        return task._converter().convert_result(value)
+
+
+class _RateLimiter:
+    """A token bucket for one task in one process. Each call reserves a
+    permit (the balance may go negative) and sleeps until it is due: fair,
+    and bound to no event loop (pools may run on different loops)."""
+
+    def __init__(self, per_second: float) -> None:
+        self.rate = per_second
+        self.capacity = max(1.0, per_second)
+        self.tokens = self.capacity
+        self.stamp = time.monotonic()
+        self.lock = threading.Lock()
+
+    def reserve(self) -> float:
+        """Take a permit; the seconds to wait before using it."""
+        with self.lock:
+            now = time.monotonic()
+            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            self.tokens -= 1.0
+            return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+    async def acquire(self) -> None:
+        wait = self.reserve()
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+
+def parse_rate(rate: str | None) -> float | None:
+    """``"100/s"``, ``"5/m"``, ``"10/h"`` -> permits per second."""
+    if rate is None:
+        return None
+    m = _RATE.match(rate) if isinstance(rate, str) else None
+    if not m or float(m.group(1)) <= 0:
+        raise ConfigError(f"rate_limit: expected a rate such as '100/s', '5/m' or '10/h', "
+                          f"got {rate!r}")
+    return float(m.group(1)) / _PER[m.group(2)]
+
+
+def _priority(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 9:
+        raise ConfigError(f"priority: must be an integer 0-9 (9 runs first), got {value!r}")
+    return value
+
+
+class Task(Generic[P, R]):
+    """A function registered with an :class:`App` by ``@app.task``.
+
+    Calling it runs the function inline; ``send`` enqueues it."""
+
+    def __init__(self, app: TaskApp, fn: Callable[P, R], *, name: str, queue: str,
+                 max_retries: int | None, retry_backoff: RetryHandler | None,
+                 timeout: float | None, rate_limit: str | None, priority: int | None) -> None:
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.queue = queue
+        if max_retries is None and retry_backoff is not None:
+            max_retries = retry_backoff.max_retries
+        if max_retries is not None and (isinstance(max_retries, bool)
+                                        or not isinstance(max_retries, int) or max_retries < 0):
+            raise ConfigError(f"max_retries: must be an integer >= 0, got {max_retries!r}")
+        self.max_retries = max_retries
+        self.retry_backoff = retry_backoff
+        self.timeout = None if timeout is None else seconds("timeout", timeout, positive=True)
+        self.rate_limit = rate_limit
+        per_second = parse_rate(rate_limit)
+        self._limiter = None if per_second is None else _RateLimiter(per_second)
+        self.priority = _priority(priority)
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self._direct = self.is_async and self._limiter is None and self.timeout is None
+        self._conv: ArgumentConverter | None = None
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", name)
+        self.__qualname__ = getattr(fn, "__qualname__", name)
+        self.__module__ = getattr(fn, "__module__", __name__)
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name!r} queue={self.queue!r}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function here, now (tests): a sync task returns its value,
+        an async one a coroutine."""
+        return self.fn(*args, **kwargs)
+
+    def _converter(self) -> ArgumentConverter:
+        conv = self._conv
+        if conv is None:
+            conv = self._conv = ArgumentConverter(self.fn)
+        return conv
+
+    def options(self, *, delay: float | _dt.timedelta | None = None,
+                eta: _dt.datetime | None = None, message_id: str | None = None,
+                priority: int | None = None,
+                headers: Mapping[str, Any] | None = None) -> TaskCall[P, R]:
+        """The same task sent with these options."""
+        return TaskCall(self, delay=delay, eta=eta, message_id=message_id,
+                        priority=priority, headers=headers)
+
+    async def send(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
+        """Enqueue a call; ``TypeError`` if an argument cannot be encoded."""
+        return await TaskCall(self).send(*args, **kwargs)
+
+    def send_sync(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
+        """:meth:`send` from sync code (a thread with no event loop)."""
+        return TaskCall(self).send_sync(*args, **kwargs)
+
+    async def send_many(self, calls: Iterable[tuple[Any, ...] | Mapping[str, Any]]
+                        ) -> list[TaskHandle]:
+        """Enqueue many calls (argument tuples, or dicts of keyword arguments)."""
+        return await TaskCall(self).send_many(calls)
+
+    def send_many_sync(self, calls: Iterable[tuple[Any, ...] | Mapping[str, Any]]
+                       ) -> list[TaskHandle]:
+        return TaskCall(self).send_many_sync(calls)
+
+    # -- worker side --------------------------------------------------------
+    async def _run(self, body: bytes) -> Any:
+        """Decode and convert the arguments, then run the function (sync ones
+        on a thread), under the task's rate limit and timeout."""
+        conv = self._conv or self._converter()
+        call_args, call_kwargs = conv.decode_call(body)
+        if self._direct:  # async, no rate limit, no timeout: the common case
+            return await self.fn(*call_args, **call_kwargs)  # type: ignore[misc]
+        if self._limiter is not None:
+            await self._limiter.acquire()
+        fn: Callable[..., Any] = self.fn
+        if self.is_async:
+            run: Awaitable[Any] = fn(*call_args, **call_kwargs)
+        else:
+            ctx = contextvars.copy_context()
+            run = asyncio.get_running_loop().run_in_executor(
+                self.app._executor(), functools.partial(ctx.run, fn, *call_args, **call_kwargs))
+        if self.timeout is not None:
+            return await asyncio.wait_for(run, self.timeout)
+        return await run
+
+
+class TaskCall(Generic[P, R]):
+    """A task with send options bound (``task.options(...)``)."""
+
+    __slots__ = ("_delay", "_headers", "_message_id", "_task")
+
+    def __init__(self, task: Task[P, R], *, delay: float | _dt.timedelta | None = None,
+                 eta: _dt.datetime | None = None, message_id: str | None = None,
+                 priority: int | None = None,
+                 headers: Mapping[str, Any] | None = None) -> None:
+        self._task = task
+        if delay is not None and eta is not None:
+            raise ConfigError("delay, eta: give one of them, not both")
+        d: float | None = None
+        if delay is not None:
+            d = seconds("delay", delay)
+        if eta is not None:
+            if not isinstance(eta, _dt.datetime):
+                raise ConfigError(f"eta: expected a datetime, got {type(eta).__name__}")
+            if eta.tzinfo is None or eta.utcoffset() is None:
+                raise ValueError("eta: must be timezone-aware (e.g. datetime.now(timezone.utc))")
+            d = max(0.0, (eta - _dt.datetime.now(_dt.UTC)).total_seconds())
+        self._delay = d or None
+        if message_id is not None and (not isinstance(message_id, str) or not message_id):
+            raise ConfigError("message_id: must be a non-empty string")
+        self._message_id = message_id
+        prio = _priority(priority)
+        if prio is None:
+            prio = task.priority
+        extra = dict(headers) if headers else {}
+        if prio is not None:
+            extra[PRIORITY_HEADER] = prio
+        self._headers = envelope.headers_for(task.name, extra)
+
+    def _prepare(self, args: Any, kwargs: Any) -> tuple[bytes, str]:
+        body = envelope.encode(args, kwargs)
+        return body, self._message_id or uuid.uuid4().hex
+
+    def _handle(self, task_id: str) -> TaskHandle:
+        return TaskHandle(task_id, self._task.name, self._task.queue, self._task.app)
+
+    async def send(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
+        body, task_id = self._prepare(args, kwargs)
+        await self._task.app._publish(self._task.queue, body, self._headers, self._delay,
+                                      task_id)
+        return self._handle(task_id)
+
+    def send_sync(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
+        body, task_id = self._prepare(args, kwargs)
+        self._task.app._publish_sync(self._task.queue, body, self._headers, self._delay,
+                                     task_id)
+        return self._handle(task_id)
+
+    def _many(self, calls: Iterable[tuple[Any, ...] | Mapping[str, Any]]
+              ) -> list[tuple[bytes, str]]:
+        if self._message_id is not None:
+            raise ConfigError("message_id: one id cannot name many tasks (send_many)")
+        out = []
+        for i, call in enumerate(calls):
+            if isinstance(call, Mapping):
+                out.append(self._prepare((), call))
+            elif isinstance(call, tuple | list):
+                out.append(self._prepare(call, {}))
+            else:
+                raise TypeError(f"send_many: call {i} must be a tuple of arguments or a dict "
+                                f"of keyword arguments, got {type(call).__name__}")
+        return out
+
+    async def send_many(self, calls: Iterable[tuple[Any, ...] | Mapping[str, Any]]
+                        ) -> list[TaskHandle]:
+        items = self._many(calls)
+        await self._task.app._publish_many(self._task.queue, items, self._headers, self._delay)
+        return [self._handle(task_id) for _, task_id in items]
+
+    def send_many_sync(self, calls: Iterable[tuple[Any, ...] | Mapping[str, Any]]
+                       ) -> list[TaskHandle]:
+        items = self._many(calls)
+        self._task.app._run_sync(
+            self._task.app._publish_many(self._task.queue, items, self._headers, self._delay))
+        return [self._handle(task_id) for _, task_id in items]
