@@ -40,6 +40,7 @@ from .policies import (
     TimeoutMiddleware,
 )
 from .pool import LoadBalancingStrategy, WorkerPool, WorkerPoolBuilder
+from .postgres import PostgresBackend
 from .rabbitmq import RabbitMqBackend, RabbitMqConsumerConfig
 from .redis_streams import RedisStreamBackend, RedisStreamConsumerConfig
 from .resilient import ReconnectStrategy, ResilientBackend
@@ -74,6 +75,7 @@ __all__ = [
     "PayloadError",
     "PermanentError",
     "PoisonPillTracker",
+    "PostgresBackend",
     "PrometheusCollector",
     "RabbitMqBackend",
     "RabbitMqConsumerConfig",

@@ -321,6 +321,36 @@ class RedisStreamBackend(NativeBackend):
     def dead_letters(self, limit: int = 100) -> Awaitable[list[DeadLetter]]: ...
 
 @final
+class PostgresBackend(NativeBackend):
+    def __new__(
+        cls,
+        dsn: str,
+        queue: str = "default",
+        schema: str = "foxtive",
+        lease_timeout: _Seconds | None = None,
+        poll_interval: _Seconds | None = None,
+    ) -> PostgresBackend: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def schema(self) -> str: ...
+    @property
+    def lease_timeout(self) -> float: ...
+    @property
+    def held(self) -> int: ...
+    def ensure_schema(self) -> Awaitable[None]: ...
+    def dead_letters(self, limit: int = 100) -> Awaitable[list[DeadLetter]]: ...
+
+def postgres_enqueue(
+    schema: str,
+    queue: str,
+    bodies: Iterable[bytes | str],
+    headers: dict[str, Any] | None = None,
+    delay: _Seconds | None = None,
+    message_id: str | None = None,
+) -> tuple[str, list[Any], list[str]]: ...
+
+@final
 class DeadLetter:
     @property
     def original_id(self) -> str: ...

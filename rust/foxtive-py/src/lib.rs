@@ -14,6 +14,7 @@ mod message;
 mod native_backend;
 mod observe;
 mod policies;
+mod postgres;
 mod python_backend;
 mod rabbitmq;
 mod redis_streams;
@@ -56,6 +57,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<redis_streams::PyRedisStreamBackend>()?;
     m.add_class::<redis_streams::PyRedisStreamConfig>()?;
     sqlite::register(m)?;
+    m.add_class::<postgres::PyPostgresBackend>()?;
+    m.add_function(wrap_pyfunction!(postgres::postgres_enqueue, m)?)?;
     m.add_function(wrap_pyfunction!(backends::redact_url, m)?)?;
     m.add_function(wrap_pyfunction!(registry::backend_kind, m)?)?;
     m.add_function(wrap_pyfunction!(registry::not_a_backend, m)?)?;

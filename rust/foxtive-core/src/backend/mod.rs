@@ -3,6 +3,7 @@
 pub mod memory;
 pub mod memory_dlq;
 pub mod options;
+pub mod postgres;
 pub mod rabbitmq;
 pub mod redis_streams;
 pub mod registry;
@@ -18,6 +19,7 @@ use crate::message::{Delivery, Outgoing, Settlement};
 use crate::Result;
 
 pub use memory::MemoryBackend;
+pub use postgres::{PostgresBackend, PostgresConfig};
 pub use rabbitmq::{RabbitMqBackend, RabbitMqConfig};
 pub use redis_streams::{RedisStreamBackend, RedisStreamConfig};
 pub use resilient::ResilientBackend;
@@ -32,6 +34,7 @@ pub const KINDS: &[&registry::Kind] = &[
     &rabbitmq::KIND,
     &redis_streams::KIND,
     &sqlite::KIND,
+    &postgres::KIND,
 ];
 
 /// Run `op` unless the backend is closed first: `closed` is checked before

@@ -48,12 +48,6 @@ pub const PLANNED: &[Kind] = &[
         open: None,
     },
     Kind {
-        name: "postgres",
-        type_name: "PostgresBackend",
-        schemes: &["postgresql", "postgres"],
-        open: None,
-    },
-    Kind {
         name: "nats",
         type_name: "NatsBackend",
         schemes: &["nats"],
@@ -195,6 +189,8 @@ mod tests {
             ("unix:///tmp/redis.sock", "redis"),
             ("redis+unix:///tmp/redis.sock?db=1", "redis"),
             ("sqlite:///foxtive.db", "sqlite"),
+            ("postgresql://u@h/db?schema=s", "postgres"),
+            ("postgres://u@h/db", "postgres"),
         ];
         for (url, name) in cases {
             assert_eq!(backend_kind(url).ok().map(|k| k.name), Some(name), "{url}");
@@ -204,8 +200,6 @@ mod tests {
     #[test]
     fn registry_names_backends_still_to_come() {
         for (url, name) in [
-            ("postgresql://u@h/db", "postgres"),
-            ("postgres://u@h/db", "postgres"),
             ("nats://h:4222", "nats"),
             ("redis+cluster://h1:7000,h2:7001", "redis-cluster"),
         ] {
@@ -239,7 +233,8 @@ mod tests {
                 "MemoryBackend",
                 "RabbitMqBackend",
                 "RedisStreamBackend",
-                "SqliteBackend"
+                "SqliteBackend",
+                "PostgresBackend"
             ]
         );
     }
@@ -248,7 +243,7 @@ mod tests {
     fn registry_errors_never_show_a_password() {
         for url in [
             "kafka://user:s3cret@h:9092",
-            "postgresql://user:s3cret@h/db",
+            "nats://user:s3cret@h:4222",
             "user:s3cret@h:5672",
             "1amqp://user:s3cret@h",
         ] {

@@ -109,6 +109,18 @@ fn float_from_json(v: &Value) -> Option<f64> {
     }
 }
 
+/// Headers alone as typed JSON text (the layout above), for stores that
+/// keep them in a column of their own (the SQL backends).
+pub fn headers_to_text(headers: &Headers) -> String {
+    headers_to_json(headers).to_string()
+}
+
+/// Parse what [`headers_to_text`] wrote.
+pub fn headers_from_text(text: &str) -> Result<Headers> {
+    let value: Value = serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    headers_from_json(&value)
+}
+
 pub fn headers_to_json(headers: &Headers) -> Value {
     Value::Array(
         headers

@@ -1,0 +1,102 @@
+//! Rows to insert for published messages, built once for the backend's own
+//! INSERT and for the Python transactional enqueue (same SQL, same arrays).
+
+use crate::message::Outgoing;
+
+/// One array per column of [`super::schema::INSERT_ARRAYS`].
+#[derive(Debug, Default)]
+pub struct EnqueueRows {
+    pub message_id: Vec<String>,
+    pub body: Vec<bytes::Bytes>,
+    pub headers: Vec<String>,
+    pub correlation_id: Vec<Option<String>>,
+    pub content_type: Vec<Option<String>>,
+    pub reply_to: Vec<Option<String>>,
+    pub routing_key: Vec<Option<String>>,
+    pub priority: Vec<Option<i16>>,
+    /// Attempts already made: the claim counts the next one, so a message
+    /// published to be delivered as attempt `n` is stored with `n - 1`.
+    pub attempts: Vec<i32>,
+    /// Seconds from now until the job is due.
+    pub delay: Vec<f64>,
+}
+
+impl EnqueueRows {
+    pub fn of(messages: Vec<Outgoing>) -> Self {
+        let n = messages.len();
+        let mut rows = EnqueueRows {
+            message_id: Vec::with_capacity(n),
+            body: Vec::with_capacity(n),
+            headers: Vec::with_capacity(n),
+            correlation_id: Vec::with_capacity(n),
+            content_type: Vec::with_capacity(n),
+            reply_to: Vec::with_capacity(n),
+            routing_key: Vec::with_capacity(n),
+            priority: Vec::with_capacity(n),
+            attempts: Vec::with_capacity(n),
+            delay: Vec::with_capacity(n),
+        };
+        for m in messages {
+            rows.message_id
+                .push(m.message_id.unwrap_or_else(new_message_id));
+            rows.body.push(m.body);
+            rows.headers
+                .push(crate::dlq::codec::headers_to_text(&m.headers));
+            rows.correlation_id.push(m.correlation_id);
+            rows.content_type.push(m.content_type);
+            rows.reply_to.push(m.reply_to);
+            rows.routing_key.push(m.routing_key);
+            rows.priority.push(m.priority.map(i16::from));
+            let attempt = i32::try_from(m.attempt.max(1)).unwrap_or(i32::MAX);
+            rows.attempts.push(attempt - 1);
+            rows.delay.push(m.delay.map_or(0.0, |d| d.as_secs_f64()));
+        }
+        rows
+    }
+
+    pub fn len(&self) -> usize {
+        self.message_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.message_id.is_empty()
+    }
+}
+
+/// A random (version 4) UUID as text: the id of a message published without one.
+pub fn new_message_id() -> String {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_are_uuids() {
+        let id = new_message_id();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        assert_ne!(id, new_message_id());
+    }
+
+    #[test]
+    fn attempts_are_stored_as_made() {
+        let mut m = Outgoing::new(bytes::Bytes::from_static(b"x"));
+        m.attempt = 3;
+        let rows = EnqueueRows::of(vec![m, Outgoing::new(bytes::Bytes::new())]);
+        assert_eq!(rows.attempts, vec![2, 0]);
+        assert_eq!(rows.headers[0], "[]");
+    }
+}

@@ -1,0 +1,162 @@
+//! `_core.PostgresBackend`: the PostgreSQL backend as a Python object (a
+//! subclass of the native base: name, state, publish, close are there), and
+//! `_core.postgres_enqueue`, which turns messages into the backend's own
+//! INSERT (SQL text and parameters) for a transactional enqueue through the
+//! caller's connection.
+
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+
+use foxtive_core::backend::postgres::publish::EnqueueRows;
+use foxtive_core::backend::postgres::schema::{insert_sql, Placeholders};
+use foxtive_core::backend::postgres::{PostgresBackend, PostgresConfig};
+use foxtive_core::dlq::DeadLetterStore;
+
+use crate::backends::PyDeadLetter;
+use crate::bridge;
+use crate::convert::{duration_from_py, outgoing_from_py};
+use crate::errors::{config_error, IntoPyResult};
+use crate::native_backend::NativeBackend;
+
+#[pyclass(extends = NativeBackend, frozen, name = "PostgresBackend", module = "foxtive._core")]
+pub struct PyPostgresBackend {
+    pub(crate) inner: Arc<PostgresBackend>,
+}
+
+#[pymethods]
+impl PyPostgresBackend {
+    #[new]
+    #[pyo3(signature = (dsn, queue = "default", schema = "foxtive", lease_timeout = None, poll_interval = None))]
+    fn new(
+        dsn: &str,
+        queue: &str,
+        schema: &str,
+        lease_timeout: Option<&Bound<'_, PyAny>>,
+        poll_interval: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyClassInitializer<Self>> {
+        let mut cfg = PostgresConfig::new(queue);
+        cfg.schema = schema.to_string();
+        if let Some(v) = lease_timeout {
+            cfg.lease_timeout = duration_from_py("lease_timeout", v)?;
+        }
+        if let Some(v) = poll_interval {
+            cfg.poll_interval = duration_from_py("poll_interval", v)?;
+        }
+        let inner = Arc::new(PostgresBackend::new(dsn, cfg).py_err()?);
+        let dead_letters: Arc<dyn DeadLetterStore> = Arc::new(inner.dead_letter_store());
+        let base = NativeBackend::new(inner.clone()).with_dead_letters(Some(dead_letters));
+        Ok(PyClassInitializer::from(base).add_subclass(PyPostgresBackend { inner }))
+    }
+
+    /// The DSN with its password replaced by `***`.
+    #[getter]
+    fn url(&self) -> &str {
+        self.inner.url()
+    }
+
+    #[getter]
+    fn schema(&self) -> &str {
+        &self.inner.config().schema
+    }
+
+    #[getter]
+    fn lease_timeout(&self) -> f64 {
+        self.inner.config().lease_timeout.as_secs_f64()
+    }
+
+    /// Rows claimed by this backend and not settled yet.
+    #[getter]
+    fn held(&self) -> usize {
+        self.inner.held()
+    }
+
+    /// Connect, creating or migrating the schema (awaitable).
+    fn ensure_schema<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let inner = self.inner.clone();
+        bridge::awaitable(py, async move { inner.ensure_schema().await })
+    }
+
+    /// Up to `limit` dead letters of this queue, oldest first (awaitable).
+    #[pyo3(signature = (limit = 100))]
+    fn dead_letters<'py>(&self, py: Python<'py>, limit: usize) -> PyResult<Bound<'py, PyAny>> {
+        let inner = self.inner.clone();
+        bridge::awaitable(py, async move {
+            let letters = inner.dead_letters(limit).await?;
+            Ok(letters
+                .into_iter()
+                .map(|inner| PyDeadLetter { inner })
+                .collect::<Vec<_>>())
+        })
+    }
+
+    fn __repr__(&self) -> String {
+        let c = self.inner.config();
+        format!(
+            "PostgresBackend(dsn={:?}, queue={:?}, schema={:?}, lease_timeout={})",
+            self.inner.url(),
+            c.queue,
+            c.schema,
+            c.lease_timeout.as_secs_f64()
+        )
+    }
+}
+
+/// The backend's INSERT for `bodies`, as `(sql, params)` with psycopg's `%s`
+/// placeholders: run it through the caller's connection (transactional
+/// enqueue) and the jobs exist exactly when that transaction commits.
+/// Returns `(sql, params, ids)`.
+#[pyfunction]
+#[pyo3(signature = (schema, queue, bodies, headers = None, delay = None, message_id = None))]
+pub fn postgres_enqueue<'py>(
+    py: Python<'py>,
+    schema: &str,
+    queue: &str,
+    bodies: &Bound<'py, PyAny>,
+    headers: Option<&Bound<'py, PyDict>>,
+    delay: Option<&Bound<'py, PyAny>>,
+    message_id: Option<String>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    foxtive_core::backend::postgres::validate_schema(schema).py_err()?;
+    if queue.is_empty() {
+        return Err(config_error("queue: must be a non-empty string"));
+    }
+    let mut outs = Vec::new();
+    for body in bodies.try_iter()? {
+        outs.push(outgoing_from_py(&body?, headers, delay, None)?);
+    }
+    if message_id.is_some() {
+        if outs.len() != 1 {
+            return Err(config_error("message_id: only for a single message"));
+        }
+        outs[0].message_id = message_id;
+    }
+    let rows = EnqueueRows::of(outs);
+    let bodies: Vec<Bound<'py, PyBytes>> = rows.body.iter().map(|b| PyBytes::new(py, b)).collect();
+    let params = PyList::new(
+        py,
+        [
+            queue.into_pyobject(py)?.into_any(),
+            PyList::new(py, &rows.message_id)?.into_any(),
+            PyList::new(py, bodies)?.into_any(),
+            PyList::new(py, &rows.headers)?.into_any(),
+            PyList::new(py, &rows.correlation_id)?.into_any(),
+            PyList::new(py, &rows.content_type)?.into_any(),
+            PyList::new(py, &rows.reply_to)?.into_any(),
+            PyList::new(py, &rows.routing_key)?.into_any(),
+            PyList::new(py, &rows.priority)?.into_any(),
+            PyList::new(py, &rows.attempts)?.into_any(),
+            PyList::new(py, &rows.delay)?.into_any(),
+        ],
+    )?;
+    let sql = insert_sql(schema, Placeholders::Percent);
+    PyTuple::new(
+        py,
+        [
+            sql.into_pyobject(py)?.into_any(),
+            params.into_any(),
+            PyList::new(py, &rows.message_id)?.into_any(),
+        ],
+    )
+}
