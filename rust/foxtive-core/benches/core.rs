@@ -59,7 +59,7 @@ fn bench_policies() {
         "m-1",
         Bytes::from_static(b"x"),
         Arc::from("q"),
-        Receipt::new(LocalReceipt(1)),
+        Receipt::packed(LocalReceipt(1)),
     );
     report(
         "policy: poison-pill success (nothing tracked)",

@@ -17,4 +17,4 @@ pub mod redact;
 pub mod redis_url;
 
 pub use error::{Error, Result};
-pub use message::{Delivery, HeaderValue, Headers, Outgoing, Receipt, Settlement};
+pub use message::{Delivery, HeaderValue, Headers, Outgoing, PackedReceipt, Receipt, Settlement};

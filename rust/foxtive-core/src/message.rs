@@ -1,6 +1,6 @@
 //! What a delivery is, and what can be done with it.
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,33 +54,74 @@ impl HeaderValue {
 /// backend's own type (an AMQP delivery tag, a stream entry id, a row id...),
 /// opaque to everyone else. Only the backend that made it reads it back, so a
 /// new backend adds its own type in its own folder and nothing here changes.
+///
+/// A value that fits in two words ([`PackedReceipt`]: a tag, a sequence
+/// number, a row id) is kept inline, tagged with its type: no allocation per
+/// delivery on the hot path. Anything else is shared behind an `Arc`.
 #[derive(Clone)]
-pub struct Receipt(Arc<dyn ReceiptValue>);
+pub struct Receipt(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Packed { kind: TypeId, words: [u64; 2] },
+    Value(Arc<dyn ReceiptValue>),
+}
 
 /// What a receipt may hold: any plain value a backend defines.
 pub trait ReceiptValue: Any + Send + Sync + fmt::Debug {}
 impl<T: Any + Send + Sync + fmt::Debug> ReceiptValue for T {}
 
+/// A receipt value of two words at most, kept inline in the [`Receipt`].
+pub trait PackedReceipt: Copy + Send + Sync + 'static {
+    fn pack(self) -> [u64; 2];
+    fn unpack(words: [u64; 2]) -> Self;
+}
+
 impl Receipt {
+    /// A receipt holding any value (shared behind an `Arc`).
     pub fn new<T: ReceiptValue>(value: T) -> Self {
-        Receipt(Arc::new(value))
+        Receipt(Repr::Value(Arc::new(value)))
     }
 
-    /// The value, if this receipt holds a `T` (it was made by that backend).
+    /// A receipt holding a small value inline.
+    pub fn packed<T: PackedReceipt>(value: T) -> Self {
+        Receipt(Repr::Packed {
+            kind: TypeId::of::<T>(),
+            words: value.pack(),
+        })
+    }
+
+    /// The value, if this receipt holds a `T` made with [`Receipt::new`].
     pub fn get<T: Any>(&self) -> Option<&T> {
-        let value: &dyn Any = self.0.as_ref();
-        value.downcast_ref::<T>()
+        match &self.0 {
+            Repr::Value(value) => {
+                let value: &dyn Any = value.as_ref();
+                value.downcast_ref::<T>()
+            }
+            Repr::Packed { .. } => None,
+        }
+    }
+
+    /// The value, if this receipt holds a `T` made with [`Receipt::packed`].
+    pub fn unpacked<T: PackedReceipt>(&self) -> Option<T> {
+        match self.0 {
+            Repr::Packed { kind, words } if kind == TypeId::of::<T>() => Some(T::unpack(words)),
+            _ => None,
+        }
     }
 
     /// Whether the user handed this delivery to the pool (`pool.dispatch`).
     pub fn is_local(&self) -> bool {
-        self.get::<LocalReceipt>().is_some()
+        self.unpacked::<LocalReceipt>().is_some()
     }
 }
 
 impl fmt::Debug for Receipt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Receipt").field(&self.0).finish()
+        match &self.0 {
+            Repr::Packed { words, .. } => f.debug_tuple("Receipt").field(words).finish(),
+            Repr::Value(value) => f.debug_tuple("Receipt").field(value).finish(),
+        }
     }
 }
 
@@ -88,6 +129,15 @@ impl fmt::Debug for Receipt {
 /// settling it reaches no broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LocalReceipt(pub u64);
+
+impl PackedReceipt for LocalReceipt {
+    fn pack(self) -> [u64; 2] {
+        [self.0, 0]
+    }
+    fn unpack(words: [u64; 2]) -> Self {
+        LocalReceipt(words[0])
+    }
+}
 
 /// One delivery, as received. Immutable once built.
 #[derive(Debug, Clone)]
@@ -213,5 +263,35 @@ impl Settlement {
             Settlement::DeadLetter(_) => "dead_lettered",
             Settlement::Requeue => "requeued",
         }
+    }
+}
+
+#[cfg(test)]
+mod receipt_tests {
+    use super::*;
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    struct Other(u64);
+    impl PackedReceipt for Other {
+        fn pack(self) -> [u64; 2] {
+            [self.0, 0]
+        }
+        fn unpack(words: [u64; 2]) -> Self {
+            Other(words[0])
+        }
+    }
+
+    #[test]
+    fn a_receipt_reads_back_only_as_the_type_that_made_it() {
+        let local = Receipt::packed(LocalReceipt(7));
+        assert_eq!(local.unpacked::<LocalReceipt>(), Some(LocalReceipt(7)));
+        assert_eq!(local.unpacked::<Other>(), None);
+        assert!(local.get::<LocalReceipt>().is_none());
+        assert!(local.is_local());
+        let boxed = Receipt::new(String::from("5-0"));
+        assert_eq!(boxed.get::<String>().map(String::as_str), Some("5-0"));
+        assert_eq!(boxed.unpacked::<LocalReceipt>(), None);
+        assert!(!boxed.is_local());
+        assert!(!Receipt::packed(Other(7)).is_local());
     }
 }

@@ -392,7 +392,7 @@ async fn reconnects_and_never_acks_a_stale_tag() {
     assert!(b.epoch() > epoch);
     assert!(b.reconnect_attempts() >= 1);
     assert_eq!(b.consecutive_failures(), 0);
-    let Some(&AmqpReceipt { epoch: e2, .. }) = again[0].receipt.get() else {
+    let Some(AmqpReceipt { epoch: e2, .. }) = again[0].receipt.unpacked() else {
         panic!("not an AMQP receipt: {:?}", again[0].receipt)
     };
     assert_ne!(e2, epoch);

@@ -144,7 +144,7 @@ impl PyEngine {
             message_id.unwrap_or_else(|| format!("local-{seq}")),
             body_from_py(body)?,
             queue,
-            Receipt::new(LocalReceipt(seq)),
+            Receipt::packed(LocalReceipt(seq)),
         );
         d.attempt = attempt.max(1);
         if let Some(h) = headers {

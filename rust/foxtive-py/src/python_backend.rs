@@ -15,7 +15,7 @@ use pyo3_async_runtimes::TaskLocals;
 use tokio::task::JoinHandle;
 
 use foxtive_core::backend::{Backend, SettleItem};
-use foxtive_core::message::{Delivery, Outgoing, Receipt, Settlement};
+use foxtive_core::message::{Delivery, Outgoing, PackedReceipt, Receipt, Settlement};
 use foxtive_core::{Error, Result};
 
 use crate::convert::{body_from_py, headers_from_py, headers_to_py};
@@ -34,6 +34,15 @@ type ReceivedTuple<'py> = (
 /// the Python receipt object this adapter keeps until it is settled.
 #[derive(Debug, Clone, Copy)]
 struct PythonReceipt(u64);
+
+impl PackedReceipt for PythonReceipt {
+    fn pack(self) -> [u64; 2] {
+        [self.0, 0]
+    }
+    fn unpack(words: [u64; 2]) -> Self {
+        PythonReceipt(words[0])
+    }
+}
 
 pub struct PythonBackend {
     obj: Py<PyAny>,
@@ -137,7 +146,7 @@ impl PythonBackend {
             id,
             body_from_py(&body)?,
             self.queue.clone(),
-            Receipt::new(PythonReceipt(handle)),
+            Receipt::packed(PythonReceipt(handle)),
         );
         if let Some(h) = headers {
             d.headers = headers_from_py(&h)?;
@@ -153,7 +162,7 @@ impl PythonBackend {
         delivery: &Delivery,
         settlement: &Settlement,
     ) -> PyResult<Option<Bound<'py, PyDict>>> {
-        let Some(&PythonReceipt(handle)) = delivery.receipt.get() else {
+        let Some(PythonReceipt(handle)) = delivery.receipt.unpacked() else {
             return Ok(None);
         };
         let Some(receipt) = self.receipts.lock().remove(&handle) else {

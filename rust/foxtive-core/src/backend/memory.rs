@@ -20,12 +20,21 @@ use super::options::Options;
 use super::registry::{Kind, Opened};
 use super::{Backend, BackendState, SettleItem};
 use crate::dlq::DeadLetter;
-use crate::message::{Delivery, Headers, Outgoing, Receipt, Settlement};
+use crate::message::{Delivery, Headers, Outgoing, PackedReceipt, Receipt, Settlement};
 use crate::{Error, Result};
 
 /// A memory delivery's receipt: its sequence number in the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct MemoryReceipt(u64);
+
+impl PackedReceipt for MemoryReceipt {
+    fn pack(self) -> [u64; 2] {
+        [self.0, 0]
+    }
+    fn unpack(words: [u64; 2]) -> Self {
+        MemoryReceipt(words[0])
+    }
+}
 
 /// A stored message. Kept small: a million of them must fit comfortably.
 #[derive(Debug, Clone)]
@@ -303,7 +312,7 @@ impl MemoryBackend {
             priority: None,
             received_at,
             redelivered: false,
-            receipt: Receipt::new(MemoryReceipt(seq)),
+            receipt: Receipt::packed(MemoryReceipt(seq)),
         };
         match &entry.meta {
             Some(meta) => {
@@ -383,7 +392,7 @@ impl MemoryBackend {
         settlement: Settlement,
         now: Instant,
     ) {
-        let Some(&MemoryReceipt(seq)) = delivery.receipt.get() else {
+        let Some(MemoryReceipt(seq)) = delivery.receipt.unpacked() else {
             return;
         };
         let Some(mut entry) = store.unacked.remove(seq) else {

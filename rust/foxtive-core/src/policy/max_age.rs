@@ -83,7 +83,7 @@ mod tests {
             "m",
             Bytes::from_static(b"x"),
             Arc::from("q"),
-            Receipt::new(LocalReceipt(1)),
+            Receipt::packed(LocalReceipt(1)),
         );
         if let Some(ago) = published_secs_ago {
             d.headers.push((

@@ -92,7 +92,7 @@ mod tests {
             "m",
             Bytes::new(),
             Arc::from("q"),
-            Receipt::new(LocalReceipt(1)),
+            Receipt::packed(LocalReceipt(1)),
         );
         let inflight = InFlight::new(d, 0);
         assert!(inflight.settlement().is_none());
@@ -103,7 +103,7 @@ mod tests {
             "n",
             Bytes::new(),
             Arc::from("q"),
-            Receipt::new(LocalReceipt(2)),
+            Receipt::packed(LocalReceipt(2)),
         );
         let inflight = InFlight::new(d, 0);
         assert!(inflight.claim(&Settlement::Requeue));

@@ -226,7 +226,7 @@ mod tests {
             id,
             Bytes::from_static(b"x"),
             Arc::from("q"),
-            Receipt::new(LocalReceipt(1)),
+            Receipt::packed(LocalReceipt(1)),
         );
         d.attempt = attempt;
         d

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use tokio_postgres::Row;
 
 use super::schema::quote_ident;
-use crate::message::{Delivery, Receipt};
+use crate::message::{Delivery, PackedReceipt, Receipt};
 use crate::{Error, Result};
 
 /// `$1` queue, `$2` most rows, `$3` lease in seconds.
@@ -50,9 +50,23 @@ pub struct RowReceipt {
     pub attempts: i32,
 }
 
+impl PackedReceipt for RowReceipt {
+    fn pack(self) -> [u64; 2] {
+        [self.id as u64, self.attempts as u32 as u64]
+    }
+    fn unpack([id, attempts]: [u64; 2]) -> Self {
+        RowReceipt {
+            id: id as i64,
+            attempts: attempts as u32 as i32,
+        }
+    }
+}
+
 /// The claim a delivery of this backend was made from.
 pub(crate) fn claim_of(d: &Delivery) -> Option<(i64, i32)> {
-    d.receipt.get::<RowReceipt>().map(|r| (r.id, r.attempts))
+    d.receipt
+        .unpacked::<RowReceipt>()
+        .map(|r| (r.id, r.attempts))
 }
 
 /// A claimed row as a delivery.
@@ -83,6 +97,6 @@ pub(crate) fn delivery(row: &Row, queue: &Arc<str>, received_at: f64) -> Result<
         priority: priority.and_then(|p| u8::try_from(p).ok()),
         received_at,
         redelivered: attempt > 1,
-        receipt: Receipt::new(RowReceipt { id, attempts }),
+        receipt: Receipt::packed(RowReceipt { id, attempts }),
     })
 }

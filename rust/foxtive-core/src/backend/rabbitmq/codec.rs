@@ -13,7 +13,9 @@ use lapin::BasicProperties;
 use super::fields::{headers_from_table, strip_own_deaths, table_from_headers};
 use super::link::Link;
 use super::{delay_bucket_ms, Prepared, Shared, Target, ATTEMPT_HEADER};
-use crate::message::{header, set_header, Delivery, Failure, HeaderValue, Outgoing, Receipt};
+use crate::message::{
+    header, set_header, Delivery, Failure, HeaderValue, Outgoing, PackedReceipt, Receipt,
+};
 
 /// Quorum queues count redeliveries in this header.
 const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
@@ -26,6 +28,18 @@ const MAX_ERROR_TEXT: usize = 8 * 1024;
 pub struct AmqpReceipt {
     pub delivery_tag: u64,
     pub epoch: u64,
+}
+
+impl PackedReceipt for AmqpReceipt {
+    fn pack(self) -> [u64; 2] {
+        [self.delivery_tag, self.epoch]
+    }
+    fn unpack([delivery_tag, epoch]: [u64; 2]) -> Self {
+        AmqpReceipt {
+            delivery_tag,
+            epoch,
+        }
+    }
 }
 
 impl Shared {
@@ -85,7 +99,7 @@ impl Shared {
             priority: *props.priority(),
             received_at,
             redelivered: d.redelivered,
-            receipt: Receipt::new(AmqpReceipt {
+            receipt: Receipt::packed(AmqpReceipt {
                 delivery_tag: tag,
                 epoch: link.epoch,
             }),
@@ -207,7 +221,7 @@ impl Shared {
     }
 
     fn take_extras(&self, link: &Link, d: &Delivery) -> Option<BasicProperties> {
-        let &AmqpReceipt { delivery_tag, .. } = d.receipt.get()?;
+        let AmqpReceipt { delivery_tag, .. } = d.receipt.unpacked()?;
         let extras = link.extras.lock();
         if extras.is_empty() {
             None

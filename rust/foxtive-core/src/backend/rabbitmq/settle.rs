@@ -207,10 +207,10 @@ impl Shared {
     fn sort_settlements(&self, link: &Link, batch: &[SettleItem]) -> Sorted {
         let mut sorted = Sorted::default();
         for (delivery, settlement) in batch {
-            let Some(&AmqpReceipt {
+            let Some(AmqpReceipt {
                 delivery_tag,
                 epoch,
-            }) = delivery.receipt.get()
+            }) = delivery.receipt.unpacked()
             else {
                 continue;
             };
@@ -296,10 +296,10 @@ fn forget_extras(link: &Link, batch: &[SettleItem]) {
         return;
     }
     for (d, _) in batch {
-        if let Some(&AmqpReceipt {
+        if let Some(AmqpReceipt {
             delivery_tag,
             epoch,
-        }) = d.receipt.get()
+        }) = d.receipt.unpacked()
         {
             if epoch == link.epoch {
                 extras.remove(&delivery_tag);

@@ -10,7 +10,7 @@ use bytes::Bytes;
 pub use rusqlite::types::Value as SqlValue;
 
 use crate::dlq::codec::{headers_from_json, headers_to_json};
-use crate::message::{Delivery, Headers, Outgoing, Receipt};
+use crate::message::{Delivery, Headers, Outgoing, PackedReceipt, Receipt};
 
 /// A new message id: 32 hex digits of randomness (the shape of a uuid4
 /// without dashes), kept on every retry of the job.
@@ -89,7 +89,7 @@ pub fn delivery(
         priority: priority.and_then(|p| u8::try_from(p).ok()),
         received_at,
         redelivered: attempt > 1,
-        receipt: Receipt::new(RowReceipt(row_id)),
+        receipt: Receipt::packed(RowReceipt(row_id)),
     })
 }
 
@@ -97,9 +97,18 @@ pub fn delivery(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RowReceipt(pub i64);
 
+impl PackedReceipt for RowReceipt {
+    fn pack(self) -> [u64; 2] {
+        [self.0 as u64, 0]
+    }
+    fn unpack(words: [u64; 2]) -> Self {
+        RowReceipt(words[0] as i64)
+    }
+}
+
 /// The row id behind a delivery of this backend.
 pub fn row_id(d: &Delivery) -> Option<i64> {
-    d.receipt.get::<RowReceipt>().map(|r| r.0)
+    d.receipt.unpacked::<RowReceipt>().map(|r| r.0)
 }
 
 /// Row ids as the JSON array `json_each(?)` reads: one statement for a whole
