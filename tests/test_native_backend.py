@@ -122,3 +122,22 @@ def test_the_pool_and_the_dlq_take_every_native_backend_through_the_base(kind: s
         assert letters[0].error_type == "ValueError"
     finally:
         cleanup()
+
+
+def test_publish_many_gives_each_message_its_own_id(tmp_path: Any) -> None:
+    """One batch, one id per body (what App.send_many sends as task ids);
+    a count that does not match is refused before anything is published."""
+    backend = foxtive.SqliteBackend(str(tmp_path / "ids.db"), "ids")
+    ids = asyncio.run(backend.publish_many([b"a", b"b"], message_ids=["id-a", "id-b"]))
+    assert ids == ["id-a", "id-b"]
+    with pytest.raises(foxtive.ConfigError, match="fewer ids than bodies"):
+        asyncio.run(backend.publish_many([b"c", b"d"], message_ids=["id-c"]))
+    memory = foxtive.MemoryBackend("ids")
+    with pytest.raises(foxtive.ConfigError, match="more ids than bodies"):
+        memory.publish_many_sync([b"c"], message_ids=["x", "y"])
+    assert memory.qsize() == 0
+    assert memory.publish_many_sync([b"c"], message_ids=["id-c"]) == ["id-c"]
+    seen: list[str] = []
+    pool = foxtive.WorkerPoolBuilder("ids").add_worker(lambda m: seen.append(m.id)).build()
+    assert pool.run_until_idle(memory, timeout=10)
+    assert seen == ["id-c"]

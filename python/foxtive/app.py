@@ -30,7 +30,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 from . import envelope
 from ._config import seconds
-from .backends import MemoryBackend
+from .backends import MemoryBackend, NativeBackend
 from .errors import (
     ConfigError,
     PayloadError,
@@ -405,20 +405,22 @@ class App:
 
     async def _publish_many(self, queue: str, items: Iterable[tuple[bytes, str]],
                             headers: dict[str, Any], delay: float | None) -> None:
-        # publish_many cannot carry one message id per message, and the task id
-        # is the message id: publish each, concurrently (one round trip's wait).
+        # The task id is the message id: native backends take one id per
+        # message in publish_many; a backend written in Python gets each
+        # message published on its own, concurrently.
         items = list(items)
+        bodies = [body for body, _ in items]
+        ids = [task_id for _, task_id in items]
         if self.results:
             store = self._result_store()
-            ids = [task_id for _, task_id in items]
             if isinstance(store, RedisResultStore):
                 await store.mark_many(ids, "pending")
             else:
                 store.mark_sync(ids, "pending")
         backend = self.backend(queue)
-        if isinstance(backend, MemoryBackend):
-            for body, task_id in items:
-                backend.publish_sync(body, headers=headers, delay=delay, message_id=task_id)
+        if isinstance(backend, NativeBackend):
+            # One batch, each message with its task id (one round trip).
+            await backend.publish_many(bodies, headers=headers, delay=delay, message_ids=ids)
             return
         await asyncio.gather(*(backend.publish(body, headers=headers, delay=delay,
                                                message_id=task_id) for body, task_id in items))

@@ -195,9 +195,12 @@ class NativeBackend(Backend):
 
     async def publish_many(self, bodies: Iterable[bytes | str],
                            headers: dict[str, Any] | None = None,
-                           delay: float | _dt.timedelta | None = None) -> list[str]:
-        """Publish many in one batch; returns their ids in order."""
-        return await self._native.publish_many(bodies, inject(headers), delay)
+                           delay: float | _dt.timedelta | None = None, *,
+                           message_ids: Sequence[str] | None = None) -> list[str]:
+        """Publish many in one batch; returns their ids in order.
+        ``message_ids``: each message's own id, one per body."""
+        ids = None if message_ids is None else list(message_ids)
+        return await self._native.publish_many(bodies, inject(headers), delay, ids)
 
     def dead_letter_queue(self) -> NativeDeadLetterQueue:
         """The backend's own dead-letter queue as a queue view: list, replay
@@ -242,8 +245,9 @@ class MemoryBackend(NativeBackend):
 
     async def publish_many(self, bodies: Iterable[bytes | str],
                            headers: dict[str, Any] | None = None,
-                           delay: float | _dt.timedelta | None = None) -> list[str]:
-        return self._native.publish_many_sync(bodies, inject(headers), delay)
+                           delay: float | _dt.timedelta | None = None, *,
+                           message_ids: Sequence[str] | None = None) -> list[str]:
+        return self.publish_many_sync(bodies, headers, delay, message_ids=message_ids)
 
     def publish_sync(self, body: bytes | str, headers: dict[str, Any] | None = None,
                      delay: float | _dt.timedelta | None = None,
@@ -253,8 +257,10 @@ class MemoryBackend(NativeBackend):
 
     def publish_many_sync(self, bodies: Iterable[bytes | str],
                           headers: dict[str, Any] | None = None,
-                          delay: float | _dt.timedelta | None = None) -> list[str]:
-        return self._native.publish_many_sync(bodies, inject(headers), delay)
+                          delay: float | _dt.timedelta | None = None, *,
+                          message_ids: Sequence[str] | None = None) -> list[str]:
+        ids = None if message_ids is None else list(message_ids)
+        return self._native.publish_many_sync(bodies, inject(headers), delay, ids)
 
     def publish_bulk(self, bodies: Iterable[bytes]) -> int:
         """Publish bodies with nothing else, fast; ids are given on delivery."""

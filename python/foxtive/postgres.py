@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import inspect
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Self
 
 from . import _core
@@ -117,11 +117,14 @@ class PostgresBackend(NativeBackend):
     async def publish_many(self, bodies: Iterable[bytes | str],
                            headers: dict[str, Any] | None = None,
                            delay: float | _dt.timedelta | None = None, *,
-                           transaction: Any = None) -> list[str]:
+                           transaction: Any = None,
+                           message_ids: Sequence[str] | None = None) -> list[str]:
         """Insert many jobs in one statement; returns their ids in order."""
+        if transaction is not None and message_ids is not None:
+            raise ConfigError("publish_many: message_ids with transaction= is not supported yet")
         if transaction is not None:
             return await self._enqueue(transaction, list(bodies), headers, delay, None)
-        return await super().publish_many(bodies, headers, delay)
+        return await super().publish_many(bodies, headers, delay, message_ids=message_ids)
 
     async def _enqueue(self, conn: Any, bodies: list[bytes | str],
                        headers: dict[str, Any] | None, delay: float | _dt.timedelta | None,

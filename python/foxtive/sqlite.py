@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Self
 
 from . import _core
@@ -114,8 +114,11 @@ class SqliteBackend(NativeBackend):
     async def publish_many(self, bodies: Iterable[bytes | str],
                            headers: dict[str, Any] | None = None,
                            delay: float | _dt.timedelta | None = None, *,
-                           transaction: sqlite3.Connection | None = None) -> list[str]:
+                           transaction: sqlite3.Connection | None = None,
+                           message_ids: Sequence[str] | None = None) -> list[str]:
         """Insert many jobs in one transaction; returns their ids in order."""
+        if transaction is not None and message_ids is not None:
+            raise ConfigError("publish_many: message_ids with transaction= is not supported yet")
         if transaction is not None:
             return enqueue(transaction, self.name, bodies, inject(headers), delay)
-        return await super().publish_many(bodies, headers, delay)
+        return await super().publish_many(bodies, headers, delay, message_ids=message_ids)

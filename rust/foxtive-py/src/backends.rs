@@ -11,7 +11,7 @@ use foxtive_core::backend::memory_dlq::MemoryDeadLetters;
 use foxtive_core::backend::{Backend, MemoryBackend};
 use foxtive_core::dlq::{DeadLetter, DeadLetterStore};
 
-use crate::convert::{body_from_py, headers_to_py, outgoing_from_py};
+use crate::convert::{body_from_py, headers_to_py, outgoing_from_py, outgoings_from_py};
 use crate::errors::IntoPyResult;
 use crate::native_backend::{native_of, NativeBackend};
 use crate::python_backend::PythonBackend;
@@ -66,17 +66,15 @@ impl PyMemoryBackend {
     }
 
     /// Publish many; returns their ids.
-    #[pyo3(signature = (bodies, headers = None, delay = None))]
+    #[pyo3(signature = (bodies, headers = None, delay = None, message_ids = None))]
     fn publish_many_sync(
         &self,
         bodies: &Bound<'_, PyAny>,
         headers: Option<&Bound<'_, PyDict>>,
         delay: Option<&Bound<'_, PyAny>>,
+        message_ids: Option<Vec<String>>,
     ) -> PyResult<Vec<String>> {
-        let mut outs = Vec::new();
-        for body in bodies.try_iter()? {
-            outs.push(outgoing_from_py(&body?, headers, delay, None)?);
-        }
+        let outs = outgoings_from_py(bodies, headers, delay, message_ids)?;
         Ok(self.inner.publish_now(outs))
     }
 

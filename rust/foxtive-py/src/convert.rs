@@ -155,3 +155,37 @@ pub fn outgoing_from_py(
     out.message_id = message_id;
     Ok(out)
 }
+
+/// Build the outgoing messages of a publish_many(): the headers and the
+/// delay they share are converted once, not once per body. `message_ids`,
+/// when given, are the messages' own ids, one per body, in order.
+pub fn outgoings_from_py(
+    bodies: &Bound<'_, PyAny>,
+    headers: Option<&Bound<'_, PyDict>>,
+    delay: Option<&Bound<'_, PyAny>>,
+    message_ids: Option<Vec<String>>,
+) -> PyResult<Vec<Outgoing>> {
+    let headers = headers.map(headers_from_py).transpose()?;
+    let delay = opt_duration("delay", delay)?;
+    let mut ids = message_ids.map(Vec::into_iter);
+    let mut outs = Vec::new();
+    for body in bodies.try_iter()? {
+        let mut out = Outgoing::new(body_from_py(&body?)?);
+        if let Some(h) = &headers {
+            out.headers = h.clone();
+        }
+        out.delay = delay;
+        if let Some(ids) = ids.as_mut() {
+            out.message_id = Some(ids.next().ok_or_else(|| {
+                crate::errors::config_error("message_ids: fewer ids than bodies")
+            })?);
+        }
+        outs.push(out);
+    }
+    if ids.is_some_and(|mut rest| rest.next().is_some()) {
+        return Err(crate::errors::config_error(
+            "message_ids: more ids than bodies",
+        ));
+    }
+    Ok(outs)
+}

@@ -14,7 +14,7 @@ use foxtive_core::backend::Backend;
 use foxtive_core::dlq::DeadLetterStore;
 
 use crate::bridge;
-use crate::convert::outgoing_from_py;
+use crate::convert::{outgoing_from_py, outgoings_from_py};
 use crate::dlq::PyDeadLetterStore;
 use crate::python_backend::{bind_loop, PythonBackend};
 
@@ -122,19 +122,18 @@ impl NativeBackend {
     }
 
     /// Publish many in one batch; awaitable of their ids, in order.
-    #[pyo3(signature = (bodies, headers = None, delay = None))]
+    /// `message_ids`: each message's own id, one per body.
+    #[pyo3(signature = (bodies, headers = None, delay = None, message_ids = None))]
     fn publish_many<'py>(
         &self,
         py: Python<'py>,
         bodies: &Bound<'py, PyAny>,
         headers: Option<&Bound<'py, PyDict>>,
         delay: Option<&Bound<'py, PyAny>>,
+        message_ids: Option<Vec<String>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         bind_loop(py, &self.python_backend)?;
-        let mut outs = Vec::new();
-        for body in bodies.try_iter()? {
-            outs.push(outgoing_from_py(&body?, headers, delay, None)?);
-        }
+        let outs = outgoings_from_py(bodies, headers, delay, message_ids)?;
         let backend = self.inner.clone();
         bridge::awaitable(py, async move { backend.publish(outs).await })
     }

@@ -14,9 +14,8 @@ use foxtive_core::backend::postgres::schema::{insert_sql, Placeholders};
 use foxtive_core::backend::postgres::{PostgresBackend, PostgresConfig};
 use foxtive_core::dlq::DeadLetterStore;
 
-use crate::backends::PyDeadLetter;
 use crate::bridge;
-use crate::convert::{duration_from_py, outgoing_from_py};
+use crate::convert::{duration_from_py, outgoings_from_py};
 use crate::errors::{config_error, IntoPyResult};
 use crate::native_backend::NativeBackend;
 
@@ -78,19 +77,6 @@ impl PyPostgresBackend {
         bridge::awaitable(py, async move { inner.ensure_schema().await })
     }
 
-    /// Up to `limit` dead letters of this queue, oldest first (awaitable).
-    #[pyo3(signature = (limit = 100))]
-    fn dead_letters<'py>(&self, py: Python<'py>, limit: usize) -> PyResult<Bound<'py, PyAny>> {
-        let inner = self.inner.clone();
-        bridge::awaitable(py, async move {
-            let letters = inner.dead_letters(limit).await?;
-            Ok(letters
-                .into_iter()
-                .map(|inner| PyDeadLetter { inner })
-                .collect::<Vec<_>>())
-        })
-    }
-
     fn __repr__(&self) -> String {
         let c = self.inner.config();
         format!(
@@ -122,10 +108,7 @@ pub fn postgres_enqueue<'py>(
     if queue.is_empty() {
         return Err(config_error("queue: must be a non-empty string"));
     }
-    let mut outs = Vec::new();
-    for body in bodies.try_iter()? {
-        outs.push(outgoing_from_py(&body?, headers, delay, None)?);
-    }
+    let mut outs = outgoings_from_py(bodies, headers, delay, None)?;
     if message_id.is_some() {
         if outs.len() != 1 {
             return Err(config_error("message_id: only for a single message"));

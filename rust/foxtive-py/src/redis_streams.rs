@@ -12,8 +12,6 @@ use foxtive_core::backend::redis_streams::{
 };
 use foxtive_core::dlq::DeadLetterStore;
 
-use crate::backends::PyDeadLetter;
-use crate::bridge;
 use crate::errors::IntoPyResult;
 use crate::keywords::Keywords;
 use crate::native_backend::NativeBackend;
@@ -167,19 +165,6 @@ impl PyRedisStreamBackend {
     #[getter]
     fn consumer_name(&self) -> &str {
         &self.inner.config().consumer_name
-    }
-
-    /// Up to `limit` entries of the dead-letter stream, oldest first (awaitable).
-    #[pyo3(signature = (limit = 100))]
-    fn dead_letters<'py>(&self, py: Python<'py>, limit: usize) -> PyResult<Bound<'py, PyAny>> {
-        let inner = self.inner.clone();
-        bridge::awaitable(py, async move {
-            let letters = inner.dead_letters(limit).await?;
-            Ok(letters
-                .into_iter()
-                .map(|inner| PyDeadLetter { inner })
-                .collect::<Vec<_>>())
-        })
     }
 
     fn __repr__(&self) -> String {

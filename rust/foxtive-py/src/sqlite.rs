@@ -12,9 +12,7 @@ use foxtive_core::backend::sqlite::row::{self, SqlValue};
 use foxtive_core::backend::sqlite::{path_from_url, schema, SqliteBackend, SqliteConfig};
 use foxtive_core::dlq::DeadLetterStore;
 
-use crate::backends::PyDeadLetter;
-use crate::bridge;
-use crate::convert::outgoing_from_py;
+use crate::convert::outgoings_from_py;
 use crate::errors::{config_error, IntoPyResult};
 use crate::native_backend::NativeBackend;
 use crate::registry::options_from_py;
@@ -85,19 +83,6 @@ impl PySqliteBackend {
         self.inner.held()
     }
 
-    /// Up to `limit` dead letters of this queue, oldest first (awaitable).
-    #[pyo3(signature = (limit = 100))]
-    fn dead_letters<'py>(&self, py: Python<'py>, limit: usize) -> PyResult<Bound<'py, PyAny>> {
-        let inner = self.inner.clone();
-        bridge::awaitable(py, async move {
-            let letters = inner.dead_letters(limit).await?;
-            Ok(letters
-                .into_iter()
-                .map(|inner| PyDeadLetter { inner })
-                .collect::<Vec<_>>())
-        })
-    }
-
     fn __repr__(&self) -> String {
         let c = self.inner.config();
         format!(
@@ -137,8 +122,8 @@ pub fn sqlite_enqueue<'py>(
     let now = foxtive_core::clock::unix_now();
     let mut rows = Vec::new();
     let mut ids = Vec::new();
-    for body in bodies.try_iter()? {
-        let out = outgoing_from_py(&body?, headers, delay, message_id.clone())?;
+    for mut out in outgoings_from_py(bodies, headers, delay, None)? {
+        out.message_id = message_id.clone();
         let (params, id) = row::insert_params(queue, &out, now);
         let values = params
             .into_iter()
