@@ -191,3 +191,17 @@ def test_repr_is_informative(memory: foxtive.MemoryBackend) -> None:
 
     run_one(memory, handler, message_id="abc")
     assert "abc" in reprs[0] and "attempt=1" in reprs[0]
+
+
+def test_one_header_is_read_without_the_dict(memory: foxtive.MemoryBackend) -> None:
+    memory.publish_sync(b"x", headers={"n": 7, "s": "v", "b": b"\x00"})
+    got: list[Any] = []
+
+    def handler(m: foxtive.Message) -> None:
+        got.extend([m.header("n"), m.header("s"), m.header("b"), m.header("absent"),
+                    m.header("absent", "dflt")])
+        got.append(m.header("n") == m.headers["n"])
+
+    pool = foxtive.WorkerPoolBuilder("p").add_worker(handler).build()
+    assert pool.run_until_idle(memory, timeout=10)
+    assert got == [7, "v", b"\x00", None, "dflt", True]

@@ -92,8 +92,7 @@ class _Router(Worker):
         self.id = f"tasks:{queue}"
 
     async def process(self, message: Any) -> None:
-        headers = message.headers
-        name = headers.get(envelope.TASK_HEADER)
+        name = message.header(envelope.TASK_HEADER)
         if name is None:
             plain = self.app._plain.get(self.queue)
             if plain is None:
@@ -107,7 +106,7 @@ class _Router(Worker):
             return
         if name.__class__ is bytes:
             name = name.decode("utf-8", "replace")
-        version = headers.get(envelope.ENVELOPE_HEADER)
+        version = message.header(envelope.ENVELOPE_HEADER)
         # 1 from foxtive and typed clients, "1" from plain-string ones (redis-cli).
         if version is not None and version != 1 and version != "1":
             raise PayloadError(f"task {name}: envelope version {version!r} is not supported "
@@ -162,7 +161,7 @@ class _Router(Worker):
 
     def should_retry(self, message: Any, error: BaseException, info: RetryInfo) -> bool:
         # A task's own max_retries (lower than the app's policy) stops it earlier.
-        name = message.headers.get(envelope.TASK_HEADER)
+        name = message.header(envelope.TASK_HEADER)
         if name.__class__ is bytes:
             name = name.decode("utf-8", "replace")
         task = self.app._tasks.get(str(name))

@@ -12,7 +12,7 @@ use foxtive_core::pool::{Engine, InFlight};
 use foxtive_core::Settlement;
 
 use crate::awaitable::Ready;
-use crate::convert::{headers_to_py, opt_duration};
+use crate::convert::{header_to_py, headers_to_py, opt_duration};
 use crate::errors::{payload_error, IntoPyResult};
 
 #[pyclass(frozen, name = "Message", module = "foxtive")]
@@ -81,6 +81,22 @@ impl PyMessage {
         static PROXY: PyOnceLock<Py<PyType>> = PyOnceLock::new();
         let proxy = PROXY.import(py, "types", "MappingProxyType")?;
         Ok(proxy.call1((dict.bind(py),))?.unbind())
+    }
+
+    /// One header's value, or `default`: converts only that value, without
+    /// building the headers dict (the task router reads two headers of
+    /// every message).
+    #[pyo3(signature = (name, default = None))]
+    fn header<'py>(
+        &self,
+        py: Python<'py>,
+        name: &str,
+        default: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        match foxtive_core::message::header(&self.inflight.delivery.headers, name) {
+            Some(value) => header_to_py(py, value),
+            None => Ok(default.unwrap_or_else(|| py.None().into_bound(py))),
+        }
     }
 
     /// 1 on first delivery; durable across retries, redeliveries and restarts.
