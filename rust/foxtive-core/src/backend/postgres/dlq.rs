@@ -166,20 +166,9 @@ impl DeadLetterStore for PostgresDeadLetters {
                 "WITH gone AS (DELETE FROM {} WHERE queue = $1 AND id = ANY($12) RETURNING id) {insert}",
                 self.table()
             );
-            let params: [&(dyn ToSql + Sync); 12] = [
-                &self.queue(),
-                &rows.message_id,
-                &bodies,
-                &rows.headers,
-                &rows.correlation_id,
-                &rows.content_type,
-                &rows.reply_to,
-                &rows.routing_key,
-                &rows.priority,
-                &rows.attempts,
-                &rows.delay,
-                &keys,
-            ];
+            let queue = self.queue();
+            let mut params = rows.params(&queue, &bodies).to_vec();
+            params.push(&keys);
             self.inner.reopen();
             let conn = self
                 .inner

@@ -35,7 +35,6 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_postgres::types::ToSql;
 
 use super::{Backend, BackendState, SettleItem};
 use crate::message::{Delivery, Outgoing};
@@ -369,6 +368,7 @@ impl Inner {
         self.reopen();
         let rows = EnqueueRows::of(messages);
         let bodies: Vec<&[u8]> = rows.body.iter().map(|b| &b[..]).collect();
+        let queue: &str = &self.queue;
         let give_up = Instant::now() + PUBLISH_RETRY_WINDOW;
         loop {
             let conn = match self.link.conn().await {
@@ -376,19 +376,7 @@ impl Inner {
                 Err(e) if e.is_connection() && Instant::now() < give_up => continue,
                 Err(e) => return Err(e),
             };
-            let params: [&(dyn ToSql + Sync); 11] = [
-                &&*self.queue,
-                &rows.message_id,
-                &bodies,
-                &rows.headers,
-                &rows.correlation_id,
-                &rows.content_type,
-                &rows.reply_to,
-                &rows.routing_key,
-                &rows.priority,
-                &rows.attempts,
-                &rows.delay,
-            ];
+            let params = rows.params(&queue, &bodies);
             match conn.client.execute(&conn.stmts.insert, &params).await {
                 Ok(_) => break,
                 Err(e) => {

@@ -1,6 +1,8 @@
 //! Rows to insert for published messages, built once for the backend's own
 //! INSERT and for the Python transactional enqueue (same SQL, same arrays).
 
+use tokio_postgres::types::ToSql;
+
 use crate::message::Outgoing;
 
 /// One array per column of [`super::schema::INSERT_ARRAYS`].
@@ -21,7 +23,29 @@ pub struct EnqueueRows {
     pub delay: Vec<f64>,
 }
 
+/// A parameter of a statement.
+pub type Param<'a> = &'a (dyn ToSql + Sync);
+
 impl EnqueueRows {
+    /// The INSERT's parameters `$1..$11`: the queue, then one array per
+    /// column (`bodies` is [`Self::body`] as slices, made by the caller so
+    /// that it outlives the borrow).
+    pub fn params<'a>(&'a self, queue: Param<'a>, bodies: Param<'a>) -> [Param<'a>; 11] {
+        [
+            queue,
+            &self.message_id,
+            bodies,
+            &self.headers,
+            &self.correlation_id,
+            &self.content_type,
+            &self.reply_to,
+            &self.routing_key,
+            &self.priority,
+            &self.attempts,
+            &self.delay,
+        ]
+    }
+
     pub fn of(messages: Vec<Outgoing>) -> Self {
         let n = messages.len();
         let mut rows = EnqueueRows {
