@@ -10,8 +10,6 @@ import datetime as dt
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,9 +22,7 @@ from foxtive._native import native_of
 from foxtive.backends import NativeBackend
 
 from .contract.kits.sqlite import LEASE, SqliteKit
-from .redis_support import Lines
-
-ROOT = Path(__file__).resolve().parents[1]
+from .contract.process import Worker
 
 
 @pytest.fixture
@@ -174,37 +170,6 @@ def test_urls_are_read_as_sqlalchemy_does(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 # ------------------------------------------------------- worker processes
-
-
-class Worker:
-    """``tests/contract/worker.py`` on the sqlite kit's file."""
-
-    def __init__(self, kit: SqliteKit, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.contract.worker", "sqlite", kit.queue, *args],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.lines = Lines(self.proc)
-        self.lines.wait_count(1, "ready")
-
-    def events(self, kind: str) -> list[tuple[str, int]]:
-        out = []
-        for line in list(self.lines.lines):
-            parts = line.split()
-            if parts and parts[0] == kind:
-                out.append((parts[1], int(parts[2])))
-        return out
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        rc = self.proc.wait(60)
-        assert rc == 0, self.proc.stderr.read() if self.proc.stderr else rc
-        self.lines.finish()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(30)
-        self.lines.finish()
 
 
 def test_three_processes_on_one_file_drain_20000_jobs_once_each(kit: SqliteKit) -> None:

@@ -14,22 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sqlite3
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 import foxtive
 
 from .contract.kits.sqlite import SqliteKit
-from .redis_support import Lines
+from .contract.process import WorkerProcess
 
-ROOT = Path(__file__).resolve().parents[1]
 LEASE = 1.0
 #: How long the slow handler computes, holding the GIL.
 SLOW = 3 * LEASE
@@ -62,33 +58,14 @@ def worker_main(path: str, queue: str) -> None:
     pool.run(foxtive.SqliteBackend(path, queue, lease_timeout=LEASE))
 
 
-class Worker:
+class Worker(WorkerProcess):
+    """This module as a worker process on the kit's file."""
+
     def __init__(self, kit: SqliteKit) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.test_sqlite_lease", kit.path, kit.queue],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.lines = Lines(self.proc)
-        self.lines.wait_count(1, "ready")
+        super().__init__("tests.test_sqlite_lease", kit.path, kit.queue)
 
-    def events(self, kind: str) -> list[tuple[str, int, float]]:
-        out = []
-        for line in list(self.lines.lines):
-            parts = line.split()
-            if parts and parts[0] == kind:
-                out.append((parts[1], int(parts[2]), float(parts[3])))
-        return out
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        rc = self.proc.wait(60)
-        assert rc == 0, self.proc.stderr.read() if self.proc.stderr else rc
-        self.lines.finish()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(30)
-        self.lines.finish()
+    def events(self, kind: str) -> list[tuple[str, int, float]]:  # type: ignore[override]
+        return [(f[0], int(f[1]), float(f[2])) for f in self.fields(kind)]
 
 
 @pytest.fixture

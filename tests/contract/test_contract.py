@@ -11,12 +11,9 @@ import asyncio
 import collections
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,10 +21,10 @@ import pytest
 import foxtive
 from foxtive.backends import NativeBackend
 
-from ..redis_support import Lines, wait_for
+from ..redis_support import wait_for
 from .kit import CROSS_PROCESS, DROP_CONNECTION, BackendKit
+from .process import Worker
 
-ROOT = Path(__file__).resolve().parents[2]
 #: Generous bounds for "it happens within N s" on a loaded 2-core machine.
 SOON = 30.0
 
@@ -346,43 +343,6 @@ async def test_reconnect_after_the_broker_drops_the_connection(kit: BackendKit) 
 
 
 # ------------------------------------------------------ worker subprocesses
-
-
-class Worker:
-    """``tests/contract/worker.py`` for ``kit``, its stdout lines collected."""
-
-    def __init__(self, kit: BackendKit, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.contract.worker", kit.name, kit.queue, *args],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.lines = Lines(self.proc)
-        try:
-            self.lines.wait_count(1, "ready")
-        except AssertionError:
-            self.kill()
-            err = self.proc.stderr.read() if self.proc.stderr else ""
-            raise AssertionError(f"the {kit.name} worker did not start: {err[-2000:]}") from None
-
-    def events(self, kind: str) -> list[tuple[str, int]]:
-        out = []
-        for line in list(self.lines.lines):
-            parts = line.split()
-            if parts and parts[0] == kind:
-                out.append((parts[1], int(parts[2])))
-        return out
-
-    def stop(self) -> None:
-        """SIGTERM: a graceful stop, which must succeed."""
-        self.proc.send_signal(signal.SIGTERM)
-        rc = self.proc.wait(SOON)
-        assert rc == 0, self.proc.stderr.read() if self.proc.stderr else rc
-        self.lines.finish()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(SOON)
-        self.lines.finish()
 
 
 @pytest.mark.requires(CROSS_PROCESS)
