@@ -75,6 +75,19 @@ CASES = [
                                   "processed 10 of 10"]),
     ("tasks_email.py", [], ["result: user2@example.com",
                             "failed for good: PermanentError: not an address"]),
+    ("tasks_payment.py", [], ["order A-9: the gateway hangs; the attempt is cut off after 0.2 s",
+                              "charged 90.00 for order A-9",
+                              "processed 9, retried 1 (a timeout), dead-lettered 1 (declined)",
+                              "results: 9 charges, 454.00 in total (a Decimal, not a float)",
+                              "failed for good: CardDeclined: card declined for order A-10 "
+                              "(attempts: 1)",
+                              'dead letter: payments.charge {"args":["A-10","100.00"],'
+                              '"kwargs":{"card":"declined"}} (CardDeclined)']),
+    ("tasks_image_pipeline.py", [], ["uploaded https://img.example.com/3.jpg (resized 4096 → 1024)",
+                                     "images:downloads  processed 12, retried 1",
+                                     "images:resizes    processed 12, retried 0",
+                                     "images:uploads    processed 12, retried 0",
+                                     "pipeline done: uploaded 12 of 12 images"]),
 ]
 
 
