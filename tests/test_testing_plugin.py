@@ -360,3 +360,29 @@ def test_the_readme_task_example_passes(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(code)
     run(pytester).assert_outcomes(passed=2)
     assert not (pytester.path / "foxtive.db").exists()  # the app's real broker: untouched
+
+
+def test_drain_an_app_where_it_is_on_sqlite(tmp_path: Path) -> None:
+    """``drain(app)`` without isolation, on a real SQLite file: queues that
+    cannot count what waits get rounds until one receives nothing."""
+    app = foxtive.App("onfile", broker=f"sqlite:///{tmp_path}/tasks.db")
+    seen: list[str] = []
+
+    @app.task(queue="first")
+    async def first(n: int) -> None:
+        await second.send(n * 10)
+
+    @app.task(queue="second")
+    def second(n: int) -> None:
+        seen.append(f"second {n}")
+
+    try:
+        first.send_many_sync([(1,), (2,), (3,)])
+        errors: list[foxtive.testing.HandlerError] = []
+        stats = foxtive.testing.drain(app, errors=errors)
+        assert (stats["processed"], stats["failed"]) == (6, 0)
+        assert sorted(seen) == ["second 10", "second 20", "second 30"]
+        assert errors == []
+        assert foxtive.testing.drain(app)["received"] == 0  # nothing left
+    finally:
+        app.close()
