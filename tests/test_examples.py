@@ -75,6 +75,19 @@ CASES = [
                                   "processed 10 of 10"]),
     ("tasks_email.py", [], ["result: user2@example.com",
                             "failed for good: PermanentError: not an address"]),
+    ("tasks_payment.py", [], ["order A-9: the gateway hangs; the attempt is cut off after 0.2 s",
+                              "charged 90.00 for order A-9",
+                              "processed 9, retried 1 (a timeout), dead-lettered 1 (declined)",
+                              "results: 9 charges, 454.00 in total (a Decimal, not a float)",
+                              "failed for good: CardDeclined: card declined for order A-10 "
+                              "(attempts: 1)",
+                              'dead letter: payments.charge {"args":["A-10","100.00"],'
+                              '"kwargs":{"card":"declined"}} (CardDeclined)']),
+    ("tasks_image_pipeline.py", [], ["uploaded https://img.example.com/3.jpg (resized 4096 → 1024)",
+                                     "images:downloads  processed 12, retried 1",
+                                     "images:resizes    processed 12, retried 0",
+                                     "images:uploads    processed 12, retried 0",
+                                     "pipeline done: uploaded 12 of 12 images"]),
 ]
 
 
@@ -162,3 +175,35 @@ def test_redis_flag(request: pytest.FixtureRequest) -> None:
     )
     assert proc.returncode != 0
     assert "no RedisStreamBackend" in proc.stderr
+
+
+def test_task_pipeline_under_foxtive_run_on_sqlite(tmp_path: Path) -> None:
+    """What tasks_image_pipeline.py's docstring says: ``foxtive run`` runs the
+    three stages, ``... send URL...`` only sends, SIGTERM drains to exit 0."""
+    env = {**ENV, "FOXTIVE_BROKER": f"sqlite:///{tmp_path}/images.db"}
+    worker = subprocess.Popen([sys.executable, "-m", "foxtive", "run", "tasks_image_pipeline:app"],
+                              cwd=EXAMPLES, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, encoding="utf-8")
+    try:
+        urls = [f"https://img.example.com/{i}.jpg" for i in (1, 3, 5)]
+        sent = subprocess.run([sys.executable, "tasks_image_pipeline.py", "send", *urls],
+                              cwd=EXAMPLES, env=env, capture_output=True, encoding="utf-8",
+                              timeout=60)
+        assert sent.returncode == 0, sent.stderr
+        assert len(re.findall(r"^sent [0-9a-f]{32}: ", sent.stdout, re.M)) == 3
+        assert worker.stdout is not None
+        uploaded = set()
+        for line in worker.stdout:  # the worker's own output: wait for the chain's end
+            if line.startswith("uploaded "):
+                uploaded.add(line.split()[1])
+                if len(uploaded) == len(urls):
+                    break
+        assert uploaded == set(urls)
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=60)
+        assert worker.returncode == 0, err
+        assert "503 from the image host -> retried" in err  # /3.jpg, once
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate()

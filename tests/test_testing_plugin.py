@@ -11,6 +11,7 @@ import pytest
 import redis
 
 import foxtive
+import foxtive.testing
 
 from .rabbit_support import URL as RABBITMQ_URL
 
@@ -215,3 +216,173 @@ def test_the_readme_example_passes(pytester: pytest.Pytester) -> None:
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     pytester.makepyfile(code)
     run(pytester).assert_outcomes(passed=1)
+
+
+# ------------------------------------------------------------------ apps
+APP = """
+import asyncio, dataclasses, pathlib, foxtive, pytest
+
+REAL = pathlib.Path("real.db").resolve()
+app = foxtive.App("shop", broker=f"sqlite:///{REAL}")   # the app's real broker: never touched
+
+@dataclasses.dataclass
+class Receipt:
+    order: int
+    total: float
+
+@app.task(queue="orders")
+async def place(order: int, amount: float) -> Receipt:
+    if amount <= 0:
+        raise ValueError(f"order {order}: amount must be positive")
+    await bill.send(order, amount)                   # a task sending the next one
+    return Receipt(order, amount)
+
+@app.task(queue="billing")
+def bill(order: int, amount: float) -> str:
+    return f"billed {order}: {amount:.2f}"
+"""
+
+
+def test_foxtive_app_sends_drains_and_reads_results(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_chain_app=APP + """
+def test_chain(foxtive_app):
+    t = foxtive_app(app)
+    handles = [place.send_sync(i, 10.0 * i) for i in (1, 2, 3)]
+    stats = t.drain()
+    # Both queues ran, billing after orders had sent to it.
+    assert (stats["processed"], stats["failed"], stats["dead_lettered"]) == (6, 0, 0)
+    assert [h.result_sync(timeout=0).total for h in handles] == [10.0, 20.0, 30.0]
+    assert isinstance(handles[0].result_sync(timeout=0), Receipt)
+    assert t.qsize() == 0 and t.dead_letters() == []
+
+def test_the_next_test_starts_empty(foxtive_app):
+    t = foxtive_app(app)
+    assert t.qsize() == 0
+    place.send_sync(9, 1.0)
+    assert t.qsize("orders") == 1            # left undrained: gone after this test
+
+def test_restored_between_tests(foxtive_app):
+    assert app.broker.startswith("sqlite:///")   # restored after the previous test
+    t = foxtive_app(app)
+    assert app.broker == "memory://" and t.qsize() == 0
+
+def test_real_broker_untouched():
+    assert not REAL.exists()
+    assert app.broker == f"sqlite:///{REAL}" and app.results is None
+    assert sorted(app.tasks) == ["test_chain_app.bill", "test_chain_app.place"]
+""")
+    run(pytester).assert_outcomes(passed=4)
+    assert not (pytester.path / "real.db").exists()
+
+
+def test_foxtive_app_failures_are_raised_or_dead_lettered(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_fail_app=APP + """
+def test_first_error_is_raised(foxtive_app):
+    t = foxtive_app(app)
+    place.send_sync(1, 5.0)
+    place.send_sync(2, -1.0)
+    with pytest.raises(ValueError, match="order 2: amount must be positive") as info:
+        t.drain()
+    assert any("task 'test_fail_app.place'" in n for n in info.value.__notes__)
+    [err] = t.errors
+    assert (err.task, err.attempt) == ("test_fail_app.place", 1)
+
+def test_failure_policy_then_dead_letter(foxtive_app):
+    fast = foxtive.RetryHandler(max_retries=2, initial_backoff=0.01, max_backoff=0.01,
+                                jitter=False)
+    t = foxtive_app(app, retry=fast)
+    good, bad = place.send_sync(1, 5.0), place.send_sync(2, -1.0)
+    stats = t.drain(raise_errors=False)
+    assert (stats["processed"], stats["retried"], stats["dead_lettered"]) == (2, 2, 1)
+    [dead] = t.dead_letters()
+    assert dead.error_type == "ValueError"
+    assert dead.error_message == "order 2: amount must be positive"
+    assert dead.attempts == 3 and dead.headers["foxtive-task"] == "test_fail_app.place"
+    assert t.dead_letters("billing") == []
+    assert good.result_sync(timeout=0).total == 5.0
+    with pytest.raises(foxtive.TaskError) as info:
+        bad.result_sync(timeout=0)
+    assert (info.value.type_name, info.value.attempts) == ("ValueError", 3)
+    assert [e.attempt for e in t.errors] == [1, 2, 3]
+
+def test_policy_restored():
+    assert app.retry.max_retries == foxtive.RetryHandler().max_retries
+
+async def test_async(foxtive_app):
+    t = foxtive_app(app)
+    handle = await place.send(4, 2.5)
+    stats = await t.drain_async()
+    assert stats["processed"] == 2
+    assert (await handle.result(timeout=0)).order == 4
+""")
+    run(pytester, "-o", "asyncio_mode=auto").assert_outcomes(passed=4)
+
+
+def test_isolated_puts_the_app_back_exactly(tmp_path: Path) -> None:
+    app = foxtive.App("iso", broker=f"sqlite:///{tmp_path}/real.db")
+
+    @app.task
+    def double(x: int) -> int:
+        return 2 * x
+
+    before = dict(vars(app))
+    with foxtive.testing.isolated(app) as t:
+        assert app.tasks == {double.name: double} and app.retry is before["retry"]
+        handles = double.send_many_sync([(1,), (2,)])  # starts the app's loop thread
+        assert t.drain()["processed"] == 2
+        assert [h.result_sync(timeout=0) for h in handles] == [2, 4]
+        loop_thread = app._loop_thread
+        assert loop_thread is not None
+    assert vars(app) == before
+    assert not loop_thread.thread.is_alive()  # the test's loop thread was stopped
+    assert not (tmp_path / "real.db").exists()
+    with pytest.raises(RuntimeError, match="not isolated"):
+        t.qsize()
+
+
+def test_drain_times_out_on_a_task_still_waiting() -> None:
+    app = foxtive.App("late", broker="memory://")
+
+    @app.task
+    async def later() -> None:
+        pass
+
+    with foxtive.testing.isolated(app) as t:
+        later.options(delay=60.0).send_sync()
+        with pytest.raises(TimeoutError, match=r"not empty after 0\.3 s"):
+            t.drain(timeout=0.3)
+
+
+def test_the_readme_task_example_passes(pytester: pytest.Pytester) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("### Testing tasks", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    pytester.makepyfile(code)
+    run(pytester).assert_outcomes(passed=2)
+    assert not (pytester.path / "foxtive.db").exists()  # the app's real broker: untouched
+
+
+def test_drain_an_app_where_it_is_on_sqlite(tmp_path: Path) -> None:
+    """``drain(app)`` without isolation, on a real SQLite file: queues that
+    cannot count what waits get rounds until one receives nothing."""
+    app = foxtive.App("onfile", broker=f"sqlite:///{tmp_path}/tasks.db")
+    seen: list[str] = []
+
+    @app.task(queue="first")
+    async def first(n: int) -> None:
+        await second.send(n * 10)
+
+    @app.task(queue="second")
+    def second(n: int) -> None:
+        seen.append(f"second {n}")
+
+    try:
+        first.send_many_sync([(1,), (2,), (3,)])
+        errors: list[foxtive.testing.HandlerError] = []
+        stats = foxtive.testing.drain(app, errors=errors)
+        assert (stats["processed"], stats["failed"]) == (6, 0)
+        assert sorted(seen) == ["second 10", "second 20", "second 30"]
+        assert errors == []
+        assert foxtive.testing.drain(app)["received"] == 0  # nothing left
+    finally:
+        app.close()
