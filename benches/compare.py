@@ -1579,7 +1579,7 @@ def main() -> None:
                     help="10,000 messages per RabbitMQ run, 100,000 in memory, 1 round")
     ap.add_argument("-n", type=int, default=None, help="messages per run (default 100,000; "
                     "memory 1,000,000)")
-    ap.add_argument("--workloads", default=",".join(CONTENDERS))
+    ap.add_argument("--workloads", default=",".join([*CONTENDERS, "enqueue-postgres"]))
     ap.add_argument("--only", default="", help="comma-separated contender names")
     ap.add_argument("--idle-timeout", type=float, default=30.0)
     ap.add_argument("--slow-cap", type=int, default=20_000,
@@ -1618,6 +1618,9 @@ def main() -> None:
               f"CPython {sys.version.split()[0]}; load average at start {load_before}.", ""]
     all_meds: dict[str, dict[str, float]] = {}
     for workload in [w.strip() for w in args.workloads.split(",") if w.strip()]:
+        if workload == "enqueue-postgres":
+            pg.run_enqueue(args.rounds, only, report)
+            continue
         contenders = [c for c in CONTENDERS[workload] if (not only or c[0] in only)
                       and available(workload, c[0], report)]
         if args.n:

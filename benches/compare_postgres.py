@@ -24,10 +24,13 @@ JSON line ``{"n": ..., "seconds": ...}``.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import statistics
 import subprocess
 import sys
 import time
+import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -275,6 +278,154 @@ async def procrastinate_consume(rec: Any, schema: str, queue: str) -> None:
                                    delete_jobs="always", install_signal_handlers=False)
 
 
+# --------------------------------------------------------------------------
+# enqueue-postgres: 10,000 jobs in one transaction
+# --------------------------------------------------------------------------
+
+ENQUEUE: list[tuple[str, str, str]] = [
+    ("foxtive publish_many", FOX, "backend.publish_many(10,000 bodies): one INSERT ... SELECT "
+                                  "FROM unnest(arrays) on foxtive's connection (tokio-postgres)"),
+    ("foxtive transaction=", FOX, "backend.publish_many(bodies, transaction=conn) through a "
+                                  "sync psycopg 3 connection, in conn.transaction()"),
+    ("psycopg multi-row INSERT", FOX, "one INSERT ... VALUES (%s, %s, %s), ... of 10,000 rows "
+                                      "(queue, uuid4 id, body) in a transaction"),
+    ("psycopg COPY", FOX, "COPY jobs (queue, message_id, body) FROM STDIN, write_row per job, "
+                          "in a transaction"),
+    ("pgqueuer", PEER, "Queries.enqueue(lists of 10,000): one statement"),
+    ("procrastinate", PEER, "task.batch_defer_async(10,000 kwargs)"),
+]
+
+
+def fox_enqueue(contender: str, schema: str, queue: str, n: int) -> float:
+    import foxtive
+
+    backend = foxtive.PostgresBackend(PG_URL, queue, schema=schema)
+
+    async def go() -> float:
+        await backend.publish_many([body_for(i) for i in range(10)])  # warm-up
+        if contender == "foxtive publish_many":
+            t = time.perf_counter()
+            await backend.publish_many([body_for(i) for i in range(n)])
+            return time.perf_counter() - t
+        import psycopg
+
+        with psycopg.connect(PG_URL) as conn:
+            with conn.transaction():
+                await backend.publish_many([body_for(i) for i in range(10)], transaction=conn)
+            t = time.perf_counter()
+            with conn.transaction():
+                await backend.publish_many([body_for(i) for i in range(n)], transaction=conn)
+            return time.perf_counter() - t
+    try:
+        return asyncio.run(go())
+    finally:
+        asyncio.run(backend.close())
+
+
+def raw_enqueue(contender: str, schema: str, queue: str, n: int) -> float:
+    import psycopg
+
+    import foxtive
+
+    async def tables() -> None:  # foxtive's schema, created beforehand
+        await foxtive.PostgresBackend(PG_URL, queue, schema=schema).ensure_schema()
+    asyncio.run(tables())
+    cols = f'"{schema}".jobs (queue, message_id, body)'
+
+    def run(conn: Any, k: int) -> None:
+        with conn.transaction():
+            if contender == "psycopg COPY":
+                with conn.cursor().copy(f"COPY {cols} FROM STDIN") as copy:
+                    for i in range(k):
+                        copy.write_row((queue, str(uuid.uuid4()), body_for(i)))
+            else:
+                params: list[Any] = []
+                for i in range(k):
+                    params += (queue, str(uuid.uuid4()), body_for(i))
+                conn.execute(f"INSERT INTO {cols} VALUES " + ",".join(["(%s, %s, %s)"] * k),
+                             params)
+
+    with psycopg.connect(PG_URL) as conn:
+        run(conn, 10)  # warm-up
+        t = time.perf_counter()
+        run(conn, n)
+        return time.perf_counter() - t
+
+
+def count_rows(contender: str, schema: str, queue: str) -> int:
+    import psycopg
+
+    table = {"pgqueuer": f'"{schema}"."{schema}_pgqueuer"',
+             "procrastinate": f'"{schema}".procrastinate_jobs'}.get(contender,
+                                                                    f'"{schema}".jobs')
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+    return int(row[0]) if row else 0
+
+
+def enqueue_child(contender: str, schema: str, n: int) -> None:
+    queue = "bench"
+    if contender == "pgqueuer":
+        secs = asyncio.run(pgqueuer_enqueue(schema, queue, range(n), timed=True))
+    elif contender == "procrastinate":
+        secs = asyncio.run(procrastinate_enqueue(schema, queue, range(n), timed=True))
+    elif contender.startswith("foxtive"):
+        secs = fox_enqueue(contender, schema, queue, n)
+    else:
+        secs = raw_enqueue(contender, schema, queue, n)
+    rows = count_rows(contender, schema, queue)
+    print(json.dumps({"n": n, "seconds": secs, "rows": rows}))
+
+
+def run_enqueue(rounds: int, only: set[str], report: list[str]) -> None:
+    """Parent side of ``enqueue-postgres``: each contender in its own process
+    per round, alternated, into a fresh schema dropped afterwards."""
+    from compare import interpreter, loadavg
+
+    n = ENQUEUE_N
+    contenders = [c for c in ENQUEUE if (not only or c[0] in only)
+                  and not (c[1] == PEER and unavailable(c[0]))]
+    secs: dict[str, list[float]] = {c[0]: [] for c in contenders}
+    print(f"\n== enqueue-postgres: {n:,} jobs x {rounds} rounds (load {loadavg()})", flush=True)
+    for r in range(rounds):
+        for name, kind, _ in contenders:
+            schema = f"fxbench_enq_{uuid.uuid4().hex[:8]}"
+            try:
+                out = subprocess.run([interpreter(kind), __file__, "enqueue", name, schema,
+                                      str(n)], capture_output=True, text=True, timeout=900)
+                if out.returncode:
+                    print(f"{name}: failed\n{out.stderr[-2000:]}", file=sys.stderr, flush=True)
+                    continue
+                res = json.loads(out.stdout.strip().splitlines()[-1])
+            finally:
+                admin(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            if res["rows"] != n + (20 if name == "foxtive transaction=" else 10):
+                print(f"{name}: {res['rows']} rows after {n} + warm-up", file=sys.stderr)
+            secs[name].append(res["seconds"])
+            print(f"round {r + 1}: {name:26s} {n / res['seconds']:>10,.0f} jobs/s "
+                  f"({res['seconds'] * 1000:.1f} ms, load {loadavg()})", flush=True)
+    med = {k: statistics.median(v) for k, v in secs.items() if v}
+    foxes = [k for k in med if k.startswith("foxtive")]
+    lines = ["| contender | jobs/s median (min-max) | ms per 10,000 | "
+             + "".join(f"{f} / this | " for f in foxes) + "settings |",
+             "|---|---|---|" + "---|" * len(foxes) + "---|"]
+    for name, _, what in contenders:
+        if name not in med:
+            lines.append(f"| {name} | failed | | " + "| " * len(foxes) + f"{what} |")
+            continue
+        rates = [n / s for s in secs[name]]
+        ratios = "".join(f"{med[name] / med[f]:.2f} | " if f != name else "- | "
+                         for f in foxes)
+        lines.append(f"| {name} | {n / med[name]:,.0f} ({min(rates):,.0f}-{max(rates):,.0f}) "
+                     f"| {med[name] * 1000:.1f} | {ratios}{what} |")
+    report += [f"## enqueue-postgres: {n:,} jobs of ~100 B in one transaction, median of "
+               f"{rounds}", "", *lines, "", f"Load average after: {loadavg()}.", ""]
+    print("\n".join(lines), flush=True)
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(HERE))
-    raise SystemExit(__doc__)
+    if len(sys.argv) == 5 and sys.argv[1] == "enqueue":
+        enqueue_child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    else:
+        raise SystemExit(__doc__)
