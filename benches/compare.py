@@ -41,7 +41,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import compare_postgres as pg  # W1 and enqueue on PostgreSQL (issue 13)
+
 HERE = Path(__file__).resolve().parent
+sys.modules.setdefault("compare", sys.modules[__name__])  # compare_postgres imports it
 ROOT = HERE.parent
 PEERS_VENV = HERE / ".peers-venv"
 PEERS_PY = PEERS_VENV / "bin" / "python"
@@ -204,6 +207,7 @@ CONTENDERS: dict[str, list[tuple[str, str, str]]] = {
         ("foxtive async", FOX, "MemoryBackend, publish_bulk, default pool (limit 1000)"),
         ("loop async", FOX, "plain asyncio loop awaiting the same handler"),
     ],
+    **pg.CONTENDERS,
 }
 
 
@@ -482,6 +486,8 @@ def paced_publish(workload: str, contender: str, queue: str, n: int, rate: float
 def publish(workload: str, contender: str, queue: str, n: int) -> None:
     if workload == "w1-sqlite":
         return sqlite_publish(contender, queue, n)
+    if workload == "w1-postgres":
+        return pg.publish(contender, queue, n)
     set_mode(workload)
     redis_ = workload.endswith("redis")
     if redis_ and contender in REDIS_BULK_PUBLISHERS:
@@ -645,6 +651,8 @@ def consume(workload: str, contender: str, queue: str, n: int, result: str,
         return consume_memory(contender, n, result)
     if workload == "w1-sqlite":
         return consume_sqlite(contender, queue, n, result, idle)
+    if workload == "w1-postgres":
+        return pg.consume(contender, queue, n, result, idle)
     set_mode(workload)
     rec = Recorder(n, result, idle)
     redis_ = workload.endswith("redis")
@@ -1122,7 +1130,7 @@ def faststream_redis_consume(queue: str, rec: Recorder) -> None:
     asyncio.run(go())
 
 
-SLOW = {"rq", "arq", "huey"}
+SLOW = {"rq", "arq", "huey", *pg.SLOW}
 # async context managers yielding ``send(i, sent=None)``: frameworks through
 # their own publisher (pre-publishing and W4), foxtive / redis-py for W4 only
 REDIS_SENDERS = {"rq": rq_sender, "arq": arq_sender, "taskiq-redis": taskiq_redis_sender,
@@ -1172,8 +1180,8 @@ def retry_queues(queue: str) -> list[str]:
 def wait_for_brokers(workload: str, limit: float = 180.0) -> None:
     import socket
 
-    ports = [] if workload in ("w1-memory", "w1-sqlite") else \
-        [6379] + ([5672] if "rabbit" in workload else [])
+    ports = [] if workload in ("w1-memory", "w1-sqlite") else [5432] if "postgres" in \
+        workload else [6379] + ([5672] if "rabbit" in workload else [])
     end = time.time() + limit
     for port in ports:
         while True:
@@ -1199,6 +1207,8 @@ def cleanup(workload: str, queue: str) -> None:
             for suffix in ("", "-wal", "-shm"):
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(sqlite_path(queue) + suffix)
+        elif workload.endswith("postgres"):
+            pg.cleanup(queue)
     except Exception as e:
         print(f"cleanup of {queue} failed: {e}", file=sys.stderr)
 
@@ -1258,6 +1268,8 @@ def prepublish(workload: str, name: str, kind: str, queue: str, n: int) -> None:
         return  # W4 publishes while the contender runs (run_contender); no broker
     if raw_redis:
         return fill_stream(queue, n)
+    if workload == "w1-postgres":
+        return pg.prepublish(name, kind, queue, n)
     if workload == "w1-sqlite":
         subprocess.run([interpreter(kind if name == "huey" else FOX), __file__, "--publish",
                         "huey" if name == "huey" else "foxtive", "--queue", queue, "-n", str(n),
@@ -1360,6 +1372,8 @@ def run_contender(workload: str, name: str, kind: str, queue: str, n: int,
     elif kind == RUST and workload.endswith("sqlite"):
         cmd = [ceiling_binary("sqlite_ceiling"), "drain", sqlite_path(queue), queue, str(n),
                str(SQLITE_BATCH)]
+    elif kind == RUST and workload.endswith("postgres"):
+        cmd = pg.rust_cmd(name, queue, n)
     elif kind == RUST:
         cmd = [ceiling_binary(), "drain", queue, str(n), str(PREFETCH)]
     else:
@@ -1460,7 +1474,9 @@ def run_shared(workload: str, name: str, kind: str, queue: str, n: int, idle: fl
 
 def available(workload: str, name: str, report: list[str]) -> bool:
     why = ""
-    if name == "redis-rs ceiling":
+    if workload.endswith("postgres"):
+        why = pg.unavailable(name)
+    elif name == "redis-rs ceiling":
         try:
             ceiling_binary("redis_ceiling")
         except SystemExit as e:
@@ -1563,7 +1579,7 @@ def main() -> None:
                     help="10,000 messages per RabbitMQ run, 100,000 in memory, 1 round")
     ap.add_argument("-n", type=int, default=None, help="messages per run (default 100,000; "
                     "memory 1,000,000)")
-    ap.add_argument("--workloads", default=",".join(CONTENDERS))
+    ap.add_argument("--workloads", default=",".join([*CONTENDERS, "enqueue-postgres"]))
     ap.add_argument("--only", default="", help="comma-separated contender names")
     ap.add_argument("--idle-timeout", type=float, default=30.0)
     ap.add_argument("--slow-cap", type=int, default=20_000,
@@ -1602,6 +1618,9 @@ def main() -> None:
               f"CPython {sys.version.split()[0]}; load average at start {load_before}.", ""]
     all_meds: dict[str, dict[str, float]] = {}
     for workload in [w.strip() for w in args.workloads.split(",") if w.strip()]:
+        if workload == "enqueue-postgres":
+            pg.run_enqueue(args.rounds, only, report)
+            continue
         contenders = [c for c in CONTENDERS[workload] if (not only or c[0] in only)
                       and available(workload, c[0], report)]
         if args.n:
@@ -1625,7 +1644,7 @@ def main() -> None:
         print(f"\n== {workload}: {n:,} messages x {args.rounds} rounds "
               f"(load {loadavg()})", flush=True)
         counts = {c[0]: min(n, args.slow_cap)
-                  if workload.endswith(("redis", "sqlite")) and c[0] in SLOW
+                  if workload.endswith(("redis", "sqlite", "postgres")) and c[0] in SLOW
                   else n for c in contenders}
         for r in range(args.rounds):
             for name, kind, _ in contenders:

@@ -1,0 +1,210 @@
+//! The pure-Rust ceiling for W1 on PostgreSQL: a plain tokio-postgres
+//! consumer on foxtive's own `jobs` table, no foxtive in between (no handler,
+//! no lease renewal, no Python). Two loops, both `FOR UPDATE SKIP LOCKED` in
+//! batches, both reading each claimed row's body as a consumer would:
+//!
+//! * `lease` (the default, foxtive's semantics): claim up to BATCH due rows
+//!   with foxtive's own statement (one `UPDATE ... FROM (SELECT ... FOR
+//!   UPDATE SKIP LOCKED LIMIT n) RETURNING`: attempt counted, row leased),
+//!   then delete them by id. The delete of a batch is pipelined with the
+//!   claim of the next one on the same connection, as foxtive's two links
+//!   overlap settling and fetching.
+//! * `tx` (the issue's hand-written loop): `BEGIN; SELECT ... FOR UPDATE SKIP
+//!   LOCKED LIMIT n; DELETE ... WHERE id = ANY(...); COMMIT`: no lease, the
+//!   row lock is held while the batch is handled.
+//!
+//! ```text
+//! cargo build --release -p foxtive-core --example postgres_ceiling
+//! postgres_ceiling drain DSN SCHEMA QUEUE N [BATCH] [lease|tx]
+//! ```
+//! The jobs are published beforehand (foxtive's `publish_many`, the same
+//! rows). `drain` stops after N jobs, or when the queue stays empty for 2 s
+//! after the first job, and prints one JSON line: `{"n": …, "seconds": …,
+//! "rate": …}`, timed from the first claimed batch to the last delete.
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// foxtive's claim (backend/postgres/fetch.rs), returning only what a
+/// consumer needs here: the id and the body.
+fn claim_sql(s: &str) -> String {
+    format!(
+        "WITH c AS (SELECT id FROM {s}.jobs WHERE queue = $1 AND run_at <= now() \
+           AND (locked_until IS NULL OR locked_until < now()) \
+           ORDER BY run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+         UPDATE {s}.jobs j SET attempts = j.attempts + 1, \
+           locked_until = now() + interval '30 seconds', \
+           run_at = now() + interval '30 seconds' \
+         FROM c WHERE j.id = c.id RETURNING j.id, j.body"
+    )
+}
+
+fn select_sql(s: &str) -> String {
+    format!(
+        "SELECT id, body FROM {s}.jobs WHERE queue = $1 AND run_at <= now() \
+         ORDER BY run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED"
+    )
+}
+
+fn delete_sql(s: &str) -> String {
+    format!("DELETE FROM {s}.jobs WHERE id = ANY($1)")
+}
+
+struct Tally {
+    done: usize,
+    bytes: usize,
+    first: Option<Instant>,
+    last: Instant,
+}
+
+impl Tally {
+    fn take(&mut self, rows: &[tokio_postgres::Row]) -> Res<Vec<i64>> {
+        let mut ids = Vec::with_capacity(rows.len());
+        for row in rows {
+            ids.push(row.try_get::<_, i64>(0)?);
+            self.bytes += row.try_get::<_, &[u8]>(1)?.len();
+        }
+        Ok(ids)
+    }
+}
+
+async fn drain_lease(
+    client: &Client,
+    schema: &str,
+    queue: &str,
+    n: usize,
+    batch: i64,
+) -> Res<Tally> {
+    let claim = client.prepare(&claim_sql(schema)).await?;
+    let delete = client.prepare(&delete_sql(schema)).await?;
+    let mut t = Tally {
+        done: 0,
+        bytes: 0,
+        first: None,
+        last: Instant::now(),
+    };
+    let mut idle_since = Instant::now();
+    let mut pending: Vec<i64> = Vec::new();
+    while t.done < n {
+        // The previous batch's delete and this claim, pipelined.
+        let del = async {
+            if pending.is_empty() {
+                return Ok(0);
+            }
+            client.execute(&delete, &[&pending]).await
+        };
+        let params: [&(dyn ToSql + Sync); 2] = [&queue, &batch];
+        let (deleted, rows) = tokio::join!(del, client.query(&claim, &params));
+        let deleted = usize::try_from(deleted?)?;
+        if deleted > 0 {
+            t.done += deleted;
+            t.last = Instant::now();
+        }
+        let rows = rows?;
+        if rows.is_empty() {
+            pending.clear();
+            if t.first.is_some() && idle_since.elapsed() > Duration::from_secs(2) {
+                break;
+            }
+            if t.done < n {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            continue;
+        }
+        t.first.get_or_insert_with(Instant::now);
+        idle_since = Instant::now();
+        pending = t.take(&rows)?;
+    }
+    if !pending.is_empty() {
+        t.done += usize::try_from(client.execute(&delete, &[&pending]).await?)?;
+        t.last = Instant::now();
+    }
+    Ok(t)
+}
+
+async fn drain_tx(
+    client: &mut Client,
+    schema: &str,
+    queue: &str,
+    n: usize,
+    batch: i64,
+) -> Res<Tally> {
+    let select = client.prepare(&select_sql(schema)).await?;
+    let delete = client.prepare(&delete_sql(schema)).await?;
+    let mut t = Tally {
+        done: 0,
+        bytes: 0,
+        first: None,
+        last: Instant::now(),
+    };
+    let mut idle_since = Instant::now();
+    while t.done < n {
+        let tx = client.transaction().await?;
+        let rows = tx.query(&select, &[&queue, &batch]).await?;
+        if rows.is_empty() {
+            tx.commit().await?;
+            if t.first.is_some() && idle_since.elapsed() > Duration::from_secs(2) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        }
+        t.first.get_or_insert_with(Instant::now);
+        let ids = t.take(&rows)?;
+        tx.execute(&delete, &[&ids]).await?;
+        tx.commit().await?;
+        t.done += ids.len();
+        t.last = Instant::now();
+        idle_since = t.last;
+    }
+    Ok(t)
+}
+
+async fn drain(dsn: &str, schema: &str, queue: &str, n: usize, batch: i64, mode: &str) -> Res<()> {
+    let (mut client, connection) = tokio_postgres::connect(dsn, NoTls).await?;
+    let driver = tokio::spawn(connection);
+    let s = quote(schema);
+    let t = match mode {
+        "lease" => drain_lease(&client, &s, queue, n, batch).await?,
+        "tx" => drain_tx(&mut client, &s, queue, n, batch).await?,
+        other => return Err(format!("unknown mode {other:?}: lease or tx").into()),
+    };
+    drop(client);
+    let _ = driver.await;
+    let secs = t
+        .first
+        .map(|f| t.last.duration_since(f).as_secs_f64())
+        .unwrap_or(0.0);
+    println!(
+        "{{\"n\": {}, \"seconds\": {secs:.4}, \"rate\": {:.1}, \"bytes\": {}}}",
+        t.done,
+        t.done as f64 / secs.max(1e-9),
+        t.bytes
+    );
+    Ok(())
+}
+
+fn main() -> Res<()> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("drain") if args.len() >= 6 => {
+            let n: usize = args[5].parse()?;
+            let batch: i64 = args.get(6).map_or(Ok(500), |s| s.parse())?;
+            let mode = args.get(7).map_or("lease", String::as_str);
+            // One thread: the client and its connection task, as a consumer.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(drain(&args[2], &args[3], &args[4], n, batch, mode))
+        }
+        _ => Err("usage: postgres_ceiling drain DSN SCHEMA QUEUE N [BATCH] [lease|tx]".into()),
+    }
+}
