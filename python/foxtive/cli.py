@@ -116,6 +116,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(demo.main(total=args.messages, rate=args.rate))
 
 
+def cmd_db(args: argparse.Namespace) -> int:
+    """``foxtive db migrate --broker URL [--schema S]``: create the SQL
+    backend's tables or bring them to this foxtive's version; prints the
+    version before and after."""
+    url = args.broker or os.environ.get("FOXTIVE_BROKER")
+    if not url:
+        raise ConfigError("broker: pass --broker postgresql://... or sqlite:///path.db "
+                          "(or set FOXTIVE_BROKER)")
+    scheme = url.split(":", 1)[0].lower()
+    if scheme in ("postgresql", "postgres"):
+        schema, before, after = asyncio.run(_pg_migrate(url, args.schema))
+        where = f"{_core.redact_url(url)} schema {schema}"
+    elif scheme == "sqlite":
+        if args.schema:
+            raise ConfigError("schema: SQLite has no schemas (its tables are foxtive_*)")
+        path = _core.sqlite_path_from_url(url)
+        before, after = _core.sqlite_migrate(path)
+        where = f"SQLite file {path}"
+    else:
+        raise ConfigError(f"broker: foxtive db migrate is for postgresql:// and sqlite:/// "
+                          f"URLs, got {scheme}://")
+    print(f"{where}: version {before} before, {after} after"
+          + (" (up to date)" if before == after else ""))
+    return 0
+
+
+async def _pg_migrate(url: str, schema: str | None) -> tuple[str, int, int]:
+    return await _core.postgres_migrate(url, schema)
+
+
 #: What ``--broker`` passes to ``backend_from_url`` per backend kind (the
 #: core registry decides the kind): the option that names a dead-letter queue
 #: other than the default, and options that keep the tool from changing the
@@ -333,6 +363,16 @@ def build_parser() -> argparse.ArgumentParser:
                                   "(--broker: default the source queue)")
     dlq.add_argument("--yes", action="store_true", help="purge: confirm")
     dlq.set_defaults(func=cmd_dlq)
+
+    db = sub.add_parser("db", help="SQL backends: create or migrate their tables")
+    db.add_argument("action", choices=["migrate"],
+                    help="migrate: create the tables or bring them forward; prints the "
+                         "version before and after")
+    db.add_argument("--broker", default=None,
+                    help="postgresql://... or sqlite:///path.db (env FOXTIVE_BROKER)")
+    db.add_argument("--schema", default=None,
+                    help="PostgreSQL: the schema (default: the URL's ?schema=, else foxtive)")
+    db.set_defaults(func=cmd_db)
 
     demo = sub.add_parser("demo", help="an email worker on the in-process backend")
     demo.add_argument("--messages", type=int, default=None,
