@@ -113,7 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    return asyncio.run(demo.main(total=args.messages, rate=args.rate))
+    return asyncio.run(demo.main(total=args.messages, rate=args.rate, db=args.db))
 
 
 def cmd_db(args: argparse.Namespace) -> int:
@@ -374,10 +374,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="PostgreSQL: the schema (default: the URL's ?schema=, else foxtive)")
     db.set_defaults(func=cmd_db)
 
-    demo = sub.add_parser("demo", help="an email worker on the in-process backend")
+    demo = sub.add_parser(
+        "demo", help="an email worker on a SQLite queue (a temporary file unless --db)",
+        description="An email worker on a durable SQLite queue, no server needed. By default "
+                    "the queue is a fresh file in a temporary directory, removed at exit: each "
+                    "demo starts empty and nothing is left in the working directory. --db "
+                    "foxtive.db keeps the file (a Ctrl-C'd run resumes next time; list the "
+                    "dead letters with foxtive dlq list --broker sqlite:///foxtive.db "
+                    "--queue emails).")
     demo.add_argument("--messages", type=int, default=None,
                       help="stop after this many emails (default: run until Ctrl-C)")
     demo.add_argument("--rate", type=float, default=1000.0, help="emails published per second")
+    demo.add_argument("--db", default=None, metavar="PATH",
+                      help="keep the queue in this SQLite file (default: a temporary file, "
+                           "removed at exit; ':memory:' for the in-process backend)")
     demo.set_defaults(func=cmd_demo)
     return p
 
