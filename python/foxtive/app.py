@@ -41,6 +41,7 @@ from .errors import (
 from .policies import RetryHandler
 from .pool import WorkerPool, WorkerPoolBuilder
 from .results import MemoryResultStore, RedisResultStore, ResultStore, failed, succeeded
+from .results_sql import PostgresResultStore, SqliteResultStore
 from .tasks import Task
 from .urls import backend_from_url
 from .worker import RetryInfo, Worker
@@ -475,9 +476,13 @@ class App:
             return MemoryResultStore(self.result_ttl)
         if scheme in ("redis", "rediss", "unix", "redis+unix"):
             return RedisResultStore(url, self.result_ttl)
+        if scheme in ("postgresql", "postgres"):
+            return PostgresResultStore(url, self.result_ttl)
+        if scheme == "sqlite":
+            return SqliteResultStore(url, self.result_ttl)
         if isinstance(self.results, str):
             raise ConfigError(f"results: store URL scheme {scheme}:// is not supported yet; "
-                              "use redis://...")
+                              "use redis://, postgresql:// or sqlite:///...")
         raise ConfigError(f"results=True: a {scheme}:// broker has no result store of its own "
                           "here; pass results='redis://...'")
 

@@ -113,7 +113,37 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    return asyncio.run(demo.main(total=args.messages, rate=args.rate))
+    return asyncio.run(demo.main(total=args.messages, rate=args.rate, db=args.db))
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    """``foxtive db migrate --broker URL [--schema S]``: create the SQL
+    backend's tables or bring them to this foxtive's version; prints the
+    version before and after."""
+    url = args.broker or os.environ.get("FOXTIVE_BROKER")
+    if not url:
+        raise ConfigError("broker: pass --broker postgresql://... or sqlite:///path.db "
+                          "(or set FOXTIVE_BROKER)")
+    scheme = url.split(":", 1)[0].lower()
+    if scheme in ("postgresql", "postgres"):
+        schema, before, after = asyncio.run(_pg_migrate(url, args.schema))
+        where = f"{_core.redact_url(url)} schema {schema}"
+    elif scheme == "sqlite":
+        if args.schema:
+            raise ConfigError("schema: SQLite has no schemas (its tables are foxtive_*)")
+        path = _core.sqlite_path_from_url(url)
+        before, after = _core.sqlite_migrate(path)
+        where = f"SQLite file {path}"
+    else:
+        raise ConfigError(f"broker: foxtive db migrate is for postgresql:// and sqlite:/// "
+                          f"URLs, got {scheme}://")
+    print(f"{where}: version {before} before, {after} after"
+          + (" (up to date)" if before == after else ""))
+    return 0
+
+
+async def _pg_migrate(url: str, schema: str | None) -> tuple[str, int, int]:
+    return await _core.postgres_migrate(url, schema)
 
 
 #: What ``--broker`` passes to ``backend_from_url`` per backend kind (the
@@ -334,10 +364,30 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.add_argument("--yes", action="store_true", help="purge: confirm")
     dlq.set_defaults(func=cmd_dlq)
 
-    demo = sub.add_parser("demo", help="an email worker on the in-process backend")
+    db = sub.add_parser("db", help="SQL backends: create or migrate their tables")
+    db.add_argument("action", choices=["migrate"],
+                    help="migrate: create the tables or bring them forward; prints the "
+                         "version before and after")
+    db.add_argument("--broker", default=None,
+                    help="postgresql://... or sqlite:///path.db (env FOXTIVE_BROKER)")
+    db.add_argument("--schema", default=None,
+                    help="PostgreSQL: the schema (default: the URL's ?schema=, else foxtive)")
+    db.set_defaults(func=cmd_db)
+
+    demo = sub.add_parser(
+        "demo", help="an email worker on a SQLite queue (a temporary file unless --db)",
+        description="An email worker on a durable SQLite queue, no server needed. By default "
+                    "the queue is a fresh file in a temporary directory, removed at exit: each "
+                    "demo starts empty and nothing is left in the working directory. --db "
+                    "foxtive.db keeps the file (a Ctrl-C'd run resumes next time; list the "
+                    "dead letters with foxtive dlq list --broker sqlite:///foxtive.db "
+                    "--queue emails).")
     demo.add_argument("--messages", type=int, default=None,
                       help="stop after this many emails (default: run until Ctrl-C)")
     demo.add_argument("--rate", type=float, default=1000.0, help="emails published per second")
+    demo.add_argument("--db", default=None, metavar="PATH",
+                      help="keep the queue in this SQLite file (default: a temporary file, "
+                           "removed at exit; ':memory:' for the in-process backend)")
     demo.set_defaults(func=cmd_demo)
     return p
 

@@ -47,7 +47,11 @@ class PostgresBackend(NativeBackend):
     ``dsn``: a libpq URL, ``postgresql://user:password@host:5432/db``
     (``postgres://`` too; ``?schema=name`` picks the schema). The password is
     shown as ``***`` everywhere. ``lease_timeout``: seconds a claimed job
-    stays with a worker that stopped renewing it (died). Nothing connects
+    stays with a worker that stopped renewing it (died). ``keep_finished``:
+    seconds a finished (acked) job stays in the schema's ``finished_jobs``
+    table for inspection (0, the default: deleted at the ack); workers delete
+    expired ones in batches of 1,000 rows that never touch ``jobs``, so the
+    queue keeps draining meanwhile. Nothing connects
     until a pool starts or the first publish. Its dead-letter queue
     (``dead_letter_queue()``, ``foxtive dlq --broker URL --queue Q``) is the
     schema's ``dead_letters`` table; a replay moves each record back into
@@ -58,7 +62,8 @@ class PostgresBackend(NativeBackend):
 
     def __init__(self, dsn: str, queue: str = "default", schema: str = "foxtive",
                  lease_timeout: float | _dt.timedelta = 30.0, *,
-                 poll_interval: float | _dt.timedelta = 1.0) -> None:
+                 poll_interval: float | _dt.timedelta = 1.0,
+                 keep_finished: float | _dt.timedelta = 0.0) -> None:
         if not isinstance(dsn, str) or not dsn:
             raise ConfigError("dsn: must be a non-empty string such as "
                               "postgresql://user@127.0.0.1:5432/db")
@@ -66,13 +71,14 @@ class PostgresBackend(NativeBackend):
             raise ConfigError("queue: must be a non-empty string")
         if not isinstance(schema, str) or not schema:
             raise ConfigError("schema: must be a non-empty string")
-        self._native = _core.PostgresBackend(dsn, queue, schema, lease_timeout, poll_interval)
+        self._native = _core.PostgresBackend(dsn, queue, schema, lease_timeout, poll_interval,
+                                             keep_finished)
         self._schema_ready = False
 
     @classmethod
     def from_url(cls, url: str, queue: str, **options: Any) -> Self:
         """``postgresql://`` / ``postgres://`` (``?schema=``) with the options
-        ``schema``, ``lease_timeout``, ``poll_interval``; checked by the core's
+        ``schema``, ``lease_timeout``, ``poll_interval``, ``keep_finished``; checked by the core's
         registry (an unknown option is a ConfigError naming those it takes)."""
         _core.open_backend(url, queue, options)
         return cls(url, queue, **options)
@@ -93,6 +99,11 @@ class PostgresBackend(NativeBackend):
     @property
     def lease_timeout(self) -> float:
         return float(self._native.lease_timeout)
+
+    @property
+    def keep_finished(self) -> float:
+        """Seconds a finished job is kept in ``finished_jobs`` (0: not kept)."""
+        return float(self._native.keep_finished)
 
     def __repr__(self) -> str:
         return (f"PostgresBackend(dsn={self.url!r}, queue={self.queue!r}, "

@@ -63,6 +63,9 @@ class SqliteBackend(NativeBackend):
     job stays leased without renewal (renewed every third of it while the
     handler runs). ``busy_timeout``: how long a write waits for another
     process's write lock (10 s). ``poll_max``: the longest idle pause.
+    ``keep_finished``: seconds a finished (acked) job stays in
+    ``foxtive_finished_jobs`` for inspection (0, the default: deleted at the
+    ack); workers delete expired ones 1,000 rows per short transaction.
     The settings are checked once, by the core. Name, state, connect, close
     and the dead-letter queue (a table: a replay moves records back in one
     transaction, never lost or doubled) come from :class:`NativeBackend`.
@@ -73,9 +76,11 @@ class SqliteBackend(NativeBackend):
     def __init__(self, path: str = "foxtive.db", queue: str = "default",
                  lease_timeout: float | _dt.timedelta = 30.0, *,
                  busy_timeout: float | _dt.timedelta | None = None,
-                 poll_max: float | _dt.timedelta | None = None) -> None:
+                 poll_max: float | _dt.timedelta | None = None,
+                 keep_finished: float | _dt.timedelta | None = None) -> None:
         self._native = _core.SqliteBackend(path, queue, {
-            "lease_timeout": lease_timeout, "busy_timeout": busy_timeout, "poll_max": poll_max})
+            "lease_timeout": lease_timeout, "busy_timeout": busy_timeout, "poll_max": poll_max,
+            "keep_finished": keep_finished})
 
     @classmethod
     def from_url(cls, url: str, queue: str = "default", **options: Any) -> Self:
@@ -94,6 +99,11 @@ class SqliteBackend(NativeBackend):
     @property
     def lease_timeout(self) -> float:
         return self._native.lease_timeout
+
+    @property
+    def keep_finished(self) -> float:
+        """Seconds a finished job is kept (0: deleted at the ack)."""
+        return self._native.keep_finished
 
     def __repr__(self) -> str:
         return repr(self._native)

@@ -27,13 +27,14 @@ pub struct PyPostgresBackend {
 #[pymethods]
 impl PyPostgresBackend {
     #[new]
-    #[pyo3(signature = (dsn, queue = "default", schema = "foxtive", lease_timeout = None, poll_interval = None))]
+    #[pyo3(signature = (dsn, queue = "default", schema = "foxtive", lease_timeout = None, poll_interval = None, keep_finished = None))]
     fn new(
         dsn: &str,
         queue: &str,
         schema: &str,
         lease_timeout: Option<&Bound<'_, PyAny>>,
         poll_interval: Option<&Bound<'_, PyAny>>,
+        keep_finished: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyClassInitializer<Self>> {
         let mut cfg = PostgresConfig::new(queue);
         cfg.schema = schema.to_string();
@@ -42,6 +43,9 @@ impl PyPostgresBackend {
         }
         if let Some(v) = poll_interval {
             cfg.poll_interval = duration_from_py("poll_interval", v)?;
+        }
+        if let Some(v) = keep_finished {
+            cfg.keep_finished = duration_from_py("keep_finished", v)?;
         }
         let inner = Arc::new(PostgresBackend::new(dsn, cfg).py_err()?);
         let dead_letters: Arc<dyn DeadLetterStore> = Arc::new(inner.dead_letter_store());
@@ -63,6 +67,12 @@ impl PyPostgresBackend {
     #[getter]
     fn lease_timeout(&self) -> f64 {
         self.inner.config().lease_timeout.as_secs_f64()
+    }
+
+    /// Seconds a finished job is kept in `finished_jobs` (0: deleted at ack).
+    #[getter]
+    fn keep_finished(&self) -> f64 {
+        self.inner.config().keep_finished.as_secs_f64()
     }
 
     /// Rows claimed by this backend and not settled yet.
@@ -142,4 +152,19 @@ pub fn postgres_enqueue<'py>(
             PyList::new(py, &rows.message_id)?.into_any(),
         ],
     )
+}
+
+/// Bring the schema of `dsn` (or `schema`, or the URL's `?schema=`) to the
+/// latest version, on a connection of its own: an awaitable of
+/// `(schema, version_before, version_after)` (`foxtive db migrate`).
+#[pyfunction]
+#[pyo3(signature = (dsn, schema = None))]
+pub fn postgres_migrate<'py>(
+    py: Python<'py>,
+    dsn: String,
+    schema: Option<String>,
+) -> PyResult<Bound<'py, PyAny>> {
+    bridge::awaitable(py, async move {
+        foxtive_core::backend::postgres::schema::migrate_url(&dsn, schema.as_deref()).await
+    })
 }

@@ -37,7 +37,7 @@ fn text(name: &str, value: &Bound<'_, PyAny>) -> PyResult<String> {
 #[pymethods]
 impl PySqliteBackend {
     /// `options`: the settings by name (`lease_timeout`, `busy_timeout`,
-    /// `poll_max`; None or absent: the default), read and checked once by the
+    /// `poll_max`, `keep_finished`; None or absent: the default), read and checked once by the
     /// core, as `backend_from_url("sqlite:///...")` does.
     #[new]
     #[pyo3(signature = (path, queue, options = None))]
@@ -76,6 +76,12 @@ impl PySqliteBackend {
     #[getter]
     fn poll_max(&self) -> f64 {
         self.inner.config().poll_max.as_secs_f64()
+    }
+
+    /// Seconds a finished job is kept (0: deleted at ack).
+    #[getter]
+    fn keep_finished(&self) -> f64 {
+        self.inner.config().keep_finished.as_secs_f64()
     }
 
     /// Rows delivered and not settled yet.
@@ -135,6 +141,19 @@ pub fn sqlite_enqueue<'py>(
     Ok((schema::DDL.to_vec(), schema::INSERT_JOB, rows, ids))
 }
 
+/// Create `path` if missing and bring its tables to the latest version:
+/// `(version_before, version_after)` (`foxtive db migrate`, result stores).
+#[pyfunction]
+pub fn sqlite_migrate(py: Python<'_>, path: String) -> PyResult<(i64, i64)> {
+    py.detach(|| {
+        foxtive_core::backend::sqlite::migrate_path(
+            std::path::Path::new(&path),
+            foxtive_core::backend::sqlite::DEFAULT_BUSY_TIMEOUT,
+        )
+    })
+    .py_err()
+}
+
 fn sql_to_py(py: Python<'_>, v: SqlValue) -> PyResult<Bound<'_, PyAny>> {
     Ok(match v {
         SqlValue::Null => py.None().into_bound(py),
@@ -150,5 +169,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PySqliteBackend>()?;
     m.add_function(wrap_pyfunction!(sqlite_path_from_url, m)?)?;
     m.add_function(wrap_pyfunction!(sqlite_enqueue, m)?)?;
+    m.add_function(wrap_pyfunction!(sqlite_migrate, m)?)?;
     Ok(())
 }

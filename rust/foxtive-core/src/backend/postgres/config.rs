@@ -29,6 +29,10 @@ pub struct PostgresConfig {
     pub poll_interval: Duration,
     /// Reconnect delays after the connection is lost.
     pub reconnect: crate::policy::ReconnectStrategy,
+    /// How long a finished (acked) job is kept in `finished_jobs` for
+    /// inspection before the retention duty deletes it; zero (the default)
+    /// deletes it at the ack.
+    pub keep_finished: Duration,
 }
 
 impl PostgresConfig {
@@ -45,6 +49,7 @@ impl PostgresConfig {
                 0.1,
             )
             .unwrap_or_default(),
+            keep_finished: Duration::ZERO,
         }
     }
 

@@ -38,6 +38,10 @@ pub(crate) struct Statements {
     pub claim: Statement,
     pub probe: Statement,
     pub ack: Statement,
+    /// The ack when finished jobs are kept (moved to `finished_jobs`).
+    pub finish: Statement,
+    /// The retention step (delete expired `finished_jobs`).
+    pub expire: Statement,
     pub reschedule: Statement,
     pub dead_letter: Statement,
     pub renew: Statement,
@@ -248,6 +252,8 @@ impl Link {
                 claim: prepare(fetch::claim_sql(s)).await?,
                 probe: prepare(fetch::probe_sql(s)).await?,
                 ack: prepare(settle::ack_sql(s)).await?,
+                finish: prepare(schema::finish_sql(s)).await?,
+                expire: prepare(schema::expire_finished_sql(s)).await?,
                 reschedule: prepare(settle::reschedule_sql(s)).await?,
                 dead_letter: prepare(settle::dead_letter_sql(s)).await?,
                 renew: prepare(lease::renew_sql(s)).await?,

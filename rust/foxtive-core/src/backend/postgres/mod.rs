@@ -55,7 +55,7 @@ pub const KIND: super::registry::Kind = super::registry::Kind {
 };
 
 /// The options [`open`] takes.
-pub const OPTIONS: &[&str] = &["schema", "lease_timeout", "poll_interval"];
+pub const OPTIONS: &[&str] = &["schema", "lease_timeout", "poll_interval", "keep_finished"];
 
 fn open(
     url: &str,
@@ -71,6 +71,9 @@ fn open(
     }
     if let Some(poll) = options.take_seconds("poll_interval")? {
         cfg.poll_interval = poll;
+    }
+    if let Some(keep) = options.take_seconds("keep_finished")? {
+        cfg.keep_finished = keep;
     }
     options.finish("PostgreSQL (postgresql://)", OPTIONS)?;
     let backend = Arc::new(PostgresBackend::new(url, cfg)?);
@@ -222,7 +225,12 @@ impl Inner {
         let mut slot = self.renewer.lock();
         if slot.is_none() && !self.link.closed.load(Ordering::Acquire) {
             let every = lease::renew_every(self.cfg.lease_timeout);
-            *slot = Some(tokio::spawn(lease::renew_loop(Arc::downgrade(self), every)));
+            let expire = lease::expire_every(self.cfg.keep_finished);
+            *slot = Some(tokio::spawn(lease::renew_loop(
+                Arc::downgrade(self),
+                every,
+                expire,
+            )));
         }
     }
 
@@ -321,7 +329,8 @@ impl Inner {
     }
 
     async fn settle(&self, batch: Vec<SettleItem>) -> Result<()> {
-        let plan = settle::Plan::of(&batch);
+        let mut plan = settle::Plan::of(&batch);
+        plan.keep = !self.cfg.keep_finished.is_zero();
         if plan.claims.is_empty() {
             return Ok(());
         }
@@ -414,6 +423,50 @@ impl Inner {
             let err = self.failed(&conn, "renew leases", &e);
             tracing::warn!(queue = %self.queue, error = %err, "lease renewal failed");
         }
+    }
+
+    /// The retention duty: delete this queue's finished jobs older than
+    /// `keep_finished`, [`schema::EXPIRE_BATCH`] rows per statement, at most
+    /// `max_batches` statements (the rest waits for the next round). Each
+    /// statement is short and touches only `finished_jobs`, so claims and
+    /// settlements pipelined on the same connection wait milliseconds at
+    /// most. Returns the rows deleted.
+    pub(crate) async fn expire_finished(&self, max_batches: usize) -> u64 {
+        let keep = self.cfg.keep_finished.as_secs_f64();
+        let mut deleted = 0;
+        for _ in 0..max_batches {
+            let conn = match self.link.conn().await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::debug!(queue = %self.queue, error = %e, "retention: no connection");
+                    break;
+                }
+            };
+            let res = conn
+                .client
+                .execute(
+                    &conn.stmts.expire,
+                    &[&&*self.queue, &keep, &schema::EXPIRE_BATCH],
+                )
+                .await;
+            match res {
+                Ok(n) => {
+                    deleted += n;
+                    if n < schema::EXPIRE_BATCH as u64 {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let err = self.failed(&conn, "retention", &e);
+                    tracing::warn!(queue = %self.queue, error = %err,
+                        "retention: could not delete finished jobs; trying again later");
+                    break;
+                }
+            }
+            // Let claims and settlements queued meanwhile go first.
+            tokio::task::yield_now().await;
+        }
+        deleted
     }
 
     /// Give every held row back (close): due now, next attempt.

@@ -5,7 +5,7 @@
 //! this or another worker) matches nothing, so each claim is settled at
 //! most once.
 //!
-//! * Ack: DELETE.
+//! * Ack: DELETE (or, with `keep_finished`, a move to `finished_jobs`).
 //! * Retry: `run_at = now + delay`, lease dropped; the attempt was counted
 //!   at claim, so the next claim is the next attempt. A retry that does not
 //!   count (open circuit) gives the attempt back. Nothing waits in order: a
@@ -73,6 +73,8 @@ pub(crate) struct Plan {
     pub wake: bool,
     /// Every claim settled by this batch.
     pub claims: Vec<i64>,
+    /// Acked rows move to `finished_jobs` (`keep_finished` > 0).
+    pub keep: bool,
 }
 
 #[derive(Default)]
@@ -141,7 +143,8 @@ impl Plan {
             if self.ack.0.is_empty() {
                 return Ok(0);
             }
-            c.execute(&s.ack, &[&self.ack.0, &self.ack.1]).await
+            let stmt = if self.keep { &s.finish } else { &s.ack };
+            c.execute(stmt, &[&self.ack.0, &self.ack.1]).await
         };
         let r = &self.reschedule;
         let reschedule = async {

@@ -8,7 +8,7 @@ use crate::{Error, Result};
 
 /// The options a SQLite backend takes, by name (`backend_from_url`, the
 /// Python class's keywords).
-pub const OPTIONS: &[&str] = &["lease_timeout", "busy_timeout", "poll_max"];
+pub const OPTIONS: &[&str] = &["lease_timeout", "busy_timeout", "poll_max", "keep_finished"];
 
 /// Longest pause between two looks at the queue when it is empty.
 ///
@@ -38,6 +38,10 @@ pub struct SqliteConfig {
     pub lease_timeout: Duration,
     pub busy_timeout: Duration,
     pub poll_max: Duration,
+    /// How long a finished (acked) job is kept in `foxtive_finished_jobs`
+    /// for inspection before the retention duty deletes it; zero (the
+    /// default) deletes it at the ack.
+    pub keep_finished: Duration,
 }
 
 impl SqliteConfig {
@@ -48,6 +52,7 @@ impl SqliteConfig {
             lease_timeout: Duration::from_secs(30),
             busy_timeout: DEFAULT_BUSY_TIMEOUT,
             poll_max: DEFAULT_POLL_MAX,
+            keep_finished: Duration::ZERO,
         }
     }
 
@@ -69,6 +74,9 @@ impl SqliteConfig {
         }
         if let Some(d) = options.take_seconds("poll_max")? {
             cfg.poll_max = d;
+        }
+        if let Some(d) = options.take_seconds("keep_finished")? {
+            cfg.keep_finished = d;
         }
         options.finish("SQLite (sqlite:///)", OPTIONS)?;
         Ok(cfg)
@@ -168,7 +176,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("'prefetch'") && e.contains("lease_timeout, busy_timeout, poll_max"),
+            e.contains("'prefetch'")
+                && e.contains("lease_timeout, busy_timeout, poll_max, keep_finished"),
             "{e}"
         );
     }

@@ -65,3 +65,21 @@ pub fn error(what: &str, path: &Path, e: rusqlite::Error) -> Error {
         _ => Error::Backend(text),
     }
 }
+
+/// Open `path` (creating it if missing) and bring its tables to
+/// [`schema::SCHEMA_VERSION`] (`foxtive db migrate`). Returns the versions
+/// before and after.
+pub fn migrate_path(path: &Path, busy_timeout: Duration) -> Result<(i64, i64)> {
+    let before = if path.exists() {
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| error("open", path, e))?;
+        conn.busy_timeout(busy_timeout)
+            .map_err(|e| error("open", path, e))?;
+        schema::version(&conn).map_err(|e| error("read the version", path, e))?
+    } else {
+        0
+    };
+    let conn = open(path, busy_timeout)?;
+    let after = schema::version(&conn).map_err(|e| error("read the version", path, e))?;
+    Ok((before, after))
+}

@@ -15,6 +15,9 @@
 //!   workers, through one connection per backend behind a mutex: in-process
 //!   callers queue on the mutex (fair, no sleeping), other processes on
 //!   SQLite's lock.
+//! * With `keep_finished`, acked jobs move to `foxtive_finished_jobs` and
+//!   the lease task deletes them once expired, 1,000 rows per short write
+//!   transaction ([`lease`]).
 //! * Idle receivers poll with back-off up to `poll_max` and are woken at
 //!   once by this process's publishes, retries and hand-backs.
 
@@ -47,7 +50,10 @@ use crate::dlq::DeadLetter;
 use crate::message::{Delivery, Outgoing};
 use crate::{Error, Result};
 
-pub use config::{path_from_url, SqliteConfig, DEFAULT_POLL_MAX, OPTIONS, POLL_MIN};
+pub use config::{
+    path_from_url, SqliteConfig, DEFAULT_BUSY_TIMEOUT, DEFAULT_POLL_MAX, OPTIONS, POLL_MIN,
+};
+pub use db::migrate_path;
 pub use dlq::SqliteDeadLetters;
 
 /// `sqlite:///rel.db` / `sqlite:////abs.db`: opened by the core from the URL
@@ -240,10 +246,12 @@ impl Inner {
                 }
             }
         }
+        let keep = !self.cfg.keep_finished.is_zero();
         let frees = self
             .with_conn("settle", move |conn| {
                 let now = unix_now();
-                let plan = settle::Plan::of(&batch, now);
+                let mut plan = settle::Plan::of(&batch, now);
+                plan.keep = keep;
                 settle::apply(conn, &plan, now)?;
                 Ok(plan.frees_jobs())
             })

@@ -15,7 +15,83 @@
 use rusqlite::{Connection, TransactionBehavior};
 
 /// The version [`MIGRATIONS`] bring a database to.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 3;
+
+/// `(version, statements)`, applied in order above the version found.
+/// Append, never edit. Every statement is `IF NOT EXISTS`: the Python
+/// transactional enqueue creates version 1's tables ([`DDL`]) through the
+/// caller's connection without recording a version, and the backend then
+/// runs every migration over them.
+pub const MIGRATIONS: &[(i64, &[&str])] = &[(1, V1_TABLES), (2, FINISHED_JOBS), (3, RESULTS)];
+
+/// Version 3: `foxtive_results`, the task result store of this file
+/// (`foxtive.results_sql.SqliteResultStore`): one row per task, the JSON
+/// `record`, its `status`, and `expires_at` (unix seconds, the end of its
+/// `result_ttl`). Reads ignore expired rows; the store deletes them in
+/// batches, a range scan of `foxtive_results_expiry`.
+const RESULTS: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS foxtive_results (
+        task_id TEXT PRIMARY KEY,
+        status TEXT NOT NULL,
+        record TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS foxtive_results_expiry ON foxtive_results (expires_at)",
+];
+
+/// The tables of version 1 (after `foxtive_schema`).
+const V1_TABLES: &[&str] = DDL.split_at(1).1;
+
+/// Version 2: `foxtive_finished_jobs`, where an ack moves a job when the
+/// backend keeps finished jobs (`keep_finished` > 0); the retention duty
+/// deletes them `keep_finished` after they finished ([`EXPIRE_FINISHED`]).
+/// A table of its own, so `foxtive_jobs` and its index only hold live work
+/// and kept rows cost the claim and the idle poll nothing.
+///
+/// `foxtive_finished_jobs_expiry (queue, finished_at)`: `EXPLAIN QUERY PLAN`
+/// of [`EXPIRE_FINISHED`]:
+///
+/// ```text
+/// SEARCH foxtive_finished_jobs USING INTEGER PRIMARY KEY (rowid=?)
+/// LIST SUBQUERY 1
+/// `--SEARCH foxtive_finished_jobs USING COVERING INDEX foxtive_finished_jobs_expiry (queue=? AND finished_at<?)
+/// ```
+const FINISHED_JOBS: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS foxtive_finished_jobs (
+        id INTEGER PRIMARY KEY,
+        queue TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        body BLOB NOT NULL,
+        headers TEXT,
+        correlation_id TEXT,
+        content_type TEXT,
+        reply_to TEXT,
+        priority INTEGER,
+        routing_key TEXT,
+        attempts INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        finished_at REAL NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS foxtive_finished_jobs_expiry \
+        ON foxtive_finished_jobs (queue, finished_at)",
+];
+
+/// Ack when finished jobs are kept: copy the rows (ids as `json_each(?1)`
+/// reads them) into `foxtive_finished_jobs`, finished at ?2; the ack's
+/// DELETE follows in the same transaction.
+pub const FINISH_JOBS: &str = "INSERT OR IGNORE INTO foxtive_finished_jobs (id, queue, \
+     message_id, body, headers, correlation_id, content_type, reply_to, priority, routing_key, \
+     attempts, created_at, finished_at) SELECT id, queue, message_id, body, headers, \
+     correlation_id, content_type, reply_to, priority, routing_key, attempts, created_at, ?2 \
+     FROM foxtive_jobs WHERE id IN (SELECT value FROM json_each(?1))";
+
+/// The retention step: delete up to ?3 rows of queue ?1 finished before ?2.
+pub const EXPIRE_FINISHED: &str = "DELETE FROM foxtive_finished_jobs WHERE id IN \
+     (SELECT id FROM foxtive_finished_jobs WHERE queue = ?1 AND finished_at < ?2 \
+     ORDER BY finished_at LIMIT ?3)";
+
+/// Rows deleted by one retention statement (one short write transaction).
+pub const EXPIRE_BATCH: i64 = 1000;
 
 /// Idempotent DDL of version 1 (every statement `IF NOT EXISTS`).
 ///
@@ -93,8 +169,10 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<std::result::Result<()
         )));
     }
     if version < SCHEMA_VERSION {
-        for ddl in &DDL[1..] {
-            tx.execute(ddl, [])?;
+        for (_, statements) in MIGRATIONS.iter().filter(|(v, _)| *v > version) {
+            for ddl in *statements {
+                tx.execute(ddl, [])?;
+            }
         }
         tx.execute("DELETE FROM foxtive_schema", [])?;
         tx.execute(
@@ -104,4 +182,58 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<std::result::Result<()
     }
     tx.commit()?;
     Ok(Ok(()))
+}
+
+/// The version recorded in the file (0: none yet).
+pub fn version(conn: &Connection) -> rusqlite::Result<i64> {
+    let exists: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'foxtive_schema')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !exists {
+        return Ok(0);
+    }
+    let v: Option<i64> =
+        conn.query_row("SELECT max(version) FROM foxtive_schema", [], |r| r.get(0))?;
+    Ok(v.unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_only_grow_and_end_at_the_schema_version() {
+        assert!(MIGRATIONS.windows(2).all(|w| w[0].0 < w[1].0));
+        assert_eq!(MIGRATIONS.last().map(|m| m.0), Some(SCHEMA_VERSION));
+    }
+
+    #[test]
+    fn a_version_1_file_is_brought_forward() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for ddl in DDL {
+            conn.execute(ddl, []).unwrap();
+        }
+        conn.execute("INSERT INTO foxtive_schema (version) VALUES (1)", [])
+            .unwrap();
+        assert_eq!(version(&conn).unwrap(), 1);
+        migrate(&mut conn).unwrap().unwrap();
+        assert_eq!(version(&conn).unwrap(), SCHEMA_VERSION);
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {EXPIRE_FINISHED}"))
+            .unwrap();
+        let plan: Vec<String> = stmt
+            .query_map(rusqlite::params!["q", 1.0, 10], |r| r.get(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains(
+                "USING COVERING INDEX foxtive_finished_jobs_expiry (queue=? AND finished_at<?)"
+            ),
+            "{plan}"
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! Settling a batch: one `BEGIN IMMEDIATE` transaction for the whole batch.
 //!
-//! * Ack: `DELETE` of every acked id in one statement.
+//! * Ack: `DELETE` of every acked id in one statement (with `keep_finished`,
+//!   copied to `foxtive_finished_jobs` first, in the same transaction).
 //! * Retry: the row stays and is unlocked with a new `run_at`; its attempt
 //!   was counted when it was claimed, so the next claim makes the next
 //!   attempt. A retry that must not count (open circuit) takes one back.
@@ -30,6 +31,8 @@ pub struct Plan<'a> {
     /// (row id, the failure)
     pub dead: Vec<(i64, &'a crate::message::Failure)>,
     pub requeues: Vec<i64>,
+    /// Acked rows are kept in `foxtive_finished_jobs` (`keep_finished` > 0).
+    pub keep: bool,
 }
 
 impl<'a> Plan<'a> {
@@ -101,6 +104,10 @@ pub fn apply(conn: &mut Connection, plan: &Plan<'_>, now: f64) -> rusqlite::Resu
         .copied()
         .chain(plan.dead.iter().map(|d| d.0))
         .collect();
+    if plan.keep && !plan.acks.is_empty() {
+        tx.prepare_cached(super::schema::FINISH_JOBS)?
+            .execute(rusqlite::params![row::id_list(&plan.acks), now])?;
+    }
     if !gone.is_empty() {
         tx.prepare_cached(DELETE)?.execute([row::id_list(&gone)])?;
     }
