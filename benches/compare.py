@@ -1580,6 +1580,9 @@ def main() -> None:
     ap.add_argument("--slow-cap", type=int, default=20_000,
                     help="messages per run for the slowest peers (RQ, arq), whose 100k runs "
                          "would take ~5 min each; their rates are per message all the same")
+    ap.add_argument("--peer-cap", type=int, default=0,
+                    help="messages per run for every peer (0: no cap); their rates are per "
+                         "message all the same")
     ap.add_argument("--out", default=str(HERE / "RESULTS-compare.md"))
     ap.add_argument("--no-install", action="store_true")
     # child modes
@@ -1639,6 +1642,7 @@ def main() -> None:
               f"(load {loadavg()})", flush=True)
         counts = {c[0]: min(n, args.slow_cap)
                   if workload.endswith(("redis", "sqlite")) and c[0] in SLOW
+                  else min(n, args.peer_cap) if args.peer_cap and c[1] == PEER
                   else n for c in contenders}
         for r in range(args.rounds):
             for name, kind, _ in contenders:
@@ -1675,7 +1679,7 @@ def main() -> None:
                       flush=True)
         for name, c in counts.items():
             if c != n:
-                settings[name] += f" ({c:,} messages per run: --slow-cap)"
+                settings[name] += f" ({c:,} messages per run: --slow-cap / --peer-cap)"
         if workload.startswith("w4"):
             lines = summarise_latency(runs, settings)
         elif workload.startswith("w6"):
