@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import compare_postgres as pg  # W1 and enqueue on PostgreSQL (issue 13)
+import compare_tasks
 
 HERE = Path(__file__).resolve().parent
 sys.modules.setdefault("compare", sys.modules[__name__])  # compare_postgres imports it
@@ -208,6 +209,7 @@ CONTENDERS: dict[str, list[tuple[str, str, str]]] = {
         ("loop async", FOX, "plain asyncio loop awaiting the same handler"),
     ],
     **pg.CONTENDERS,
+    **compare_tasks.CONTENDERS,  # tasks-rabbitmq, tasks-redis: the execute workload (issue 14)
 }
 
 
@@ -242,12 +244,15 @@ W3 = False  # set in the child for W3: ids divisible by 10 fail on their first a
 W3_DELAY = 0.05  # W3: seconds until the retry
 W6_DELAY = 3600.0  # W6: seconds until the retry
 RETRY_DELAY = 0.0  # W3_DELAY or W6_DELAY in the child
+TASK_ARG: tuple[str, ...] = ()  # tasks-*: the peers' tasks take (i, TASK_STR)
 _failed_once: set[int] = set()
 
 
 def set_mode(workload: str) -> None:
     """Child side (publishers and consumers): the workload's globals."""
-    global SLEEP, CONC, W6, W3, RETRY_DELAY
+    global SLEEP, CONC, W6, W3, RETRY_DELAY, TASK_ARG
+    if compare_tasks.is_tasks(workload):
+        TASK_ARG = (compare_tasks.TASK_STR,)
     if workload.startswith("w2"):
         SLEEP, CONC = W2_SLEEP, W2_CONC
     W3, W6 = workload.startswith("w3"), workload.startswith("w6")
@@ -303,7 +308,7 @@ class Recorder:
         self.hits.append(i)
         if self.w6 and not self.rss_before:
             self.rss_before = vmrss_mib()
-        if sent:
+        if sent and sent.__class__ is float:  # tasks-*: the second argument is a str
             self.lat.append(t - sent)
 
     def _watch(self) -> None:
@@ -490,6 +495,8 @@ def publish(workload: str, contender: str, queue: str, n: int) -> None:
         return pg.publish(contender, queue, n)
     set_mode(workload)
     redis_ = workload.endswith("redis")
+    if contender == "foxtive tasks":
+        return compare_tasks.publish(workload, queue, n, AMQP_URL, REDIS_URL, PREFETCH)
     if redis_ and contender in REDIS_BULK_PUBLISHERS:
         return REDIS_BULK_PUBLISHERS[contender](queue, n)
     if redis_ and contender in REDIS_SENDERS:
@@ -500,11 +507,11 @@ def publish(workload: str, contender: str, queue: str, n: int) -> None:
         task = app.tasks["bench.noop"]
         with app.producer_or_acquire() as producer:
             for i in range(n):
-                task.apply_async(args=[i], queue=queue, producer=producer)
+                task.apply_async(args=[i, *TASK_ARG], queue=queue, producer=producer)
     elif contender == "dramatiq":
         actor = dramatiq_actor(queue, None, redis_)
         for i in range(n):
-            actor.send(i)
+            actor.send(i, *TASK_ARG)
         actor.broker.close()
     elif contender == "faststream":
         import asyncio
@@ -524,7 +531,7 @@ def publish(workload: str, contender: str, queue: str, n: int) -> None:
         async def go() -> None:
             broker, task = taskiq_broker(queue, None)
             await broker.startup()
-            await in_chunks(n, task.kiq, 10)
+            await in_chunks(n, lambda i: task.kiq(i, *TASK_ARG), 10)
             await broker.shutdown()
         asyncio.run(go())
     else:
@@ -587,7 +594,7 @@ def taskiq_broker(queue: str, rec: Recorder | None) -> Any:
     broker = AioPikaBroker(AMQP_URL, qos=100, task_queues=[Queue(name=queue, durable=True)])
 
     @broker.task(task_name="bench.noop")
-    async def noop(i: int, sent: float = 0.0) -> None:
+    async def noop(i: int, sent: float | str = 0.0) -> None:  # str: tasks-*
         if rec is not None:
             await async_work(rec, i, sent)
     return broker, noop
@@ -656,7 +663,9 @@ def consume(workload: str, contender: str, queue: str, n: int, result: str,
     set_mode(workload)
     rec = Recorder(n, result, idle)
     redis_ = workload.endswith("redis")
-    if redis_ and contender == "foxtive sync":
+    if contender == "foxtive tasks":
+        compare_tasks.consume(workload, queue, rec, AMQP_URL, REDIS_URL, PREFETCH)
+    elif redis_ and contender == "foxtive sync":
         foxtive_redis_consume(queue, rec, sync=True)
     elif redis_ and contender in REDIS_CONSUMERS:
         REDIS_CONSUMERS[contender](queue, rec)
@@ -932,7 +941,7 @@ _REC: Recorder | None = None
 
 
 def task_args(i: int, sent: float | None) -> tuple[Any, ...]:
-    return (i,) if sent is None else (i, sent)
+    return (i, *TASK_ARG) if sent is None else (i, sent)
 
 
 def rq_noop(i: int, sent: float = 0.0) -> None:
@@ -1046,7 +1055,7 @@ def taskiq_redis_broker(queue: str, rec: Recorder | None) -> tuple[Any, Any, Any
             schedule_source=source))
 
     @broker.task(task_name="bench.noop")
-    async def noop(i: int, sent: float = 0.0) -> None:
+    async def noop(i: int, sent: float | str = 0.0) -> None:  # str: tasks-*
         if rec is not None:
             await async_work(rec, i, sent, retry=lambda _: W6Error(i))
     return broker, noop, source
@@ -1260,8 +1269,9 @@ def delete_redis_keys(queue: str) -> None:
 
 
 def prepublish(workload: str, name: str, kind: str, queue: str, n: int) -> None:
-    raw_redis = workload.endswith("redis") and name.startswith(("foxtive", "redis-rs ceiling",
-                                                                "hiredis ceiling", "redis-py"))
+    raw_redis = (workload.endswith("redis") and name != "foxtive tasks"
+                 and name.startswith(("foxtive", "redis-rs ceiling", "hiredis ceiling",
+                                      "redis-py")))
     if workload == "w4-redis" and raw_redis:
         return fill_stream(queue, 0)  # the group, before the consumer starts
     if workload in ("w1-memory", "w4-rabbitmq", "w4-redis") or name == "asyncio bound":
@@ -1275,8 +1285,8 @@ def prepublish(workload: str, name: str, kind: str, queue: str, n: int) -> None:
                         "huey" if name == "huey" else "foxtive", "--queue", queue, "-n", str(n),
                         "--workload", workload], check=True, timeout=900)
         return
-    if workload.endswith("rabbitmq") and name.startswith(("foxtive", "lapin ceiling",
-                                                          "aio-pika")):
+    if workload.endswith("rabbitmq") and name != "foxtive tasks" and name.startswith(
+            ("foxtive", "lapin ceiling", "aio-pika")):
         subprocess.run([ceiling_binary(), "publish", queue, str(n), str(BODY_SIZE)],
                        check=True, stdout=subprocess.DEVNULL)
     else:
@@ -1585,6 +1595,9 @@ def main() -> None:
     ap.add_argument("--slow-cap", type=int, default=20_000,
                     help="messages per run for the slowest peers (RQ, arq), whose 100k runs "
                          "would take ~5 min each; their rates are per message all the same")
+    ap.add_argument("--peer-cap", type=int, default=0,
+                    help="messages per run for every peer (0: no cap); their rates are per "
+                         "message all the same")
     ap.add_argument("--out", default=str(HERE / "RESULTS-compare.md"))
     ap.add_argument("--no-install", action="store_true")
     # child modes
@@ -1637,6 +1650,8 @@ def main() -> None:
             n = 2_000 if args.quick else 20_000
         elif workload.startswith("w4"):
             n = int(W4_RATE * (5 if args.quick else args.w4_seconds))
+        elif compare_tasks.is_tasks(workload):
+            n = 10_000 if args.quick else compare_tasks.N_DEFAULT
         else:
             n = 10_000 if args.quick else 100_000
         runs: dict[str, list[dict[str, Any]]] = {c[0]: [] for c in contenders}
@@ -1645,6 +1660,7 @@ def main() -> None:
               f"(load {loadavg()})", flush=True)
         counts = {c[0]: min(n, args.slow_cap)
                   if workload.endswith(("redis", "sqlite", "postgres")) and c[0] in SLOW
+                  else min(n, args.peer_cap) if args.peer_cap and c[1] == PEER
                   else n for c in contenders}
         for r in range(args.rounds):
             for name, kind, _ in contenders:
@@ -1681,7 +1697,7 @@ def main() -> None:
                       flush=True)
         for name, c in counts.items():
             if c != n:
-                settings[name] += f" ({c:,} messages per run: --slow-cap)"
+                settings[name] += f" ({c:,} messages per run: --slow-cap / --peer-cap)"
         if workload.startswith("w4"):
             lines = summarise_latency(runs, settings)
         elif workload.startswith("w6"):
@@ -1707,7 +1723,8 @@ def main() -> None:
                 f"of rounds of each percentile)" if workload.startswith("w4") else
                 f"each awaiting {W2_SLEEP * 1000:.0f} ms at concurrency {W2_CONC} "
                 f"(ideal {W2_CONC / W2_SLEEP:,.0f} msg/s)" if workload.startswith("w2")
-                else "no-op handler")
+                else "no-op task taking (int, str), sent by each framework's own producer"
+                if compare_tasks.is_tasks(workload) else "no-op handler")
         report += [f"## {workload}: {n:,} messages of ~{BODY_SIZE} B, {what}, "
                    f"median of {args.rounds}", "", *lines, "",
                    f"Load average after: {loadavg()}.", ""]

@@ -30,6 +30,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 from . import envelope
 from ._config import seconds
+from ._core import TaskRoutes
 from .backends import MemoryBackend, NativeBackend
 from .errors import (
     ConfigError,
@@ -91,9 +92,27 @@ class _Router(Worker):
         self.app = app
         self.queue = queue
         self.id = f"tasks:{queue}"
+        # The tasks that need nothing else per message (``async def``, no
+        # rate limit, timeout or own backoff, no results kept), registered as
+        # their first message passes: those whose arguments are all
+        # positional and required are picked and called in Rust (routes),
+        # the others here (direct: name -> (decode the body, the function)).
+        self._routes = TaskRoutes()
+        self._direct: dict[str, tuple[Callable[[bytes], Any], Callable[..., Any]]] = {}
 
     async def process(self, message: Any) -> None:
+        call = self._routes.call(message)
+        if call is not None:
+            await call
+            return
         name = message.header(envelope.TASK_HEADER)
+        direct = self._direct.get(name)
+        if direct is not None:
+            version = message.header(envelope.ENVELOPE_HEADER)
+            if version is None or version == 1 or version == "1":
+                args, kwargs = direct[0](message.body)
+                await direct[1](*args, **kwargs)
+                return
         if name is None:
             plain = self.app._plain.get(self.queue)
             if plain is None:
@@ -118,6 +137,12 @@ class _Router(Worker):
                                    f"{self.app.name!r} (queue {self.queue!r})")
         if not self.app.results:
             if task.retry_backoff is None:
+                if task._direct:  # the next message of this task skips the above
+                    conv = task._converter()
+                    if conv.fast_decode is not None:
+                        self._routes.add(name, conv.fast_decode, task.fn)
+                    else:
+                        self._direct[name] = (conv.decode_call, task.fn)
                 await task._run(message.body)
                 return
             try:

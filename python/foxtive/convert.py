@@ -39,9 +39,9 @@ class ArgumentConverter:
     Built lazily (on the first message), so annotations may name types
     defined after the decorator ran."""
 
-    __slots__ = ("_envelope", "_fn_name", "_models", "_names", "_positional", "_positional_only",
-                 "_struct", "_var_kw", "_var_kw_type", "_var_pos", "_var_pos_type",
-                 "return_type")
+    __slots__ = ("_fast", "_fast_tuple", "_fn_name", "_models", "_names", "_positional",
+                 "_positional_only", "_struct", "_var_kw", "_var_kw_type", "_var_pos",
+                 "_var_pos_type", "return_type")
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         self._fn_name = getattr(fn, "__qualname__", repr(fn))
@@ -86,21 +86,41 @@ class ArgumentConverter:
             else:
                 fields.append((p.name, tp, p.default))
         # The fast path: a body whose arguments are all positional decodes in
-        # one msgspec call, straight into an array-like Struct in signature
-        # order (possible when every parameter can be passed by position).
-        self._envelope: Any = None
+        # one call of a Decoder built here, once per task: straight into a
+        # typed tuple when no parameter has a default, else into an
+        # array-like Struct in signature order (possible when every
+        # parameter can be passed by position).
+        self._fast: msgspec.json.Decoder[Any] | None = None
+        self._fast_tuple = False
         if (self._var_pos is None and self._var_kw is None and not self._models
                 and len(self._positional) == len(fields)):
-            positional = msgspec.defstruct(f"{self._fn_name}.positional", fields,
-                                           array_like=True, forbid_unknown_fields=True)
-            self._envelope = msgspec.defstruct(
+            positional: Any
+            if fields and all(len(f) == 2 for f in fields):
+                positional = tuple[tuple(f[1] for f in fields)]  # type: ignore[misc]
+                self._fast_tuple = True
+            else:
+                positional = msgspec.defstruct(f"{self._fn_name}.positional", fields,
+                                               array_like=True, forbid_unknown_fields=True)
+            envelope_type = msgspec.defstruct(
                 f"{self._fn_name}.envelope",
                 [("args", positional), ("kwargs", dict[str, Any], {})])
+            try:
+                self._fast = msgspec.json.Decoder(envelope_type)
+            except TypeError:  # a type msgspec cannot decode: the general path reports it
+                self._fast = None
         # Required fields first, as a Struct needs (the call is by name anyway).
         fields.sort(key=lambda f: len(f) == 3)
         self._struct = msgspec.defstruct(
             f"{self._fn_name}.arguments", fields,
             forbid_unknown_fields=self._var_kw is None, omit_defaults=False)
+
+    @property
+    def fast_decode(self) -> Callable[[bytes], Any] | None:
+        """``body -> envelope`` (``.args`` a tuple of the checked arguments,
+        ``.kwargs`` a dict) for a task whose parameters are all positional
+        and required, else None; raises on a body that does not fit
+        (:meth:`decode_call` then says why)."""
+        return self._fast.decode if self._fast is not None and self._fast_tuple else None
 
     def _error(self, e: Exception, where: str = "") -> PayloadError:
         text = str(e)
@@ -114,13 +134,16 @@ class ArgumentConverter:
     def decode_call(self, body: bytes) -> tuple[tuple[Any, ...] | list[Any], dict[str, Any]]:
         """``(args, kwargs)`` to call the function with, from a message body;
         ``PayloadError`` (naming the argument and the reason) if it does not fit."""
-        if self._envelope is not None:
+        fast = self._fast
+        if fast is not None:
             try:
-                env = msgspec.json.decode(body, type=self._envelope)
+                env = fast.decode(body)
             except (msgspec.ValidationError, msgspec.DecodeError):
                 pass  # the general path below says exactly what is wrong
             else:
                 if not env.kwargs:
+                    if self._fast_tuple:
+                        return env.args, {}
                     return msgspec.structs.astuple(env.args), {}
         args, kwargs = envelope.decode(body)
         return self.convert(args, kwargs)

@@ -20,6 +20,7 @@ mod rabbitmq;
 mod redis_streams;
 mod registry;
 mod resilient;
+mod router;
 mod runtime;
 mod sqlite;
 
@@ -33,6 +34,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<awaitable::Ready>()?;
     m.add_class::<bridge::Completions>()?;
     m.add_class::<message::PyMessage>()?;
+    m.add_class::<router::PyTaskRoutes>()?;
     m.add_class::<engine::PyEngine>()?;
     m.add_class::<policies::PyRetryPolicy>()?;
     m.add_class::<policies::PyPoisonPillPolicy>()?;

@@ -19,7 +19,7 @@ use crate::errors::{payload_error, IntoPyResult};
 pub struct PyMessage {
     pub(crate) inflight: Arc<InFlight>,
     engine: Arc<Engine>,
-    body: Py<PyBytes>,
+    pub(crate) body: Py<PyBytes>,
     headers: PyOnceLock<Py<PyDict>>,
 }
 
