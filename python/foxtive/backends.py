@@ -19,7 +19,7 @@ from ._tracecontext import inject
 from .dlq import NativeDeadLetterQueue
 from .errors import ConfigError
 
-__all__ = ["Backend", "Incoming", "MemoryBackend", "NativeBackend"]
+__all__ = ["Backend", "Incoming", "MemoryBackend", "NativeBackend", "check_publish_options"]
 
 #: Header that carries the attempt number on retry copies.
 ATTEMPT_HEADER = "x-foxtive-attempt"
@@ -43,6 +43,15 @@ class Incoming:
     redelivered: bool = False
 
 
+def check_publish_options(backend: Any, options: Any) -> None:
+    """``ConfigError`` for a publish option ``backend`` cannot honour (the
+    task layer's ``options(...)``), before anything is written."""
+    if options.get("transaction") is not None and not getattr(backend, "transactional", False):
+        raise ConfigError(
+            f"transaction: only the PostgreSQL and SQLite brokers enqueue inside the caller's "
+            f"transaction; this queue's backend is {type(backend).__name__}")
+
+
 class Backend:
     """Base class of every backend, and the one to subclass for a new queue system.
 
@@ -54,6 +63,9 @@ class Backend:
     """
 
     name: str = "custom"
+    #: Whether ``publish(..., transaction=conn)`` inserts through the
+    #: caller's connection (the SQL backends).
+    transactional: ClassVar[bool] = False
 
     async def connect(self) -> None:
         """Connect and subscribe; called when a pool starts."""

@@ -55,6 +55,7 @@ class PostgresBackend(NativeBackend):
     """
 
     _native: _core.PostgresBackend
+    transactional = True
 
     def __init__(self, dsn: str, queue: str = "default", schema: str = "foxtive",
                  lease_timeout: float | _dt.timedelta = 30.0, *,
@@ -121,7 +122,8 @@ class PostgresBackend(NativeBackend):
                            message_ids: Sequence[str] | None = None) -> list[str]:
         """Insert many jobs in one statement; returns their ids in order."""
         if transaction is not None and message_ids is not None:
-            raise ConfigError("publish_many: message_ids with transaction= is not supported yet")
+            return [(await self._enqueue(transaction, [body], headers, delay, mid))[0]
+                    for body, mid in zip(bodies, message_ids, strict=True)]
         if transaction is not None:
             return await self._enqueue(transaction, list(bodies), headers, delay, None)
         return await super().publish_many(bodies, headers, delay, message_ids=message_ids)
@@ -136,6 +138,37 @@ class PostgresBackend(NativeBackend):
                                                   inject(headers), delay, message_id)
         await _execute(conn, sql, params)
         return list(ids)
+
+
+    def enqueue_sync(self, transaction: Any, body: bytes | str,
+                     headers: dict[str, Any] | None = None,
+                     delay: float | _dt.timedelta | None = None,
+                     message_id: str | None = None) -> str:
+        """:meth:`publish` with ``transaction=`` from sync code, through a
+        sync connection (psycopg 3 ``Connection`` or DB-API); the schema must
+        exist (``await ensure_schema()`` once, as ``App.send_sync`` does)."""
+        if inspect.iscoroutinefunction(getattr(transaction, "execute", None)):
+            raise ConfigError("transaction: an async connection needs the async send "
+                              "(await task.options(transaction=conn).send(...))")
+        sql, params, ids = _core.postgres_enqueue(self.schema, self.queue, [body],
+                                                  inject(headers), delay, message_id)
+        _execute_sync(transaction, sql, params)
+        return str(ids[0])
+
+
+def _execute_sync(conn: Any, sql: str, params: list[Any]) -> None:
+    if type(conn).__module__.startswith("psycopg") and hasattr(conn, "execute"):
+        conn.execute(sql, params)
+        return
+    if not hasattr(conn, "cursor"):
+        raise ConfigError(
+            f"transaction: expected a psycopg connection or a DB-API connection, "
+            f"got {type(conn).__name__}")
+    cursor = conn.cursor()
+    try:
+        cursor.execute(sql, params)
+    finally:
+        cursor.close()
 
 
 async def _execute(conn: Any, sql: str, params: list[Any]) -> None:

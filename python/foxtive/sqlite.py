@@ -69,6 +69,7 @@ class SqliteBackend(NativeBackend):
     """
 
     _native: _core.SqliteBackend
+    transactional = True
 
     def __init__(self, path: str = "foxtive.db", queue: str = "default",
                  lease_timeout: float | _dt.timedelta = 30.0, *,
@@ -118,7 +119,16 @@ class SqliteBackend(NativeBackend):
                            message_ids: Sequence[str] | None = None) -> list[str]:
         """Insert many jobs in one transaction; returns their ids in order."""
         if transaction is not None and message_ids is not None:
-            raise ConfigError("publish_many: message_ids with transaction= is not supported yet")
+            return [self.enqueue_sync(transaction, body, headers, delay, mid)
+                    for body, mid in zip(bodies, message_ids, strict=True)]
         if transaction is not None:
             return enqueue(transaction, self.name, bodies, inject(headers), delay)
         return await super().publish_many(bodies, headers, delay, message_ids=message_ids)
+
+    def enqueue_sync(self, transaction: sqlite3.Connection, body: bytes | str,
+                     headers: dict[str, Any] | None = None,
+                     delay: float | _dt.timedelta | None = None,
+                     message_id: str | None = None) -> str:
+        """:meth:`publish` with ``transaction=``, from sync code (the
+        connection's own thread); returns the job's id."""
+        return enqueue(transaction, self.name, [body], inject(headers), delay, message_id)[0]

@@ -41,13 +41,16 @@ class TaskApp(Protocol):
     _tasks: dict[str, Task[Any, Any]]
 
     async def _publish(self, queue: str, body: bytes, headers: dict[str, Any],
-                       delay: float | None, task_id: str) -> None: ...
+                       delay: float | None, task_id: str,
+                       options: Mapping[str, Any] | None = None) -> str: ...
 
     def _publish_sync(self, queue: str, body: bytes, headers: dict[str, Any],
-                      delay: float | None, task_id: str) -> None: ...
+                      delay: float | None, task_id: str,
+                      options: Mapping[str, Any] | None = None) -> str: ...
 
     async def _publish_many(self, queue: str, items: Iterable[tuple[bytes, str]],
-                            headers: dict[str, Any], delay: float | None) -> None: ...
+                            headers: dict[str, Any], delay: float | None,
+                            options: Mapping[str, Any] | None = None) -> None: ...
 
     def _run_sync(self, coro: Coroutine[Any, Any, _T]) -> _T: ...
 
@@ -212,10 +215,14 @@ class Task(Generic[P, R]):
     def options(self, *, delay: float | _dt.timedelta | None = None,
                 eta: _dt.datetime | None = None, message_id: str | None = None,
                 priority: int | None = None,
-                headers: Mapping[str, Any] | None = None) -> TaskCall[P, R]:
-        """The same task sent with these options."""
+                headers: Mapping[str, Any] | None = None,
+                transaction: Any = None) -> TaskCall[P, R]:
+        """The same task sent with these options. ``transaction``: a
+        psycopg 3 connection (PostgreSQL broker) or a ``sqlite3.Connection``
+        (SQLite broker): the task is inserted through it and exists only if
+        that transaction commits; ``ConfigError`` on other brokers."""
         return TaskCall(self, delay=delay, eta=eta, message_id=message_id,
-                        priority=priority, headers=headers)
+                        priority=priority, headers=headers, transaction=transaction)
 
     async def send(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         """Enqueue a call; ``TypeError`` if an argument cannot be encoded."""
@@ -259,12 +266,13 @@ class Task(Generic[P, R]):
 class TaskCall(Generic[P, R]):
     """A task with send options bound (``task.options(...)``)."""
 
-    __slots__ = ("_delay", "_headers", "_message_id", "_task")
+    __slots__ = ("_delay", "_headers", "_message_id", "_options", "_task")
 
     def __init__(self, task: Task[P, R], *, delay: float | _dt.timedelta | None = None,
                  eta: _dt.datetime | None = None, message_id: str | None = None,
                  priority: int | None = None,
-                 headers: Mapping[str, Any] | None = None) -> None:
+                 headers: Mapping[str, Any] | None = None,
+                 transaction: Any = None) -> None:
         self._task = task
         if delay is not None and eta is not None:
             raise ConfigError("delay, eta: give one of them, not both")
@@ -288,6 +296,11 @@ class TaskCall(Generic[P, R]):
         if prio is not None:
             extra[PRIORITY_HEADER] = prio
         self._headers = envelope.headers_for(task.name, extra)
+        #: Keywords for the backend's publish, only those given.
+        options: dict[str, Any] = {}
+        if transaction is not None:
+            options["transaction"] = transaction
+        self._options = options or None
 
     def _prepare(self, args: Any, kwargs: Any) -> tuple[bytes, str]:
         body = envelope.encode(args, kwargs)
@@ -298,14 +311,14 @@ class TaskCall(Generic[P, R]):
 
     async def send(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         body, task_id = self._prepare(args, kwargs)
-        await self._task.app._publish(self._task.queue, body, self._headers, self._delay,
-                                      task_id)
+        task_id = await self._task.app._publish(self._task.queue, body, self._headers,
+                                                self._delay, task_id, self._options)
         return self._handle(task_id)
 
     def send_sync(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         body, task_id = self._prepare(args, kwargs)
-        self._task.app._publish_sync(self._task.queue, body, self._headers, self._delay,
-                                     task_id)
+        task_id = self._task.app._publish_sync(self._task.queue, body, self._headers,
+                                               self._delay, task_id, self._options)
         return self._handle(task_id)
 
     def _many(self, calls: Iterable[tuple[Any, ...] | Mapping[str, Any]]
@@ -326,12 +339,19 @@ class TaskCall(Generic[P, R]):
     async def send_many(self, calls: Iterable[tuple[Any, ...] | Mapping[str, Any]]
                         ) -> list[TaskHandle]:
         items = self._many(calls)
-        await self._task.app._publish_many(self._task.queue, items, self._headers, self._delay)
+        await self._task.app._publish_many(self._task.queue, items, self._headers, self._delay,
+                                           self._options)
         return [self._handle(task_id) for _, task_id in items]
 
     def send_many_sync(self, calls: Iterable[tuple[Any, ...] | Mapping[str, Any]]
                        ) -> list[TaskHandle]:
         items = self._many(calls)
-        self._task.app._run_sync(
-            self._task.app._publish_many(self._task.queue, items, self._headers, self._delay))
+        app = self._task.app
+        if self._options and "transaction" in self._options:
+            # The caller's connection belongs to this thread: insert here.
+            return [self._handle(app._publish_sync(self._task.queue, body, self._headers,
+                                                   self._delay, task_id, self._options))
+                    for body, task_id in items]
+        app._run_sync(app._publish_many(self._task.queue, items, self._headers, self._delay,
+                                        self._options))
         return [self._handle(task_id) for _, task_id in items]
