@@ -281,6 +281,7 @@ class NativeBackend:
         headers: dict[str, Any] | None = None,
         delay: _Seconds | None = None,
         message_id: str | None = None,
+        priority: int | None = None,
     ) -> Awaitable[str]: ...
     def publish_many(
         self,
@@ -288,6 +289,7 @@ class NativeBackend:
         headers: dict[str, Any] | None = None,
         delay: _Seconds | None = None,
         message_ids: list[str] | None = None,
+        priority: int | None = None,
     ) -> Awaitable[list[str]]: ...
     def dead_letter_store(self) -> DeadLetterStore | None: ...
 
@@ -300,6 +302,7 @@ class MemoryBackend(NativeBackend):
         headers: dict[str, Any] | None = None,
         delay: _Seconds | None = None,
         message_id: str | None = None,
+        priority: int | None = None,
     ) -> str: ...
     def publish_many_sync(
         self,
@@ -307,6 +310,7 @@ class MemoryBackend(NativeBackend):
         headers: dict[str, Any] | None = None,
         delay: _Seconds | None = None,
         message_ids: list[str] | None = None,
+        priority: int | None = None,
     ) -> list[str]: ...
     def publish_bulk(self, bodies: Iterable[bytes]) -> int: ...
     def qsize(self) -> int: ...
@@ -349,6 +353,7 @@ def postgres_enqueue(
     headers: dict[str, Any] | None = None,
     delay: _Seconds | None = None,
     message_id: str | None = None,
+    priority: int | None = None,
 ) -> tuple[str, list[Any], list[str]]: ...
 
 @final
@@ -423,6 +428,7 @@ def sqlite_enqueue(
     headers: dict[str, Any] | None = None,
     delay: _Seconds | None = None,
     message_id: str | None = None,
+    priority: int | None = None,
 ) -> tuple[list[str], str, list[tuple[Any, ...]], list[str]]: ...
 def redact_url(url: str) -> str: ...
 def backend_kind(url: str) -> tuple[str, str]: ...
@@ -561,6 +567,7 @@ class RabbitMqConsumerConfig:
         durable: bool = ...,
         queue_type: str = ...,
         queue_arguments: Mapping[str, Any] | None = ...,
+        max_priority: int | None = ...,
         exchange: str | None = ...,
         routing_key: str | None = ...,
         exchange_type: str = ...,
@@ -584,6 +591,8 @@ class RabbitMqConsumerConfig:
     def queue_type(self) -> str: ...
     @property
     def queue_arguments(self) -> dict[str, _HeaderValue]: ...
+    @property
+    def max_priority(self) -> int | None: ...
     @property
     def exchange(self) -> str | None: ...
     @property

@@ -50,6 +50,10 @@ def check_publish_options(backend: Any, options: Any) -> None:
         raise ConfigError(
             f"transaction: only the PostgreSQL and SQLite brokers enqueue inside the caller's "
             f"transaction; this queue's backend is {type(backend).__name__}")
+    if options.get("priority") is not None and not isinstance(backend, NativeBackend):
+        raise ConfigError(
+            f"priority: {type(backend).__name__} is a backend written in Python, whose publish "
+            f"takes no priority")
 
 
 class Backend:
@@ -200,19 +204,22 @@ class NativeBackend(Backend):
 
     async def publish(self, body: bytes | str, headers: dict[str, Any] | None = None,
                       delay: float | _dt.timedelta | None = None,
-                      message_id: str | None = None) -> str:
+                      message_id: str | None = None, *, priority: int | None = None) -> str:
         """Publish one message (durably where the broker can, after ``delay``
-        seconds); returns its id: ``message_id`` if given."""
-        return await self._native.publish(body, inject(headers), delay, message_id)
+        seconds); returns its id: ``message_id`` if given. ``priority``: 0-9,
+        9 delivered first (RabbitMQ queues with ``max_priority``, PostgreSQL,
+        SQLite, memory; a ``ConfigError`` elsewhere)."""
+        return await self._native.publish(body, inject(headers), delay, message_id, priority)
 
     async def publish_many(self, bodies: Iterable[bytes | str],
                            headers: dict[str, Any] | None = None,
                            delay: float | _dt.timedelta | None = None, *,
-                           message_ids: Sequence[str] | None = None) -> list[str]:
+                           message_ids: Sequence[str] | None = None,
+                           priority: int | None = None) -> list[str]:
         """Publish many in one batch; returns their ids in order.
         ``message_ids``: each message's own id, one per body."""
         ids = None if message_ids is None else list(message_ids)
-        return await self._native.publish_many(bodies, inject(headers), delay, ids)
+        return await self._native.publish_many(bodies, inject(headers), delay, ids, priority)
 
     def dead_letter_queue(self) -> NativeDeadLetterQueue:
         """The backend's own dead-letter queue as a queue view: list, replay
@@ -252,27 +259,31 @@ class MemoryBackend(NativeBackend):
 
     async def publish(self, body: bytes | str, headers: dict[str, Any] | None = None,
                       delay: float | _dt.timedelta | None = None,
-                      message_id: str | None = None) -> str:
-        return self._native.publish_sync(body, inject(headers), delay, message_id)
+                      message_id: str | None = None, *, priority: int | None = None) -> str:
+        return self._native.publish_sync(body, inject(headers), delay, message_id, priority)
 
     async def publish_many(self, bodies: Iterable[bytes | str],
                            headers: dict[str, Any] | None = None,
                            delay: float | _dt.timedelta | None = None, *,
-                           message_ids: Sequence[str] | None = None) -> list[str]:
-        return self.publish_many_sync(bodies, headers, delay, message_ids=message_ids)
+                           message_ids: Sequence[str] | None = None,
+                           priority: int | None = None) -> list[str]:
+        return self.publish_many_sync(bodies, headers, delay, message_ids=message_ids,
+                                      priority=priority)
 
     def publish_sync(self, body: bytes | str, headers: dict[str, Any] | None = None,
                      delay: float | _dt.timedelta | None = None,
-                     message_id: str | None = None) -> str:
-        """Publish without awaiting (the memory backend never waits)."""
-        return self._native.publish_sync(body, inject(headers), delay, message_id)
+                     message_id: str | None = None, *, priority: int | None = None) -> str:
+        """Publish without awaiting (the memory backend never waits);
+        ``priority`` 0-9: higher priorities are delivered first."""
+        return self._native.publish_sync(body, inject(headers), delay, message_id, priority)
 
     def publish_many_sync(self, bodies: Iterable[bytes | str],
                           headers: dict[str, Any] | None = None,
                           delay: float | _dt.timedelta | None = None, *,
-                          message_ids: Sequence[str] | None = None) -> list[str]:
+                          message_ids: Sequence[str] | None = None,
+                          priority: int | None = None) -> list[str]:
         ids = None if message_ids is None else list(message_ids)
-        return self._native.publish_many_sync(bodies, inject(headers), delay, ids)
+        return self._native.publish_many_sync(bodies, inject(headers), delay, ids, priority)
 
     def publish_bulk(self, bodies: Iterable[bytes]) -> int:
         """Publish bodies with nothing else, fast; ids are given on delivery."""

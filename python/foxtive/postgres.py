@@ -106,36 +106,41 @@ class PostgresBackend(NativeBackend):
 
     async def publish(self, body: bytes | str, headers: dict[str, Any] | None = None,
                       delay: float | _dt.timedelta | None = None,
-                      message_id: str | None = None, *, transaction: Any = None) -> str:
+                      message_id: str | None = None, *, transaction: Any = None,
+                      priority: int | None = None) -> str:
         """Insert one job (due after ``delay`` seconds); returns its id:
         ``message_id`` if given, else a generated UUID. With ``transaction``,
-        the row is inserted through that connection (see the module docs)."""
+        the row is inserted through that connection (see the module docs).
+        ``priority`` 0-9: due jobs are claimed highest priority first."""
         if transaction is not None:
-            ids = await self._enqueue(transaction, [body], headers, delay, message_id)
+            ids = await self._enqueue(transaction, [body], headers, delay, message_id, priority)
             return ids[0]
-        return await super().publish(body, headers, delay, message_id)
+        return await super().publish(body, headers, delay, message_id, priority=priority)
 
     async def publish_many(self, bodies: Iterable[bytes | str],
                            headers: dict[str, Any] | None = None,
                            delay: float | _dt.timedelta | None = None, *,
                            transaction: Any = None,
-                           message_ids: Sequence[str] | None = None) -> list[str]:
+                           message_ids: Sequence[str] | None = None,
+                           priority: int | None = None) -> list[str]:
         """Insert many jobs in one statement; returns their ids in order."""
         if transaction is not None and message_ids is not None:
-            return [(await self._enqueue(transaction, [body], headers, delay, mid))[0]
+            return [(await self._enqueue(transaction, [body], headers, delay, mid, priority))[0]
                     for body, mid in zip(bodies, message_ids, strict=True)]
         if transaction is not None:
-            return await self._enqueue(transaction, list(bodies), headers, delay, None)
-        return await super().publish_many(bodies, headers, delay, message_ids=message_ids)
+            return await self._enqueue(transaction, list(bodies), headers, delay, None,
+                                       priority)
+        return await super().publish_many(bodies, headers, delay, message_ids=message_ids,
+                                          priority=priority)
 
     async def _enqueue(self, conn: Any, bodies: list[bytes | str],
                        headers: dict[str, Any] | None, delay: float | _dt.timedelta | None,
-                       message_id: str | None) -> list[str]:
+                       message_id: str | None, priority: int | None = None) -> list[str]:
         if not self._schema_ready:
             # DDL on our own connection, never inside the caller's transaction.
             await self.ensure_schema()
         sql, params, ids = _core.postgres_enqueue(self.schema, self.queue, bodies,
-                                                  inject(headers), delay, message_id)
+                                                  inject(headers), delay, message_id, priority)
         await _execute(conn, sql, params)
         return list(ids)
 
@@ -143,7 +148,7 @@ class PostgresBackend(NativeBackend):
     def enqueue_sync(self, transaction: Any, body: bytes | str,
                      headers: dict[str, Any] | None = None,
                      delay: float | _dt.timedelta | None = None,
-                     message_id: str | None = None) -> str:
+                     message_id: str | None = None, *, priority: int | None = None) -> str:
         """:meth:`publish` with ``transaction=`` from sync code, through a
         sync connection (psycopg 3 ``Connection`` or DB-API); the schema must
         exist (``await ensure_schema()`` once, as ``App.send_sync`` does)."""
@@ -151,7 +156,7 @@ class PostgresBackend(NativeBackend):
             raise ConfigError("transaction: an async connection needs the async send "
                               "(await task.options(transaction=conn).send(...))")
         sql, params, ids = _core.postgres_enqueue(self.schema, self.queue, [body],
-                                                  inject(headers), delay, message_id)
+                                                  inject(headers), delay, message_id, priority)
         _execute_sync(transaction, sql, params)
         return str(ids[0])
 

@@ -40,14 +40,14 @@ __all__ = ["SqliteBackend"]
 def enqueue(conn: sqlite3.Connection, queue: str, bodies: Iterable[bytes | str],
             headers: dict[str, Any] | None = None,
             delay: float | _dt.timedelta | None = None,
-            message_id: str | None = None) -> list[str]:
+            message_id: str | None = None, priority: int | None = None) -> list[str]:
     """Insert jobs through ``conn`` (in its current transaction); the SQL
     comes from the core, the same the backend's own publish runs."""
     if not isinstance(conn, sqlite3.Connection):
         raise ConfigError(
             f"transaction: expected a sqlite3.Connection, got {type(conn).__name__}")
     ddl, insert, rows, ids = _core.sqlite_enqueue(queue, list(bodies), headers, delay,
-                                                  message_id)
+                                                  message_id, priority)
     for statement in ddl:
         conn.execute(statement)
     conn.executemany(insert, rows)
@@ -102,33 +102,39 @@ class SqliteBackend(NativeBackend):
     async def publish(self, body: bytes | str, headers: dict[str, Any] | None = None,
                       delay: float | _dt.timedelta | None = None,
                       message_id: str | None = None, *,
-                      transaction: sqlite3.Connection | None = None) -> str:
+                      transaction: sqlite3.Connection | None = None,
+                      priority: int | None = None) -> str:
         """Insert one job (due after ``delay`` seconds); returns its id
         (``message_id`` if given, else a generated one). With
         ``transaction=conn`` the row is inserted through that connection,
-        in its open transaction."""
+        in its open transaction. ``priority`` 0-9: due jobs are claimed
+        highest priority first."""
         if transaction is not None:
             return enqueue(transaction, self.name, [body], inject(headers), delay,
-                           message_id)[0]
-        return await super().publish(body, headers, delay, message_id)
+                           message_id, priority)[0]
+        return await super().publish(body, headers, delay, message_id, priority=priority)
 
     async def publish_many(self, bodies: Iterable[bytes | str],
                            headers: dict[str, Any] | None = None,
                            delay: float | _dt.timedelta | None = None, *,
                            transaction: sqlite3.Connection | None = None,
-                           message_ids: Sequence[str] | None = None) -> list[str]:
+                           message_ids: Sequence[str] | None = None,
+                           priority: int | None = None) -> list[str]:
         """Insert many jobs in one transaction; returns their ids in order."""
         if transaction is not None and message_ids is not None:
-            return [self.enqueue_sync(transaction, body, headers, delay, mid)
+            return [self.enqueue_sync(transaction, body, headers, delay, mid, priority=priority)
                     for body, mid in zip(bodies, message_ids, strict=True)]
         if transaction is not None:
-            return enqueue(transaction, self.name, bodies, inject(headers), delay)
-        return await super().publish_many(bodies, headers, delay, message_ids=message_ids)
+            return enqueue(transaction, self.name, bodies, inject(headers), delay,
+                           priority=priority)
+        return await super().publish_many(bodies, headers, delay, message_ids=message_ids,
+                                          priority=priority)
 
     def enqueue_sync(self, transaction: sqlite3.Connection, body: bytes | str,
                      headers: dict[str, Any] | None = None,
                      delay: float | _dt.timedelta | None = None,
-                     message_id: str | None = None) -> str:
+                     message_id: str | None = None, *, priority: int | None = None) -> str:
         """:meth:`publish` with ``transaction=``, from sync code (the
         connection's own thread); returns the job's id."""
-        return enqueue(transaction, self.name, [body], inject(headers), delay, message_id)[0]
+        return enqueue(transaction, self.name, [body], inject(headers), delay, message_id,
+                       priority)[0]

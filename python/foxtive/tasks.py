@@ -58,9 +58,6 @@ class TaskApp(Protocol):
 
     def _executor(self) -> concurrent.futures.Executor: ...
 
-#: Header carrying a task's priority (0-9) until the publish API has one.
-PRIORITY_HEADER = "foxtive-priority"
-
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
 _PER = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
         "h": 3600.0, "hour": 3600.0}
@@ -292,14 +289,13 @@ class TaskCall(Generic[P, R]):
         prio = _priority(priority)
         if prio is None:
             prio = task.priority
-        extra = dict(headers) if headers else {}
-        if prio is not None:
-            extra[PRIORITY_HEADER] = prio
-        self._headers = envelope.headers_for(task.name, extra)
+        self._headers = envelope.headers_for(task.name, dict(headers) if headers else {})
         #: Keywords for the backend's publish, only those given.
         options: dict[str, Any] = {}
         if transaction is not None:
             options["transaction"] = transaction
+        if prio is not None:
+            options["priority"] = prio
         self._options = options or None
 
     def _prepare(self, args: Any, kwargs: Any) -> tuple[bytes, str]:

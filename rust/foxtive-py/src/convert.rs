@@ -140,6 +140,35 @@ pub fn body_from_py(obj: &Bound<'_, PyAny>) -> PyResult<Bytes> {
     }
 }
 
+/// The `priority=` of a publish: an integer 0-9 (9 delivered first) or None.
+pub fn priority_from_py(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u8>> {
+    let Some(obj) = obj.filter(|o| !o.is_none()) else {
+        return Ok(None);
+    };
+    let value = if obj.is_instance_of::<PyBool>() {
+        None
+    } else {
+        obj.extract::<i64>().ok()
+    };
+    match value {
+        Some(p @ 0..=9) => Ok(Some(p as u8)),
+        _ => Err(config_error(format!(
+            "priority: must be an integer 0-9 (9 runs first) or None, got {}",
+            obj.repr()?
+        ))),
+    }
+}
+
+/// Set `priority` on every message of a publish.
+pub fn with_priority(mut outs: Vec<Outgoing>, priority: Option<u8>) -> Vec<Outgoing> {
+    if priority.is_some() {
+        for out in &mut outs {
+            out.priority = priority;
+        }
+    }
+    outs
+}
+
 /// Build an outgoing message from publish() arguments.
 pub fn outgoing_from_py(
     body: &Bound<'_, PyAny>,

@@ -15,7 +15,7 @@ use foxtive_core::backend::postgres::{PostgresBackend, PostgresConfig};
 use foxtive_core::dlq::DeadLetterStore;
 
 use crate::bridge;
-use crate::convert::{duration_from_py, outgoings_from_py};
+use crate::convert::{duration_from_py, outgoings_from_py, priority_from_py, with_priority};
 use crate::errors::{config_error, IntoPyResult};
 use crate::native_backend::NativeBackend;
 
@@ -94,7 +94,8 @@ impl PyPostgresBackend {
 /// enqueue) and the jobs exist exactly when that transaction commits.
 /// Returns `(sql, params, ids)`.
 #[pyfunction]
-#[pyo3(signature = (schema, queue, bodies, headers = None, delay = None, message_id = None))]
+#[pyo3(signature = (schema, queue, bodies, headers = None, delay = None, message_id = None, priority = None))]
+#[allow(clippy::too_many_arguments)]
 pub fn postgres_enqueue<'py>(
     py: Python<'py>,
     schema: &str,
@@ -103,12 +104,16 @@ pub fn postgres_enqueue<'py>(
     headers: Option<&Bound<'py, PyDict>>,
     delay: Option<&Bound<'py, PyAny>>,
     message_id: Option<String>,
+    priority: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     foxtive_core::backend::postgres::validate_schema(schema).py_err()?;
     if queue.is_empty() {
         return Err(config_error("queue: must be a non-empty string"));
     }
-    let mut outs = outgoings_from_py(bodies, headers, delay, None)?;
+    let mut outs = with_priority(
+        outgoings_from_py(bodies, headers, delay, None)?,
+        priority_from_py(priority)?,
+    );
     if message_id.is_some() {
         if outs.len() != 1 {
             return Err(config_error("message_id: only for a single message"));

@@ -12,7 +12,7 @@ use foxtive_core::backend::sqlite::row::{self, SqlValue};
 use foxtive_core::backend::sqlite::{path_from_url, schema, SqliteBackend, SqliteConfig};
 use foxtive_core::dlq::DeadLetterStore;
 
-use crate::convert::outgoings_from_py;
+use crate::convert::{outgoings_from_py, priority_from_py, with_priority};
 use crate::errors::{config_error, IntoPyResult};
 use crate::native_backend::NativeBackend;
 use crate::registry::options_from_py;
@@ -104,7 +104,7 @@ pub fn sqlite_path_from_url(url: &str) -> PyResult<String> {
 /// `(ddl, insert, rows, ids)`. Run each `ddl` statement (all `IF NOT
 /// EXISTS`), then `executemany(insert, rows)`; `ids` are the message ids.
 #[pyfunction]
-#[pyo3(signature = (queue, bodies, headers = None, delay = None, message_id = None))]
+#[pyo3(signature = (queue, bodies, headers = None, delay = None, message_id = None, priority = None))]
 #[allow(clippy::type_complexity)]
 pub fn sqlite_enqueue<'py>(
     py: Python<'py>,
@@ -113,6 +113,7 @@ pub fn sqlite_enqueue<'py>(
     headers: Option<&Bound<'py, PyDict>>,
     delay: Option<&Bound<'py, PyAny>>,
     message_id: Option<String>,
+    priority: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<(
     Vec<&'static str>,
     &'static str,
@@ -122,7 +123,8 @@ pub fn sqlite_enqueue<'py>(
     let now = foxtive_core::clock::unix_now();
     let mut rows = Vec::new();
     let mut ids = Vec::new();
-    for mut out in outgoings_from_py(bodies, headers, delay, None)? {
+    let priority = priority_from_py(priority)?;
+    for mut out in with_priority(outgoings_from_py(bodies, headers, delay, None)?, priority) {
         out.message_id = message_id.clone();
         let (params, id) = row::insert_params(queue, &out, now);
         let values = params

@@ -255,6 +255,7 @@ impl Inner {
             out.push(d);
         }
         drop(held);
+        fetch::in_claim_order(&mut out);
         self.touch();
         Ok(out)
     }

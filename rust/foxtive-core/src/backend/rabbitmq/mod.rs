@@ -369,6 +369,13 @@ impl Backend for RabbitMqBackend {
 
     async fn publish(&self, messages: Vec<Outgoing>) -> Result<Vec<String>> {
         let s = &self.shared;
+        if !s.config.has_priorities() && messages.iter().any(|m| m.priority.is_some()) {
+            return Err(Error::Config(format!(
+                "priority: queue {:?} has no priorities (RabbitMQ would ignore them); \
+                 declare it with RabbitMqConsumerConfig(max_priority=10)",
+                s.config.queue_name
+            )));
+        }
         if s.closed.load(Ordering::Acquire) || s.current().is_none() {
             // Publishing on its own (no pool running, or after it closed the
             // backend): connect without consuming.

@@ -4,6 +4,14 @@ use super::*;
 
 impl Inner {
     pub(super) async fn publish(&self, messages: Vec<Outgoing>) -> Result<Vec<String>> {
+        if messages.iter().any(|m| m.priority.is_some()) {
+            // A stream is read in order: there is no way to let a later entry pass.
+            return Err(Error::Config(
+                "priority: Redis Streams deliver in stream order and have no priorities; \
+                 use RabbitMQ (max_priority), PostgreSQL, SQLite or memory"
+                    .to_string(),
+            ));
+        }
         let mut ids: Vec<Option<String>> = Vec::with_capacity(messages.len());
         let mut now_fields: Vec<(usize, Vec<Field<'_>>)> = Vec::new();
         let mut delayed: Vec<(u64, Vec<u8>)> = Vec::new();
