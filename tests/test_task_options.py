@@ -294,3 +294,146 @@ def test_priority_out_of_range_is_a_config_error() -> None:
         with pytest.raises(foxtive.ConfigError, match="priority"):
             backend.publish_sync(b"x", priority=bad)  # type: ignore[arg-type]
     assert backend.qsize() == 0
+
+
+# -- dedup -------------------------------------------------------------------
+
+async def send_twice(r: Recorder, key: str, ttl: float = 60.0
+                     ) -> tuple[foxtive.TaskHandle, foxtive.TaskHandle]:
+    first = await r.task.options(dedup_key=key, dedup_ttl=ttl).send("first")
+    second = await r.task.options(dedup_key=key, dedup_ttl=ttl).send("second")
+    return first, second
+
+
+async def test_memory_dedup_returns_the_first_handle() -> None:
+    r = Recorder("memory://")
+    first, second = await send_twice(r, "welcome-ann")
+    third = r.task.options(dedup_key="welcome-ann", dedup_ttl=60).send_sync("third")
+    assert first == second == third
+    other = await r.task.options(dedup_key="welcome-bob", dedup_ttl=60).send("other")
+    assert other.id != first.id
+    await r.drain()
+    assert sorted(r.ran) == ["first", "other"]
+    backend = foxtive.MemoryBackend("taskopts-dedup")
+    assert backend.publish_sync(b"a", message_id="a", dedup_key="k", dedup_ttl=60) == "a"
+    assert backend.publish_sync(b"b", message_id="b", dedup_key="k", dedup_ttl=60) == "a"
+    assert backend.qsize() == 1
+    await r.app.aclose()
+
+
+def test_dedup_options_are_checked() -> None:
+    r = Recorder("memory://")
+    with pytest.raises(foxtive.ConfigError, match="dedup_ttl"):
+        r.task.options(dedup_key="k")
+    with pytest.raises(foxtive.ConfigError, match="dedup_key"):
+        r.task.options(dedup_ttl=5.0)
+    with pytest.raises(foxtive.ConfigError, match="dedup_ttl"):
+        r.task.options(dedup_key="k", dedup_ttl=0)
+    with pytest.raises(foxtive.ConfigError, match="send_many"):
+        r.task.options(dedup_key="k", dedup_ttl=5.0).send_many_sync([("a",)])
+    assert r.app.backend(r.queue).qsize() == 0
+    r.app.close()
+
+
+async def test_redis_dedup_is_one_script_and_expires() -> None:
+    import redis.asyncio as aioredis
+    stream = f"foxtive-test:taskopts:{uuid.uuid4().hex[:12]}"
+    r = Recorder(REDIS_URL, queue=stream)
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        # Twenty sends of one key at once: exactly one entry, every handle the same.
+        handles = await asyncio.gather(*(
+            r.task.options(dedup_key="tick", dedup_ttl=60).send(f"n{i}") for i in range(20)))
+        assert len({h.id for h in handles}) == 1
+        assert await client.xlen(stream) == 1
+        assert (await client.get(f"{stream}:dedup:tick")).decode() == handles[0].id
+        assert 0 < await client.pttl(f"{stream}:dedup:tick") <= 60_000
+        # A delayed send takes its key too (the entry waits in the delayed set).
+        late = await r.task.options(dedup_key="late", dedup_ttl=60, delay=3600).send("late")
+        again = await r.task.options(dedup_key="late", dedup_ttl=60).send("late-2")
+        assert again == late and await client.zcard(f"{stream}:delayed") == 1
+        # Once the TTL is over, the key is free again.
+        short = await r.task.options(dedup_key="short", dedup_ttl=0.2).send("s1")
+        await asyncio.sleep(0.3)  # the TTL itself is what is being tested
+        assert (await r.task.options(dedup_key="short", dedup_ttl=0.2).send("s2")) != short
+        assert await client.xlen(stream) == 3
+        # The message layer: publish returns the holder's id.
+        backend = r.app.backend(stream)
+        assert await backend.publish(b"x", message_id="m1", dedup_key="raw", dedup_ttl=60) == "m1"
+        assert await backend.publish(b"y", message_id="m2", dedup_key="raw", dedup_ttl=60) == "m1"
+        assert await client.xlen(stream) == 4
+    finally:
+        await r.app.aclose()
+        keys = [k async for k in client.scan_iter(match=f"{stream}*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+async def test_sqlite_dedup_commits_with_the_job(sqlite_path: str) -> None:
+    r = Recorder(f"sqlite:///{sqlite_path}")
+    first, second = await send_twice(r, "k")
+    assert first == second
+    conn = sqlite3.connect(sqlite_path)
+    try:
+        # In a transaction that rolls back, the key goes back with the job.
+        await r.task.options(dedup_key="tx", dedup_ttl=60, transaction=conn).send("rolled-back")
+        conn.rollback()
+        kept = await r.task.options(dedup_key="tx", dedup_ttl=60, transaction=conn).send("kept")
+        conn.commit()
+    finally:
+        conn.close()
+    assert (await r.task.options(dedup_key="tx", dedup_ttl=60).send("late")) == kept
+    with sqlite3.connect(sqlite_path) as judge:
+        assert judge.execute("SELECT count(*) FROM foxtive_jobs").fetchone() == (2,)
+        assert judge.execute("SELECT message_id FROM foxtive_dedup WHERE key = 'tx'"
+                             ).fetchone() == (kept.id,)
+    await r.drain()
+    assert sorted(r.ran) == ["first", "kept"]
+    await r.app.aclose()
+
+
+@needs_postgres
+async def test_postgres_dedup_one_statement_and_in_transaction(pg_schema: str) -> None:
+    r = Recorder(f"{POSTGRES_URL}?schema={pg_schema}")
+    handles = await asyncio.gather(*(
+        r.task.options(dedup_key="k", dedup_ttl=60).send(f"n{i}") for i in range(10)))
+    assert len({h.id for h in handles}) == 1
+    async with await psycopg.AsyncConnection.connect(POSTGRES_URL) as conn:
+        await r.task.options(dedup_key="tx", dedup_ttl=60, transaction=conn).send("rolled")
+        await conn.rollback()
+        kept = await r.task.options(dedup_key="tx", dedup_ttl=60, transaction=conn).send("kept")
+        again = await r.task.options(dedup_key="tx", dedup_ttl=60, transaction=conn).send("x")
+        await conn.commit()
+        assert again == kept
+        assert (await r.task.options(dedup_key="tx", dedup_ttl=60).send("late")) == kept
+        cur = await conn.execute(f'SELECT count(*) FROM "{pg_schema}".jobs')
+        assert await cur.fetchone() == (2,)
+    await r.drain()
+    assert len(r.ran) == 2 and "kept" in r.ran
+    await r.app.aclose()
+
+
+async def test_rabbitmq_dedup_needs_a_redis_result_store(amqp_queue: str) -> None:
+    r = Recorder(rabbit_factory(), queue=amqp_queue)
+    with pytest.raises(foxtive.ConfigError, match="results="):
+        await r.task.options(dedup_key="k", dedup_ttl=60).send("x")
+    await r.app.aclose()
+    r = Recorder(rabbit_factory(), queue=amqp_queue, results=REDIS_URL)
+    key = f"k-{uuid.uuid4().hex[:6]}"
+    first, second = await send_twice(r, key)
+    assert first == second
+    await r.app.aclose()
+    conn = await aio_pika.connect(AMQP_URL)
+    try:
+        ch = await conn.channel()
+        queue = await ch.declare_queue(amqp_queue, passive=True)
+        assert queue.declaration_result.message_count == 1
+    finally:
+        await conn.close()
+    import redis
+    client = redis.Redis.from_url(REDIS_URL)
+    holder = f"foxtive:result:dedup:{amqp_queue}:{key}"
+    assert client.get(holder) == first.id.encode()
+    client.delete(holder, f"foxtive:result:{first.id}", f"foxtive:result:{second.id}")
+    client.close()

@@ -282,6 +282,8 @@ class NativeBackend:
         delay: _Seconds | None = None,
         message_id: str | None = None,
         priority: int | None = None,
+        dedup_key: str | None = None,
+        dedup_ttl: _Seconds | None = None,
     ) -> Awaitable[str]: ...
     def publish_many(
         self,
@@ -303,6 +305,8 @@ class MemoryBackend(NativeBackend):
         delay: _Seconds | None = None,
         message_id: str | None = None,
         priority: int | None = None,
+        dedup_key: str | None = None,
+        dedup_ttl: _Seconds | None = None,
     ) -> str: ...
     def publish_many_sync(
         self,
@@ -355,6 +359,7 @@ def postgres_enqueue(
     message_id: str | None = None,
     priority: int | None = None,
 ) -> tuple[str, list[Any], list[str]]: ...
+def postgres_dedup_sql(schema: str) -> tuple[str, str]: ...
 
 @final
 class DeadLetter:
@@ -422,6 +427,7 @@ class SqliteBackend(NativeBackend):
     def held(self) -> int: ...
 
 def sqlite_path_from_url(url: str) -> str: ...
+def sqlite_dedup_sql() -> tuple[str, str]: ...
 def sqlite_enqueue(
     queue: str,
     bodies: Iterable[bytes | str],

@@ -393,11 +393,42 @@ class App:
         backend = self.backend(queue)
         if options:
             check_publish_options(backend, options)
+            if options.get("dedup_key") is not None and not backend.native_dedup:
+                return await self._publish_once(backend, queue, body, headers, delay, task_id,
+                                                options)
         if self.results:
             await self._result_store().mark(task_id, "pending")
         got = await backend.publish(body, headers=headers, delay=delay, message_id=task_id,
                                     **(options or {}))
         return got if isinstance(got, str) else task_id
+
+    async def _publish_once(self, backend: Any, queue: str, body: bytes,
+                            headers: dict[str, Any], delay: float | None, task_id: str,
+                            options: Mapping[str, Any]) -> str:
+        """``dedup_key`` on a broker with no store of its own (RabbitMQ):
+        the key is taken in the app's Redis result store (``SET NX``), then
+        the task is published. Not atomic: a process that dies between the
+        two leaves the key taken and no task for ``dedup_ttl``; a failed
+        publish gives the key back."""
+        store = self._result_store() if self.results else None
+        if not isinstance(store, RedisResultStore):
+            raise ConfigError(
+                f"dedup_key: {type(backend).__name__} keeps no state to deduplicate with; "
+                f"give the app a Redis result store: App(..., results='redis://...')")
+        opts = dict(options)
+        key = f"{store.prefix}dedup:{queue}:{opts.pop('dedup_key')}"
+        ttl_ms = max(1, int(opts.pop("dedup_ttl") * 1000))
+        client = store._client()
+        held = await client.set(key, task_id, nx=True, px=ttl_ms, get=True)
+        if held is not None:
+            return held.decode() if isinstance(held, bytes) else str(held)
+        try:
+            await store.mark(task_id, "pending")
+            await backend.publish(body, headers=headers, delay=delay, message_id=task_id, **opts)
+        except BaseException:
+            await client.delete(key)
+            raise
+        return task_id
 
     def _publish_sync(self, queue: str, body: bytes, headers: dict[str, Any],
                       delay: float | None, task_id: str,

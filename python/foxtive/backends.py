@@ -50,10 +50,11 @@ def check_publish_options(backend: Any, options: Any) -> None:
         raise ConfigError(
             f"transaction: only the PostgreSQL and SQLite brokers enqueue inside the caller's "
             f"transaction; this queue's backend is {type(backend).__name__}")
-    if options.get("priority") is not None and not isinstance(backend, NativeBackend):
-        raise ConfigError(
-            f"priority: {type(backend).__name__} is a backend written in Python, whose publish "
-            f"takes no priority")
+    for name in ("priority", "dedup_key"):
+        if options.get(name) is not None and not isinstance(backend, NativeBackend):
+            raise ConfigError(
+                f"{name}: {type(backend).__name__} is a backend written in Python, whose "
+                f"publish does not take it")
 
 
 class Backend:
@@ -70,6 +71,9 @@ class Backend:
     #: Whether ``publish(..., transaction=conn)`` inserts through the
     #: caller's connection (the SQL backends).
     transactional: ClassVar[bool] = False
+    #: Whether ``publish(..., dedup_key=, dedup_ttl=)`` deduplicates in the
+    #: broker itself (every native backend but RabbitMQ).
+    native_dedup: ClassVar[bool] = False
 
     async def connect(self) -> None:
         """Connect and subscribe; called when a pool starts."""
@@ -148,6 +152,7 @@ class NativeBackend(Backend):
     close, publish and their own dead-letter queue."""
 
     _native: _core.NativeBackend
+    native_dedup = True
 
     #: foxtive's native backend classes by type name ("SqliteBackend"), for
     #: ``backend_from_url``: each registers itself by being defined.
@@ -204,12 +209,18 @@ class NativeBackend(Backend):
 
     async def publish(self, body: bytes | str, headers: dict[str, Any] | None = None,
                       delay: float | _dt.timedelta | None = None,
-                      message_id: str | None = None, *, priority: int | None = None) -> str:
+                      message_id: str | None = None, *, priority: int | None = None,
+                      dedup_key: str | None = None,
+                      dedup_ttl: float | _dt.timedelta | None = None) -> str:
         """Publish one message (durably where the broker can, after ``delay``
         seconds); returns its id: ``message_id`` if given. ``priority``: 0-9,
         9 delivered first (RabbitMQ queues with ``max_priority``, PostgreSQL,
-        SQLite, memory; a ``ConfigError`` elsewhere)."""
-        return await self._native.publish(body, inject(headers), delay, message_id, priority)
+        SQLite, memory; a ``ConfigError`` elsewhere). ``dedup_key`` +
+        ``dedup_ttl``: publish only if no message took the key within the
+        TTL (checked and enqueued in one atomic step); otherwise nothing is
+        published and the id returned is the one holding the key."""
+        return await self._native.publish(body, inject(headers), delay, message_id, priority,
+                                          dedup_key, dedup_ttl)
 
     async def publish_many(self, bodies: Iterable[bytes | str],
                            headers: dict[str, Any] | None = None,
@@ -259,8 +270,11 @@ class MemoryBackend(NativeBackend):
 
     async def publish(self, body: bytes | str, headers: dict[str, Any] | None = None,
                       delay: float | _dt.timedelta | None = None,
-                      message_id: str | None = None, *, priority: int | None = None) -> str:
-        return self._native.publish_sync(body, inject(headers), delay, message_id, priority)
+                      message_id: str | None = None, *, priority: int | None = None,
+                      dedup_key: str | None = None,
+                      dedup_ttl: float | _dt.timedelta | None = None) -> str:
+        return self._native.publish_sync(body, inject(headers), delay, message_id, priority,
+                                         dedup_key, dedup_ttl)
 
     async def publish_many(self, bodies: Iterable[bytes | str],
                            headers: dict[str, Any] | None = None,
@@ -272,10 +286,14 @@ class MemoryBackend(NativeBackend):
 
     def publish_sync(self, body: bytes | str, headers: dict[str, Any] | None = None,
                      delay: float | _dt.timedelta | None = None,
-                     message_id: str | None = None, *, priority: int | None = None) -> str:
+                     message_id: str | None = None, *, priority: int | None = None,
+                     dedup_key: str | None = None,
+                     dedup_ttl: float | _dt.timedelta | None = None) -> str:
         """Publish without awaiting (the memory backend never waits);
-        ``priority`` 0-9: higher priorities are delivered first."""
-        return self._native.publish_sync(body, inject(headers), delay, message_id, priority)
+        ``priority`` 0-9: higher priorities are delivered first;
+        ``dedup_key``/``dedup_ttl`` as in :meth:`NativeBackend.publish`."""
+        return self._native.publish_sync(body, inject(headers), delay, message_id, priority,
+                                         dedup_key, dedup_ttl)
 
     def publish_many_sync(self, bodies: Iterable[bytes | str],
                           headers: dict[str, Any] | None = None,

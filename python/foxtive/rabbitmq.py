@@ -129,6 +129,9 @@ class RabbitMqBackend(NativeBackend):
     ``reconnect_*`` shape the backoff between reconnection attempts."""
 
     _native: _core.RabbitMqBackend
+    #: RabbitMQ keeps no state to deduplicate with: an App deduplicates
+    #: through its Redis result store instead (see ``App``).
+    native_dedup = False
 
     def __init__(self, url: str | Sequence[str], config: RabbitMqConsumerConfig | None = None, *,
                  reconnect_initial: float = 1.0, reconnect_max: float = 60.0,

@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import sqlite3
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Self
 
 from . import _core
+from ._config import seconds
 from ._tracecontext import inject
 from .backends import NativeBackend
 from .errors import ConfigError
@@ -40,9 +42,13 @@ __all__ = ["SqliteBackend"]
 def enqueue(conn: sqlite3.Connection, queue: str, bodies: Iterable[bytes | str],
             headers: dict[str, Any] | None = None,
             delay: float | _dt.timedelta | None = None,
-            message_id: str | None = None, priority: int | None = None) -> list[str]:
+            message_id: str | None = None, priority: int | None = None,
+            dedup_key: str | None = None,
+            dedup_ttl: float | _dt.timedelta | None = None) -> list[str]:
     """Insert jobs through ``conn`` (in its current transaction); the SQL
-    comes from the core, the same the backend's own publish runs."""
+    comes from the core, the same the backend's own publish runs. With
+    ``dedup_key`` (one job), the key is taken in the same transaction, and
+    when another job holds it nothing is inserted and its id is returned."""
     if not isinstance(conn, sqlite3.Connection):
         raise ConfigError(
             f"transaction: expected a sqlite3.Connection, got {type(conn).__name__}")
@@ -50,6 +56,16 @@ def enqueue(conn: sqlite3.Connection, queue: str, bodies: Iterable[bytes | str],
                                                   message_id, priority)
     for statement in ddl:
         conn.execute(statement)
+    if dedup_key is not None:
+        if len(ids) != 1 or dedup_ttl is None:
+            raise ConfigError("dedup_key: one message, with dedup_ttl")
+        ttl = seconds("dedup_ttl", dedup_ttl, positive=True)
+        claim, held = _core.sqlite_dedup_sql()
+        now = time.time()
+        if conn.execute(claim, (queue, dedup_key, ids[0], now + ttl, now)).fetchone() is None:
+            row = conn.execute(held, (queue, dedup_key)).fetchone()
+            if row is not None:
+                return [str(row[0])]
     conn.executemany(insert, rows)
     return list(ids)
 
@@ -103,7 +119,8 @@ class SqliteBackend(NativeBackend):
                       delay: float | _dt.timedelta | None = None,
                       message_id: str | None = None, *,
                       transaction: sqlite3.Connection | None = None,
-                      priority: int | None = None) -> str:
+                      priority: int | None = None, dedup_key: str | None = None,
+                      dedup_ttl: float | _dt.timedelta | None = None) -> str:
         """Insert one job (due after ``delay`` seconds); returns its id
         (``message_id`` if given, else a generated one). With
         ``transaction=conn`` the row is inserted through that connection,
@@ -111,8 +128,9 @@ class SqliteBackend(NativeBackend):
         highest priority first."""
         if transaction is not None:
             return enqueue(transaction, self.name, [body], inject(headers), delay,
-                           message_id, priority)[0]
-        return await super().publish(body, headers, delay, message_id, priority=priority)
+                           message_id, priority, dedup_key, dedup_ttl)[0]
+        return await super().publish(body, headers, delay, message_id, priority=priority,
+                                     dedup_key=dedup_key, dedup_ttl=dedup_ttl)
 
     async def publish_many(self, bodies: Iterable[bytes | str],
                            headers: dict[str, Any] | None = None,
@@ -133,8 +151,11 @@ class SqliteBackend(NativeBackend):
     def enqueue_sync(self, transaction: sqlite3.Connection, body: bytes | str,
                      headers: dict[str, Any] | None = None,
                      delay: float | _dt.timedelta | None = None,
-                     message_id: str | None = None, *, priority: int | None = None) -> str:
+                     message_id: str | None = None, *, priority: int | None = None,
+                     dedup_key: str | None = None,
+                     dedup_ttl: float | _dt.timedelta | None = None) -> str:
         """:meth:`publish` with ``transaction=``, from sync code (the
-        connection's own thread); returns the job's id."""
+        connection's own thread); returns the job's id (the holder's, when
+        ``dedup_key`` is taken)."""
         return enqueue(transaction, self.name, [body], inject(headers), delay, message_id,
-                       priority)[0]
+                       priority, dedup_key, dedup_ttl)[0]

@@ -213,13 +213,19 @@ class Task(Generic[P, R]):
                 eta: _dt.datetime | None = None, message_id: str | None = None,
                 priority: int | None = None,
                 headers: Mapping[str, Any] | None = None,
+                dedup_key: str | None = None,
+                dedup_ttl: float | _dt.timedelta | None = None,
                 transaction: Any = None) -> TaskCall[P, R]:
-        """The same task sent with these options. ``transaction``: a
-        psycopg 3 connection (PostgreSQL broker) or a ``sqlite3.Connection``
-        (SQLite broker): the task is inserted through it and exists only if
-        that transaction commits; ``ConfigError`` on other brokers."""
+        """The same task sent with these options. ``priority``: 0-9, 9 runs
+        first. ``dedup_key`` + ``dedup_ttl``: a second send with the same key
+        within the TTL enqueues nothing and returns the first task's handle.
+        ``transaction``: a psycopg 3 connection (PostgreSQL broker) or a
+        ``sqlite3.Connection`` (SQLite broker): the task is inserted through it
+        and exists only if that transaction commits. An option the broker
+        cannot honour is a ``ConfigError`` at send."""
         return TaskCall(self, delay=delay, eta=eta, message_id=message_id,
-                        priority=priority, headers=headers, transaction=transaction)
+                        priority=priority, headers=headers, dedup_key=dedup_key,
+                        dedup_ttl=dedup_ttl, transaction=transaction)
 
     async def send(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         """Enqueue a call; ``TypeError`` if an argument cannot be encoded."""
@@ -269,6 +275,8 @@ class TaskCall(Generic[P, R]):
                  eta: _dt.datetime | None = None, message_id: str | None = None,
                  priority: int | None = None,
                  headers: Mapping[str, Any] | None = None,
+                 dedup_key: str | None = None,
+                 dedup_ttl: float | _dt.timedelta | None = None,
                  transaction: Any = None) -> None:
         self._task = task
         if delay is not None and eta is not None:
@@ -296,6 +304,14 @@ class TaskCall(Generic[P, R]):
             options["transaction"] = transaction
         if prio is not None:
             options["priority"] = prio
+        if (dedup_key is None) != (dedup_ttl is None):
+            raise ConfigError("dedup_key, dedup_ttl: give both (the key, and how long it "
+                              "holds), or neither")
+        if dedup_key is not None:
+            if not isinstance(dedup_key, str) or not dedup_key:
+                raise ConfigError("dedup_key: must be a non-empty string")
+            options["dedup_key"] = dedup_key
+            options["dedup_ttl"] = seconds("dedup_ttl", dedup_ttl, positive=True)
         self._options = options or None
 
     def _prepare(self, args: Any, kwargs: Any) -> tuple[bytes, str]:
@@ -321,6 +337,8 @@ class TaskCall(Generic[P, R]):
               ) -> list[tuple[bytes, str]]:
         if self._message_id is not None:
             raise ConfigError("message_id: one id cannot name many tasks (send_many)")
+        if self._options and "dedup_key" in self._options:
+            raise ConfigError("dedup_key: one key cannot deduplicate many tasks (send_many)")
         out = []
         for i, call in enumerate(calls):
             if isinstance(call, Mapping):

@@ -12,8 +12,8 @@ use foxtive_core::backend::{Backend, MemoryBackend};
 use foxtive_core::dlq::{DeadLetter, DeadLetterStore};
 
 use crate::convert::{
-    body_from_py, headers_to_py, outgoing_from_py, outgoings_from_py, priority_from_py,
-    with_priority,
+    body_from_py, dedup_from_py, headers_to_py, outgoing_from_py, outgoings_from_py,
+    priority_from_py, with_priority,
 };
 use crate::errors::IntoPyResult;
 use crate::native_backend::{native_of, NativeBackend};
@@ -56,7 +56,9 @@ impl PyMemoryBackend {
     }
 
     /// Publish one message; returns its id (synchronously: memory never waits).
-    #[pyo3(signature = (body, headers = None, delay = None, message_id = None, priority = None))]
+    #[pyo3(signature = (body, headers = None, delay = None, message_id = None, priority = None,
+                        dedup_key = None, dedup_ttl = None))]
+    #[allow(clippy::too_many_arguments)]
     fn publish_sync(
         &self,
         body: &Bound<'_, PyAny>,
@@ -64,9 +66,12 @@ impl PyMemoryBackend {
         delay: Option<&Bound<'_, PyAny>>,
         message_id: Option<String>,
         priority: Option<&Bound<'_, PyAny>>,
+        dedup_key: Option<String>,
+        dedup_ttl: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<String> {
         let mut out = outgoing_from_py(body, headers, delay, message_id)?;
         out.priority = priority_from_py(priority)?;
+        out.dedup = dedup_from_py(dedup_key, dedup_ttl)?;
         Ok(self.inner.publish_now(vec![out]).remove(0))
     }
 

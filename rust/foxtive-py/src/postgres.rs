@@ -9,6 +9,7 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
+use foxtive_core::backend::postgres::dedup;
 use foxtive_core::backend::postgres::publish::EnqueueRows;
 use foxtive_core::backend::postgres::schema::{insert_sql, Placeholders};
 use foxtive_core::backend::postgres::{PostgresBackend, PostgresConfig};
@@ -147,4 +148,18 @@ pub fn postgres_enqueue<'py>(
             PyList::new(py, &rows.message_id)?.into_any(),
         ],
     )
+}
+
+/// The transactional enqueue's deduplication for `schema`, with psycopg's
+/// `%s` placeholders: `(claim, held)`. Run `claim` with (queue, key,
+/// message id, TTL seconds) in the caller's transaction: a row back means
+/// the key is taken, insert the job; none means another job holds it, and
+/// `held` with (queue, key) names it.
+#[pyfunction]
+pub fn postgres_dedup_sql(schema: &str) -> PyResult<(String, String)> {
+    foxtive_core::backend::postgres::validate_schema(schema).py_err()?;
+    Ok((
+        dedup::claim_sql(schema, Placeholders::Percent),
+        dedup::held_sql(schema, Placeholders::Percent),
+    ))
 }

@@ -9,7 +9,7 @@ use pyo3::types::{PyBytes, PyDict, PyTuple};
 
 use foxtive_core::backend::options::Options;
 use foxtive_core::backend::sqlite::row::{self, SqlValue};
-use foxtive_core::backend::sqlite::{path_from_url, schema, SqliteBackend, SqliteConfig};
+use foxtive_core::backend::sqlite::{dedup, path_from_url, schema, SqliteBackend, SqliteConfig};
 use foxtive_core::dlq::DeadLetterStore;
 
 use crate::convert::{outgoings_from_py, priority_from_py, with_priority};
@@ -147,10 +147,21 @@ fn sql_to_py(py: Python<'_>, v: SqlValue) -> PyResult<Bound<'_, PyAny>> {
     })
 }
 
+/// The transactional enqueue's deduplication, as SQL for the caller's
+/// connection: `(claim, held)`. Run `claim` with (queue, key, message id,
+/// expires at, now) in unix seconds: a row back means the key is taken,
+/// insert the job; none means another job holds it, and `held` with
+/// (queue, key) names it.
+#[pyfunction]
+pub fn sqlite_dedup_sql() -> (&'static str, &'static str) {
+    (dedup::CLAIM, dedup::HELD)
+}
+
 /// Add the class and functions of this module to `_core`.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PySqliteBackend>()?;
     m.add_function(wrap_pyfunction!(sqlite_path_from_url, m)?)?;
     m.add_function(wrap_pyfunction!(sqlite_enqueue, m)?)?;
+    m.add_function(wrap_pyfunction!(sqlite_dedup_sql, m)?)?;
     Ok(())
 }

@@ -129,6 +129,10 @@ struct Store {
     dead: Vec<DeadLetter>,
     /// Delivery numbers (receipts), dense so that `Unacked` stays compact.
     deliveries: u64,
+    /// Publish deduplication: key → (id of the message holding it, until).
+    dedup: HashMap<String, (String, Instant)>,
+    /// Expired keys are swept when the map reaches this size.
+    dedup_sweep_at: usize,
 }
 
 impl Entry {
@@ -169,6 +173,23 @@ impl Store {
     fn ready_len(&self) -> usize {
         self.ready.len() + self.urgent.values().map(VecDeque::len).sum::<usize>()
     }
+}
+
+/// The id holding dedup `key` at `now`, if it has not expired.
+fn held_by(store: &Store, key: &str, now: Instant) -> Option<String> {
+    match store.dedup.get(key) {
+        Some((holder, until)) if *until > now => Some(holder.clone()),
+        _ => None,
+    }
+}
+
+fn take_key(store: &mut Store, key: String, id: String, until: Instant) {
+    if store.dedup.len() >= store.dedup_sweep_at {
+        let now = Instant::now();
+        store.dedup.retain(|_, (_, until)| *until > now);
+        store.dedup_sweep_at = (store.dedup.len() * 2).max(1024);
+    }
+    store.dedup.insert(key, (id, until));
 }
 
 /// The in-process backend.
@@ -223,6 +244,8 @@ impl MemoryBackend {
                 unacked: Unacked::default(),
                 deliveries: 0,
                 dead: Vec::new(),
+                dedup: HashMap::new(),
+                dedup_sweep_at: 1024,
             }),
             next_seq: AtomicU64::new(1),
             published: Notify::new(),
@@ -240,9 +263,17 @@ impl MemoryBackend {
         let now = Instant::now();
         {
             let mut store = self.store.lock();
-            for out in messages {
+            for mut out in messages {
                 let delay = out.delay;
+                let dedup = out.dedup.take();
+                if let Some(holder) = dedup.as_ref().and_then(|d| held_by(&store, &d.key, now)) {
+                    ids.push(holder);
+                    continue;
+                }
                 let (entry, id) = self.entry_from(out);
+                if let Some(d) = dedup {
+                    take_key(&mut store, d.key, id.clone(), now + d.ttl);
+                }
                 ids.push(id);
                 self.put(&mut store, entry, delay, now);
             }
@@ -657,6 +688,24 @@ mod tests {
         assert_eq!(got[0].priority, Some(9));
         b.close().await.unwrap();
         assert_eq!(b.is_drained(), Some(false));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dedup_key_holds_for_its_ttl() {
+        let b = MemoryBackend::new("q").unwrap();
+        let keyed = |id: &str| Outgoing {
+            message_id: Some(id.into()),
+            dedup: Some(crate::message::Dedup {
+                key: "k".into(),
+                ttl: Duration::from_secs(10),
+            }),
+            ..Outgoing::new(body(id))
+        };
+        assert_eq!(b.publish_now(vec![keyed("a"), keyed("b")]), ["a", "a"]);
+        assert_eq!(b.qsize(), 1);
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(b.publish_now(vec![keyed("c")]), ["c"]);
+        assert_eq!(b.qsize(), 2);
     }
 
     #[tokio::test]

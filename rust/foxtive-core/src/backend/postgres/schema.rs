@@ -98,6 +98,7 @@ CREATE TRIGGER jobs_notify AFTER INSERT ON {s}.jobs
 "#,
     ),
     (2, PRIORITY_MIGRATION),
+    (3, super::dedup::MIGRATION),
 ];
 
 /// Migration 2, priorities: the claim takes due jobs by priority first (9

@@ -15,7 +15,7 @@
 use rusqlite::{Connection, TransactionBehavior};
 
 /// The version [`MIGRATIONS`] bring a database to.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Idempotent DDL of every version (every statement `IF NOT EXISTS`).
 ///
@@ -69,6 +69,8 @@ pub const DDL: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS foxtive_dead_letters_queue ON foxtive_dead_letters (queue, id)",
     // Version 2 (priorities): see [`PRIORITY_INDEX`].
     PRIORITY_INDEX,
+    // Version 3 (publish deduplication): see `dedup.rs`.
+    super::dedup::DDL,
 ];
 
 /// Version 2: the claim takes due jobs by priority first (9 before 0, none
