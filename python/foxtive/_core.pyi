@@ -290,6 +290,9 @@ class NativeBackend:
         headers: dict[str, Any] | None = None,
         delay: _Seconds | None = None,
         message_id: str | None = None,
+        priority: int | None = None,
+        dedup_key: str | None = None,
+        dedup_ttl: _Seconds | None = None,
     ) -> Awaitable[str]: ...
     def publish_many(
         self,
@@ -297,6 +300,7 @@ class NativeBackend:
         headers: dict[str, Any] | None = None,
         delay: _Seconds | None = None,
         message_ids: list[str] | None = None,
+        priority: int | None = None,
     ) -> Awaitable[list[str]]: ...
     def dead_letter_store(self) -> DeadLetterStore | None: ...
 
@@ -309,6 +313,9 @@ class MemoryBackend(NativeBackend):
         headers: dict[str, Any] | None = None,
         delay: _Seconds | None = None,
         message_id: str | None = None,
+        priority: int | None = None,
+        dedup_key: str | None = None,
+        dedup_ttl: _Seconds | None = None,
     ) -> str: ...
     def publish_many_sync(
         self,
@@ -316,6 +323,7 @@ class MemoryBackend(NativeBackend):
         headers: dict[str, Any] | None = None,
         delay: _Seconds | None = None,
         message_ids: list[str] | None = None,
+        priority: int | None = None,
     ) -> list[str]: ...
     def publish_bulk(self, bodies: Iterable[bytes]) -> int: ...
     def qsize(self) -> int: ...
@@ -361,7 +369,9 @@ def postgres_enqueue(
     headers: dict[str, Any] | None = None,
     delay: _Seconds | None = None,
     message_id: str | None = None,
+    priority: int | None = None,
 ) -> tuple[str, list[Any], list[str]]: ...
+def postgres_dedup_sql(schema: str) -> tuple[str, str]: ...
 
 @final
 class DeadLetter:
@@ -433,12 +443,14 @@ class SqliteBackend(NativeBackend):
 def sqlite_path_from_url(url: str) -> str: ...
 def sqlite_migrate(path: str) -> tuple[int, int]: ...
 def postgres_migrate(dsn: str, schema: str | None = None) -> Awaitable[tuple[str, int, int]]: ...
+def sqlite_dedup_sql() -> tuple[str, str]: ...
 def sqlite_enqueue(
     queue: str,
     bodies: Iterable[bytes | str],
     headers: dict[str, Any] | None = None,
     delay: _Seconds | None = None,
     message_id: str | None = None,
+    priority: int | None = None,
 ) -> tuple[list[str], str, list[tuple[Any, ...]], list[str]]: ...
 def redact_url(url: str) -> str: ...
 def backend_kind(url: str) -> tuple[str, str]: ...
@@ -577,6 +589,7 @@ class RabbitMqConsumerConfig:
         durable: bool = ...,
         queue_type: str = ...,
         queue_arguments: Mapping[str, Any] | None = ...,
+        max_priority: int | None = ...,
         exchange: str | None = ...,
         routing_key: str | None = ...,
         exchange_type: str = ...,
@@ -600,6 +613,8 @@ class RabbitMqConsumerConfig:
     def queue_type(self) -> str: ...
     @property
     def queue_arguments(self) -> dict[str, _HeaderValue]: ...
+    @property
+    def max_priority(self) -> int | None: ...
     @property
     def exchange(self) -> str | None: ...
     @property

@@ -25,13 +25,13 @@ import os
 import random
 import signal
 import threading
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, ParamSpec, TypeVar, overload
 
 from . import envelope
 from ._config import seconds
 from ._core import TaskRoutes
-from .backends import MemoryBackend, NativeBackend
+from .backends import MemoryBackend, NativeBackend, check_publish_options
 from .errors import (
     ConfigError,
     PayloadError,
@@ -412,40 +412,107 @@ class App:
 
     # -- publishing ----------------------------------------------------------
     async def _publish(self, queue: str, body: bytes, headers: dict[str, Any],
-                       delay: float | None, task_id: str) -> None:
+                       delay: float | None, task_id: str,
+                       options: Mapping[str, Any] | None = None) -> str:
+        """Publish one task; its id on the broker (the first task's id when
+        ``dedup_key`` found one)."""
+        backend = self.backend(queue)
+        if options:
+            check_publish_options(backend, options)
+            if options.get("dedup_key") is not None and not backend.native_dedup:
+                return await self._publish_once(backend, queue, body, headers, delay, task_id,
+                                                options)
         if self.results:
             await self._result_store().mark(task_id, "pending")
-        await self.backend(queue).publish(body, headers=headers, delay=delay,
-                                          message_id=task_id)
+        got = await backend.publish(body, headers=headers, delay=delay, message_id=task_id,
+                                    **(options or {}))
+        return got if isinstance(got, str) else task_id
+
+    async def _publish_once(self, backend: Any, queue: str, body: bytes,
+                            headers: dict[str, Any], delay: float | None, task_id: str,
+                            options: Mapping[str, Any]) -> str:
+        """``dedup_key`` on a broker with no store of its own (RabbitMQ):
+        the key is taken in the app's Redis result store (``SET NX``), then
+        the task is published. Not atomic: a process that dies between the
+        two leaves the key taken and no task for ``dedup_ttl``; a failed
+        publish gives the key back."""
+        store = self._result_store() if self.results else None
+        if not isinstance(store, RedisResultStore):
+            raise ConfigError(
+                f"dedup_key: {type(backend).__name__} keeps no state to deduplicate with; "
+                f"give the app a Redis result store: App(..., results='redis://...')")
+        opts = dict(options)
+        key = f"{store.prefix}dedup:{queue}:{opts.pop('dedup_key')}"
+        ttl_ms = max(1, int(opts.pop("dedup_ttl") * 1000))
+        client = store._client()
+        held = await client.set(key, task_id, nx=True, px=ttl_ms, get=True)
+        if held is not None:
+            return held.decode() if isinstance(held, bytes) else str(held)
+        try:
+            await store.mark(task_id, "pending")
+            await backend.publish(body, headers=headers, delay=delay, message_id=task_id, **opts)
+        except BaseException:
+            await client.delete(key)
+            raise
+        return task_id
 
     def _publish_sync(self, queue: str, body: bytes, headers: dict[str, Any],
-                      delay: float | None, task_id: str) -> None:
+                      delay: float | None, task_id: str,
+                      options: Mapping[str, Any] | None = None) -> str:
         backend = self.backend(queue)
+        if options and options.get("transaction") is not None:
+            return self._publish_in_transaction(backend, body, headers, delay, task_id, options)
         if isinstance(backend, MemoryBackend):  # never waits: no loop needed
+            if options:
+                check_publish_options(backend, options)
             if self.results:
                 self._result_store().mark_sync([task_id], "pending")
-            backend.publish_sync(body, headers=headers, delay=delay, message_id=task_id)
-            return
-        self._run_sync(self._publish(queue, body, headers, delay, task_id))
+            return backend.publish_sync(body, headers=headers, delay=delay, message_id=task_id,
+                                        **(options or {}))
+        return self._run_sync(self._publish(queue, body, headers, delay, task_id, options))
+
+    def _publish_in_transaction(self, backend: Any, body: bytes, headers: dict[str, Any],
+                                delay: float | None, task_id: str,
+                                options: Mapping[str, Any]) -> str:
+        """``send_sync`` with ``transaction=conn``: the caller's connection
+        belongs to the calling thread, so the row is inserted here, not on
+        the app's loop thread."""
+        check_publish_options(backend, options)
+        if not getattr(backend, "_schema_ready", True):  # PostgreSQL: DDL on its own link
+            self._run_sync(backend.ensure_schema())
+        if self.results:
+            store = self._result_store()
+            if isinstance(store, RedisResultStore):
+                self._run_sync(store.mark(task_id, "pending"))
+            else:
+                store.mark_sync([task_id], "pending")
+        opts = dict(options)
+        conn = opts.pop("transaction")
+        got: str = backend.enqueue_sync(conn, body, headers, delay, task_id, **opts)
+        return got
 
     async def _publish_many(self, queue: str, items: Iterable[tuple[bytes, str]],
-                            headers: dict[str, Any], delay: float | None) -> None:
+                            headers: dict[str, Any], delay: float | None,
+                            options: Mapping[str, Any] | None = None) -> None:
         # The task id is the message id: native backends take one id per
         # message in publish_many; a backend written in Python gets each
         # message published on its own, concurrently.
         items = list(items)
         bodies = [body for body, _ in items]
         ids = [task_id for _, task_id in items]
+        backend = self.backend(queue)
+        if options:
+            check_publish_options(backend, options)
         if self.results:
             store = self._result_store()
             if isinstance(store, RedisResultStore):
                 await store.mark_many(ids, "pending")
             else:
                 store.mark_sync(ids, "pending")
-        backend = self.backend(queue)
         if isinstance(backend, NativeBackend):
             # One batch, each message with its task id (one round trip).
-            await backend.publish_many(bodies, headers=headers, delay=delay, message_ids=ids)
+            await backend.publish_many(bodies, headers=headers, delay=delay, message_ids=ids,
+                                       **(options or {}))
             return
         await asyncio.gather(*(backend.publish(body, headers=headers, delay=delay,
                                                message_id=task_id) for body, task_id in items))

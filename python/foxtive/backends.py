@@ -19,7 +19,7 @@ from ._tracecontext import inject
 from .dlq import NativeDeadLetterQueue
 from .errors import ConfigError
 
-__all__ = ["Backend", "Incoming", "MemoryBackend", "NativeBackend"]
+__all__ = ["Backend", "Incoming", "MemoryBackend", "NativeBackend", "check_publish_options"]
 
 #: Header that carries the attempt number on retry copies.
 ATTEMPT_HEADER = "x-foxtive-attempt"
@@ -43,6 +43,20 @@ class Incoming:
     redelivered: bool = False
 
 
+def check_publish_options(backend: Any, options: Any) -> None:
+    """``ConfigError`` for a publish option ``backend`` cannot honour (the
+    task layer's ``options(...)``), before anything is written."""
+    if options.get("transaction") is not None and not getattr(backend, "transactional", False):
+        raise ConfigError(
+            f"transaction: only the PostgreSQL and SQLite brokers enqueue inside the caller's "
+            f"transaction; this queue's backend is {type(backend).__name__}")
+    for name in ("priority", "dedup_key"):
+        if options.get(name) is not None and not isinstance(backend, NativeBackend):
+            raise ConfigError(
+                f"{name}: {type(backend).__name__} is a backend written in Python, whose "
+                f"publish does not take it")
+
+
 class Backend:
     """Base class of every backend, and the one to subclass for a new queue system.
 
@@ -54,6 +68,12 @@ class Backend:
     """
 
     name: str = "custom"
+    #: Whether ``publish(..., transaction=conn)`` inserts through the
+    #: caller's connection (the SQL backends).
+    transactional: ClassVar[bool] = False
+    #: Whether ``publish(..., dedup_key=, dedup_ttl=)`` deduplicates in the
+    #: broker itself (every native backend but RabbitMQ).
+    native_dedup: ClassVar[bool] = False
 
     async def connect(self) -> None:
         """Connect and subscribe; called when a pool starts."""
@@ -132,6 +152,7 @@ class NativeBackend(Backend):
     close, publish and their own dead-letter queue."""
 
     _native: _core.NativeBackend
+    native_dedup = True
 
     #: foxtive's native backend classes by type name ("SqliteBackend"), for
     #: ``backend_from_url``: each registers itself by being defined.
@@ -188,19 +209,28 @@ class NativeBackend(Backend):
 
     async def publish(self, body: bytes | str, headers: dict[str, Any] | None = None,
                       delay: float | _dt.timedelta | None = None,
-                      message_id: str | None = None) -> str:
+                      message_id: str | None = None, *, priority: int | None = None,
+                      dedup_key: str | None = None,
+                      dedup_ttl: float | _dt.timedelta | None = None) -> str:
         """Publish one message (durably where the broker can, after ``delay``
-        seconds); returns its id: ``message_id`` if given."""
-        return await self._native.publish(body, inject(headers), delay, message_id)
+        seconds); returns its id: ``message_id`` if given. ``priority``: 0-9,
+        9 delivered first (RabbitMQ queues with ``max_priority``, PostgreSQL,
+        SQLite, memory; a ``ConfigError`` elsewhere). ``dedup_key`` +
+        ``dedup_ttl``: publish only if no message took the key within the
+        TTL (checked and enqueued in one atomic step); otherwise nothing is
+        published and the id returned is the one holding the key."""
+        return await self._native.publish(body, inject(headers), delay, message_id, priority,
+                                          dedup_key, dedup_ttl)
 
     async def publish_many(self, bodies: Iterable[bytes | str],
                            headers: dict[str, Any] | None = None,
                            delay: float | _dt.timedelta | None = None, *,
-                           message_ids: Sequence[str] | None = None) -> list[str]:
+                           message_ids: Sequence[str] | None = None,
+                           priority: int | None = None) -> list[str]:
         """Publish many in one batch; returns their ids in order.
         ``message_ids``: each message's own id, one per body."""
         ids = None if message_ids is None else list(message_ids)
-        return await self._native.publish_many(bodies, inject(headers), delay, ids)
+        return await self._native.publish_many(bodies, inject(headers), delay, ids, priority)
 
     def dead_letter_queue(self) -> NativeDeadLetterQueue:
         """The backend's own dead-letter queue as a queue view: list, replay
@@ -240,27 +270,38 @@ class MemoryBackend(NativeBackend):
 
     async def publish(self, body: bytes | str, headers: dict[str, Any] | None = None,
                       delay: float | _dt.timedelta | None = None,
-                      message_id: str | None = None) -> str:
-        return self._native.publish_sync(body, inject(headers), delay, message_id)
+                      message_id: str | None = None, *, priority: int | None = None,
+                      dedup_key: str | None = None,
+                      dedup_ttl: float | _dt.timedelta | None = None) -> str:
+        return self._native.publish_sync(body, inject(headers), delay, message_id, priority,
+                                         dedup_key, dedup_ttl)
 
     async def publish_many(self, bodies: Iterable[bytes | str],
                            headers: dict[str, Any] | None = None,
                            delay: float | _dt.timedelta | None = None, *,
-                           message_ids: Sequence[str] | None = None) -> list[str]:
-        return self.publish_many_sync(bodies, headers, delay, message_ids=message_ids)
+                           message_ids: Sequence[str] | None = None,
+                           priority: int | None = None) -> list[str]:
+        return self.publish_many_sync(bodies, headers, delay, message_ids=message_ids,
+                                      priority=priority)
 
     def publish_sync(self, body: bytes | str, headers: dict[str, Any] | None = None,
                      delay: float | _dt.timedelta | None = None,
-                     message_id: str | None = None) -> str:
-        """Publish without awaiting (the memory backend never waits)."""
-        return self._native.publish_sync(body, inject(headers), delay, message_id)
+                     message_id: str | None = None, *, priority: int | None = None,
+                     dedup_key: str | None = None,
+                     dedup_ttl: float | _dt.timedelta | None = None) -> str:
+        """Publish without awaiting (the memory backend never waits);
+        ``priority`` 0-9: higher priorities are delivered first;
+        ``dedup_key``/``dedup_ttl`` as in :meth:`NativeBackend.publish`."""
+        return self._native.publish_sync(body, inject(headers), delay, message_id, priority,
+                                         dedup_key, dedup_ttl)
 
     def publish_many_sync(self, bodies: Iterable[bytes | str],
                           headers: dict[str, Any] | None = None,
                           delay: float | _dt.timedelta | None = None, *,
-                          message_ids: Sequence[str] | None = None) -> list[str]:
+                          message_ids: Sequence[str] | None = None,
+                          priority: int | None = None) -> list[str]:
         ids = None if message_ids is None else list(message_ids)
-        return self._native.publish_many_sync(bodies, inject(headers), delay, ids)
+        return self._native.publish_many_sync(bodies, inject(headers), delay, ids, priority)
 
     def publish_bulk(self, bodies: Iterable[bytes]) -> int:
         """Publish bodies with nothing else, fast; ids are given on delivery."""

@@ -34,6 +34,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Self
 
 from . import _core
+from ._config import seconds
 from ._tracecontext import inject
 from .backends import NativeBackend
 from .errors import ConfigError
@@ -59,6 +60,7 @@ class PostgresBackend(NativeBackend):
     """
 
     _native: _core.PostgresBackend
+    transactional = True
 
     def __init__(self, dsn: str, queue: str = "default", schema: str = "foxtive",
                  lease_timeout: float | _dt.timedelta = 30.0, *,
@@ -116,37 +118,122 @@ class PostgresBackend(NativeBackend):
 
     async def publish(self, body: bytes | str, headers: dict[str, Any] | None = None,
                       delay: float | _dt.timedelta | None = None,
-                      message_id: str | None = None, *, transaction: Any = None) -> str:
+                      message_id: str | None = None, *, transaction: Any = None,
+                      priority: int | None = None, dedup_key: str | None = None,
+                      dedup_ttl: float | _dt.timedelta | None = None) -> str:
         """Insert one job (due after ``delay`` seconds); returns its id:
         ``message_id`` if given, else a generated UUID. With ``transaction``,
-        the row is inserted through that connection (see the module docs)."""
+        the row is inserted through that connection (see the module docs).
+        ``priority`` 0-9: due jobs are claimed highest priority first."""
         if transaction is not None:
-            ids = await self._enqueue(transaction, [body], headers, delay, message_id)
+            ids = await self._enqueue(transaction, [body], headers, delay, message_id, priority,
+                                      dedup_key, dedup_ttl)
             return ids[0]
-        return await super().publish(body, headers, delay, message_id)
+        return await super().publish(body, headers, delay, message_id, priority=priority,
+                                     dedup_key=dedup_key, dedup_ttl=dedup_ttl)
 
     async def publish_many(self, bodies: Iterable[bytes | str],
                            headers: dict[str, Any] | None = None,
                            delay: float | _dt.timedelta | None = None, *,
                            transaction: Any = None,
-                           message_ids: Sequence[str] | None = None) -> list[str]:
+                           message_ids: Sequence[str] | None = None,
+                           priority: int | None = None) -> list[str]:
         """Insert many jobs in one statement; returns their ids in order."""
         if transaction is not None and message_ids is not None:
-            raise ConfigError("publish_many: message_ids with transaction= is not supported yet")
+            return [(await self._enqueue(transaction, [body], headers, delay, mid, priority))[0]
+                    for body, mid in zip(bodies, message_ids, strict=True)]
         if transaction is not None:
-            return await self._enqueue(transaction, list(bodies), headers, delay, None)
-        return await super().publish_many(bodies, headers, delay, message_ids=message_ids)
+            return await self._enqueue(transaction, list(bodies), headers, delay, None,
+                                       priority)
+        return await super().publish_many(bodies, headers, delay, message_ids=message_ids,
+                                          priority=priority)
 
     async def _enqueue(self, conn: Any, bodies: list[bytes | str],
                        headers: dict[str, Any] | None, delay: float | _dt.timedelta | None,
-                       message_id: str | None) -> list[str]:
+                       message_id: str | None, priority: int | None = None,
+                       dedup_key: str | None = None,
+                       dedup_ttl: float | _dt.timedelta | None = None) -> list[str]:
         if not self._schema_ready:
             # DDL on our own connection, never inside the caller's transaction.
             await self.ensure_schema()
         sql, params, ids = _core.postgres_enqueue(self.schema, self.queue, bodies,
-                                                  inject(headers), delay, message_id)
+                                                  inject(headers), delay, message_id, priority)
+        if dedup_key is not None:
+            # The key is taken in the caller's transaction: it commits (or
+            # rolls back) with the job.
+            claim, held = self._dedup_params(ids, dedup_key, dedup_ttl)
+            if await _fetchone(conn, *claim) is None:
+                row = await _fetchone(conn, *held)
+                if row is not None:
+                    return [str(row[0])]
         await _execute(conn, sql, params)
         return list(ids)
+
+    def _dedup_params(self, ids: list[str], key: str, ttl: float | _dt.timedelta | None
+                      ) -> tuple[tuple[str, list[Any]], tuple[str, list[Any]]]:
+        if len(ids) != 1 or ttl is None:
+            raise ConfigError("dedup_key: one message, with dedup_ttl")
+        claim, held = _core.postgres_dedup_sql(self.schema)
+        return ((claim, [self.queue, key, ids[0], seconds("dedup_ttl", ttl, positive=True)]),
+                (held, [self.queue, key]))
+
+
+    def enqueue_sync(self, transaction: Any, body: bytes | str,
+                     headers: dict[str, Any] | None = None,
+                     delay: float | _dt.timedelta | None = None,
+                     message_id: str | None = None, *, priority: int | None = None,
+                     dedup_key: str | None = None,
+                     dedup_ttl: float | _dt.timedelta | None = None) -> str:
+        """:meth:`publish` with ``transaction=`` from sync code, through a
+        sync connection (psycopg 3 ``Connection`` or DB-API); the schema must
+        exist (``await ensure_schema()`` once, as ``App.send_sync`` does)."""
+        if inspect.iscoroutinefunction(getattr(transaction, "execute", None)):
+            raise ConfigError("transaction: an async connection needs the async send "
+                              "(await task.options(transaction=conn).send(...))")
+        sql, params, ids = _core.postgres_enqueue(self.schema, self.queue, [body],
+                                                  inject(headers), delay, message_id, priority)
+        if dedup_key is not None:
+            claim, held = self._dedup_params(ids, dedup_key, dedup_ttl)
+            if _fetchone_sync(transaction, *claim) is None:
+                row = _fetchone_sync(transaction, *held)
+                if row is not None:
+                    return str(row[0])
+        _execute_sync(transaction, sql, params)
+        return str(ids[0])
+
+
+def _fetchone_sync(conn: Any, sql: str, params: list[Any]) -> Any:
+    if type(conn).__module__.startswith("psycopg") and hasattr(conn, "execute"):
+        return conn.execute(sql, params).fetchone()
+    cursor = conn.cursor()
+    try:
+        cursor.execute(sql, params)
+        return cursor.fetchone()
+    finally:
+        cursor.close()
+
+
+async def _fetchone(conn: Any, sql: str, params: list[Any]) -> Any:
+    """One row of ``sql`` through the caller's connection (sync or async)."""
+    if not inspect.iscoroutinefunction(getattr(conn, "execute", None)):
+        return _fetchone_sync(conn, sql, params)
+    cursor = await conn.execute(sql, params)
+    return await cursor.fetchone()
+
+
+def _execute_sync(conn: Any, sql: str, params: list[Any]) -> None:
+    if type(conn).__module__.startswith("psycopg") and hasattr(conn, "execute"):
+        conn.execute(sql, params)
+        return
+    if not hasattr(conn, "cursor"):
+        raise ConfigError(
+            f"transaction: expected a psycopg connection or a DB-API connection, "
+            f"got {type(conn).__name__}")
+    cursor = conn.cursor()
+    try:
+        cursor.execute(sql, params)
+    finally:
+        cursor.close()
 
 
 async def _execute(conn: Any, sql: str, params: list[Any]) -> None:

@@ -59,7 +59,13 @@ class RabbitMqConsumerConfig(FrozenConfig):
     ``routing_key`` (default: the queue name).
     ``connect_timeout`` (seconds, default 10) bounds one connection attempt to
     one node: TCP, AMQP handshake, channels and declarations; a broker that
-    accepts TCP and never answers counts as down after it."""
+    accepts TCP and never answers counts as down after it.
+    ``max_priority`` (1-255; 10 covers foxtive's 0-9) declares the queue with
+    ``x-max-priority``, so ``publish(..., priority=)`` and tasks'
+    ``priority`` are delivered highest first; publishing a priority to a queue
+    without it is a :class:`ConfigError` (RabbitMQ would ignore it). An
+    existing queue declared without it must be deleted and declared again
+    (RabbitMQ cannot change a queue's arguments)."""
 
     queue_name: str = "worker_queue"
     consumer_tag: str | None = None
@@ -68,6 +74,7 @@ class RabbitMqConsumerConfig(FrozenConfig):
     durable: bool = True
     queue_type: str = "classic"
     queue_arguments: Mapping[str, Any] | None = None
+    max_priority: int | None = None
     exchange: str | None = None
     routing_key: str | None = None
     exchange_type: str = "direct"
@@ -122,6 +129,9 @@ class RabbitMqBackend(NativeBackend):
     ``reconnect_*`` shape the backoff between reconnection attempts."""
 
     _native: _core.RabbitMqBackend
+    #: RabbitMQ keeps no state to deduplicate with: an App deduplicates
+    #: through its Redis result store instead (see ``App``).
+    native_dedup = False
 
     def __init__(self, url: str | Sequence[str], config: RabbitMqConsumerConfig | None = None, *,
                  reconnect_initial: float = 1.0, reconnect_max: float = 60.0,

@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import sqlite3
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Self
 
 from . import _core
+from ._config import seconds
 from ._tracecontext import inject
 from .backends import NativeBackend
 from .errors import ConfigError
@@ -40,16 +42,30 @@ __all__ = ["SqliteBackend"]
 def enqueue(conn: sqlite3.Connection, queue: str, bodies: Iterable[bytes | str],
             headers: dict[str, Any] | None = None,
             delay: float | _dt.timedelta | None = None,
-            message_id: str | None = None) -> list[str]:
+            message_id: str | None = None, priority: int | None = None,
+            dedup_key: str | None = None,
+            dedup_ttl: float | _dt.timedelta | None = None) -> list[str]:
     """Insert jobs through ``conn`` (in its current transaction); the SQL
-    comes from the core, the same the backend's own publish runs."""
+    comes from the core, the same the backend's own publish runs. With
+    ``dedup_key`` (one job), the key is taken in the same transaction, and
+    when another job holds it nothing is inserted and its id is returned."""
     if not isinstance(conn, sqlite3.Connection):
         raise ConfigError(
             f"transaction: expected a sqlite3.Connection, got {type(conn).__name__}")
     ddl, insert, rows, ids = _core.sqlite_enqueue(queue, list(bodies), headers, delay,
-                                                  message_id)
+                                                  message_id, priority)
     for statement in ddl:
         conn.execute(statement)
+    if dedup_key is not None:
+        if len(ids) != 1 or dedup_ttl is None:
+            raise ConfigError("dedup_key: one message, with dedup_ttl")
+        ttl = seconds("dedup_ttl", dedup_ttl, positive=True)
+        claim, held = _core.sqlite_dedup_sql()
+        now = time.time()
+        if conn.execute(claim, (queue, dedup_key, ids[0], now + ttl, now)).fetchone() is None:
+            row = conn.execute(held, (queue, dedup_key)).fetchone()
+            if row is not None:
+                return [str(row[0])]
     conn.executemany(insert, rows)
     return list(ids)
 
@@ -72,6 +88,7 @@ class SqliteBackend(NativeBackend):
     """
 
     _native: _core.SqliteBackend
+    transactional = True
 
     def __init__(self, path: str = "foxtive.db", queue: str = "default",
                  lease_timeout: float | _dt.timedelta = 30.0, *,
@@ -111,24 +128,44 @@ class SqliteBackend(NativeBackend):
     async def publish(self, body: bytes | str, headers: dict[str, Any] | None = None,
                       delay: float | _dt.timedelta | None = None,
                       message_id: str | None = None, *,
-                      transaction: sqlite3.Connection | None = None) -> str:
+                      transaction: sqlite3.Connection | None = None,
+                      priority: int | None = None, dedup_key: str | None = None,
+                      dedup_ttl: float | _dt.timedelta | None = None) -> str:
         """Insert one job (due after ``delay`` seconds); returns its id
         (``message_id`` if given, else a generated one). With
         ``transaction=conn`` the row is inserted through that connection,
-        in its open transaction."""
+        in its open transaction. ``priority`` 0-9: due jobs are claimed
+        highest priority first."""
         if transaction is not None:
             return enqueue(transaction, self.name, [body], inject(headers), delay,
-                           message_id)[0]
-        return await super().publish(body, headers, delay, message_id)
+                           message_id, priority, dedup_key, dedup_ttl)[0]
+        return await super().publish(body, headers, delay, message_id, priority=priority,
+                                     dedup_key=dedup_key, dedup_ttl=dedup_ttl)
 
     async def publish_many(self, bodies: Iterable[bytes | str],
                            headers: dict[str, Any] | None = None,
                            delay: float | _dt.timedelta | None = None, *,
                            transaction: sqlite3.Connection | None = None,
-                           message_ids: Sequence[str] | None = None) -> list[str]:
+                           message_ids: Sequence[str] | None = None,
+                           priority: int | None = None) -> list[str]:
         """Insert many jobs in one transaction; returns their ids in order."""
         if transaction is not None and message_ids is not None:
-            raise ConfigError("publish_many: message_ids with transaction= is not supported yet")
+            return [self.enqueue_sync(transaction, body, headers, delay, mid, priority=priority)
+                    for body, mid in zip(bodies, message_ids, strict=True)]
         if transaction is not None:
-            return enqueue(transaction, self.name, bodies, inject(headers), delay)
-        return await super().publish_many(bodies, headers, delay, message_ids=message_ids)
+            return enqueue(transaction, self.name, bodies, inject(headers), delay,
+                           priority=priority)
+        return await super().publish_many(bodies, headers, delay, message_ids=message_ids,
+                                          priority=priority)
+
+    def enqueue_sync(self, transaction: sqlite3.Connection, body: bytes | str,
+                     headers: dict[str, Any] | None = None,
+                     delay: float | _dt.timedelta | None = None,
+                     message_id: str | None = None, *, priority: int | None = None,
+                     dedup_key: str | None = None,
+                     dedup_ttl: float | _dt.timedelta | None = None) -> str:
+        """:meth:`publish` with ``transaction=``, from sync code (the
+        connection's own thread); returns the job's id (the holder's, when
+        ``dedup_key`` is taken)."""
+        return enqueue(transaction, self.name, [body], inject(headers), delay, message_id,
+                       priority, dedup_key, dedup_ttl)[0]

@@ -41,22 +41,22 @@ class TaskApp(Protocol):
     _tasks: dict[str, Task[Any, Any]]
 
     async def _publish(self, queue: str, body: bytes, headers: dict[str, Any],
-                       delay: float | None, task_id: str) -> None: ...
+                       delay: float | None, task_id: str,
+                       options: Mapping[str, Any] | None = None) -> str: ...
 
     def _publish_sync(self, queue: str, body: bytes, headers: dict[str, Any],
-                      delay: float | None, task_id: str) -> None: ...
+                      delay: float | None, task_id: str,
+                      options: Mapping[str, Any] | None = None) -> str: ...
 
     async def _publish_many(self, queue: str, items: Iterable[tuple[bytes, str]],
-                            headers: dict[str, Any], delay: float | None) -> None: ...
+                            headers: dict[str, Any], delay: float | None,
+                            options: Mapping[str, Any] | None = None) -> None: ...
 
     def _run_sync(self, coro: Coroutine[Any, Any, _T]) -> _T: ...
 
     def _result_store(self) -> Any: ...
 
     def _executor(self) -> concurrent.futures.Executor: ...
-
-#: Header carrying a task's priority (0-9) until the publish API has one.
-PRIORITY_HEADER = "foxtive-priority"
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
 _PER = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
@@ -212,10 +212,20 @@ class Task(Generic[P, R]):
     def options(self, *, delay: float | _dt.timedelta | None = None,
                 eta: _dt.datetime | None = None, message_id: str | None = None,
                 priority: int | None = None,
-                headers: Mapping[str, Any] | None = None) -> TaskCall[P, R]:
-        """The same task sent with these options."""
+                headers: Mapping[str, Any] | None = None,
+                dedup_key: str | None = None,
+                dedup_ttl: float | _dt.timedelta | None = None,
+                transaction: Any = None) -> TaskCall[P, R]:
+        """The same task sent with these options. ``priority``: 0-9, 9 runs
+        first. ``dedup_key`` + ``dedup_ttl``: a second send with the same key
+        within the TTL enqueues nothing and returns the first task's handle.
+        ``transaction``: a psycopg 3 connection (PostgreSQL broker) or a
+        ``sqlite3.Connection`` (SQLite broker): the task is inserted through it
+        and exists only if that transaction commits. An option the broker
+        cannot honour is a ``ConfigError`` at send."""
         return TaskCall(self, delay=delay, eta=eta, message_id=message_id,
-                        priority=priority, headers=headers)
+                        priority=priority, headers=headers, dedup_key=dedup_key,
+                        dedup_ttl=dedup_ttl, transaction=transaction)
 
     async def send(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         """Enqueue a call; ``TypeError`` if an argument cannot be encoded."""
@@ -259,12 +269,15 @@ class Task(Generic[P, R]):
 class TaskCall(Generic[P, R]):
     """A task with send options bound (``task.options(...)``)."""
 
-    __slots__ = ("_delay", "_headers", "_message_id", "_task")
+    __slots__ = ("_delay", "_headers", "_message_id", "_options", "_task")
 
     def __init__(self, task: Task[P, R], *, delay: float | _dt.timedelta | None = None,
                  eta: _dt.datetime | None = None, message_id: str | None = None,
                  priority: int | None = None,
-                 headers: Mapping[str, Any] | None = None) -> None:
+                 headers: Mapping[str, Any] | None = None,
+                 dedup_key: str | None = None,
+                 dedup_ttl: float | _dt.timedelta | None = None,
+                 transaction: Any = None) -> None:
         self._task = task
         if delay is not None and eta is not None:
             raise ConfigError("delay, eta: give one of them, not both")
@@ -284,10 +297,22 @@ class TaskCall(Generic[P, R]):
         prio = _priority(priority)
         if prio is None:
             prio = task.priority
-        extra = dict(headers) if headers else {}
+        self._headers = envelope.headers_for(task.name, dict(headers) if headers else {})
+        #: Keywords for the backend's publish, only those given.
+        options: dict[str, Any] = {}
+        if transaction is not None:
+            options["transaction"] = transaction
         if prio is not None:
-            extra[PRIORITY_HEADER] = prio
-        self._headers = envelope.headers_for(task.name, extra)
+            options["priority"] = prio
+        if (dedup_key is None) != (dedup_ttl is None):
+            raise ConfigError("dedup_key, dedup_ttl: give both (the key, and how long it "
+                              "holds), or neither")
+        if dedup_key is not None:
+            if not isinstance(dedup_key, str) or not dedup_key:
+                raise ConfigError("dedup_key: must be a non-empty string")
+            options["dedup_key"] = dedup_key
+            options["dedup_ttl"] = seconds("dedup_ttl", dedup_ttl, positive=True)
+        self._options = options or None
 
     def _prepare(self, args: Any, kwargs: Any) -> tuple[bytes, str]:
         body = envelope.encode(args, kwargs)
@@ -298,20 +323,22 @@ class TaskCall(Generic[P, R]):
 
     async def send(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         body, task_id = self._prepare(args, kwargs)
-        await self._task.app._publish(self._task.queue, body, self._headers, self._delay,
-                                      task_id)
+        task_id = await self._task.app._publish(self._task.queue, body, self._headers,
+                                                self._delay, task_id, self._options)
         return self._handle(task_id)
 
     def send_sync(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         body, task_id = self._prepare(args, kwargs)
-        self._task.app._publish_sync(self._task.queue, body, self._headers, self._delay,
-                                     task_id)
+        task_id = self._task.app._publish_sync(self._task.queue, body, self._headers,
+                                               self._delay, task_id, self._options)
         return self._handle(task_id)
 
     def _many(self, calls: Iterable[tuple[Any, ...] | Mapping[str, Any]]
               ) -> list[tuple[bytes, str]]:
         if self._message_id is not None:
             raise ConfigError("message_id: one id cannot name many tasks (send_many)")
+        if self._options and "dedup_key" in self._options:
+            raise ConfigError("dedup_key: one key cannot deduplicate many tasks (send_many)")
         out = []
         for i, call in enumerate(calls):
             if isinstance(call, Mapping):
@@ -326,12 +353,19 @@ class TaskCall(Generic[P, R]):
     async def send_many(self, calls: Iterable[tuple[Any, ...] | Mapping[str, Any]]
                         ) -> list[TaskHandle]:
         items = self._many(calls)
-        await self._task.app._publish_many(self._task.queue, items, self._headers, self._delay)
+        await self._task.app._publish_many(self._task.queue, items, self._headers, self._delay,
+                                           self._options)
         return [self._handle(task_id) for _, task_id in items]
 
     def send_many_sync(self, calls: Iterable[tuple[Any, ...] | Mapping[str, Any]]
                        ) -> list[TaskHandle]:
         items = self._many(calls)
-        self._task.app._run_sync(
-            self._task.app._publish_many(self._task.queue, items, self._headers, self._delay))
+        app = self._task.app
+        if self._options and "transaction" in self._options:
+            # The caller's connection belongs to this thread: insert here.
+            return [self._handle(app._publish_sync(self._task.queue, body, self._headers,
+                                                   self._delay, task_id, self._options))
+                    for body, task_id in items]
+        app._run_sync(app._publish_many(self._task.queue, items, self._headers, self._delay,
+                                        self._options))
         return [self._handle(task_id) for _, task_id in items]

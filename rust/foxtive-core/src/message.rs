@@ -194,6 +194,7 @@ impl Delivery {
             priority: self.priority,
             routing_key: self.routing_key.clone(),
             attempt: self.attempt,
+            dedup: None,
         }
     }
 }
@@ -214,6 +215,20 @@ pub struct Outgoing {
     pub routing_key: Option<String>,
     /// The attempt number the copy will carry when delivered (1 for new messages).
     pub attempt: u32,
+    /// Publish only if no message took this key within its TTL; see [`Dedup`].
+    pub dedup: Option<Dedup>,
+}
+
+/// Publish deduplication: a message with a key is enqueued only if no
+/// message published with the same key (on the same queue) took it less
+/// than `ttl` ago; otherwise nothing is enqueued and `publish` returns the
+/// id of the message holding the key. Backends that keep state check and
+/// enqueue in one atomic step (Redis: one script; SQL: one transaction;
+/// memory: one lock); a backend that cannot refuses with `Error::Config`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dedup {
+    pub key: String,
+    pub ttl: Duration,
 }
 
 impl Outgoing {

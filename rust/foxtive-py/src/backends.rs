@@ -11,7 +11,10 @@ use foxtive_core::backend::memory_dlq::MemoryDeadLetters;
 use foxtive_core::backend::{Backend, MemoryBackend};
 use foxtive_core::dlq::{DeadLetter, DeadLetterStore};
 
-use crate::convert::{body_from_py, headers_to_py, outgoing_from_py, outgoings_from_py};
+use crate::convert::{
+    body_from_py, dedup_from_py, headers_to_py, outgoing_from_py, outgoings_from_py,
+    priority_from_py, with_priority,
+};
 use crate::errors::IntoPyResult;
 use crate::native_backend::{native_of, NativeBackend};
 use crate::python_backend::PythonBackend;
@@ -53,28 +56,39 @@ impl PyMemoryBackend {
     }
 
     /// Publish one message; returns its id (synchronously: memory never waits).
-    #[pyo3(signature = (body, headers = None, delay = None, message_id = None))]
+    #[pyo3(signature = (body, headers = None, delay = None, message_id = None, priority = None,
+                        dedup_key = None, dedup_ttl = None))]
+    #[allow(clippy::too_many_arguments)]
     fn publish_sync(
         &self,
         body: &Bound<'_, PyAny>,
         headers: Option<&Bound<'_, PyDict>>,
         delay: Option<&Bound<'_, PyAny>>,
         message_id: Option<String>,
+        priority: Option<&Bound<'_, PyAny>>,
+        dedup_key: Option<String>,
+        dedup_ttl: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<String> {
-        let out = outgoing_from_py(body, headers, delay, message_id)?;
+        let mut out = outgoing_from_py(body, headers, delay, message_id)?;
+        out.priority = priority_from_py(priority)?;
+        out.dedup = dedup_from_py(dedup_key, dedup_ttl)?;
         Ok(self.inner.publish_now(vec![out]).remove(0))
     }
 
     /// Publish many; returns their ids.
-    #[pyo3(signature = (bodies, headers = None, delay = None, message_ids = None))]
+    #[pyo3(signature = (bodies, headers = None, delay = None, message_ids = None, priority = None))]
     fn publish_many_sync(
         &self,
         bodies: &Bound<'_, PyAny>,
         headers: Option<&Bound<'_, PyDict>>,
         delay: Option<&Bound<'_, PyAny>>,
         message_ids: Option<Vec<String>>,
+        priority: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Vec<String>> {
-        let outs = outgoings_from_py(bodies, headers, delay, message_ids)?;
+        let outs = with_priority(
+            outgoings_from_py(bodies, headers, delay, message_ids)?,
+            priority_from_py(priority)?,
+        );
         Ok(self.inner.publish_now(outs))
     }
 

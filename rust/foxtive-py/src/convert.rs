@@ -6,7 +6,7 @@ use bytes::Bytes;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 
-use foxtive_core::message::{HeaderValue, Headers, Outgoing};
+use foxtive_core::message::{Dedup, HeaderValue, Headers, Outgoing};
 
 use crate::errors::config_error;
 
@@ -138,6 +138,55 @@ pub fn body_from_py(obj: &Bound<'_, PyAny>) -> PyResult<Bytes> {
             obj.get_type().name()?
         ))),
     }
+}
+
+/// The `priority=` of a publish: an integer 0-9 (9 delivered first) or None.
+pub fn priority_from_py(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u8>> {
+    let Some(obj) = obj.filter(|o| !o.is_none()) else {
+        return Ok(None);
+    };
+    let value = if obj.is_instance_of::<PyBool>() {
+        None
+    } else {
+        obj.extract::<i64>().ok()
+    };
+    match value {
+        Some(p @ 0..=9) => Ok(Some(p as u8)),
+        _ => Err(config_error(format!(
+            "priority: must be an integer 0-9 (9 runs first) or None, got {}",
+            obj.repr()?
+        ))),
+    }
+}
+
+/// The `dedup_key=` / `dedup_ttl=` of a publish: both or neither; the TTL
+/// in seconds (or a timedelta), more than zero.
+pub fn dedup_from_py(
+    key: Option<String>,
+    ttl: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Option<Dedup>> {
+    let ttl = opt_duration("dedup_ttl", ttl)?;
+    match (key, ttl) {
+        (None, None) => Ok(None),
+        (Some(key), Some(ttl)) if !key.is_empty() && !ttl.is_zero() => Ok(Some(Dedup { key, ttl })),
+        (Some(key), Some(_)) if key.is_empty() => {
+            Err(config_error("dedup_key: must be a non-empty string"))
+        }
+        (Some(_), Some(_)) => Err(config_error("dedup_ttl: must be more than 0 seconds")),
+        _ => Err(config_error(
+            "dedup_key, dedup_ttl: give both (the key, and how long it holds), or neither",
+        )),
+    }
+}
+
+/// Set `priority` on every message of a publish.
+pub fn with_priority(mut outs: Vec<Outgoing>, priority: Option<u8>) -> Vec<Outgoing> {
+    if priority.is_some() {
+        for out in &mut outs {
+            out.priority = priority;
+        }
+    }
+    outs
 }
 
 /// Build an outgoing message from publish() arguments.

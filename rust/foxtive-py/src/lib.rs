@@ -62,6 +62,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<postgres::PyPostgresBackend>()?;
     m.add_function(wrap_pyfunction!(postgres::postgres_enqueue, m)?)?;
     m.add_function(wrap_pyfunction!(postgres::postgres_migrate, m)?)?;
+    m.add_function(wrap_pyfunction!(postgres::postgres_dedup_sql, m)?)?;
     m.add_function(wrap_pyfunction!(backends::redact_url, m)?)?;
     m.add_function(wrap_pyfunction!(registry::backend_kind, m)?)?;
     m.add_function(wrap_pyfunction!(registry::not_a_backend, m)?)?;

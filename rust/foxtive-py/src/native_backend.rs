@@ -14,7 +14,9 @@ use foxtive_core::backend::Backend;
 use foxtive_core::dlq::DeadLetterStore;
 
 use crate::bridge;
-use crate::convert::{outgoing_from_py, outgoings_from_py};
+use crate::convert::{
+    dedup_from_py, outgoing_from_py, outgoings_from_py, priority_from_py, with_priority,
+};
 use crate::dlq::PyDeadLetterStore;
 use crate::python_backend::{bind_loop, PythonBackend};
 
@@ -103,7 +105,12 @@ impl NativeBackend {
     }
 
     /// Publish one message (durably where the broker can); awaitable of its id.
-    #[pyo3(signature = (body, headers = None, delay = None, message_id = None))]
+    /// `priority`: 0-9, 9 delivered first (a ConfigError where the broker has none).
+    /// `dedup_key` + `dedup_ttl`: publish only if the key is free; the id
+    /// returned is then the one of the message holding it.
+    #[pyo3(signature = (body, headers = None, delay = None, message_id = None, priority = None,
+                        dedup_key = None, dedup_ttl = None))]
+    #[allow(clippy::too_many_arguments)]
     fn publish<'py>(
         &self,
         py: Python<'py>,
@@ -111,9 +118,14 @@ impl NativeBackend {
         headers: Option<&Bound<'py, PyDict>>,
         delay: Option<&Bound<'py, PyAny>>,
         message_id: Option<String>,
+        priority: Option<&Bound<'py, PyAny>>,
+        dedup_key: Option<String>,
+        dedup_ttl: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         bind_loop(py, &self.python_backend)?;
-        let out = outgoing_from_py(body, headers, delay, message_id)?;
+        let mut out = outgoing_from_py(body, headers, delay, message_id)?;
+        out.priority = priority_from_py(priority)?;
+        out.dedup = dedup_from_py(dedup_key, dedup_ttl)?;
         let backend = self.inner.clone();
         bridge::awaitable(py, async move {
             let mut ids = backend.publish(vec![out]).await?;
@@ -123,7 +135,7 @@ impl NativeBackend {
 
     /// Publish many in one batch; awaitable of their ids, in order.
     /// `message_ids`: each message's own id, one per body.
-    #[pyo3(signature = (bodies, headers = None, delay = None, message_ids = None))]
+    #[pyo3(signature = (bodies, headers = None, delay = None, message_ids = None, priority = None))]
     fn publish_many<'py>(
         &self,
         py: Python<'py>,
@@ -131,9 +143,13 @@ impl NativeBackend {
         headers: Option<&Bound<'py, PyDict>>,
         delay: Option<&Bound<'py, PyAny>>,
         message_ids: Option<Vec<String>>,
+        priority: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         bind_loop(py, &self.python_backend)?;
-        let outs = outgoings_from_py(bodies, headers, delay, message_ids)?;
+        let outs = with_priority(
+            outgoings_from_py(bodies, headers, delay, message_ids)?,
+            priority_from_py(priority)?,
+        );
         let backend = self.inner.clone();
         bridge::awaitable(py, async move { backend.publish(outs).await })
     }

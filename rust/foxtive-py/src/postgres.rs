@@ -9,13 +9,14 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
+use foxtive_core::backend::postgres::dedup;
 use foxtive_core::backend::postgres::publish::EnqueueRows;
 use foxtive_core::backend::postgres::schema::{insert_sql, Placeholders};
 use foxtive_core::backend::postgres::{PostgresBackend, PostgresConfig};
 use foxtive_core::dlq::DeadLetterStore;
 
 use crate::bridge;
-use crate::convert::{duration_from_py, outgoings_from_py};
+use crate::convert::{duration_from_py, outgoings_from_py, priority_from_py, with_priority};
 use crate::errors::{config_error, IntoPyResult};
 use crate::native_backend::NativeBackend;
 
@@ -104,7 +105,8 @@ impl PyPostgresBackend {
 /// enqueue) and the jobs exist exactly when that transaction commits.
 /// Returns `(sql, params, ids)`.
 #[pyfunction]
-#[pyo3(signature = (schema, queue, bodies, headers = None, delay = None, message_id = None))]
+#[pyo3(signature = (schema, queue, bodies, headers = None, delay = None, message_id = None, priority = None))]
+#[allow(clippy::too_many_arguments)]
 pub fn postgres_enqueue<'py>(
     py: Python<'py>,
     schema: &str,
@@ -113,12 +115,16 @@ pub fn postgres_enqueue<'py>(
     headers: Option<&Bound<'py, PyDict>>,
     delay: Option<&Bound<'py, PyAny>>,
     message_id: Option<String>,
+    priority: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     foxtive_core::backend::postgres::validate_schema(schema).py_err()?;
     if queue.is_empty() {
         return Err(config_error("queue: must be a non-empty string"));
     }
-    let mut outs = outgoings_from_py(bodies, headers, delay, None)?;
+    let mut outs = with_priority(
+        outgoings_from_py(bodies, headers, delay, None)?,
+        priority_from_py(priority)?,
+    );
     if message_id.is_some() {
         if outs.len() != 1 {
             return Err(config_error("message_id: only for a single message"));
@@ -167,4 +173,18 @@ pub fn postgres_migrate<'py>(
     bridge::awaitable(py, async move {
         foxtive_core::backend::postgres::schema::migrate_url(&dsn, schema.as_deref()).await
     })
+}
+
+/// The transactional enqueue's deduplication for `schema`, with psycopg's
+/// `%s` placeholders: `(claim, held)`. Run `claim` with (queue, key,
+/// message id, TTL seconds) in the caller's transaction: a row back means
+/// the key is taken, insert the job; none means another job holds it, and
+/// `held` with (queue, key) names it.
+#[pyfunction]
+pub fn postgres_dedup_sql(schema: &str) -> PyResult<(String, String)> {
+    foxtive_core::backend::postgres::validate_schema(schema).py_err()?;
+    Ok((
+        dedup::claim_sql(schema, Placeholders::Percent),
+        dedup::held_sql(schema, Placeholders::Percent),
+    ))
 }

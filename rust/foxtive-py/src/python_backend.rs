@@ -239,6 +239,15 @@ impl Backend for PythonBackend {
     }
 
     async fn publish(&self, messages: Vec<Outgoing>) -> Result<Vec<String>> {
+        if messages
+            .iter()
+            .any(|m| m.dedup.is_some() || m.priority.is_some())
+        {
+            // A Python backend's publish takes neither: refuse, never drop them.
+            return Err(foxtive_core::Error::Config(
+                "priority, dedup_key: a backend written in Python does not take them".to_string(),
+            ));
+        }
         let mut ids = Vec::with_capacity(messages.len());
         for m in messages {
             let args = Python::attach(|py| {

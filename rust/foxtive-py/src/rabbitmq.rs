@@ -38,6 +38,7 @@ const FIELDS: &[&str] = &[
     "durable",
     "queue_type",
     "queue_arguments",
+    "max_priority",
     "exchange",
     "routing_key",
     "exchange_type",
@@ -72,6 +73,7 @@ fn config_from(kw: &Keywords<'_>) -> PyResult<RabbitMqConfig> {
     if let Some(args) = kw.dict("queue_arguments")? {
         c.queue_arguments = headers_from_py(&args)?;
     }
+    c.max_priority = kw.int_as::<u8>("max_priority", "between 1 and 255")?;
     c.exchange = kw.opt_string("exchange")?;
     c.routing_key = kw.opt_string("routing_key")?;
     if let Some(t) = kw.string("exchange_type")? {
@@ -137,6 +139,10 @@ impl PyRabbitMqConfig {
     #[getter]
     fn queue_arguments<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         headers_to_py(py, &self.inner.queue_arguments)
+    }
+    #[getter]
+    fn max_priority(&self) -> Option<u8> {
+        self.inner.max_priority
     }
     #[getter]
     fn exchange(&self) -> Option<&str> {

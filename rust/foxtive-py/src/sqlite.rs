@@ -9,10 +9,10 @@ use pyo3::types::{PyBytes, PyDict, PyTuple};
 
 use foxtive_core::backend::options::Options;
 use foxtive_core::backend::sqlite::row::{self, SqlValue};
-use foxtive_core::backend::sqlite::{path_from_url, schema, SqliteBackend, SqliteConfig};
+use foxtive_core::backend::sqlite::{dedup, path_from_url, schema, SqliteBackend, SqliteConfig};
 use foxtive_core::dlq::DeadLetterStore;
 
-use crate::convert::outgoings_from_py;
+use crate::convert::{outgoings_from_py, priority_from_py, with_priority};
 use crate::errors::{config_error, IntoPyResult};
 use crate::native_backend::NativeBackend;
 use crate::registry::options_from_py;
@@ -110,7 +110,7 @@ pub fn sqlite_path_from_url(url: &str) -> PyResult<String> {
 /// `(ddl, insert, rows, ids)`. Run each `ddl` statement (all `IF NOT
 /// EXISTS`), then `executemany(insert, rows)`; `ids` are the message ids.
 #[pyfunction]
-#[pyo3(signature = (queue, bodies, headers = None, delay = None, message_id = None))]
+#[pyo3(signature = (queue, bodies, headers = None, delay = None, message_id = None, priority = None))]
 #[allow(clippy::type_complexity)]
 pub fn sqlite_enqueue<'py>(
     py: Python<'py>,
@@ -119,6 +119,7 @@ pub fn sqlite_enqueue<'py>(
     headers: Option<&Bound<'py, PyDict>>,
     delay: Option<&Bound<'py, PyAny>>,
     message_id: Option<String>,
+    priority: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<(
     Vec<&'static str>,
     &'static str,
@@ -128,7 +129,8 @@ pub fn sqlite_enqueue<'py>(
     let now = foxtive_core::clock::unix_now();
     let mut rows = Vec::new();
     let mut ids = Vec::new();
-    for mut out in outgoings_from_py(bodies, headers, delay, None)? {
+    let priority = priority_from_py(priority)?;
+    for mut out in with_priority(outgoings_from_py(bodies, headers, delay, None)?, priority) {
         out.message_id = message_id.clone();
         let (params, id) = row::insert_params(queue, &out, now);
         let values = params
@@ -164,11 +166,22 @@ fn sql_to_py(py: Python<'_>, v: SqlValue) -> PyResult<Bound<'_, PyAny>> {
     })
 }
 
+/// The transactional enqueue's deduplication, as SQL for the caller's
+/// connection: `(claim, held)`. Run `claim` with (queue, key, message id,
+/// expires at, now) in unix seconds: a row back means the key is taken,
+/// insert the job; none means another job holds it, and `held` with
+/// (queue, key) names it.
+#[pyfunction]
+pub fn sqlite_dedup_sql() -> (&'static str, &'static str) {
+    (dedup::CLAIM, dedup::HELD)
+}
+
 /// Add the class and functions of this module to `_core`.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PySqliteBackend>()?;
     m.add_function(wrap_pyfunction!(sqlite_path_from_url, m)?)?;
     m.add_function(wrap_pyfunction!(sqlite_enqueue, m)?)?;
     m.add_function(wrap_pyfunction!(sqlite_migrate, m)?)?;
+    m.add_function(wrap_pyfunction!(sqlite_dedup_sql, m)?)?;
     Ok(())
 }

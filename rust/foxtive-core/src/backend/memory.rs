@@ -2,10 +2,12 @@
 //!
 //! Messages wait in a ready queue or, when delayed, in a heap ordered by due
 //! time. A retry copy goes back into the store (not into the worker), so the
-//! worker holds nothing while a retry waits.
+//! worker holds nothing while a retry waits. Messages with a priority above
+//! 0 wait in a queue of their priority, taken before the plain ready queue
+//! (9 first); messages without one never pay for it.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,7 +118,10 @@ impl Unacked {
 }
 
 struct Store {
+    /// Ready entries of priority 0 (or none), in order.
     ready: VecDeque<Entry>,
+    /// Ready entries of a higher priority, by priority: taken first.
+    urgent: BTreeMap<u8, VecDeque<Entry>>,
     /// (due, tie-breaker) → entry; the heap holds the key, the map the entry.
     delayed: BinaryHeap<Reverse<(Instant, u64)>>,
     delayed_entries: HashMap<u64, Entry>,
@@ -124,6 +129,67 @@ struct Store {
     dead: Vec<DeadLetter>,
     /// Delivery numbers (receipts), dense so that `Unacked` stays compact.
     deliveries: u64,
+    /// Publish deduplication: key → (id of the message holding it, until).
+    dedup: HashMap<String, (String, Instant)>,
+    /// Expired keys are swept when the map reaches this size.
+    dedup_sweep_at: usize,
+}
+
+impl Entry {
+    fn priority(&self) -> u8 {
+        self.meta.as_ref().and_then(|m| m.priority).unwrap_or(0)
+    }
+}
+
+impl Store {
+    fn push_ready(&mut self, entry: Entry) {
+        match entry.priority() {
+            0 => self.ready.push_back(entry),
+            p => self.urgent.entry(p).or_default().push_back(entry),
+        }
+    }
+
+    /// Back at the head of its queue (handed back unfinished).
+    fn push_ready_front(&mut self, entry: Entry) {
+        match entry.priority() {
+            0 => self.ready.push_front(entry),
+            p => self.urgent.entry(p).or_default().push_front(entry),
+        }
+    }
+
+    fn pop_ready(&mut self) -> Option<Entry> {
+        if let Some(mut top) = self.urgent.last_entry() {
+            let entry = top.get_mut().pop_front();
+            if top.get().is_empty() {
+                top.remove();
+            }
+            if entry.is_some() {
+                return entry;
+            }
+        }
+        self.ready.pop_front()
+    }
+
+    fn ready_len(&self) -> usize {
+        self.ready.len() + self.urgent.values().map(VecDeque::len).sum::<usize>()
+    }
+}
+
+/// The id holding dedup `key` at `now`, if it has not expired.
+fn held_by(store: &Store, key: &str, now: Instant) -> Option<String> {
+    match store.dedup.get(key) {
+        Some((holder, until)) if *until > now => Some(holder.clone()),
+        _ => None,
+    }
+}
+
+fn take_key(store: &mut Store, key: String, id: String, until: Instant) {
+    if store.dedup.len() >= store.dedup_sweep_at {
+        let now = Instant::now();
+        store.dedup.retain(|_, (_, until)| *until > now);
+        store.dedup_sweep_at = (store.dedup.len() * 2).max(1024);
+    }
+    store.dedup.insert(key, (id, until));
 }
 
 /// The in-process backend.
@@ -172,11 +238,14 @@ impl MemoryBackend {
             name: Arc::from(name),
             store: Mutex::new(Store {
                 ready: VecDeque::new(),
+                urgent: BTreeMap::new(),
                 delayed: BinaryHeap::new(),
                 delayed_entries: HashMap::new(),
                 unacked: Unacked::default(),
                 deliveries: 0,
                 dead: Vec::new(),
+                dedup: HashMap::new(),
+                dedup_sweep_at: 1024,
             }),
             next_seq: AtomicU64::new(1),
             published: Notify::new(),
@@ -194,9 +263,17 @@ impl MemoryBackend {
         let now = Instant::now();
         {
             let mut store = self.store.lock();
-            for out in messages {
+            for mut out in messages {
                 let delay = out.delay;
+                let dedup = out.dedup.take();
+                if let Some(holder) = dedup.as_ref().and_then(|d| held_by(&store, &d.key, now)) {
+                    ids.push(holder);
+                    continue;
+                }
                 let (entry, id) = self.entry_from(out);
+                if let Some(d) = dedup {
+                    take_key(&mut store, d.key, id.clone(), now + d.ttl);
+                }
                 ids.push(id);
                 self.put(&mut store, entry, delay, now);
             }
@@ -261,7 +338,7 @@ impl MemoryBackend {
                 store.delayed.push(Reverse((now + d, key)));
                 store.delayed_entries.insert(key, entry);
             }
-            _ => store.ready.push_back(entry),
+            _ => store.push_ready(entry),
         }
     }
 
@@ -273,7 +350,7 @@ impl MemoryBackend {
             }
             store.delayed.pop();
             if let Some(entry) = store.delayed_entries.remove(&key) {
-                store.ready.push_back(entry);
+                store.push_ready(entry);
             }
         }
         None
@@ -283,11 +360,11 @@ impl MemoryBackend {
         let now = Instant::now();
         let mut store = self.store.lock();
         let next_due = Self::promote_due(&mut store, now);
-        let n = max.min(store.ready.len());
+        let n = max.min(store.ready_len());
         let mut out = Vec::with_capacity(n);
         let received_at = crate::clock::unix_now();
         for _ in 0..n {
-            let Some(entry) = store.ready.pop_front() else {
+            let Some(entry) = store.pop_ready() else {
                 break;
             };
             store.deliveries += 1;
@@ -358,7 +435,7 @@ impl MemoryBackend {
     /// Messages waiting, ready or delayed.
     pub fn qsize(&self) -> usize {
         let store = self.store.lock();
-        store.ready.len() + store.delayed_entries.len()
+        store.ready_len() + store.delayed_entries.len()
     }
 
     /// Messages delivered and not yet settled.
@@ -425,7 +502,7 @@ impl MemoryBackend {
                 meta.redelivered = true;
                 // Delivered once already: the next delivery is the next attempt.
                 entry.attempt = entry.attempt.saturating_add(1);
-                store.ready.push_front(entry);
+                store.push_ready_front(entry);
             }
         }
     }
@@ -495,7 +572,7 @@ impl Backend for MemoryBackend {
         for (_, mut entry) in back {
             entry.meta.get_or_insert_with(Default::default).redelivered = true;
             entry.attempt = entry.attempt.saturating_add(1);
-            store.ready.push_front(entry);
+            store.push_ready_front(entry);
         }
         Ok(())
     }
@@ -510,7 +587,12 @@ impl Backend for MemoryBackend {
 
     fn is_drained(&self) -> Option<bool> {
         let store = self.store.lock();
-        Some(store.ready.is_empty() && store.delayed_entries.is_empty() && store.unacked.is_empty())
+        Some(
+            store.ready.is_empty()
+                && store.urgent.is_empty()
+                && store.delayed_entries.is_empty()
+                && store.unacked.is_empty(),
+        )
     }
 }
 
@@ -583,6 +665,47 @@ mod tests {
         let got = b.receive(10, Duration::from_secs(1)).await.unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(&got[0].body[..], b"short");
+    }
+
+    #[tokio::test]
+    async fn higher_priority_is_delivered_first() {
+        let b = MemoryBackend::new("q").unwrap();
+        let with = |s: &str, p: Option<u8>| Outgoing {
+            priority: p,
+            ..Outgoing::new(body(s))
+        };
+        b.publish_now(vec![
+            with("none", None),
+            with("low", Some(1)),
+            with("high-a", Some(9)),
+            with("zero", Some(0)),
+            with("high-b", Some(9)),
+        ]);
+        assert_eq!(b.qsize(), 5);
+        let got = b.receive(10, Duration::ZERO).await.unwrap();
+        let order: Vec<&[u8]> = got.iter().map(|d| &d.body[..]).collect();
+        assert_eq!(order, [&b"high-a"[..], b"high-b", b"low", b"none", b"zero"]);
+        assert_eq!(got[0].priority, Some(9));
+        b.close().await.unwrap();
+        assert_eq!(b.is_drained(), Some(false));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dedup_key_holds_for_its_ttl() {
+        let b = MemoryBackend::new("q").unwrap();
+        let keyed = |id: &str| Outgoing {
+            message_id: Some(id.into()),
+            dedup: Some(crate::message::Dedup {
+                key: "k".into(),
+                ttl: Duration::from_secs(10),
+            }),
+            ..Outgoing::new(body(id))
+        };
+        assert_eq!(b.publish_now(vec![keyed("a"), keyed("b")]), ["a", "a"]);
+        assert_eq!(b.qsize(), 1);
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(b.publish_now(vec![keyed("c")]), ["c"]);
+        assert_eq!(b.qsize(), 2);
     }
 
     #[tokio::test]

@@ -16,13 +16,15 @@ use super::schema::quote_ident;
 use crate::message::{Delivery, PackedReceipt, Receipt};
 use crate::{Error, Result};
 
-/// `$1` queue, `$2` most rows, `$3` lease in seconds.
+/// `$1` queue, `$2` most rows, `$3` lease in seconds. Highest priority
+/// first (none counts as 0), then oldest due; `schema::MIGRATIONS` 2 has
+/// its plan.
 pub(crate) fn claim_sql(schema: &str) -> String {
     let s = quote_ident(schema);
     format!(
         "WITH c AS (SELECT id FROM {s}.jobs WHERE queue = $1 AND run_at <= now() \
            AND (locked_until IS NULL OR locked_until < now()) \
-           ORDER BY run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+           ORDER BY coalesce(priority, 0) DESC, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
          UPDATE {s}.jobs j SET attempts = j.attempts + 1, \
            locked_until = now() + make_interval(secs => $3), \
            run_at = now() + make_interval(secs => $3) \
@@ -67,6 +69,12 @@ pub(crate) fn claim_of(d: &Delivery) -> Option<(i64, i32)> {
     d.receipt
         .unpacked::<RowReceipt>()
         .map(|r| (r.id, r.attempts))
+}
+
+/// RETURNING gives no order: hand a batch out highest priority first (a
+/// stable sort, so rows of one priority keep the order they came in).
+pub(crate) fn in_claim_order(batch: &mut [Delivery]) {
+    batch.sort_by_key(|d| std::cmp::Reverse(d.priority.unwrap_or(0)));
 }
 
 /// A claimed row as a delivery.

@@ -18,6 +18,7 @@
 //! local socket tunnel.
 
 mod config;
+pub mod dedup;
 pub mod dlq;
 mod fetch;
 mod lease;
@@ -263,6 +264,7 @@ impl Inner {
             out.push(d);
         }
         drop(held);
+        fetch::in_claim_order(&mut out);
         self.touch();
         Ok(out)
     }
@@ -375,6 +377,9 @@ impl Inner {
         }
         // Publishing on its own (no pool running, or after a pool closed us).
         self.reopen();
+        if messages.iter().any(|m| m.dedup.is_some()) {
+            return self.publish_each(messages).await;
+        }
         let rows = EnqueueRows::of(messages);
         let bodies: Vec<&[u8]> = rows.body.iter().map(|b| &b[..]).collect();
         let queue: &str = &self.queue;

@@ -99,6 +99,8 @@ CREATE TRIGGER jobs_notify AFTER INSERT ON {s}.jobs
     ),
     (2, FINISHED_JOBS),
     (3, RESULTS),
+    (4, PRIORITY_MIGRATION),
+    (5, super::dedup::MIGRATION),
 ];
 
 /// Migration 3: `results`, the task result store of this schema (written
@@ -222,6 +224,36 @@ pub(crate) fn expire_finished_sql(schema: &str) -> String {
            ORDER BY finished_at LIMIT $3 FOR UPDATE SKIP LOCKED))"
     )
 }
+
+/// Migration 4, priorities: the claim takes due jobs by priority first (9
+/// before 0; no priority counts as 0), then `run_at`, then id, and
+/// `jobs_next` is that order. PostgreSQL 15, 200k rows over 4 queues, a
+/// fifth with a priority, 4000 leased, ANALYZEd:
+///
+/// ```text
+/// EXPLAIN WITH c AS (SELECT id FROM jobs WHERE queue = 'q1' AND run_at <= now()
+///   AND (locked_until IS NULL OR locked_until < now())
+///   ORDER BY coalesce(priority, 0) DESC, run_at, id LIMIT 100 FOR UPDATE SKIP LOCKED)
+///   UPDATE jobs j SET ... FROM c WHERE j.id = c.id;
+///  Update on jobs j  (cost=24.22..830.80 rows=0 width=0)
+///    CTE c
+///      ->  Limit  (cost=0.42..23.80 rows=100 width=26)
+///            ->  LockRows  (cost=0.42..10936.81 rows=46774 width=26)
+///                  ->  Index Scan using jobs_next on jobs  (cost=0.42..10469.07 ...)
+///                        Index Cond: ((queue = 'q1'::text) AND (run_at <= now()))
+///                        Filter: ((locked_until IS NULL) OR (locked_until < now()))
+///    ->  Nested Loop  (cost=0.42..807.00 rows=100 width=58)
+///          ->  CTE Scan on c  (cost=0.00..2.00 rows=100 width=40)
+///          ->  Index Scan using jobs_pkey on jobs j  (cost=0.42..8.04 rows=1 width=18)
+/// ```
+///
+/// Still no sort and a scan that stops after the batch. `run_at <= now()` is
+/// an index condition, so delayed or leased rows of a higher priority are
+/// skipped on index entries (no heap visit). `jobs_due` stays for the idle
+/// probe (`min(run_at)` of a queue).
+const PRIORITY_MIGRATION: &str = r#"
+CREATE INDEX jobs_next ON {s}.jobs (queue, (coalesce(priority, 0)) DESC, run_at, id);
+"#;
 
 /// The highest migration this build knows.
 pub fn latest_version() -> i32 {

@@ -44,6 +44,9 @@ pub struct RabbitMqConfig {
     pub durable: bool,
     pub queue_type: QueueType,
     pub queue_arguments: Headers,
+    /// Declare the queue with `x-max-priority` (1-255): messages then carry
+    /// a priority, the higher delivered first. `None`: no priorities.
+    pub max_priority: Option<u8>,
     /// Bind the queue to this exchange (declared durable if missing).
     pub exchange: Option<String>,
     pub exchange_type: String,
@@ -79,6 +82,7 @@ impl RabbitMqConfig {
             durable: true,
             queue_type: QueueType::Classic,
             queue_arguments: Vec::new(),
+            max_priority: None,
             exchange: None,
             exchange_type: "direct".to_string(),
             routing_key: None,
@@ -116,7 +120,19 @@ impl RabbitMqConfig {
                 HeaderValue::Str("quorum".to_string()),
             ));
         }
+        if let Some(n) = self.max_priority {
+            if header(&args, "x-max-priority").is_none() {
+                args.push(("x-max-priority".to_string(), HeaderValue::Int(i64::from(n))));
+            }
+        }
         args
+    }
+
+    /// Whether the queue is declared with priorities (`max_priority`, or
+    /// `x-max-priority` in `queue_arguments`): publishing with a priority
+    /// to a queue without them is a `ConfigError` (it would be ignored).
+    pub fn has_priorities(&self) -> bool {
+        self.max_priority.is_some() || header(&self.queue_arguments, "x-max-priority").is_some()
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -217,6 +233,23 @@ impl RabbitMqConfig {
                 )))
             }
         }
+        if self.max_priority == Some(0) {
+            return Err(Error::Config(
+                "max_priority: must be between 1 and 255 (10 covers priorities 0-9), or None"
+                    .to_string(),
+            ));
+        }
+        if let (Some(n), Some(arg)) = (
+            self.max_priority,
+            header(&self.queue_arguments, "x-max-priority"),
+        ) {
+            if arg.as_u64() != Some(u64::from(n)) {
+                return Err(Error::Config(format!(
+                    "queue_arguments: x-max-priority {arg:?} contradicts max_priority {n}; \
+                     set max_priority only"
+                )));
+            }
+        }
         if self.connect_timeout.is_zero() || self.connect_timeout > MAX_CONNECT_TIMEOUT {
             return Err(Error::Config(format!(
                 "connect_timeout: must be more than 0 and at most {} seconds, got {}",
@@ -311,6 +344,32 @@ mod tests {
         c.queue_type = QueueType::Quorum;
         c.durable = false;
         assert!(c.validate().unwrap_err().to_string().contains("durable"));
+    }
+
+    #[test]
+    fn max_priority_is_declared() {
+        let mut c = RabbitMqConfig::new("q");
+        assert!(!c.has_priorities());
+        c.max_priority = Some(10);
+        c.validate().unwrap();
+        assert!(c.has_priorities());
+        assert_eq!(
+            header(&c.declare_arguments(), "x-max-priority"),
+            Some(&HeaderValue::Int(10))
+        );
+        c.max_priority = Some(0);
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("max_priority"));
+        c.max_priority = Some(5);
+        c.queue_arguments = vec![("x-max-priority".into(), HeaderValue::Int(9))];
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("contradicts"));
     }
 
     #[test]

@@ -369,6 +369,20 @@ impl Backend for RabbitMqBackend {
 
     async fn publish(&self, messages: Vec<Outgoing>) -> Result<Vec<String>> {
         let s = &self.shared;
+        if messages.iter().any(|m| m.dedup.is_some()) {
+            return Err(Error::Config(
+                "dedup_key: RabbitMQ keeps no state to deduplicate with (an App \
+                 deduplicates through its Redis result store: results='redis://...')"
+                    .to_string(),
+            ));
+        }
+        if !s.config.has_priorities() && messages.iter().any(|m| m.priority.is_some()) {
+            return Err(Error::Config(format!(
+                "priority: queue {:?} has no priorities (RabbitMQ would ignore them); \
+                 declare it with RabbitMqConsumerConfig(max_priority=10)",
+                s.config.queue_name
+            )));
+        }
         if s.closed.load(Ordering::Acquire) || s.current().is_none() {
             // Publishing on its own (no pool running, or after it closed the
             // backend): connect without consuming.

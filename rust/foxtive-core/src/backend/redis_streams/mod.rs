@@ -29,6 +29,7 @@
 mod admit;
 pub mod codec;
 mod config;
+mod dedup;
 pub mod dlq;
 mod duties;
 mod link;

@@ -4,6 +4,30 @@ use super::*;
 
 impl Inner {
     pub(super) async fn publish(&self, messages: Vec<Outgoing>) -> Result<Vec<String>> {
+        if messages.iter().any(|m| m.priority.is_some()) {
+            // A stream is read in order: there is no way to let a later entry pass.
+            return Err(Error::Config(
+                "priority: Redis Streams deliver in stream order and have no priorities; \
+                 use RabbitMQ (max_priority), PostgreSQL, SQLite or memory"
+                    .to_string(),
+            ));
+        }
+        if messages.iter().any(|m| m.dedup.is_some()) {
+            // Each keyed message is its own script run (check and enqueue in
+            // one step); the others go as usual, in order.
+            let mut ids = Vec::with_capacity(messages.len());
+            for m in messages {
+                match m.dedup.clone() {
+                    Some(d) => ids.push(self.publish_once(&m, &d).await?),
+                    None => ids.extend(self.publish_batch(vec![m]).await?),
+                }
+            }
+            return Ok(ids);
+        }
+        self.publish_batch(messages).await
+    }
+
+    async fn publish_batch(&self, messages: Vec<Outgoing>) -> Result<Vec<String>> {
         let mut ids: Vec<Option<String>> = Vec::with_capacity(messages.len());
         let mut now_fields: Vec<(usize, Vec<Field<'_>>)> = Vec::new();
         let mut delayed: Vec<(u64, Vec<u8>)> = Vec::new();

@@ -16,11 +16,13 @@ use super::row;
 use crate::message::Delivery;
 
 /// The claim: lease up to ?4 due rows of queue ?1 (due: `run_at <= ?2`)
-/// until ?3, counting the attempt. See `schema::DDL` for its plan.
+/// until ?3, counting the attempt: the highest priority first (none counts
+/// as 0), then the oldest due. See `schema::PRIORITY_INDEX` for its plan.
 /// Returns the columns of [`row::delivery`].
 const CLAIM: &str = "UPDATE foxtive_jobs SET attempts = attempts + 1, locked_until = ?3, \
-     run_at = ?3 WHERE id IN (SELECT id FROM foxtive_jobs WHERE queue = ?1 AND run_at <= ?2 \
-     ORDER BY run_at LIMIT ?4) RETURNING id, message_id, body, headers, correlation_id, \
+     run_at = ?3 WHERE id IN (SELECT id FROM foxtive_jobs INDEXED BY foxtive_jobs_next \
+     WHERE queue = ?1 AND run_at <= ?2 \
+     ORDER BY coalesce(priority, 0) DESC, run_at, id LIMIT ?4) RETURNING id, message_id, body, headers, correlation_id, \
      content_type, reply_to, priority, routing_key, attempts";
 
 /// When the next job of the queue can be claimed (a new job, a retry, or an
@@ -32,8 +34,8 @@ pub fn next_due(conn: &Connection, queue: &str) -> rusqlite::Result<Option<f64>>
         .query_row([queue], |r| r.get(0))
 }
 
-/// Claim up to `max` due jobs, leased until `now + lease`. Returned in id
-/// (publish) order.
+/// Claim up to `max` due jobs, leased until `now + lease`. Returned highest
+/// priority first, then in id (publish) order.
 pub fn claim(
     conn: &mut Connection,
     queue: &Arc<str>,
@@ -52,7 +54,12 @@ pub fn claim(
         }
     }
     tx.commit()?;
-    // RETURNING gives no order; hand jobs out oldest first.
-    out.sort_unstable_by_key(|d| row::row_id(d).unwrap_or(i64::MAX));
+    // RETURNING gives no order; hand jobs out by priority, then oldest first.
+    out.sort_unstable_by_key(|d| {
+        (
+            std::cmp::Reverse(d.priority.unwrap_or(0)),
+            row::row_id(d).unwrap_or(i64::MAX),
+        )
+    });
     Ok(out)
 }

@@ -23,6 +23,7 @@
 
 mod config;
 mod db;
+pub mod dedup;
 pub mod dlq;
 mod fetch;
 mod lease;
@@ -280,6 +281,15 @@ impl Inner {
                     let mut stmt = tx.prepare_cached(schema::INSERT_JOB)?;
                     for m in &messages {
                         let (params, id) = row::insert_params(&queue, m, now);
+                        if let Some(d) = &m.dedup {
+                            // The key and the job commit together, or neither.
+                            let ttl = d.ttl.as_secs_f64();
+                            if let Some(holder) = dedup::claim(&tx, &queue, &d.key, &id, ttl, now)?
+                            {
+                                ids.push(holder);
+                                continue;
+                            }
+                        }
                         stmt.execute(rusqlite::params_from_iter(params))?;
                         ids.push(id);
                     }

@@ -15,14 +15,24 @@
 use rusqlite::{Connection, TransactionBehavior};
 
 /// The version [`MIGRATIONS`] bring a database to.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// `(version, statements)`, applied in order above the version found.
 /// Append, never edit. Every statement is `IF NOT EXISTS`: the Python
 /// transactional enqueue creates version 1's tables ([`DDL`]) through the
 /// caller's connection without recording a version, and the backend then
 /// runs every migration over them.
-pub const MIGRATIONS: &[(i64, &[&str])] = &[(1, V1_TABLES), (2, FINISHED_JOBS), (3, RESULTS)];
+pub const MIGRATIONS: &[(i64, &[&str])] = &[
+    (1, V1_TABLES),
+    (2, FINISHED_JOBS),
+    (3, RESULTS),
+    (4, PRIORITY_AND_DEDUP),
+];
+
+/// Version 4: the claim order index ([`PRIORITY_INDEX`]) and the publish
+/// deduplication table (`dedup.rs`). Both are also in [`DDL`], which a new
+/// file gets as version 1; `IF NOT EXISTS` makes the second run a no-op.
+const PRIORITY_AND_DEDUP: &[&str] = &[PRIORITY_INDEX, super::dedup::DDL];
 
 /// Version 3: `foxtive_results`, the task result store of this file
 /// (`foxtive.results_sql.SqliteResultStore`): one row per task, the JSON
@@ -93,7 +103,7 @@ pub const EXPIRE_FINISHED: &str = "DELETE FROM foxtive_finished_jobs WHERE id IN
 /// Rows deleted by one retention statement (one short write transaction).
 pub const EXPIRE_BATCH: i64 = 1000;
 
-/// Idempotent DDL of version 1 (every statement `IF NOT EXISTS`).
+/// Idempotent DDL of every version (every statement `IF NOT EXISTS`).
 ///
 /// `foxtive_jobs_due (queue, run_at)`: the claim's inner SELECT
 /// (`WHERE queue = ? AND run_at <= ? ORDER BY run_at LIMIT ?`) and the idle
@@ -143,7 +153,33 @@ pub const DDL: &[&str] = &[
         poison_pill INTEGER NOT NULL
     )",
     "CREATE INDEX IF NOT EXISTS foxtive_dead_letters_queue ON foxtive_dead_letters (queue, id)",
+    // Version 4 (priorities): see [`PRIORITY_INDEX`].
+    PRIORITY_INDEX,
+    // Version 4 (publish deduplication): see `dedup.rs`.
+    super::dedup::DDL,
 ];
+
+/// Version 4: the claim takes due jobs by priority first (9 before 0, none
+/// counting as 0), then `run_at`, then id, `INDEXED BY` this index: without
+/// `ANALYZE` statistics (which foxtive never runs) SQLite 3.40 prefers
+/// `foxtive_jobs_due` and sorts every due row of the queue
+/// (`USE TEMP B-TREE FOR ORDER BY`) on each claim. `EXPLAIN QUERY PLAN` of
+/// the claim (SQLite 3.40, 20k rows over 4 queues, a fifth of them with a
+/// priority):
+///
+/// ```text
+/// SEARCH foxtive_jobs USING INTEGER PRIMARY KEY (rowid=?)
+/// LIST SUBQUERY 1
+/// `--SEARCH foxtive_jobs USING INDEX foxtive_jobs_next (queue=?)
+/// ```
+///
+/// No sort step (no `USE TEMP B-TREE FOR ORDER BY`): rows come out of the
+/// index in claim order and the scan stops after the batch; `run_at <= now`
+/// is checked on index entries, so delayed and leased rows of a higher
+/// priority are skipped without reading their rows. The idle poll keeps
+/// using `foxtive_jobs_due`.
+pub const PRIORITY_INDEX: &str = "CREATE INDEX IF NOT EXISTS foxtive_jobs_next ON foxtive_jobs \
+     (queue, coalesce(priority, 0) DESC, run_at, id)";
 
 /// The one INSERT of a new job. Parameters, in order: queue, message_id,
 /// body, headers (JSON or NULL), correlation_id, content_type, reply_to,
