@@ -59,7 +59,7 @@ CONTENDERS: dict[str, list[tuple[str, str, str]]] = {
         ("procrastinate", PEER, "PsycopgConnector, worker concurrency 10, no-op async task"),
     ],
 }
-SLOW = {"procrastinate"}
+SLOW = {"pgqueuer", "procrastinate"}  # capped by --slow-cap
 
 
 def schema_of(queue: str) -> str:
@@ -177,7 +177,7 @@ def raw_consume(rec: Any, schema: str, queue: str) -> None:
 
     select = (f'SELECT id, body FROM "{schema}".jobs WHERE queue = %s AND run_at <= now() '
               f"ORDER BY run_at, id LIMIT {BATCH} FOR UPDATE SKIP LOCKED")
-    delete = f'DELETE FROM "{schema}".jobs WHERE id = ANY(%s)'
+    delete = f'DELETE FROM "{schema}".jobs WHERE id = ANY(%s::int8[])'
     with psycopg.connect(PG_URL) as conn:
         while True:
             with conn.transaction():
