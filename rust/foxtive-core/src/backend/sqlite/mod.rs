@@ -101,6 +101,43 @@ pub(crate) struct Inner {
     idle_pause: Mutex<Duration>,
     renewer: Mutex<Option<(JoinHandle<()>, watch::Sender<bool>)>>,
     failures: AtomicU32,
+    /// Rows claimed for a receive that was dropped before it got them:
+    /// handed back at close.
+    orphans: Mutex<Vec<i64>>,
+}
+
+/// Between a claim on the blocking pool and the receive waiting for it.
+#[derive(Default)]
+struct Handoff {
+    /// The receive was dropped: a claim finishing now gives its rows back.
+    abandoned: bool,
+    /// Rows claimed and not yet taken by the receive.
+    claimed: Vec<i64>,
+}
+
+/// Marks the handoff abandoned if the receive is dropped mid-claim.
+struct HandoffGuard {
+    inner: Arc<Inner>,
+    handoff: Arc<Mutex<Handoff>>,
+}
+
+impl HandoffGuard {
+    /// The receive got the claim's result: nothing to give back.
+    fn received(self) {
+        self.handoff.lock().claimed.clear();
+    }
+}
+
+impl Drop for HandoffGuard {
+    fn drop(&mut self) {
+        let mut h = self.handoff.lock();
+        h.abandoned = true;
+        let ids = std::mem::take(&mut h.claimed);
+        drop(h);
+        if !ids.is_empty() {
+            self.inner.orphans.lock().extend(ids);
+        }
+    }
 }
 
 impl SqliteBackend {
@@ -118,6 +155,7 @@ impl SqliteBackend {
                 idle_pause: Mutex::new(POLL_MIN),
                 renewer: Mutex::new(None),
                 failures: AtomicU32::new(0),
+                orphans: Mutex::new(Vec::new()),
                 cfg,
             }),
         })
@@ -199,17 +237,38 @@ impl Inner {
                 return Err(Error::Shutdown);
             }
             let queue = self.queue.clone();
-            let (batch, next_due) = self
+            // The claim runs on the blocking pool and commits even if this
+            // future is dropped meanwhile (a pool stopping drops its
+            // receive): the handoff gives such a batch back instead of
+            // leaving it leased until `lease_timeout`.
+            let handoff = Arc::new(Mutex::new(Handoff::default()));
+            let guard = HandoffGuard {
+                inner: self.clone(),
+                handoff: handoff.clone(),
+            };
+            let claimed = self
                 .with_conn("claim", move |conn| {
                     let now = unix_now();
                     match fetch::next_due(conn, &queue)? {
                         Some(due) if due <= now => {
-                            Ok((fetch::claim(conn, &queue, max, now, lease)?, None))
+                            let batch = fetch::claim(conn, &queue, max, now, lease)?;
+                            let ids: Vec<i64> = batch.iter().filter_map(row::row_id).collect();
+                            let mut h = handoff.lock();
+                            if h.abandoned {
+                                drop(h);
+                                conn.prepare_cached(settle::RELEASE)?
+                                    .execute(rusqlite::params![row::id_list(&ids), now])?;
+                                return Ok((Vec::new(), None));
+                            }
+                            h.claimed = ids;
+                            Ok((batch, None))
                         }
                         due => Ok((Vec::new(), due)),
                     }
                 })
-                .await?;
+                .await;
+            guard.received();
+            let (batch, next_due) = claimed?;
             if !batch.is_empty() {
                 let mut held = self.held.lock();
                 held.extend(batch.iter().filter_map(row::row_id));
@@ -302,9 +361,11 @@ impl Inner {
         Ok(ids)
     }
 
-    /// Unlock rows this backend still holds (due now, attempt kept).
+    /// Unlock rows this backend still holds (due now, attempt kept),
+    /// including batches claimed for a receive that was dropped.
     async fn hand_back(self: &Arc<Self>) {
-        let ids: Vec<i64> = self.held.lock().drain().collect();
+        let mut ids: Vec<i64> = self.held.lock().drain().collect();
+        ids.append(&mut self.orphans.lock());
         if ids.is_empty() {
             return;
         }
