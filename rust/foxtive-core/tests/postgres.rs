@@ -193,7 +193,7 @@ async fn round_trip_in_batches_keeps_ids_and_typed_headers() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(v, 1);
+    assert_eq!(v, foxtive_core::backend::postgres::schema::latest_version());
     b.close().await.unwrap();
     assert_eq!(b.state(), BackendState::Closed);
     // Used again after close (a publish, a new pool run): it reconnects.
@@ -486,7 +486,11 @@ async fn workers_starting_together_create_the_schema_once() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(rows, 1);
+    // One row per migration, each applied once.
+    assert_eq!(
+        rows,
+        foxtive_core::backend::postgres::schema::MIGRATIONS.len() as i64
+    );
     for b in backends {
         b.close().await.unwrap();
     }
