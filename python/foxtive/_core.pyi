@@ -289,6 +289,7 @@ class NativeBackend:
         delay: _Seconds | None = None,
         message_ids: list[str] | None = None,
     ) -> Awaitable[list[str]]: ...
+    def queue_stats(self) -> Awaitable[dict[str, int | None] | None]: ...
     def dead_letter_store(self) -> DeadLetterStore | None: ...
 
 @final
@@ -474,7 +475,12 @@ class Metrics:
 @final
 class HttpServer:
     def __new__(
-        cls, metrics: Metrics, concurrency_limit: int, host: str, port: int
+        cls,
+        metrics: Metrics,
+        concurrency_limit: int,
+        host: str,
+        port: int,
+        dashboard_port: int | None = None,
     ) -> HttpServer: ...
     @property
     def host(self) -> str: ...

@@ -25,6 +25,7 @@ mod link;
 pub mod publish;
 pub mod schema;
 mod settle;
+mod stats;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,7 +37,7 @@ use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{Backend, BackendState, SettleItem};
+use super::{Backend, BackendState, QueueStats, SettleItem};
 use crate::message::{Delivery, Outgoing};
 use crate::{Error, Result};
 use link::{Conn, Link};
@@ -521,6 +522,10 @@ impl Backend for PostgresBackend {
 
     fn is_drained(&self) -> Option<bool> {
         self.inner.is_drained()
+    }
+
+    async fn queue_stats(&self) -> Result<Option<QueueStats>> {
+        self.stats().await.map(Some)
     }
 
     fn reconnect_attempts(&self) -> u64 {
