@@ -195,3 +195,25 @@ def test_first_render_10_queues_1000_dead_letters(browser: Any) -> None:
     finally:
         for s in streams:
             delete_keys(r, s)
+
+
+def test_token_is_asked_for_then_used(browser: Any) -> None:
+    r = redis.Redis.from_url(REDIS_URL)
+    stream = unique_stream("dash-token")
+    cfg = foxtive.RedisStreamConsumerConfig(stream_name=stream)
+    try:
+        publish(foxtive.RedisStreamBackend(REDIS_URL, cfg), [b"a", b"b"])
+        token = "browser-token-5678"
+        with Dashboard(broker=REDIS_URL, queues=[stream], port=0, token=token) as board:
+            browser.get(board.url + "/")
+            form = wait(browser).until(ec.visibility_of_element_located((By.ID, "token-form")))
+            assert "needs its token" in browser.find_element(By.ID, "status").text
+            assert not browser.find_elements(By.CSS_SELECTOR, "#queue-table tbody tr")
+            browser.find_element(By.ID, "token").send_keys(token)
+            form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+            wait(browser).until(
+                lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
+            wait_cell(browser, stream, "ready", "2")
+            assert token not in browser.page_source, "the token is never written into the page"
+    finally:
+        delete_keys(r, stream)

@@ -288,10 +288,9 @@
     $("#task-form").addEventListener("submit", lookUpTask);
     $("#token-form").addEventListener("submit", (e) => {
       e.preventDefault();
-      state.token = $("#token").value;
-      sessionStorage.setItem("foxtive-token", state.token);
-      $("#token-form").hidden = true;
-      refreshAll().then(() => say("Token accepted.")).catch((err) => say(err.message, true));
+      // Kept for this tab only; the page starts again with it.
+      sessionStorage.setItem("foxtive-token", $("#token").value);
+      location.reload();
     });
     // The data is asked for at once, with the info (no round trip first).
     const data = refreshAll();
