@@ -217,3 +217,18 @@ def test_token_is_asked_for_then_used(browser: Any) -> None:
             assert token not in browser.page_source, "the token is never written into the page"
     finally:
         delete_keys(r, stream)
+
+
+def test_light_and_dark_follow_the_system(browser: Any) -> None:
+    stream = unique_stream("dash-theme")
+    with Dashboard(broker=REDIS_URL, queues=[stream], port=0) as board:
+        colours = {}
+        for scheme in ("light", "dark"):
+            browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {
+                "features": [{"name": "prefers-color-scheme", "value": scheme}]})
+            open_page(browser, board)
+            colours[scheme] = browser.execute_script(
+                "const s = getComputedStyle(document.body); return [s.backgroundColor, s.color]")
+        browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
+    assert colours["light"] == ["rgb(255, 255, 255)", "rgb(26, 26, 26)"], colours
+    assert colours["dark"] == ["rgb(20, 23, 28)", "rgb(232, 234, 237)"], colours
