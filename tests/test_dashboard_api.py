@@ -13,6 +13,7 @@ import copy
 import statistics
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -399,3 +400,51 @@ def test_task_lookup_through_the_apps_result_store(stream: str, board_for: Any) 
     finally:
         r.delete(*(f"foxtive:result:{i}" for i in (sent.id, ok, bad)),
                  *(f"foxtive:result:{i}:done" for i in (sent.id, ok, bad)))
+
+
+def test_pools_view_of_a_running_pool() -> None:
+    import threading
+
+    memory = foxtive.MemoryBackend(f"hs-run-{uuid.uuid4().hex[:6]}")
+    memory.publish_many_sync([b"1", b"2", b"3", b"4"])
+    started, release = threading.Event(), threading.Event()
+
+    async def slow(m: foxtive.Message) -> None:
+        started.set()
+        await asyncio.to_thread(release.wait, 30)
+
+    pool = (foxtive.WorkerPoolBuilder("hs-running").add_worker(slow, id="w")
+            .with_concurrency_limit(2)
+            .with_middleware(foxtive.CircuitBreakerMiddleware(failure_threshold=5))
+            .with_backend(memory).build())
+    runner = threading.Thread(target=pool.run_until_idle, kwargs={"timeout": 60})
+    with foxtive.HealthServer(pool, port=0, dashboard=True) as server:
+        runner.start()
+        try:
+            assert started.wait(30)
+            client = Client(server.port)
+
+            def pool_view() -> dict[str, Any]:
+                status, pools = client.get("/api/pools")
+                assert status == 200
+                [p] = pools["pools"]
+                return dict(p)
+
+            # Both slots fill as the second message arrives (the view is polled:
+            # it is what the test looks at).
+            deadline = time.monotonic() + 30
+            while (p := pool_view())["in_flight"] != 2:
+                assert time.monotonic() < deadline, p
+                time.sleep(0.05)
+            assert p["state"] == "running", p
+            assert p["concurrency_limit"] == 2 and p["circuit_breaker"] == "closed"
+            assert p["workers"] == [{"id": "w", "in_flight": 2}]
+            # Counts are at most a second old.
+            while (row := queue_row(client, memory.name))["counts"]["in_progress"] != 2:
+                assert time.monotonic() < deadline, row
+                time.sleep(0.1)
+            assert row["counts"]["ready"] == 2, row
+        finally:
+            release.set()
+            runner.join(60)
+    assert pool.stats()["processed"] == 4

@@ -32,6 +32,8 @@ from .sources import (
 MAX_PAGE = 500
 #: Most ids in one replay request.
 MAX_IDS = 10_000
+#: Oldest counts ``GET /api/queues`` answers with, in seconds.
+FRESH = 1.0
 
 _STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
            "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
@@ -127,6 +129,8 @@ class Api:
         if path == "/api/queues":
             minutes = _number(q, "minutes", 10.0, 0.0, 60.0)
             since = time.time() - minutes * 60
+            # Counts at most a second old; the sampler fills the history.
+            await asyncio.gather(*(s.refresh(FRESH) for s in self.queues.values()))
             return Response.json({"queues": [s.view(since) for s in self.queues.values()]})
         if path == "/api/pools":
             return Response.json({"pools": [p.view() for p in self.pools]})

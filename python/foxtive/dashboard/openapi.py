@@ -79,7 +79,8 @@ _SCHEMAS: dict[str, Any] = {
                  "counters": {"type": "object", "additionalProperties": _NULL_INT},
                  "completed_per_second": {"type": "number", "nullable": True},
                  "health": {"type": "string", "nullable": True},
-                 "uptime_seconds": {"type": "number"},
+                 "uptime_seconds": {"type": "number",
+                                    "description": "since the dashboard began watching"},
                  "history": {"type": "array", "items": {
                      "type": "object", "required": ["t", "processed"],
                      "properties": {"t": {"type": "number"},

@@ -96,6 +96,15 @@ class QueueSource:
         self._read_at = 0.0
         self._truncated = False
         self.lock = asyncio.Lock()
+        self._sampling = asyncio.Lock()
+
+    async def refresh(self, max_age: float) -> None:
+        """Sample now unless the latest sample is younger than ``max_age``
+        (requests at once share one sample)."""
+        async with self._sampling:
+            last = self.latest()
+            if last is None or time.time() - last.t > max_age:
+                await self.sample()
 
     async def sample(self) -> None:
         stats: dict[str, Any] | None = None

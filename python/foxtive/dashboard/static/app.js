@@ -114,7 +114,7 @@
         el("dt", {}, "Circuit breaker"), el("dd", {}, p.circuit_breaker ? el("span", { class: "badge " + p.circuit_breaker }, p.circuit_breaker) : "none"),
         el("dt", {}, "Rate limit"), el("dd", {}, rl),
         el("dt", {}, "Completed"), el("dd", {}, `${fmt(p.counters.processed)} (${p.completed_per_second === null ? "—" : p.completed_per_second.toFixed(2)}/s); failed ${fmt(p.counters.failed)}, dead-lettered ${fmt(p.counters.dead_lettered)}`),
-        el("dt", {}, "Uptime"), el("dd", {}, `${Math.round(p.uptime_seconds)} s`),
+        el("dt", {}, "Watched for"), el("dd", {}, `${Math.round(p.uptime_seconds)} s`),
         el("dt", {}, "Workers"), el("dd", {}, p.workers.map((w) => `${w.id}: ${w.in_flight}`).join(", ") || "—"));
       return el("article", { class: "pool", "data-pool": p.name }, el("h3", {}, p.name), meta);
     });
