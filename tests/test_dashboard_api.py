@@ -448,3 +448,30 @@ def test_pools_view_of_a_running_pool() -> None:
             release.set()
             runner.join(60)
     assert pool.stats()["processed"] == 4
+
+
+def test_sampling_a_pools_rabbitmq_backend_before_it_runs_does_not_stop_it() -> None:
+    """The dashboard asks the pool's backend for counts before the pool runs
+    (connecting it without a consumer, as a lone publish does); the pool then
+    still consumes everything."""
+    queue = unique("dash-borrowed")
+    seen: list[str] = []
+
+    async def record(m: foxtive.Message) -> None:
+        seen.append(m.id)
+
+    async def body() -> None:
+        async with judge(queue):
+            backend = foxtive.RabbitMqBackend(
+                AMQP_URL, foxtive.RabbitMqConsumerConfig(queue_name=queue))
+            await asyncio.to_thread(publish, backend, [b"a", b"b", b"c"])
+            pool = (foxtive.WorkerPoolBuilder("dash-borrowed").add_worker(record, id="w")
+                    .with_backend(backend).build())
+            with foxtive.HealthServer(pool, port=0, dashboard=True) as server:
+                client = Client(server.port)
+                row = await asyncio.to_thread(queue_row, client, queue)
+                assert row["counts"]["ready"] == 3 and row["counts"]["consumers"] == 0
+                assert await asyncio.to_thread(pool.run_until_idle, None, 30)
+            assert len(seen) == 3
+
+    asyncio.run(body())
