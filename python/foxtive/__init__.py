@@ -30,6 +30,7 @@ from .errors import (
 )
 from .middleware import Middleware
 from .observe import HealthServer, PrometheusCollector
+from .otel import OpenTelemetryMiddleware
 from .policies import (
     BatchConfig,
     BatchMiddleware,
@@ -72,6 +73,7 @@ __all__ = [
     "MemoryDLQ",
     "Message",
     "Middleware",
+    "OpenTelemetryMiddleware",
     "PayloadError",
     "PermanentError",
     "PoisonPillTracker",

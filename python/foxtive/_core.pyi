@@ -302,6 +302,7 @@ class NativeBackend:
         message_ids: list[str] | None = None,
         priority: int | None = None,
     ) -> Awaitable[list[str]]: ...
+    def queue_stats(self) -> Awaitable[dict[str, int | None] | None]: ...
     def dead_letter_store(self) -> DeadLetterStore | None: ...
 
 @final
@@ -502,7 +503,12 @@ class Metrics:
 @final
 class HttpServer:
     def __new__(
-        cls, metrics: Metrics, concurrency_limit: int, host: str, port: int
+        cls,
+        metrics: Metrics,
+        concurrency_limit: int,
+        host: str,
+        port: int,
+        dashboard_port: int | None = None,
     ) -> HttpServer: ...
     @property
     def host(self) -> str: ...

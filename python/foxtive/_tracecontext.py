@@ -11,7 +11,7 @@ import contextvars
 import dataclasses
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = ["Span", "activate", "current", "deactivate", "extract", "inject", "span_from"]
@@ -52,8 +52,15 @@ def deactivate(token: contextvars.Token[Span | None]) -> None:
     _current.reset(token)
 
 
+#: Set by ``foxtive.OpenTelemetryMiddleware``: makes a producer span and
+#: returns the headers carrying it. None (no work) until one is built.
+producer_hook: Callable[[dict[str, Any] | None], dict[str, Any] | None] | None = None
+
+
 def inject(headers: dict[str, Any] | None) -> dict[str, Any] | None:
     """Headers with the current ``traceparent`` added (a no-op outside a span)."""
+    if producer_hook is not None:
+        return producer_hook(headers)
     span = _current.get()
     if span is None or (headers is not None and "traceparent" in headers):
         return headers

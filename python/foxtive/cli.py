@@ -15,12 +15,13 @@ from typing import Any
 from . import _core, demo
 from ._config import integer, seconds
 from .app import App
+from .broker_dlq import broker_dlq as _broker_dlq
+from .dashboard import Dashboard
 from .dlq import DeadLetterQueue, FileDLQ, NativeDeadLetterQueue, RedisDLQ
 from .errors import ConfigError
 from .observe import HealthServer
 from .pool import WorkerPool
 from .processes import StartupGuard, run_processes
-from .urls import backend_from_url
 
 
 def _load(target: str) -> Any:
@@ -144,36 +145,6 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 async def _pg_migrate(url: str, schema: str | None) -> tuple[str, int, int]:
     return await _core.postgres_migrate(url, schema)
-
-
-#: What ``--broker`` passes to ``backend_from_url`` per backend kind (the
-#: core registry decides the kind): the option that names a dead-letter queue
-#: other than the default, and options that keep the tool from changing the
-#: broker (RabbitMQ: declare nothing). A kind not listed takes no options:
-#: its dead letters have no separate name (SQLite: a table in the same file).
-_DLQ_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
-    "rabbitmq": ("dead_letter_queue", {"declare": False}),
-    "redis": ("dead_letter_stream", {}),
-}
-
-
-def _broker_dlq(url: str, queue: str | None, dlq_name: str | None) -> Any:
-    """The native dead-letter queue of queue/stream ``queue`` on ``url``: the
-    backend the URL names (``backend_from_url``), through its own
-    ``dead_letter_queue()``."""
-    if not queue:
-        raise ConfigError("queue: --broker needs --queue Q (the queue or stream that "
-                          "dead-lettered its messages)")
-    kind, _ = _core.backend_kind(url)
-    name_option, options = _DLQ_OPTIONS.get(kind, ("", {}))
-    options = dict(options)
-    if dlq_name:
-        if not name_option:
-            raise ConfigError(f"--dead-letter-queue: the {kind} backend's dead letters have "
-                              "no name of their own (they are found by --queue)")
-        options[name_option] = dlq_name
-    # A backend without a dead-letter queue of its own says so (ConfigError).
-    return backend_from_url(url, queue, **options).dead_letter_queue()
 
 
 def _missing(args: argparse.Namespace, store: Any) -> str:
@@ -302,6 +273,28 @@ def _dlq_action(args: argparse.Namespace, store: Any, native: bool) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    app = _load(args.app) if args.app else None
+    queues = [q for q in (args.queues or "").split(",") if q]
+    board = Dashboard(broker=args.broker, queues=queues, app=app, host=args.host,
+                      port=args.port, token=args.token)
+
+    async def serve() -> None:
+        await board.start_async()
+        print(f"foxtive dashboard on {board.url}/ (Ctrl-C stops it)", file=sys.stderr,
+              flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await board.stop_async()
+
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 #: What ``--log-level`` and ``FOXTIVE_LOG_LEVEL`` accept (any case).
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -373,6 +366,22 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("--schema", default=None,
                     help="PostgreSQL: the schema (default: the URL's ?schema=, else foxtive)")
     db.set_defaults(func=cmd_db)
+
+    board = sub.add_parser("dashboard", help="the operator's web page: queues, pools, "
+                                             "dead letters, tasks")
+    board.add_argument("--broker", default=None,
+                       help="a broker URL (amqp://, redis://, postgresql://, sqlite:///path.db)")
+    board.add_argument("--queues", default=None, help="the queues to show, comma-separated")
+    board.add_argument("--app", default=None,
+                       help="module:attr of a foxtive.App: its queues, broker and result "
+                            "store (task look-up)")
+    board.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1; any other needs a token)")
+    board.add_argument("--port", type=int, default=8181, help="port (default 8181)")
+    board.add_argument("--token", default=None,
+                       help="the token every API request must carry (Authorization: Bearer); "
+                            "env FOXTIVE_DASHBOARD_TOKEN")
+    board.set_defaults(func=cmd_dashboard)
 
     demo = sub.add_parser(
         "demo", help="an email worker on a SQLite queue (a temporary file unless --db)",

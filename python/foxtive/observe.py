@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from . import _core
+from .dashboard import Dashboard
 from .errors import ConfigError
 from .pool import WorkerPool
 
@@ -18,9 +19,16 @@ class HealthServer:
     and ``GET /metrics`` (Prometheus) for a pool, from Rust: a CPU-bound
     handler holding the GIL cannot make a healthy worker look dead.
 
-    Binds 127.0.0.1 unless told otherwise; ``port=0`` picks a free port."""
+    Binds 127.0.0.1 unless told otherwise; ``port=0`` picks a free port.
 
-    def __init__(self, pool: WorkerPool, host: str = "127.0.0.1", port: int = 8080) -> None:
+    ``dashboard=True``: the dashboard (:mod:`foxtive.dashboard`) at ``/``
+    for this pool, served by a Python server on a loopback port that the
+    Rust server passes every other path to. On an address other than
+    loopback it needs ``token`` (or ``$FOXTIVE_DASHBOARD_TOKEN``).
+    ``app``: an App whose result store the dashboard's task look-up uses."""
+
+    def __init__(self, pool: WorkerPool, host: str = "127.0.0.1", port: int = 8080,
+                 dashboard: bool = False, token: str | None = None, app: Any = None) -> None:
         if not isinstance(pool, WorkerPool):
             raise ConfigError(f"pool: expected a foxtive.WorkerPool, got {type(pool).__name__}")
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
@@ -28,21 +36,44 @@ class HealthServer:
         self.pool = pool
         self.host = host
         self.port = port
+        self.dashboard = bool(dashboard)
+        self._token = token
+        self._app = app
+        self._dashboard: Any = None
         self._server: _core.HttpServer | None = None
 
     def start(self) -> HealthServer:
         """Start serving in the background (idempotent); returns self."""
         if self._server is None:
-            self._server = _core.HttpServer(
-                self.pool._metrics, self.pool.concurrency_limit, self.host, self.port
-            )
+            dashboard_port = None
+            if self.dashboard:
+                self._dashboard = Dashboard(pools=[self.pool], app=self._app, host="127.0.0.1",
+                                            port=0, token=self._token,
+                                            public=(self.host, self.port)).start()
+                dashboard_port = self._dashboard.port
+            try:
+                self._server = _core.HttpServer(
+                    self.pool._metrics, self.pool.concurrency_limit, self.host, self.port,
+                    dashboard_port,
+                )
+            except BaseException:
+                self._stop_dashboard()
+                raise
             self.port = self._server.port
+            if self._dashboard is not None:
+                self._dashboard.set_public(self.host, self.port)
         return self
 
     def stop(self) -> None:
         if self._server is not None:
             self._server.stop()
             self._server = None
+        self._stop_dashboard()
+
+    def _stop_dashboard(self) -> None:
+        if self._dashboard is not None:
+            self._dashboard.stop()
+            self._dashboard = None
 
     @property
     def url(self) -> str:

@@ -154,6 +154,23 @@ impl NativeBackend {
         bridge::awaitable(py, async move { backend.publish(outs).await })
     }
 
+    /// How many messages the queue holds (awaitable): a dict of `ready`,
+    /// `delayed`, `in_progress`, `dead` and `consumers` (each an int, or
+    /// None where the broker cannot tell), or None when the backend
+    /// cannot tell at all.
+    fn queue_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        bind_loop(py, &self.python_backend)?;
+        let inner = self.inner.clone();
+        bridge::awaitable(py, async move {
+            let stats = inner.queue_stats().await?;
+            Ok(stats.map(|s| {
+                s.fields()
+                    .into_iter()
+                    .collect::<std::collections::BTreeMap<&'static str, Option<u64>>>()
+            }))
+        })
+    }
+
     /// The backend's own dead-letter queue as a store (list, replay, purge);
     /// None when it has none.
     fn dead_letter_store(&self) -> Option<PyDeadLetterStore> {

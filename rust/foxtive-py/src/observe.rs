@@ -91,18 +91,22 @@ pub struct PyHttpServer {
 #[pymethods]
 impl PyHttpServer {
     /// Bind `host:port` (port 0 picks a free one) and serve in the background.
+    /// `dashboard_port`: pass every other path to the dashboard on 127.0.0.1.
     #[new]
+    #[pyo3(signature = (metrics, concurrency_limit, host, port, dashboard_port = None))]
     fn new(
         py: Python<'_>,
         metrics: PyRef<'_, PyMetrics>,
         concurrency_limit: usize,
         host: &str,
         port: u16,
+        dashboard_port: Option<u16>,
     ) -> PyResult<Self> {
         let rt = runtime::get()?;
         let source = Arc::new(Source {
             metrics: metrics.inner.clone(),
             concurrency_limit,
+            dashboard: dashboard_port.map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], p))),
         });
         let host_owned = host.to_string();
         let server = py

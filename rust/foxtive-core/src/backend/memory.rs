@@ -18,9 +18,11 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+mod stats;
+
 use super::options::Options;
 use super::registry::{Kind, Opened};
-use super::{Backend, BackendState, SettleItem};
+use super::{Backend, BackendState, QueueStats, SettleItem};
 use crate::dlq::DeadLetter;
 use crate::message::{Delivery, Headers, Outgoing, PackedReceipt, Receipt, Settlement};
 use crate::{Error, Result};
@@ -583,6 +585,10 @@ impl Backend for MemoryBackend {
         } else {
             BackendState::Connected
         }
+    }
+
+    async fn queue_stats(&self) -> Result<Option<QueueStats>> {
+        Ok(Some(self.stats()))
     }
 
     fn is_drained(&self) -> Option<bool> {

@@ -4,6 +4,7 @@ pub mod memory;
 pub mod memory_dlq;
 pub mod options;
 pub mod postgres;
+pub mod queue_stats;
 pub mod rabbitmq;
 pub mod redis_streams;
 pub mod registry;
@@ -20,6 +21,7 @@ use crate::Result;
 
 pub use memory::MemoryBackend;
 pub use postgres::{PostgresBackend, PostgresConfig};
+pub use queue_stats::QueueStats;
 pub use rabbitmq::{RabbitMqBackend, RabbitMqConfig};
 pub use redis_streams::{RedisStreamBackend, RedisStreamConfig};
 pub use resilient::ResilientBackend;
@@ -127,5 +129,12 @@ pub trait Backend: Send + Sync + 'static {
     /// Failures in a row (0 when healthy).
     fn consecutive_failures(&self) -> u32 {
         0
+    }
+
+    /// How many messages the queue holds (ready, delayed, in progress,
+    /// dead, consumers), asked of the broker; `None` when the backend
+    /// cannot tell at all. Each backend's `stats.rs` implements it.
+    async fn queue_stats(&self) -> Result<Option<QueueStats>> {
+        Ok(None)
     }
 }

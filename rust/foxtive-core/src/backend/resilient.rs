@@ -247,6 +247,10 @@ impl Backend for ResilientBackend {
         self.inner.is_drained()
     }
 
+    async fn queue_stats(&self) -> Result<Option<super::QueueStats>> {
+        self.inner.queue_stats().await
+    }
+
     fn reconnect_attempts(&self) -> u64 {
         self.reconnect_attempts.load(Ordering::Relaxed) + self.inner.reconnect_attempts()
     }

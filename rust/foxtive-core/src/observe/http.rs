@@ -1,6 +1,10 @@
 //! The small HTTP server behind `HealthServer`: GET /health, /ready,
 //! /metrics. Hand-written HTTP/1.1 (one request per connection, GET and
 //! HEAD only) because three read-only endpoints do not justify a web stack.
+//! With a dashboard (`HealthServer(pool, dashboard=True)`), every other
+//! path is passed through, bytes as they come, to the dashboard's own
+//! server on a loopback port: the health endpoints stay in Rust, where a
+//! handler holding the GIL cannot make them late.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +27,8 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Source {
     pub metrics: Arc<Metrics>,
     pub concurrency_limit: usize,
+    /// Where paths other than the health endpoints go, if anywhere.
+    pub dashboard: Option<SocketAddr>,
 }
 
 pub struct HttpServer {
@@ -90,6 +96,11 @@ async fn serve(mut stream: TcpStream, source: Arc<Source>) {
     let mut parts = head.lines().next().unwrap_or("").split_whitespace();
     let method = parts.next().unwrap_or("");
     let path = parts.next().unwrap_or("").split('?').next().unwrap_or("");
+    if let Some(dashboard) = source.dashboard {
+        if !is_health_path(path) {
+            return pass_through(stream, &buf, dashboard).await;
+        }
+    }
     let (status, content_type, body) = if method != "GET" && method != "HEAD" {
         (
             405,
@@ -116,6 +127,33 @@ async fn serve(mut stream: TcpStream, source: Arc<Source>) {
     }
     let _ = stream.write_all(&response).await;
     let _ = stream.shutdown().await;
+}
+
+fn is_health_path(path: &str) -> bool {
+    matches!(
+        path,
+        "/health" | "/healthz" | "/live" | "/ready" | "/readyz" | "/metrics"
+    )
+}
+
+/// Hand the connection to the dashboard: what was read so far, then both
+/// directions copied until either side closes.
+async fn pass_through(mut stream: TcpStream, head: &[u8], to: SocketAddr) {
+    let Ok(Ok(mut upstream)) = tokio::time::timeout(READ_TIMEOUT, TcpStream::connect(to)).await
+    else {
+        let body = "{\"error\":\"dashboard unavailable\"}";
+        let response = format!(
+            "HTTP/1.1 502 Bad Gateway\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(response.as_bytes()).await;
+        return;
+    };
+    if upstream.write_all(head).await.is_err() {
+        return;
+    }
+    let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
 }
 
 fn route(path: &str, source: &Source) -> (u16, &'static str, String) {

@@ -26,6 +26,7 @@ mod link;
 pub mod publish;
 pub mod schema;
 mod settle;
+mod stats;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,7 +38,7 @@ use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{Backend, BackendState, SettleItem};
+use super::{Backend, BackendState, QueueStats, SettleItem};
 use crate::message::{Delivery, Outgoing};
 use crate::{Error, Result};
 use link::{Conn, Link};
@@ -579,6 +580,10 @@ impl Backend for PostgresBackend {
 
     fn is_drained(&self) -> Option<bool> {
         self.inner.is_drained()
+    }
+
+    async fn queue_stats(&self) -> Result<Option<QueueStats>> {
+        self.stats().await.map(Some)
     }
 
     fn reconnect_attempts(&self) -> u64 {

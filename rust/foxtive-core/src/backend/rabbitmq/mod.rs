@@ -23,6 +23,7 @@ pub mod frames;
 mod link;
 pub mod nodes;
 mod settle;
+mod stats;
 pub mod topology;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -50,7 +51,7 @@ pub const KIND: super::registry::Kind = super::registry::Kind {
 pub use self::config::{QueueType, RabbitMqConfig};
 use self::link::{BatchEnd, Link};
 use self::nodes::parse_nodes;
-use super::{Backend, BackendState, SettleItem};
+use super::{Backend, BackendState, QueueStats, SettleItem};
 use crate::message::{set_header, Delivery, HeaderValue, Outgoing};
 use crate::{Error, Result};
 
@@ -510,6 +511,10 @@ impl Backend for RabbitMqBackend {
 
     fn consecutive_failures(&self) -> u32 {
         RabbitMqBackend::consecutive_failures(self)
+    }
+
+    async fn queue_stats(&self) -> Result<Option<QueueStats>> {
+        self.stats().await.map(Some)
     }
 
     /// Not drained while reconnecting (messages may be waiting on the broker);

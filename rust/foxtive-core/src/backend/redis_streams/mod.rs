@@ -39,6 +39,7 @@ mod reply;
 mod resp;
 mod scripts;
 mod settle;
+mod stats;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -53,7 +54,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{Backend, BackendState, SettleItem};
+use super::{Backend, BackendState, QueueStats, SettleItem};
 use crate::dlq::DeadLetter;
 use crate::message::{Delivery, Failure, Outgoing, Settlement};
 use crate::{Error, Result};
@@ -397,6 +398,10 @@ impl Backend for RedisStreamBackend {
 
     fn state(&self) -> BackendState {
         self.inner.link.state()
+    }
+
+    async fn queue_stats(&self) -> Result<Option<QueueStats>> {
+        self.stats().await.map(Some)
     }
 
     fn is_drained(&self) -> Option<bool> {

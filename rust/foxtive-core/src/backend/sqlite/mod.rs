@@ -30,6 +30,7 @@ mod lease;
 pub mod row;
 pub mod schema;
 mod settle;
+mod stats;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -45,7 +46,7 @@ use tokio::time::Instant;
 
 use super::options::Options;
 use super::registry::{Kind, Opened};
-use super::{Backend, BackendState, SettleItem};
+use super::{Backend, BackendState, QueueStats, SettleItem};
 use crate::clock::unix_now;
 use crate::dlq::DeadLetter;
 use crate::message::{Delivery, Outgoing};
@@ -480,6 +481,10 @@ impl Backend for SqliteBackend {
 
     fn consecutive_failures(&self) -> u32 {
         self.inner.failures.load(Ordering::Relaxed)
+    }
+
+    async fn queue_stats(&self) -> Result<Option<QueueStats>> {
+        self.stats().await.map(Some)
     }
 }
 
