@@ -141,7 +141,7 @@ impl LeaderLease for PostgresSchedule {
     async fn try_acquire(&self, holder: &Holder, ttl: Duration) -> Result<Option<Lease>> {
         let sql = format!(
             "INSERT INTO {l} AS l (app, holder, token, expires_at)
-             VALUES ($1, $2, 1, now() + make_interval(secs => $3 / 1000.0))
+             VALUES ($1, $2, 1, now() + make_interval(secs => $3::float8 / 1000.0))
              ON CONFLICT (app) DO UPDATE
                SET holder = EXCLUDED.holder, token = l.token + 1, expires_at = EXCLUDED.expires_at
                WHERE l.expires_at < now()
@@ -162,7 +162,7 @@ impl LeaderLease for PostgresSchedule {
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool> {
         let sql = format!(
-            "UPDATE {l} SET expires_at = now() + make_interval(secs => $3 / 1000.0)
+            "UPDATE {l} SET expires_at = now() + make_interval(secs => $3::float8 / 1000.0)
              WHERE app = $1 AND token = $2",
             l = self.leases
         );
@@ -233,7 +233,7 @@ impl TickStore for PostgresSchedule {
     async fn record(&self, schedule: &str, value: &Stored, token: u64) -> Result<bool> {
         let sql = format!(
             "INSERT INTO {t} (app, name, fingerprint, tick)
-             SELECT $1, $2, $3, to_timestamp($4) WHERE EXISTS
+             SELECT $1, $2, $3, to_timestamp($4::float8) WHERE EXISTS
                (SELECT 1 FROM {l} WHERE app = $1 AND token = $5)
              ON CONFLICT (app, name) DO UPDATE
                SET fingerprint = EXCLUDED.fingerprint, tick = EXCLUDED.tick",
