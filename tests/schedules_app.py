@@ -9,6 +9,7 @@ is ``$FOXTIVE_BROKER``; the lease ``$FOXTIVE_SCHEDULE_LEASE``.
 from __future__ import annotations
 
 import os
+import time
 
 import foxtive
 
@@ -23,3 +24,15 @@ def tick() -> None:
 app.schedule(tick, every=1, name="per-second",
              queue=os.environ.get("SCHED_TICK_QUEUE", "schedules-ticks"),
              catch_up=os.environ.get("SCHED_CATCH_UP", "latest"))
+
+
+@app.task(queue=os.environ.get("SCHED_WORK_QUEUE", "schedules-work"), name="schedules.hog")
+def hog(seconds: float) -> None:
+    """Hold the GIL for about ``seconds``: one C call (``sum`` over a range)
+    that never lets another thread run Python."""
+    per = time.perf_counter()
+    sum(range(1_000_000))
+    per = (time.perf_counter() - per) / 1_000_000
+    start = time.perf_counter()
+    sum(range(int(seconds / per)))
+    print(f"hogged {time.perf_counter() - start:.2f}", flush=True)

@@ -51,6 +51,8 @@ class Cluster:
                     "SCHED_CATCH_UP": catch_up, "FOXTIVE_SCHEDULE_LEASE": LEASE,
                     "PYTHONUNBUFFERED": "1"}
         self.procs: list[subprocess.Popen[str]] = []
+        #: The stdout of each stopped process.
+        self.outputs: list[str] = []
 
     def start(self, n: int = 1) -> None:
         for _ in range(n):
@@ -65,7 +67,8 @@ class Cluster:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
         for p in self.procs:
-            _, err = p.communicate(timeout=60)
+            out, err = p.communicate(timeout=60)
+            self.outputs.append(out)
             assert p.returncode in (0, -signal.SIGKILL), err[-3000:]
         self.procs = []
 
@@ -241,3 +244,34 @@ def test_catch_up_after_every_scheduler_stopped(catch_up: str) -> None:
     else:
         assert missed == [], new
         assert on_time[0] >= last + 6, new
+
+
+@pytest.mark.timeout(120)
+def test_a_handler_holding_the_gil_does_not_cost_the_lease() -> None:
+    side = RedisSide()
+    cluster = Cluster(side.url, side.app, side.queue)
+    sender = foxtive.App(side.app, broker=REDIS_URL)
+
+    @sender.task(queue=f"{side.queue}-work", name="schedules.hog")
+    def hog(seconds: float) -> None: ...
+
+    try:
+        cluster.start(1)
+        wait_for(side.read, lambda t: len(t) >= 2, 30, "two ticks")
+        hog.send_sync(4.0)  # twice the 2 s lease, the GIL held all along
+        sent = time.time()
+        wait_for(side.read, lambda t: any(tick_time(i) >= sent + 6 for i, _ in t),
+                 30, "six seconds of ticks after the hog")
+        cluster.stop()
+        (out,) = cluster.outputs
+    finally:
+        cluster.kill_all()
+        sender.close()
+        fence = side.client.get(f"foxtive:schedules:{{{side.app}}}:fence")
+        ids = [i for i, _ in side.read()]
+        side.close()
+    hogged = [float(line.split()[1]) for line in out.splitlines() if line.startswith("hogged")]
+    assert hogged and hogged[0] >= 3.0, out
+    # The lease was taken once and kept; the ticks went on while the GIL was held.
+    assert fence == b"1"
+    assert_once_without_gaps(ids, max_gap=1.0)
