@@ -196,10 +196,18 @@ impl Scheduler {
         let (tx, rx) = watch::channel::<Option<Leading>>(None);
         let keeper = tokio::spawn(self.clone().keep_lease(tx));
         self.clone().tick_loop(rx).await;
-        let _ = keeper.await;
+        // Released only once the tick loop is done: a tick it enqueued is
+        // also recorded before a successor can take over.
+        if let Ok(Some(lease)) = keeper.await {
+            self.metrics.leader.store(false, Ordering::Relaxed);
+            if let Err(e) = self.broker.release(&lease).await {
+                tracing::warn!(app = %self.app, error = %e, "schedule lease: release failed (it expires by itself)");
+            }
+        }
     }
 
-    async fn keep_lease(self: Arc<Self>, tx: watch::Sender<Option<Leading>>) {
+    /// Keep (or seek) the lease until stopped; returns the lease still held.
+    async fn keep_lease(self: Arc<Self>, tx: watch::Sender<Option<Leading>>) -> Option<Lease> {
         let ttl = self.settings.lease;
         let every = ttl / 3;
         // Stop enqueueing a little before the lease can have expired.
@@ -246,13 +254,7 @@ impl Scheduler {
             self.pause(every).await;
         }
         let last = tx.borrow().clone();
-        if let Some(leading) = last {
-            let _ = tx.send(None);
-            self.metrics.leader.store(false, Ordering::Relaxed);
-            if let Err(e) = self.broker.release(&leading.lease).await {
-                tracing::warn!(app = %self.app, error = %e, "schedule lease: release failed (it expires by itself)");
-            }
-        }
+        last.map(|leading| leading.lease)
     }
 
     fn lose(&self, tx: &watch::Sender<Option<Leading>>) {
