@@ -29,6 +29,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, ParamSpec, TypeVar, overload
 
 from . import envelope
+from . import schedules as _schedules
 from ._config import seconds
 from ._core import TaskRoutes
 from .backends import MemoryBackend, NativeBackend, check_publish_options
@@ -226,6 +227,8 @@ class App:
                               f"{type(retry).__name__}")
         self.retry = retry if retry is not None else RetryHandler()
         self._tasks: dict[str, Task[Any, Any]] = {}
+        self._schedules: dict[str, _schedules.Schedule] = {}
+        self.scheduler: _schedules.SchedulerRunner | None = None  # while running
         self._plain: dict[str, Callable[[Any], Any]] = {}
         self._producers: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -300,6 +303,29 @@ class App:
 
         return register
 
+    def periodic(self, *, cron: str | None = None, every: float | _dt.timedelta | None = None,
+                 tz: str = "UTC", name: str | None = None, queue: str | None = None,
+                 catch_up: str = "latest") -> Callable[[Callable[..., R]], Task[Any, R]]:
+        """Register a function that needs no arguments as a task and run it on
+        a schedule (``cron`` or ``every``): see :mod:`foxtive.schedules`."""
+        return _schedules.periodic(self, cron=cron, every=every, tz=tz, name=name,
+                                  queue=queue, catch_up=catch_up)
+
+    def schedule(self, task: Task[Any, R], *, cron: str | None = None,
+                 every: float | _dt.timedelta | None = None, tz: str = "UTC",
+                 name: str | None = None, queue: str | None = None,
+                 catch_up: str = "latest", args: Iterable[Any] = (),
+                 kwargs: dict[str, Any] | None = None) -> _schedules.Schedule:
+        """Enqueue ``task(*args, **kwargs)`` on a schedule (``cron`` or
+        ``every``); the default name is the task's: see :mod:`foxtive.schedules`."""
+        return _schedules.add(self, task, cron=cron, every=every, tz=tz, name=name,
+                             queue=queue, catch_up=catch_up, args=tuple(args), kwargs=kwargs)
+
+    @property
+    def schedules(self) -> dict[str, _schedules.Schedule]:
+        """The registered schedules by name."""
+        return dict(self._schedules)
+
     @property
     def tasks(self) -> dict[str, Task[Any, Any]]:
         """The registered tasks by name."""
@@ -353,12 +379,26 @@ class App:
 
     async def run_async(self, queues: Iterable[str] | None = None, *,
                         handle_signals: bool = True, concurrency_limit: int | None = None,
-                        shutdown_timeout: float | None = None) -> None:
+                        shutdown_timeout: float | None = None, scheduler: bool = True) -> None:
         """Run the pools of ``queues`` (default: every queue of the app) until
-        :meth:`shutdown` or SIGTERM/SIGINT, then drain them all gracefully."""
+        :meth:`shutdown` or SIGTERM/SIGINT, then drain them all gracefully.
+        ``scheduler``: also run the app's schedules (one leader among all
+        processes enqueues each tick)."""
         pools = self._pools(queues, concurrency_limit=concurrency_limit,
                             shutdown_timeout=shutdown_timeout)
-        await self._run_pools(pools, handle_signals=handle_signals)
+        await self._run_scheduled(pools, handle_signals=handle_signals, scheduler=scheduler)
+
+    async def _run_scheduled(self, pools: list[WorkerPool], *, handle_signals: bool,
+                             scheduler: bool) -> None:
+        """Run ``pools`` and, when asked, the app's scheduler beside them."""
+        runner = _schedules.start(self) if scheduler else None
+        self.scheduler = runner
+        try:
+            await self._run_pools(pools, handle_signals=handle_signals)
+        finally:
+            if runner is not None:
+                await runner.stop()
+            self.scheduler = None
 
     async def _run_pools(self, pools: list[WorkerPool], *, handle_signals: bool) -> None:
         with self._lock:
@@ -398,10 +438,10 @@ class App:
         return asyncio.run(self.run_until_idle_async(queues, timeout))
 
     def run(self, queues: Iterable[str] | None = None, *, concurrency_limit: int | None = None,
-            shutdown_timeout: float | None = None) -> None:
+            shutdown_timeout: float | None = None, scheduler: bool = True) -> None:
         """Block running the app's queues (see :meth:`run_async`)."""
         asyncio.run(self.run_async(queues, concurrency_limit=concurrency_limit,
-                                   shutdown_timeout=shutdown_timeout))
+                                   shutdown_timeout=shutdown_timeout, scheduler=scheduler))
 
     def shutdown(self) -> None:
         """Ask every running pool of the app to stop gracefully (thread-safe)."""

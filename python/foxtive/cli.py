@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-from . import _core, demo
+from . import _core, demo, schedules
 from ._config import integer, seconds
 from .app import App
 from .broker_dlq import broker_dlq as _broker_dlq
@@ -77,6 +77,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             child_args += ["--shutdown-timeout", str(shutdown_timeout)]
         if args.queues:
             child_args += ["--queues", args.queues]
+        if args.no_scheduler:
+            child_args += ["--no-scheduler"]
         return run_processes(args.target, processes, child_args,
                              30.0 if shutdown_timeout is None else shutdown_timeout,
                              health_port)
@@ -88,7 +90,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             pools = target._pools(queues, concurrency_limit=concurrency,
                                   shutdown_timeout=shutdown_timeout)
             guard.watch(pools[0])
-            asyncio.run(target._run_pools(pools, handle_signals=True))
+            asyncio.run(target._run_scheduled(pools, handle_signals=True,
+                                              scheduler=not args.no_scheduler))
             return 0
         pool = _pool_from(args.target)
         if shutdown_timeout is not None:
@@ -110,6 +113,30 @@ def cmd_run(args: argparse.Namespace) -> int:
         if code is None:
             raise
         return code
+    return 0
+
+
+def cmd_schedules(args: argparse.Namespace) -> int:
+    app = _load(args.target)
+    if not isinstance(app, App):
+        raise ConfigError(f"target: {args.target!r} is not a foxtive.App "
+                          f"(got {type(app).__name__})")
+    info = schedules.describe_sync(app, args.next)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    leader = info["leader"]
+    print(f"app {info['app']}: leader " + ("none" if leader is None else
+          f"{leader['host']} pid {leader['pid']} (lease {leader['expires_in']:.1f}s left)"))
+    if not info["schedules"]:
+        print("no schedules")
+    for s in info["schedules"]:
+        when = f"cron {s['cron']!r}" if s["cron"] is not None else f"every {s['every']:g}s"
+        print(f"\n{s['name']}  task {s['task']}  queue {s['queue']}  {when}  tz {s['tz']}  "
+              f"catch_up {s['catch_up']}")
+        print(f"  last tick: {s['last_tick'] or 'none'}")
+        for run in s["next"]:
+            print(f"  next: {run['local']}  ({run['utc']})")
     return 0
 
 
@@ -334,7 +361,17 @@ def build_parser() -> argparse.ArgumentParser:
                      choices=LOG_LEVELS, metavar="LEVEL",
                      help="logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL, any case "
                           "(env FOXTIVE_LOG_LEVEL)")
+    run.add_argument("--no-scheduler", action="store_true",
+                     help="a foxtive.App target: do not run its schedules in this process "
+                          "(by default every process runs a scheduler; one leads)")
     run.set_defaults(func=cmd_run)
+
+    sched = sub.add_parser("schedules", help="list an app's schedules: next runs, last tick, "
+                                             "leader")
+    sched.add_argument("target", help="module:attr of a foxtive.App")
+    sched.add_argument("--next", type=int, default=3, help="how many next runs (default 3)")
+    sched.add_argument("--json", action="store_true", help="JSON output")
+    sched.set_defaults(func=cmd_schedules)
 
     dlq = sub.add_parser("dlq", help="inspect, replay or purge a dead-letter store")
     dlq.add_argument("action", choices=["list", "show", "replay", "purge"])

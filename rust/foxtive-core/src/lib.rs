@@ -15,6 +15,7 @@ pub mod policy;
 pub mod pool;
 pub mod redact;
 pub mod redis_url;
+pub mod schedule;
 
 pub use error::{Error, Result};
 pub use message::{Delivery, HeaderValue, Headers, Outgoing, PackedReceipt, Receipt, Settlement};

@@ -22,6 +22,7 @@ mod registry;
 mod resilient;
 mod router;
 mod runtime;
+mod schedule;
 mod sqlite;
 
 use pyo3::prelude::*;
@@ -59,6 +60,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<redis_streams::PyRedisStreamBackend>()?;
     m.add_class::<redis_streams::PyRedisStreamConfig>()?;
     sqlite::register(m)?;
+    schedule::register(m)?;
     m.add_class::<postgres::PyPostgresBackend>()?;
     m.add_function(wrap_pyfunction!(postgres::postgres_enqueue, m)?)?;
     m.add_function(wrap_pyfunction!(postgres::postgres_migrate, m)?)?;

@@ -44,6 +44,7 @@ use crate::{Error, Result};
 use link::{Conn, Link};
 use publish::EnqueueRows;
 
+pub(crate) use config::parse_dsn;
 pub use config::{validate_schema, PostgresConfig, DEFAULT_SCHEMA};
 pub use fetch::RowReceipt;
 
