@@ -20,7 +20,7 @@ use super::leader::{check_lease, Holder, Lease, MAX_LEASE};
 use super::store::Stored;
 use super::{iso_utc, tick_id};
 use crate::backend::Backend;
-use crate::message::{HeaderValue, Outgoing};
+use crate::message::{Dedup, HeaderValue, Outgoing};
 use crate::Result;
 
 /// Header naming the schedule a tick came from.
@@ -29,6 +29,9 @@ pub const SCHEDULE_HEADER: &str = "foxtive-schedule";
 pub const TICK_HEADER: &str = "foxtive-tick";
 /// Header set (true) on a tick enqueued by the catch-up policy.
 pub const CATCH_UP_HEADER: &str = "foxtive-catch-up";
+/// How long a tick id stays a dedup key: far longer than any lease handover
+/// or catch-up window, short enough that the keys do not pile up.
+const TICK_DEDUP_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// One schedule: when, what to enqueue, and where.
 pub struct Schedule {
@@ -110,7 +113,13 @@ pub async fn enqueue_tick(
     let id = tick_id(name, tick);
     let mut out = template.clone();
     out.message_id = Some(id.clone());
-    // TODO(taskopts): out.dedup_key = Some(id.clone()) once Outgoing has it.
+    // The tick id is also the dedup key: two schedulers that both believe
+    // they lead (or a successor re-enqueueing a tick its dead predecessor
+    // enqueued but did not record) still enqueue a tick once.
+    out.dedup = Some(Dedup {
+        key: id.clone(),
+        ttl: TICK_DEDUP_TTL,
+    });
     out.headers
         .push((SCHEDULE_HEADER.into(), HeaderValue::Str(name.to_string())));
     out.headers
@@ -380,6 +389,34 @@ mod tests {
     use crate::message::header;
     use crate::schedule::leader::MemoryLease;
     use bytes::Bytes;
+
+    #[tokio::test]
+    async fn a_tick_enqueued_twice_is_one_message() {
+        // A leader that died after enqueueing a tick but before recording
+        // it: its successor enqueues the same tick again.
+        let backend = MemoryBackend::new("sched-dedup-test").unwrap();
+        let template = Outgoing::new(Bytes::from_static(b"{}"));
+        let tick = DateTime::parse_from_rfc3339("2026-11-30T05:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let first = enqueue_tick(&backend, &template, "nightly", tick, false)
+            .await
+            .unwrap();
+        let again = enqueue_tick(&backend, &template, "nightly", tick, true)
+            .await
+            .unwrap();
+        assert_eq!(first, again);
+        let got = backend
+            .receive(10, Duration::from_millis(10))
+            .await
+            .unwrap();
+        assert_eq!(
+            got.len(),
+            1,
+            "the second enqueue of a tick must be deduplicated"
+        );
+        assert_eq!(got[0].id, "nightly@2026-11-30T05:00:00Z");
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_memory_schedulers_enqueue_each_tick_once() {
