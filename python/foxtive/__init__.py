@@ -29,6 +29,7 @@ from .errors import (
     UnknownTaskError,
 )
 from .middleware import Middleware
+from .nats import NatsBackend, NatsConsumerConfig
 from .observe import HealthServer, PrometheusCollector
 from .policies import (
     BatchConfig,
@@ -72,6 +73,8 @@ __all__ = [
     "MemoryDLQ",
     "Message",
     "Middleware",
+    "NatsBackend",
+    "NatsConsumerConfig",
     "PayloadError",
     "PermanentError",
     "PoisonPillTracker",
