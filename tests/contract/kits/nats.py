@@ -9,6 +9,7 @@ subprocesses connect directly."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import socket
@@ -45,7 +46,13 @@ def judge(fn: Callable[[Any], Awaitable[T]]) -> T:
         finally:
             await nc.close()
 
-    return asyncio.run(go())
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(go())
+    # Called from a running loop (an async test): its own loop, in a thread.
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        return ex.submit(asyncio.run, go()).result()
 
 
 async def stream_messages(js: Any, stream: str) -> int:

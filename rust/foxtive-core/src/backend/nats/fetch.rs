@@ -4,8 +4,7 @@
 //! One pull request is out at a time, for `min(max, prefetch)` messages,
 //! expiring with the receive's wait (bounded). What it brings after a
 //! receive returned stays in the subscription and is handed out next time;
-//! at stop it is handed back (`-NAK`) once the request expired, so nothing
-//! waits for `ack_wait` in a closed inbox.
+//! at stop the inbox is unsubscribed and that is handed back (`-NAK`).
 
 use std::pin::Pin;
 use std::task::Poll;
@@ -20,7 +19,7 @@ use crate::message::{Failure, Settlement};
 
 /// Shortest and longest life of a pull request.
 const PULL_MIN: Duration = Duration::from_millis(50);
-const PULL_MAX: Duration = Duration::from_secs(5);
+const PULL_MAX: Duration = Duration::from_secs(2);
 
 #[derive(Default)]
 pub(super) struct Puller {
@@ -128,15 +127,22 @@ impl Inner {
                 }
             }
             let now = Instant::now();
-            if !raw.is_empty() || now >= deadline {
+            if !raw.is_empty() {
                 return Ok(raw);
             }
             if !p.outstanding(now) {
+                // Asked even when this receive does not wait: what it brings
+                // is there for the next one.
                 let batch = max.min(self.cfg.prefetch);
-                let expires = (deadline - now).clamp(PULL_MIN, PULL_MAX);
+                let expires = deadline
+                    .saturating_duration_since(now)
+                    .clamp(PULL_MIN, PULL_MAX);
                 self.request(&p.inbox, batch, expires).await?;
                 p.asked = batch;
                 p.until = Some(now + expires);
+            }
+            if now >= deadline {
+                return Ok(raw);
             }
             let until = p.until.map_or(deadline, |u| u.min(deadline));
             let Some(sub) = p.sub.as_mut() else {
@@ -234,48 +240,24 @@ impl Inner {
         }
     }
 
-    /// Hand back (`-NAK`) what arrived in the inbox and was not handed out.
-    /// `to_the_end`: first let the request still out expire (bounded), and
-    /// drop the subscription.
-    pub(super) async fn hand_back_pulled(&self, to_the_end: bool) {
-        let mut p = if to_the_end {
-            match tokio::time::timeout(SHUTDOWN_STEP, self.puller.lock()).await {
-                Ok(p) => p,
-                Err(_) => return,
-            }
-        } else {
-            match self.puller.try_lock() {
-                Ok(p) => p,
-                Err(_) => return,
-            }
+    /// Stop pulling: unsubscribe the inbox (the server drops a pull request
+    /// nobody listens to, so nothing more is delivered here) and hand back
+    /// (`-NAK`) what it already brought and was not handed out.
+    pub(super) async fn hand_back_pulled(&self) {
+        let Ok(mut p) = tokio::time::timeout(SHUTDOWN_STEP, self.puller.lock()).await else {
+            return;
         };
-        let mut raw = Vec::new();
-        let give_up = Instant::now() + SHUTDOWN_STEP;
-        loop {
-            let Some(sub) = p.sub.as_mut() else { break };
-            match try_next(sub).await {
-                Some(Some(msg)) => {
-                    p.absorb(msg, &mut raw);
-                    continue;
-                }
-                Some(None) => break,
-                None => {}
-            }
-            let now = Instant::now();
-            if !to_the_end || !p.outstanding(now) || now >= give_up {
-                break;
-            }
-            let until = p.until.map_or(give_up, |u| u.min(give_up));
-            let Some(sub) = p.sub.as_mut() else { break };
-            match tokio::time::timeout_at(until, next(sub)).await {
-                Ok(Some(msg)) => p.absorb(msg, &mut raw),
-                Ok(None) | Err(_) => break,
-            }
-        }
-        if to_the_end {
-            *p = Puller::default();
-        }
+        let Some(mut sub) = p.sub.take() else {
+            return;
+        };
+        *p = Puller::default();
         drop(p);
+        let _ = sub.unsubscribe().await;
+        let mut raw = Vec::new();
+        let mut scratch = Puller::default();
+        while let Some(Some(msg)) = try_next(&mut sub).await {
+            scratch.absorb(msg, &mut raw);
+        }
         if raw.is_empty() {
             return;
         }

@@ -21,8 +21,9 @@
 //!   (`delay.rs`): NATS 2.9 has no per-message delay, and a NAK with delay
 //!   on the queue itself would count as a delivery.
 //! * async-nats reconnects by itself; the link (`link.rs`) shows the state.
-//! * At stop, the pull request still out is let expire and what it brings is
-//!   handed back (`-NAK`), as is every delivery not settled at close.
+//! * At stop, the inbox is unsubscribed (the server drops a pull request
+//!   without interest) and what it brought is handed back (`-NAK`), as is
+//!   every delivery not settled at close.
 
 mod codec;
 mod config;
@@ -248,7 +249,7 @@ impl Backend for NatsBackend {
 
     async fn stop_receiving(&self) -> Result<()> {
         self.inner.stopped.store(true, Ordering::Release);
-        self.inner.hand_back_pulled(false).await;
+        self.inner.hand_back_pulled().await;
         Ok(())
     }
 
@@ -264,7 +265,7 @@ impl Backend for NatsBackend {
         }
         if !inner.link.is_closed() {
             // What the last pull request brings, then what handlers never settled.
-            inner.hand_back_pulled(true).await;
+            inner.hand_back_pulled().await;
             inner.hand_back_held().await;
         }
         *inner.puller.lock().await = fetch::Puller::default();
