@@ -247,14 +247,30 @@ impl Inner {
         let Ok(mut p) = tokio::time::timeout(SHUTDOWN_STEP, self.puller.lock()).await else {
             return;
         };
+        // Let the request still out end first: NATS 2.9 mishandles a waiting
+        // request whose inbox is gone (a message NAKed meanwhile came back
+        // twice, as delivery 2 and delivery 1, and another not at all).
+        let mut raw = Vec::new();
+        let give_up = Instant::now() + SHUTDOWN_STEP;
+        loop {
+            let now = Instant::now();
+            if !p.outstanding(now) || now >= give_up {
+                break;
+            }
+            let until = p.until.map_or(give_up, |u| u.min(give_up));
+            let Some(sub) = p.sub.as_mut() else { break };
+            match tokio::time::timeout_at(until, next(sub)).await {
+                Ok(Some(msg)) => p.absorb(msg, &mut raw),
+                Ok(None) => break,
+                Err(_) => {}
+            }
+        }
         let Some(mut sub) = p.sub.take() else {
             return;
         };
-        *p = Puller::default();
+        let mut scratch = std::mem::take(&mut *p);
         drop(p);
         let _ = sub.unsubscribe().await;
-        let mut raw = Vec::new();
-        let mut scratch = Puller::default();
         while let Some(Some(msg)) = try_next(&mut sub).await {
             scratch.absorb(msg, &mut raw);
         }
