@@ -240,9 +240,8 @@ impl Inner {
         }
     }
 
-    /// Stop pulling: unsubscribe the inbox (the server drops a pull request
-    /// nobody listens to, so nothing more is delivered here) and hand back
-    /// (`-NAK`) what it already brought and was not handed out.
+    /// Stop pulling: let the request still out end, unsubscribe the inbox
+    /// and hand back (`-NAK`) what it brought and was not handed out.
     pub(super) async fn hand_back_pulled(&self) {
         let Ok(mut p) = tokio::time::timeout(SHUTDOWN_STEP, self.puller.lock()).await else {
             return;

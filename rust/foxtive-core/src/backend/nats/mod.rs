@@ -21,9 +21,9 @@
 //!   (`delay.rs`): NATS 2.9 has no per-message delay, and a NAK with delay
 //!   on the queue itself would count as a delivery.
 //! * async-nats reconnects by itself; the link (`link.rs`) shows the state.
-//! * At stop, the inbox is unsubscribed (the server drops a pull request
-//!   without interest) and what it brought is handed back (`-NAK`), as is
-//!   every delivery not settled at close.
+//! * At stop, the pull request still out is let end, the inbox is
+//!   unsubscribed and what it brought is handed back (`-NAK`), as is every
+//!   delivery not settled at close.
 
 mod codec;
 mod config;
