@@ -20,8 +20,8 @@ from .rabbit_support import judge, list_queues, unique
 from .redis_support import REDIS_URL, delete_keys, redis_answers, unique_stream
 
 AVAILABLE = ("memory://, amqp://, amqps://, redis://, rediss://, unix://, redis+unix://, "
-             "sqlite://, postgresql://, postgres://")
-NOT_YET = "nats://, redis+cluster://"
+             "sqlite://, postgresql://, postgres://, nats://, tls://")
+NOT_YET = "redis+cluster://"
 
 
 def pool_collecting(seen: list[tuple[bytes, str]]) -> foxtive.WorkerPool:
@@ -122,7 +122,6 @@ def test_an_unknown_scheme_lists_the_known_ones(url: str) -> None:
 
 
 @pytest.mark.parametrize(("url", "name"), [
-    ("nats://127.0.0.1:4222", "nats"),
     ("redis+cluster://h1:7000,h2:7001", "redis-cluster"),
 ])
 def test_a_backend_still_to_come_says_so(url: str, name: str) -> None:

@@ -29,6 +29,7 @@ from .errors import (
     UnknownTaskError,
 )
 from .middleware import Middleware
+from .nats import NatsBackend, NatsConsumerConfig
 from .observe import HealthServer, PrometheusCollector
 from .otel import OpenTelemetryMiddleware
 from .policies import (
@@ -73,6 +74,8 @@ __all__ = [
     "MemoryDLQ",
     "Message",
     "Middleware",
+    "NatsBackend",
+    "NatsConsumerConfig",
     "OpenTelemetryMiddleware",
     "PayloadError",
     "PermanentError",

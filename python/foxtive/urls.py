@@ -32,7 +32,7 @@ def backend_from_url(url: str, queue: str, **options: Any) -> NativeBackend:
     * every other available scheme -> its class's ``from_url`` (the core opens
       it and checks the options).
 
-    Schemes announced but not built yet (``nats://``, ``redis+cluster://``...)
+    Schemes announced but not built yet (``redis+cluster://``)
     are known. An unknown scheme, a scheme not available yet, or an option the
     backend does not take is a :class:`ConfigError` naming it."""
     if not isinstance(url, str):

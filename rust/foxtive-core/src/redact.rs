@@ -122,8 +122,13 @@ fn userinfo_secret(url: &str, start: usize, scheme: &str) -> Option<Range<usize>
         return match userinfo.find(':') {
             Some(colon) if colon + 1 < at => Some(start + colon + 1..start + at),
             Some(_) => None,
-            // `redis://secret@host`: some clients read a lone userinfo as the password.
-            None if !userinfo.is_empty() && is_redis_scheme(scheme) => Some(start..start + at),
+            // `redis://secret@host`: some clients read a lone userinfo as the
+            // password; `nats://token@host` is a token.
+            None if !userinfo.is_empty()
+                && (is_redis_scheme(scheme) || scheme == "nats" || scheme == "tls") =>
+            {
+                Some(start..start + at)
+            }
             None => None,
         };
     }

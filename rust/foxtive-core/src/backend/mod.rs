@@ -2,6 +2,7 @@
 
 pub mod memory;
 pub mod memory_dlq;
+pub mod nats;
 pub mod options;
 pub mod postgres;
 pub mod queue_stats;
@@ -37,6 +38,7 @@ pub const KINDS: &[&registry::Kind] = &[
     &redis_streams::KIND,
     &sqlite::KIND,
     &postgres::KIND,
+    &nats::KIND,
 ];
 
 /// Run `op` unless the backend is closed first: `closed` is checked before

@@ -48,12 +48,6 @@ pub const PLANNED: &[Kind] = &[
         open: None,
     },
     Kind {
-        name: "nats",
-        type_name: "NatsBackend",
-        schemes: &["nats"],
-        open: None,
-    },
-    Kind {
         name: "redis-cluster",
         type_name: "RedisStreamBackend",
         schemes: &["redis+cluster"],
@@ -191,6 +185,8 @@ mod tests {
             ("sqlite:///foxtive.db", "sqlite"),
             ("postgresql://u@h/db?schema=s", "postgres"),
             ("postgres://u@h/db", "postgres"),
+            ("nats://h:4222", "nats"),
+            ("tls://h:4222", "nats"),
         ];
         for (url, name) in cases {
             assert_eq!(backend_kind(url).ok().map(|k| k.name), Some(name), "{url}");
@@ -199,17 +195,12 @@ mod tests {
 
     #[test]
     fn registry_names_backends_still_to_come() {
-        for (url, name) in [
-            ("nats://h:4222", "nats"),
-            ("redis+cluster://h1:7000,h2:7001", "redis-cluster"),
-        ] {
-            let m = config_message(url);
-            assert!(
-                m.starts_with(&format!("backend '{name}' is not available yet")),
-                "{m}"
-            );
-            assert!(m.contains("known schemes: memory://, amqp://"), "{m}");
-        }
+        let m = config_message("redis+cluster://h1:7000,h2:7001");
+        assert!(
+            m.starts_with("backend 'redis-cluster' is not available yet"),
+            "{m}"
+        );
+        assert!(m.contains("known schemes: memory://, amqp://"), "{m}");
     }
 
     #[test]
@@ -234,7 +225,8 @@ mod tests {
                 "RabbitMqBackend",
                 "RedisStreamBackend",
                 "SqliteBackend",
-                "PostgresBackend"
+                "PostgresBackend",
+                "NatsBackend"
             ]
         );
     }
@@ -243,7 +235,7 @@ mod tests {
     fn registry_errors_never_show_a_password() {
         for url in [
             "kafka://user:s3cret@h:9092",
-            "nats://user:s3cret@h:4222",
+            "redis+cluster://user:s3cret@h:7000",
             "user:s3cret@h:5672",
             "1amqp://user:s3cret@h",
         ] {

@@ -1,0 +1,336 @@
+//! Reading side: pull requests onto one inbox subscription; messages become
+//! deliveries, and poison pills go to the dead letters instead.
+//!
+//! One pull request is out at a time, for `min(max, prefetch)` messages,
+//! expiring with the receive's wait (bounded). What it brings after a
+//! receive returned stays in the subscription and is handed out next time;
+//! at stop the inbox is unsubscribed and that is handed back (`-NAK`).
+
+use std::pin::Pin;
+use std::task::Poll;
+
+use async_nats::{Message, StatusCode, Subscriber};
+use futures_core::Stream;
+use tokio::time::Instant;
+
+use super::codec::{self, AckInfo};
+use super::*;
+use crate::message::{Failure, Settlement};
+
+/// Shortest and longest life of a pull request.
+const PULL_MIN: Duration = Duration::from_millis(50);
+const PULL_MAX: Duration = Duration::from_secs(2);
+
+#[derive(Default)]
+pub(super) struct Puller {
+    sub: Option<Subscriber>,
+    inbox: String,
+    /// Messages the request still out may bring.
+    asked: usize,
+    /// When that request expires.
+    until: Option<Instant>,
+}
+
+/// One message from the subscription if one is there now; `Some(None)` when
+/// the subscription ended.
+async fn try_next(sub: &mut Subscriber) -> Option<Option<Message>> {
+    std::future::poll_fn(|cx| match Pin::new(&mut *sub).poll_next(cx) {
+        Poll::Ready(m) => Poll::Ready(Some(m)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
+}
+
+async fn next(sub: &mut Subscriber) -> Option<Message> {
+    std::future::poll_fn(|cx| Pin::new(&mut *sub).poll_next(cx)).await
+}
+
+impl Puller {
+    fn outstanding(&self, now: Instant) -> bool {
+        self.asked > 0 && self.until.is_some_and(|u| u > now)
+    }
+
+    /// Keep a message of the queue, or read a status (the request ended).
+    fn absorb(&mut self, msg: Message, out: &mut Vec<(Message, String, AckInfo)>) {
+        if let Some(status) = msg.status {
+            if status != StatusCode::IDLE_HEARTBEAT {
+                // 404 no messages, 408 request expired, 409 limits: it is over.
+                self.asked = 0;
+                self.until = None;
+            }
+            return;
+        }
+        let Some(reply) = msg.reply.as_ref().map(|r| r.to_string()) else {
+            return;
+        };
+        let Some(info) = codec::ack_info(&reply) else {
+            tracing::warn!(subject = %msg.subject, "message without a JetStream ack subject ignored");
+            return;
+        };
+        self.asked = self.asked.saturating_sub(1);
+        out.push((msg, reply, info));
+    }
+}
+
+impl Inner {
+    pub(super) async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        let deadline = Instant::now() + wait;
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Shutdown);
+        }
+        if self.stopped.load(Ordering::Acquire) || max == 0 {
+            let _ = crate::backend::unless_closed(&self.closing, &self.closed, async {
+                tokio::time::sleep_until(deadline).await;
+                Ok(())
+            })
+            .await;
+            return Ok(Vec::new());
+        }
+        self.ensure_declared().await?;
+        let raw =
+            crate::backend::unless_closed(&self.closing, &self.closed, self.pull(max, deadline))
+                .await?;
+        Ok(self.admit(raw).await)
+    }
+
+    async fn pull(&self, max: usize, deadline: Instant) -> Result<Vec<(Message, String, AckInfo)>> {
+        let mut p = self.puller.lock().await;
+        if p.sub.is_none() {
+            let client = self.link.client().await?;
+            let inbox = client.new_inbox();
+            let sub = client
+                .subscribe(inbox.clone())
+                .await
+                .map_err(|e| self.link.error("subscribe", e, true))?;
+            *p = Puller {
+                sub: Some(sub),
+                inbox,
+                asked: 0,
+                until: None,
+            };
+        }
+        let mut raw = Vec::new();
+        loop {
+            // What already arrived first.
+            while raw.len() < max {
+                let Some(sub) = p.sub.as_mut() else { break };
+                match try_next(sub).await {
+                    Some(Some(msg)) => p.absorb(msg, &mut raw),
+                    Some(None) => {
+                        p.sub = None;
+                        return Err(Error::ConnectionLost(format!(
+                            "NATS subscription ended ({})",
+                            self.link.url
+                        )));
+                    }
+                    None => break,
+                }
+            }
+            let now = Instant::now();
+            if !raw.is_empty() {
+                return Ok(raw);
+            }
+            if !p.outstanding(now) {
+                // Asked even when this receive does not wait: what it brings
+                // is there for the next one.
+                let batch = max.min(self.cfg.prefetch);
+                let expires = deadline
+                    .saturating_duration_since(now)
+                    .clamp(PULL_MIN, PULL_MAX);
+                self.request(&p.inbox, batch, expires).await?;
+                p.asked = batch;
+                p.until = Some(now + expires);
+            }
+            if now >= deadline {
+                return Ok(raw);
+            }
+            let until = p.until.map_or(deadline, |u| u.min(deadline));
+            let Some(sub) = p.sub.as_mut() else {
+                return Ok(raw);
+            };
+            match tokio::time::timeout_at(until, next(sub)).await {
+                Ok(Some(msg)) => p.absorb(msg, &mut raw),
+                Ok(None) => {
+                    p.sub = None;
+                    return Err(Error::ConnectionLost(format!(
+                        "NATS subscription ended ({})",
+                        self.link.url
+                    )));
+                }
+                Err(_) if until >= deadline => return Ok(raw),
+                Err(_) => {
+                    // The request expired without its status (lost in a reconnect).
+                    p.asked = 0;
+                    p.until = None;
+                }
+            }
+        }
+    }
+
+    /// `$JS.API.CONSUMER.MSG.NEXT.<stream>.<durable>` for `batch` messages.
+    async fn request(&self, inbox: &str, batch: usize, expires: Duration) -> Result<()> {
+        let client = self.link.client().await?;
+        let subject = format!(
+            "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
+            self.cfg.stream, self.cfg.durable
+        );
+        let body = format!("{{\"batch\":{batch},\"expires\":{}}}", expires.as_nanos());
+        client
+            .publish_with_reply(subject, inbox.to_string(), body.into())
+            .await
+            .map_err(|e| self.link.error("pull request", e, true))
+    }
+
+    /// Messages become deliveries; poison pills are dead-lettered.
+    async fn admit(&self, raw: Vec<(Message, String, AckInfo)>) -> Vec<Delivery> {
+        if raw.is_empty() {
+            return Vec::new();
+        }
+        let received_at = crate::clock::unix_now();
+        let mut out = Vec::with_capacity(raw.len());
+        let mut poison = Vec::new();
+        {
+            let mut held = self.held.lock();
+            for (msg, reply, info) in raw {
+                held.insert(info.stream_seq, reply.clone());
+                let d = codec::delivery(
+                    &msg,
+                    info,
+                    reply,
+                    &self.cfg.stream,
+                    &self.queue,
+                    received_at,
+                );
+                if info.delivered > self.cfg.max_deliver {
+                    poison.push(d);
+                } else {
+                    out.push(d);
+                }
+            }
+        }
+        if !poison.is_empty() {
+            self.dead_letter_poison(poison).await;
+        }
+        out
+    }
+
+    async fn dead_letter_poison(&self, poison: Vec<Delivery>) {
+        let worker: Arc<str> = Arc::from(format!("nats-{}", std::process::id()));
+        let items: Vec<SettleItem> = poison
+            .into_iter()
+            .map(|d| {
+                tracing::warn!(subject = %self.queue, id = %d.id, deliveries = d.attempt,
+                    "poison pill: delivered too often without being settled; dead-lettering it");
+                let failure = Failure {
+                    error_type: "PoisonPill".to_string(),
+                    error_message: format!(
+                        "delivered {} times without being settled (max_deliver={}); \
+                         its handler probably crashed or hung the worker",
+                        d.attempt, self.cfg.max_deliver
+                    ),
+                    worker_id: worker.clone(),
+                    poison_pill: true,
+                };
+                (Arc::new(d), Settlement::DeadLetter(failure))
+            })
+            .collect();
+        if let Err(e) = self.settle(items).await {
+            tracing::warn!(subject = %self.queue, error = %e,
+                "could not dead-letter poison pills; the server redelivers them");
+        }
+    }
+
+    /// Stop pulling: let the request still out end, unsubscribe the inbox
+    /// and hand back (`-NAK`) what it brought and was not handed out.
+    pub(super) async fn hand_back_pulled(&self) {
+        let Ok(mut p) = tokio::time::timeout(SHUTDOWN_STEP, self.puller.lock()).await else {
+            return;
+        };
+        // Let the request still out end first: NATS 2.9 mishandles a waiting
+        // request whose inbox is gone (a message NAKed meanwhile came back
+        // twice, as delivery 2 and delivery 1, and another not at all).
+        let mut raw = Vec::new();
+        let give_up = Instant::now() + SHUTDOWN_STEP;
+        loop {
+            let now = Instant::now();
+            if !p.outstanding(now) || now >= give_up {
+                break;
+            }
+            let until = p.until.map_or(give_up, |u| u.min(give_up));
+            let Some(sub) = p.sub.as_mut() else { break };
+            match tokio::time::timeout_at(until, next(sub)).await {
+                Ok(Some(msg)) => p.absorb(msg, &mut raw),
+                Ok(None) => break,
+                Err(_) => {}
+            }
+        }
+        let Some(mut sub) = p.sub.take() else {
+            return;
+        };
+        let mut scratch = std::mem::take(&mut *p);
+        drop(p);
+        let _ = sub.unsubscribe().await;
+        while let Some(Some(msg)) = try_next(&mut sub).await {
+            scratch.absorb(msg, &mut raw);
+        }
+        if raw.is_empty() {
+            return;
+        }
+        let replies: Vec<String> = raw.into_iter().map(|(_, reply, _)| reply).collect();
+        self.nak_all(&replies).await;
+    }
+
+    /// Hand back every delivery not settled (close).
+    pub(super) async fn hand_back_held(&self) {
+        let replies: Vec<String> = self.held.lock().drain().map(|(_, r)| r).collect();
+        if !replies.is_empty() {
+            tracing::info!(subject = %self.queue, count = replies.len(),
+                "handing unsettled deliveries back to NATS");
+            self.nak_all(&replies).await;
+        }
+    }
+
+    async fn nak_all(&self, replies: &[String]) {
+        let Ok(client) = self.link.client().await else {
+            return;
+        };
+        for reply in replies {
+            let _ = client
+                .publish(reply.clone(), bytes::Bytes::from_static(b"-NAK"))
+                .await;
+        }
+        let _ = tokio::time::timeout(SHUTDOWN_STEP, client.flush()).await;
+    }
+}
+
+/// Shortest time between two in-progress heartbeats.
+const HEARTBEAT_MIN: Duration = Duration::from_millis(200);
+
+/// Tell the server the deliveries in handlers are in progress (`+WPI`)
+/// every third of `ack_wait`, so a slow handler keeps its message and only
+/// a dead worker's messages are redelivered after `ack_wait`.
+pub(super) async fn heartbeat(inner: std::sync::Weak<Inner>) {
+    loop {
+        let every = match inner.upgrade() {
+            Some(i) => (i.cfg.ack_wait / 3).max(HEARTBEAT_MIN),
+            None => return,
+        };
+        tokio::time::sleep(every).await;
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(client) = inner.link.client().await else {
+            continue;
+        };
+        // No settlement between the snapshot and the heartbeats: a +WPI
+        // after a NAK with delay would cut the delay short.
+        let _gate = inner.settling.write().await;
+        let replies: Vec<String> = inner.held.lock().values().cloned().collect();
+        for reply in replies {
+            let _ = client
+                .publish(reply, bytes::Bytes::from_static(b"+WPI"))
+                .await;
+        }
+    }
+}
