@@ -18,6 +18,11 @@ from foxtive.sqlite import enqueue
 
 from .contract.kits.postgres import POSTGRES_URL, drop_schema, judge_connection, postgres_answers
 
+# The latest schema versions this build knows (append-only migration lists:
+# SQLite 4 = priority + dedup, PostgreSQL 5 = dedup).
+SQLITE_LATEST = 4
+PG_LATEST = 5
+
 
 def migrate(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "FOXTIVE_BROKER"}
@@ -34,11 +39,12 @@ def test_sqlite_new_file_then_up_to_date(tmp_path: Path) -> None:
     path = tmp_path / "app.db"
     first = migrate("--broker", f"sqlite:///{path}")
     assert first.returncode == 0, first.stderr
-    assert first.stdout.strip() == f"SQLite file {path}: version 0 before, 3 after"
+    assert first.stdout.strip() == f"SQLite file {path}: version 0 before, {SQLITE_LATEST} after"
     assert {"foxtive_jobs", "foxtive_dead_letters", "foxtive_finished_jobs",
             "foxtive_results"} <= tables(path)
     again = migrate("--broker", f"sqlite:///{path}")
-    assert again.stdout.strip().endswith("version 3 before, 3 after (up to date)"), again.stdout
+    up_to_date = f"version {SQLITE_LATEST} before, {SQLITE_LATEST} after (up to date)"
+    assert again.stdout.strip().endswith(up_to_date), again.stdout
 
 
 def test_sqlite_version_1_file_is_brought_forward(tmp_path: Path) -> None:
@@ -50,7 +56,8 @@ def test_sqlite_version_1_file_is_brought_forward(tmp_path: Path) -> None:
         conn.execute("INSERT INTO foxtive_schema (version) VALUES (1)")
     assert "foxtive_finished_jobs" not in tables(path)
     out = migrate("--broker", f"sqlite:///{path}")
-    assert out.stdout.strip().endswith("version 1 before, 3 after"), (out.stdout, out.stderr)
+    assert out.stdout.strip().endswith(f"version 1 before, {SQLITE_LATEST} after"), (
+        out.stdout, out.stderr)
     assert "foxtive_finished_jobs" in tables(path)
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT message_id, body FROM foxtive_jobs").fetchall() == [
@@ -79,20 +86,23 @@ def test_postgres_new_schema_old_schema_and_redaction(schema: str) -> None:
     url = POSTGRES_URL.replace("postgresql://postgres@", "postgresql://postgres:s3cret@")
     first = migrate("--broker", url, "--schema", schema)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.strip().endswith(f"schema {schema}: version 0 before, 3 after")
+    assert first.stdout.strip().endswith(f"schema {schema}: version 0 before, {PG_LATEST} after")
     assert "s3cret" not in first.stdout + first.stderr
     # Back to version 1 (what an older foxtive made), then forward again.
     with judge_connection() as conn:
-        conn.execute(f'DROP TABLE "{schema}".finished_jobs, "{schema}".results')
+        conn.execute(f'DROP TABLE "{schema}".finished_jobs, "{schema}".results, '
+                     f'"{schema}".dedup')
+        conn.execute(f'DROP INDEX "{schema}".jobs_next')
         conn.execute(f'DROP FUNCTION "{schema}".notify_results()')
         conn.execute(f'DELETE FROM "{schema}".schema_version WHERE version > 1')
     second = migrate("--broker", f"{POSTGRES_URL}?schema={schema}")
-    assert second.stdout.strip().endswith("version 1 before, 3 after"), second.stdout
+    assert second.stdout.strip().endswith(f"version 1 before, {PG_LATEST} after"), second.stdout
     with judge_connection() as conn:
         versions = conn.execute(
             f'SELECT array_agg(version ORDER BY version) FROM "{schema}".schema_version'
         ).fetchone()
-        assert versions == ([1, 2, 3],)
+        assert versions == (list(range(1, PG_LATEST + 1)),)
         assert conn.execute(f'SELECT count(*) FROM "{schema}".finished_jobs').fetchone() == (0,)
     third = migrate("--broker", url, "--schema", schema)
-    assert third.stdout.strip().endswith("version 3 before, 3 after (up to date)")
+    assert third.stdout.strip().endswith(
+        f"version {PG_LATEST} before, {PG_LATEST} after (up to date)")
