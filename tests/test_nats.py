@@ -177,11 +177,11 @@ def test_sigkill_mid_stream_redelivers_as_attempt_two_or_more(kit: NatsKit) -> N
         heir.kill()
     again = dict(heir.events("start"))
     redelivered = started & set(again)
-    # What the victim had taken and not acked comes back, as a later attempt;
-    # what it never took comes as attempt 1.
+    # What the victim had taken and not acked comes back, as a later attempt.
+    # (A message the victim had pulled but not yet started also counts as
+    # delivered, so the heir may see it as attempt 2: no claim about those.)
     assert redelivered, "the victim held unacked messages at the kill"
     assert all(again[b] >= 2 for b in redelivered), {b: again[b] for b in redelivered}
-    assert all(a == 1 for b, a in again.items() if b not in started)
 
 
 async def test_a_cut_connection_mid_drain_finishes_every_message(kit: NatsKit) -> None:
