@@ -22,7 +22,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +31,7 @@ import pytest
 import foxtive
 
 from .contract.kits.postgres import POSTGRES_URL, drop_schema, judge_connection, postgres_answers
+from .test_postgres_processes import events, wait_for
 
 pytestmark = pytest.mark.skipif(postgres_answers() is not None, reason=str(postgres_answers()))
 
@@ -69,25 +69,6 @@ def schema() -> Iterator[str]:
         yield name
     finally:
         drop_schema(name)
-
-
-def events(path: Path, kind: str) -> list[tuple[str, int]]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[0] == kind:
-            out.append((parts[1], int(parts[2])))
-    return out
-
-
-def wait_for(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def sessions(app: str) -> list[int]:
