@@ -18,12 +18,25 @@ use crate::{Error, Result};
 /// * `synchronous=FULL`: a publish or a settlement that returned is on disk,
 ///   power loss included (NORMAL could lose the last commits on power loss).
 pub fn open(path: &Path, busy_timeout: Duration) -> Result<Connection> {
-    let mut conn = Connection::open(path).map_err(|e| {
+    let mut conn = connect(path, busy_timeout)?;
+    match schema::migrate(&mut conn) {
+        Ok(Ok(())) => Ok(conn),
+        Ok(Err(why)) => Err(Error::Config(format!("sqlite {}: {why}", path.display()))),
+        Err(e) => Err(error("create the tables", path, e)),
+    }
+}
+
+/// Open `path` with the settings above, without touching the tables: the
+/// backend's [`open`] and the schedule store share it.
+pub(crate) fn connect(path: &Path, busy_timeout: Duration) -> Result<Connection> {
+    let conn = Connection::open(path).map_err(|e| {
         Error::ConnectionLost(format!("sqlite: cannot open {}: {e}", path.display()))
     })?;
     let setup = |conn: &Connection| -> rusqlite::Result<()> {
         conn.busy_timeout(busy_timeout)?;
-        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        let mode: String = retry_busy(busy_timeout, || {
+            conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        })?;
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(path = %path.display(), mode = %mode,
                 "sqlite: WAL mode refused (a network or in-memory file?); several processes will block each other");
@@ -32,10 +45,34 @@ pub fn open(path: &Path, busy_timeout: Duration) -> Result<Connection> {
         Ok(())
     };
     setup(&conn).map_err(|e| error("open", path, e))?;
-    match schema::migrate(&mut conn) {
-        Ok(Ok(())) => Ok(conn),
-        Ok(Err(why)) => Err(Error::Config(format!("sqlite {}: {why}", path.display()))),
-        Err(e) => Err(error("create the tables", path, e)),
+    Ok(conn)
+}
+
+/// Run `op` again while SQLite answers "busy", for up to `budget`.
+///
+/// Switching a new file to WAL takes an exclusive lock, and SQLite may report
+/// SQLITE_BUSY at once instead of calling the busy handler (two processes, or
+/// a pool and the scheduler of one process, opening a new file together: seen
+/// in CI). Waiting here is what `busy_timeout` promises everywhere else.
+fn retry_busy<T>(
+    budget: Duration,
+    mut op: impl FnMut() -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match op() {
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                ) && started.elapsed() + pause < budget =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            other => return other,
+        }
     }
 }
 
@@ -82,4 +119,40 @@ pub fn migrate_path(path: &Path, busy_timeout: Duration) -> Result<(i64, i64)> {
     let conn = open(path, busy_timeout)?;
     let after = schema::version(&conn).map_err(|e| error("read the version", path, e))?;
     Ok((before, after))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Several connections opening one new file at once (a pool and its
+    /// scheduler, or several processes starting together) all succeed: the
+    /// switch to WAL waits for the lock instead of failing "database is locked".
+    #[test]
+    fn connections_opening_a_new_file_together_all_succeed() {
+        let dir = std::env::temp_dir().join(format!("foxtive-open-race-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for round in 0..20 {
+            let path = dir.join(format!("r{round}.db"));
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(6));
+            let openers: Vec<_> = (0..6)
+                .map(|i| {
+                    let (path, barrier) = (path.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        if i % 2 == 0 {
+                            open(&path, Duration::from_secs(5)).map(drop)
+                        } else {
+                            connect(&path, Duration::from_secs(5)).map(drop)
+                        }
+                    })
+                })
+                .collect();
+            for opener in openers {
+                let result = opener.join().unwrap();
+                assert!(result.is_ok(), "round {round}: {result:?}");
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -22,7 +22,7 @@
 //!   once by this process's publishes, retries and hand-backs.
 
 mod config;
-mod db;
+pub(crate) mod db;
 pub mod dedup;
 pub mod dlq;
 mod fetch;

@@ -13,7 +13,7 @@ use chrono::DateTime;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use crate::backend::sqlite::path_from_url;
+use crate::backend::sqlite::{db, path_from_url};
 use crate::schedule::leader::{Holder, LeaderInfo, LeaderLease, Lease};
 use crate::schedule::store::{Stored, TickStore};
 use crate::{Error, Result};
@@ -57,26 +57,30 @@ impl SqliteSchedule {
     ) -> Result<T> {
         let (conn, path, app) = (self.conn.clone(), self.path.clone(), self.app.clone());
         let shown = self.path.display().to_string();
-        tokio::task::spawn_blocking(move || {
+        let failed = move |e: rusqlite::Error| {
+            Error::Backend(format!("schedules on sqlite {shown}: {what}: {e}"))
+        };
+        tokio::task::spawn_blocking(move || -> Result<T> {
             let mut slot = conn.lock();
-            if slot.is_none() {
-                let c = Connection::open(&path)?;
-                c.busy_timeout(BUSY)?;
-                let _: String = c.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-                c.execute_batch(DDL)?;
-                *slot = Some(c);
-            }
-            let Some(c) = slot.as_mut() else {
-                return Err(rusqlite::Error::InvalidQuery);
+            let c = match slot.as_mut() {
+                Some(c) => c,
+                None => {
+                    let c = db::connect(&path, BUSY)?;
+                    c.execute_batch(DDL)
+                        .map_err(|e| db::error("create the schedule tables", &path, e))?;
+                    slot.insert(c)
+                }
             };
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let out = op(&tx, &app)?;
-            tx.commit()?;
-            Ok(out)
+            let run = |c: &mut Connection| -> rusqlite::Result<T> {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let out = op(&tx, &app)?;
+                tx.commit()?;
+                Ok(out)
+            };
+            run(c).map_err(failed)
         })
         .await
-        .map_err(|e| Error::Backend(format!("schedules on sqlite {shown}: {what}: {e}")))?
-        .map_err(|e| Error::Backend(format!("schedules on sqlite {shown}: {what}: {e}")))
+        .map_err(|e| Error::Backend(format!("schedules on sqlite: {what}: {e}")))?
     }
 }
 
