@@ -52,6 +52,9 @@ class Cluster:
 
     def __init__(self, broker: str, app: str, tick_queue: str, catch_up: str = "latest",
                  results: str | None = None) -> None:
+        # On RabbitMQ a consumed tick is gone: run only the work queue there
+        # (--queues leaves the scheduler on), so the test reads every tick.
+        self.queues = [f"{tick_queue}-work"] if broker.startswith("amqp") else []
         self.env = {**os.environ, "FOXTIVE_BROKER": broker, "SCHED_APP": app,
                     "SCHED_RESULTS": results or "",
                     "SCHED_TICK_QUEUE": tick_queue, "SCHED_WORK_QUEUE": f"{tick_queue}-work",
@@ -64,7 +67,8 @@ class Cluster:
     def start(self, n: int = 1) -> None:
         for _ in range(n):
             self.procs.append(subprocess.Popen(
-                [sys.executable, "-m", "foxtive", "run", "tests.schedules_app:app"],
+                [sys.executable, "-m", "foxtive", "run", "tests.schedules_app:app",
+                 *(["--queues", ",".join(self.queues)] if self.queues else [])],
                 cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 text=True))
 

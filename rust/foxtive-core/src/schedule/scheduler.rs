@@ -318,7 +318,10 @@ impl Scheduler {
 
     /// Run until [`Scheduler::stop`].
     pub async fn run(self: Arc<Self>) {
-        for s in &self.schedules {
+        // RabbitMQ's connect() starts a consumer (its prefetch would hold
+        // ticks no handler ever sees); its publish connects without one.
+        let warm_up = !self.broker.records_first();
+        for s in self.schedules.iter().filter(|_| warm_up) {
             if let Err(e) = s.publisher.connect().await {
                 tracing::warn!(schedule = %s.name, error = %e, "schedule's backend did not connect yet");
             }
