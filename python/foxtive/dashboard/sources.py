@@ -277,14 +277,14 @@ class ScheduleSource:
 
     @property
     def empty(self) -> bool:
-        return (self.app is None or not self.app.schedules()) and not (
+        return (self.app is None or not self.app.schedules) and not (
             self.broker and self.app_names)
 
     async def view(self) -> dict[str, Any]:
         from .. import schedules
 
         reads: list[Any] = []
-        if self.app is not None and self.app.schedules():
+        if self.app is not None and self.app.schedules:
             reads.append(schedules.describe(self.app))
         if self.broker is not None:
             own = self.app.name if self.app is not None else None
