@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .. import _core
+from .. import _core, schedules
 from .._native import native_of
 from ..results import MemoryResultStore, RedisResultStore
 
@@ -281,8 +281,6 @@ class ScheduleSource:
             self.broker and self.app_names)
 
     async def view(self) -> dict[str, Any]:
-        from .. import schedules
-
         reads: list[Any] = []
         if self.app is not None and self.app.schedules:
             reads.append(schedules.describe(self.app))

@@ -190,8 +190,10 @@ pub fn render_running() -> String {
     if running.is_empty() {
         return String::new();
     }
-    let list: Vec<(&str, &ScheduleMetrics)> =
-        running.iter().map(|(app, m)| (app.as_str(), &**m)).collect();
+    let list: Vec<(&str, &ScheduleMetrics)> = running
+        .iter()
+        .map(|(app, m)| (app.as_str(), &**m))
+        .collect();
     render_metrics(&list)
 }
 
@@ -473,8 +475,15 @@ impl Scheduler {
                     tracing::warn!(app = %self.app, schedule = %s.name, "schedule: lease lost while enqueueing");
                     return Ok(());
                 }
-                publish_tick(&*s.publisher, &s.template, &s.name, due.tick, due.missed, false)
-                    .await?;
+                publish_tick(
+                    &*s.publisher,
+                    &s.template,
+                    &s.name,
+                    due.tick,
+                    due.missed,
+                    false,
+                )
+                .await?;
                 self.metrics.count(i, 1, false);
                 continue;
             }
