@@ -53,8 +53,11 @@ DEFAULT_PORT = 8181
 
 class Dashboard:
     """Serve the dashboard for the queues of ``broker`` (a URL) and/or
-    ``pools`` running in this process; ``app`` adds its queues and its
-    result store (task look-up)."""
+    ``pools`` running in this process; ``app`` adds its queues, its result
+    store (task look-up) and its schedules. ``schedule_apps``: app names
+    whose schedules (lease and last ticks) are read from ``broker`` alone,
+    with no App object; ``results``: their result store URL (where a
+    RabbitMQ app keeps them)."""
 
     def __init__(self, *, broker: str | None = None, queues: Iterable[str] = (),
                  pools: Iterable[Any] = (), app: Any = None, host: str = "127.0.0.1",

@@ -178,8 +178,10 @@ pub fn render_metrics(schedulers: &[(&str, &ScheduleMetrics)]) -> String {
 /// The schedulers running in this process, for `/metrics` of every
 /// health server here: a scheduler is not tied to one pool, so it is found
 /// through this list rather than wired into each server.
-fn running() -> &'static Mutex<Vec<(String, Arc<ScheduleMetrics>)>> {
-    static RUNNING: OnceLock<Mutex<Vec<(String, Arc<ScheduleMetrics>)>>> = OnceLock::new();
+type Running = Mutex<Vec<(String, Arc<ScheduleMetrics>)>>;
+
+fn running() -> &'static Running {
+    static RUNNING: OnceLock<Running> = OnceLock::new();
     RUNNING.get_or_init(|| Mutex::new(Vec::new()))
 }
 
@@ -595,10 +597,27 @@ mod tests {
         let ra = tokio::spawn(a.clone().run());
         let rb = tokio::spawn(b.clone().run());
         tokio::time::sleep(Duration::from_millis(3500)).await;
+        // Both running schedulers are on every /metrics of the process,
+        // each family introduced once.
+        let text = render_running();
+        assert!(text.contains(
+            "foxtive_schedule_ticks_enqueued_total{app=\"sched-test-app\",schedule=\"per-second\"}"
+        ));
+        assert_eq!(
+            text.matches("# TYPE foxtive_schedule_leader gauge").count(),
+            1
+        );
+        assert_eq!(
+            text.matches("foxtive_schedule_leader{app=\"sched-test-app\"} 1")
+                .count(),
+            1,
+            "{text}"
+        );
         a.stop();
         b.stop();
         ra.await.unwrap();
         rb.await.unwrap();
+        assert!(!render_running().contains("sched-test-app"));
         let got = backend
             .receive(100, Duration::from_millis(10))
             .await
@@ -614,5 +633,14 @@ mod tests {
         let enq = a.metrics().ticks_enqueued.load(Ordering::Relaxed)
             + b.metrics().ticks_enqueued.load(Ordering::Relaxed);
         assert_eq!(enq as usize, n);
+        let per: u64 = [&a, &b]
+            .iter()
+            .map(|s| {
+                s.metrics().per_schedule[0]
+                    .ticks_enqueued
+                    .load(Ordering::Relaxed)
+            })
+            .sum();
+        assert_eq!(per, enq, "the per-schedule counts add up to the totals");
     }
 }
