@@ -35,7 +35,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 import tomllib
 import urllib.error
 import urllib.request
@@ -50,6 +49,8 @@ import yaml
 
 import foxtive
 from foxtive.redis_streams import REDIS_GROUP
+
+from .redis_support import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -209,9 +210,9 @@ def _set(path: str, key: str, value: Any, drop: str | None = None) -> Any:
 
 
 BROKEN = [
-    ("Deployment", "spec/template/spec", _set("spec/template/spec",
-                                              "terminationGracePeriodSecond", 45,
-                                              drop="terminationGracePeriodSeconds")),
+    ("Deployment", "terminationGracePeriodSecond",
+     _set("spec/template/spec", "terminationGracePeriodSecond", 45,
+          drop="terminationGracePeriodSeconds")),
     ("Deployment", "readinessProbes", _set("spec/template/spec/containers/0",
                                            "readinessProbes", {}, drop="readinessProbe")),
     ("Deployment", "httpGet/paht", _set("spec/template/spec/containers/0/livenessProbe/httpGet",
@@ -398,6 +399,15 @@ def dockerfile_problems(text: str) -> list[str]:
         out.append("the runtime does not take the wheel from the builder")
     if dockerfile_user(text) in ("root", "0", ""):
         out.append("the runtime runs as root (no USER)")
+    for name, body in parts:
+        # An ARG before the first FROM is seen by FROM lines only: a stage
+        # that uses it in RUN must declare it again.
+        declared = {kv.split("=", 1)[0] for w, r in body if w in ("ARG", "ENV")
+                    for kv in r.split()}
+        for w, r in body:
+            for var in re.findall(r"\$\{(\w+)\}", r) if w == "RUN" else []:
+                if var not in declared:
+                    out.append(f"stage {name or '?'}: RUN uses ${{{var}}}, not declared there")
     everything = instructions(text)
     if ("STOPSIGNAL", "SIGTERM") not in everything:
         out.append("no STOPSIGNAL SIGTERM")
@@ -447,6 +457,7 @@ def test_dockerfile_is_multi_stage_non_root_and_runs_foxtive() -> None:
     ("ADD of a URL", "WORKDIR /app\n", "WORKDIR /app\nADD https://example.com/x.tgz /x\n"),
     ("a secret ENV", "WORKDIR /app\n", "WORKDIR /app\nENV BROKER_PASSWORD=hunter2\n"),
     ("no maturin", "maturin build", "cargo build"),
+    ("an undeclared ARG", "AS builder\nARG PYTHON_VERSION\n", "AS builder\n"),
     ("no STOPSIGNAL", "STOPSIGNAL SIGTERM\n", ""),
     ("another entry point", 'ENTRYPOINT ["foxtive", "run"]', 'ENTRYPOINT ["python"]'),
 ])
@@ -508,14 +519,6 @@ def _get(url: str) -> tuple[int, str]:
         return 0, ""
 
 
-def _until(check: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
-
-
 def _container_command(tmp_path: Path, args: list[str]) -> tuple[list[str], dict[str, str]]:
     """The image's ENTRYPOINT + ``args``, with the Deployment's env; the
     Secret's URL becomes a SQLite file, the port a free one on loopback."""
@@ -544,7 +547,7 @@ def test_the_deployment_command_serves_its_probes_and_drains_on_sigterm(
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        _until(lambda: _get(base + container["readinessProbe"]["httpGet"]["path"])[0] == 200
+        wait_for(lambda: _get(base + container["readinessProbe"]["httpGet"]["path"])[0] == 200
                or proc.poll() is not None, 60, "/ready")
         assert proc.poll() is None, proc.communicate()
         status, body = _get(base + container["livenessProbe"]["httpGet"]["path"])
@@ -559,7 +562,7 @@ def test_the_deployment_command_serves_its_probes_and_drains_on_sigterm(
             send.send_sync("ann")
         finally:
             app.close()
-        _until(lambda: (tmp_path / "done" / "ann").exists(), 30, "the task to run")
+        wait_for(lambda: (tmp_path / "done" / "ann").exists(), 30, "the task to run")
         assert "foxtive_worker_messages_processed_total" in _get(base + "/metrics")[1]
 
         proc.send_signal(signal.SIGTERM)  # what the kubelet sends, then waits the grace
