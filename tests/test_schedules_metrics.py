@@ -4,13 +4,18 @@ and schedule labels, and ``/ready`` unaffected by leadership: 200 while this
 process follows another leader and 200 once it has taken the lease over.
 
 On the real Redis: another ``foxtive run`` process of the app leads first;
-it is SIGKILLed and this process takes over (lease 2 s).
+it is SIGKILLed and this process takes over (lease 2 s). And ``foxtive run
+APP --queues Q --health-port P`` shows the schedule series on its /metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -23,7 +28,7 @@ import foxtive
 from foxtive import schedules
 
 from .redis_support import REDIS_URL
-from .test_schedules_brokers import LEASE, Cluster, RedisSide, wait_for
+from .test_schedules_brokers import LEASE, ROOT, Cluster, RedisSide, wait_for
 
 
 def get(url: str) -> tuple[int, str]:
@@ -113,4 +118,49 @@ async def test_metrics_and_ready_as_follower_then_leader(monkeypatch: pytest.Mon
             await asyncio.wait_for(run, 60)
         cluster.kill_all()
         await app.aclose()
+        side.close()
+
+
+@pytest.mark.timeout(120)
+def test_foxtive_run_health_port_shows_the_schedule_metrics() -> None:
+    side = RedisSide()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**Cluster(side.url, side.app, side.queue).env}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "foxtive", "run", "tests.schedules_app:app",
+         "--queues", f"{side.queue}-work", "--health-port", str(port)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    per = ("foxtive_schedule_ticks_enqueued_total",
+           (("app", side.app), ("schedule", "per-second")))
+    try:
+        wait_for(side.read, lambda t: len(t) >= 2, 30, "two ticks")
+
+        def enqueued() -> float:
+            try:
+                status, text = get(f"{url}/metrics")
+            except OSError:  # not listening yet
+                return 0.0
+            return samples(text).get(per, 0.0) if status == 200 else 0.0
+
+        deadline = time.monotonic() + 30
+        while enqueued() < 2:
+            assert time.monotonic() < deadline, "the schedule series never showed"
+            time.sleep(0.2)
+        status, text = get(f"{url}/metrics")
+        got = samples(text)
+        assert got[("foxtive_schedule_leader", (("app", side.app),))] == 1.0
+        # As many as reached Redis from this, the only scheduler (read after
+        # the metrics: ticks go on in between).
+        assert got[per] <= len(side.read())
+        assert get(f"{url}/ready")[0] == 200
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
         side.close()
