@@ -150,6 +150,7 @@ def test_foxtive_run_health_port_shows_the_schedule_metrics() -> None:
             assert time.monotonic() < deadline, "the schedule series never showed"
             time.sleep(0.2)
         status, text = get(f"{url}/metrics")
+        assert status == 200
         got = samples(text)
         assert got[("foxtive_schedule_leader", (("app", side.app),))] == 1.0
         # As many as reached Redis from this, the only scheduler (read after
