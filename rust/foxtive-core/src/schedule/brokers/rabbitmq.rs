@@ -126,4 +126,53 @@ mod tests {
             .unwrap()
             .records_first());
     }
+
+    /// Through `open_with_results`, a RabbitMQ app's lease and ticks are the
+    /// result store's (the real Redis): fenced like any other.
+    #[tokio::test]
+    async fn an_amqp_app_leases_and_records_in_its_redis_result_store() {
+        let redis_url = std::env::var("FOXTIVE_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
+        let app = format!("rabbit-sched-{:012x}", rand::random::<u64>() >> 16);
+        let amqp = "amqp://guest:guest@127.0.0.1:5672/%2f";
+        let open = || super::super::open_with_results(amqp, &app, Some(&redis_url)).unwrap();
+        let (a, b) = (open(), open());
+        assert!(a.records_first() && b.records_first());
+        let ttl = Duration::from_millis(800);
+        let lease = a
+            .try_acquire(&Holder::this_process(), ttl)
+            .await
+            .unwrap()
+            .expect("a leads");
+        assert!(b
+            .try_acquire(&Holder::this_process(), ttl)
+            .await
+            .unwrap()
+            .is_none());
+        let v = Stored {
+            fingerprint: "every:1".into(),
+            tick: chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+        };
+        assert!(!a.record("s", &v, lease.token + 1).await.unwrap());
+        assert!(a.record("s", &v, lease.token).await.unwrap());
+        assert_eq!(b.last("s").await.unwrap(), Some(v));
+        // What redis-rs reads under the app's keys is that record.
+        let client = ::redis::Client::open(redis_url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let base = format!("foxtive:schedules:{{{app}}}");
+        let raw: Option<String> = ::redis::cmd("HGET")
+            .arg(format!("{base}:ticks"))
+            .arg("s")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(raw.as_deref(), Some("every:1\t1800000000"));
+        let _: () = ::redis::cmd("DEL")
+            .arg(format!("{base}:leader"))
+            .arg(format!("{base}:fence"))
+            .arg(format!("{base}:ticks"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
 }
