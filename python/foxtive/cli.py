@@ -323,7 +323,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     app = _load(args.app) if args.app else None
     queues = [q for q in (args.queues or "").split(",") if q]
     board = Dashboard(broker=args.broker, queues=queues, app=app, host=args.host,
-                      port=args.port, token=args.token)
+                      port=args.port, token=args.token,
+                      schedule_apps=[a for a in (args.schedule_apps or "").split(",") if a])
 
     async def serve() -> None:
         await board.start_async()
@@ -429,8 +430,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a broker URL (amqp://, redis://, postgresql://, sqlite:///path.db)")
     board.add_argument("--queues", default=None, help="the queues to show, comma-separated")
     board.add_argument("--app", default=None,
-                       help="module:attr of a foxtive.App: its queues, broker and result "
-                            "store (task look-up)")
+                       help="module:attr of a foxtive.App: its queues, broker, result "
+                            "store (task look-up) and schedules")
+    board.add_argument("--schedule-apps", default=None,
+                       help="app names whose schedules (lease, last ticks) to read from "
+                            "--broker without loading the apps, comma-separated")
     board.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default 127.0.0.1; any other needs a token)")
     board.add_argument("--port", type=int, default=8181, help="port (default 8181)")
