@@ -23,16 +23,21 @@ by process group."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import os
 import secrets
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+
+import aio_pika
 
 SBIN = Path("/usr/lib/rabbitmq/bin")
 FIRST_PORT = 5701
@@ -304,6 +309,118 @@ class RabbitCluster:
         return ports[found.pop()]
 
 
+# -- publishing and judging through aio-pika ----------------------------------
+
+async def declare_and_publish(node: Node, queue: str, ids: list[str]) -> None:
+    """Declare ``queue`` as a quorum queue through ``node`` (its leader then
+    starts there: RabbitMQ places it on the declaring client's node) and
+    publish ``ids`` with publisher confirms."""
+    conn = await aio_pika.connect(node.url)
+    try:
+        ch = await conn.channel()
+        await ch.declare_queue(queue, durable=True, arguments={"x-queue-type": "quorum"})
+        for start in range(0, len(ids), 500):
+            await asyncio.gather(*(
+                ch.default_exchange.publish(
+                    aio_pika.Message(b"x" * 64, message_id=i,
+                                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                    routing_key=queue)
+                for i in ids[start:start + 500]))
+    finally:
+        await conn.close()
+
+
+async def ready_count(node: Node, queue: str) -> int:
+    conn = await aio_pika.connect(node.url)
+    try:
+        ch = await conn.channel()
+        q = await ch.declare_queue(queue, passive=True)
+        return int(q.declaration_result.message_count or 0)
+    finally:
+        await conn.close()
+
+
+async def delete_queue(node: Node, queue: str) -> None:
+    conn = await aio_pika.connect(node.url)
+    try:
+        ch = await conn.channel()
+        await ch.queue_delete(queue)
+    finally:
+        await conn.close()
+
+
+# -- judging a worker's run ---------------------------------------------------
+
+@dataclass
+class Line:
+    id: str
+    epoch_start: int
+    epoch_end: int
+    at: float
+
+
+def read_lines(out: Path) -> list[Line]:
+    lines = []
+    for raw in out.read_text().splitlines() if out.exists() else []:
+        parts = raw.split()
+        if len(parts) == 4:
+            lines.append(Line(parts[0], int(parts[1]), int(parts[2]), float(parts[3])))
+    return lines
+
+
+def wait_for(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.05)  # polling a file another process writes
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def start_worker(url: str, queue: str, out: Path, *, delay: float,
+                 prefetch: int) -> subprocess.Popen[str]:
+    """This file's worker (below) as a subprocess, once it says it is ready;
+    its log (core events included) goes to ``OUT.log``."""
+    with open(f"{out}.log", "a") as err:
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "worker", url, queue, str(out),
+             "--delay", str(delay), "--prefetch", str(prefetch)],
+            stdout=subprocess.PIPE, stderr=err, text=True,
+        )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("ready"), (line, worker_log(out))
+    return proc
+
+
+def worker_log(out: Path, tail: int = 4000) -> str:
+    try:
+        return Path(f"{out}.log").read_text(errors="replace")[-tail:]
+    except OSError:
+        return ""
+
+
+def stop_worker(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+
+
+def resume_seconds(lines: list[Line], t0: float) -> float:
+    """From ``t0`` (the stop) to the first message finished after the longest
+    pause in processing that follows it: the outage as the worker saw it."""
+    times = sorted(line.at for line in lines if line.at >= t0)
+    assert times, "nothing was processed after the node stopped"
+    best_gap, resumed = times[0] - t0, times[0]
+    for before, after in itertools.pairwise(times):
+        if after - before > best_gap:
+            best_gap, resumed = after - before, after
+    return resumed - t0
+
+
 # -- a worker process ------------------------------------------------------
 
 def run_worker(argv: list[str]) -> int:
@@ -313,11 +430,12 @@ def run_worker(argv: list[str]) -> int:
     end> <unix time at end>`` to OUT (the epoch grows with every new
     connection, so the lines show when the consumer moved)."""
     import argparse
-    import asyncio
-    import sys
+    import logging
 
     import foxtive
 
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ap = argparse.ArgumentParser()
     ap.add_argument("url")
     ap.add_argument("queue")
@@ -351,8 +469,6 @@ def run_worker(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
     if sys.argv[1:2] != ["worker"]:
         sys.exit("usage: rabbitmq.py worker URL QUEUE OUT [--delay S] [--prefetch N]")
     sys.exit(run_worker(sys.argv[2:]))

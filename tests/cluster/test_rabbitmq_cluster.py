@@ -9,8 +9,6 @@ measured and printed (the bench records the median:
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,14 +18,22 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-try:
-    from tests.cluster.rabbitmq import Node, RabbitCluster, available
-except ImportError:  # tests/ is not a package
-    from rabbitmq import Node, RabbitCluster, available  # type: ignore[no-redef]
+from tests.cluster.rabbitmq import (
+    RabbitCluster,
+    available,
+    declare_and_publish,
+    delete_queue,
+    read_lines,
+    ready_count,
+    resume_seconds,
+    start_worker,
+    stop_worker,
+    wait_for,
+    worker_log,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 
-HELPER = Path(__file__).with_name("rabbitmq.py")
 MESSAGES = 10_000
 PREFETCH = 50
 # Handler time: 50 in flight x 50 ms = ~1,000 messages/s at most, so the
@@ -57,104 +63,6 @@ def unique(prefix: str) -> str:
     return f"foxtive-cluster-{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-async def declare_and_publish(node: Node, queue: str, ids: list[str]) -> None:
-    """Declare ``queue`` as a quorum queue through ``node`` (its leader then
-    starts there: RabbitMQ places it on the declaring client's node) and
-    publish ``ids`` with publisher confirms."""
-    conn = await aio_pika.connect(node.url)
-    try:
-        ch = await conn.channel()
-        await ch.declare_queue(queue, durable=True, arguments={"x-queue-type": "quorum"})
-        for start in range(0, len(ids), 500):
-            await asyncio.gather(*(
-                ch.default_exchange.publish(
-                    aio_pika.Message(b"x" * 64, message_id=i,
-                                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                    routing_key=queue)
-                for i in ids[start:start + 500]))
-    finally:
-        await conn.close()
-
-
-async def ready_count(node: Node, queue: str) -> int:
-    conn = await aio_pika.connect(node.url)
-    try:
-        ch = await conn.channel()
-        q = await ch.declare_queue(queue, passive=True)
-        return int(q.declaration_result.message_count or 0)
-    finally:
-        await conn.close()
-
-
-async def delete_queue(node: Node, queue: str) -> None:
-    conn = await aio_pika.connect(node.url)
-    try:
-        ch = await conn.channel()
-        await ch.queue_delete(queue)
-    finally:
-        await conn.close()
-
-
-@dataclass
-class Line:
-    id: str
-    epoch_start: int
-    epoch_end: int
-    at: float
-
-
-def read_lines(out: Path) -> list[Line]:
-    lines = []
-    for raw in out.read_text().splitlines() if out.exists() else []:
-        parts = raw.split()
-        if len(parts) == 4:
-            lines.append(Line(parts[0], int(parts[1]), int(parts[2]), float(parts[3])))
-    return lines
-
-
-def wait_for(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.05)  # polling a file another process writes
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def start_worker(url: str, queue: str, out: Path) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, str(HELPER), "worker", url, queue, str(out),
-         "--delay", str(DELAY), "--prefetch", str(PREFETCH)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line.startswith("ready"), (line, proc.stderr.read() if proc.stderr else "")
-    return proc
-
-
-def stop_worker(proc: subprocess.Popen[str]) -> str:
-    proc.terminate()
-    try:
-        _, err = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
-    return err or ""
-
-
-def resume_seconds(lines: list[Line], t0: float) -> float:
-    """From ``t0`` (the stop) to the first message finished after the longest
-    pause in processing that follows it: the outage as the worker saw it."""
-    times = sorted(line.at for line in lines if line.at >= t0)
-    assert times, "nothing was processed after the node stopped"
-    best_gap, resumed = times[0] - t0, times[0]
-    for before, after in zip(times, times[1:], strict=False):
-        if after - before > best_gap:
-            best_gap, resumed = after - before, after
-    return resumed - t0
-
-
 @dataclass
 class Failover:
     resume_s: float
@@ -175,7 +83,7 @@ def drain_through_failover(cluster: RabbitCluster, tmp_path: Path, *,
     # leader is not also losing its connection.
     url = cluster.url([n for n in cluster.nodes if n is not leader] if kill_leader else None)
     out = tmp_path / "processed.txt"
-    worker = start_worker(url, queue, out)
+    worker = start_worker(url, queue, out, delay=DELAY, prefetch=PREFETCH)
     try:
         wait_for(lambda: len(read_lines(out)) >= 1000, 120, "1,000 messages processed")
         connected = cluster.connected_node(worker.pid)
@@ -190,13 +98,13 @@ def drain_through_failover(cluster: RabbitCluster, tmp_path: Path, *,
         wait_for(lambda: len({line.id for line in read_lines(out)}) >= MESSAGES, 300,
                  f"all {MESSAGES} ids processed")
     finally:
-        err = stop_worker(worker)
+        stop_worker(worker)
     lines = read_lines(out)
     seen = {line.id for line in lines}
     survivor = cluster.any_running()
     left = asyncio.run(ready_count(survivor, queue))
     asyncio.run(delete_queue(survivor, queue))
-    assert seen == set(ids), (len(seen), err[-3000:])
+    assert seen == set(ids), (len(seen), worker_log(out))
     # The worker stopped (its unacked deliveries went back): an empty queue
     # means every message was acknowledged.
     assert left == 0, left
@@ -233,7 +141,7 @@ def test_a_consumer_cancelled_by_the_broker_subscribes_again(cluster: RabbitClus
     first = [f"a-{i}" for i in range(100)]
     asyncio.run(declare_and_publish(node, queue, first))
     out = tmp_path / "processed.txt"
-    worker = start_worker(cluster.url(), queue, out)
+    worker = start_worker(cluster.url(), queue, out, delay=DELAY, prefetch=PREFETCH)
     try:
         wait_for(lambda: {line.id for line in read_lines(out)} >= set(first), 60,
                  "the first 100 processed")
