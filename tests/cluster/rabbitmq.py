@@ -94,8 +94,11 @@ class Node:
 
 
 class RabbitCluster:
-    def __init__(self, base: Path, size: int = 3) -> None:
+    def __init__(self, base: Path, size: int = 3, also_listen: str | None = None) -> None:
+        """``also_listen``: one more address every node listens on (the
+        bridge of a :class:`NetLab`), besides 127.0.0.1."""
         self.base = base
+        self.also_listen = also_listen
         self.home = base / "home"
         self.nodes = [Node(i, base / f"fx{i}") for i in range(1, size + 1)]
         self.home.mkdir(parents=True, exist_ok=True)
@@ -121,22 +124,23 @@ class RabbitCluster:
         if node is not None:
             node.base.mkdir(parents=True, exist_ok=True)
             conf = node.base / "rabbitmq.conf"
-            conf.write_text(
-                f"listeners.tcp.default = 127.0.0.1:{node.port}\n"
-                "loopback_users = none\n"
-                "log.console = false\n"
-                "log.file.level = info\n"
-                "cluster_formation.peer_discovery_backend = classic_config\n"
-                + "".join(f"cluster_formation.classic_config.nodes.{n.index} = {n.name}\n"
-                          for n in self.nodes)
+            lines = [
+                f"listeners.tcp.default = 127.0.0.1:{node.port}",
+                "loopback_users = none",
+                "log.console = false",
+                "log.file.level = info",
+                "cluster_formation.peer_discovery_backend = classic_config",
+                *(f"cluster_formation.classic_config.nodes.{n.index} = {n.name}"
+                  for n in self.nodes),
                 # Small Raft WAL: three nodes on a shared machine.
-                +                 "raft.wal_max_size_bytes = 16000000\n"
-                "disk_free_limit.absolute = 10MB\n"
-            )
+                "raft.wal_max_size_bytes = 16000000",
+                "disk_free_limit.absolute = 10MB",
+            ]
+            if self.also_listen:
+                lines.append(f"listeners.tcp.2 = {self.also_listen}:{node.port}")
+            conf.write_text("\n".join(lines) + "\n")
             env.update({
                 "RABBITMQ_NODENAME": node.name,
-                "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
-                "RABBITMQ_NODE_PORT": str(node.port),
                 "RABBITMQ_DIST_PORT": str(node.dist_port),
                 "RABBITMQ_CONFIG_FILE": str(conf),
                 "RABBITMQ_ADVANCED_CONFIG_FILE": str(node.base / "advanced.config"),
@@ -309,6 +313,66 @@ class RabbitCluster:
         return ports[found.pop()]
 
 
+# -- hosts of their own: network namespaces -----------------------------------
+
+class NetLab:
+    """Worker "hosts" in network namespaces ``fxrc-w<i>``, each with a veth
+    pair whose host end joins bridge ``fxrc-br0`` (10.213.57.1/24, where the
+    cluster nodes also listen); host ``i`` is 10.213.57.<10+i>. Cutting a
+    host's link (its veth end down) silences it without closing anything,
+    as a network partition does."""
+
+    BRIDGE = "fxrc-br0"
+    ADDRESS = "10.213.57.1"
+
+    def __init__(self, hosts: int) -> None:
+        self.hosts = list(range(1, hosts + 1))
+
+    @staticmethod
+    def _ip(*args: str, check: bool = True) -> None:
+        r = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+        if check and r.returncode != 0:
+            raise RuntimeError(f"ip {' '.join(args)}: {r.stderr.strip()}")
+
+    def namespace(self, host: int) -> str:
+        return f"fxrc-w{host}"
+
+    def prefix(self, host: int) -> tuple[str, ...]:
+        return ("ip", "netns", "exec", self.namespace(host))
+
+    def up(self) -> NetLab:
+        try:
+            self.down()  # leftovers of an interrupted run
+            self._ip("link", "add", self.BRIDGE, "type", "bridge")
+            self._ip("addr", "add", f"{self.ADDRESS}/24", "dev", self.BRIDGE)
+            self._ip("link", "set", self.BRIDGE, "up")
+            for h in self.hosts:
+                ns = self.namespace(h)
+                self._ip("netns", "add", ns)
+                self._ip("link", "add", f"fxrc-h{h}", "type", "veth", "peer", "name", f"fxrc-n{h}")
+                self._ip("link", "set", f"fxrc-n{h}", "netns", ns)
+                self._ip("link", "set", f"fxrc-h{h}", "master", self.BRIDGE, "up")
+                self._ip("-n", ns, "addr", "add", f"10.213.57.{10 + h}/24", "dev", f"fxrc-n{h}")
+                self._ip("-n", ns, "link", "set", f"fxrc-n{h}", "up")
+                self._ip("-n", ns, "link", "set", "lo", "up")
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def cut(self, host: int) -> None:
+        self._ip("link", "set", f"fxrc-h{host}", "down")
+
+    def restore(self, host: int) -> None:
+        self._ip("link", "set", f"fxrc-h{host}", "up")
+
+    def down(self) -> None:
+        for h in self.hosts:
+            self._ip("link", "del", f"fxrc-h{h}", check=False)
+            self._ip("netns", "del", self.namespace(h), check=False)
+        self._ip("link", "del", self.BRIDGE, check=False)
+
+
 # -- publishing and judging through aio-pika ----------------------------------
 
 async def declare_and_publish(node: Node, queue: str, ids: list[str]) -> None:
@@ -378,13 +442,15 @@ def wait_for(predicate: object, timeout: float, what: str) -> None:
 
 
 def start_worker(url: str, queue: str, out: Path, *, delay: float,
-                 prefetch: int) -> subprocess.Popen[str]:
+                 prefetch: int, extra: tuple[str, ...] = (),
+                 prefix: tuple[str, ...] = ()) -> subprocess.Popen[str]:
     """This file's worker (below) as a subprocess, once it says it is ready;
-    its log (core events included) goes to ``OUT.log``."""
+    its log (core events included) goes to ``OUT.log``. ``prefix`` runs it
+    through another command (``ip netns exec NS``, which keeps the pid)."""
     with open(f"{out}.log", "a") as err:
         proc = subprocess.Popen(
-            [sys.executable, __file__, "worker", url, queue, str(out),
-             "--delay", str(delay), "--prefetch", str(prefetch)],
+            [*prefix, sys.executable, __file__, "worker", url, queue, str(out),
+             "--delay", str(delay), "--prefetch", str(prefetch), *extra],
             stdout=subprocess.PIPE, stderr=err, text=True,
         )
     assert proc.stdout is not None
@@ -442,22 +508,37 @@ def run_worker(argv: list[str]) -> int:
     ap.add_argument("out")
     ap.add_argument("--delay", type=float, default=0.0)
     ap.add_argument("--prefetch", type=int, default=50)
+    ap.add_argument("--crash-on", default=None,
+                    help="the process dies (os._exit) when a handler starts on this id")
+    ap.add_argument("--heartbeat", type=int, default=None,
+                    help="AMQP heartbeat (s): how soon a silent link counts as dead")
+    ap.add_argument("--max-failures", type=int, default=None,
+                    help="deliveries tolerated before a message is a poison pill")
     args = ap.parse_args(argv)
     out = open(args.out, "a", buffering=1)
     backend = foxtive.RabbitMqBackend(
         args.url,
         foxtive.RabbitMqConsumerConfig(queue_name=args.queue, queue_type="quorum",
-                                       prefetch_count=args.prefetch),
+                                       prefetch_count=args.prefetch,
+                                       heartbeat=args.heartbeat),
         reconnect_initial=0.2, reconnect_max=1.0,
     )
 
     async def handler(message: foxtive.Message) -> None:
         start = backend._native.epoch
+        if message.id == args.crash_on:
+            out.write(f"crash {message.id} {message.attempt}\n")
+            os._exit(3)  # what an OOM kill or a segfault does: no goodbye
         if args.delay:
             await asyncio.sleep(args.delay)
         out.write(f"{message.id} {start} {backend._native.epoch} {time.time():.4f}\n")
 
-    pool = (foxtive.WorkerPoolBuilder("cluster-worker")
+    builder = foxtive.WorkerPoolBuilder("cluster-worker")
+    if args.max_failures is not None:
+        builder = builder.with_middleware(foxtive.RetryHandler(
+            max_retries=1, initial_backoff=0.01,
+            poison_pill_tracker=foxtive.PoisonPillTracker(max_failures=args.max_failures)))
+    pool = (builder
             .add_worker(handler, id="h")
             .with_concurrency_limit(args.prefetch)
             .with_shutdown_timeout(10)

@@ -9,6 +9,8 @@ measured and printed (the bench records the median:
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,6 +21,8 @@ import aio_pika
 import pytest
 
 from tests.cluster.rabbitmq import (
+    NetLab,
+    Node,
     RabbitCluster,
     available,
     declare_and_publish,
@@ -44,10 +48,28 @@ RESUME_LIMIT = 30.0
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitCluster]:
+def netlab() -> Iterator[NetLab | str]:
+    """Worker hosts in network namespaces, or why they cannot be made here
+    (the namespace test then fails saying so; the others run regardless)."""
+    lab = NetLab(3)
+    try:
+        lab.up()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+        yield f"network namespaces cannot be created here: {e}"
+        return
+    try:
+        yield lab
+    finally:
+        lab.down()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory,
+            netlab: NetLab | str) -> Iterator[RabbitCluster]:
     why = available()
     assert why is None, why  # a cluster test that cannot run fails, never skips
-    with RabbitCluster(tmp_path_factory.mktemp("rabbit-cluster")) as c:
+    also = NetLab.ADDRESS if isinstance(netlab, NetLab) else None
+    with RabbitCluster(tmp_path_factory.mktemp("rabbit-cluster"), also_listen=also) as c:
         yield c
 
 
@@ -166,3 +188,128 @@ def test_a_consumer_cancelled_by_the_broker_subscribes_again(cluster: RabbitClus
     finally:
         stop_worker(worker)
         asyncio.run(delete_queue(cluster.any_running(), queue))
+
+
+def test_a_message_that_kills_the_worker_is_dead_lettered_across_restarts(
+        cluster: RabbitCluster, tmp_path: Path) -> None:
+    """Poison-pill detection across crashes, the reason quorum queues are
+    the production default: the broker's ``x-delivery-count`` survives the
+    worker process, so after ``max_failures`` deliveries that each killed a
+    worker, the next one dead-letters the message before running it."""
+    queue = unique("poison")
+    normal = [f"ok-{i}" for i in range(20)]
+    asyncio.run(declare_and_publish(cluster.nodes[0], queue, ["poison", *normal]))
+    out = tmp_path / "processed.txt"
+
+    def dead_letters() -> int:
+        try:
+            return asyncio.run(ready_count(cluster.nodes[0], f"{queue}.dlq"))
+        except aio_pika.exceptions.ChannelNotFoundEntity:
+            return 0
+
+    def all_settled() -> bool:
+        return {x.id for x in read_lines(out)} >= set(normal) and dead_letters() == 1
+
+    crashes = 0
+    # Prefetch 1: the messages behind the poison are not delivered with it,
+    # so its crashes do not count deliveries of theirs.
+    for _ in range(8):  # a supervisor restarting the worker
+        worker = start_worker(cluster.url(), queue, out, delay=0.0, prefetch=1,
+                              extra=("--crash-on", "poison", "--max-failures", "3"))
+        try:
+            wait_for(lambda w=worker: w.poll() is not None or all_settled(), 120,
+                     "a crash, or the poison dead-lettered and the rest processed")
+        finally:
+            crashed = worker.poll() == 3
+            stop_worker(worker)
+        if not crashed:
+            break
+        crashes += 1
+
+    try:
+        attempts = [int(raw.split()[2]) for raw in out.read_text().splitlines()
+                    if raw.startswith("crash ")]
+        # Deliveries 1, 2, 3 each killed a worker; the 4th never ran.
+        assert attempts == [1, 2, 3], (attempts, worker_log(out))
+        assert crashes == 3
+        assert {x.id for x in read_lines(out)} == set(normal)
+        letter = asyncio.run(first_message(cluster.nodes[0], f"{queue}.dlq"))
+        assert letter.message_id == "poison"
+        assert letter.headers.get("x-foxtive-poison-pill") is True, letter.headers
+        assert asyncio.run(ready_count(cluster.nodes[0], queue)) == 0
+    finally:
+        for name in (queue, f"{queue}.dlq"):
+            asyncio.run(delete_queue(cluster.nodes[0], name))
+
+
+async def first_message(node: Node, queue: str) -> aio_pika.abc.AbstractIncomingMessage:
+    conn = await aio_pika.connect(node.url)
+    try:
+        ch = await conn.channel()
+        q = await ch.declare_queue(queue, passive=True)
+        message = await q.get(no_ack=True)
+        assert message is not None
+        return message
+    finally:
+        await conn.close()
+
+
+def test_a_host_cut_off_for_10s_hands_its_messages_to_the_others(
+        cluster: RabbitCluster, netlab: NetLab | str, tmp_path: Path) -> None:
+    """Three worker "hosts" (network namespaces) drain one quorum queue; one
+    host's link is cut for 10 s (no FIN, no RST: silence). The broker notices
+    the silent connection by its heartbeat (2 s here) and hands that host's
+    unacknowledged messages to the other two; nothing is lost, and what the
+    cut host finished without being able to acknowledge is all the
+    duplication there is."""
+    assert isinstance(netlab, NetLab), netlab
+    queue = unique("netns")
+    messages, prefetch, delay = 6000, 20, 0.2
+    ids = [f"m-{i}" for i in range(messages)]
+    asyncio.run(declare_and_publish(cluster.nodes[0], queue, ids))
+    url = "amqp://guest:guest@" + ",".join(
+        f"{NetLab.ADDRESS}:{n.port}" for n in cluster.nodes) + "/%2f"
+    outs = {h: tmp_path / f"host{h}.txt" for h in netlab.hosts}
+    workers = {h: start_worker(url, queue, outs[h], delay=delay, prefetch=prefetch,
+                               extra=("--heartbeat", "2"), prefix=netlab.prefix(h))
+               for h in netlab.hosts}
+    victim = netlab.hosts[0]
+    restored = threading.Event()
+    cut = False
+    try:
+        wait_for(lambda: len(read_lines(outs[victim])) >= 100, 120,
+                 "the victim host to process 100")
+        t_cut = time.time()
+        netlab.cut(victim)
+        cut = True
+
+        def restore() -> None:
+            netlab.restore(victim)
+            restored.set()
+
+        threading.Timer(10.0, restore).start()
+        wait_for(lambda: len({x.id for o in outs.values() for x in read_lines(o)})
+                 >= messages, 300, f"all {messages} ids processed")
+    finally:
+        if cut:
+            restored.wait(30)
+        for w in workers.values():
+            stop_worker(w)
+    lines = {h: read_lines(o) for h, o in outs.items()}
+    seen = {x.id for ls in lines.values() for x in ls}
+    left = asyncio.run(ready_count(cluster.nodes[0], queue))
+    asyncio.run(delete_queue(cluster.nodes[0], queue))
+    assert seen == set(ids), (len(seen), worker_log(outs[victim]))
+    assert left == 0, left
+    by_victim = {x.id for x in lines[victim]}
+    by_others = {x.id for h, ls in lines.items() if h != victim for x in ls}
+    # What the cut host held went to the others: finished there too.
+    moved = by_victim & by_others
+    others_after_cut = [x.at for h, ls in lines.items() if h != victim
+                        for x in ls if x.id in moved]
+    assert moved, "the cut host's in-flight messages never reached the others"
+    total = sum(len(ls) for ls in lines.values())
+    assert total - len(seen) <= prefetch, (total - len(seen), len(moved))
+    print(f"\nhost {victim} cut for 10 s: {len(moved)} of its messages processed "
+          f"by the others, the first {min(others_after_cut) - t_cut:.2f}s after the cut; "
+          f"{total - len(seen)} duplicates")
