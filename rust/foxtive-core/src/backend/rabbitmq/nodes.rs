@@ -77,12 +77,19 @@ pub const NO_NODE: usize = usize::MAX;
 /// likely still down, and a node that accepts TCP but never answers would
 /// cost a whole `connect_timeout` first.
 pub fn attempt_order(len: usize, start: usize, lost: usize) -> Vec<usize> {
-    if len == 0 {
-        return Vec::new();
+    // The others, from `start` among them (so each is as likely to come
+    // first), then the lost node.
+    let others: Vec<usize> = (0..len).filter(|&i| i != lost).collect();
+    if others.is_empty() {
+        return (0..len).collect();
     }
-    let mut order: Vec<usize> = (0..len).map(|i| (start % len + i) % len).collect();
-    if lost < len && len > 1 {
-        order.retain(|&i| i != lost);
+    let first = start % others.len();
+    let mut order: Vec<usize> = others[first..]
+        .iter()
+        .chain(&others[..first])
+        .copied()
+        .collect();
+    if lost < len {
         order.push(lost);
     }
     order
@@ -163,6 +170,7 @@ mod tests {
         assert_eq!(attempt_order(3, 1, NO_NODE), vec![1, 2, 0]);
         assert_eq!(attempt_order(3, 1, 1), vec![2, 0, 1]);
         assert_eq!(attempt_order(3, 5, 0), vec![2, 1, 0]);
+        assert_eq!(attempt_order(1, 7, 0), vec![0]);
         assert!(attempt_order(0, 3, NO_NODE).is_empty());
     }
 
@@ -179,7 +187,10 @@ mod tests {
         assert!(first.iter().all(|&n| n > 800), "{first:?}");
         // After node 0 is lost, its workers spread over 1 and 2.
         assert_eq!(after_loss[0], 0);
-        assert!(after_loss[1] > 1200 && after_loss[2] > 1200, "{after_loss:?}");
+        assert!(
+            after_loss[1] > 1200 && after_loss[2] > 1200,
+            "{after_loss:?}"
+        );
     }
 
     #[test]
