@@ -10,9 +10,11 @@ Each round: a new quorum queue (declared through fx2, so its leader starts
 there), ``--messages`` published, a foxtive worker process draining it
 (prefetch 50, 50 ms per message), the victim stopped (SIGTERM: an orderly
 ``rabbitmqctl stop``) once 500 are done, then started again. The time is
-from the stop to the first message finished after the longest pause that
-follows it (``resume_seconds``); every round also checks that every id was
-processed and the queue is empty at the end."""
+from the stop to the first message processed again (``resume_seconds``: the
+first message handled on a new connection when the worker reconnected, else
+the end of the longest pause that began while the node went down); every
+round also checks that every id was processed and the queue is empty at the
+end."""
 
 from __future__ import annotations
 
@@ -57,9 +59,10 @@ def one_round(cluster: RabbitCluster, base: Path, kind: str, messages: int) -> d
     try:
         wait_for(lambda: len(read_lines(out)) >= 500, 120, "500 processed")
         victim = leader if leader is not None else cluster.connected_node(worker.pid)
+        epoch_before = max(x.epoch_end for x in read_lines(out))
         t0 = time.time()
         cluster.stop_node(victim)
-        stopped_in = time.time() - t0
+        t_down = time.time()
         wait_for(lambda: len({x.id for x in read_lines(out)}) >= messages, 300, "the drain")
     finally:
         stop_worker(worker)
@@ -71,9 +74,11 @@ def one_round(cluster: RabbitCluster, base: Path, kind: str, messages: int) -> d
     if seen != set(ids) or left:
         raise SystemExit(f"{kind}: lost messages ({len(seen)} of {messages}, {left} left)\n"
                          f"{worker_log(out)}")
-    resume = resume_seconds(lines, t0)
+    resume = resume_seconds(lines, t0, t_down, epoch_before)
+    reconnected = any(x.epoch_start > epoch_before for x in lines)
     cluster.restart_node(victim)
-    return {"resume": resume, "stop": stopped_in, "duplicates": len(lines) - len(seen)}
+    return {"resume": resume, "stop": t_down - t0, "duplicates": len(lines) - len(seen),
+            "reconnected": float(reconnected)}
 
 
 def main() -> int:
@@ -93,7 +98,9 @@ def main() -> int:
                 res = one_round(cluster, base, kind, args.messages)
                 results[kind].append(res)
                 print(f"round {r + 1} {kind:8}: resumed after {res['resume']:.2f}s "
-                      f"(node down in {res['stop']:.2f}s), {res['duplicates']:.0f} duplicates",
+                      f"(node gone after {res['stop']:.2f}s), "
+                      f"{res['duplicates']:.0f} duplicates, "
+                      f"reconnected: {bool(res['reconnected'])}",
                       flush=True)
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"load after: {load}")

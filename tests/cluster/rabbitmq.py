@@ -475,15 +475,18 @@ def stop_worker(proc: subprocess.Popen[str]) -> None:
         proc.communicate()
 
 
-def resume_seconds(lines: list[Line], t0: float) -> float:
-    """From ``t0`` (the stop) to the first message finished after the longest
-    pause in processing that follows it: the outage as the worker saw it."""
-    times = sorted(line.at for line in lines if line.at >= t0)
-    assert times, "nothing was processed after the node stopped"
-    best_gap, resumed = times[0] - t0, times[0]
-    for before, after in itertools.pairwise(times):
-        if after - before > best_gap:
-            best_gap, resumed = after - before, after
+def resume_seconds(lines: list[Line], t0: float, t_down: float, epoch_before: int) -> float:
+    """From ``t0`` (the stop began; the node was gone at ``t_down``) to the
+    first message processed again: the first one handled on a new
+    connection when the worker had to reconnect, else the one that ended
+    the longest pause in processing that began while the node went down."""
+    moved = [line.at for line in lines if line.epoch_start > epoch_before]
+    if moved:
+        return min(moved) - t0
+    times = sorted([t0, *(line.at for line in lines if line.at >= t0)])
+    assert len(times) > 1, "nothing was processed after the node stopped"
+    _, resumed = max((after - before, after) for before, after in itertools.pairwise(times)
+                     if before <= t_down)
     return resumed - t0
 
 

@@ -116,6 +116,7 @@ def drain_through_failover(cluster: RabbitCluster, tmp_path: Path, *,
         epoch_before = max(line.epoch_end for line in before)
         t0 = time.time()
         cluster.stop_node(victim)
+        t_down = time.time()
         assert len(before) < MESSAGES - 1000, "the drain ended before the node stopped"
         wait_for(lambda: len({line.id for line in read_lines(out)}) >= MESSAGES, 300,
                  f"all {MESSAGES} ids processed")
@@ -132,9 +133,10 @@ def drain_through_failover(cluster: RabbitCluster, tmp_path: Path, *,
     assert left == 0, left
     duplicates = len(lines) - len(seen)
     assert duplicates <= PREFETCH, duplicates
-    resume = resume_seconds(lines, t0)
+    resume = resume_seconds(lines, t0, t_down, epoch_before)
     reconnected = any(line.epoch_start > epoch_before for line in lines)
-    print(f"\n{'leader' if kill_leader else 'consumer node'} {victim.name} stopped: "
+    print(f"\n{'leader' if kill_leader else 'consumer node'} {victim.name} stopped "
+          f"(gone after {t_down - t0:.2f}s): "
           f"resumed after {resume:.2f}s, {duplicates} duplicates, "
           f"consumer reconnected: {reconnected}")
     assert resume < RESUME_LIMIT, resume
