@@ -375,14 +375,16 @@ class NetLab:
 
 # -- publishing and judging through aio-pika ----------------------------------
 
-async def declare_and_publish(node: Node, queue: str, ids: list[str]) -> None:
-    """Declare ``queue`` as a quorum queue through ``node`` (its leader then
-    starts there: RabbitMQ places it on the declaring client's node) and
-    publish ``ids`` with publisher confirms."""
+async def declare_and_publish(node: Node, queue: str, ids: list[str],
+                              queue_type: str = "quorum") -> None:
+    """Declare ``queue`` (durable, of ``queue_type``) through ``node`` (a
+    quorum queue's leader, or a classic queue, then lives there: RabbitMQ
+    places it on the declaring client's node) and publish ``ids`` with
+    publisher confirms."""
     conn = await aio_pika.connect(node.url)
     try:
         ch = await conn.channel()
-        await ch.declare_queue(queue, durable=True, arguments={"x-queue-type": "quorum"})
+        await ch.declare_queue(queue, durable=True, arguments={"x-queue-type": queue_type})
         for start in range(0, len(ids), 500):
             await asyncio.gather(*(
                 ch.default_exchange.publish(
@@ -513,6 +515,7 @@ def run_worker(argv: list[str]) -> int:
     ap.add_argument("--prefetch", type=int, default=50)
     ap.add_argument("--crash-on", default=None,
                     help="the process dies (os._exit) when a handler starts on this id")
+    ap.add_argument("--queue-type", default="quorum")
     ap.add_argument("--heartbeat", type=int, default=None,
                     help="AMQP heartbeat (s): how soon a silent link counts as dead")
     ap.add_argument("--max-failures", type=int, default=None,
@@ -521,7 +524,7 @@ def run_worker(argv: list[str]) -> int:
     out = open(args.out, "a", buffering=1)
     backend = foxtive.RabbitMqBackend(
         args.url,
-        foxtive.RabbitMqConsumerConfig(queue_name=args.queue, queue_type="quorum",
+        foxtive.RabbitMqConsumerConfig(queue_name=args.queue, queue_type=args.queue_type,
                                        prefetch_count=args.prefetch,
                                        heartbeat=args.heartbeat),
         reconnect_initial=0.2, reconnect_max=1.0,

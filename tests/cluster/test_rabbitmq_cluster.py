@@ -192,6 +192,40 @@ def test_a_consumer_cancelled_by_the_broker_subscribes_again(cluster: RabbitClus
         asyncio.run(delete_queue(cluster.any_running(), queue))
 
 
+def test_a_consumer_cancelled_when_its_queues_node_is_lost_subscribes_again(
+        cluster: RabbitCluster, tmp_path: Path) -> None:
+    """A classic queue lives on one node. Its consumers on other nodes get a
+    ``basic.cancel`` when that node goes; the worker keeps trying to
+    subscribe (the queue is unavailable meanwhile) and, once the node is
+    back, drains the rest: same process, nothing lost."""
+    queue = unique("home")
+    home = cluster.nodes[0]
+    ids = [f"m-{i}" for i in range(2000)]
+    asyncio.run(declare_and_publish(home, queue, ids, queue_type="classic"))
+    out = tmp_path / "processed.txt"
+    # The worker talks to the other nodes only: its own connection survives.
+    worker = start_worker(cluster.url(cluster.nodes[1:]), queue, out, delay=DELAY,
+                          prefetch=PREFETCH, extra=("--queue-type", "classic"))
+    try:
+        wait_for(lambda: len(read_lines(out)) >= 200, 120, "200 processed")
+        epoch = max(line.epoch_end for line in read_lines(out))
+        cluster.stop_node(home)
+        done_while_down = len({line.id for line in read_lines(out)})
+        cluster.restart_node(home)
+        wait_for(lambda: {line.id for line in read_lines(out)} >= set(ids), 180,
+                 "the rest processed after the queue's node came back")
+        assert worker.poll() is None, "the worker process restarted or died"
+    finally:
+        stop_worker(worker)
+    lines = read_lines(out)
+    left = asyncio.run(ready_count(home, queue))
+    asyncio.run(delete_queue(home, queue))
+    assert done_while_down < len(ids), "the drain ended before the node stopped"
+    assert left == 0, left
+    assert "cancel" in worker_log(out, tail=100_000), worker_log(out)
+    assert max(line.epoch_start for line in lines) > epoch, "never subscribed again"
+    assert len(lines) - len(set(ids)) <= PREFETCH
+
 def test_a_message_that_kills_the_worker_is_dead_lettered_across_restarts(
         cluster: RabbitCluster, tmp_path: Path) -> None:
     """Poison-pill detection across crashes, the reason quorum queues are

@@ -107,7 +107,7 @@ impl Shared {
             };
             if n > 1 {
                 tracing::warn!(queue = %self.name, node = %node, error = %err,
-                    "RabbitMQ node did not answer; trying the next one");
+                    "connecting through this RabbitMQ node failed; trying the next one");
             }
             last = Some(err);
         }
