@@ -175,7 +175,31 @@ class RabbitCluster:
             self._spawn(node)
         for node in rest:
             self._await(node)
+        asyncio.run(self._check_membership())
         return self
+
+    async def _check_membership(self) -> None:
+        """One cluster, not three: a queue declared through fx1 is known to
+        every node (queue metadata is cluster-wide)."""
+        probe = f"foxtive-cluster-probe-{secrets.token_hex(4)}"
+        first = await aio_pika.connect(self.nodes[0].url)
+        try:
+            ch = await first.channel()
+            await ch.declare_queue(probe, durable=True)
+            for node in self.nodes[1:]:
+                conn = await aio_pika.connect(node.url)
+                try:
+                    other = await conn.channel()
+                    try:
+                        await other.declare_queue(probe, passive=True)
+                    except aio_pika.exceptions.ChannelNotFoundEntity:
+                        raise RuntimeError(f"{node.name} did not join "
+                                           f"{self.nodes[0].name}'s cluster") from None
+                finally:
+                    await conn.close()
+            await ch.queue_delete(probe)
+        finally:
+            await first.close()
 
     def _spawn(self, node: Node) -> None:
         node.base.mkdir(parents=True, exist_ok=True)
@@ -220,10 +244,6 @@ class RabbitCluster:
         except subprocess.TimeoutExpired:
             pass
         self._kill(node)  # leftovers of its group
-
-    def kill_node(self, node: Node) -> None:
-        """SIGKILL ``node``: no goodbye to clients or peers."""
-        self._kill(node)
 
     def restart_node(self, node: Node) -> None:
         self._spawn(node)
