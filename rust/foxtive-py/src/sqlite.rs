@@ -114,7 +114,8 @@ pub fn sqlite_path_from_url(url: &str) -> PyResult<String> {
 /// the same transaction (no second connection waiting on the caller's lock).
 #[pyfunction]
 #[pyo3(signature = (queue, bodies, headers = None, delay = None, message_id = None, priority = None, message_ids = None))]
-#[allow(clippy::type_complexity)]
+// The Python keywords, one argument each (as postgres_enqueue).
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 pub fn sqlite_enqueue<'py>(
     py: Python<'py>,
     queue: &str,

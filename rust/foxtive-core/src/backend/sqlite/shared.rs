@@ -23,8 +23,11 @@ pub(crate) type Slot = Arc<Mutex<Option<Connection>>>;
 
 type Key = (PathBuf, Duration);
 
+/// What the registry keeps of a slot: it never holds a connection open.
+type WeakSlot = Weak<Mutex<Option<Connection>>>;
+
 /// The live slots by file (and busy timeout, a setting of the connection).
-static SLOTS: LazyLock<Mutex<HashMap<Key, Weak<Mutex<Option<Connection>>>>>> =
+static SLOTS: LazyLock<Mutex<HashMap<Key, WeakSlot>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// The process's slot for `path`, made if no backend holds one.
