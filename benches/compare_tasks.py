@@ -335,7 +335,8 @@ RT_CONTENDERS: dict[str, tuple[str, int, str]] = {
 def roundtrip_app(queue: str, redis_url: str) -> tuple[Any, Any]:
     import foxtive
 
-    app = foxtive.App("bench-rt", broker=redis_url, results=True)
+    # ids carry no queue name: a short TTL, so a run leaves no records behind
+    app = foxtive.App("bench-rt", broker=redis_url, results=True, result_ttl=120)
 
     @app.task(name=TASK_NAME, queue=queue)
     async def echo(i: int, s: str) -> int:
