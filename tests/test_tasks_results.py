@@ -130,3 +130,54 @@ def test_results_on_redis_with_ttl_and_blocking_wait(stream: str) -> None:
                      f"foxtive:result:{bad.id}:done")
         judge.close()
         app.close()
+
+
+async def test_status_says_running_for_a_task_that_takes_a_while_on_redis() -> None:
+    """A quick task goes from "pending" to its outcome without a "running"
+    write on its critical path; one that runs past RUNNING_AFTER shows
+    "running" (redis-py reads the record), and the outcome is never
+    overwritten by a late "running"."""
+    queue = f"foxtive-test:running:{uuid.uuid4().hex[:12]}"
+    app = foxtive.App("res-running", broker=REDIS_URL, results=True)
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    @app.task(queue=queue)
+    async def slow() -> str:
+        started.set()
+        await release.wait()
+        return "done"
+
+    @app.task(queue=queue)
+    async def quick() -> str:
+        return "fast"
+
+    client = redis.Redis.from_url(REDIS_URL)
+    pool = app.pool(queue)
+    runner = asyncio.ensure_future(pool.run_async(handle_signals=False))
+    handles = []
+    try:
+        fast = await quick.send()
+        handles.append(fast)
+        assert await fast.result(timeout=10.0) == "fast"
+        assert await fast.status() == "succeeded"
+        handle = await slow.send()
+        handles.append(handle)
+        await asyncio.wait_for(started.wait(), 10.0)
+        deadline = asyncio.get_running_loop().time() + 10.0
+        while await handle.status() != "running":  # written RUNNING_AFTER into the run
+            assert asyncio.get_running_loop().time() < deadline, await handle.status()
+            await asyncio.sleep(0.01)
+        assert b'"running"' in client.get(f"foxtive:result:{handle.id}")
+        release.set()
+        assert await handle.result(timeout=10.0) == "done"
+        assert await handle.status() == "succeeded"
+    finally:
+        release.set()
+        pool.shutdown()
+        await runner
+        delete_keys(client, queue)
+        for h in handles:
+            client.delete(f"foxtive:result:{h.id}", f"foxtive:result:{h.id}:done")
+        client.close()
+        await app.aclose()

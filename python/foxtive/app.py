@@ -16,6 +16,7 @@ to the plain handler registered with :meth:`App.worker`, if any.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import concurrent.futures
 import contextvars
 import datetime as _dt
@@ -63,6 +64,20 @@ DEFAULT_BROKER = "sqlite:///foxtive.db"
 
 _T = TypeVar("_T")
 
+
+
+#: How long a task runs before its result record says "running".
+RUNNING_AFTER = 0.05
+
+
+async def _settled(timer: asyncio.TimerHandle, marking: list[asyncio.Future[None]]) -> None:
+    """Cancel a "running" write not yet started; wait for one that was (its
+    failure is not the task's: the outcome's write reports a store that is
+    really away)."""
+    timer.cancel()
+    for write in marking:
+        with contextlib.suppress(Exception):
+            await write
 
 class _LoopThread:
     """One event loop on one daemon thread, owned by an app: ``send_sync``
@@ -155,17 +170,29 @@ class _Router(Worker):
                 raise
             return
         store = self.app._result_store()
+        # "running" is written only once the task has run for RUNNING_AFTER:
+        # a quick task goes from "pending" to its outcome without that round
+        # trip on its critical path (the send -> result() latency). A started
+        # write is awaited before the outcome's, so it never overwrites it.
+        marking: list[asyncio.Future[None]] = []
+        timer = asyncio.get_running_loop().call_later(
+            RUNNING_AFTER, lambda: marking.append(
+                asyncio.ensure_future(store.mark(message.id, "running"))))
         try:
-            await store.mark(message.id, "running")
             value = await task._run(message.body)
             encoded = envelope.to_json_value(value)
         except Exception as e:
             final = isinstance(e, PermanentError) or message.attempt > self._retries(task)
+            await _settled(timer, marking)
             await store.finish(message.id, failed(e, message.attempt) if final
                                else {"status": "retrying"})
             if task.retry_backoff is not None:
                 self._backoff(task, message, e)
             raise
+        except BaseException:
+            await _settled(timer, marking)
+            raise
+        await _settled(timer, marking)
         await store.finish(message.id, succeeded(encoded))
 
     def _backoff(self, task: Task[Any, Any], message: Any, error: Exception) -> None:
