@@ -16,8 +16,8 @@ to the plain handler registered with :meth:`App.worker`, if any.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import concurrent.futures
+import contextlib
 import contextvars
 import datetime as _dt
 import functools
