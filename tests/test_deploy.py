@@ -575,10 +575,31 @@ def test_the_deployment_command_serves_its_probes_and_drains_on_sigterm(
             proc.communicate(timeout=30)
 
 
-def test_health_port_with_several_queues_is_refused_not_half_served(tmp_path: Path) -> None:
+def test_health_port_with_several_queues_answers_for_every_pool(tmp_path: Path) -> None:
+    """An app run with both its queues in one process: one server speaks for
+    both pools (ready only when both are, both pools' series on /metrics)."""
     cmd, env = _container_command(tmp_path, ["shop.tasks:app"])  # both queues
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=60)
-    assert done.returncode == 2, done.stderr
-    assert "--health-port" in done.stderr and "--queues" in done.stderr
-    assert "emails" in done.stderr and "reports" in done.stderr
+    base = f"http://127.0.0.1:{env['FOXTIVE_HEALTH_PORT']}"
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: _get(base + "/ready")[0] == 200 or proc.poll() is not None, 60,
+                 "/ready")
+        assert proc.poll() is None, proc.communicate()
+        status, body = _get(base + "/health")
+        assert status == 200, body
+        health = json.loads(body)
+        assert health["ready"] is True
+        names = [p["pool"] for p in health["pools"]]
+        assert len(names) == 2 and any("emails" in n for n in names) and any(
+            "reports" in n for n in names), names
+        metrics = _get(base + "/metrics")[1]
+        assert metrics.count("# TYPE foxtive_worker_messages_received_total ") == 1
+        assert metrics.count("foxtive_worker_messages_received_total{") == 2
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)

@@ -515,8 +515,7 @@ class Metrics:
 class HttpServer:
     def __new__(
         cls,
-        metrics: Metrics,
-        concurrency_limit: int,
+        pools: list[tuple[Metrics, int]],
         host: str,
         port: int,
         dashboard_port: int | None = None,

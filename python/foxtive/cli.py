@@ -62,20 +62,13 @@ def _setting(cli: Any, env: str, convert: Any) -> Any:
 
 
 def _health_server(pools: list[WorkerPool], port: int | None) -> HealthServer | None:
-    """``--health-port``: serve /health, /ready and /metrics for the pool this
-    process runs. A server speaks for one pool, and an App run with several
-    queues has a pool per queue: refused rather than answering for the first
-    queue alone (a probe would miss the others' failures)."""
+    """``--health-port``: serve /health, /ready and /metrics for the pools this
+    process runs (an App runs one per queue: live only if every pool is,
+    ready only if every pool is, every pool's metrics)."""
     if port is None:
         return None
-    if len(pools) > 1:
-        names = ", ".join(p.name for p in pools)
-        raise ConfigError(
-            f"--health-port: the app runs {len(pools)} queues here ({names}) and the health "
-            "server speaks for one pool: give --queues with one queue per process (one "
-            "Deployment per queue), or start foxtive.HealthServer(app.pool(q)) yourself")
     host = os.environ.get("FOXTIVE_HEALTH_HOST", "127.0.0.1")
-    return HealthServer(pools[0], host=host, port=port).start()
+    return HealthServer(pools, host=host, port=port).start()
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from . import _core
@@ -25,12 +25,22 @@ class HealthServer:
     for this pool, served by a Python server on a loopback port that the
     Rust server passes every other path to. On an address other than
     loopback it needs ``token`` (or ``$FOXTIVE_DASHBOARD_TOKEN``).
-    ``app``: an App whose result store the dashboard's task look-up uses."""
+    ``app``: an App whose result store the dashboard's task look-up uses.
 
-    def __init__(self, pool: WorkerPool, host: str = "127.0.0.1", port: int = 8080,
-                 dashboard: bool = False, token: str | None = None, app: Any = None) -> None:
-        if not isinstance(pool, WorkerPool):
-            raise ConfigError(f"pool: expected a foxtive.WorkerPool, got {type(pool).__name__}")
+    ``pool`` may also be a list of pools (``foxtive run app`` runs one per
+    queue): ``/health`` is 200 only if every pool is live, ``/ready`` only if
+    every pool is ready, the body lists each pool's health under ``pools``,
+    and ``/metrics`` has every pool's series."""
+
+    def __init__(self, pool: WorkerPool | Sequence[WorkerPool], host: str = "127.0.0.1",
+                 port: int = 8080, dashboard: bool = False, token: str | None = None,
+                 app: Any = None) -> None:
+        pools = [pool] if isinstance(pool, WorkerPool) else list(pool)
+        if not pools or not all(isinstance(p, WorkerPool) for p in pools):
+            raise ConfigError(f"pool: expected a foxtive.WorkerPool or a non-empty list of "
+                              f"them, got {type(pool).__name__}")
+        self.pools = pools
+        pool = pools[0]
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ConfigError(f"port: expected an integer from 0 to 65535, got {port!r}")
         self.pool = pool
@@ -47,14 +57,14 @@ class HealthServer:
         if self._server is None:
             dashboard_port = None
             if self.dashboard:
-                self._dashboard = Dashboard(pools=[self.pool], app=self._app, host="127.0.0.1",
+                self._dashboard = Dashboard(pools=self.pools, app=self._app, host="127.0.0.1",
                                             port=0, token=self._token,
                                             public=(self.host, self.port)).start()
                 dashboard_port = self._dashboard.port
             try:
                 self._server = _core.HttpServer(
-                    self.pool._metrics, self.pool.concurrency_limit, self.host, self.port,
-                    dashboard_port,
+                    [(p._metrics, p.concurrency_limit) for p in self.pools], self.host,
+                    self.port, dashboard_port,
                 )
             except BaseException:
                 self._stop_dashboard()

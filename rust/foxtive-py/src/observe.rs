@@ -6,7 +6,7 @@ use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use foxtive_core::observe::{assess, HttpServer, Metrics, Source, StatsSnapshot};
+use foxtive_core::observe::{assess, HttpServer, Metrics, Source, StatsSnapshot, Watched};
 
 use crate::errors::IntoPyResult;
 use crate::runtime;
@@ -90,22 +90,33 @@ pub struct PyHttpServer {
 
 #[pymethods]
 impl PyHttpServer {
-    /// Bind `host:port` (port 0 picks a free one) and serve in the background.
+    /// Bind `host:port` (port 0 picks a free one) and serve in the background,
+    /// for `pools`: (metrics, concurrency limit) of each pool it speaks for.
     /// `dashboard_port`: pass every other path to the dashboard on 127.0.0.1.
     #[new]
-    #[pyo3(signature = (metrics, concurrency_limit, host, port, dashboard_port = None))]
+    #[pyo3(signature = (pools, host, port, dashboard_port = None))]
     fn new(
         py: Python<'_>,
-        metrics: PyRef<'_, PyMetrics>,
-        concurrency_limit: usize,
+        pools: Vec<(PyRef<'_, PyMetrics>, usize)>,
         host: &str,
         port: u16,
         dashboard_port: Option<u16>,
     ) -> PyResult<Self> {
+        if pools.is_empty() {
+            return Err(foxtive_core::Error::Config(
+                "pools: the health server needs at least one pool".to_string(),
+            ))
+            .py_err();
+        }
         let rt = runtime::get()?;
         let source = Arc::new(Source {
-            metrics: metrics.inner.clone(),
-            concurrency_limit,
+            pools: pools
+                .iter()
+                .map(|(metrics, concurrency_limit)| Watched {
+                    metrics: metrics.inner.clone(),
+                    concurrency_limit: *concurrency_limit,
+                })
+                .collect(),
             dashboard: dashboard_port.map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], p))),
         });
         let host_owned = host.to_string();

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::health::{assess, json_str};
+use super::health::{assess, json_str, Health};
 use super::Metrics;
 use crate::{Error, Result};
 
@@ -23,10 +23,18 @@ const MAX_REQUEST: usize = 8 * 1024;
 /// How long a client may take to send its request.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What the server reports on.
-pub struct Source {
+/// One pool the server reports on.
+pub struct Watched {
     pub metrics: Arc<Metrics>,
     pub concurrency_limit: usize,
+}
+
+/// What the server reports on: one pool, or every pool of a process that
+/// runs several (`foxtive run app` runs a pool per queue, and one probe must
+/// see them all: a process is live only if every pool is, ready only if
+/// every pool is).
+pub struct Source {
+    pub pools: Vec<Watched>,
     /// Where paths other than the health endpoints go, if anywhere.
     pub dashboard: Option<SocketAddr>,
 }
@@ -157,28 +165,160 @@ async fn pass_through(mut stream: TcpStream, head: &[u8], to: SocketAddr) {
 }
 
 fn route(path: &str, source: &Source) -> (u16, &'static str, String) {
-    let pool = source.metrics.pool();
     match path {
         "/health" | "/healthz" | "/live" => {
-            let h = assess(&source.metrics, source.concurrency_limit);
-            (h.http_status(), "application/json", h.to_json(pool))
+            let (live, body) = judge(source);
+            (if live { 200 } else { 503 }, "application/json", body)
         }
         "/ready" | "/readyz" => {
-            let h = assess(&source.metrics, source.concurrency_limit);
-            let status = if h.ready { 200 } else { 503 };
-            (status, "application/json", h.to_json(pool))
+            let ready = source
+                .pools
+                .iter()
+                .all(|p| assess(&p.metrics, p.concurrency_limit).ready);
+            let (_, body) = judge(source);
+            (if ready { 200 } else { 503 }, "application/json", body)
         }
         "/metrics" => {
-            // The pool's series, then those of the schedulers running in
-            // this process (`foxtive run` runs one beside the pools).
-            let mut text = source.metrics.render();
-            text.push_str(&crate::schedule::scheduler::render_running());
-            (200, "text/plain; version=0.0.4; charset=utf-8", text)
+            // The pools' series, then those of the schedulers running in
+            // this process (`foxtive run` runs one beside the pools), each
+            // family's HELP and TYPE once.
+            let mut parts: Vec<String> = source.pools.iter().map(|p| p.metrics.render()).collect();
+            parts.push(crate::schedule::scheduler::render_running());
+            (
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                merge_families(&parts),
+            )
         }
         other => (
             404,
             "application/json",
             format!("{{\"error\":\"not found\",\"path\":{}}}", json_str(other)),
         ),
+    }
+}
+
+/// Whether every pool is live (healthy or degraded), and the JSON body: one
+/// pool's health as it always was, or for several pools the worst status
+/// with each pool's health under `pools`.
+fn judge(source: &Source) -> (bool, String) {
+    let judged: Vec<(Health, &str)> = source
+        .pools
+        .iter()
+        .map(|p| (assess(&p.metrics, p.concurrency_limit), p.metrics.pool()))
+        .collect();
+    let live = judged.iter().all(|(h, _)| h.http_status() == 200);
+    if let [(h, pool)] = judged.as_slice() {
+        return (live, h.to_json(pool));
+    }
+    let rank = |s: &str| match s {
+        "unhealthy" => 2,
+        "degraded" => 1,
+        _ => 0,
+    };
+    let worst = judged
+        .iter()
+        .map(|(h, _)| h.status)
+        .max_by_key(|s| rank(s))
+        .unwrap_or("unhealthy");
+    let ready = !judged.is_empty() && judged.iter().all(|(h, _)| h.ready);
+    let pools: Vec<String> = judged.iter().map(|(h, pool)| h.to_json(pool)).collect();
+    let body = format!(
+        "{{\"status\":{},\"ready\":{ready},\"pools\":[{}]}}",
+        json_str(worst),
+        pools.join(",")
+    );
+    (live && !judged.is_empty(), body)
+}
+
+/// Join Prometheus text expositions so that each metric family appears
+/// once: its `# HELP` / `# TYPE` lines, then every sample of it from every
+/// part, in order (a scraper rejects a family declared twice).
+pub fn merge_families(parts: &[String]) -> String {
+    let mut order: Vec<String> = Vec::new();
+    let mut families: std::collections::HashMap<String, (Vec<&str>, Vec<&str>)> =
+        std::collections::HashMap::new();
+    for part in parts {
+        let mut current = String::new();
+        for line in part.lines() {
+            if let Some(rest) = line
+                .strip_prefix("# HELP ")
+                .or_else(|| line.strip_prefix("# TYPE "))
+            {
+                current = rest.split(' ').next().unwrap_or_default().to_string();
+                let entry = families.entry(current.clone()).or_insert_with(|| {
+                    order.push(current.clone());
+                    (Vec::new(), Vec::new())
+                });
+                if !entry.0.contains(&line) {
+                    entry.0.push(line);
+                }
+            } else if !line.is_empty() {
+                let name = line
+                    .split(['{', ' '])
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                // Samples follow their family's header; one without a header
+                // (never written by foxtive) keeps a family of its own.
+                let key = if name.starts_with(&current) && !current.is_empty() {
+                    current.clone()
+                } else {
+                    name
+                };
+                families
+                    .entry(key.clone())
+                    .or_insert_with(|| {
+                        order.push(key.clone());
+                        (Vec::new(), Vec::new())
+                    })
+                    .1
+                    .push(line);
+            }
+        }
+    }
+    let mut out = String::new();
+    for name in &order {
+        if let Some((head, samples)) = families.get(name) {
+            for line in head.iter().chain(samples.iter()) {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_from_several_pools_are_declared_once() {
+        let a = "# HELP x_total X.\n# TYPE x_total counter\nx_total{pool=\"a\"} 1\n# HELP y Y.\n# TYPE y gauge\ny{pool=\"a\"} 2\n";
+        let b = "# HELP x_total X.\n# TYPE x_total counter\nx_total{pool=\"b\"} 3\n";
+        let merged = merge_families(&[a.to_string(), b.to_string(), String::new()]);
+        assert_eq!(
+            merged,
+            "# HELP x_total X.\n# TYPE x_total counter\nx_total{pool=\"a\"} 1\nx_total{pool=\"b\"} 3\n\
+             # HELP y Y.\n# TYPE y gauge\ny{pool=\"a\"} 2\n"
+        );
+    }
+
+    #[test]
+    fn several_pools_are_live_and_ready_only_together() {
+        let watched = |name: &str| Watched {
+            metrics: Metrics::new(name, &[Arc::from("w")]),
+            concurrency_limit: 4,
+        };
+        let source = Source {
+            pools: vec![watched("a"), watched("b")],
+            dashboard: None,
+        };
+        let (status, _, body) = route("/health", &source);
+        assert_eq!(status, 503, "pools that are not running are not live");
+        assert!(body.starts_with("{\"status\":\"unhealthy\",\"ready\":false,\"pools\":[{"));
+        assert!(body.contains("\"pool\":\"a\"") && body.contains("\"pool\":\"b\""));
+        assert_eq!(route("/ready", &source).0, 503);
     }
 }

@@ -7,7 +7,7 @@ pub mod metrics;
 pub mod stats;
 
 pub use health::{assess, Health};
-pub use http::{HttpServer, Source};
+pub use http::{HttpServer, Source, Watched};
 pub use live::{EngineState, Live};
 pub use metrics::Metrics;
 pub use stats::StatsSnapshot;
