@@ -191,7 +191,18 @@ impl Inner {
         let mut poison = Vec::new();
         {
             let mut held = self.held.lock();
-            for (msg, reply, info) in raw {
+            let mut handed = self.handed.lock();
+            if handed.len() > HANDED_MAX {
+                // Entries of messages settled elsewhere pile up: start afresh
+                // (only the guard below is lost for what is in flight now).
+                handed.clear();
+            }
+            for (msg, reply, mut info) in raw {
+                // Never an attempt this backend already handed out: NATS 2.9
+                // can roll a message's delivery count back (a delivery it
+                // counts as failed, see `attempt_floor`), and the handler
+                // would see attempt 1 again.
+                info.delivered = attempt_floor(&mut handed, info);
                 held.insert(info.stream_seq, reply.clone());
                 let d = codec::delivery(
                     &msg,
@@ -303,6 +314,28 @@ impl Inner {
     }
 }
 
+/// At most this many stream sequences remembered by [`attempt_floor`].
+const HANDED_MAX: usize = 100_000;
+
+/// The attempt of a delivery: its delivery count, but above every attempt
+/// of the same stream sequence this backend handed out before.
+///
+/// The count is the server's, and NATS 2.9.10 does not only ever raise it:
+/// a delivery it considers failed (a pull request's inbox without interest,
+/// which happens around a pull request being withdrawn) is counted back, so
+/// a message NAKed with a delay was seen coming back as attempt 1 again
+/// (`[1, 1, 1, 4]` in the contract's retries-come-due case) and its retry
+/// policy started over. Attempts stay durable across processes through the
+/// count; within one backend they now only grow.
+pub(super) fn attempt_floor(handed: &mut HashMap<u64, u32>, info: AckInfo) -> u32 {
+    let attempt = match handed.get(&info.stream_seq) {
+        Some(&before) => info.delivered.max(before.saturating_add(1)),
+        None => info.delivered,
+    };
+    handed.insert(info.stream_seq, attempt);
+    attempt
+}
+
 /// Shortest time between two in-progress heartbeats.
 const HEARTBEAT_MIN: Duration = Duration::from_millis(200);
 
@@ -332,5 +365,30 @@ pub(super) async fn heartbeat(inner: std::sync::Weak<Inner>) {
                 .publish(reply, bytes::Bytes::from_static(b"+WPI"))
                 .await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(delivered: u32, stream_seq: u64) -> AckInfo {
+        AckInfo {
+            delivered,
+            stream_seq,
+        }
+    }
+
+    #[test]
+    fn attempts_never_go_back_when_the_server_counts_back() {
+        let mut handed = HashMap::new();
+        assert_eq!(attempt_floor(&mut handed, info(1, 7)), 1);
+        // The server rolled its count back: the handler still sees attempt 2, 3.
+        assert_eq!(attempt_floor(&mut handed, info(1, 7)), 2);
+        assert_eq!(attempt_floor(&mut handed, info(1, 7)), 3);
+        // A count ahead of ours (another worker had it) is taken as it is.
+        assert_eq!(attempt_floor(&mut handed, info(6, 7)), 6);
+        // Other messages are their own.
+        assert_eq!(attempt_floor(&mut handed, info(1, 8)), 1);
     }
 }
