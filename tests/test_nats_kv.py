@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import subprocess
 import sys
 import textwrap
@@ -330,30 +331,39 @@ CRASHING_WORKER = textwrap.dedent("""
     config = foxtive.NatsConsumerConfig(subject=subject, ack_wait=1.0, max_deliver=3,
                                         prefetch=1)
     os.write(1, b"ready\\n")
-    pool.run_until_idle(foxtive.NatsBackend(sys.argv[2], config), timeout=20)
+    pool.run(foxtive.NatsBackend(sys.argv[2], config))  # until SIGTERM (or a crash)
 """)
 
 
 def test_a_handler_that_crashes_its_process_is_dead_lettered_after_max_deliver() -> None:
     kit = NatsKit()
+    worker = [sys.executable, "-c", CRASHING_WORKER, kit.queue, NATS_URL]
     try:
         config = foxtive.NatsConsumerConfig(subject=kit.queue, ack_wait=1.0, max_deliver=3,
                                             prefetch=1)
         asyncio.run(foxtive.NatsBackend(NATS_URL, config).publish(b"poison"))
         lines: list[str] = []
-        codes: list[int] = []
-        # A supervisor's loop: start a worker again after each crash.
-        for _ in range(6):
-            run = subprocess.run([sys.executable, "-c", CRASHING_WORKER, kit.queue, NATS_URL],
-                                 cwd=ROOT, capture_output=True, text=True, timeout=60)
+        # A supervisor's loop: a worker again after each crash. Each one gets
+        # the message back after ack_wait, as the next delivery.
+        for _ in range(3):
+            run = subprocess.run(worker, cwd=ROOT, capture_output=True, text=True, timeout=60)
+            assert run.returncode == 3, run.stderr[-2000:]
             lines += [ln for ln in run.stdout.splitlines() if ln.startswith("got ")]
-            codes.append(run.returncode)
-            if run.returncode == 0:
-                break
-        # Crashed at deliveries 1, 2 and 3; the 4th delivery is caught as a
-        # poison pill before any handler runs, and the worker exits cleanly.
         assert lines == ["got poison 1", "got poison 2", "got poison 3"], lines
-        assert codes == [3, 3, 3, 0], codes
+        # The 4th delivery is a poison pill: dead-lettered before any handler
+        # runs; that worker lives on and stops cleanly.
+        last = subprocess.Popen(worker, cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: kit.dead_letters() != [], 30, "the poison pill's dead letter")
+            last.send_signal(signal.SIGTERM)
+            out, err = last.communicate(timeout=60)
+        finally:
+            if last.poll() is None:
+                last.kill()
+                last.communicate()
+        assert last.returncode == 0, err[-2000:]
+        assert "got " not in out, out
         (dead,) = kit.dead_letters()
         assert dead.body == b"poison"
         assert dead.error_type == "PoisonPill"

@@ -110,8 +110,8 @@ impl Inner {
                 }),
                 Some((raw, revision)) => match Held::decode(&raw) {
                     Some(held) if held.expires_ms > now => {
-                        let fresh = now.saturating_sub(held.taken_ms)
-                            < REPUBLISH_WITHIN.as_millis() as u64;
+                        let fresh =
+                            now.saturating_sub(held.taken_ms) < REPUBLISH_WITHIN.as_millis() as u64;
                         if held.id == id && fresh {
                             // Ours, maybe never published: again (see above).
                             self.publish_now(vec![out]).await?;

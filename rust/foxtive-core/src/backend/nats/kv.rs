@@ -32,8 +32,7 @@ pub fn bucket_name(prefix: &str, name: &str) -> String {
 
 fn valid_token(t: &str) -> bool {
     !t.is_empty()
-        && t
-            .bytes()
+        && t.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'/' | b'_' | b'='))
 }
 
@@ -182,6 +181,9 @@ mod tests {
             assert_eq!(text_of(&key).as_deref(), Some(text));
         }
         assert_ne!(key_for("x.41"), key_for("A"));
-        assert_eq!(bucket_name("foxtive_dedup_", "EMAILS.v2"), "foxtive_dedup_EMAILS_v2");
+        assert_eq!(
+            bucket_name("foxtive_dedup_", "EMAILS.v2"),
+            "foxtive_dedup_EMAILS_v2"
+        );
     }
 }
