@@ -52,6 +52,10 @@ class TaskApp(Protocol):
                             headers: dict[str, Any], delay: float | None,
                             options: Mapping[str, Any] | None = None) -> None: ...
 
+    def _publish_many_in_transaction(self, queue: str, items: list[tuple[bytes, str]],
+                                     headers: dict[str, Any], delay: float | None,
+                                     options: Mapping[str, Any]) -> None: ...
+
     def _run_sync(self, coro: Coroutine[Any, Any, _T]) -> _T: ...
 
     def _result_store(self) -> Any: ...
@@ -362,10 +366,11 @@ class TaskCall(Generic[P, R]):
         items = self._many(calls)
         app = self._task.app
         if self._options and "transaction" in self._options:
-            # The caller's connection belongs to this thread: insert here.
-            return [self._handle(app._publish_sync(self._task.queue, body, self._headers,
-                                                   self._delay, task_id, self._options))
-                    for body, task_id in items]
+            # The caller's connection belongs to this thread: insert here,
+            # every task in one batched statement.
+            app._publish_many_in_transaction(self._task.queue, items, self._headers,
+                                             self._delay, self._options)
+            return [self._handle(task_id) for _, task_id in items]
         app._run_sync(app._publish_many(self._task.queue, items, self._headers, self._delay,
                                         self._options))
         return [self._handle(task_id) for _, task_id in items]
