@@ -46,6 +46,7 @@ from .errors import (
 from .policies import RetryHandler
 from .pool import WorkerPool, WorkerPoolBuilder
 from .results import MemoryResultStore, RedisResultStore, ResultStore, failed, succeeded
+from .results_nats import NatsResultStore
 from .results_sql import PostgresResultStore, SqliteResultStore
 from .tasks import Task
 from .urls import backend_from_url
@@ -753,6 +754,8 @@ class App:
             return PostgresResultStore(url, self.result_ttl)
         if scheme == "sqlite":
             return SqliteResultStore(url, self.result_ttl)
+        if scheme in ("nats", "tls"):
+            return NatsResultStore(url, self.result_ttl, self.name)
         if isinstance(self.results, str):
             raise ConfigError(f"results: store URL scheme {scheme}:// is not supported yet; "
                               "use redis://, postgresql:// or sqlite:///...")

@@ -202,10 +202,6 @@ async def test_native_dead_letter_queue(kit: BackendKit) -> None:
     assert (stats["processed"], stats["dead_lettered"]) == (1, 1)
 
 
-@pytest.mark.known_flaky("nats", reason=(
-    "NATS 2.9.10: a message NAKed with a delay while the stopping pool's pull request is "
-    "being withdrawn can come back with delivery count 1 more than once (seen once in three "
-    "CI runs as attempts [1, 1, 1, 4]); issue 15"))
 async def test_run_until_idle_includes_retries_that_come_due(kit: BackendKit) -> None:
     backend = kit.backend()
     await backend.publish(b"later-again")

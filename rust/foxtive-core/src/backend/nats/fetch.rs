@@ -5,6 +5,10 @@
 //! expiring with the receive's wait (bounded). What it brings after a
 //! receive returned stays in the subscription and is handed out next time;
 //! at stop the inbox is unsubscribed and that is handed back (`-NAK`).
+//! Each request replies to a subject of its own, so a late status of an
+//! earlier request cannot end the current one, and the inbox goes away
+//! only once no request may still be waiting in the server: NATS 2.9.10
+//! counts a delivery to a request without interest back.
 
 use std::pin::Pin;
 use std::task::Poll;
@@ -21,16 +25,30 @@ use crate::message::{Failure, Settlement};
 const PULL_MIN: Duration = Duration::from_millis(50);
 const PULL_MAX: Duration = Duration::from_secs(2);
 
+/// How long after its expiry a pull request whose end the server has not
+/// reported yet may still be waiting there (clocks, a busy server).
+const PULL_GRACE: Duration = Duration::from_secs(1);
+
+/// One pull request: it has a reply subject of its own (`<inbox>.<id>`), so
+/// the status that ends it (404, 408, 409) ends that request only, never a
+/// later one.
+struct Request {
+    id: u64,
+    /// Messages it may still bring.
+    asked: usize,
+    /// When it expires.
+    until: Instant,
+}
+
 #[derive(Default)]
 pub(super) struct Puller {
     sub: Option<Subscriber>,
+    /// Requests reply to `<inbox>.<id>`; the subscription is `<inbox>.*`.
     inbox: String,
-    /// Messages the request still out may bring.
-    asked: usize,
-    /// When that request expires.
-    until: Option<Instant>,
+    next_id: u64,
+    /// Requests not known to be over, oldest first.
+    requests: Vec<Request>,
 }
-
 /// One message from the subscription if one is there now; `Some(None)` when
 /// the subscription ended.
 async fn try_next(sub: &mut Subscriber) -> Option<Option<Message>> {
@@ -46,17 +64,51 @@ async fn next(sub: &mut Subscriber) -> Option<Message> {
 }
 
 impl Puller {
+    /// A request is out that may still bring messages.
     fn outstanding(&self, now: Instant) -> bool {
-        self.asked > 0 && self.until.is_some_and(|u| u > now)
+        self.requests.iter().any(|r| r.asked > 0 && r.until > now)
     }
 
-    /// Keep a message of the queue, or read a status (the request ended).
+    /// When the earliest outstanding request expires.
+    fn until(&self, now: Instant) -> Option<Instant> {
+        self.requests
+            .iter()
+            .filter(|r| r.asked > 0 && r.until > now)
+            .map(|r| r.until)
+            .min()
+    }
+
+    /// A request may still be waiting in the server (its end not reported,
+    /// its expiry not long past): its inbox must not go away yet.
+    fn maybe_waiting(&self, now: Instant) -> bool {
+        self.requests.iter().any(|r| r.until + PULL_GRACE > now)
+    }
+
+    /// Note a request for `batch` messages expiring at `until`; its reply subject.
+    fn open(&mut self, batch: usize, until: Instant) -> String {
+        let now = Instant::now();
+        // Forget requests long expired whose end was never reported (lost in a reconnect).
+        self.requests.retain(|r| r.until + PULL_GRACE > now);
+        self.next_id += 1;
+        self.requests.push(Request {
+            id: self.next_id,
+            asked: batch,
+            until,
+        });
+        format!("{}.{}", self.inbox, self.next_id)
+    }
+
+    /// Keep a message of the queue, or read a status (its request ended).
     fn absorb(&mut self, msg: Message, out: &mut Vec<(Message, String, AckInfo)>) {
         if let Some(status) = msg.status {
             if status != StatusCode::IDLE_HEARTBEAT {
-                // 404 no messages, 408 request expired, 409 limits: it is over.
-                self.asked = 0;
-                self.until = None;
+                // 404 no messages, 408 request expired, 409 limits: that
+                // request is over (a late one must not end a newer request).
+                let id = msg
+                    .subject
+                    .rsplit_once('.')
+                    .and_then(|(_, id)| id.parse::<u64>().ok());
+                self.requests.retain(|r| Some(r.id) != id);
             }
             return;
         }
@@ -67,7 +119,13 @@ impl Puller {
             tracing::warn!(subject = %msg.subject, "message without a JetStream ack subject ignored");
             return;
         };
-        self.asked = self.asked.saturating_sub(1);
+        // The server fills waiting requests oldest first; a full one is over.
+        if let Some(at) = self.requests.iter().position(|r| r.asked > 0) {
+            self.requests[at].asked -= 1;
+            if self.requests[at].asked == 0 {
+                self.requests.remove(at);
+            }
+        }
         out.push((msg, reply, info));
     }
 }
@@ -99,14 +157,14 @@ impl Inner {
             let client = self.link.client().await?;
             let inbox = client.new_inbox();
             let sub = client
-                .subscribe(inbox.clone())
+                .subscribe(format!("{inbox}.*"))
                 .await
                 .map_err(|e| self.link.error("subscribe", e, true))?;
             *p = Puller {
                 sub: Some(sub),
                 inbox,
-                asked: 0,
-                until: None,
+                next_id: 0,
+                requests: Vec::new(),
             };
         }
         let mut raw = Vec::new();
@@ -137,14 +195,16 @@ impl Inner {
                 let expires = deadline
                     .saturating_duration_since(now)
                     .clamp(PULL_MIN, PULL_MAX);
-                self.request(&p.inbox, batch, expires).await?;
-                p.asked = batch;
-                p.until = Some(now + expires);
+                let reply = p.open(batch, now + expires);
+                if let Err(e) = self.request(&reply, batch, expires).await {
+                    p.requests.pop(); // never sent
+                    return Err(e);
+                }
             }
             if now >= deadline {
                 return Ok(raw);
             }
-            let until = p.until.map_or(deadline, |u| u.min(deadline));
+            let until = p.until(now).map_or(deadline, |u| u.min(deadline));
             let Some(sub) = p.sub.as_mut() else {
                 return Ok(raw);
             };
@@ -158,11 +218,10 @@ impl Inner {
                     )));
                 }
                 Err(_) if until >= deadline => return Ok(raw),
-                Err(_) => {
-                    // The request expired without its status (lost in a reconnect).
-                    p.asked = 0;
-                    p.until = None;
-                }
+                // A request expired here before its status arrived: it no
+                // longer counts as outstanding (a new one may go out), but
+                // stays known until its status comes (`maybe_waiting`).
+                Err(_) => {}
             }
         }
     }
@@ -191,7 +250,18 @@ impl Inner {
         let mut poison = Vec::new();
         {
             let mut held = self.held.lock();
-            for (msg, reply, info) in raw {
+            let mut handed = self.handed.lock();
+            if handed.len() > HANDED_MAX {
+                // Entries of messages settled elsewhere pile up: start afresh
+                // (only the guard below is lost for what is in flight now).
+                handed.clear();
+            }
+            for (msg, reply, mut info) in raw {
+                // Never an attempt this backend already handed out: NATS 2.9
+                // can roll a message's delivery count back (a delivery it
+                // counts as failed, see `attempt_floor`), and the handler
+                // would see attempt 1 again.
+                info.delivered = attempt_floor(&mut handed, info);
                 held.insert(info.stream_seq, reply.clone());
                 let d = codec::delivery(
                     &msg,
@@ -253,10 +323,17 @@ impl Inner {
         let give_up = Instant::now() + SHUTDOWN_STEP;
         loop {
             let now = Instant::now();
-            if !p.outstanding(now) || now >= give_up {
+            // Every request the server may still hold, not only the last:
+            // one expired here may still be waiting there.
+            if !p.maybe_waiting(now) || now >= give_up {
                 break;
             }
-            let until = p.until.map_or(give_up, |u| u.min(give_up));
+            let until = p
+                .requests
+                .iter()
+                .map(|r| r.until + PULL_GRACE)
+                .min()
+                .map_or(give_up, |u| u.min(give_up));
             let Some(sub) = p.sub.as_mut() else { break };
             match tokio::time::timeout_at(until, next(sub)).await {
                 Ok(Some(msg)) => p.absorb(msg, &mut raw),
@@ -276,7 +353,16 @@ impl Inner {
         if raw.is_empty() {
             return;
         }
-        let replies: Vec<String> = raw.into_iter().map(|(_, reply, _)| reply).collect();
+        // A message at the server's last delivery (past foxtive's
+        // `max_deliver`) is never delivered again once NAKed: it would stay
+        // in the stream for good. It is a poison pill now, as in `admit`.
+        let (last, back): (Vec<_>, Vec<_>) = raw
+            .into_iter()
+            .partition(|(_, _, info)| info.delivered > self.cfg.max_deliver);
+        if !last.is_empty() {
+            let _ = self.admit(last).await;
+        }
+        let replies: Vec<String> = back.into_iter().map(|(_, reply, _)| reply).collect();
         self.nak_all(&replies).await;
     }
 
@@ -301,6 +387,28 @@ impl Inner {
         }
         let _ = tokio::time::timeout(SHUTDOWN_STEP, client.flush()).await;
     }
+}
+
+/// At most this many stream sequences remembered by [`attempt_floor`].
+const HANDED_MAX: usize = 100_000;
+
+/// The attempt of a delivery: its delivery count, but above every attempt
+/// of the same stream sequence this backend handed out before.
+///
+/// The count is the server's, and NATS 2.9.10 does not only ever raise it:
+/// a delivery it considers failed (a pull request's inbox without interest,
+/// which happens around a pull request being withdrawn) is counted back, so
+/// a message NAKed with a delay was seen coming back as attempt 1 again
+/// (`[1, 1, 1, 4]` in the contract's retries-come-due case) and its retry
+/// policy started over. Attempts stay durable across processes through the
+/// count; within one backend they now only grow.
+pub(super) fn attempt_floor(handed: &mut HashMap<u64, u32>, info: AckInfo) -> u32 {
+    let attempt = match handed.get(&info.stream_seq) {
+        Some(&before) => info.delivered.max(before.saturating_add(1)),
+        None => info.delivered,
+    };
+    handed.insert(info.stream_seq, attempt);
+    attempt
 }
 
 /// Shortest time between two in-progress heartbeats.
@@ -332,5 +440,30 @@ pub(super) async fn heartbeat(inner: std::sync::Weak<Inner>) {
                 .publish(reply, bytes::Bytes::from_static(b"+WPI"))
                 .await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(delivered: u32, stream_seq: u64) -> AckInfo {
+        AckInfo {
+            delivered,
+            stream_seq,
+        }
+    }
+
+    #[test]
+    fn attempts_never_go_back_when_the_server_counts_back() {
+        let mut handed = HashMap::new();
+        assert_eq!(attempt_floor(&mut handed, info(1, 7)), 1);
+        // The server rolled its count back: the handler still sees attempt 2, 3.
+        assert_eq!(attempt_floor(&mut handed, info(1, 7)), 2);
+        assert_eq!(attempt_floor(&mut handed, info(1, 7)), 3);
+        // A count ahead of ours (another worker had it) is taken as it is.
+        assert_eq!(attempt_floor(&mut handed, info(6, 7)), 6);
+        // Other messages are their own.
+        assert_eq!(attempt_floor(&mut handed, info(1, 8)), 1);
     }
 }

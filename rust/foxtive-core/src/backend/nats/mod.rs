@@ -17,7 +17,8 @@
 //!   letters are published to `dlq_subject` and, once the server acked that
 //!   publish, the original is `+TERM`ed.
 //! * Publishing sets `Nats-Msg-Id` to the message id (deduplicated within the
-//!   stream's duplicate window). A delayed publish waits in a delay stream
+//!   stream's duplicate window). A dedup key (`Outgoing::dedup`, any TTL) is
+//!   taken in a KV bucket first (`dedup.rs`). A delayed publish waits in a delay stream
 //!   (`delay.rs`): NATS 2.9 has no per-message delay, and a NAK with delay
 //!   on the queue itself would count as a delivery.
 //! * async-nats reconnects by itself; the link (`link.rs`) shows the state.
@@ -28,10 +29,12 @@
 mod codec;
 mod config;
 mod declare;
+mod dedup;
 mod delay;
 pub mod dlq;
 mod fetch;
-mod link;
+pub(crate) mod kv;
+pub(crate) mod link;
 mod publish;
 mod settle;
 
@@ -140,7 +143,12 @@ pub(crate) struct Inner {
     puller: tokio::sync::Mutex<fetch::Puller>,
     /// Deliveries handed out and not settled: stream sequence → ack subject.
     held: Mutex<HashMap<u64, String>>,
+    /// The last attempt handed out per stream sequence, until it is acked or
+    /// dead-lettered (`fetch::attempt_floor`).
+    handed: Mutex<HashMap<u64, u32>>,
     declared: tokio::sync::Mutex<bool>,
+    /// The publish-dedup bucket once opened, with the `max_age` it was given.
+    dedup: tokio::sync::Mutex<Option<(async_nats::jetstream::kv::Store, Duration)>>,
     /// Held by settlements while they take deliveries out of `held` and send
     /// their acks/NAKs, by the heartbeat while it sends `+WPI`s.
     settling: tokio::sync::RwLock<()>,
@@ -165,7 +173,9 @@ impl NatsBackend {
                 link,
                 puller: tokio::sync::Mutex::new(fetch::Puller::default()),
                 held: Mutex::new(HashMap::new()),
+                handed: Mutex::new(HashMap::new()),
                 declared: tokio::sync::Mutex::new(false),
+                dedup: tokio::sync::Mutex::new(None),
                 settling: tokio::sync::RwLock::new(()),
                 stopped: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
@@ -270,6 +280,7 @@ impl Backend for NatsBackend {
         }
         *inner.puller.lock().await = fetch::Puller::default();
         *inner.declared.lock().await = false;
+        *inner.dedup.lock().await = None;
         inner.link.close().await;
         Ok(())
     }

@@ -2,7 +2,8 @@
 //! acknowledgement awaited (pipelined). `Nats-Msg-Id` is the message id, so
 //! a second publish with the same id inside the stream's duplicate window
 //! stores nothing. A delayed message goes to the delay stream with its due
-//! time (`delay.rs` moves it to the queue when due).
+//! time (`delay.rs` moves it to the queue when due). A message with a
+//! dedup key first takes its key in the dedup bucket (`dedup.rs`).
 
 use super::codec::{self, DUE};
 use super::*;
@@ -13,6 +14,22 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Inner {
     pub(super) async fn publish(&self, messages: Vec<Outgoing>) -> Result<Vec<String>> {
+        if messages.iter().all(|m| m.dedup.is_none()) {
+            return self.publish_now(messages).await;
+        }
+        // A message with a dedup key is its own step (`dedup.rs`), in order.
+        let mut ids = Vec::with_capacity(messages.len());
+        for m in messages {
+            match m.dedup.clone() {
+                Some(d) => ids.push(self.publish_once(m, &d).await?),
+                None => ids.extend(self.publish_now(vec![m]).await?),
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Publish, ignoring `dedup` (the stream's `Nats-Msg-Id` window still applies).
+    pub(super) async fn publish_now(&self, messages: Vec<Outgoing>) -> Result<Vec<String>> {
         if messages.is_empty() {
             return Ok(Vec::new());
         }

@@ -37,11 +37,16 @@ impl Inner {
         let mut dead: Vec<(Arc<Delivery>, Failure, String)> = Vec::new();
         {
             let mut held = self.held.lock();
+            let mut handed = self.handed.lock();
             for (d, s) in batch {
                 let Some(r) = d.receipt.get::<NatsReceipt>() else {
                     continue;
                 };
                 held.remove(&r.stream_seq);
+                if matches!(s, Settlement::Ack | Settlement::DeadLetter(_)) {
+                    // Gone from the stream: no later attempt to guard.
+                    handed.remove(&r.stream_seq);
+                }
                 let reply = r.reply.clone();
                 match s {
                     Settlement::Ack => acks.push(reply),

@@ -6,10 +6,13 @@
 //!   ... WHERE expires_at < now()` ([`postgres`]).
 //! * SQLite: a lock row, the same idea in an `IMMEDIATE` transaction
 //!   ([`sqlite`]).
+//! * NATS: a JetStream KV bucket; `create` / `update` expecting a revision
+//!   take and renew the lease, the revision is the fencing token ([`nats`]).
 //! * memory: a process-wide map ([`super::leader::MemoryLease`]).
 //! * RabbitMQ: the lease and the ticks live in the app's result store
 //!   ([`rabbitmq`] says why not an exclusive queue); see [`open_with_results`].
 
+pub mod nats;
 pub mod postgres;
 pub mod rabbitmq;
 pub mod redis;
@@ -38,10 +41,11 @@ pub fn open(url: &str, app: &str) -> Result<Arc<dyn ScheduleBroker>> {
         "redis" => Ok(Arc::new(redis::RedisSchedule::new(url, app)?)),
         "postgres" => Ok(Arc::new(postgres::PostgresSchedule::new(url, app)?)),
         "sqlite" => Ok(Arc::new(sqlite::SqliteSchedule::new(url, app)?)),
+        "nats" => Ok(Arc::new(nats::NatsSchedule::new(url, app)?)),
         "rabbitmq" => Ok(Arc::new(rabbitmq::RabbitSchedule::new(None, app)?)),
         other => Err(Error::Config(format!(
             "schedules: the {other} broker has no schedule lease yet (memory, redis, \
-             postgresql and sqlite do; RabbitMQ's will be an exclusive queue); run the \
+             postgresql, sqlite, nats and rabbitmq do); run the \
              scheduler with --no-scheduler there, or give the app one of those brokers"
         ))),
     }
@@ -143,6 +147,19 @@ mod tests {
             .arg(format!("{base}:fence"))
             .arg(format!("{base}:ticks"))
             .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn nats_keeps_the_contract() {
+        let url =
+            std::env::var("FOXTIVE_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+        let app = unique("contract");
+        contract(&url, &app).await;
+        let client = async_nats::connect(url.as_str()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        js.delete_key_value(format!("foxtive_schedules_{app}"))
             .await
             .unwrap();
     }
