@@ -28,10 +28,14 @@ import time
 from typing import Any
 
 NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
-#: Messages per pull request, the same for every contender: the issue's raw
-#: nats-py loop fetches 500; foxtive's ``prefetch`` and the ceilings' batch
-#: follow it, and so do the frameworks' pull batch settings.
+#: Messages per pull request of the Python peers: the issue's raw nats-py
+#: loop fetches 500; FastStream's and taskiq-nats's pull batches get as much.
 FETCH = 500
+#: foxtive's ``prefetch`` (its default) and the ceilings' batch. A pull asks
+#: for min(room in the pool, prefetch), and the pool asks for at most 256
+#: (its receive batch): a larger prefetch would not change foxtive's pulls,
+#: so the ceilings pull what foxtive pulls.
+FOX_PREFETCH = 256
 W3_DELAY = 0.05
 
 FOX, PEER, RUST = "foxtive", "peers", "rust"
@@ -39,17 +43,22 @@ FOX, PEER, RUST = "foxtive", "peers", "rust"
 _RETRY_NOTE = "W3: RetryableError(delay=0.05) + RetryHandler(max_retries=1) -> NAK with delay"
 CONTENDERS: dict[str, list[tuple[str, str, str]]] = {
     "w1-nats": [
-        ("foxtive", FOX, f"NatsBackend prefetch {FETCH} (one pull out at a time, "
+        ("foxtive", FOX, f"NatsBackend prefetch {FOX_PREFETCH} (one pull out at a time, "
                          "min(free room, prefetch)), async no-op handler, acks "
                          "fire-and-forget but the last of each settle batch (double ack)"),
-        ("foxtive sync", FOX, f"NatsBackend prefetch {FETCH}, a plain def Worker"),
+        ("foxtive sync", FOX, f"NatsBackend prefetch {FOX_PREFETCH}, a plain def Worker"),
         ("async-nats ceiling", RUST, f"examples/nats_ceiling.rs fetch: consumer.fetch() of "
-                                     f"{FETCH}, one pull out at a time, ack each "
+                                     f"{FOX_PREFETCH}, one pull out at a time, ack each "
                                      "fire-and-forget, no handler"),
         ("async-nats stream ceiling", RUST, f"examples/nats_ceiling.rs stream: "
-                                            f"consumer.stream() batches of {FETCH}, the next "
-                                            "pull sent while half the last is to come, ack "
-                                            "each fire-and-forget, no handler"),
+                                            "consumer.stream() batches of "
+                                            f"{FOX_PREFETCH}, the next pull sent while half "
+                                            "the last is to come, ack each fire-and-forget, "
+                                            "no handler"),
+        ("NatsBackend drain", RUST, "foxtive's NATS backend alone, no engine, no Python "
+                                    "(examples/nats_backend_drain.rs): receive(room 256) + "
+                                    "settle(acks) overlapped, prefetch "
+                                    f"{FOX_PREFETCH}"),
         ("nats-py", PEER, f"pull_subscribe (durable), fetch({FETCH}), handler per message, "
                           "await msg.ack() each (a publish, no round trip)"),
         ("faststream", PEER, f"NatsBroker, pull_sub=PullSub(batch_size={FETCH}), durable, "
@@ -58,8 +67,8 @@ CONTENDERS: dict[str, list[tuple[str, str, str]]] = {
                               "max_async_tasks 100, ack_type WHEN_EXECUTED"),
     ],
     "w3-nats": [
-        ("foxtive", FOX, f"{_RETRY_NOTE}; prefetch {FETCH}"),
-        ("foxtive sync", FOX, f"{_RETRY_NOTE}; prefetch {FETCH}, a plain def Worker"),
+        ("foxtive", FOX, f"{_RETRY_NOTE}; prefetch {FOX_PREFETCH}"),
+        ("foxtive sync", FOX, f"{_RETRY_NOTE}; prefetch {FOX_PREFETCH}, a plain def Worker"),
         ("nats-py", PEER, f"fetch({FETCH}); a failure is msg.nak(delay=0.05), else msg.ack()"),
         ("faststream", PEER, f"PullSub(batch_size={FETCH}); raise NackMessage(delay=0.05) "
                              "(NAK with delay)"),
@@ -92,9 +101,9 @@ def body_for(i: int) -> bytes:
 def unavailable(name: str) -> str:
     from compare import PEERS_PY, ceiling_binary
 
-    if name.endswith("ceiling"):
+    if kind_of(name) == RUST:
         try:
-            ceiling_binary("nats_ceiling")
+            ceiling_binary(rust_binary(name))
         except SystemExit as e:
             return str(e)
     elif name in ("faststream", "taskiq-nats", "nats-py"):
@@ -157,11 +166,22 @@ def prepublish(name: str, kind: str, queue: str, n: int, workload: str) -> None:
         asyncio.run(raw_fill(queue, n))
 
 
+def kind_of(name: str) -> str:
+    return next(c[1] for w in CONTENDERS.values() for c in w if c[0] == name)
+
+
+def rust_binary(name: str) -> str:
+    return "nats_backend_drain" if name == "NatsBackend drain" else "nats_ceiling"
+
+
 def rust_cmd(name: str, queue: str, n: int) -> list[str]:
     from compare import ceiling_binary
 
+    if name == "NatsBackend drain":
+        return [ceiling_binary(rust_binary(name)), NATS_URL, stream_of(queue), queue, str(n),
+                str(FOX_PREFETCH), "256"]
     return [ceiling_binary("nats_ceiling"), "drain", NATS_URL, stream_of(queue), queue,
-            str(n), str(FETCH), "stream" if "stream" in name else "fetch"]
+            str(n), str(FOX_PREFETCH), "stream" if "stream" in name else "fetch"]
 
 
 def cleanup(queue: str) -> None:
@@ -260,7 +280,7 @@ def foxtive_consume(queue: str, rec: Any, sync: bool) -> None:
 
     pool = fox_pool(handler, rec, (lambda m: id_of(m.body)) if sync else None)
     backend = foxtive.NatsBackend(NATS_URL, foxtive.NatsConsumerConfig(
-        stream=stream_of(queue), subject=queue, durable="foxtive", prefetch=FETCH))
+        stream=stream_of(queue), subject=queue, durable="foxtive", prefetch=FOX_PREFETCH))
     asyncio.run(pool.run_async(backend, handle_signals=False))
 
 
