@@ -27,6 +27,15 @@ class Completions:
     def drain(self) -> list[tuple[int, bool, Any]]: ...
 
 @final
+class SharedRateLimiter:
+    """A rate limit every process shares through Redis (GCRA, server clock)."""
+    def __new__(
+        cls, per_second: float, burst: int, redis_url: str, key: str
+    ) -> SharedRateLimiter: ...
+    def acquire(self) -> Awaitable[None]: ...
+    def waits(self) -> tuple[int, float]: ...
+
+@final
 class TaskRoutes:
     """The task router's fast path: task name -> (decoder, function)."""
     def __new__(cls) -> TaskRoutes: ...
@@ -371,6 +380,7 @@ def postgres_enqueue(
     delay: _Seconds | None = None,
     message_id: str | None = None,
     priority: int | None = None,
+    message_ids: list[str] | None = None,
 ) -> tuple[str, list[Any], list[str]]: ...
 def postgres_dedup_sql(schema: str) -> tuple[str, str]: ...
 
@@ -452,6 +462,7 @@ def sqlite_enqueue(
     delay: _Seconds | None = None,
     message_id: str | None = None,
     priority: int | None = None,
+    message_ids: list[str] | None = None,
 ) -> tuple[list[str], str, list[tuple[Any, ...]], list[str]]: ...
 def redact_url(url: str) -> str: ...
 def backend_kind(url: str) -> tuple[str, str]: ...
@@ -653,7 +664,9 @@ class ScheduleTrigger:
 
 @final
 class Scheduler:
-    def __new__(cls, app: str, broker: str, lease: float = 10.0) -> Scheduler: ...
+    def __new__(
+        cls, app: str, broker: str, lease: float = 10.0, results: str | None = None
+    ) -> Scheduler: ...
     def add(
         self,
         name: str,
@@ -671,5 +684,7 @@ class Scheduler:
     def metrics_text(self) -> str: ...
 
 def schedule_status(
-    app: str, broker: str
-) -> Awaitable[tuple[tuple[str, int, int, float] | None, list[tuple[str, float]]]]: ...
+    app: str, broker: str, results: str | None = None
+) -> Awaitable[
+    tuple[tuple[str, int, int, float] | None, list[tuple[str, tuple[float, str]]]]
+]: ...

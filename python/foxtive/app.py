@@ -29,7 +29,9 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, ParamSpec, TypeVar, overload
 
 from . import envelope
+from . import postgres as _postgres
 from . import schedules as _schedules
+from . import sqlite as _sqlite
 from ._config import seconds
 from ._core import TaskRoutes
 from .backends import MemoryBackend, NativeBackend, check_publish_options
@@ -451,22 +453,108 @@ class App:
             p.shutdown()
 
     # -- publishing ----------------------------------------------------------
+    # A task's "pending" record: a send without dedup_key writes it before
+    # the publish (a worker's later writes then overwrite it, never the
+    # reverse); a send with dedup_key writes it after, only when its own
+    # message was enqueued, and only where no live record is (mark_new): a
+    # deduplicated send enqueued nothing, leaves no record of its own, and
+    # its handle is the first task's (id, status, result).
     async def _publish(self, queue: str, body: bytes, headers: dict[str, Any],
                        delay: float | None, task_id: str,
                        options: Mapping[str, Any] | None = None) -> str:
         """Publish one task; its id on the broker (the first task's id when
         ``dedup_key`` found one)."""
         backend = self.backend(queue)
+        dedup = False
         if options:
             check_publish_options(backend, options)
-            if options.get("dedup_key") is not None and not backend.native_dedup:
+            dedup = options.get("dedup_key") is not None
+            if dedup and not backend.native_dedup:
                 return await self._publish_once(backend, queue, body, headers, delay, task_id,
                                                 options)
-        if self.results:
-            await self._result_store().mark(task_id, "pending")
+            if self.results and options.get("transaction") is not None:
+                return await self._publish_in_transaction_async(backend, body, headers, delay,
+                                                                task_id, options)
+        store = self._result_store() if self.results else None
+        if store is not None and not dedup:
+            await store.mark(task_id, "pending")
         got = await backend.publish(body, headers=headers, delay=delay, message_id=task_id,
                                     **(options or {}))
-        return got if isinstance(got, str) else task_id
+        got_id = got if isinstance(got, str) else task_id
+        if store is not None and dedup and got_id == task_id:
+            await store.mark_new(task_id, "pending")
+        return got_id
+
+    def _local_store(self, backend: Any) -> PostgresResultStore | SqliteResultStore | None:
+        """The result store when it lives in the broker's own database: a
+        send with ``transaction=conn`` then writes the "pending" records
+        through ``conn``, so they commit or roll back with the tasks (and a
+        second connection never waits on the caller's SQLite write lock)."""
+        if not self.results or not isinstance(self.broker, str):
+            return None
+        store = self._result_store()
+        if isinstance(store, SqliteResultStore):
+            path = getattr(backend, "path", None)
+            return store if path is not None and os.path.abspath(path) == store.path else None
+        if isinstance(store, PostgresResultStore) and self.results in (True, self.broker):
+            return store
+        return None
+
+    async def _pending_in(self, backend: Any, conn: Any, task_ids: list[str],
+                          only_new: bool) -> None:
+        """Write "pending" for ``task_ids`` in the caller's transaction
+        (``conn``) when the store lives there, else in the store."""
+        local = self._local_store(backend)
+        if isinstance(local, SqliteResultStore):
+            _sqlite.ensure_tables(conn)
+            sql, rows = local.pending_statement(task_ids, "pending", only_new=only_new)
+            conn.executemany(sql, rows)
+            return
+        if local is not None:
+            if not backend._schema_ready:  # DDL on the backend's own connection
+                await backend.ensure_schema()
+            await _postgres._execute(conn, *local.pending_statement(task_ids, "pending",
+                                                                      only_new=only_new))
+            return
+        store = self._result_store()
+        if only_new:
+            await store.mark_new(task_ids[0], "pending")
+        else:
+            await store.mark_many(task_ids, "pending")
+
+    def _pending_in_sync(self, backend: Any, conn: Any, task_ids: list[str],
+                         only_new: bool) -> None:
+        """:meth:`_pending_in` on the caller's thread (its sync connection)."""
+        local = self._local_store(backend)
+        if isinstance(local, SqliteResultStore):
+            _sqlite.ensure_tables(conn)
+            sql, rows = local.pending_statement(task_ids, "pending", only_new=only_new)
+            conn.executemany(sql, rows)
+            return
+        if local is not None:
+            _postgres._execute_sync(conn, *local.pending_statement(task_ids, "pending",
+                                                                     only_new=only_new))
+            return
+        store = self._result_store()
+        if only_new:
+            self._run_sync(store.mark_new(task_ids[0], "pending"))
+        else:
+            self._run_sync(store.mark_many(task_ids, "pending"))
+
+    async def _publish_in_transaction_async(self, backend: Any, body: bytes,
+                                            headers: dict[str, Any], delay: float | None,
+                                            task_id: str, options: Mapping[str, Any]) -> str:
+        opts = dict(options)
+        conn = opts.pop("transaction")
+        dedup = opts.get("dedup_key") is not None
+        if not dedup:
+            await self._pending_in(backend, conn, [task_id], only_new=False)
+        got = await backend.publish(body, headers=headers, delay=delay, message_id=task_id,
+                                    transaction=conn, **opts)
+        got_id = got if isinstance(got, str) else task_id
+        if dedup and got_id == task_id:
+            await self._pending_in(backend, conn, [task_id], only_new=True)
+        return got_id
 
     async def _publish_once(self, backend: Any, queue: str, body: bytes,
                             headers: dict[str, Any], delay: float | None, task_id: str,
@@ -503,12 +591,21 @@ class App:
         if options and options.get("transaction") is not None:
             return self._publish_in_transaction(backend, body, headers, delay, task_id, options)
         if isinstance(backend, MemoryBackend):  # never waits: no loop needed
+            dedup = False
             if options:
                 check_publish_options(backend, options)
-            if self.results:
-                self._result_store().mark_sync([task_id], "pending")
-            return backend.publish_sync(body, headers=headers, delay=delay, message_id=task_id,
-                                        **(options or {}))
+                dedup = options.get("dedup_key") is not None
+            store = self._result_store() if self.results else None
+            if store is not None and not dedup:
+                store.mark_sync([task_id], "pending")
+            got: str = backend.publish_sync(body, headers=headers, delay=delay,
+                                            message_id=task_id, **(options or {}))
+            if store is not None and dedup and got == task_id:
+                if isinstance(store, MemoryResultStore):
+                    store.mark_new_sync(task_id, "pending")
+                else:
+                    self._run_sync(store.mark_new(task_id, "pending"))
+            return got
         return self._run_sync(self._publish(queue, body, headers, delay, task_id, options))
 
     def _publish_in_transaction(self, backend: Any, body: bytes, headers: dict[str, Any],
@@ -520,16 +617,32 @@ class App:
         check_publish_options(backend, options)
         if not getattr(backend, "_schema_ready", True):  # PostgreSQL: DDL on its own link
             self._run_sync(backend.ensure_schema())
-        if self.results:
-            store = self._result_store()
-            if isinstance(store, RedisResultStore):
-                self._run_sync(store.mark(task_id, "pending"))
-            else:
-                store.mark_sync([task_id], "pending")
         opts = dict(options)
         conn = opts.pop("transaction")
+        dedup = opts.get("dedup_key") is not None
+        if self.results and not dedup:
+            self._pending_in_sync(backend, conn, [task_id], only_new=False)
         got: str = backend.enqueue_sync(conn, body, headers, delay, task_id, **opts)
+        if self.results and dedup and got == task_id:
+            self._pending_in_sync(backend, conn, [task_id], only_new=True)
         return got
+
+    def _publish_many_in_transaction(self, queue: str, items: list[tuple[bytes, str]],
+                                     headers: dict[str, Any], delay: float | None,
+                                     options: Mapping[str, Any]) -> None:
+        """``send_many_sync`` with ``transaction=conn``: one batched insert
+        through the caller's connection, on the calling thread."""
+        backend = self.backend(queue)
+        check_publish_options(backend, options)
+        if not getattr(backend, "_schema_ready", True):  # PostgreSQL: DDL on its own link
+            self._run_sync(backend.ensure_schema())
+        opts = dict(options)
+        conn = opts.pop("transaction")
+        ids = [task_id for _, task_id in items]
+        if self.results:
+            self._pending_in_sync(backend, conn, ids, only_new=False)
+        backend.enqueue_many_sync(conn, [body for body, _ in items], headers, delay,
+                                  message_ids=ids, **opts)
 
     async def _publish_many(self, queue: str, items: Iterable[tuple[bytes, str]],
                             headers: dict[str, Any], delay: float | None,
@@ -544,13 +657,14 @@ class App:
         if options:
             check_publish_options(backend, options)
         if self.results:
-            store = self._result_store()
-            if isinstance(store, RedisResultStore):
-                await store.mark_many(ids, "pending")
+            conn = options.get("transaction") if options else None
+            if conn is not None:
+                await self._pending_in(backend, conn, ids, only_new=False)
             else:
-                store.mark_sync(ids, "pending")
+                await self._result_store().mark_many(ids, "pending")
         if isinstance(backend, NativeBackend):
-            # One batch, each message with its task id (one round trip).
+            # One batch, each message with its task id (one round trip; with
+            # transaction=conn, one statement through the caller's connection).
             await backend.publish_many(bodies, headers=headers, delay=delay, message_ids=ids,
                                        **(options or {}))
             return

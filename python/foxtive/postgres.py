@@ -138,13 +138,11 @@ class PostgresBackend(NativeBackend):
                            transaction: Any = None,
                            message_ids: Sequence[str] | None = None,
                            priority: int | None = None) -> list[str]:
-        """Insert many jobs in one statement; returns their ids in order."""
-        if transaction is not None and message_ids is not None:
-            return [(await self._enqueue(transaction, [body], headers, delay, mid, priority))[0]
-                    for body, mid in zip(bodies, message_ids, strict=True)]
+        """Insert many jobs in one statement (with ``transaction``, one
+        statement through that connection); returns their ids in order."""
         if transaction is not None:
             return await self._enqueue(transaction, list(bodies), headers, delay, None,
-                                       priority)
+                                       priority, message_ids=message_ids)
         return await super().publish_many(bodies, headers, delay, message_ids=message_ids,
                                           priority=priority)
 
@@ -152,12 +150,14 @@ class PostgresBackend(NativeBackend):
                        headers: dict[str, Any] | None, delay: float | _dt.timedelta | None,
                        message_id: str | None, priority: int | None = None,
                        dedup_key: str | None = None,
-                       dedup_ttl: float | _dt.timedelta | None = None) -> list[str]:
+                       dedup_ttl: float | _dt.timedelta | None = None, *,
+                       message_ids: Sequence[str] | None = None) -> list[str]:
         if not self._schema_ready:
             # DDL on our own connection, never inside the caller's transaction.
             await self.ensure_schema()
-        sql, params, ids = _core.postgres_enqueue(self.schema, self.queue, bodies,
-                                                  inject(headers), delay, message_id, priority)
+        sql, params, ids = _core.postgres_enqueue(
+            self.schema, self.queue, bodies, inject(headers), delay, message_id, priority,
+            None if message_ids is None else list(message_ids))
         if dedup_key is not None:
             # The key is taken in the caller's transaction: it commits (or
             # rolls back) with the job.
@@ -177,6 +177,22 @@ class PostgresBackend(NativeBackend):
         return ((claim, [self.queue, key, ids[0], seconds("dedup_ttl", ttl, positive=True)]),
                 (held, [self.queue, key]))
 
+    def enqueue_many_sync(self, transaction: Any, bodies: Iterable[bytes | str],
+                          headers: dict[str, Any] | None = None,
+                          delay: float | _dt.timedelta | None = None, *,
+                          message_ids: Sequence[str] | None = None,
+                          priority: int | None = None) -> list[str]:
+        """:meth:`publish_many` with ``transaction=`` from sync code: one
+        INSERT of every job through the sync connection (the schema must
+        exist, as for :meth:`enqueue_sync`); returns their ids in order."""
+        if inspect.iscoroutinefunction(getattr(transaction, "execute", None)):
+            raise ConfigError("transaction: an async connection needs the async send "
+                              "(await task.options(transaction=conn).send_many(...))")
+        sql, params, ids = _core.postgres_enqueue(
+            self.schema, self.queue, list(bodies), inject(headers), delay, None, priority,
+            None if message_ids is None else list(message_ids))
+        _execute_sync(transaction, sql, params)
+        return list(ids)
 
     def enqueue_sync(self, transaction: Any, body: bytes | str,
                      headers: dict[str, Any] | None = None,

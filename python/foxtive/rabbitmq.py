@@ -26,6 +26,16 @@ What the backend guarantees:
 * A lost connection or channel is rebuilt in the background (exponential
   backoff); ``state``, ``reconnect_attempts`` and ``consecutive_failures``
   show how it goes. The first connection, when a pool starts, fails fast.
+* A consumer the broker cancels (``basic.cancel``: queue deleted, node lost)
+  is subscribed again on a new connection, in the same process.
+* Clusters: several nodes (see :class:`RabbitMqBackend`), and quorum queues
+  (``queue_type="quorum"``), recommended in production: replicated, and
+  their ``x-delivery-count`` lets a message that crashes the worker be
+  dead-lettered as a poison pill across restarts. foxtive sets no
+  ``x-delivery-limit`` and no broker dead-letter exchange: RabbitMQ 4.x's
+  default limit of 20 drops a message silently, so keep
+  ``max(max_retries + 1, max_failures)`` at most 20 there, or set
+  ``queue_arguments={"x-delivery-limit": N}`` above it (README, "Scaling out").
 """
 
 from __future__ import annotations
@@ -125,7 +135,8 @@ class RabbitMqBackend(NativeBackend):
     ``amqp://host:5672/`` mean the vhost ``/``, ``/%2F`` too, ``/name`` means
     ``name``. Several nodes: ``amqp://user:pw@a:5672,b:5672/vhost`` or a list
     of URLs; connecting and reconnecting go round them, starting from a random
-    one. The password never appears in ``repr``, logs or errors.
+    one (so workers spread over the cluster), the node just lost tried last.
+    The password never appears in ``repr``, logs or errors.
     ``reconnect_*`` shape the backoff between reconnection attempts."""
 
     _native: _core.RabbitMqBackend

@@ -63,6 +63,16 @@ class ResultStore:
     def mark_sync(self, task_ids: list[str], status: str) -> None:
         raise NotImplementedError
 
+    async def mark_many(self, task_ids: list[str], status: str) -> None:
+        for task_id in task_ids:
+            await self.mark(task_id, status)
+
+    async def mark_new(self, task_id: str, status: str) -> None:
+        """Write ``status`` only if the store holds no live record for the
+        id: after a deduplicated publish, the record never overwrites what
+        a worker (or an earlier send of the same id) wrote."""
+        raise NotImplementedError
+
     async def finish(self, task_id: str, record: dict[str, Any]) -> None:
         raise NotImplementedError
 
@@ -111,6 +121,14 @@ class MemoryResultStore(ResultStore):
     def mark_sync(self, task_ids: list[str], status: str) -> None:
         for task_id in task_ids:
             self._put(task_id, {"status": status})
+
+    async def mark_new(self, task_id: str, status: str) -> None:
+        self.mark_new_sync(task_id, status)
+
+    def mark_new_sync(self, task_id: str, status: str) -> None:
+        with self._cond:
+            if self._get(task_id) is None:
+                self._put(task_id, {"status": status})
 
     async def finish(self, task_id: str, record: dict[str, Any]) -> None:
         self._put(task_id, record)
@@ -208,6 +226,12 @@ class RedisResultStore(ResultStore):
             for task_id in task_ids:
                 pipe.set(self._key(task_id), value, px=self._ttl_ms)
             await pipe.execute()
+
+    # Added for the task layer's dedup (no orphan "pending" records): a
+    # plain SET NX, kept apart from the rest of this store.
+    async def mark_new(self, task_id: str, status: str) -> None:
+        await self._client().set(self._key(task_id), _enc.encode({"status": status}),
+                                 px=self._ttl_ms, nx=True)
 
     async def finish(self, task_id: str, record: dict[str, Any]) -> None:
         key = self._key(task_id)

@@ -23,6 +23,7 @@ writes it makes anyway.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import os
 import sqlite3
@@ -31,7 +32,7 @@ import time
 import urllib.parse
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -40,6 +41,8 @@ from .errors import ConfigError
 from .results import FINAL, ResultStore, _outcome
 
 __all__ = ["PostgresResultStore", "SqliteResultStore"]
+
+_T = TypeVar("_T")
 
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
@@ -170,6 +173,15 @@ class PostgresResultStore(ResultStore):
             "SELECT t, %s, %s, now() + make_interval(secs => %s) FROM unnest(%s::text[]) AS t "
             "ON CONFLICT (task_id) DO UPDATE SET status = EXCLUDED.status, "
             "record = EXCLUDED.record, expires_at = EXCLUDED.expires_at")
+        # The same write, but only where no live row is (an expired one is
+        # replaced): the "pending" of a deduplicated send, which must not
+        # overwrite what a worker already wrote for that id.
+        self._insert_new = (
+            f"INSERT INTO {s}.results AS r (task_id, status, record, expires_at) "
+            "SELECT t, %s, %s, now() + make_interval(secs => %s) FROM unnest(%s::text[]) AS t "
+            "ON CONFLICT (task_id) DO UPDATE SET status = EXCLUDED.status, "
+            "record = EXCLUDED.record, expires_at = EXCLUDED.expires_at "
+            "WHERE r.expires_at <= now()")
         self._select = f"SELECT record FROM {s}.results WHERE task_id = %s AND expires_at > now()"
         self._expire_sql = (
             f"DELETE FROM {s}.results WHERE task_id = ANY(ARRAY(SELECT task_id FROM {s}.results "
@@ -182,6 +194,8 @@ class PostgresResultStore(ResultStore):
         self._thread_conns: list[Any] = []
         self._sides: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopSide] = (
             weakref.WeakKeyDictionary())
+        self._side_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
+                                                    asyncio.Lock] = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
         return f"PostgresResultStore(url={_core.redact_url(self.url)!r}, schema={self.schema!r})"
@@ -198,12 +212,26 @@ class PostgresResultStore(ResultStore):
             self._migrated = True
 
     async def _side(self) -> _LoopSide:
-        import psycopg
-
         loop = asyncio.get_running_loop()
         side = self._sides.get(loop)
         if side is not None and not side.broken:
             return side
+        # One opener per loop: a worker's first batch calls this from every
+        # message at once, and each would otherwise open its own two
+        # connections (hundreds: "too many clients").
+        lock = self._side_locks.get(loop)
+        if lock is None:
+            lock = self._side_locks[loop] = asyncio.Lock()
+        async with lock:
+            side = self._sides.get(loop)
+            if side is not None and not side.broken:
+                return side
+            return await self._open_side(loop, side)
+
+    async def _open_side(self, loop: asyncio.AbstractEventLoop, side: _LoopSide | None
+                         ) -> _LoopSide:
+        import psycopg
+
         await self._migrate()
         conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
         listener = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
@@ -260,6 +288,20 @@ class PostgresResultStore(ResultStore):
     def mark_sync(self, task_ids: list[str], status: str) -> None:
         record = _enc.encode({"status": status}).decode()
         self._writer_sync().execute(self._upsert, (status, record, self.ttl, task_ids))
+
+    async def mark_new(self, task_id: str, status: str) -> None:
+        side = await self._side()
+        await side.conn.execute(*self.pending_statement([task_id], status, only_new=True))
+
+    def pending_statement(self, task_ids: list[str], status: str, *, only_new: bool
+                          ) -> tuple[str, list[Any]]:
+        """``(sql, params)`` (psycopg ``%s`` placeholders) writing ``status``
+        for ``task_ids`` in one statement, to run through the caller's
+        connection so the records commit or roll back with its transaction.
+        ``only_new``: leave a live record alone (see :meth:`mark_new`)."""
+        record = _enc.encode({"status": status}).decode()
+        return (self._insert_new if only_new else self._upsert,
+                [status, record, self.ttl, task_ids])
 
     async def finish(self, task_id: str, record: dict[str, Any]) -> None:
         await self._write([task_id], record)
@@ -380,6 +422,8 @@ class SqliteResultStore(ResultStore):
                "VALUES (?, ?, ?, ?) ON CONFLICT (task_id) DO UPDATE SET "
                "status = excluded.status, record = excluded.record, "
                "expires_at = excluded.expires_at")
+    # Only where no live row is (see PostgresResultStore._insert_new).
+    _INSERT_NEW = _UPSERT + " WHERE foxtive_results.expires_at <= ?"
     _SELECT = "SELECT record FROM foxtive_results WHERE task_id = ? AND expires_at > ?"
     _EXPIRE = ("DELETE FROM foxtive_results WHERE task_id IN (SELECT task_id FROM "
                "foxtive_results WHERE expires_at < ? ORDER BY expires_at LIMIT ?)")
@@ -396,9 +440,24 @@ class SqliteResultStore(ResultStore):
         self._migrated = False
         self._next_expire = 0.0
         self._hub = _hub(self.path)
+        # The async methods run sqlite3 here, not on the event loop: a
+        # write may wait up to busy_timeout for another process's lock.
+        # One thread: SQLite has one writer per file anyway, and one
+        # connection never contends with a sibling of this process.
+        self._thread: concurrent.futures.ThreadPoolExecutor | None = None
 
     def __repr__(self) -> str:
         return f"SqliteResultStore(path={self.path!r})"
+
+    async def _off_loop(self, fn: Callable[..., _T], *args: Any) -> _T:
+        ex = self._thread
+        if ex is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = concurrent.futures.ThreadPoolExecutor(
+                        1, thread_name_prefix="foxtive-sqlite-results")
+                ex = self._thread
+        return await asyncio.get_running_loop().run_in_executor(ex, fn, *args)
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -414,17 +473,16 @@ class SqliteResultStore(ResultStore):
                 self._conns.append(conn)
         return conn
 
-    def _write(self, task_ids: list[str], record: dict[str, Any]) -> None:
+    def _write(self, task_ids: list[str], record: dict[str, Any], only_new: bool = False
+               ) -> None:
         conn = self._conn()
-        text = _enc.encode(record).decode()
-        expires = time.time() + self.ttl
-        rows = [(t, record["status"], text, expires) for t in task_ids]
+        sql, rows = self._statement(task_ids, record, only_new)
         if len(rows) == 1:
-            conn.execute(self._UPSERT, rows[0])
+            conn.execute(sql, rows[0])
         else:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany(self._UPSERT, rows)
+                conn.executemany(sql, rows)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -437,6 +495,23 @@ class SqliteResultStore(ResultStore):
             self._next_expire = now + _expire_every(self.ttl)
             self.expire_sync()
 
+    def _statement(self, task_ids: list[str], record: dict[str, Any], only_new: bool
+                   ) -> tuple[str, list[tuple[Any, ...]]]:
+        text = _enc.encode(record).decode()
+        now = time.time()
+        expires = now + self.ttl
+        if only_new:
+            return self._INSERT_NEW, [(t, record["status"], text, expires, now)
+                                      for t in task_ids]
+        return self._UPSERT, [(t, record["status"], text, expires) for t in task_ids]
+
+    def pending_statement(self, task_ids: list[str], status: str, *, only_new: bool
+                          ) -> tuple[str, list[tuple[Any, ...]]]:
+        """``(sql, rows)`` for ``executemany`` through the caller's
+        connection (its transaction holds the records with the jobs);
+        ``only_new``: leave a live record alone (see :meth:`mark_new`)."""
+        return self._statement(task_ids, {"status": status}, only_new)
+
     def expire_sync(self) -> int:
         """Delete expired rows (every one, in batches); returns how many."""
         conn = self._conn()
@@ -448,23 +523,26 @@ class SqliteResultStore(ResultStore):
                 return total
 
     async def mark(self, task_id: str, status: str) -> None:
-        self._write([task_id], {"status": status})
+        await self._off_loop(self._write, [task_id], {"status": status})
 
     async def mark_many(self, task_ids: list[str], status: str) -> None:
-        self._write(task_ids, {"status": status})
+        await self._off_loop(self._write, task_ids, {"status": status})
 
     def mark_sync(self, task_ids: list[str], status: str) -> None:
         self._write(task_ids, {"status": status})
 
+    async def mark_new(self, task_id: str, status: str) -> None:
+        await self._off_loop(self._write, [task_id], {"status": status}, True)
+
     async def finish(self, task_id: str, record: dict[str, Any]) -> None:
-        self._write([task_id], record)
+        await self._off_loop(self._write, [task_id], record)
 
     def _read(self, task_id: str) -> str | None:
         row = self._conn().execute(self._SELECT, (task_id, time.time())).fetchone()
         return None if row is None else str(row[0])
 
     async def status(self, task_id: str) -> str:
-        raw = self._read(task_id)
+        raw = await self._off_loop(self._read, task_id)
         return "unknown" if raw is None else str(_dec.decode(raw)["status"])
 
     async def wait(self, task_id: str, timeout: float | None) -> Any:
@@ -476,7 +554,7 @@ class SqliteResultStore(ResultStore):
             with self._hub.cond:
                 self._hub.waiters.setdefault(task_id, []).append((loop, fut))
             try:
-                record = _final(self._read(task_id))
+                record = _final(await self._off_loop(self._read, task_id))
                 if record is not None:
                     return _outcome(record)
                 left = None if deadline is None else deadline - time.monotonic()
@@ -513,6 +591,10 @@ class SqliteResultStore(ResultStore):
     async def close(self) -> None:
         with self._lock:
             conns, self._conns = self._conns, []
+            ex, self._thread = self._thread, None
+        if ex is not None:
+            # Its last write finishes before the connections close.
+            await asyncio.get_running_loop().run_in_executor(None, ex.shutdown)
         self._local = threading.local()
         for c in conns:
             c.close()

@@ -39,21 +39,39 @@ from .errors import ConfigError
 __all__ = ["SqliteBackend"]
 
 
+_DDL: list[str] = []
+
+
+def ensure_tables(conn: sqlite3.Connection) -> None:
+    """Create foxtive's tables through ``conn`` if missing (every statement
+    ``IF NOT EXISTS``: a no-op once they exist), in its open transaction."""
+    if not isinstance(conn, sqlite3.Connection):
+        raise ConfigError(
+            f"transaction: expected a sqlite3.Connection, got {type(conn).__name__}")
+    if not _DDL:
+        _DDL.extend(_core.sqlite_enqueue("default", [])[0])
+    for statement in _DDL:
+        conn.execute(statement)
+
+
 def enqueue(conn: sqlite3.Connection, queue: str, bodies: Iterable[bytes | str],
             headers: dict[str, Any] | None = None,
             delay: float | _dt.timedelta | None = None,
             message_id: str | None = None, priority: int | None = None,
             dedup_key: str | None = None,
-            dedup_ttl: float | _dt.timedelta | None = None) -> list[str]:
-    """Insert jobs through ``conn`` (in its current transaction); the SQL
-    comes from the core, the same the backend's own publish runs. With
-    ``dedup_key`` (one job), the key is taken in the same transaction, and
-    when another job holds it nothing is inserted and its id is returned."""
+            dedup_ttl: float | _dt.timedelta | None = None, *,
+            message_ids: Sequence[str] | None = None) -> list[str]:
+    """Insert jobs through ``conn`` (in its current transaction) with one
+    ``executemany``; the SQL comes from the core, the same the backend's own
+    publish runs. ``message_ids``: one id per body. With ``dedup_key`` (one
+    job), the key is taken in the same transaction, and when another job
+    holds it nothing is inserted and its id is returned."""
     if not isinstance(conn, sqlite3.Connection):
         raise ConfigError(
             f"transaction: expected a sqlite3.Connection, got {type(conn).__name__}")
-    ddl, insert, rows, ids = _core.sqlite_enqueue(queue, list(bodies), headers, delay,
-                                                  message_id, priority)
+    ddl, insert, rows, ids = _core.sqlite_enqueue(
+        queue, list(bodies), headers, delay, message_id, priority,
+        None if message_ids is None else list(message_ids))
     for statement in ddl:
         conn.execute(statement)
     if dedup_key is not None:
@@ -148,13 +166,11 @@ class SqliteBackend(NativeBackend):
                            transaction: sqlite3.Connection | None = None,
                            message_ids: Sequence[str] | None = None,
                            priority: int | None = None) -> list[str]:
-        """Insert many jobs in one transaction; returns their ids in order."""
-        if transaction is not None and message_ids is not None:
-            return [self.enqueue_sync(transaction, body, headers, delay, mid, priority=priority)
-                    for body, mid in zip(bodies, message_ids, strict=True)]
+        """Insert many jobs in one transaction (with ``transaction``, one
+        ``executemany`` through that connection); returns their ids in order."""
         if transaction is not None:
-            return enqueue(transaction, self.name, bodies, inject(headers), delay,
-                           priority=priority)
+            return self.enqueue_many_sync(transaction, bodies, headers, delay,
+                                          message_ids=message_ids, priority=priority)
         return await super().publish_many(bodies, headers, delay, message_ids=message_ids,
                                           priority=priority)
 
@@ -169,3 +185,13 @@ class SqliteBackend(NativeBackend):
         ``dedup_key`` is taken)."""
         return enqueue(transaction, self.name, [body], inject(headers), delay, message_id,
                        priority, dedup_key, dedup_ttl)[0]
+
+    def enqueue_many_sync(self, transaction: sqlite3.Connection, bodies: Iterable[bytes | str],
+                          headers: dict[str, Any] | None = None,
+                          delay: float | _dt.timedelta | None = None, *,
+                          message_ids: Sequence[str] | None = None,
+                          priority: int | None = None) -> list[str]:
+        """:meth:`publish_many` with ``transaction=``, from sync code: one
+        ``executemany`` through the connection; returns the ids in order."""
+        return enqueue(transaction, self.name, bodies, inject(headers), delay,
+                       priority=priority, message_ids=message_ids)

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 
-from . import envelope
+from . import _core, envelope
 from ._config import seconds
 from .convert import ArgumentConverter
 from .errors import ConfigError
@@ -51,6 +51,10 @@ class TaskApp(Protocol):
     async def _publish_many(self, queue: str, items: Iterable[tuple[bytes, str]],
                             headers: dict[str, Any], delay: float | None,
                             options: Mapping[str, Any] | None = None) -> None: ...
+
+    def _publish_many_in_transaction(self, queue: str, items: list[tuple[bytes, str]],
+                                     headers: dict[str, Any], delay: float | None,
+                                     options: Mapping[str, Any]) -> None: ...
 
     def _run_sync(self, coro: Coroutine[Any, Any, _T]) -> _T: ...
 
@@ -143,6 +147,23 @@ class _RateLimiter:
             await asyncio.sleep(wait)
 
 
+_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+unix")
+
+
+def _rate_limiter(app: Any, name: str, per_second: float) -> Any:
+    """The task's limiter: shared by every process through Redis when the
+    app's broker is Redis (one budget per task name, key
+    ``foxtive:rate:task:<app>:<name>``, GCRA on the server's clock), else a
+    bucket in this process. A shared one that cannot reach Redis limits
+    locally until it can (the core logs it)."""
+    broker = getattr(app, "broker", None)
+    if isinstance(broker, str) and broker.split(":", 1)[0].lower() in _REDIS_SCHEMES:
+        burst = max(1, round(per_second))  # one second's worth, like the local bucket
+        return _core.SharedRateLimiter(per_second, burst, broker,
+                                       f"foxtive:rate:task:{app.name}:{name}")
+    return _RateLimiter(per_second)
+
+
 def parse_rate(rate: str | None) -> float | None:
     """``"100/s"``, ``"5/m"``, ``"10/h"`` -> permits per second."""
     if rate is None:
@@ -184,7 +205,7 @@ class Task(Generic[P, R]):
         self.timeout = None if timeout is None else seconds("timeout", timeout, positive=True)
         self.rate_limit = rate_limit
         per_second = parse_rate(rate_limit)
-        self._limiter = None if per_second is None else _RateLimiter(per_second)
+        self._limiter = None if per_second is None else _rate_limiter(app, name, per_second)
         self.priority = _priority(priority)
         self.is_async = inspect.iscoroutinefunction(fn)
         self._direct = self.is_async and self._limiter is None and self.timeout is None
@@ -362,10 +383,11 @@ class TaskCall(Generic[P, R]):
         items = self._many(calls)
         app = self._task.app
         if self._options and "transaction" in self._options:
-            # The caller's connection belongs to this thread: insert here.
-            return [self._handle(app._publish_sync(self._task.queue, body, self._headers,
-                                                   self._delay, task_id, self._options))
-                    for body, task_id in items]
+            # The caller's connection belongs to this thread: insert here,
+            # every task in one batched statement.
+            app._publish_many_in_transaction(self._task.queue, items, self._headers,
+                                             self._delay, self._options)
+            return [self._handle(task_id) for _, task_id in items]
         app._run_sync(app._publish_many(self._task.queue, items, self._headers, self._delay,
                                         self._options))
         return [self._handle(task_id) for _, task_id in items]

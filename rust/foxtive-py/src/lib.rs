@@ -17,6 +17,7 @@ mod policies;
 mod postgres;
 mod python_backend;
 mod rabbitmq;
+mod rate_limiter;
 mod redis_streams;
 mod registry;
 mod resilient;
@@ -36,6 +37,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<bridge::Completions>()?;
     m.add_class::<message::PyMessage>()?;
     m.add_class::<router::PyTaskRoutes>()?;
+    m.add_class::<rate_limiter::PySharedRateLimiter>()?;
     m.add_class::<engine::PyEngine>()?;
     m.add_class::<policies::PyRetryPolicy>()?;
     m.add_class::<policies::PyPoisonPillPolicy>()?;

@@ -103,9 +103,10 @@ impl PyPostgresBackend {
 /// The backend's INSERT for `bodies`, as `(sql, params)` with psycopg's `%s`
 /// placeholders: run it through the caller's connection (transactional
 /// enqueue) and the jobs exist exactly when that transaction commits.
-/// Returns `(sql, params, ids)`.
+/// Returns `(sql, params, ids)`. `message_ids`: one id per body (a batch
+/// of tasks, each with its task id), still one statement.
 #[pyfunction]
-#[pyo3(signature = (schema, queue, bodies, headers = None, delay = None, message_id = None, priority = None))]
+#[pyo3(signature = (schema, queue, bodies, headers = None, delay = None, message_id = None, priority = None, message_ids = None))]
 #[allow(clippy::too_many_arguments)]
 pub fn postgres_enqueue<'py>(
     py: Python<'py>,
@@ -116,13 +117,14 @@ pub fn postgres_enqueue<'py>(
     delay: Option<&Bound<'py, PyAny>>,
     message_id: Option<String>,
     priority: Option<&Bound<'py, PyAny>>,
+    message_ids: Option<Vec<String>>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     foxtive_core::backend::postgres::validate_schema(schema).py_err()?;
     if queue.is_empty() {
         return Err(config_error("queue: must be a non-empty string"));
     }
     let mut outs = with_priority(
-        outgoings_from_py(bodies, headers, delay, None)?,
+        outgoings_from_py(bodies, headers, delay, message_ids)?,
         priority_from_py(priority)?,
     );
     if message_id.is_some() {

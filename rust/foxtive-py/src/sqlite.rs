@@ -109,9 +109,13 @@ pub fn sqlite_path_from_url(url: &str) -> PyResult<String> {
 /// The transactional enqueue, as SQL for the caller's own connection:
 /// `(ddl, insert, rows, ids)`. Run each `ddl` statement (all `IF NOT
 /// EXISTS`), then `executemany(insert, rows)`; `ids` are the message ids.
+/// `message_ids`: one id per body (a batch of tasks). The DDL includes the
+/// result table, so the task layer can write a task's "pending" record in
+/// the same transaction (no second connection waiting on the caller's lock).
 #[pyfunction]
-#[pyo3(signature = (queue, bodies, headers = None, delay = None, message_id = None, priority = None))]
-#[allow(clippy::type_complexity)]
+#[pyo3(signature = (queue, bodies, headers = None, delay = None, message_id = None, priority = None, message_ids = None))]
+// The Python keywords, one argument each (as postgres_enqueue).
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 pub fn sqlite_enqueue<'py>(
     py: Python<'py>,
     queue: &str,
@@ -120,6 +124,7 @@ pub fn sqlite_enqueue<'py>(
     delay: Option<&Bound<'py, PyAny>>,
     message_id: Option<String>,
     priority: Option<&Bound<'py, PyAny>>,
+    message_ids: Option<Vec<String>>,
 ) -> PyResult<(
     Vec<&'static str>,
     &'static str,
@@ -130,8 +135,14 @@ pub fn sqlite_enqueue<'py>(
     let mut rows = Vec::new();
     let mut ids = Vec::new();
     let priority = priority_from_py(priority)?;
-    for mut out in with_priority(outgoings_from_py(bodies, headers, delay, None)?, priority) {
-        out.message_id = message_id.clone();
+    let batch = message_ids.is_some();
+    for mut out in with_priority(
+        outgoings_from_py(bodies, headers, delay, message_ids)?,
+        priority,
+    ) {
+        if !batch {
+            out.message_id = message_id.clone();
+        }
         let (params, id) = row::insert_params(queue, &out, now);
         let values = params
             .into_iter()
@@ -140,7 +151,8 @@ pub fn sqlite_enqueue<'py>(
         rows.push(PyTuple::new(py, values)?);
         ids.push(id);
     }
-    Ok((schema::DDL.to_vec(), schema::INSERT_JOB, rows, ids))
+    let ddl = schema::DDL.iter().chain(schema::RESULTS).copied().collect();
+    Ok((ddl, schema::INSERT_JOB, rows, ids))
 }
 
 /// Create `path` if missing and bring its tables to the latest version:

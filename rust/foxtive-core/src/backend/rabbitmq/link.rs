@@ -19,6 +19,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer
 use parking_lot::Mutex;
 
 use super::acks::AckTracker;
+use super::nodes::attempt_order;
 use super::{Shared, HEALTHY_AFTER, STATE_CONNECTED, STATE_RECONNECTING};
 use crate::backend::unless_closed;
 use crate::{Error, Result};
@@ -81,17 +82,21 @@ impl Shared {
         unless_closed(&self.closing, &self.closed, self.try_nodes(consume)).await
     }
 
-    /// Go round the nodes, from the one after the last tried, each within
-    /// `connect_timeout`.
+    /// Go round the nodes (see [`attempt_order`]: from a random one, the
+    /// node just lost last), each within `connect_timeout`.
     async fn try_nodes(&self, consume: bool) -> Result<Link> {
         let n = self.nodes.len();
         let timeout = self.config.connect_timeout;
         let mut last = None;
-        for _ in 0..n {
-            let uri = &self.nodes[self.next_node.fetch_add(1, Ordering::Relaxed) % n];
+        let lost = self.last_node.load(Ordering::Relaxed);
+        for index in attempt_order(n, rand::random::<u32>() as usize, lost) {
+            let uri = &self.nodes[index];
             let node = format!("{}:{}", uri.authority.host, uri.authority.port);
             let err = match tokio::time::timeout(timeout, self.build_link_on(uri, consume)).await {
-                Ok(Ok(link)) => return Ok(link),
+                Ok(Ok(link)) => {
+                    self.last_node.store(index, Ordering::Relaxed);
+                    return Ok(link);
+                }
                 Ok(Err(e)) => e,
                 Err(_) => Error::ConnectionLost(format!(
                     "connecting to {node} ({}) timed out after {}s (connect_timeout); \
@@ -102,7 +107,7 @@ impl Shared {
             };
             if n > 1 {
                 tracing::warn!(queue = %self.name, node = %node, error = %err,
-                    "RabbitMQ node did not answer; trying the next one");
+                    "connecting through this RabbitMQ node failed; trying the next one");
             }
             last = Some(err);
         }

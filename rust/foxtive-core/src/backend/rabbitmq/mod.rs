@@ -109,7 +109,9 @@ struct Shared {
     name: Arc<str>,
     /// The broker nodes; connections go round them.
     nodes: Vec<AMQPUri>,
-    next_node: AtomicUsize,
+    /// The node the current (or last) link was built on; `NO_NODE` before
+    /// the first. A reconnection tries it last.
+    last_node: AtomicUsize,
     redacted_url: String,
     /// Secrets to scrub from any error text.
     secrets: Vec<String>,
@@ -151,7 +153,7 @@ impl RabbitMqBackend {
 
     /// Like [`RabbitMqBackend::new`] with several nodes (each URL may also
     /// list several hosts, comma-separated): connections go round them,
-    /// starting from a random one.
+    /// starting from a random one, the node just lost tried last.
     pub fn with_urls(urls: &[&str], config: RabbitMqConfig) -> Result<Self> {
         config.validate()?;
         let parsed = parse_nodes(urls)?;
@@ -166,7 +168,6 @@ impl RabbitMqBackend {
         }
         let redacted_url = parsed.redacted;
         let secrets = parsed.secrets;
-        let first = rand::random::<u32>() as usize % uris.len();
         let retry_prefix = config.retry_prefix();
         let dlq_name = config.dlq_name();
         Ok(RabbitMqBackend {
@@ -174,7 +175,7 @@ impl RabbitMqBackend {
                 name: Arc::from(config.queue_name.as_str()),
                 config,
                 nodes: uris,
-                next_node: AtomicUsize::new(first),
+                last_node: AtomicUsize::new(self::nodes::NO_NODE),
                 redacted_url,
                 secrets,
                 retry_prefix,

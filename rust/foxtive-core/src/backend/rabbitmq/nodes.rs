@@ -66,6 +66,35 @@ pub fn parse_nodes(urls: &[&str]) -> Result<Nodes> {
     })
 }
 
+/// No node has been connected to yet (for [`attempt_order`]'s `lost`).
+pub const NO_NODE: usize = usize::MAX;
+
+/// The order one round of connection attempts tries `len` nodes in: round
+/// the list from `start` (random per round, so a fleet of workers spreads
+/// over the cluster, on the first connection and again after a node is
+/// lost, instead of all moving to the same next node), with `lost` (the
+/// node the link that just failed was on) moved to the end: it is most
+/// likely still down, and a node that accepts TCP but never answers would
+/// cost a whole `connect_timeout` first.
+pub fn attempt_order(len: usize, start: usize, lost: usize) -> Vec<usize> {
+    // The others, from `start` among them (so each is as likely to come
+    // first), then the lost node.
+    let others: Vec<usize> = (0..len).filter(|&i| i != lost).collect();
+    if others.is_empty() {
+        return (0..len).collect();
+    }
+    let first = start % others.len();
+    let mut order: Vec<usize> = others[first..]
+        .iter()
+        .chain(&others[..first])
+        .copied()
+        .collect();
+    if lost < len {
+        order.push(lost);
+    }
+    order
+}
+
 /// `scheme://userinfo@a,b:1/rest` → one URL per host, sharing the rest.
 fn split_hosts(url: &str) -> Vec<String> {
     let Some(scheme_end) = url.find("://") else {
@@ -121,6 +150,47 @@ mod tests {
         assert!(list.secrets.contains(&"p%402".to_string()));
         assert!(list.secrets.contains(&"p@2".to_string()));
         assert!(!list.redacted.contains("p1") && !list.redacted.contains("p%402"));
+    }
+
+    #[test]
+    fn each_round_tries_every_node_once_and_the_lost_one_last() {
+        for len in 1..5 {
+            for start in 0..12 {
+                for lost in (0..len).chain([NO_NODE]) {
+                    let order = attempt_order(len, start, lost);
+                    let mut sorted = order.clone();
+                    sorted.sort_unstable();
+                    assert_eq!(sorted, (0..len).collect::<Vec<_>>(), "{len} {start} {lost}");
+                    if lost != NO_NODE {
+                        assert_eq!(order[len - 1], lost, "{len} {start} {lost}");
+                    }
+                }
+            }
+        }
+        assert_eq!(attempt_order(3, 1, NO_NODE), vec![1, 2, 0]);
+        assert_eq!(attempt_order(3, 1, 1), vec![2, 0, 1]);
+        assert_eq!(attempt_order(3, 5, 0), vec![2, 1, 0]);
+        assert_eq!(attempt_order(1, 7, 0), vec![0]);
+        assert!(attempt_order(0, 3, NO_NODE).is_empty());
+    }
+
+    #[test]
+    fn random_starts_spread_first_attempts_over_the_nodes() {
+        // What a fleet of workers does: each round starts at a random node.
+        let mut first = [0usize; 3];
+        let mut after_loss = [0usize; 3];
+        for _ in 0..3000 {
+            first[attempt_order(3, rand::random::<u32>() as usize, NO_NODE)[0]] += 1;
+            after_loss[attempt_order(3, rand::random::<u32>() as usize, 0)[0]] += 1;
+        }
+        // 1,000 expected each; 800 is more than 7 standard deviations off.
+        assert!(first.iter().all(|&n| n > 800), "{first:?}");
+        // After node 0 is lost, its workers spread over 1 and 2.
+        assert_eq!(after_loss[0], 0);
+        assert!(
+            after_loss[1] > 1200 && after_loss[2] > 1200,
+            "{after_loss:?}"
+        );
     }
 
     #[test]

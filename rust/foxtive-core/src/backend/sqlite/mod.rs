@@ -12,9 +12,9 @@
 //!   are one DELETE, retries stay in the table with a later `run_at`, dead
 //!   letters move to `foxtive_dead_letters` ([`dlq`]).
 //! * Every SQLite call runs on tokio's blocking pool, never on the async
-//!   workers, through one connection per backend behind a mutex: in-process
-//!   callers queue on the mutex (fair, no sleeping), other processes on
-//!   SQLite's lock.
+//!   workers, through one connection per file in the process (shared by
+//!   every queue on it, [`shared`]) behind a mutex: in-process callers queue
+//!   on the mutex (fair, no sleeping), other processes on SQLite's lock.
 //! * With `keep_finished`, acked jobs move to `foxtive_finished_jobs` and
 //!   the lease task deletes them once expired, 1,000 rows per short write
 //!   transaction ([`lease`]).
@@ -30,6 +30,7 @@ mod lease;
 pub mod row;
 pub mod schema;
 mod settle;
+mod shared;
 mod stats;
 
 use std::collections::HashSet;
@@ -87,8 +88,9 @@ pub struct SqliteBackend {
 pub(crate) struct Inner {
     cfg: SqliteConfig,
     queue: Arc<str>,
-    /// The connection every write goes through (opened on first use).
-    conn: Mutex<Option<Connection>>,
+    /// The file's shared connection slot while this backend is open (taken
+    /// on first use, let go at close): every write goes through it.
+    conn: Mutex<Option<shared::Slot>>,
     /// A second connection for `is_drained`, which is synchronous: a WAL
     /// read that never waits for the writer.
     probe: Mutex<Option<Connection>>,
@@ -179,6 +181,15 @@ impl SqliteBackend {
 }
 
 impl Inner {
+    /// The file's connection slot, shared with the other backends of this
+    /// process on the same file.
+    fn slot(&self) -> shared::Slot {
+        self.conn
+            .lock()
+            .get_or_insert_with(|| shared::slot(&self.cfg.path, self.cfg.busy_timeout))
+            .clone()
+    }
+
     /// Run `f` on the connection, on the blocking pool, opening the file
     /// first if needed.
     pub(crate) async fn with_conn<T, F>(self: &Arc<Self>, what: &'static str, f: F) -> Result<T>
@@ -187,8 +198,9 @@ impl Inner {
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         let inner = self.clone();
+        let slot = self.slot();
         let res = tokio::task::spawn_blocking(move || {
-            let mut guard = inner.conn.lock();
+            let mut guard = slot.lock();
             if guard.is_none() {
                 *guard = Some(db::open(&inner.cfg.path, inner.cfg.busy_timeout)?);
             }
@@ -454,11 +466,13 @@ impl Backend for SqliteBackend {
             }
         }
         inner.hand_back().await;
-        // Close the file (the last connection out checkpoints the WAL); a
-        // later publish or connect opens it again.
+        // Let go of the file's connection: the last backend out closes it
+        // (and the last connection out checkpoints the WAL); a later
+        // publish or connect takes it again.
         let closing = inner.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            closing.conn.lock().take();
+            let slot = closing.conn.lock().take();
+            drop(slot);
             closing.probe.lock().take();
         })
         .await;

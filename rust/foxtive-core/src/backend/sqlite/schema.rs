@@ -39,7 +39,7 @@ const PRIORITY_AND_DEDUP: &[&str] = &[PRIORITY_INDEX, super::dedup::DDL];
 /// `record`, its `status`, and `expires_at` (unix seconds, the end of its
 /// `result_ttl`). Reads ignore expired rows; the store deletes them in
 /// batches, a range scan of `foxtive_results_expiry`.
-const RESULTS: &[&str] = &[
+pub const RESULTS: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS foxtive_results (
         task_id TEXT PRIMARY KEY,
         status TEXT NOT NULL,
