@@ -41,11 +41,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import compare_nats as nb  # W1 and W3 on NATS JetStream (issue 15)
 import compare_postgres as pg  # W1 and enqueue on PostgreSQL (issue 13)
 import compare_tasks
 
 HERE = Path(__file__).resolve().parent
-sys.modules.setdefault("compare", sys.modules[__name__])  # compare_postgres imports it
+sys.modules.setdefault("compare", sys.modules[__name__])  # compare_postgres / _nats import it
 ROOT = HERE.parent
 PEERS_VENV = HERE / ".peers-venv"
 PEERS_PY = PEERS_VENV / "bin" / "python"
@@ -209,6 +210,7 @@ CONTENDERS: dict[str, list[tuple[str, str, str]]] = {
         ("loop async", FOX, "plain asyncio loop awaiting the same handler"),
     ],
     **pg.CONTENDERS,
+    **nb.CONTENDERS,  # w1-nats, w3-nats
     **compare_tasks.CONTENDERS,  # tasks-rabbitmq, tasks-redis: the execute workload (issue 14)
 }
 
@@ -494,6 +496,8 @@ def publish(workload: str, contender: str, queue: str, n: int) -> None:
     if workload == "w1-postgres":
         return pg.publish(contender, queue, n)
     set_mode(workload)
+    if workload.endswith("nats"):
+        return nb.publish(contender, queue, n)
     redis_ = workload.endswith("redis")
     if contender == "foxtive tasks":
         return compare_tasks.publish(workload, queue, n, AMQP_URL, REDIS_URL, PREFETCH)
@@ -665,6 +669,8 @@ def consume(workload: str, contender: str, queue: str, n: int, result: str,
     redis_ = workload.endswith("redis")
     if contender == "foxtive tasks":
         compare_tasks.consume(workload, queue, rec, AMQP_URL, REDIS_URL, PREFETCH)
+    elif workload.endswith("nats"):
+        nb.consume(contender, queue, rec)
     elif redis_ and contender == "foxtive sync":
         foxtive_redis_consume(queue, rec, sync=True)
     elif redis_ and contender in REDIS_CONSUMERS:
@@ -1190,7 +1196,8 @@ def wait_for_brokers(workload: str, limit: float = 180.0) -> None:
     import socket
 
     ports = [] if workload in ("w1-memory", "w1-sqlite") else [5432] if "postgres" in \
-        workload else [6379] + ([5672] if "rabbit" in workload else [])
+        workload else [4222] if workload.endswith("nats") else \
+        [6379] + ([5672] if "rabbit" in workload else [])
     end = time.time() + limit
     for port in ports:
         while True:
@@ -1218,6 +1225,8 @@ def cleanup(workload: str, queue: str) -> None:
                     os.remove(sqlite_path(queue) + suffix)
         elif workload.endswith("postgres"):
             pg.cleanup(queue)
+        elif workload.endswith("nats"):
+            nb.cleanup(queue)
     except Exception as e:
         print(f"cleanup of {queue} failed: {e}", file=sys.stderr)
 
@@ -1280,6 +1289,8 @@ def prepublish(workload: str, name: str, kind: str, queue: str, n: int) -> None:
         return fill_stream(queue, n)
     if workload == "w1-postgres":
         return pg.prepublish(name, kind, queue, n)
+    if workload.endswith("nats"):
+        return nb.prepublish(name, kind, queue, n, workload)
     if workload == "w1-sqlite":
         subprocess.run([interpreter(kind if name == "huey" else FOX), __file__, "--publish",
                         "huey" if name == "huey" else "foxtive", "--queue", queue, "-n", str(n),
@@ -1384,6 +1395,8 @@ def run_contender(workload: str, name: str, kind: str, queue: str, n: int,
                str(SQLITE_BATCH)]
     elif kind == RUST and workload.endswith("postgres"):
         cmd = pg.rust_cmd(name, queue, n)
+    elif kind == RUST and workload.endswith("nats"):
+        cmd = nb.rust_cmd(name, queue, n)
     elif kind == RUST:
         cmd = [ceiling_binary(), "drain", queue, str(n), str(PREFETCH)]
     else:
@@ -1486,6 +1499,8 @@ def available(workload: str, name: str, report: list[str]) -> bool:
     why = ""
     if workload.endswith("postgres"):
         why = pg.unavailable(name)
+    elif workload.endswith("nats"):
+        why = nb.unavailable(name)
     elif name == "redis-rs ceiling":
         try:
             ceiling_binary("redis_ceiling")
