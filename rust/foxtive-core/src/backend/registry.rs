@@ -47,12 +47,6 @@ pub const PLANNED: &[Kind] = &[
         schemes: &["sqlite"],
         open: None,
     },
-    Kind {
-        name: "redis-cluster",
-        type_name: "RedisStreamBackend",
-        schemes: &["redis+cluster"],
-        open: None,
-    },
 ];
 
 fn available() -> impl Iterator<Item = &'static Kind> {
@@ -141,11 +135,15 @@ pub fn known_schemes() -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    format!(
-        "known schemes: {}; not available yet: {}",
-        list(&mut available()),
-        list(&mut planned())
-    )
+    let planned = list(&mut planned());
+    if planned.is_empty() {
+        format!("known schemes: {}", list(&mut available()))
+    } else {
+        format!(
+            "known schemes: {}; not available yet: {planned}",
+            list(&mut available())
+        )
+    }
 }
 
 #[cfg(test)]
@@ -194,13 +192,10 @@ mod tests {
     }
 
     #[test]
-    fn registry_names_backends_still_to_come() {
-        let m = config_message("redis+cluster://h1:7000,h2:7001");
-        assert!(
-            m.starts_with("backend 'redis-cluster' is not available yet"),
-            "{m}"
-        );
-        assert!(m.contains("known schemes: memory://, amqp://"), "{m}");
+    fn registry_opens_redis_cluster_urls_with_the_redis_backend() {
+        for url in ["redis+cluster://h1:7000,h2:7001", "rediss+cluster://h:7000"] {
+            assert_eq!(backend_kind(url).ok().map(|k| k.name), Some("redis"), "{url}");
+        }
     }
 
     #[test]
