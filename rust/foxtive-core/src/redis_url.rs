@@ -16,11 +16,15 @@
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
 use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use redis::{AsyncConnectionConfig, Cmd, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, Value};
+use redis::{
+    AsyncConnectionConfig, Cmd, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, Value,
+};
 
 use crate::redact::{query_pairs, redact_url, scrub, url_secrets};
 use crate::{Error, Result};
@@ -439,7 +443,10 @@ mod cluster_tests {
     fn slots_follow_the_hash_tag() {
         // Reference values from `CLUSTER KEYSLOT` (redis.io's examples).
         assert_eq!(slot_of("foo"), 12182);
-        assert_eq!(slot_of("{user1000}.following"), slot_of("{user1000}.followers"));
+        assert_eq!(
+            slot_of("{user1000}.following"),
+            slot_of("{user1000}.followers")
+        );
         assert_eq!(slot_of("{user1000}.following"), slot_of("user1000"));
         assert_eq!(hash_tag("a{}b{c}"), None);
         assert_eq!(hash_tag("a{b}{c}"), Some("b"));

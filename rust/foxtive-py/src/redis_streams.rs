@@ -183,7 +183,7 @@ impl PyRedisStreamBackend {
         config: PyRef<'_, PyRedisStreamConfig>,
     ) -> PyResult<PyClassInitializer<Self>> {
         let inner = Arc::new(RedisStreamBackend::new(url, config.inner.clone()).py_err()?);
-        let dead_letters: Arc<dyn DeadLetterStore> = Arc::new(inner.dead_letter_store());
+        let dead_letters: Arc<dyn DeadLetterStore> = inner.dead_letters_store();
         let base = NativeBackend::new(inner.clone()).with_dead_letters(Some(dead_letters));
         Ok(PyClassInitializer::from(base).add_subclass(PyRedisStreamBackend { inner }))
     }

@@ -40,14 +40,12 @@ pub struct Kind {
 }
 
 /// Announced backends that are not built yet.
-pub const PLANNED: &[Kind] = &[
-    Kind {
-        name: "sqlite",
-        type_name: "SqliteBackend",
-        schemes: &["sqlite"],
-        open: None,
-    },
-];
+pub const PLANNED: &[Kind] = &[Kind {
+    name: "sqlite",
+    type_name: "SqliteBackend",
+    schemes: &["sqlite"],
+    open: None,
+}];
 
 fn available() -> impl Iterator<Item = &'static Kind> {
     super::KINDS.iter().copied()
@@ -194,7 +192,11 @@ mod tests {
     #[test]
     fn registry_opens_redis_cluster_urls_with_the_redis_backend() {
         for url in ["redis+cluster://h1:7000,h2:7001", "rediss+cluster://h:7000"] {
-            assert_eq!(backend_kind(url).ok().map(|k| k.name), Some("redis"), "{url}");
+            assert_eq!(
+                backend_kind(url).ok().map(|k| k.name),
+                Some("redis"),
+                "{url}"
+            );
         }
     }
 

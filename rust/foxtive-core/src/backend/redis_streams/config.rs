@@ -252,7 +252,9 @@ pub(crate) fn with_url_params(mut cfg: RedisStreamConfig, url: &str) -> Result<R
     let defaults = RedisStreamConfig::default();
     for (key, value) in crate::redact::query_pairs(url) {
         let bad = |allowed: &str| {
-            Error::Config(format!("{key}: the URL's ?{key}= must be {allowed}, got {value:?}"))
+            Error::Config(format!(
+                "{key}: the URL's ?{key}= must be {allowed}, got {value:?}"
+            ))
         };
         let clash = || {
             Error::Config(format!(
@@ -379,7 +381,12 @@ mod tests {
                 assert_eq!(slot_of(key), slot, "{key}");
             }
             // Partition i sits in the i-th quarter of the slot space.
-            assert_eq!(usize::from(slot) * 4 / usize::from(SLOTS), i, "{}", p.stream_name);
+            assert_eq!(
+                usize::from(slot) * 4 / usize::from(SLOTS),
+                i,
+                "{}",
+                p.stream_name
+            );
             slots.push(slot);
         }
         slots.dedup();
@@ -388,11 +395,15 @@ mod tests {
         let mut c = RedisStreamConfig::new("orders", "g");
         c.cluster = true;
         c.dead_letter_stream = "elsewhere".to_string();
-        assert!(matches!(c.validate(), Err(Error::Config(m)) if m.starts_with("dead_letter_stream")));
+        assert!(
+            matches!(c.validate(), Err(Error::Config(m)) if m.starts_with("dead_letter_stream"))
+        );
         c.dead_letter_stream = "{orders}:dead".to_string();
         c.validate().unwrap();
         c.partitions = 2;
-        assert!(matches!(c.validate(), Err(Error::Config(m)) if m.starts_with("dead_letter_stream")));
+        assert!(
+            matches!(c.validate(), Err(Error::Config(m)) if m.starts_with("dead_letter_stream"))
+        );
     }
 
     #[test]

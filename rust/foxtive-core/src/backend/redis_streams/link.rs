@@ -52,7 +52,10 @@ pub(crate) struct Link {
 pub(crate) fn is_connection_error(e: &RedisError) -> bool {
     e.is_io_error()
         || e.is_cluster_error()
-        || matches!(e.code(), Some("READONLY" | "LOADING" | "CLUSTERDOWN" | "TRYAGAIN"))
+        || matches!(
+            e.code(),
+            Some("READONLY" | "LOADING" | "CLUSTERDOWN" | "TRYAGAIN")
+        )
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || e.is_timeout()
@@ -108,7 +111,6 @@ impl Link {
         self.client.single_info()
     }
 
-
     /// Remove every secret from a text meant for a log or an error.
     pub fn scrub(&self, text: impl Into<String>) -> String {
         scrub(text, &self.secrets)
@@ -125,10 +127,7 @@ impl Link {
     }
 
     /// Open a new connection (not counted: callers go through [`Link::writer`]).
-    pub async fn open(
-        &self,
-        response_timeout: Duration,
-    ) -> std::result::Result<Conn, RedisError> {
+    pub async fn open(&self, response_timeout: Duration) -> std::result::Result<Conn, RedisError> {
         self.client.connect(CONNECT_TIMEOUT, response_timeout).await
     }
 
@@ -268,7 +267,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(link.scrub("x hunter2 y"), "x *** y");
-        match Link::new("http://user:hunter2@host", ReconnectStrategy::default(), false) {
+        match Link::new(
+            "http://user:hunter2@host",
+            ReconnectStrategy::default(),
+            false,
+        ) {
             Err(Error::Config(m)) => {
                 assert!(m.starts_with("url:"), "{m}");
                 assert!(!m.contains("hunter2"), "{m}");

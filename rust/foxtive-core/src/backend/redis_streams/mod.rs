@@ -62,8 +62,8 @@ use tokio::time::Instant;
 
 use super::{Backend, BackendState, QueueStats, SettleItem};
 use crate::dlq::DeadLetter;
-use crate::redis_url::Conn;
 use crate::message::{Delivery, Failure, Outgoing, Settlement};
+use crate::redis_url::Conn;
 use crate::{Error, Result};
 pub use codec::StreamReceipt;
 
@@ -210,20 +210,20 @@ impl RedisStreamBackend {
 impl Inner {
     fn new(cfg: RedisStreamConfig, queue: Arc<str>, part: u16, link: Arc<Link>) -> Self {
         Inner {
-                queue,
-                part,
-                link,
-                scripts: Scripts::new(),
-                reader: tokio::sync::Mutex::new(reader::Reader::new()),
-                held: Mutex::new(HashMap::new()),
-                ready: Mutex::new(VecDeque::new()),
-                stopped: AtomicBool::new(false),
-                timer: Mutex::new(None),
-                timer_wake: Arc::new(Notify::new()),
-                probe_wanted: AtomicBool::new(false),
-                probe: Mutex::new(None),
-                activity: AtomicU64::new(0),
-                cfg,
+            queue,
+            part,
+            link,
+            scripts: Scripts::new(),
+            reader: tokio::sync::Mutex::new(reader::Reader::new()),
+            held: Mutex::new(HashMap::new()),
+            ready: Mutex::new(VecDeque::new()),
+            stopped: AtomicBool::new(false),
+            timer: Mutex::new(None),
+            timer_wake: Arc::new(Notify::new()),
+            probe_wanted: AtomicBool::new(false),
+            probe: Mutex::new(None),
+            activity: AtomicU64::new(0),
+            cfg,
         }
     }
 }
@@ -377,10 +377,7 @@ impl Inner {
     }
 
     /// `XGROUP CREATE <stream> <group> 0 MKSTREAM`; an existing group is fine.
-    async fn create_group(
-        &self,
-        conn: &mut Conn,
-    ) -> std::result::Result<(), RedisError> {
+    async fn create_group(&self, conn: &mut Conn) -> std::result::Result<(), RedisError> {
         match self.xgroup_create().query_async::<Value>(conn).await {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),

@@ -1,0 +1,215 @@
+"""Redis Cluster: throughput with 1, 2 and 4 worker processes on a 4-partition
+queue, and failover time (SIGKILL a master -> first message processed again).
+
+    python benches/redis_cluster_scaling.py --messages 40000 --rounds 5
+
+Starts its own 3-master + 3-replica cluster on 127.0.0.1:7000-7005 (the one
+of tests/cluster), in a temporary directory, and kills it at the end.
+
+Throughput: the queue is filled first (publishing is not timed), then N worker
+processes (each one pool, no-op async handler) drain it; the rate is
+messages / (first process start -> last process idle). CPU: user+system
+seconds of the workers and of the six redis-server processes over that
+window, from /proc (the same figures ``pidstat`` prints), divided by the
+wall time: "busy cores". On a 2-core machine, once workers + Redis use ~2
+cores the cores are the limit, not foxtive.
+
+Failover: a worker process consumes the queue (partitions=4); the bench
+publishes one message every 10 ms to the partition whose master it then kills (partition_key chosen for it), and
+measures from the SIGKILL to the first message published after the kill
+that the worker reports processed. Median of ``--rounds``; the killed node
+is restarted (it rejoins as a replica) between rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import foxtive  # noqa: E402
+from tests.cluster.redis_cluster import RedisClusterProcesses, wait_until  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def worker(url: str, queue: str, mode: str) -> None:
+    """A worker process: drain (``idle``) or consume and print (``print``)."""
+    backend = foxtive.backend_from_url(url, queue, group_name="g", partitions=4,
+                                       batch_size=200, claim_idle=2.0)
+
+    if mode == "idle":
+        async def noop(m: foxtive.Message) -> None:
+            return None
+
+        pool = foxtive.WorkerPoolBuilder("w").add_worker(noop, id="h", concurrency=200).build()
+        ok = pool.run_until_idle(backend, timeout=600)
+        print("idle" if ok else "timeout", flush=True)
+        return
+
+    async def report(m: foxtive.Message) -> None:
+        print(f"done {m.body.decode()} {time.time():.6f}", flush=True)
+
+    pool = foxtive.WorkerPoolBuilder("w").add_worker(report, id="h", concurrency=50).build()
+    pool.run(backend)
+
+
+def spawn(url: str, queue: str, mode: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, __file__, "--worker", url, queue, mode],
+                            stdout=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+def fill(url: str, queue: str, n: int) -> None:
+    backend = foxtive.backend_from_url(url, queue, group_name="g", partitions=4)
+
+    async def run() -> None:
+        body = b"x" * 64
+        for i in range(0, n, 2000):
+            await backend.publish_many([body] * min(2000, n - i))
+
+    asyncio.run(run())
+
+
+def throughput(cluster: RedisClusterProcesses, n: int, procs: int) -> dict[str, Any]:
+    queue = f"bench-{uuid.uuid4().hex[:8]}"
+    fill(cluster.url, queue, n)
+    redis_pids = [p.pid for p in cluster.procs.values() if p.poll() is None]
+    redis_before = sum(cpu_seconds(p) for p in redis_pids)
+    t0 = time.monotonic()
+    workers = [spawn(cluster.url, queue, "idle") for _ in range(procs)]
+    worker_cpu: dict[int, float] = {}
+    while any(w.poll() is None for w in workers):
+        for w in workers:
+            if w.poll() is None:
+                worker_cpu[w.pid] = cpu_seconds(w.pid)
+        time.sleep(0.05)
+    elapsed = time.monotonic() - t0
+    outs = [w.stdout.read().strip() if w.stdout else "" for w in workers]
+    redis_cpu = sum(cpu_seconds(p) for p in redis_pids) - redis_before
+    judge = cluster.client()
+    left = sum(judge.xlen(k) for k in foxtive.backend_from_url(
+        cluster.url, queue, group_name="g", partitions=4).stream_keys)
+    return {"procs": procs, "rate": n / elapsed, "elapsed": elapsed, "outs": outs,
+            "worker_cpu": sum(worker_cpu.values()) / elapsed, "redis_cpu": redis_cpu / elapsed,
+            "left": left}
+
+
+def failover_once(cluster: RedisClusterProcesses) -> float:
+    queue = f"fail-{uuid.uuid4().hex[:8]}"
+    # No wait_replicas here: the killed master's replica, once promoted, has
+    # no replica of its own until the killed node rejoins.
+    publisher = foxtive.backend_from_url(cluster.url, queue, group_name="g", partitions=4)
+    target = publisher.stream_keys[0]
+    victim = cluster.master_of_key(target)
+    # A partition key that lands on partition 0 (the one whose master dies).
+    key = next(k for k in (f"k{i}" for i in range(10_000))
+               if int(cluster.client().keyslot(k)) % 4 == 0)
+    proc = spawn(cluster.url, queue, "print")
+    assert proc.stdout is not None
+    done_at: dict[str, float] = {}
+
+    import threading
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            parts = line.split()
+            if len(parts) == 3 and parts[0] == "done":
+                done_at[parts[1]] = float(parts[2])
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+
+    async def run() -> float:
+        i = 0
+
+        async def send() -> str:
+            nonlocal i
+            i += 1
+            body = f"m{i}"
+            while True:
+                try:
+                    await publisher.publish(body.encode(), headers={"partition_key": key})
+                    return body
+                except foxtive.FoxtiveError:
+                    await asyncio.sleep(0.01)
+
+        first = await send()
+        await asyncio.to_thread(wait_until, lambda: first in done_at, 30, "the worker to start")
+        killed = time.time()
+        cluster.kill(victim)
+        after: list[str] = []
+        while True:
+            after.append(await send())
+            hits = [done_at[b] for b in after if b in done_at]
+            if hits:
+                return min(hits) - killed
+            await asyncio.sleep(0.01)
+
+    try:
+        took = asyncio.run(run())
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    cluster.restart(victim)
+    return took
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        worker(sys.argv[2], sys.argv[3], sys.argv[4])
+        return
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--messages", type=int, default=40_000)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--procs", default="1,2,4")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        cluster = RedisClusterProcesses(Path(tmp))
+        try:
+            cluster.start()
+            print(f"uptime: {uptime()}")
+            base = None
+            print(f"{args.messages:,} messages, 4 partitions, 3 masters + 3 replicas")
+            print("procs      msg/s   ratio  worker cores  redis cores  left")
+            for procs in (int(p) for p in args.procs.split(",")):
+                r = throughput(cluster, args.messages, procs)
+                base = base or r["rate"]
+                print(f"{procs:5d} {r['rate']:10,.0f} {r['rate'] / base:7.2f} "
+                      f"{r['worker_cpu']:13.2f} {r['redis_cpu']:12.2f} {r['left']:5d}  {r['outs']}")
+            times = []
+            for _ in range(args.rounds):
+                times.append(failover_once(cluster))
+                print(f"failover: {times[-1]:.2f} s")
+            print(f"failover median of {len(times)}: {statistics.median(times):.2f} s "
+                  f"(min {min(times):.2f}, max {max(times):.2f})")
+            print(f"uptime: {uptime()}")
+        finally:
+            cluster.stop()
+
+
+if __name__ == "__main__":
+    main()
