@@ -61,7 +61,7 @@ def worker(url: str, queue: str, mode: str) -> None:
         async def noop(m: foxtive.Message) -> None:
             return None
 
-        pool = foxtive.WorkerPoolBuilder("w").add_worker(noop, id="h", concurrency=200).build()
+        pool = foxtive.WorkerPoolBuilder("w").add_worker(noop, id="h").build()
         ok = pool.run_until_idle(backend, timeout=600)
         print("idle" if ok else "timeout", flush=True)
         return
@@ -69,7 +69,7 @@ def worker(url: str, queue: str, mode: str) -> None:
     async def report(m: foxtive.Message) -> None:
         print(f"done {m.body.decode()} {time.time():.6f}", flush=True)
 
-    pool = foxtive.WorkerPoolBuilder("w").add_worker(report, id="h", concurrency=50).build()
+    pool = foxtive.WorkerPoolBuilder("w").add_worker(report, id="h").build()
     pool.run(backend)
 
 

@@ -87,7 +87,7 @@ def test_twenty_thousand_messages_over_four_partitions_consumed_exactly_once(
     async def handler(m: foxtive.Message) -> None:
         seen[m.body] += 1
 
-    pool = foxtive.WorkerPoolBuilder("p").add_worker(handler, id="h", concurrency=64).build()
+    pool = foxtive.WorkerPoolBuilder("p").add_worker(handler, id="h").build()
     assert pool.run_until_idle(b, timeout=120)
     assert len(seen) == n and set(seen.values()) == {1}, "each message exactly once"
     for k in keys:
@@ -147,7 +147,7 @@ def test_master_failover_loses_nothing_published_with_wait_replicas(
 
     async def run() -> None:
         nonlocal failed_publishes
-        pool = foxtive.WorkerPoolBuilder("p").add_worker(handler, id="h", concurrency=32).build()
+        pool = foxtive.WorkerPoolBuilder("p").add_worker(handler, id="h").build()
         task = asyncio.create_task(pool.run_async(consumer, handle_signals=False))
         restarter = None
         give_up = time.monotonic() + 180
