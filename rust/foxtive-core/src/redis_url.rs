@@ -102,6 +102,8 @@ fn query_credentials(url: &str) -> std::result::Result<(Option<String>, Option<S
 }
 
 /// A client for one server or for a cluster.
+// One per backend or store, made once: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 pub enum RedisClient {
     Single(redis::Client),
