@@ -225,7 +225,8 @@ class RedisResultStore(ResultStore):
             from redis.cluster import ClusterNode, RedisCluster
             nodes, kwargs = self._cluster
             self._sync: Any = RedisCluster(
-                startup_nodes=[ClusterNode(h, p) for h, p in nodes], **kwargs)
+                startup_nodes=[ClusterNode(h, p) for h, p in nodes],  # type: ignore[no-untyped-call]
+                **kwargs)
         else:
             self._sync = redis.Redis.from_url(url)
         # redis.asyncio clients belong to the loop that made their connections.
@@ -317,7 +318,7 @@ class RedisResultStore(ResultStore):
         if record is None:
             # redis-py types the timeout as int; Redis >= 6 takes seconds as a float.
             moved = self._sync.blmove(f"{key}:done", f"{key}:done",
-                                      timeout or 0,  # type: ignore[arg-type]
+                                      timeout or 0,
                                       "RIGHT", "RIGHT")
             if moved is None:
                 raise TimeoutError(f"task {task_id}: no result within {timeout} s")
