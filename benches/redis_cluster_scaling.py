@@ -17,8 +17,9 @@ cores the cores are the limit, not foxtive.
 Failover: a worker process consumes the queue (partitions=4); the bench
 publishes one message every 10 ms to the partition whose master it then
 kills (a partition_key chosen for it), and measures from the SIGKILL to
-the first message published after the kill that the worker reports processed. Median of ``--rounds``; the killed node
-is restarted (it rejoins as a replica) between rounds.
+the first message published after the kill that the worker reports
+processed. Median of ``--rounds``; the killed node is restarted (it rejoins
+as a replica) between rounds.
 """
 
 from __future__ import annotations
