@@ -150,6 +150,14 @@ class RedisClusterProcesses:
         self.start_node(port)
         self.wait_ok()
 
+        def synced() -> bool:
+            raw = self.node(port).execute_command("INFO", "replication")
+            text = raw.decode() if isinstance(raw, bytes) else str(raw)
+            return ("role:slave" in text and "master_link_status:up" in text
+                    and "master_sync_in_progress:0" in text)
+        # Only a replica in sync can be promoted if its new master dies next.
+        wait_until(synced, 60, f"port {port} to be an in-sync replica")
+
     def stop(self) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:

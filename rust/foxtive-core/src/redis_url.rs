@@ -199,7 +199,15 @@ pub fn open_any(url: &str, setting: &str) -> Result<AnyTarget> {
         return Err(invalid("no host:port given".to_string()));
     }
     let first = nodes[0].redis_settings().clone();
-    let mut builder = ClusterClientBuilder::new(nodes);
+    // The client's own retries (MOVED/ASK, a node down) stay short, about
+    // 1.5 s in all: redis-rs's default (16 retries, >= 1.28 s apart) would
+    // hold a command for tens of seconds while a master fails over; foxtive's
+    // callers retry on their own, with the reconnect strategy.
+    let mut builder = ClusterClientBuilder::new(nodes)
+        .retries(6)
+        .min_retry_wait(20)
+        .max_retry_wait(500)
+        .retry_wait_formula(50, 2);
     match (first.password(), password) {
         (Some(given), Some(pw)) if given != pw => {
             return Err(invalid(
