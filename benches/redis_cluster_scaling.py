@@ -12,7 +12,8 @@ over the middle 80% of the drain (90% left -> 10% left, from XLEN: acked
 entries are deleted), leaving out process start-up and idle detection. CPU:
 user+system seconds of the workers and of the six redis-server processes
 over that window, from /proc (the same figures ``pidstat`` prints), divided
-by the wall time: "busy cores". On a 2-core machine, once workers + Redis use ~2
+by the wall time: "busy cores"; "machine cores" is the same for the whole
+machine (/proc/stat), other people's work included. On a 2-core machine, once workers + Redis use ~2
 cores the cores are the limit, not foxtive.
 
 Failover: a worker process consumes the queue (partitions=4); the bench
@@ -52,6 +53,13 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def system_busy() -> float:
+    """Busy jiffies of the whole machine (all processes, every core)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / TICKS
 
 
 def worker(url: str, queue: str, mode: str) -> None:
@@ -100,14 +108,14 @@ def throughput(cluster: RedisClusterProcesses, n: int, procs: int) -> dict[str, 
     redis_pids = [p.pid for p in cluster.procs.values() if p.poll() is None]
     workers = [spawn(cluster.url, queue, "idle") for _ in range(procs)]
 
-    def cpu() -> tuple[float, float]:
+    def cpu() -> tuple[float, float, float]:
         return (sum(cpu_seconds(w.pid) for w in workers),
-                sum(cpu_seconds(p) for p in redis_pids))
+                sum(cpu_seconds(p) for p in redis_pids), system_busy())
 
     # The rate over the middle of the drain (90% left -> 10% left): process
     # start-up and idle detection are left out. With delete_on_ack, XLEN is
     # what is left.
-    marks: dict[str, tuple[float, float, float]] = {}
+    marks: dict[str, tuple[float, float, float, float]] = {}
     while any(w.poll() is None for w in workers) and "end" not in marks:
         left = sum(judge.xlen(k) for k in keys)
         if "start" not in marks and left <= 0.9 * n:
@@ -118,11 +126,12 @@ def throughput(cluster: RedisClusterProcesses, n: int, procs: int) -> dict[str, 
     for w in workers:
         w.wait(600)
     outs = [w.stdout.read().strip() if w.stdout else "" for w in workers]
-    (t0, w0, r0), (t1, w1, r1) = marks["start"], marks["end"]
+    (t0, w0, r0, s0), (t1, w1, r1, s1) = marks["start"], marks["end"]
     elapsed = t1 - t0
     left = sum(judge.xlen(k) for k in keys)
     return {"procs": procs, "rate": 0.8 * n / elapsed, "elapsed": elapsed, "outs": outs,
             "worker_cpu": (w1 - w0) / elapsed, "redis_cpu": (r1 - r0) / elapsed,
+            "machine_cpu": (s1 - s0) / elapsed,
             "left": left}
 
 
@@ -212,12 +221,13 @@ def main() -> None:
             print(f"uptime: {uptime()}")
             base = None
             print(f"{args.messages:,} messages, 4 partitions, 3 masters + 3 replicas")
-            print("procs      msg/s   ratio  worker cores  redis cores  left")
+            print("procs      msg/s   ratio  worker cores  redis cores  machine cores  left")
             for procs in (int(p) for p in args.procs.split(",")):
                 r = throughput(cluster, args.messages, procs)
                 base = base or r["rate"]
                 print(f"{procs:5d} {r['rate']:10,.0f} {r['rate'] / base:7.2f} "
-                      f"{r['worker_cpu']:13.2f} {r['redis_cpu']:12.2f} {r['left']:5d}  {r['outs']}")
+                      f"{r['worker_cpu']:13.2f} {r['redis_cpu']:12.2f} {r['machine_cpu']:14.2f} "
+                      f"{r['left']:5d}  {r['outs']}")
             times = []
             for _ in range(args.rounds):
                 times.append(failover_once(cluster))

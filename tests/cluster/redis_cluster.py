@@ -84,6 +84,7 @@ class RedisClusterProcesses:
              "--cluster-replicas", "1", "--cluster-yes"],
             check=True, capture_output=True, timeout=60)
         self.wait_ok()
+        self.wait_replicas_synced()
 
     def wait_ok(self, timeout: float = 30) -> None:
         """Every live node says ``cluster_state:ok`` and all slots are served."""
@@ -149,14 +150,26 @@ class RedisClusterProcesses:
         master that took over) and the cluster is whole again."""
         self.start_node(port)
         self.wait_ok()
+        self.wait_replicas_synced()
 
-        def synced() -> bool:
-            raw = self.node(port).execute_command("INFO", "replication")
-            text = raw.decode() if isinstance(raw, bytes) else str(raw)
-            return ("role:slave" in text and "master_link_status:up" in text
-                    and "master_sync_in_progress:0" in text)
-        # Only a replica in sync can be promoted if its new master dies next.
-        wait_until(synced, 60, f"port {port} to be an in-sync replica")
+    def in_sync_replicas(self) -> int:
+        """Live servers that are replicas with their master link up."""
+        n = 0
+        for p in PORTS:
+            if not self.alive(p):
+                continue
+            info = self.node(p).info("replication")
+            if (info.get("role") == "slave" and info.get("master_link_status") == "up"
+                    and not info.get("master_sync_in_progress")):
+                n += 1
+        return n
+
+    def wait_replicas_synced(self, timeout: float = 60) -> None:
+        """Every master has an in-sync replica: only a replica in sync is
+        promoted when its master dies (a fresh one is not, and the slots
+        would stay down)."""
+        wait_until(lambda: self.in_sync_replicas() == len(PORTS) // 2, timeout,
+                   "3 in-sync replicas")
 
     def stop(self) -> None:
         for proc in self.procs.values():
