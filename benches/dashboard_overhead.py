@@ -23,7 +23,7 @@ import threading
 import time
 
 PAGE = ["/", "/static/app.js", "/static/style.css", "/api/info", "/api/queues",
-        "/api/pools", "/api/dead-letters"]
+        "/api/pools", "/api/schedules", "/api/dead-letters"]
 
 
 def child(mode: str, n: int) -> None:

@@ -3,7 +3,8 @@
 A per-second schedule (``every=1``) whose ticks go to a queue no process
 consumes (``SCHED_TICK_QUEUE``), so the test reads every enqueued tick from
 the broker; the processes themselves consume ``SCHED_WORK_QUEUE``. The broker
-is ``$FOXTIVE_BROKER``; the lease ``$FOXTIVE_SCHEDULE_LEASE``.
+is ``$FOXTIVE_BROKER``; the lease ``$FOXTIVE_SCHEDULE_LEASE``; the result store
+``$SCHED_RESULTS`` (where a RabbitMQ app's lease and last ticks live).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import time
 
 import foxtive
 
-app = foxtive.App(os.environ.get("SCHED_APP", "schedules-test"))
+app = foxtive.App(os.environ.get("SCHED_APP", "schedules-test"),
+                  results=os.environ.get("SCHED_RESULTS") or None)
 
 
 @app.task(queue=os.environ.get("SCHED_WORK_QUEUE", "schedules-work"), name="schedules.tick")

@@ -8,15 +8,13 @@ import os
 import sqlite3
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from foxtive.sqlite import enqueue
 
-from .contract.kits.postgres import POSTGRES_URL, drop_schema, judge_connection, postgres_answers
+from .contract.kits.postgres import POSTGRES_URL, judge_connection, postgres_answers, schema_fixture
 
 # The latest schema versions this build knows (append-only migration lists:
 # SQLite 4 = priority + dedup, PostgreSQL 5 = dedup).
@@ -72,13 +70,7 @@ def test_a_bad_broker_is_a_clear_error() -> None:
     assert none.returncode == 2 and "FOXTIVE_BROKER" in none.stderr
 
 
-@pytest.fixture
-def schema() -> Iterator[str]:
-    name = f"fxp_sqlops_cli_{uuid.uuid4().hex[:10]}"
-    try:
-        yield name
-    finally:
-        drop_schema(name)
+schema = schema_fixture("fxp_sqlops_cli_")
 
 
 @pytest.mark.skipif(postgres_answers() is not None, reason=str(postgres_answers()))

@@ -1,6 +1,7 @@
 """The dashboard's JSON API against real brokers (issue 17): queue counts
 from Redis Streams, RabbitMQ, SQLite, PostgreSQL and the memory backend
-(judged by redis-py, aio-pika and the databases), 1,000 dead letters paged
+(judged by redis-py, aio-pika and the databases), schedules (from the app,
+and from the broker alone), rate-limit waits, 1,000 dead letters paged
 under 50 ms, the token rules (a POST without it changes nothing, a public
 address without it refuses to start), no credential in any response, the
 request bounds, and an OpenAPI document that validates and that every
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import datetime as dt
+import os
 import statistics
 import subprocess
 import sys
@@ -23,6 +26,7 @@ import pytest
 import redis
 
 import foxtive
+from foxtive import schedules
 from foxtive._native import native_of
 from foxtive.dashboard import Dashboard
 from foxtive.errors import ConfigError
@@ -312,7 +316,7 @@ def test_openapi_validates_and_every_path_answers_as_documented(stream: str,
     calls = {
         "/api/info": ("GET", None), "/api/openapi.json": ("GET", None),
         "/api/queues": ("GET", None), "/api/pools": ("GET", None),
-        "/api/dead-letters": ("GET", None),
+        "/api/schedules": ("GET", None), "/api/dead-letters": ("GET", None),
         "/api/dead-letter": ("GET", {"queue": stream, "id": "m-0"}),
         "/api/tasks/{task_id}": ("GET", None),
         "/api/dead-letters/replay": ("POST", {"queue": stream, "ids": ["m-0"]}),
@@ -475,3 +479,96 @@ def test_sampling_a_pools_rabbitmq_backend_before_it_runs_does_not_stop_it() -> 
             assert len(seen) == 3
 
     asyncio.run(body())
+
+
+# -------------------------------------------------------------- schedules
+
+def test_schedules_from_the_app_and_from_the_broker_alone(
+        stream: str, board_for: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from openapi_schema_validator import OAS30Validator
+
+    monkeypatch.setenv(schedules.LEASE_ENV, "1")
+    name = f"dash-sched-{uuid.uuid4().hex[:8]}"
+    app = foxtive.App(name, broker=REDIS_URL)
+
+    @app.task(queue=stream, name="dash.tick")
+    def tick() -> None: ...
+
+    app.schedule(tick, every=1, name="per-second")
+    app.schedule(tick, cron="0 9 * * MON", tz="Europe/Berlin", name="weekly")
+    r = redis.Redis.from_url(REDIS_URL)
+    ticks_key = f"foxtive:schedules:{{{name}}}:ticks"
+    runner = schedules.SchedulerRunner(app).start()
+    try:
+        deadline = time.monotonic() + 30
+        while r.hget(ticks_key, "per-second") is None:
+            assert time.monotonic() < deadline, "no tick recorded"
+            time.sleep(0.1)
+        board = board_for(app=app, queues=[stream])
+        client = Client(board.port)
+        assert client.get("/api/info")[1]["schedules"] is True
+        status, data = client.get("/api/schedules")
+        assert status == 200 and data["errors"] == [], data
+        rows = {row["name"]: row for row in data["schedules"]}
+        assert set(rows) == {"per-second", "weekly"}
+        weekly = rows["weekly"]
+        assert (weekly["app"], weekly["cron"], weekly["tz"], weekly["task"]) == (
+            name, "0 9 * * MON", "Europe/Berlin", "dash.tick")
+        assert len(weekly["next"]) == 3
+        for run in weekly["next"]:
+            local = dt.datetime.fromisoformat(run["local"])
+            utc = dt.datetime.fromisoformat(run["utc"].replace("Z", "+00:00"))
+            assert local == utc and local.weekday() == 0 and local.hour == 9, run
+        assert weekly["leader"]["pid"] == os.getpid()
+        # The last tick shown is the one stored in Redis (read by redis-py).
+        stored = r.hget(ticks_key, "per-second")
+        assert stored is not None
+        fingerprint, secs = stored.decode().rsplit("\t", 1)
+        shown = dt.datetime.fromisoformat(rows["per-second"]["last_tick"].replace("Z", "+00:00"))
+        assert fingerprint == "every:1"
+        assert abs(shown.timestamp() - int(secs)) <= 3, "ticks go on between the two reads"
+        doc = client.get("/api/openapi.json")[1]
+        schema = doc["paths"]["/api/schedules"]["get"]["responses"]["200"]["content"][
+            "application/json"]["schema"]
+        OAS30Validator(_resolve(schema, doc)).validate(data)
+        # No App object: what the broker holds for the app name.
+        alone = board_for(broker=REDIS_URL, queues=[stream], schedule_apps=[name])
+        status, data = Client(alone.port).get("/api/schedules")
+        assert status == 200 and data["errors"] == [], data
+        rows = {row["name"]: row for row in data["schedules"]}
+        row = rows["per-second"]
+        assert (row["app"], row["every"], row["task"], row["cron"]) == (name, 1.0, None, None)
+        assert row["last_tick"] is not None and len(row["next"]) == 3
+        assert row["leader"]["pid"] == os.getpid()
+        OAS30Validator(_resolve(schema, doc)).validate(data)
+    finally:
+        asyncio.run(runner.stop())
+        r.delete(*r.keys(f"foxtive:schedules:{{{name}}}:*") or ["-"])
+        asyncio.run(app.aclose())
+
+
+def test_rate_limit_waits_in_the_pools_view_and_metrics() -> None:
+    memory = foxtive.MemoryBackend(f"hs-rl-{uuid.uuid4().hex[:6]}")
+    memory.publish_many_sync([str(i).encode() for i in range(8)])
+    pool = (foxtive.WorkerPoolBuilder("hs-rl").add_worker(noop, id="w")
+            .with_middleware(foxtive.RateLimitMiddleware(per_second=20, burst=1))
+            .with_backend(memory).build())
+    with foxtive.HealthServer(pool, port=0, dashboard=True) as server:
+        client = Client(server.port)
+        [before] = client.get("/api/pools")[1]["pools"]
+        assert before["rate_limit"]["waits"] == 0
+        assert pool.run_until_idle(timeout=30)
+        [p] = client.get("/api/pools")[1]["pools"]
+        # Eight messages at 20/s with a burst of one: the first is free, the
+        # others may wait (each about 50 ms, less on a machine slow enough
+        # that some permits are due by the time they are asked for).
+        waits = p["rate_limit"]["waits"]
+        assert 1 <= waits <= 7, p["rate_limit"]
+        assert p["rate_limit"]["wait_seconds"] > 0, p["rate_limit"]
+        status, text, _, _ = client.request("GET", "/metrics")
+        assert status == 200
+        lines = text.decode().splitlines()
+        assert f'foxtive_worker_rate_limit_waits_total{{pool="hs-rl"}} {waits}' in lines
+        [secs] = [ln for ln in lines
+                  if ln.startswith('foxtive_worker_rate_limit_wait_seconds_total{pool="hs-rl"}')]
+        assert float(secs.split()[1]) == pytest.approx(p["rate_limit"]["wait_seconds"], abs=1e-3)

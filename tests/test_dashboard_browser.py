@@ -4,7 +4,8 @@ and RabbitMQ the page shows a queue's counts and its K dead letters;
 clicking Replay on one puts it back on the broker (redis-py / aio-pika
 judge) and the dead count drops by one; Purge asks for confirmation first.
 A screenshot goes to docs/dashboard.png; the first render with 10 queues
-and 1,000 dead letters is measured."""
+and 1,000 dead letters is measured; a running schedule shows its row (next
+runs, last tick, leader)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import pytest
 import redis
 
 import foxtive
+from foxtive import schedules
 from foxtive.dashboard import Dashboard
 
 from .dashboard_support import make_dead_letters, publish
@@ -232,3 +234,33 @@ def test_light_and_dark_follow_the_system(browser: Any) -> None:
         browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
     assert colours["light"] == ["rgb(255, 255, 255)", "rgb(26, 26, 26)"], colours
     assert colours["dark"] == ["rgb(20, 23, 28)", "rgb(232, 234, 237)"], colours
+
+
+def test_a_running_schedule_shows_its_row(browser: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(schedules.LEASE_ENV, "1")
+    r = redis.Redis.from_url(REDIS_URL)
+    stream = unique_stream("dash-sched")
+    name = f"dash-browser-{os.getpid()}-{stream[-6:]}"
+    app = foxtive.App(name, broker=REDIS_URL)
+
+    @app.task(queue=stream, name="dash.tick")
+    def tick() -> None: ...
+
+    app.schedule(tick, cron="*/5 * * * * *", tz="Europe/Berlin", name="five-seconds")
+    runner = schedules.SchedulerRunner(app).start()
+    try:
+        with Dashboard(app=app, queues=[stream], port=0) as board:
+            open_page(browser, board)
+            row = '#schedule-table tr[data-schedule="five-seconds"]'
+            wait(browser).until(lambda d: f"pid {os.getpid()}" in d.find_element(
+                By.CSS_SELECTOR, row).text, "the schedule's row never named its leader")
+            text = browser.find_element(By.CSS_SELECTOR, row).text
+            assert "cron */5 * * * * *" in text and "Europe/Berlin" in text, text
+            assert len(browser.find_elements(By.CSS_SELECTOR, f"{row} ul.runs li")) == 3
+    finally:
+        asyncio.run(runner.stop())
+        keys = r.keys(f"foxtive:schedules:{{{name}}}:*")
+        if keys:
+            r.delete(*keys)
+        delete_keys(r, stream)
+        asyncio.run(app.aclose())

@@ -10,8 +10,6 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -19,25 +17,17 @@ import pytest
 
 import foxtive
 
-from .contract.kits.postgres import POSTGRES_URL, drop_schema, judge_connection, postgres_answers
+from .contract.kits.postgres import (
+    POSTGRES_URL,
+    postgres_answers,
+    schema_fixture,
+    waiting_jobs,
+)
 
 pytestmark = pytest.mark.skipif(postgres_answers() is not None, reason=str(postgres_answers()))
 
 
-@pytest.fixture
-def schema() -> Iterator[str]:
-    name = f"fxp_{uuid.uuid4().hex[:12]}"
-    try:
-        yield name
-    finally:
-        drop_schema(name)
-
-
-def jobs(schema: str, queue: str) -> int:
-    with judge_connection() as conn:
-        row = conn.execute(f'SELECT count(*) FROM "{schema}".jobs WHERE queue = %s',
-                           (queue,)).fetchone()
-    return int(row[0]) if row else 0
+schema = schema_fixture("fxp_")
 
 
 async def drain(backend: foxtive.PostgresBackend) -> list[foxtive.Message]:
@@ -57,18 +47,18 @@ async def test_sync_transaction_rollback_means_no_job_commit_means_one(schema: s
         with conn.transaction():
             conn.execute("SELECT 1")
             await backend.publish(b"rolled-back", message_id="r-1", transaction=conn)
-            assert jobs(schema, "orders") == 0, "not visible before commit"
+            assert waiting_jobs(schema, "orders") == 0, "not visible before commit"
             raise psycopg.Rollback()
-    assert jobs(schema, "orders") == 0
+    assert waiting_jobs(schema, "orders") == 0
     with psycopg.connect(POSTGRES_URL) as conn:
         with conn.transaction():
             job_id = await backend.publish(b"committed", headers={"n": 1, "f": 1.5},
                                            transaction=conn)
-    assert jobs(schema, "orders") == 1
+    assert waiting_jobs(schema, "orders") == 1
     seen = await drain(backend)
     assert [(m.body, m.id, m.attempt) for m in seen] == [(b"committed", job_id, 1)]
     assert seen[0].headers == {"n": 1, "f": 1.5}
-    assert jobs(schema, "orders") == 0
+    assert waiting_jobs(schema, "orders") == 0
 
 
 async def test_async_transaction_enqueue_many(schema: str) -> None:
@@ -119,7 +109,7 @@ async def test_backend_from_url_and_the_password_never_shows(schema: str) -> Non
     assert (backend.schema, backend.queue, backend.lease_timeout) == (schema, "q", 3.0)
     assert "s3cret" not in repr(backend) and "s3cret" not in backend.url
     await backend.publish(b"x")  # trust auth: any password is accepted
-    assert jobs(schema, "q") == 1
+    assert waiting_jobs(schema, "q") == 1
     await backend.close()
     with pytest.raises(foxtive.ConfigError) as info:
         foxtive.PostgresBackend("postgresql://u:s3cret@127.0.0.1:5432/test?bogus=1")
@@ -159,7 +149,7 @@ async def test_foxtive_dlq_cli_lists_replays_and_purges_the_table(schema: str,
     replayed = cli("replay", first)
     assert replayed.returncode == 0, replayed.stderr
     assert "replayed 1" in replayed.stdout
-    assert jobs(schema, "billing") == 1
+    assert waiting_jobs(schema, "billing") == 1
     purged = cli("purge", "--yes")
     assert purged.returncode == 0, purged.stderr
     assert "purged 1" in purged.stdout

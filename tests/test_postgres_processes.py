@@ -12,15 +12,18 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import foxtive
 
-from .contract.kits.postgres import POSTGRES_URL, drop_schema, judge_connection, postgres_answers
+from .contract.kits.postgres import (
+    POSTGRES_URL,
+    postgres_answers,
+    schema_fixture,
+    waiting_jobs,
+)
 
 pytestmark = pytest.mark.skipif(postgres_answers() is not None, reason=str(postgres_answers()))
 
@@ -62,20 +65,7 @@ WORKER = textwrap.dedent(
 )
 
 
-@pytest.fixture
-def schema() -> Iterator[str]:
-    name = f"fxp_{uuid.uuid4().hex[:12]}"
-    try:
-        yield name
-    finally:
-        drop_schema(name)
-
-
-def waiting(schema: str, queue: str) -> int:
-    with judge_connection() as conn:
-        row = conn.execute(f'SELECT count(*) FROM "{schema}".jobs WHERE queue = %s',
-                           (queue,)).fetchone()
-    return int(row[0]) if row else 0
+schema = schema_fixture("fxp_")
 
 
 def events(path: Path, kind: str) -> list[tuple[str, int]]:
@@ -141,7 +131,7 @@ def test_four_processes_drain_20000_jobs_none_lost_none_twice(tmp_path: Path,
             workers.append(Worker(tmp_path, i, queue, schema))
         t0 = time.monotonic()
         asyncio.run(publish())
-        wait_for(lambda: waiting(schema, queue) == 0, 240, "the queue to drain")
+        wait_for(lambda: waiting_jobs(schema, queue) == 0, 240, "the queue to drain")
         elapsed = time.monotonic() - t0
         for w in workers:
             w.stop()
@@ -199,7 +189,7 @@ def test_sigkill_mid_job_the_job_comes_back_after_the_lease_as_attempt_2(
     # Not before its lease ran out (the victim's renewals stopped with it).
     assert back_after >= lease * 0.5, back_after
     assert [e for e in events(heir.out, "done") if e[0] == "slow"] == [("slow", 2)]
-    assert waiting(schema, queue) == 0
+    assert waiting_jobs(schema, queue) == 0
 
 
 def test_a_gil_bound_handler_keeps_its_job_for_3x_lease_timeout(tmp_path: Path,
@@ -220,7 +210,7 @@ def test_a_gil_bound_handler_keeps_its_job_for_3x_lease_timeout(tmp_path: Path,
         # A second worker polls the queue all along; the lease is renewed from Rust.
         rival = Worker(tmp_path, 1, queue, schema, lease=lease)
         wait_for(lambda: events(busy.out, "done"), 60, "the busy job to finish")
-        wait_for(lambda: waiting(schema, queue) == 0, 30, "the job to be acked")
+        wait_for(lambda: waiting_jobs(schema, queue) == 0, 30, "the job to be acked")
         busy.stop()
         rival.stop()
     finally:

@@ -23,14 +23,19 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import foxtive
 
-from .contract.kits.postgres import POSTGRES_URL, drop_schema, judge_connection, postgres_answers
+from .contract.kits.postgres import (
+    POSTGRES_URL,
+    judge_connection,
+    postgres_answers,
+    schema_fixture,
+    waiting_jobs,
+)
 from .test_postgres_processes import events, wait_for
 
 pytestmark = pytest.mark.skipif(postgres_answers() is not None, reason=str(postgres_answers()))
@@ -62,13 +67,7 @@ WORKER = textwrap.dedent(
 )
 
 
-@pytest.fixture
-def schema() -> Iterator[str]:
-    name = f"fxp_restart_{uuid.uuid4().hex[:10]}"
-    try:
-        yield name
-    finally:
-        drop_schema(name)
+schema = schema_fixture("fxp_restart_")
 
 
 def sessions(app: str) -> list[int]:
@@ -85,13 +84,6 @@ def terminate(app: str) -> list[int]:
             "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE application_name = %s", (app,)).fetchall()
     return [pid for pid, done in rows if done]
-
-
-def waiting(schema: str, queue: str) -> int:
-    with judge_connection() as conn:
-        row = conn.execute(f'SELECT count(*) FROM "{schema}".jobs WHERE queue = %s',
-                           (queue,)).fetchone()
-    return int(row[0]) if row else 0
 
 
 def test_connections_dropped_mid_drain_nothing_lost_none_twice(tmp_path: Path,
@@ -126,7 +118,7 @@ def test_connections_dropped_mid_drain_nothing_lost_none_twice(tmp_path: Path,
             wait_for(lambda: sessions(app), 30, "the worker to reconnect")
             killed.append(terminate(app))
             assert len(events(out, "done")) < N, "the drain ended before the kills"
-        wait_for(lambda: waiting(schema, queue) == 0, 120, "the queue to drain")
+        wait_for(lambda: waiting_jobs(schema, queue) == 0, 120, "the queue to drain")
         wait_for(lambda: len(events(out, "done")) >= N, 30, "the last handlers")
         # Still connected afterwards, on sessions opened after the last kill.
         wait_for(lambda: sessions(app), 30, "the worker to reconnect after the last kill")

@@ -16,15 +16,13 @@ import asyncio
 import random
 import statistics
 import time
-import uuid
-from collections.abc import Iterator
 
 import psycopg
 import pytest
 
 import foxtive
 
-from .contract.kits.postgres import POSTGRES_URL, drop_schema, postgres_answers
+from .contract.kits.postgres import POSTGRES_URL, postgres_answers, schema_fixture
 
 pytestmark = pytest.mark.skipif(postgres_answers() is not None, reason=str(postgres_answers()))
 
@@ -32,13 +30,7 @@ SAMPLES = 20
 POLL = 30.0
 
 
-@pytest.fixture
-def schema() -> Iterator[str]:
-    name = f"fxp_wake_{uuid.uuid4().hex[:10]}"
-    try:
-        yield name
-    finally:
-        drop_schema(name)
+schema = schema_fixture("fxp_wake_")
 
 
 async def test_idle_worker_starts_committed_jobs_on_notify(schema: str) -> None:

@@ -1,15 +1,17 @@
-"""Schedules across processes on the real Redis and PostgreSQL: three
+"""Schedules across processes on the real Redis, PostgreSQL and RabbitMQ
+(lease and last ticks in a Redis result store there): three
 ``foxtive run`` processes of one app with a per-second schedule enqueue
 every tick exactly once; a SIGKILLed leader is replaced within 5 s; the
 catch-up policies after every scheduler was stopped for 5+ ticks.
 
 The ticks go to a queue no process consumes, so the test reads each one
-from the broker (redis-py ``XRANGE`` / psycopg). The lease is 2 s here
+from the broker (redis-py ``XRANGE`` / psycopg / aio-pika). The lease is 2 s here
 (``FOXTIVE_SCHEDULE_LEASE``; the default, and the most allowed, is 10 s).
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import itertools
 import os
@@ -21,6 +23,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import aio_pika
 import psycopg
 import pytest
 import redis
@@ -29,6 +32,8 @@ import foxtive
 from foxtive import schedules
 
 from .contract.kits.postgres import POSTGRES_URL, drop_schema
+from .rabbit_support import URL as AMQP_URL
+from .rabbit_support import delete_queues, unique
 from .redis_support import REDIS_URL
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,8 +50,13 @@ def tick_time(tick_id: str) -> float:
 class Cluster:
     """``foxtive run tests.schedules_app:app`` processes of one app."""
 
-    def __init__(self, broker: str, app: str, tick_queue: str, catch_up: str = "latest") -> None:
+    def __init__(self, broker: str, app: str, tick_queue: str, catch_up: str = "latest",
+                 results: str | None = None) -> None:
+        # On RabbitMQ a consumed tick is gone: run only the work queue there
+        # (--queues leaves the scheduler on), so the test reads every tick.
+        self.queues = [f"{tick_queue}-work"] if broker.startswith("amqp") else []
         self.env = {**os.environ, "FOXTIVE_BROKER": broker, "SCHED_APP": app,
+                    "SCHED_RESULTS": results or "",
                     "SCHED_TICK_QUEUE": tick_queue, "SCHED_WORK_QUEUE": f"{tick_queue}-work",
                     "SCHED_CATCH_UP": catch_up, "FOXTIVE_SCHEDULE_LEASE": LEASE,
                     "PYTHONUNBUFFERED": "1"}
@@ -57,7 +67,8 @@ class Cluster:
     def start(self, n: int = 1) -> None:
         for _ in range(n):
             self.procs.append(subprocess.Popen(
-                [sys.executable, "-m", "foxtive", "run", "tests.schedules_app:app"],
+                [sys.executable, "-m", "foxtive", "run", "tests.schedules_app:app",
+                 *(["--queues", ",".join(self.queues)] if self.queues else [])],
                 cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 text=True))
 
@@ -101,6 +112,8 @@ def assert_once_without_gaps(ids: list[str], max_gap: float) -> None:
 # -- brokers -----------------------------------------------------------------
 
 class RedisSide:
+    results: str | None = None
+
     def __init__(self) -> None:
         self.client = redis.Redis.from_url(REDIS_URL)
         self.app = f"sched-{uuid.uuid4().hex[:10]}"
@@ -120,6 +133,8 @@ class RedisSide:
 
 
 class PostgresSide:
+    results: str | None = None
+
     def __init__(self) -> None:
         self.schema = f"sched_{uuid.uuid4().hex[:10]}"
         self.app = f"sched-{uuid.uuid4().hex[:10]}"
@@ -140,9 +155,52 @@ class PostgresSide:
         drop_schema(self.schema)
 
 
-@pytest.fixture(params=["redis", "postgres"])
-def side(request: pytest.FixtureRequest) -> Iterator[RedisSide | PostgresSide]:
-    s: RedisSide | PostgresSide = RedisSide() if request.param == "redis" else PostgresSide()
+class RabbitSide:
+    """RabbitMQ keeps no state to lease with: the app's Redis result store
+    holds the lease and the last ticks. Ticks are read off the queue with
+    aio-pika (nothing else consumes it) and kept here in arrival order."""
+
+    def __init__(self) -> None:
+        self.app = f"sched-{uuid.uuid4().hex[:10]}"
+        self.queue = unique("sched-ticks")
+        self.url = AMQP_URL
+        self.results = REDIS_URL
+        self.seen: list[tuple[str, bool]] = []
+
+    def read(self) -> list[tuple[str, bool]]:
+        async def drain() -> None:
+            conn = await aio_pika.connect(AMQP_URL)
+            try:
+                channel = await conn.channel()
+                try:
+                    queue = await channel.declare_queue(self.queue, passive=True)
+                except aio_pika.exceptions.ChannelClosed:
+                    return  # not declared yet: no tick published
+                while (m := await queue.get(no_ack=True, fail=False)) is not None:
+                    self.seen.append((str(m.message_id), "foxtive-catch-up" in m.headers))
+            finally:
+                await conn.close()
+
+        asyncio.run(drain())
+        return list(self.seen)
+
+    def close(self) -> None:
+        delete_queues(self.queue)
+        delete_queues(f"{self.queue}-work")
+        client = redis.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(f"foxtive:schedules:{{{self.app}}}:*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+Side = RedisSide | PostgresSide | RabbitSide
+
+
+@pytest.fixture(params=["redis", "postgres", "rabbitmq"])
+def side(request: pytest.FixtureRequest) -> Iterator[Side]:
+    sides = {"redis": RedisSide, "postgres": PostgresSide, "rabbitmq": RabbitSide}
+    s: Side = sides[request.param]()
     try:
         yield s
     finally:
@@ -152,8 +210,8 @@ def side(request: pytest.FixtureRequest) -> Iterator[RedisSide | PostgresSide]:
 # -- tests -------------------------------------------------------------------
 
 @pytest.mark.timeout(120)
-def test_three_processes_enqueue_each_tick_once(side: RedisSide | PostgresSide) -> None:
-    cluster = Cluster(side.url, side.app, side.queue)
+def test_three_processes_enqueue_each_tick_once(side: Side) -> None:
+    cluster = Cluster(side.url, side.app, side.queue, results=side.results)
     cluster.start(3)
     try:
         ticks = wait_for(side.read, lambda t: len(t) >= 1, 30, "the first tick")
@@ -171,13 +229,12 @@ def test_three_processes_enqueue_each_tick_once(side: RedisSide | PostgresSide) 
 
 
 @pytest.mark.timeout(120)
-def test_a_killed_leader_is_replaced_within_five_seconds(
-        side: RedisSide | PostgresSide) -> None:
-    cluster = Cluster(side.url, side.app, side.queue)
+def test_a_killed_leader_is_replaced_within_five_seconds(side: Side) -> None:
+    cluster = Cluster(side.url, side.app, side.queue, results=side.results)
     cluster.start(3)
     try:
         wait_for(side.read, lambda t: len(t) >= 3, 30, "three ticks")
-        app = foxtive.App(side.app, broker=side.url)
+        app = foxtive.App(side.app, broker=side.url, results=side.results)
         status = schedules.describe_sync(_app_with_schedule(app, side.queue))
         assert status["leader"] is not None
         pid = status["leader"]["pid"]

@@ -8,26 +8,19 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import foxtive
 
-from .contract.kits.postgres import POSTGRES_URL, drop_schema, judge_connection, postgres_answers
+from .contract.kits.postgres import POSTGRES_URL, judge_connection, postgres_answers, schema_fixture
 
 needs_pg = pytest.mark.skipif(postgres_answers() is not None, reason=str(postgres_answers()))
 
 
-@pytest.fixture
-def schema() -> Iterator[str]:
-    name = f"fxp_sqlops_{uuid.uuid4().hex[:10]}"
-    try:
-        yield name
-    finally:
-        drop_schema(name)
+schema = schema_fixture("fxp_sqlops_")
 
 
 def pg_count(sql: str, *params: object) -> int:

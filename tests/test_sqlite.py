@@ -11,7 +11,6 @@ import os
 import signal
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,17 +20,10 @@ from foxtive import _core
 from foxtive._native import native_of
 from foxtive.backends import NativeBackend
 
-from .contract.kits.sqlite import LEASE, SqliteKit
+from .contract.kits.sqlite import LEASE, SqliteKit, kit_fixture
 from .contract.process import Worker
 
-
-@pytest.fixture
-def kit() -> Iterator[SqliteKit]:
-    k = SqliteKit()
-    try:
-        yield k
-    finally:
-        k.cleanup()
+kit = kit_fixture()
 
 
 def drain(backend: foxtive.SqliteBackend) -> list[tuple[bytes, int]]:

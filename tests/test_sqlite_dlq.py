@@ -11,24 +11,14 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 import foxtive
 
 from .conftest import fast_retries
-from .contract.kits.sqlite import SqliteKit
+from .contract.kits.sqlite import SqliteKit, kit_fixture
 
-
-@pytest.fixture
-def kit() -> Iterator[SqliteKit]:
-    k = SqliteKit()
-    try:
-        yield k
-    finally:
-        k.cleanup()
+kit = kit_fixture()
 
 
 def foxtive_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -17,13 +17,10 @@ import os
 import sqlite3
 import sys
 import time
-from collections.abc import Iterator
-
-import pytest
 
 import foxtive
 
-from .contract.kits.sqlite import SqliteKit
+from .contract.kits.sqlite import SqliteKit, kit_fixture
 from .contract.process import WorkerProcess
 
 LEASE = 1.0
@@ -68,13 +65,7 @@ class Worker(WorkerProcess):
         return [(f[0], int(f[1]), float(f[2])) for f in self.fields(kind)]
 
 
-@pytest.fixture
-def kit() -> Iterator[SqliteKit]:
-    k = SqliteKit()
-    try:
-        yield k
-    finally:
-        k.cleanup()
+kit = kit_fixture()
 
 
 def slow_row(path: str, queue: str) -> tuple[int, float | None]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,32 +20,14 @@ import pytest
 import foxtive
 
 from .conftest import fast_retries
-from .contract.kits.postgres import POSTGRES_URL, drop_schema, postgres_answers
+from .contract.kits.postgres import POSTGRES_URL, postgres_answers, schema_fixture
 from .rabbit_support import URL as AMQP_URL
 from .rabbit_support import delete_queues
 from .redis_support import REDIS_URL
+from .test_tasks_brokers import send_from_plain_thread as on_plain_thread
 
 needs_postgres = pytest.mark.skipif(postgres_answers() is not None,
                                     reason=str(postgres_answers()))
-
-
-def on_plain_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run ``fn`` on a new thread with no event loop (Django, Flask)."""
-    out: list[Any] = []
-
-    def body() -> None:
-        try:
-            out.append(fn(*args, **kwargs))
-        except BaseException as e:
-            out.append(e)
-
-    t = threading.Thread(target=body)
-    t.start()
-    t.join(30)
-    assert out, "the call did not finish"
-    if isinstance(out[0], BaseException):
-        raise out[0]
-    return out[0]
 
 
 class Recorder:
@@ -89,13 +70,7 @@ def sqlite_path(tmp_path: Path) -> str:
     return str(tmp_path / "taskopts.db")
 
 
-@pytest.fixture
-def pg_schema() -> Iterator[str]:
-    name = f"fx_taskopts_{uuid.uuid4().hex[:10]}"
-    try:
-        yield name
-    finally:
-        drop_schema(name)
+pg_schema = schema_fixture("fx_taskopts_")
 
 
 # -- transaction -------------------------------------------------------------

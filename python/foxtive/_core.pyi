@@ -669,7 +669,9 @@ class ScheduleTrigger:
 
 @final
 class Scheduler:
-    def __new__(cls, app: str, broker: str, lease: float = 10.0) -> Scheduler: ...
+    def __new__(
+        cls, app: str, broker: str, lease: float = 10.0, results: str | None = None
+    ) -> Scheduler: ...
     def add(
         self,
         name: str,
@@ -687,5 +689,7 @@ class Scheduler:
     def metrics_text(self) -> str: ...
 
 def schedule_status(
-    app: str, broker: str
-) -> Awaitable[tuple[tuple[str, int, int, float] | None, list[tuple[str, float]]]]: ...
+    app: str, broker: str, results: str | None = None
+) -> Awaitable[
+    tuple[tuple[str, int, int, float] | None, list[tuple[str, tuple[float, str]]]]
+]: ...

@@ -61,6 +61,23 @@ def _setting(cli: Any, env: str, convert: Any) -> Any:
         raise ConfigError(f"{env}: invalid value {raw!r}") from None
 
 
+def _health_server(pools: list[WorkerPool], port: int | None) -> HealthServer | None:
+    """``--health-port``: serve /health, /ready and /metrics for the pool this
+    process runs. A server speaks for one pool, and an App run with several
+    queues has a pool per queue: refused rather than answering for the first
+    queue alone (a probe would miss the others' failures)."""
+    if port is None:
+        return None
+    if len(pools) > 1:
+        names = ", ".join(p.name for p in pools)
+        raise ConfigError(
+            f"--health-port: the app runs {len(pools)} queues here ({names}) and the health "
+            "server speaks for one pool: give --queues with one queue per process (one "
+            "Deployment per queue), or start foxtive.HealthServer(app.pool(q)) yourself")
+    host = os.environ.get("FOXTIVE_HEALTH_HOST", "127.0.0.1")
+    return HealthServer(pools[0], host=host, port=port).start()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     processes = _setting(args.processes, "FOXTIVE_PROCESSES", int)
     concurrency = _setting(args.concurrency, "FOXTIVE_CONCURRENCY", int)
@@ -89,19 +106,21 @@ def cmd_run(args: argparse.Namespace) -> int:
             queues = [q for q in (args.queues or "").split(",") if q] or None
             pools = target._pools(queues, concurrency_limit=concurrency,
                                   shutdown_timeout=shutdown_timeout)
+            server = _health_server(pools, health_port)
             guard.watch(pools[0])
-            asyncio.run(target._run_scheduled(pools, handle_signals=True,
-                                              scheduler=not args.no_scheduler))
+            try:
+                asyncio.run(target._run_scheduled(pools, handle_signals=True,
+                                                  scheduler=not args.no_scheduler))
+            finally:
+                if server is not None:
+                    server.stop()
             return 0
         pool = _pool_from(args.target)
         if shutdown_timeout is not None:
             pool.shutdown_timeout = seconds("shutdown_timeout", shutdown_timeout)
         if concurrency is not None:
             pool.concurrency_limit = integer("concurrency", concurrency, minimum=1)
-        server = None
-        if health_port is not None:
-            host = os.environ.get("FOXTIVE_HEALTH_HOST", "127.0.0.1")
-            server = HealthServer(pool, host=host, port=health_port).start()
+        server = _health_server([pool], health_port)
         guard.watch(pool)
         try:
             pool.run()
@@ -304,7 +323,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     app = _load(args.app) if args.app else None
     queues = [q for q in (args.queues or "").split(",") if q]
     board = Dashboard(broker=args.broker, queues=queues, app=app, host=args.host,
-                      port=args.port, token=args.token)
+                      port=args.port, token=args.token,
+                      schedule_apps=[a for a in (args.schedule_apps or "").split(",") if a])
 
     async def serve() -> None:
         await board.start_async()
@@ -352,8 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the pool's concurrency limit per process (env FOXTIVE_CONCURRENCY)")
     run.add_argument("--health-port", type=int, default=None,
                      help="serve /health, /ready and /metrics on 127.0.0.1:PORT (with N "
-                          "processes, child i uses PORT+i; env FOXTIVE_HEALTH_PORT, "
-                          "FOXTIVE_HEALTH_HOST)")
+                          "processes, child i uses PORT+i; an app: one queue per process; "
+                          "env FOXTIVE_HEALTH_PORT, FOXTIVE_HEALTH_HOST)")
     run.add_argument("--shutdown-timeout", type=float, default=None,
                      help="seconds to let in-flight messages finish on SIGTERM "
                           "(env FOXTIVE_SHUTDOWN_TIMEOUT)")
@@ -410,8 +430,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a broker URL (amqp://, redis://, postgresql://, sqlite:///path.db)")
     board.add_argument("--queues", default=None, help="the queues to show, comma-separated")
     board.add_argument("--app", default=None,
-                       help="module:attr of a foxtive.App: its queues, broker and result "
-                            "store (task look-up)")
+                       help="module:attr of a foxtive.App: its queues, broker, result "
+                            "store (task look-up) and schedules")
+    board.add_argument("--schedule-apps", default=None,
+                       help="app names whose schedules (lease, last ticks) to read from "
+                            "--broker without loading the apps, comma-separated")
     board.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default 127.0.0.1; any other needs a token)")
     board.add_argument("--port", type=int, default=8181, help="port (default 8181)")

@@ -201,6 +201,8 @@ class WorkerPool:
         self._ran = False
         self._breaker_state = "closed"
         self._breaker_transitions = 0
+        # Rate-limit waits (count, seconds) of the runs that ended.
+        self._rate_limit_waits = (0, 0.0)
         #: Called as ``callback(worker_id, message, error)`` when a handler raises.
         self.failure_listeners: list[FailureListener] = []
 
@@ -360,6 +362,10 @@ class WorkerPool:
                 if "circuit_breaker" in stats:
                     self._breaker_state = stats["circuit_breaker"]
                     self._breaker_transitions += stats["circuit_breaker_transitions"]
+                if "rate_limit_waits" in stats:
+                    n, secs = self._rate_limit_waits
+                    self._rate_limit_waits = (n + stats["rate_limit_waits"],
+                                              secs + stats["rate_limit_wait_seconds"])
                 self._runner = None
                 self._engine = None
                 self._loop = None
@@ -415,12 +421,18 @@ class WorkerPool:
                 out["circuit_breaker_transitions"] = (
                     self._breaker_transitions + live["circuit_breaker_transitions"]
                 )
+            if "rate_limit_waits" in live:
+                out["rate_limit_waits"] = self._rate_limit_waits[0] + live["rate_limit_waits"]
+                out["rate_limit_wait_seconds"] = (self._rate_limit_waits[1]
+                                                  + live["rate_limit_wait_seconds"])
         else:
             out["in_flight"] = 0
             out["workers"] = dict.fromkeys(self.worker_ids, 0)
             if self.breaker is not None:
                 out["circuit_breaker"] = self._breaker_state
                 out["circuit_breaker_transitions"] = self._breaker_transitions
+            if self.rate_limit is not None:
+                out["rate_limit_waits"], out["rate_limit_wait_seconds"] = self._rate_limit_waits
         out["concurrency_limit"] = self.concurrency_limit
         out["state"] = engine.state() if engine is not None else "stopped"
         return out

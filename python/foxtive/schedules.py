@@ -38,6 +38,7 @@ __all__ = [
     "Schedule",
     "SchedulerRunner",
     "describe",
+    "describe_stored",
 ]
 
 R = TypeVar("R")
@@ -56,6 +57,7 @@ class ScheduleApp(Protocol):
 
     name: str
     broker: Any
+    results: Any
     _tasks: dict[str, Task[Any, Any]]
     _schedules: dict[str, Schedule]
 
@@ -181,13 +183,21 @@ def broker_url(app: ScheduleApp) -> str:
                       "nowhere foxtive knows; give the app a broker URL")
 
 
+def results_url(app: ScheduleApp) -> str | None:
+    """The app's result store URL, if it names one: where a RabbitMQ app's
+    lease and last ticks live (RabbitMQ has no store of its own)."""
+    results = getattr(app, "results", None)
+    return results if isinstance(results, str) else None
+
+
 class SchedulerRunner:
     """The Rust scheduler of one app in this process."""
 
     def __init__(self, app: ScheduleApp, lease: float | None = None) -> None:
         self.app = app
         self._core = _core.Scheduler(app.name, broker_url(app),
-                                     _lease() if lease is None else lease)
+                                     _lease() if lease is None else lease,
+                                     results=results_url(app))
         for s in app._schedules.values():
             headers = envelope.headers_for(s.task.name)
             body = envelope.encode(list(s.args), dict(s.kwargs))
@@ -228,8 +238,8 @@ def _iso(t: float, trigger: _core.ScheduleTrigger | None = None) -> str:
 async def describe(app: ScheduleApp, n: int = 3) -> dict[str, Any]:
     """What ``foxtive schedules`` prints: each schedule with its next ``n``
     runs (in its zone and in UTC) and its last tick, and the leader."""
-    leader, stored = await _core.schedule_status(app.name, broker_url(app))
-    last = dict(stored)
+    leader, stored = await _core.schedule_status(app.name, broker_url(app), results_url(app))
+    last = {name: t for name, (t, _fingerprint) in stored}
     now = time.time()
     out: list[dict[str, Any]] = []
     for s in sorted(app._schedules.values(), key=lambda s: s.name):
@@ -240,13 +250,57 @@ async def describe(app: ScheduleApp, n: int = 3) -> dict[str, Any]:
             "next": [{"local": _iso(t, s.trigger), "utc": _iso(t)} for t in ticks],
             "last_tick": None if s.name not in last else _iso(last[s.name]),
         })
-    return {
-        "app": app.name,
-        "leader": None if leader is None else {
-            "host": leader[0], "pid": leader[1], "token": leader[2],
-            "expires_in": round(leader[3], 3)},
-        "schedules": out,
-    }
+    return {"app": app.name, "leader": _leader(leader), "schedules": out}
+
+
+def _leader(leader: tuple[str, int, int, float] | None) -> dict[str, Any] | None:
+    return None if leader is None else {
+        "host": leader[0], "pid": leader[1], "token": leader[2],
+        "expires_in": round(leader[3], 3)}
+
+
+def _from_fingerprint(fingerprint: str) -> tuple[str | None, float | None, str] | None:
+    """``(cron, every, tz)`` of a stored fingerprint (``cron:EXPR@TZ`` or
+    ``every:SECONDS``), None when it is neither."""
+    kind, _, rest = fingerprint.partition(":")
+    if kind == "cron" and "@" in rest:
+        expr, _, tz = rest.rpartition("@")
+        return expr, None, tz
+    if kind == "every":
+        try:
+            return None, float(rest), "UTC"
+        except ValueError:
+            return None
+    return None
+
+
+async def describe_stored(app_name: str, broker: str, results: str | None = None,
+                          n: int = 3) -> dict[str, Any]:
+    """What the broker alone knows of app ``app_name``'s schedules (no App
+    object: ``foxtive dashboard --broker URL``): each schedule that ever
+    ticked, its trigger as stored with its last tick (so next runs follow
+    the rules it last ran under), and the leader. ``task``/``queue`` are
+    unknown here (None)."""
+    leader, stored = await _core.schedule_status(app_name, broker, results)
+    now = time.time()
+    out: list[dict[str, Any]] = []
+    for name, (last, fingerprint) in sorted(stored):
+        parsed = _from_fingerprint(fingerprint)
+        cron, every, tz = parsed if parsed is not None else (None, None, "UTC")
+        trigger = None
+        if parsed is not None:
+            try:
+                trigger = _core.ScheduleTrigger(cron=cron, every=every, tz=tz)
+            except ConfigError:
+                trigger = None
+        ticks = [] if trigger is None else trigger.next_ticks(now, n)
+        out.append({
+            "name": name, "task": None, "queue": None, "cron": cron, "every": every,
+            "tz": tz, "catch_up": None,
+            "next": [{"local": _iso(t, trigger), "utc": _iso(t)} for t in ticks],
+            "last_tick": _iso(last),
+        })
+    return {"app": app_name, "leader": _leader(leader), "schedules": out}
 
 
 def describe_sync(app: ScheduleApp, n: int = 3) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The operator's dashboard: queues, pools, dead letters and tasks in a web page.
+"""The operator's dashboard: queues, pools, schedules, dead letters and tasks in a web page.
 
     foxtive dashboard --broker redis://localhost:6379 --queues emails,images
     foxtive.HealthServer(pool, port=8080, dashboard=True).start()   # the page at /
@@ -42,7 +42,7 @@ from ..errors import ConfigError
 from ..urls import backend_from_url
 from .api import Api, is_loopback
 from .http import HttpServer, RateLimiter
-from .sources import PoolSource, QueueSource, redact
+from .sources import PoolSource, QueueSource, ScheduleSource, redact
 
 __all__ = ["Dashboard"]
 
@@ -53,14 +53,18 @@ DEFAULT_PORT = 8181
 
 class Dashboard:
     """Serve the dashboard for the queues of ``broker`` (a URL) and/or
-    ``pools`` running in this process; ``app`` adds its queues and its
-    result store (task look-up)."""
+    ``pools`` running in this process; ``app`` adds its queues, its result
+    store (task look-up) and its schedules. ``schedule_apps``: app names
+    whose schedules (lease and last ticks) are read from ``broker`` alone,
+    with no App object; ``results``: their result store URL (where a
+    RabbitMQ app keeps them)."""
 
     def __init__(self, *, broker: str | None = None, queues: Iterable[str] = (),
                  pools: Iterable[Any] = (), app: Any = None, host: str = "127.0.0.1",
                  port: int = DEFAULT_PORT, token: str | None = None,
                  sample_interval: float = SAMPLE_INTERVAL, rate: float = 50.0,
-                 burst: int = 200, public: tuple[str, int] | None = None) -> None:
+                 burst: int = 200, public: tuple[str, int] | None = None,
+                 schedule_apps: Iterable[str] = (), results: str | None = None) -> None:
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ConfigError(f"port: expected an integer from 0 to 65535, got {port!r}")
         token = token if token is not None else os.environ.get("FOXTIVE_DASHBOARD_TOKEN") or None
@@ -80,6 +84,9 @@ class Dashboard:
         self._queue_names = list(queues)
         self._pools = list(pools)
         self._app = app
+        # With no App object, schedules are read from the broker by app name.
+        self._schedule_apps = list(schedule_apps)
+        self._schedule_results = results
         if app is not None and not self._queue_names and broker is None:
             self._queue_names = list(app.queues)
         if broker is None and app is not None and isinstance(app.broker, str):
@@ -121,6 +128,13 @@ class Dashboard:
                 out.append(QueueSource(name, kind, backend, dlq))
         return out
 
+    def _schedule_source(self) -> ScheduleSource:
+        results = self._schedule_results
+        if results is None and self._app is not None and isinstance(self._app.results, str):
+            results = self._app.results
+        return ScheduleSource(app=self._app, broker=self._broker,
+                              app_names=self._schedule_apps, results=results)
+
     def _results(self) -> Any:
         if self._app is None:
             return None
@@ -139,7 +153,8 @@ class Dashboard:
         public = self._public or (self.host, self.port)
         self.api = Api(queues=queues, pools=pools, results=self._results(),
                        broker=None if self._broker is None else redact(self._broker),
-                       token=self.token, public_host=public[0], public_port=public[1])
+                       token=self.token, public_host=public[0], public_port=public[1],
+                       schedules=self._schedule_source())
         server = HttpServer(self.api, RateLimiter(*self._rate))
         self.host, self.port = await server.start(self.host, self.port)
         self._server = server

@@ -22,6 +22,7 @@ from .openapi import document
 from .sources import (
     PoolSource,
     QueueSource,
+    ScheduleSource,
     dead_letter_detail,
     scrub,
     task_record,
@@ -60,9 +61,11 @@ def is_loopback(host: str) -> bool:
 class Api:
     def __init__(self, *, queues: list[QueueSource], pools: list[PoolSource],
                  results: Any, broker: str | None, token: str | None,
-                 public_host: str, public_port: int) -> None:
+                 public_host: str, public_port: int,
+                 schedules: ScheduleSource | None = None) -> None:
         self.queues = {q.name: q for q in queues}
         self.pools = pools
+        self.schedules = schedules
         self.results = results
         self.broker = broker
         self.token = token
@@ -126,6 +129,7 @@ class Api:
             "pools": [p.pool.name for p in self.pools],
             "token_required": self.token is not None,
             "tasks": self.results is not None,
+            "schedules": self.schedules is not None and not self.schedules.empty,
         })
 
     async def _get(self, req: Request) -> Response:
@@ -138,6 +142,10 @@ class Api:
             return Response.json({"queues": [s.view(since) for s in self.queues.values()]})
         if path == "/api/pools":
             return Response.json({"pools": [p.view() for p in self.pools]})
+        if path == "/api/schedules":
+            if self.schedules is None:
+                return Response.json({"schedules": [], "errors": []})
+            return Response.json(await self.schedules.view())
         if path == "/api/dead-letters":
             return await self._dead_letters(q)
         if path == "/api/dead-letter":

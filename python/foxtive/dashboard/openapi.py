@@ -36,7 +36,8 @@ _SCHEMAS: dict[str, Any] = {
                  "queues": {"type": "array", "items": {"type": "string"}},
                  "pools": {"type": "array", "items": {"type": "string"}},
                  "token_required": {"type": "boolean"},
-                 "tasks": {"type": "boolean", "description": "task look-up available"}}},
+                 "tasks": {"type": "boolean", "description": "task look-up available"},
+                 "schedules": {"type": "boolean", "description": "schedules to show"}}},
     "Counts": {"type": "object",
                "required": ["ready", "delayed", "in_progress", "dead", "consumers"],
                "description": "null where the broker cannot tell",
@@ -75,7 +76,10 @@ _SCHEMAS: dict[str, Any] = {
                  "rate_limit": {"type": "object", "nullable": True, "properties": {
                      "per_second": {"type": "number", "nullable": True},
                      "burst": {"type": "number", "nullable": True},
-                     "waits": _NULL_INT}},
+                     "waits": {"type": "integer", "nullable": True,
+                               "description": "admissions that waited for a permit"},
+                     "wait_seconds": {"type": "number", "nullable": True,
+                                      "description": "time they waited, in all"}}},
                  "counters": {"type": "object", "additionalProperties": _NULL_INT},
                  "completed_per_second": {"type": "number", "nullable": True},
                  "health": {"type": "string", "nullable": True},
@@ -125,6 +129,35 @@ _SCHEMAS: dict[str, Any] = {
                  "attempts": _NULL_INT, "result": {"nullable": True},
                  "error": {"type": "object", "nullable": True, "properties": {
                      "type": {"type": "string"}, "message": {"type": "string"}}}}},
+    "Run": {"type": "object", "required": ["local", "utc"], "properties": {
+        "local": {"type": "string", "description": "ISO 8601 in the schedule's time zone"},
+        "utc": {"type": "string", "description": "ISO 8601 UTC"}}},
+    "Schedule": {"type": "object",
+                 "required": ["app", "name", "task", "queue", "cron", "every", "tz",
+                              "catch_up", "next", "last_tick", "leader"],
+                 "properties": {
+                     "app": {"type": "string"}, "name": {"type": "string"},
+                     "task": {"type": "string", "nullable": True,
+                              "description": "null when read from the broker alone"},
+                     "queue": {"type": "string", "nullable": True},
+                     "cron": {"type": "string", "nullable": True},
+                     "every": {"type": "number", "nullable": True, "description": "seconds"},
+                     "tz": {"type": "string"},
+                     "catch_up": {"type": "string", "nullable": True},
+                     "next": {"type": "array", "items": {"$ref": "#/components/schemas/Run"}},
+                     "last_tick": {"type": "string", "nullable": True,
+                                   "description": "the last tick enqueued, ISO 8601 UTC"},
+                     "leader": {"$ref": "#/components/schemas/Leader"}}},
+    "Leader": {"type": "object", "nullable": True,
+               "required": ["host", "pid", "token", "expires_in"],
+               "properties": {"host": {"type": "string"}, "pid": {"type": "integer"},
+                              "token": {"type": "integer"},
+                              "expires_in": {"type": "number",
+                                             "description": "seconds left on the lease"}}},
+    "Schedules": {"type": "object", "required": ["schedules", "errors"], "properties": {
+        "schedules": {"type": "array", "items": {"$ref": "#/components/schemas/Schedule"}},
+        "errors": {"type": "array", "items": {"type": "string"},
+                   "description": "apps whose lease or ticks could not be read"}}},
     "ReplayRequest": {"type": "object", "required": ["queue"], "properties": {
         "queue": {"type": "string"},
         "ids": {"type": "array", "nullable": True, "maxItems": 10000,
@@ -146,7 +179,7 @@ def document() -> dict[str, Any]:
     return {
         "openapi": "3.0.3",
         "info": {"title": "foxtive dashboard", "version": __version__,
-                 "description": "Queues, pools, dead letters and tasks of a foxtive "
+                 "description": "Queues, pools, schedules, dead letters and tasks of a foxtive "
                                 "deployment. Changes are POSTs; with a token set, every "
                                 "path but /api/info and /api/openapi.json needs "
                                 "`Authorization: Bearer <token>`."},
@@ -174,6 +207,10 @@ def document() -> dict[str, Any]:
             "/api/pools": {"get": {"summary": "Pools running in this process",
                                    "operationId": "pools", "security": _AUTH,
                                    "responses": {"200": _json("Pools"), **errors}}},
+            "/api/schedules": {"get": {
+                "summary": "Schedules: next runs (local and UTC), last tick, leader",
+                "operationId": "schedules", "security": _AUTH,
+                "responses": {"200": _json("Schedules"), **errors}}},
             "/api/dead-letters": {"get": {
                 "summary": "Dead letters, filtered and paginated (oldest first)",
                 "operationId": "deadLetters", "security": _AUTH,

@@ -9,10 +9,11 @@ import json
 import re
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .. import _core
+from .. import _core, schedules
 from .._native import native_of
 from ..results import MemoryResultStore, RedisResultStore
 
@@ -231,8 +232,9 @@ class PoolSource:
             "rate_limit": None if rl is None else {
                 "per_second": getattr(rl, "per_second", None),
                 "burst": getattr(rl, "burst", None),
-                # The core does not count waits for a permit yet.
-                "waits": None,
+                # Counted by the core's limiter while the pool runs.
+                "waits": stats.get("rate_limit_waits"),
+                "wait_seconds": stats.get("rate_limit_wait_seconds"),
             },
             "counters": {k: stats.get(k) for k in ("received", "processed", "failed",
                                                    "retried", "dead_lettered", "requeued")},
@@ -258,3 +260,40 @@ async def task_record(store: Any, task_id: str) -> dict[str, Any] | None:
 
 def redact(url: str) -> str:
     return scrub(_core.redact_url(url))
+
+
+class ScheduleSource:
+    """The schedules the dashboard shows: those of its app (``describe``:
+    triggers from code, lease and ticks from the broker), or, with no app,
+    what the broker's lease and tick store alone holds for the app names it
+    was given (``foxtive dashboard --broker URL --schedule-apps a,b``)."""
+
+    def __init__(self, app: Any = None, broker: str | None = None,
+                 app_names: Iterable[str] = (), results: str | None = None) -> None:
+        self.app = app
+        self.broker = broker
+        self.app_names = list(app_names)
+        self.results = results
+
+    @property
+    def empty(self) -> bool:
+        return (self.app is None or not self.app.schedules) and not (
+            self.broker and self.app_names)
+
+    async def view(self) -> dict[str, Any]:
+        reads: list[Any] = []
+        if self.app is not None and self.app.schedules:
+            reads.append(schedules.describe(self.app))
+        if self.broker is not None:
+            own = self.app.name if self.app is not None else None
+            reads += [schedules.describe_stored(name, self.broker, self.results)
+                      for name in self.app_names if name != own]
+        rows: list[dict[str, Any]] = []
+        errors: list[str] = []
+        for got in await asyncio.gather(*reads, return_exceptions=True):
+            if isinstance(got, BaseException):
+                errors.append(scrub(f"{type(got).__name__}: {got}"))
+                continue
+            for s in got["schedules"]:
+                rows.append({"app": got["app"], **s, "leader": got["leader"]})
+        return {"schedules": rows, "errors": errors}

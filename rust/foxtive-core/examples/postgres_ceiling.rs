@@ -25,7 +25,7 @@
 use std::time::{Duration, Instant};
 
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, Statement};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -66,7 +66,18 @@ struct Tally {
 }
 
 impl Tally {
+    fn new() -> Self {
+        Tally {
+            done: 0,
+            bytes: 0,
+            first: None,
+            last: Instant::now(),
+        }
+    }
+
+    /// The ids of a claimed batch; the clock starts at the first one.
     fn take(&mut self, rows: &[tokio_postgres::Row]) -> Res<Vec<i64>> {
+        self.first.get_or_insert_with(Instant::now);
         let mut ids = Vec::with_capacity(rows.len());
         for row in rows {
             ids.push(row.try_get::<_, i64>(0)?);
@@ -74,107 +85,146 @@ impl Tally {
         }
         Ok(ids)
     }
+
+    fn deleted(&mut self, n: u64) -> Res<()> {
+        if n > 0 {
+            self.done += usize::try_from(n)?;
+            self.last = Instant::now();
+        }
+        Ok(())
+    }
 }
 
-async fn drain_lease(
-    client: &Client,
-    schema: &str,
-    queue: &str,
-    n: usize,
-    batch: i64,
-) -> Res<Tally> {
-    let claim = client.prepare(&claim_sql(schema)).await?;
-    let delete = client.prepare(&delete_sql(schema)).await?;
-    let mut t = Tally {
-        done: 0,
-        bytes: 0,
-        first: None,
-        last: Instant::now(),
-    };
+/// One way of draining: the two modes differ only in a round's statements.
+trait Drain {
+    /// Claim a batch (and settle it, or the one before): false when nothing was due.
+    async fn round(&mut self, t: &mut Tally) -> Res<bool>;
+    /// Settle what the last round left claimed.
+    async fn finish(&mut self, t: &mut Tally) -> Res<()>;
+}
+
+/// The loop both modes share: rounds until N jobs are done, or the queue
+/// stayed empty for 2 s after the first job.
+async fn run(mode: &mut impl Drain, n: usize) -> Res<Tally> {
+    let mut t = Tally::new();
     let mut idle_since = Instant::now();
-    let mut pending: Vec<i64> = Vec::new();
     while t.done < n {
-        // The previous batch's delete and this claim, pipelined.
+        if mode.round(&mut t).await? {
+            idle_since = Instant::now();
+            continue;
+        }
+        if t.first.is_some() && idle_since.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+        if t.done < n {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    mode.finish(&mut t).await?;
+    Ok(t)
+}
+
+/// foxtive's semantics: claim (lease, attempt counted), delete by id; the
+/// delete of a batch is pipelined with the claim of the next.
+struct Lease<'a> {
+    client: &'a Client,
+    claim: Statement,
+    delete: Statement,
+    queue: &'a str,
+    batch: i64,
+    pending: Vec<i64>,
+}
+
+impl Drain for Lease<'_> {
+    async fn round(&mut self, t: &mut Tally) -> Res<bool> {
+        let (client, delete, pending) = (self.client, &self.delete, &self.pending);
         let del = async {
             if pending.is_empty() {
                 return Ok(0);
             }
-            client.execute(&delete, &[&pending]).await
+            client.execute(delete, &[pending]).await
         };
-        let params: [&(dyn ToSql + Sync); 2] = [&queue, &batch];
-        let (deleted, rows) = tokio::join!(del, client.query(&claim, &params));
-        let deleted = usize::try_from(deleted?)?;
-        if deleted > 0 {
-            t.done += deleted;
-            t.last = Instant::now();
-        }
+        let params: [&(dyn ToSql + Sync); 2] = [&self.queue, &self.batch];
+        let (deleted, rows) = tokio::join!(del, client.query(&self.claim, &params));
+        t.deleted(deleted?)?;
         let rows = rows?;
-        if rows.is_empty() {
-            pending.clear();
-            if t.first.is_some() && idle_since.elapsed() > Duration::from_secs(2) {
-                break;
-            }
-            if t.done < n {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            continue;
+        self.pending = if rows.is_empty() {
+            Vec::new()
+        } else {
+            t.take(&rows)?
+        };
+        Ok(!rows.is_empty())
+    }
+
+    async fn finish(&mut self, t: &mut Tally) -> Res<()> {
+        if !self.pending.is_empty() {
+            t.deleted(self.client.execute(&self.delete, &[&self.pending]).await?)?;
+            self.pending.clear();
         }
-        t.first.get_or_insert_with(Instant::now);
-        idle_since = Instant::now();
-        pending = t.take(&rows)?;
+        Ok(())
     }
-    if !pending.is_empty() {
-        t.done += usize::try_from(client.execute(&delete, &[&pending]).await?)?;
-        t.last = Instant::now();
-    }
-    Ok(t)
 }
 
-async fn drain_tx(
-    client: &mut Client,
-    schema: &str,
-    queue: &str,
-    n: usize,
+/// The hand-written loop: one transaction per batch, the row lock
+/// held while the batch is handled, no lease.
+struct Tx<'a> {
+    client: &'a mut Client,
+    select: Statement,
+    delete: Statement,
+    queue: &'a str,
     batch: i64,
-) -> Res<Tally> {
-    let select = client.prepare(&select_sql(schema)).await?;
-    let delete = client.prepare(&delete_sql(schema)).await?;
-    let mut t = Tally {
-        done: 0,
-        bytes: 0,
-        first: None,
-        last: Instant::now(),
-    };
-    let mut idle_since = Instant::now();
-    while t.done < n {
-        let tx = client.transaction().await?;
-        let rows = tx.query(&select, &[&queue, &batch]).await?;
+}
+
+impl Drain for Tx<'_> {
+    async fn round(&mut self, t: &mut Tally) -> Res<bool> {
+        let tx = self.client.transaction().await?;
+        let rows = tx.query(&self.select, &[&self.queue, &self.batch]).await?;
         if rows.is_empty() {
             tx.commit().await?;
-            if t.first.is_some() && idle_since.elapsed() > Duration::from_secs(2) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-            continue;
+            return Ok(false);
         }
-        t.first.get_or_insert_with(Instant::now);
         let ids = t.take(&rows)?;
-        tx.execute(&delete, &[&ids]).await?;
+        tx.execute(&self.delete, &[&ids]).await?;
         tx.commit().await?;
-        t.done += ids.len();
-        t.last = Instant::now();
-        idle_since = t.last;
+        t.deleted(u64::try_from(ids.len())?)?;
+        Ok(true)
     }
-    Ok(t)
+
+    async fn finish(&mut self, _t: &mut Tally) -> Res<()> {
+        Ok(())
+    }
 }
 
 async fn drain(dsn: &str, schema: &str, queue: &str, n: usize, batch: i64, mode: &str) -> Res<()> {
     let (mut client, connection) = tokio_postgres::connect(dsn, NoTls).await?;
     let driver = tokio::spawn(connection);
     let s = quote(schema);
+    let delete = client.prepare(&delete_sql(&s)).await?;
     let t = match mode {
-        "lease" => drain_lease(&client, &s, queue, n, batch).await?,
-        "tx" => drain_tx(&mut client, &s, queue, n, batch).await?,
+        "lease" => {
+            let claim = client.prepare(&claim_sql(&s)).await?;
+            let pending = Vec::new();
+            let mut lease = Lease {
+                client: &client,
+                claim,
+                delete,
+                queue,
+                batch,
+                pending,
+            };
+            run(&mut lease, n).await?
+        }
+        "tx" => {
+            let select = client.prepare(&select_sql(&s)).await?;
+            let mut tx = Tx {
+                client: &mut client,
+                select,
+                delete,
+                queue,
+                batch,
+            };
+            run(&mut tx, n).await?
+        }
         other => return Err(format!("unknown mode {other:?}: lease or tx").into()),
     };
     drop(client);

@@ -185,6 +185,10 @@ impl PyEngine {
             d.set_item("circuit_breaker", state.as_str())?;
             d.set_item("circuit_breaker_transitions", transitions)?;
         }
+        if let Some(w) = self.engine.rate_limit_waits() {
+            d.set_item("rate_limit_waits", w.waits)?;
+            d.set_item("rate_limit_wait_seconds", w.wait_seconds)?;
+        }
         Ok(d)
     }
 

@@ -105,10 +105,11 @@ pub struct PyScheduler {
 #[pymethods]
 impl PyScheduler {
     /// `broker`: the app's broker URL (the lease and the last ticks live
-    /// there); `lease`: seconds, at most 10.
+    /// there, or in `results`, the app's result store URL, on RabbitMQ);
+    /// `lease`: seconds, at most 10.
     #[new]
-    #[pyo3(signature = (app, broker, lease = 10.0))]
-    fn new(app: &str, broker: &str, lease: f64) -> PyResult<Self> {
+    #[pyo3(signature = (app, broker, lease = 10.0, results = None))]
+    fn new(app: &str, broker: &str, lease: f64, results: Option<&str>) -> PyResult<Self> {
         if !lease.is_finite() || lease <= 0.0 {
             return Err(config_error(format!(
                 "lease: must be > 0 seconds, got {lease}"
@@ -118,7 +119,7 @@ impl PyScheduler {
             foxtive_core::schedule::leader::check_lease(Duration::from_secs_f64(lease)).py_err()?;
         Ok(PyScheduler {
             app: app.to_string(),
-            broker: brokers::open(broker, app).py_err()?,
+            broker: brokers::open_with_results(broker, app, results).py_err()?,
             lease,
             pending: Mutex::new(Vec::new()),
             running: Mutex::new(None),
@@ -143,7 +144,7 @@ impl PyScheduler {
         let native = native_of(backend).ok_or_else(|| {
             config_error(
                 "schedules: the queue's backend is written in Python; schedules need a \
-                 native backend (memory, redis, postgresql, sqlite)",
+                 native backend (memory, redis, postgresql, sqlite, rabbitmq)",
             )
         })?;
         let catch_up = CatchUp::parse(catch_up).py_err()?;
@@ -227,14 +228,17 @@ impl PyScheduler {
 
 /// Awaitable of `(leader, last)`: the current leader as `(host, pid,
 /// token, seconds left)` or None, and the last tick per schedule name as
-/// unix seconds.
+/// `(unix seconds, fingerprint)`. `results`: the app's result store URL
+/// (where a RabbitMQ app's schedules live).
 #[pyfunction]
+#[pyo3(signature = (app, broker, results = None))]
 pub fn schedule_status<'py>(
     py: Python<'py>,
     app: &str,
     broker: &str,
+    results: Option<&str>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let b = brokers::open(broker, app).py_err()?;
+    let b = brokers::open_with_results(broker, app, results).py_err()?;
     crate::bridge::awaitable(py, async move {
         let leader = b.current().await?.map(|l| {
             (
@@ -244,11 +248,11 @@ pub fn schedule_status<'py>(
                 l.expires_in.as_secs_f64(),
             )
         });
-        let last: Vec<(String, f64)> = b
+        let last: Vec<(String, (f64, String))> = b
             .all()
             .await?
             .into_iter()
-            .map(|(name, v)| (name, unix(v.tick)))
+            .map(|(name, v)| (name, (unix(v.tick), v.fingerprint)))
             .collect();
         Ok((leader, last))
     })

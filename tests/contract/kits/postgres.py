@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
+
+import pytest
 
 import foxtive
 
@@ -41,6 +45,30 @@ def postgres_answers() -> str | None:
 def drop_schema(schema: str) -> None:
     with judge_connection() as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def schema_fixture(prefix: str = "fxp_") -> Callable[[], Iterator[str]]:
+    """A ``schema`` fixture for a test module: a new schema name per test
+    (``prefix`` + random), dropped afterwards. In the module:
+    ``schema = schema_fixture("fxp_mine_")``."""
+
+    @pytest.fixture
+    def schema() -> Iterator[str]:
+        name = f"{prefix}{uuid.uuid4().hex[:12]}"
+        try:
+            yield name
+        finally:
+            drop_schema(name)
+
+    return schema
+
+
+def waiting_jobs(schema: str, queue: str) -> int:
+    """Rows of ``queue`` in ``schema``'s jobs table: ready, delayed or leased."""
+    with judge_connection() as conn:
+        row = conn.execute(f'SELECT count(*) FROM "{schema}".jobs WHERE queue = %s',
+                           (queue,)).fetchone()
+    return int(row[0]) if row else 0
 
 
 class PostgresKit(BackendKit):

@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import sqlite3
 import tempfile
+from collections.abc import Callable, Iterator
+
+import pytest
 
 import foxtive
 
@@ -66,3 +69,18 @@ class SqliteKit(BackendKit):
                 os.remove(self.path + suffix)
             except FileNotFoundError:
                 pass
+
+
+def kit_fixture() -> Callable[[], Iterator[SqliteKit]]:
+    """A ``kit`` fixture for a test module: a new SqliteKit (its own file)
+    per test, cleaned up afterwards. In the module: ``kit = kit_fixture()``."""
+
+    @pytest.fixture
+    def kit() -> Iterator[SqliteKit]:
+        k = SqliteKit()
+        try:
+            yield k
+        finally:
+            k.cleanup()
+
+    return kit

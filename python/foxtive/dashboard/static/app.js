@@ -106,7 +106,8 @@
     const data = await api("/api/pools");
     if (!data.pools.length) return;
     const list = data.pools.map((p) => {
-      const rl = p.rate_limit ? `${p.rate_limit.per_second}/s, burst ${p.rate_limit.burst}; waits ${fmt(p.rate_limit.waits)}` : "none";
+      const waited = p.rate_limit && p.rate_limit.wait_seconds != null ? ` (${p.rate_limit.wait_seconds.toFixed(2)} s in all)` : "";
+      const rl = p.rate_limit ? `${p.rate_limit.per_second}/s, burst ${p.rate_limit.burst}; waits ${fmt(p.rate_limit.waits)}${waited}` : "none";
       const meta = el("dl", { class: "meta" },
         el("dt", {}, "State"), el("dd", {}, el("span", { class: "badge " + (p.state || "") }, p.state || "—")),
         el("dt", {}, "Health"), el("dd", {}, el("span", { class: "badge " + (p.health || "") }, p.health || "—")),
@@ -119,6 +120,25 @@
       return el("article", { class: "pool", "data-pool": p.name }, el("h3", {}, p.name), meta);
     });
     $("#pool-list").replaceChildren(...list);
+  }
+
+  // --------------------------------------------------------------- schedules
+  async function loadSchedules() {
+    const data = await api("/api/schedules");
+    for (const e of data.errors) say("Schedules: " + e, true);
+    if (!data.schedules.length) return;
+    const rows = data.schedules.map((s) => {
+      const trigger = s.cron !== null ? `cron ${s.cron}` : (s.every !== null ? `every ${s.every} s` : "—");
+      const runs = s.next.map((r) => el("li", {}, el("time", { datetime: r.utc }, r.local), el("br"),
+                                        el("span", { class: "muted" }, r.utc)));
+      const leader = s.leader ? `${s.leader.host} pid ${s.leader.pid}` : "none";
+      return el("tr", { "data-schedule": s.name },
+        el("th", { scope: "row" }, s.name), el("td", {}, s.app),
+        el("td", {}, trigger, el("br"), el("span", { class: "muted" }, s.tz)),
+        el("td", {}, el("ul", { class: "runs" }, ...runs)),
+        el("td", {}, s.last_tick || "none"), el("td", {}, leader));
+    });
+    $("#schedule-table tbody").replaceChildren(...rows);
   }
 
   // ------------------------------------------------------------ dead letters
@@ -259,7 +279,7 @@
 
   // ------------------------------------------------------------------- setup
   async function refreshAll() {
-    await Promise.all([loadQueues(), loadDeadLetters(), loadPools()]);
+    await Promise.all([loadQueues(), loadDeadLetters(), loadPools(), loadSchedules()]);
   }
 
   function toUnix(value) { return value ? String(Date.parse(value + "Z") / 1000) : ""; }
@@ -304,7 +324,7 @@
       window.foxtiveFirstRender = performance.now();
       document.body.dataset.ready = "1";
     } catch (e) { say(e.message, true); }
-    setInterval(() => { Promise.all([loadQueues(), loadPools()]).catch((e) => say(e.message, true)); }, REFRESH_MS);
+    setInterval(() => { Promise.all([loadQueues(), loadPools(), loadSchedules()]).catch((e) => say(e.message, true)); }, REFRESH_MS);
   }
 
   document.addEventListener("DOMContentLoaded", start);

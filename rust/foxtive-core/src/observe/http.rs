@@ -168,11 +168,13 @@ fn route(path: &str, source: &Source) -> (u16, &'static str, String) {
             let status = if h.ready { 200 } else { 503 };
             (status, "application/json", h.to_json(pool))
         }
-        "/metrics" => (
-            200,
-            "text/plain; version=0.0.4; charset=utf-8",
-            source.metrics.render(),
-        ),
+        "/metrics" => {
+            // The pool's series, then those of the schedulers running in
+            // this process (`foxtive run` runs one beside the pools).
+            let mut text = source.metrics.render();
+            text.push_str(&crate::schedule::scheduler::render_running());
+            (200, "text/plain; version=0.0.4; charset=utf-8", text)
+        }
         other => (
             404,
             "application/json",

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::backend::{Backend, BackendState};
-use crate::policy::{BreakerState, CircuitBreaker, PolicySet};
+use crate::policy::{BreakerState, CircuitBreaker, PolicySet, RateLimitWaits, RateLimiter};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EngineState {
@@ -108,5 +108,10 @@ impl Live {
         self.policies
             .find::<CircuitBreaker>()
             .map(|b| (b.state(Instant::now()), b.transitions()))
+    }
+
+    /// The rate limit's waits, if the pool has a limit.
+    pub fn rate_limit_waits(&self) -> Option<RateLimitWaits> {
+        self.policies.find::<RateLimiter>().map(|r| r.waits())
     }
 }

@@ -102,6 +102,10 @@ pub struct Metrics {
     live: RwLock<Option<Arc<Live>>>,
     /// Unix milliseconds of the event loop's last sign of life.
     loop_heartbeat_ms: AtomicU64,
+    /// Rate-limit waits (count, microseconds) of the engines that ended:
+    /// the counters stay counters across runs.
+    rate_limit_waits_done: AtomicU64,
+    rate_limit_wait_us_done: AtomicU64,
 }
 
 impl Metrics {
@@ -114,6 +118,8 @@ impl Metrics {
             workers: worker_ids.iter().cloned().map(WorkerMetrics::new).collect(),
             live: RwLock::new(None),
             loop_heartbeat_ms: AtomicU64::new(0),
+            rate_limit_waits_done: AtomicU64::new(0),
+            rate_limit_wait_us_done: AtomicU64::new(0),
         })
     }
 
@@ -140,6 +146,12 @@ impl Metrics {
     pub fn detach(&self, live: &Arc<Live>) {
         let mut current = self.live.write();
         if current.as_ref().is_some_and(|l| Arc::ptr_eq(l, live)) {
+            if let Some(w) = live.rate_limit_waits() {
+                self.rate_limit_waits_done
+                    .fetch_add(w.waits, Ordering::Relaxed);
+                self.rate_limit_wait_us_done
+                    .fetch_add((w.wait_seconds * 1e6) as u64, Ordering::Relaxed);
+            }
             *current = None;
         }
     }
@@ -341,6 +353,32 @@ impl Metrics {
         let _ = writeln!(
             out,
             "foxtive_worker_circuit_breaker_state{{pool=\"{pool}\"}} {breaker}"
+        );
+
+        let waits = live.as_ref().and_then(|l| l.rate_limit_waits());
+        let done = self.rate_limit_waits_done.load(Ordering::Relaxed);
+        let done_secs = self.rate_limit_wait_us_done.load(Ordering::Relaxed) as f64 / 1e6;
+        help(
+            out,
+            "foxtive_worker_rate_limit_waits_total",
+            "counter",
+            "Admissions that waited for a rate-limit permit.",
+        );
+        let _ = writeln!(
+            out,
+            "foxtive_worker_rate_limit_waits_total{{pool=\"{pool}\"}} {}",
+            done + waits.map_or(0, |w| w.waits)
+        );
+        help(
+            out,
+            "foxtive_worker_rate_limit_wait_seconds_total",
+            "counter",
+            "Seconds admissions spent waiting for rate-limit permits.",
+        );
+        let _ = writeln!(
+            out,
+            "foxtive_worker_rate_limit_wait_seconds_total{{pool=\"{pool}\"}} {}",
+            done_secs + waits.map_or(0.0, |w| w.wait_seconds)
         );
 
         help(

@@ -43,7 +43,7 @@ pub use backoff::Backoff;
 pub use circuit_breaker::{Admission, BreakerConfig, BreakerState, CircuitBreaker, Verdict};
 pub use max_age::MaxAge;
 pub use poison_pill::{MaxDeliveries, PoisonPillTracker};
-pub use rate_limit::{RateLimitConfig, RateLimiter};
+pub use rate_limit::{RateLimitConfig, RateLimitWaits, RateLimiter};
 pub use reconnect::ReconnectStrategy;
 pub use retry::{FailureKind, RetryInfo, RetryPolicy};
 pub use set::{Admitted, PolicySet};

@@ -5,7 +5,8 @@
 
 use std::any::Any;
 use std::num::NonZeroU32;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use governor::clock::DefaultClock;
 use governor::state::{InMemoryState, NotKeyed};
@@ -73,6 +74,24 @@ pub struct RateLimiter {
     shared: Option<Shared>,
     burst: u32,
     per_second: f64,
+    waits: Waits,
+}
+
+/// Admissions that had to wait for their permit, and how long they waited
+/// in all: a pool slowed by its limit shows it here, not as a mystery.
+#[derive(Debug, Default)]
+struct Waits {
+    count: AtomicU64,
+    micros: AtomicU64,
+}
+
+/// What [`RateLimiter::waits`] reports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimitWaits {
+    /// Permits that were not free at once.
+    pub waits: u64,
+    /// Seconds spent waiting for them, in all.
+    pub wait_seconds: f64,
 }
 
 impl std::fmt::Debug for RateLimiter {
@@ -114,6 +133,7 @@ impl RateLimiter {
             shared: None,
             burst,
             per_second,
+            waits: Waits::default(),
         })
     }
 
@@ -149,23 +169,54 @@ impl RateLimiter {
         self.shared.is_some()
     }
 
+    /// Admissions that waited for a permit, and the time they waited.
+    pub fn waits(&self) -> RateLimitWaits {
+        RateLimitWaits {
+            waits: self.waits.count.load(Ordering::Relaxed),
+            wait_seconds: self.waits.micros.load(Ordering::Relaxed) as f64 / 1e6,
+        }
+    }
+
+    fn waited(&self, since: Instant) {
+        self.waits.count.fetch_add(1, Ordering::Relaxed);
+        let us = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.waits.micros.fetch_add(us, Ordering::Relaxed);
+    }
+
     /// Wait for one permit.
     pub async fn until_ready(&self) {
         let Some(shared) = &self.shared else {
+            // A free permit is taken at once and is not a wait.
+            if self.local.check().is_ok() {
+                return;
+            }
+            let since = Instant::now();
             self.local.until_ready().await;
+            self.waited(since);
             return;
         };
+        let since = Instant::now();
+        let mut waited = false;
         loop {
             match shared.try_acquire(self.burst).await {
-                Ok(Duration::ZERO) => return,
-                Ok(wait) => tokio::time::sleep(wait).await,
+                Ok(Duration::ZERO) => break,
+                Ok(wait) => {
+                    waited = true;
+                    tokio::time::sleep(wait).await
+                }
                 Err(e) => {
                     tracing::warn!(redis = %shared.url, error = %e,
                         "shared rate limit unavailable; limiting locally");
-                    self.local.until_ready().await;
-                    return;
+                    if self.local.check().is_err() {
+                        self.local.until_ready().await;
+                        waited = true;
+                    }
+                    break;
                 }
             }
+        }
+        if waited {
+            self.waited(since);
         }
     }
 }
@@ -218,5 +269,24 @@ impl Shared {
             .await
             .map_err(|e| Error::Backend(format!("redis {}: {:?}", self.url, e.kind())))?;
         Ok(Duration::from_micros(wait_us))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn counts_the_admissions_that_waited_and_for_how_long() {
+        let limiter = RateLimiter::new(20.0, 2).unwrap();
+        limiter.until_ready().await;
+        limiter.until_ready().await;
+        assert_eq!(limiter.waits().waits, 0, "a burst's permits are free");
+        limiter.until_ready().await;
+        limiter.until_ready().await;
+        let w = limiter.waits();
+        assert_eq!(w.waits, 2);
+        // Two permits at 20/s after the burst: about 50 ms each.
+        assert!(w.wait_seconds > 0.02, "{w:?}");
     }
 }

@@ -203,6 +203,11 @@ impl Engine {
         self.live.breaker_state()
     }
 
+    /// The rate limit's waits (count, seconds), if there is a limit.
+    pub fn rate_limit_waits(&self) -> Option<crate::policy::RateLimitWaits> {
+        self.live.rate_limit_waits()
+    }
+
     /// Connect the backend and start the fetch and settle tasks. Must be
     /// called inside the tokio runtime.
     pub async fn start(self: &Arc<Self>) -> Result<()> {

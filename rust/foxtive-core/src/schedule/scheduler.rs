@@ -7,10 +7,11 @@
 //! once its lease may have run out, before anyone else can take it over.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
 use tokio::sync::{watch, Notify};
 
 use super::brokers::ScheduleBroker;
@@ -63,31 +64,139 @@ pub struct ScheduleMetrics {
     pub ticks_skipped: AtomicU64,
     pub leader_changes: AtomicU64,
     pub leader: AtomicBool,
+    /// The same two counts per schedule, in the order of its schedules
+    /// (set once, when the scheduler is built).
+    pub per_schedule: Vec<ScheduleCounts>,
+}
+
+/// Ticks enqueued and skipped for one schedule.
+#[derive(Debug, Default)]
+pub struct ScheduleCounts {
+    pub name: String,
+    pub ticks_enqueued: AtomicU64,
+    pub ticks_skipped: AtomicU64,
 }
 
 impl ScheduleMetrics {
-    pub fn render(&self, app: &str) -> String {
-        let app = app.replace('\\', "\\\\").replace('"', "\\\"");
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        format!(
-            "# HELP foxtive_schedule_ticks_enqueued_total Schedule ticks this process enqueued.\n\
-             # TYPE foxtive_schedule_ticks_enqueued_total counter\n\
-             foxtive_schedule_ticks_enqueued_total{{app=\"{app}\"}} {}\n\
-             # HELP foxtive_schedule_ticks_skipped_total Missed ticks skipped by the catch-up policy.\n\
-             # TYPE foxtive_schedule_ticks_skipped_total counter\n\
-             foxtive_schedule_ticks_skipped_total{{app=\"{app}\"}} {}\n\
-             # HELP foxtive_schedule_leader_changes_total Times this process became or stopped being the schedule leader.\n\
-             # TYPE foxtive_schedule_leader_changes_total counter\n\
-             foxtive_schedule_leader_changes_total{{app=\"{app}\"}} {}\n\
-             # HELP foxtive_schedule_leader 1 while this process leads the app's schedules.\n\
-             # TYPE foxtive_schedule_leader gauge\n\
-             foxtive_schedule_leader{{app=\"{app}\"}} {}\n",
-            get(&self.ticks_enqueued),
-            get(&self.ticks_skipped),
-            get(&self.leader_changes),
-            u8::from(self.leader.load(Ordering::Relaxed)),
-        )
+    fn for_schedules(names: impl Iterator<Item = String>) -> Self {
+        ScheduleMetrics {
+            per_schedule: names
+                .map(|name| ScheduleCounts {
+                    name,
+                    ..ScheduleCounts::default()
+                })
+                .collect(),
+            ..ScheduleMetrics::default()
+        }
     }
+
+    /// Count `n` for schedule number `index` and in the totals.
+    fn count(&self, index: usize, n: u64, skipped: bool) {
+        let (total, each) = match (skipped, self.per_schedule.get(index)) {
+            (false, c) => (&self.ticks_enqueued, c.map(|c| &c.ticks_enqueued)),
+            (true, c) => (&self.ticks_skipped, c.map(|c| &c.ticks_skipped)),
+        };
+        total.fetch_add(n, Ordering::Relaxed);
+        if let Some(each) = each {
+            each.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// This scheduler's series alone (`Scheduler.metrics_text()`).
+    pub fn render(&self, app: &str) -> String {
+        render_metrics(&[(app, self)])
+    }
+}
+
+const FAMILIES: [(&str, &str, &str); 4] = [
+    (
+        "foxtive_schedule_ticks_enqueued_total",
+        "counter",
+        "Schedule ticks this process enqueued.",
+    ),
+    (
+        "foxtive_schedule_ticks_skipped_total",
+        "counter",
+        "Missed ticks skipped by the catch-up policy.",
+    ),
+    (
+        "foxtive_schedule_leader_changes_total",
+        "counter",
+        "Times this process became or stopped being the schedule leader.",
+    ),
+    (
+        "foxtive_schedule_leader",
+        "gauge",
+        "1 while this process leads the app's schedules.",
+    ),
+];
+
+/// The schedule families for several schedulers, each family's HELP and
+/// TYPE once (the text format wants one block per family).
+pub fn render_metrics(schedulers: &[(&str, &ScheduleMetrics)]) -> String {
+    use std::fmt::Write;
+    let esc = |s: &str| {
+        s.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    };
+    let mut out = String::new();
+    for (family, (name, kind, help)) in FAMILIES.iter().enumerate() {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (app, m) in schedulers {
+            let app = esc(app);
+            match family {
+                0 | 1 => {
+                    for c in &m.per_schedule {
+                        let n = if family == 0 {
+                            &c.ticks_enqueued
+                        } else {
+                            &c.ticks_skipped
+                        };
+                        let _ = writeln!(
+                            out,
+                            "{name}{{app=\"{app}\",schedule=\"{}\"}} {}",
+                            esc(&c.name),
+                            n.load(Ordering::Relaxed)
+                        );
+                    }
+                }
+                2 => {
+                    let n = m.leader_changes.load(Ordering::Relaxed);
+                    let _ = writeln!(out, "{name}{{app=\"{app}\"}} {n}");
+                }
+                _ => {
+                    let n = u8::from(m.leader.load(Ordering::Relaxed));
+                    let _ = writeln!(out, "{name}{{app=\"{app}\"}} {n}");
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The schedulers running in this process, for `/metrics` of every
+/// health server here: a scheduler is not tied to one pool, so it is found
+/// through this list rather than wired into each server.
+type Running = Mutex<Vec<(String, Arc<ScheduleMetrics>)>>;
+
+fn running() -> &'static Running {
+    static RUNNING: OnceLock<Running> = OnceLock::new();
+    RUNNING.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+/// The schedule families of every scheduler running in this process; empty
+/// when none runs.
+pub fn render_running() -> String {
+    let running = running().lock();
+    if running.is_empty() {
+        return String::new();
+    }
+    let list: Vec<(&str, &ScheduleMetrics)> = running
+        .iter()
+        .map(|(app, m)| (app.as_str(), &**m))
+        .collect();
+    render_metrics(&list)
 }
 
 /// Leadership as the tick loop sees it.
@@ -110,13 +219,26 @@ pub async fn enqueue_tick(
     tick: DateTime<Utc>,
     missed: bool,
 ) -> Result<String> {
+    publish_tick(publisher, template, name, tick, missed, true).await
+}
+
+/// [`enqueue_tick`], with the backend's dedup (`dedup`) or without it (a
+/// broker with no store: the caller claimed the tick by recording it).
+async fn publish_tick(
+    publisher: &dyn Backend,
+    template: &Outgoing,
+    name: &str,
+    tick: DateTime<Utc>,
+    missed: bool,
+    dedup: bool,
+) -> Result<String> {
     let id = tick_id(name, tick);
     let mut out = template.clone();
     out.message_id = Some(id.clone());
     // The tick id is also the dedup key: two schedulers that both believe
     // they lead (or a successor re-enqueueing a tick its dead predecessor
     // enqueued but did not record) still enqueue a tick once.
-    out.dedup = Some(Dedup {
+    out.dedup = dedup.then(|| Dedup {
         key: id.clone(),
         ttl: TICK_DEDUP_TTL,
     });
@@ -151,13 +273,16 @@ impl Scheduler {
         settings: SchedulerSettings,
     ) -> Result<Arc<Self>> {
         check_lease(settings.lease)?;
+        let metrics = Arc::new(ScheduleMetrics::for_schedules(
+            schedules.iter().map(|s| s.name.clone()),
+        ));
         Ok(Arc::new(Scheduler {
             app: app.to_string(),
             schedules,
             broker,
             settings,
             holder: Holder::this_process(),
-            metrics: Arc::new(ScheduleMetrics::default()),
+            metrics,
             stopping: AtomicBool::new(false),
             stop: Notify::new(),
         }))
@@ -197,11 +322,17 @@ impl Scheduler {
 
     /// Run until [`Scheduler::stop`].
     pub async fn run(self: Arc<Self>) {
-        for s in &self.schedules {
+        // RabbitMQ's connect() starts a consumer (its prefetch would hold
+        // ticks no handler ever sees); its publish connects without one.
+        let warm_up = !self.broker.records_first();
+        for s in self.schedules.iter().filter(|_| warm_up) {
             if let Err(e) = s.publisher.connect().await {
                 tracing::warn!(schedule = %s.name, error = %e, "schedule's backend did not connect yet");
             }
         }
+        running()
+            .lock()
+            .push((self.app.clone(), self.metrics.clone()));
         let (tx, rx) = watch::channel::<Option<Leading>>(None);
         let keeper = tokio::spawn(self.clone().keep_lease(tx));
         self.clone().tick_loop(rx).await;
@@ -213,6 +344,9 @@ impl Scheduler {
                 tracing::warn!(app = %self.app, error = %e, "schedule lease: release failed (it expires by itself)");
             }
         }
+        running()
+            .lock()
+            .retain(|(_, m)| !Arc::ptr_eq(m, &self.metrics));
     }
 
     /// Keep (or seek) the lease until stopped; returns the lease still held.
@@ -279,8 +413,8 @@ impl Scheduler {
             let wait = match leading {
                 Some(l) if Instant::now() < l.valid_until => {
                     let now = Utc::now();
-                    for s in &self.schedules {
-                        if let Err(e) = self.look(s, &l, now).await {
+                    for (i, s) in self.schedules.iter().enumerate() {
+                        if let Err(e) = self.look(i, s, &l, now).await {
                             tracing::warn!(app = %self.app, schedule = %s.name, error = %e,
                                            "schedule: enqueueing a tick failed; retried on the next look");
                         }
@@ -315,7 +449,7 @@ impl Scheduler {
             .max(Duration::from_millis(1))
     }
 
-    async fn look(&self, s: &Schedule, l: &Leading, now: DateTime<Utc>) -> Result<()> {
+    async fn look(&self, i: usize, s: &Schedule, l: &Leading, now: DateTime<Utc>) -> Result<()> {
         let fingerprint = s.trigger.fingerprint();
         let last = self
             .broker
@@ -324,19 +458,39 @@ impl Scheduler {
             .filter(|v| v.fingerprint == fingerprint)
             .map(|v| v.tick);
         let plan = catch_up::plan(&s.trigger, s.catch_up, last, l.since, now);
-        self.metrics
-            .ticks_skipped
-            .fetch_add(plan.skipped, Ordering::Relaxed);
+        self.metrics.count(i, plan.skipped, true);
         for due in &plan.due {
             if Instant::now() >= l.valid_until || self.stopped() {
                 return Ok(());
             }
-            enqueue_tick(&*s.publisher, &s.template, &s.name, due.tick, due.missed).await?;
-            self.metrics.ticks_enqueued.fetch_add(1, Ordering::Relaxed);
             let stored = Stored {
                 fingerprint: fingerprint.clone(),
                 tick: due.tick,
             };
+            if self.broker.records_first() {
+                // No dedup store beside the queue (RabbitMQ): the fenced
+                // record is the claim, so of two schedulers that both
+                // believe they lead only the lease holder publishes. A
+                // crash between the two loses this tick rather than
+                // doubling it.
+                if !self.broker.record(&s.name, &stored, l.lease.token).await? {
+                    tracing::warn!(app = %self.app, schedule = %s.name, "schedule: lease lost while enqueueing");
+                    return Ok(());
+                }
+                publish_tick(
+                    &*s.publisher,
+                    &s.template,
+                    &s.name,
+                    due.tick,
+                    due.missed,
+                    false,
+                )
+                .await?;
+                self.metrics.count(i, 1, false);
+                continue;
+            }
+            enqueue_tick(&*s.publisher, &s.template, &s.name, due.tick, due.missed).await?;
+            self.metrics.count(i, 1, false);
             if !self.broker.record(&s.name, &stored, l.lease.token).await? {
                 tracing::warn!(app = %self.app, schedule = %s.name, "schedule: lease lost while enqueueing");
                 return Ok(());
@@ -443,10 +597,27 @@ mod tests {
         let ra = tokio::spawn(a.clone().run());
         let rb = tokio::spawn(b.clone().run());
         tokio::time::sleep(Duration::from_millis(3500)).await;
+        // Both running schedulers are on every /metrics of the process,
+        // each family introduced once.
+        let text = render_running();
+        assert!(text.contains(
+            "foxtive_schedule_ticks_enqueued_total{app=\"sched-test-app\",schedule=\"per-second\"}"
+        ));
+        assert_eq!(
+            text.matches("# TYPE foxtive_schedule_leader gauge").count(),
+            1
+        );
+        assert_eq!(
+            text.matches("foxtive_schedule_leader{app=\"sched-test-app\"} 1")
+                .count(),
+            1,
+            "{text}"
+        );
         a.stop();
         b.stop();
         ra.await.unwrap();
         rb.await.unwrap();
+        assert!(!render_running().contains("sched-test-app"));
         let got = backend
             .receive(100, Duration::from_millis(10))
             .await
@@ -462,5 +633,14 @@ mod tests {
         let enq = a.metrics().ticks_enqueued.load(Ordering::Relaxed)
             + b.metrics().ticks_enqueued.load(Ordering::Relaxed);
         assert_eq!(enq as usize, n);
+        let per: u64 = [&a, &b]
+            .iter()
+            .map(|s| {
+                s.metrics().per_schedule[0]
+                    .ticks_enqueued
+                    .load(Ordering::Relaxed)
+            })
+            .sum();
+        assert_eq!(per, enq, "the per-schedule counts add up to the totals");
     }
 }

@@ -48,6 +48,12 @@ pub trait TickStore: Send + Sync + 'static {
     async fn record(&self, schedule: &str, value: &Stored, token: u64) -> Result<bool>;
     /// Every schedule with a stored tick (`foxtive schedules`).
     async fn all(&self) -> Result<Vec<(String, Stored)>>;
+    /// True when the queue's broker cannot deduplicate ticks by id
+    /// (RabbitMQ): the scheduler then records a tick (fenced) before it
+    /// publishes it, instead of after.
+    fn records_first(&self) -> bool {
+        false
+    }
 }
 
 fn memory_ticks() -> &'static Mutex<HashMap<(String, String), Stored>> {

@@ -7,12 +7,11 @@
 //! * SQLite: a lock row, the same idea in an `IMMEDIATE` transaction
 //!   ([`sqlite`]).
 //! * memory: a process-wide map ([`super::leader::MemoryLease`]).
-//! * RabbitMQ is not done yet: its natural lease is an exclusive queue
-//!   (`exclusive=true`, declared by the leader, deleted by the broker when
-//!   its connection dies), with the last ticks in the app's result store.
-//!   A RabbitMQ app gets a `Config` error naming this.
+//! * RabbitMQ: the lease and the ticks live in the app's result store
+//!   ([`rabbitmq`] says why not an exclusive queue); see [`open_with_results`].
 
 pub mod postgres;
+pub mod rabbitmq;
 pub mod redis;
 pub mod sqlite;
 
@@ -39,12 +38,29 @@ pub fn open(url: &str, app: &str) -> Result<Arc<dyn ScheduleBroker>> {
         "redis" => Ok(Arc::new(redis::RedisSchedule::new(url, app)?)),
         "postgres" => Ok(Arc::new(postgres::PostgresSchedule::new(url, app)?)),
         "sqlite" => Ok(Arc::new(sqlite::SqliteSchedule::new(url, app)?)),
+        "rabbitmq" => Ok(Arc::new(rabbitmq::RabbitSchedule::new(None, app)?)),
         other => Err(Error::Config(format!(
             "schedules: the {other} broker has no schedule lease yet (memory, redis, \
              postgresql and sqlite do; RabbitMQ's will be an exclusive queue); run the \
              scheduler with --no-scheduler there, or give the app one of those brokers"
         ))),
     }
+}
+
+/// [`open`] for an app whose result store is `results`: a broker with no
+/// store of its own (RabbitMQ) keeps the lease and the ticks there.
+pub fn open_with_results(
+    url: &str,
+    app: &str,
+    results: Option<&str>,
+) -> Result<Arc<dyn ScheduleBroker>> {
+    if registry::backend_kind(url)?.name == "rabbitmq" {
+        if app.is_empty() {
+            return Err(Error::Config("app: must be a non-empty name".into()));
+        }
+        return Ok(Arc::new(rabbitmq::RabbitSchedule::new(results, app)?));
+    }
+    open(url, app)
 }
 
 #[cfg(test)]
