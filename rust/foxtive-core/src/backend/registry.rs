@@ -232,7 +232,7 @@ mod tests {
     fn registry_errors_never_show_a_password() {
         for url in [
             "kafka://user:s3cret@h:9092",
-            "redis+cluster://user:s3cret@h:7000",
+            "mqtt://user:s3cret@h1:1883,h2:1883",
             "user:s3cret@h:5672",
             "1amqp://user:s3cret@h",
         ] {
