@@ -20,8 +20,8 @@ from .rabbit_support import judge, list_queues, unique
 from .redis_support import REDIS_URL, delete_keys, redis_answers, unique_stream
 
 AVAILABLE = ("memory://, amqp://, amqps://, redis://, rediss://, unix://, redis+unix://, "
+             "redis+cluster://, rediss+cluster://, "
              "sqlite://, postgresql://, postgres://, nats://, tls://")
-NOT_YET = "redis+cluster://"
 
 
 def pool_collecting(seen: list[tuple[bytes, str]]) -> foxtive.WorkerPool:
@@ -118,18 +118,15 @@ def test_an_unknown_scheme_lists_the_known_ones(url: str) -> None:
     with pytest.raises(foxtive.ConfigError) as info:
         foxtive.backend_from_url(url, "q")
     assert AVAILABLE in str(info.value)
-    assert NOT_YET in str(info.value)
 
 
-@pytest.mark.parametrize(("url", "name"), [
-    ("redis+cluster://h1:7000,h2:7001", "redis-cluster"),
-])
-def test_a_backend_still_to_come_says_so(url: str, name: str) -> None:
-    with pytest.raises(foxtive.ConfigError) as info:
-        foxtive.backend_from_url(url, "q")
-    message = str(info.value)
-    assert message.startswith(f"backend '{name}' is not available yet")
-    assert AVAILABLE in message
+def test_a_redis_cluster_url_builds_the_redis_backend_without_connecting() -> None:
+    backend = foxtive.backend_from_url(
+        "redis+cluster://user:s3cret@127.0.0.1:1,127.0.0.1:2?partitions=3&wait_replicas=1", "q")
+    assert isinstance(backend, foxtive.RedisStreamBackend)
+    assert "s3cret" not in backend.url and "s3cret" not in repr(backend)
+    keys = backend.stream_keys
+    assert len(set(keys)) == 3 and all(k.startswith("{q:p") for k in keys), keys
 
 
 @pytest.mark.parametrize("url", [

@@ -538,3 +538,46 @@ def test_passwords_users_and_databases(tmp_path: Any) -> None:
         assert "wrong-pw" not in str(info.value)
     finally:
         server.stop()
+
+
+# -------------------------------------------------------------- partitions
+
+
+def test_partitions_on_one_server_spread_and_deliver_each_message_once(
+    r: redis.Redis, stream: str
+) -> None:
+    """``partitions=3`` on a plain server (the cluster case is in
+    tests/cluster): three tagged streams, round robin, one consumer reads all,
+    dead letters go to their own partition's stream and list as one store."""
+    b = backend_for(stream, partitions=3)
+    keys = b.stream_keys
+    try:
+        assert len(set(keys)) == 3 and all(k.startswith("{" + stream) for k in keys), keys
+        assert b.dead_letter_keys == [f"{k}:dlq" for k in keys]
+        n = 300
+        asyncio.run(b.publish_many([b"p%d" % i for i in range(n)]))
+        assert [r.xlen(k) for k in keys] == [n // 3] * 3
+        seen: collections.Counter[bytes] = collections.Counter()
+
+        async def handler(m: foxtive.Message) -> None:
+            if m.body in (b"p0", b"p1"):
+                raise foxtive.PermanentError("bad")
+            seen[m.body] += 1
+            assert m.queue == stream
+
+        pool = foxtive.WorkerPoolBuilder("p").add_worker(handler, id="h").build()
+        assert pool.run_until_idle(b, timeout=60)
+        assert len(seen) == n - 2 and set(seen.values()) == {1}
+        assert all(r.xlen(k) == 0 and pending(r, k) == 0 for k in keys)
+        # p0 and p1 went to partitions 0 and 1: each dead letter in its own DLQ.
+        assert [r.xlen(f"{k}:dlq") for k in keys] == [1, 1, 0]
+        dlq = b.dead_letter_queue()
+        assert len(dlq) == 2
+        listed = dlq.get_failed_messages()
+        assert sorted(d.body for d in listed) == [b"p0", b"p1"]
+        assert asyncio.run(dlq.replay()) == 2
+        assert [r.xlen(f"{k}:dlq") for k in keys] == [0, 0, 0]
+        assert [r.xlen(k) for k in keys] == [1, 1, 0], "each back in its own partition"
+    finally:
+        for k in keys:
+            delete_keys(r, k)

@@ -748,7 +748,7 @@ class App:
         scheme = url.split(":", 1)[0].lower()
         if scheme == "memory":
             return MemoryResultStore(self.result_ttl)
-        if scheme in ("redis", "rediss", "unix", "redis+unix"):
+        if scheme in ("redis", "rediss", "unix", "redis+unix", "redis+cluster", "rediss+cluster"):
             return RedisResultStore(url, self.result_ttl)
         if scheme in ("postgresql", "postgres"):
             return PostgresResultStore(url, self.result_ttl)

@@ -53,6 +53,16 @@ class RedisStreamConsumerConfig(FrozenConfig):
     (``MAXLEN ~``) on every add; ``None`` never trims. An entry delivered
     more than ``max_deliveries`` times without being settled (its handler
     keeps crashing the worker) is dead-lettered as a poison pill.
+
+    Redis Cluster (README "Scaling out"): ``cluster=True`` (implied by a
+    ``redis+cluster://`` URL) puts every key of the queue in one hash tag
+    (``{stream}``, ``{stream}:delayed``, ``{stream}:dlq``); ``partitions=N``
+    spreads the queue over N streams with different hash tags (the backend's
+    ``stream_keys``), read together, written round robin or by the
+    ``partition_key`` header; ``wait_replicas=N`` makes publishes, retry and
+    dead-letter copies wait (``WAIT``, up to ``wait_timeout`` seconds) for N
+    replicas, and fail if fewer acknowledged. All three are also URL query
+    parameters (``?partitions=4&wait_replicas=1``).
     """
 
     stream_name: str = "worker_stream"
@@ -66,6 +76,10 @@ class RedisStreamConsumerConfig(FrozenConfig):
     delete_on_ack: bool = True
     dead_letter_stream: str | None = None
     max_deliveries: int = 10
+    cluster: bool = False
+    partitions: int = 1
+    wait_replicas: int = 0
+    wait_timeout: float | _dt.timedelta = 1.0
 
     def __post_init__(self) -> None:
         derived = {f for f in _DERIVED if getattr(self, f) is None}
@@ -99,7 +113,9 @@ class RedisStreamConsumerConfig(FrozenConfig):
 class RedisStreamBackend(NativeBackend):
     """A Redis Streams consumer group as a foxtive backend.
 
-    ``url``: ``redis://[user:password@]host:port/db``, ``rediss://`` for TLS
+    ``url``: ``redis://[user:password@]host:port/db``,
+    ``redis+cluster://[user:password@]host:port,host:port`` for a Redis Cluster
+    (``rediss+cluster://`` with TLS), ``rediss://`` for TLS
     (server certificates are checked against the system's roots, or
     ``SSL_CERT_FILE``), or ``unix:///path`` / ``redis+unix:///path``
     (``?db=N``). The password may also be given as ``?password=`` or
@@ -133,6 +149,17 @@ class RedisStreamBackend(NativeBackend):
     @property
     def consumer_name(self) -> str:
         return self._native.consumer_name
+
+    @property
+    def stream_keys(self) -> list[str]:
+        """The Redis keys of the stream(s) read and written, one per partition
+        (hash-tagged on a cluster or with partitions; see README "Scaling out")."""
+        return self._native.stream_keys
+
+    @property
+    def dead_letter_keys(self) -> list[str]:
+        """The dead-letter stream key of each partition."""
+        return self._native.dead_letter_keys
 
     @classmethod
     def from_url(cls, url: str, queue: str, **options: Any) -> Self:

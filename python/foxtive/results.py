@@ -179,8 +179,54 @@ def _wake(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
+def _cluster_target(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]] | None:
+    """``(startup nodes, client keywords)`` of a ``redis+cluster://`` URL;
+    ``None`` for any other URL."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("redis+cluster", "rediss+cluster"):
+        return None
+    from urllib.parse import parse_qs, unquote
+
+    authority, _, tail = rest.partition("/")
+    authority, _, query = authority.partition("?")
+    if "?" in tail:
+        query = tail.split("?", 1)[1]
+    userinfo, at, hosts = authority.rpartition("@")
+    kwargs: dict[str, Any] = {}
+    if at:
+        user, colon, password = userinfo.partition(":")
+        if colon:
+            kwargs["password"] = unquote(password)
+        if user:
+            kwargs["username"] = unquote(user)
+    params = parse_qs(query)
+    for name, key in (("password", "password"), ("pass", "password"),
+                      ("username", "username"), ("user", "username")):
+        if name in params:
+            kwargs[key] = params[name][0]
+    if scheme.lower().startswith("rediss"):
+        kwargs["ssl"] = True
+    nodes: list[tuple[str, int]] = []
+    for host in filter(None, (h.strip() for h in hosts.split(","))):
+        name, _, port = host.rpartition(":")
+        try:
+            nodes.append((name or host, int(port) if name else 6379))
+        except ValueError:
+            raise ConfigError(f"results: {host!r} in the cluster URL is not host:port"
+                              ) from None
+    if not nodes:
+        raise ConfigError("results: a redis+cluster:// URL names no host:port")
+    return nodes, kwargs
+
+
 class RedisResultStore(ResultStore):
-    """Results in Redis with a TTL on every key; waiting blocks on BLMOVE."""
+    """Results in Redis with a TTL on every key; waiting blocks on BLMOVE.
+
+    ``url`` may name a Redis Cluster (``redis+cluster://h1:7000,h2:7001``,
+    ``rediss+cluster://`` with TLS): redis-py's ``RedisCluster`` is used and
+    each task's two keys share one hash tag (``foxtive:result:{ID}`` and
+    ``foxtive:result:{ID}:done``), so the final write stays one transaction
+    on one shard while tasks spread over all of them."""
 
     def __init__(self, url: str, ttl: float, prefix: str = "foxtive:result:") -> None:
         try:
@@ -192,7 +238,15 @@ class RedisResultStore(ResultStore):
         self.ttl = ttl
         self.prefix = prefix
         self._ttl_ms = max(1, int(ttl * 1000))
-        self._sync = redis.Redis.from_url(url)
+        self._cluster = _cluster_target(url)
+        if self._cluster is not None:
+            from redis.cluster import ClusterNode, RedisCluster
+            nodes, kwargs = self._cluster
+            self._sync: Any = RedisCluster(
+                startup_nodes=[ClusterNode(h, p) for h, p in nodes],  # type: ignore[no-untyped-call]
+                **kwargs)
+        else:
+            self._sync = redis.Redis.from_url(url)
         # redis.asyncio clients belong to the loop that made their connections.
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary())
@@ -203,10 +257,20 @@ class RedisResultStore(ResultStore):
         loop = asyncio.get_running_loop()
         client = self._async.get(loop)
         if client is None:
-            client = self._async[loop] = redis.asyncio.Redis.from_url(self.url)
+            if self._cluster is not None:
+                from redis.asyncio.cluster import ClusterNode, RedisCluster
+                nodes, kwargs = self._cluster
+                client = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes],
+                                      **kwargs)
+            else:
+                client = redis.asyncio.Redis.from_url(self.url)
+            self._async[loop] = client
         return client
 
     def _key(self, task_id: str) -> str:
+        if self._cluster is not None:
+            # One hash tag per task: its result and its :done list on one shard.
+            return f"{self.prefix}{{{task_id}}}"
         return f"{self.prefix}{task_id}"
 
     async def mark(self, task_id: str, status: str) -> None:
@@ -278,7 +342,7 @@ class RedisResultStore(ResultStore):
         if record is None:
             # redis-py types the timeout as int; Redis >= 6 takes seconds as a float.
             moved = self._sync.blmove(f"{key}:done", f"{key}:done",
-                                      timeout or 0,  # type: ignore[arg-type]
+                                      timeout or 0,
                                       "RIGHT", "RIGHT")
             if moved is None:
                 raise TimeoutError(f"task {task_id}: no result within {timeout} s")

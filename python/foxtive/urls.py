@@ -26,14 +26,14 @@ def backend_from_url(url: str, queue: str, **options: Any) -> NativeBackend:
     * ``memory://`` -> ``MemoryBackend(queue)`` (no options);
     * ``amqp://`` / ``amqps://`` -> ``RabbitMqBackend(url, RabbitMqConsumerConfig(
       queue_name=queue, **options))``; the ``reconnect_*`` options go to the backend;
-    * ``redis://`` / ``rediss://`` / ``unix://`` / ``redis+unix://`` ->
+    * ``redis://`` / ``rediss://`` / ``unix://`` / ``redis+unix://`` /
+      ``redis+cluster://`` / ``rediss+cluster://`` ->
       ``RedisStreamBackend(url, RedisStreamConsumerConfig(stream_name=queue,
       group_name="foxtive", **options))``;
     * every other available scheme -> its class's ``from_url`` (the core opens
       it and checks the options).
 
-    Schemes announced but not built yet (``redis+cluster://``)
-    are known. An unknown scheme, a scheme not available yet, or an option the
+    An unknown scheme, a scheme not available yet, or an option the
     backend does not take is a :class:`ConfigError` naming it."""
     if not isinstance(url, str):
         raise ConfigError(f"url: expected a string such as memory://, got {type(url).__name__}")

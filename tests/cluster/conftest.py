@@ -1,27 +1,27 @@
-"""Cluster tests (marker ``cluster``): they start their own brokers, take
-minutes, and run in their own CI step (``pytest -m cluster tests/cluster``).
-A plain ``pytest`` run deselects them (not skipped: they never run there).
+"""Tests against broker clusters the tests start themselves (marker ``cluster``).
 
-Minimal version from the rabbitcluster branch; the rediscluster branch
-brings the full wiring (``scripts/test-cluster``)."""
+They are not part of the default run (``pyproject.toml``: ``addopts = -m 'not
+cluster'``); ``scripts/test-cluster`` runs only them. Every module here sets
+``pytestmark = pytest.mark.cluster``. Fixtures: ``redis_cluster`` (6 Redis
+servers on 127.0.0.1:7000-7005, 3 masters + 3 replicas, data in a temporary
+directory, all killed at the end of the session, also on failure); RabbitMQ
+fixtures live in ``rabbitmq.py``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "cluster: starts its own broker cluster; run with -m cluster")
+from .redis_cluster import RedisClusterProcesses
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if "cluster" in (config.option.markexpr or ""):
-        return
-    keep: list[pytest.Item] = []
-    drop: list[pytest.Item] = []
-    for item in items:
-        (drop if item.get_closest_marker("cluster") else keep).append(item)
-    if drop:
-        config.hook.pytest_deselected(items=drop)
-        items[:] = keep
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterProcesses]:
+    cluster = RedisClusterProcesses(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

@@ -41,6 +41,10 @@ const FIELDS: &[&str] = &[
     "delete_on_ack",
     "dead_letter_stream",
     "max_deliveries",
+    "cluster",
+    "partitions",
+    "wait_replicas",
+    "wait_timeout",
 ];
 
 fn config_from(kw: &Keywords<'_>) -> PyResult<RedisStreamConfig> {
@@ -75,6 +79,18 @@ fn config_from(kw: &Keywords<'_>) -> PyResult<RedisStreamConfig> {
     }
     if let Some(n) = kw.int_as::<u32>("max_deliveries", ">= 1")? {
         cfg.max_deliveries = n;
+    }
+    if let Some(cluster) = kw.flag("cluster")? {
+        cfg.cluster = cluster;
+    }
+    if let Some(n) = kw.int_as::<u16>("partitions", "between 1 and 1024")? {
+        cfg.partitions = n;
+    }
+    if let Some(n) = kw.int_as::<u32>("wait_replicas", "between 0 and 64")? {
+        cfg.wait_replicas = n;
+    }
+    if let Some(t) = kw.seconds("wait_timeout")? {
+        cfg.wait_timeout = t;
     }
     cfg.validate().py_err()?;
     Ok(cfg)
@@ -141,6 +157,22 @@ impl PyRedisStreamConfig {
     fn max_deliveries(&self) -> u32 {
         self.inner.max_deliveries
     }
+    #[getter]
+    fn cluster(&self) -> bool {
+        self.inner.cluster
+    }
+    #[getter]
+    fn partitions(&self) -> u16 {
+        self.inner.partitions
+    }
+    #[getter]
+    fn wait_replicas(&self) -> u32 {
+        self.inner.wait_replicas
+    }
+    #[getter]
+    fn wait_timeout(&self) -> f64 {
+        self.inner.wait_timeout.as_secs_f64()
+    }
 }
 
 #[pymethods]
@@ -151,7 +183,7 @@ impl PyRedisStreamBackend {
         config: PyRef<'_, PyRedisStreamConfig>,
     ) -> PyResult<PyClassInitializer<Self>> {
         let inner = Arc::new(RedisStreamBackend::new(url, config.inner.clone()).py_err()?);
-        let dead_letters: Arc<dyn DeadLetterStore> = Arc::new(inner.dead_letter_store());
+        let dead_letters: Arc<dyn DeadLetterStore> = inner.dead_letters_store();
         let base = NativeBackend::new(inner.clone()).with_dead_letters(Some(dead_letters));
         Ok(PyClassInitializer::from(base).add_subclass(PyRedisStreamBackend { inner }))
     }
@@ -165,6 +197,19 @@ impl PyRedisStreamBackend {
     #[getter]
     fn consumer_name(&self) -> &str {
         &self.inner.config().consumer_name
+    }
+
+    /// The stream keys read and written, one per partition (hash-tagged on
+    /// a cluster or with partitions).
+    #[getter]
+    fn stream_keys(&self) -> Vec<String> {
+        self.inner.stream_keys()
+    }
+
+    /// The dead-letter stream keys, one per partition.
+    #[getter]
+    fn dead_letter_keys(&self) -> Vec<String> {
+        self.inner.dead_letter_keys()
     }
 
     fn __repr__(&self) -> String {

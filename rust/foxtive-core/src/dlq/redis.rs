@@ -9,13 +9,12 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::StreamRangeReply;
 use tokio::sync::OnceCell;
 
 use super::{codec, DeadLetter, DeadLetterStore, StoredDeadLetter};
 use crate::redact::scrub;
-use crate::redis_url::{self, RedisTarget};
+use crate::redis_url::{self, AnyTarget, Conn, RedisClient};
 use crate::{Error, Result};
 
 /// The field of a stream entry holding the record.
@@ -28,12 +27,12 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The Redis store.
 pub struct RedisStore {
-    client: redis::Client,
+    client: RedisClient,
     key: String,
     /// The URL's secrets, to scrub from error texts (redis-rs may echo them).
     secrets: Vec<String>,
     name: String,
-    conn: OnceCell<ConnectionManager>,
+    conn: OnceCell<Conn>,
 }
 
 impl RedisStore {
@@ -42,11 +41,11 @@ impl RedisStore {
         if key.is_empty() {
             return Err(Error::Config("key: must be a non-empty string".to_string()));
         }
-        let RedisTarget {
+        let AnyTarget {
             client,
             redacted,
             secrets,
-        } = redis_url::open(url, "url")?;
+        } = redis_url::open_any(url, "url")?;
         Ok(RedisStore {
             client,
             key: key.to_string(),
@@ -60,15 +59,11 @@ impl RedisStore {
         &self.key
     }
 
-    async fn conn(&self) -> Result<ConnectionManager> {
+    async fn conn(&self) -> Result<Conn> {
         self.conn
             .get_or_try_init(|| async {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(TIMEOUT))
-                    .set_response_timeout(Some(TIMEOUT))
-                    .set_number_of_retries(2);
                 self.client
-                    .get_connection_manager_with_config(config)
+                    .managed(TIMEOUT, 2)
                     .await
                     .map_err(|e| self.error("connect to", e))
             })

@@ -32,7 +32,8 @@ impl Inner {
                     continue;
                 }
                 let count = counts.get(&entry.id).copied().unwrap_or(1).max(1);
-                let d = codec::delivery(entry.id, fields, count, &self.queue, received_at);
+                let d =
+                    codec::delivery(entry.id, self.part, fields, count, &self.queue, received_at);
                 if count > self.cfg.max_deliveries {
                     poison.push((d, count));
                     continue;

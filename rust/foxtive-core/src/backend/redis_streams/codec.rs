@@ -38,7 +38,7 @@ pub(crate) type Field<'a> = (Cow<'a, [u8]>, Cow<'a, [u8]>);
 
 /// A stream delivery's receipt: its entry id (`<ms>-<seq>`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamReceipt(pub String);
+pub struct StreamReceipt(pub String, pub u16);
 
 /// A stream entry id (`<ms>-<seq>`), small and cheap to hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -421,6 +421,7 @@ pub(crate) fn decode_fields(fields: RawFields) -> Decoded {
 /// Build the delivery for an entry.
 pub(crate) fn delivery(
     entry_id: String,
+    part: u16,
     fields: RawFields,
     delivery_count: u32,
     queue: &Arc<str>,
@@ -441,7 +442,7 @@ pub(crate) fn delivery(
         priority: d.priority,
         received_at,
         redelivered: attempt > 1 || delivery_count > 1,
-        receipt: Receipt::new(StreamReceipt(entry_id)),
+        receipt: Receipt::new(StreamReceipt(entry_id, part)),
     }
 }
 
@@ -547,7 +548,7 @@ mod tests {
         out.attempt = 4;
         let fields = owned(Parts::from_outgoing(&out, Some("m-1")).fields());
         let queue: Arc<str> = Arc::from("s");
-        let d = delivery("5-0".into(), fields, 2, &queue, 0.0);
+        let d = delivery("5-0".into(), 0, fields, 2, &queue, 0.0);
         assert_eq!(d.id, "m-1");
         assert_eq!(&d.body[..], b"\x00\xffbinary");
         assert_eq!(d.attempt, 5);
@@ -555,7 +556,7 @@ mod tests {
         assert_eq!(d.correlation_id.as_deref(), Some("c1"));
         assert_eq!(d.priority, Some(3));
         assert!(d.redelivered);
-        assert_eq!(d.receipt.get(), Some(&StreamReceipt("5-0".into())));
+        assert_eq!(d.receipt.get(), Some(&StreamReceipt("5-0".into(), 0)));
     }
 
     #[test]
@@ -563,6 +564,7 @@ mod tests {
         let queue: Arc<str> = Arc::from("s");
         let d = delivery(
             "1-1".into(),
+            0,
             raw(&[(b"data", b"{\"a\":1}")]),
             1,
             &queue,
@@ -574,6 +576,7 @@ mod tests {
         assert!(!d.redelivered);
         let d = delivery(
             "1-2".into(),
+            0,
             raw(&[(b"name", b"x"), (b"raw", b"\xff")]),
             1,
             &queue,
@@ -611,7 +614,7 @@ mod tests {
     #[test]
     fn dead_letters_read_back() {
         let queue: Arc<str> = Arc::from("s");
-        let mut d = delivery("1-1".into(), raw(&[(b"body", b"x")]), 3, &queue, 0.0);
+        let mut d = delivery("1-1".into(), 0, raw(&[(b"body", b"x")]), 3, &queue, 0.0);
         d.headers.push(("h".into(), HeaderValue::Bool(true)));
         let failure = Failure {
             error_type: "ValueError".into(),

@@ -85,7 +85,11 @@ impl Inner {
                         inv.arg(&**k).arg(&**v);
                     }
                 }
-                async move { inv.invoke_async::<Value>(&mut conn).await }
+                async move {
+                    let reply = inv.invoke_async::<Value>(&mut conn).await?;
+                    self.replicated(&mut conn).await?;
+                    Ok(reply)
+                }
             })
             .await?;
         let (enqueued, holder) = match reply {

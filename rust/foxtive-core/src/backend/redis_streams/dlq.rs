@@ -48,20 +48,139 @@ pub struct StreamDeadLetters {
 
 impl RedisStreamBackend {
     /// A view of this backend's dead-letter stream (it shares the backend's
-    /// command connection).
+    /// command connection): of partition 0 only, see [`Self::dead_letters_store`].
     pub fn dead_letter_store(&self) -> StreamDeadLetters {
-        StreamDeadLetters {
-            name: format!(
-                "redis:{} stream={}",
-                self.inner.link.url, self.inner.cfg.dead_letter_stream
-            ),
-            inner: self.inner.clone(),
-            replay: Script::new(REPLAY),
+        StreamDeadLetters::of(&self.inner)
+    }
+
+    /// The dead-letter streams of every partition as one store: the stream
+    /// of [`Self::dead_letter_store`] without partitions; with them, keys
+    /// read `<partition>/<entry id>` and replays go back to each entry's
+    /// own partition.
+    pub fn dead_letters_store(&self) -> Arc<dyn DeadLetterStore> {
+        if self.rest.is_empty() {
+            return Arc::new(self.dead_letter_store());
         }
+        let parts: Vec<StreamDeadLetters> = self.parts().map(StreamDeadLetters::of).collect();
+        Arc::new(PartitionedDeadLetters {
+            name: format!(
+                "redis:{} streams={}",
+                self.inner.link.url,
+                parts.iter().map(|p| p.key()).collect::<Vec<_>>().join(",")
+            ),
+            parts,
+        })
+    }
+}
+
+/// The dead-letter streams of a partitioned queue.
+pub struct PartitionedDeadLetters {
+    parts: Vec<StreamDeadLetters>,
+    name: String,
+}
+
+impl PartitionedDeadLetters {
+    /// `(partition, entry id)` of a key `<partition>/<entry id>`.
+    fn split(key: &str) -> Option<(usize, &str)> {
+        let (p, id) = key.split_once('/')?;
+        Some((p.parse().ok()?, id))
+    }
+}
+
+#[async_trait]
+impl DeadLetterStore for PartitionedDeadLetters {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn put(&self, _records: Vec<DeadLetter>) -> Result<()> {
+        Err(crate::dlq::native_put_refused(&self.name))
+    }
+
+    async fn list(&self, limit: usize) -> Result<Vec<StoredDeadLetter>> {
+        let mut out = Vec::new();
+        for (i, part) in self.parts.iter().enumerate() {
+            if out.len() >= limit {
+                break;
+            }
+            for mut d in part.list(limit - out.len()).await? {
+                d.key = format!("{i}/{}", d.key);
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn remove(&self, keys: &[String]) -> Result<usize> {
+        let mut removed = 0;
+        for (i, part) in self.parts.iter().enumerate() {
+            let mine: Vec<String> = keys
+                .iter()
+                .filter_map(|k| Self::split(k))
+                .filter(|(p, _)| *p == i)
+                .map(|(_, id)| id.to_string())
+                .collect();
+            removed += part.remove(&mine).await?;
+        }
+        Ok(removed)
+    }
+
+    async fn purge(&self) -> Result<usize> {
+        let mut n = 0;
+        for part in &self.parts {
+            n += part.purge().await?;
+        }
+        Ok(n)
+    }
+
+    async fn count(&self) -> Result<usize> {
+        let mut n = 0;
+        for part in &self.parts {
+            n += part.count().await?;
+        }
+        Ok(n)
+    }
+
+    async fn exists(&self) -> Result<bool> {
+        for part in &self.parts {
+            if part.exists().await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn replay_in_place(&self, ids: Option<&[String]>) -> Result<usize> {
+        let mut done = 0;
+        for (i, part) in self.parts.iter().enumerate() {
+            let mine: Option<Vec<String>> = ids.map(|ids| {
+                ids.iter()
+                    .map(|k| match Self::split(k) {
+                        // An entry key of this partition: its entry id.
+                        Some((p, id)) if p == i => id.to_string(),
+                        // An original message id: looked for everywhere.
+                        _ => k.clone(),
+                    })
+                    .collect()
+            });
+            done += part.replay_in_place(mine.as_deref()).await?;
+        }
+        Ok(done)
     }
 }
 
 impl StreamDeadLetters {
+    fn of(inner: &Arc<Inner>) -> Self {
+        StreamDeadLetters {
+            name: format!(
+                "redis:{} stream={}",
+                inner.link.url, inner.cfg.dead_letter_stream
+            ),
+            inner: inner.clone(),
+            replay: Script::new(REPLAY),
+        }
+    }
+
     fn key(&self) -> &str {
         &self.inner.cfg.dead_letter_stream
     }

@@ -12,14 +12,13 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, ErrorKind, RedisError, ServerErrorKind};
+use redis::{ErrorKind, RedisError, ServerErrorKind};
 use tokio::time::Instant;
 
 use crate::backend::BackendState;
 use crate::policy::ReconnectStrategy;
 use crate::redact::scrub;
-use crate::redis_url::{self, RedisTarget};
+use crate::redis_url::{self, AnyTarget, Conn, RedisClient};
 use crate::{Error, Result};
 
 /// How long one connection attempt may take.
@@ -28,13 +27,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) struct Link {
-    client: redis::Client,
+    client: RedisClient,
     /// The URL with its password replaced by `***`.
     pub url: String,
     /// Texts that must never appear in a message (the password, raw and decoded).
     secrets: Vec<String>,
     strategy: ReconnectStrategy,
-    writer: Mutex<Option<(u64, MultiplexedConnection)>>,
+    writer: Mutex<Option<(u64, Conn)>>,
     next_gen: AtomicU64,
     connecting: tokio::sync::Mutex<()>,
     retry_at: Mutex<Option<Instant>>,
@@ -46,9 +45,17 @@ pub(crate) struct Link {
 }
 
 /// True when the error means the connection (or the server) is unusable for
-/// now, so reconnecting later may help.
+/// now, so reconnecting later may help. On a cluster that includes a node
+/// being down or failed over (CLUSTERDOWN, TRYAGAIN, MASTERDOWN, a refused
+/// connection to one node, READONLY from a demoted master): the cluster
+/// client refreshes its slot map on the next connection.
 pub(crate) fn is_connection_error(e: &RedisError) -> bool {
     e.is_io_error()
+        || e.is_cluster_error()
+        || matches!(
+            e.code(),
+            Some("READONLY" | "LOADING" | "CLUSTERDOWN" | "TRYAGAIN")
+        )
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || e.is_timeout()
@@ -65,17 +72,23 @@ pub(crate) fn is_connection_error(e: &RedisError) -> bool {
 }
 
 impl Link {
-    pub fn new(url: &str, strategy: ReconnectStrategy) -> Result<Self> {
+    /// `cluster`: `url` names one node of a Redis Cluster (a
+    /// `redis+cluster://` URL is a cluster anyway).
+    pub fn new(url: &str, strategy: ReconnectStrategy, cluster: bool) -> Result<Self> {
         if url.starts_with("rediss") {
             // rustls has two providers compiled in (ring via lapin, aws-lc via
             // redis) and will not guess: name one, unless the process did.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let RedisTarget {
+        let AnyTarget {
             client,
             redacted,
             secrets,
-        } = redis_url::open(url, "url")?;
+        } = if cluster {
+            redis_url::open_cluster(url, "url")?
+        } else {
+            redis_url::open_any(url, "url")?
+        };
         Ok(Link {
             client,
             url: redacted,
@@ -92,9 +105,10 @@ impl Link {
         })
     }
 
-    /// Where and how to connect (for the reader's own connection).
-    pub fn info(&self) -> &redis::ConnectionInfo {
-        self.client.get_connection_info()
+    /// Where and how to connect for the reader's own plain connection
+    /// (`None` on a cluster: the reader uses a cluster connection).
+    pub fn info(&self) -> Option<&redis::ConnectionInfo> {
+        self.client.single_info()
     }
 
     /// Remove every secret from a text meant for a log or an error.
@@ -113,21 +127,13 @@ impl Link {
     }
 
     /// Open a new connection (not counted: callers go through [`Link::writer`]).
-    pub async fn open(
-        &self,
-        response_timeout: Duration,
-    ) -> std::result::Result<MultiplexedConnection, RedisError> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(response_timeout));
-        self.client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
+    pub async fn open(&self, response_timeout: Duration) -> std::result::Result<Conn, RedisError> {
+        self.client.connect(CONNECT_TIMEOUT, response_timeout).await
     }
 
     /// The command connection and its generation, connecting if needed.
     /// Fails at once while the reconnect delay has not passed.
-    pub async fn writer(&self) -> Result<(u64, MultiplexedConnection)> {
+    pub async fn writer(&self) -> Result<(u64, Conn)> {
         if let Some((gen, conn)) = self.writer.lock().as_ref() {
             return Ok((*gen, conn.clone()));
         }
@@ -249,6 +255,7 @@ mod tests {
         let link = Link::new(
             "redis://user:p%40ss@127.0.0.1:1/0",
             ReconnectStrategy::default(),
+            false,
         )
         .unwrap();
         assert_eq!(link.url, "redis://user:***@127.0.0.1:1/0");
@@ -256,10 +263,15 @@ mod tests {
         let link = Link::new(
             "rediss://hunter2@example.invalid",
             ReconnectStrategy::default(),
+            false,
         )
         .unwrap();
         assert_eq!(link.scrub("x hunter2 y"), "x *** y");
-        match Link::new("http://user:hunter2@host", ReconnectStrategy::default()) {
+        match Link::new(
+            "http://user:hunter2@host",
+            ReconnectStrategy::default(),
+            false,
+        ) {
             Err(Error::Config(m)) => {
                 assert!(m.starts_with("url:"), "{m}");
                 assert!(!m.contains("hunter2"), "{m}");

@@ -24,6 +24,12 @@
 //! * At shutdown, entries not finished stay pending; their idle time is set
 //!   high so that peers take them over at their next reclaim.
 //!
+//! * On a Redis Cluster (`redis+cluster://`, or `cluster`), every key of a
+//!   queue carries one hash tag so its scripts run on one shard, and
+//!   `partitions` spreads one queue over several streams (see
+//!   [`RedisStreamConfig::layout`] and [`partitions`]); `wait_replicas`
+//!   makes writes wait for replicas (`WAIT`) before they count as done.
+//!
 //! The entry layout is described in [`codec`].
 
 mod admit;
@@ -33,6 +39,7 @@ mod dedup;
 pub mod dlq;
 mod duties;
 mod link;
+mod partitions;
 mod publish;
 mod reader;
 mod reply;
@@ -42,13 +49,12 @@ mod settle;
 mod stats;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use redis::aio::MultiplexedConnection;
 use redis::{RedisError, Value};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
@@ -57,15 +63,23 @@ use tokio::time::Instant;
 use super::{Backend, BackendState, QueueStats, SettleItem};
 use crate::dlq::DeadLetter;
 use crate::message::{Delivery, Failure, Outgoing, Settlement};
+use crate::redis_url::Conn;
 use crate::{Error, Result};
 pub use codec::StreamReceipt;
 
-/// `redis://`, `rediss://`, `unix://`, `redis+unix://`; built by its Python
-/// class from its typed config.
+/// `redis://`, `rediss://`, `unix://`, `redis+unix://`, `redis+cluster://`,
+/// `rediss+cluster://`; built by its Python class from its typed config.
 pub const KIND: super::registry::Kind = super::registry::Kind {
     name: "redis",
     type_name: "RedisStreamBackend",
-    schemes: &["redis", "rediss", "unix", "redis+unix"],
+    schemes: &[
+        "redis",
+        "rediss",
+        "unix",
+        "redis+unix",
+        "redis+cluster",
+        "rediss+cluster",
+    ],
     open: None,
 };
 use codec::{Field, Parts, StreamId};
@@ -74,7 +88,9 @@ use reply::RawEntry;
 use scripts::Scripts;
 
 pub use codec::{decode_header, encode_header};
-pub use config::{default_claim_interval, default_consumer_name, RedisStreamConfig};
+pub use config::{
+    default_claim_interval, default_consumer_name, partition_stream, RedisStreamConfig,
+};
 
 /// How long settlements keep retrying through a connection loss.
 const OP_RETRY_WINDOW: Duration = Duration::from_secs(15);
@@ -101,9 +117,16 @@ const READ_AHEAD: usize = 2;
 /// Extra time over BLOCK before a read is considered lost.
 const READ_MARGIN: Duration = Duration::from_secs(5);
 
-/// The Redis Streams backend.
+/// The Redis Streams backend: one stream, or one per partition.
 pub struct RedisStreamBackend {
+    /// Partition 0 (the only one without partitions).
     inner: Arc<Inner>,
+    /// Partitions 1.. (they share `inner`'s command connection).
+    rest: Vec<Arc<Inner>>,
+    /// Round robin of publishes and of the partition read first.
+    next: AtomicUsize,
+    /// The configuration as given (URL parameters applied).
+    config: RedisStreamConfig,
 }
 
 #[derive(Clone, Copy)]
@@ -114,9 +137,13 @@ struct Probe {
 }
 
 struct Inner {
+    /// This partition's configuration: its own keys (see `layout`).
     cfg: RedisStreamConfig,
+    /// The logical queue name (`message.queue`), the same for every partition.
     queue: Arc<str>,
-    link: Link,
+    /// Which partition (0 without partitions): carried in receipts.
+    part: u16,
+    link: Arc<Link>,
     scripts: Scripts,
     reader: tokio::sync::Mutex<reader::Reader>,
     /// Entries delivered and not settled yet → their delivery count.
@@ -136,30 +163,75 @@ struct Inner {
 impl RedisStreamBackend {
     /// A backend for `url` (`redis://`, `rediss://` or `unix://`). Nothing is
     /// connected until [`Backend::connect`] or the first publish.
+    ///
+    /// `?partitions=N`, `?wait_replicas=N` and `?wait_timeout=SECONDS` in the
+    /// URL set those fields (a config that sets one differently is an
+    /// error); a `redis+cluster://` URL implies `cluster`.
     pub fn new(url: &str, cfg: RedisStreamConfig) -> Result<Self> {
+        let mut cfg = config::with_url_params(cfg, url)?;
+        cfg.cluster |= crate::redis_url::is_cluster_url(url);
         cfg.validate()?;
-        let link = Link::new(url, cfg.reconnect)?;
+        let link = Arc::new(Link::new(url, cfg.reconnect, cfg.cluster)?);
+        let queue: Arc<str> = Arc::from(cfg.stream_name.as_str());
+        let mut parts = cfg
+            .layout()?
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| Arc::new(Inner::new(c, queue.clone(), i as u16, link.clone())));
+        let inner = parts
+            .next()
+            .ok_or_else(|| Error::Config("partitions: must be >= 1".to_string()))?;
         Ok(RedisStreamBackend {
-            inner: Arc::new(Inner {
-                queue: Arc::from(cfg.stream_name.as_str()),
-                link,
-                scripts: Scripts::new(),
-                reader: tokio::sync::Mutex::new(reader::Reader::new()),
-                held: Mutex::new(HashMap::new()),
-                ready: Mutex::new(VecDeque::new()),
-                stopped: AtomicBool::new(false),
-                timer: Mutex::new(None),
-                timer_wake: Arc::new(Notify::new()),
-                probe_wanted: AtomicBool::new(false),
-                probe: Mutex::new(None),
-                activity: AtomicU64::new(0),
-                cfg,
-            }),
+            inner,
+            rest: parts.collect(),
+            next: AtomicUsize::new(0),
+            config: cfg,
         })
     }
 
+    /// Every partition, in order.
+    fn parts(&self) -> impl Iterator<Item = &Arc<Inner>> {
+        std::iter::once(&self.inner).chain(self.rest.iter())
+    }
+
+    /// The stream keys read and written, one per partition.
+    pub fn stream_keys(&self) -> Vec<String> {
+        self.parts().map(|p| p.cfg.stream_name.clone()).collect()
+    }
+
+    /// The dead-letter stream keys, one per partition.
+    pub fn dead_letter_keys(&self) -> Vec<String> {
+        self.parts()
+            .map(|p| p.cfg.dead_letter_stream.clone())
+            .collect()
+    }
+}
+
+impl Inner {
+    fn new(cfg: RedisStreamConfig, queue: Arc<str>, part: u16, link: Arc<Link>) -> Self {
+        Inner {
+            queue,
+            part,
+            link,
+            scripts: Scripts::new(),
+            reader: tokio::sync::Mutex::new(reader::Reader::new()),
+            held: Mutex::new(HashMap::new()),
+            ready: Mutex::new(VecDeque::new()),
+            stopped: AtomicBool::new(false),
+            timer: Mutex::new(None),
+            timer_wake: Arc::new(Notify::new()),
+            probe_wanted: AtomicBool::new(false),
+            probe: Mutex::new(None),
+            activity: AtomicU64::new(0),
+            cfg,
+        }
+    }
+}
+
+impl RedisStreamBackend {
+    /// The configuration as given (keys before the layout: see [`Self::stream_keys`]).
     pub fn config(&self) -> &RedisStreamConfig {
-        &self.inner.cfg
+        &self.config
     }
 
     /// The URL with its password replaced by `***`.
@@ -177,12 +249,26 @@ impl RedisStreamBackend {
 
     /// Entries delivered by this backend and not settled yet.
     pub fn held(&self) -> usize {
-        self.inner.held.lock().len()
+        self.parts().map(|p| p.held.lock().len()).sum()
     }
 
-    /// Read up to `limit` dead letters from the dead-letter stream, oldest first.
+    /// Read up to `limit` dead letters from the dead-letter stream(s),
+    /// oldest first within each partition.
     pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
-        let inner = &self.inner;
+        let mut out = Vec::new();
+        for part in self.parts() {
+            if out.len() >= limit.max(1) {
+                break;
+            }
+            out.extend(part.dead_letters(limit.max(1) - out.len()).await?);
+        }
+        Ok(out)
+    }
+}
+
+impl Inner {
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
+        let inner = self;
         let key = inner.cfg.dead_letter_stream.clone();
         let reply = inner
             .with_writer("XRANGE dead letters", SHUTDOWN_STEP, |mut conn| {
@@ -219,7 +305,7 @@ impl Inner {
     /// through connection losses for up to `window`.
     async fn with_writer<T, F, Fut>(&self, what: &str, window: Duration, mut op: F) -> Result<T>
     where
-        F: FnMut(MultiplexedConnection) -> Fut,
+        F: FnMut(Conn) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, RedisError>>,
     {
         let deadline = Instant::now() + window;
@@ -253,6 +339,33 @@ impl Inner {
         }
     }
 
+    /// After writes to this partition's keys over `conn`: wait until
+    /// `wait_replicas` replicas have them (`WAIT` on the master of the
+    /// partition's slot, over the connection the writes used). Fewer by
+    /// `wait_timeout` is an error: the writes are done on the master but
+    /// would be lost if it failed now, so the caller must not count them.
+    async fn replicated(&self, conn: &mut Conn) -> std::result::Result<(), RedisError> {
+        let want = self.cfg.wait_replicas;
+        if want == 0 {
+            return Ok(());
+        }
+        let got = conn
+            .wait_replicas(&self.cfg.stream_name, want, self.cfg.wait_timeout)
+            .await?;
+        if got < want {
+            return Err(RedisError::from((
+                redis::ErrorKind::Client,
+                "not enough replicas",
+                format!(
+                    "WAIT: {got} of wait_replicas={want} replica(s) acknowledged within {}s; \
+                     the write is on the master only and could be lost in a failover",
+                    self.cfg.wait_timeout.as_secs_f64()
+                ),
+            )));
+        }
+        Ok(())
+    }
+
     fn xgroup_create(&self) -> redis::Cmd {
         let mut cmd = redis::cmd("XGROUP");
         cmd.arg("CREATE")
@@ -264,10 +377,7 @@ impl Inner {
     }
 
     /// `XGROUP CREATE <stream> <group> 0 MKSTREAM`; an existing group is fine.
-    async fn create_group(
-        &self,
-        conn: &mut MultiplexedConnection,
-    ) -> std::result::Result<(), RedisError> {
+    async fn create_group(&self, conn: &mut Conn) -> std::result::Result<(), RedisError> {
         match self.xgroup_create().query_async::<Value>(conn).await {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
@@ -283,7 +393,76 @@ impl Backend for RedisStreamBackend {
     }
 
     async fn connect(&self) -> Result<()> {
-        let inner = &self.inner;
+        for part in self.parts() {
+            part.connect().await?;
+        }
+        Ok(())
+    }
+
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        if self.rest.is_empty() {
+            return self.inner.receive(max, wait).await;
+        }
+        self.receive_partitions(max, wait).await
+    }
+
+    async fn settle(&self, batch: Vec<SettleItem>) -> Result<()> {
+        if self.rest.is_empty() {
+            return self.inner.settle(batch).await;
+        }
+        self.settle_partitions(batch).await
+    }
+
+    async fn publish(&self, messages: Vec<Outgoing>) -> Result<Vec<String>> {
+        if self.rest.is_empty() {
+            return self.inner.publish(messages).await;
+        }
+        self.publish_partitions(messages).await
+    }
+
+    async fn stop_receiving(&self) -> Result<()> {
+        for part in self.parts() {
+            part.stop_receiving().await;
+        }
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<()> {
+        for part in self.parts() {
+            part.close().await;
+        }
+        self.inner.link.close();
+        Ok(())
+    }
+
+    fn state(&self) -> BackendState {
+        self.inner.link.state()
+    }
+
+    async fn queue_stats(&self) -> Result<Option<QueueStats>> {
+        self.stats().await.map(Some)
+    }
+
+    fn is_drained(&self) -> Option<bool> {
+        // Every partition is asked (each keeps its own probe fresh).
+        let drained: Vec<bool> = self.parts().map(|p| p.is_drained()).collect();
+        Some(drained.into_iter().all(|d| d))
+    }
+
+    // Through the trait too: the Python base class and a ResilientBackend
+    // around this one read the counters as `dyn Backend`.
+    fn reconnect_attempts(&self) -> u64 {
+        self.inner.link.reconnect_attempts()
+    }
+
+    fn consecutive_failures(&self) -> u32 {
+        self.inner.link.consecutive_failures()
+    }
+}
+
+impl Inner {
+    async fn connect(self: &Arc<Self>) -> Result<()> {
+        let inner = self;
         inner.link.open_again();
         inner.stopped.store(false, Ordering::Release);
         {
@@ -311,20 +490,8 @@ impl Backend for RedisStreamBackend {
         Ok(())
     }
 
-    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
-        self.inner.receive(max, wait).await
-    }
-
-    async fn settle(&self, batch: Vec<SettleItem>) -> Result<()> {
-        self.inner.settle(batch).await
-    }
-
-    async fn publish(&self, messages: Vec<Outgoing>) -> Result<Vec<String>> {
-        self.inner.publish(messages).await
-    }
-
-    async fn stop_receiving(&self) -> Result<()> {
-        let inner = &self.inner;
+    async fn stop_receiving(&self) {
+        let inner = self;
         inner.stopped.store(true, Ordering::Release);
         // Free any blocked read on the server side.
         if let Ok(mut rd) = inner.reader.try_lock() {
@@ -338,7 +505,7 @@ impl Backend for RedisStreamBackend {
                 waiting
                     .iter()
                     .filter_map(|d| {
-                        let StreamReceipt(id) = d.receipt.get()?;
+                        let StreamReceipt(id, _) = d.receipt.get()?;
                         let count = StreamId::parse(id)
                             .and_then(|k| held.remove(&k))
                             .unwrap_or(1);
@@ -348,11 +515,10 @@ impl Backend for RedisStreamBackend {
             };
             inner.release(&release, false).await;
         }
-        Ok(())
     }
 
-    async fn close(&self) -> Result<()> {
-        let inner = &self.inner;
+    async fn close(&self) {
+        let inner = self;
         inner.stopped.store(true, Ordering::Release);
         let timer = inner.timer.lock().take();
         if let Some((task, stop)) = timer {
@@ -392,30 +558,6 @@ impl Backend for RedisStreamBackend {
                     "could not list pending entries at close; peers reclaim them after claim_idle");
             }
         }
-        inner.link.close();
-        Ok(())
-    }
-
-    fn state(&self) -> BackendState {
-        self.inner.link.state()
-    }
-
-    async fn queue_stats(&self) -> Result<Option<QueueStats>> {
-        self.stats().await.map(Some)
-    }
-
-    fn is_drained(&self) -> Option<bool> {
-        Some(self.inner.is_drained())
-    }
-
-    // Through the trait too: the Python base class and a ResilientBackend
-    // around this one read the counters as `dyn Backend`.
-    fn reconnect_attempts(&self) -> u64 {
-        self.inner.link.reconnect_attempts()
-    }
-
-    fn consecutive_failures(&self) -> u32 {
-        self.inner.link.consecutive_failures()
     }
 }
 
@@ -424,6 +566,7 @@ impl std::fmt::Debug for RedisStreamBackend {
         f.debug_struct("RedisStreamBackend")
             .field("url", &self.inner.link.url)
             .field("stream", &self.inner.cfg.stream_name)
+            .field("partitions", &self.config.partitions)
             .field("group", &self.inner.cfg.group_name)
             .field("consumer", &self.inner.cfg.consumer_name)
             .finish()

@@ -62,7 +62,11 @@ impl Inner {
                     for (_, fields) in chunk {
                         self.xadd(&mut pipe, &self.cfg.stream_name, fields, true);
                     }
-                    async move { pipe.query_async::<Vec<Value>>(&mut conn).await }
+                    async move {
+                        let replies = pipe.query_async::<Vec<Value>>(&mut conn).await?;
+                        self.replicated(&mut conn).await?;
+                        Ok(replies)
+                    }
                 })
                 .await?;
             for ((i, _), reply) in chunk.iter().zip(replies) {

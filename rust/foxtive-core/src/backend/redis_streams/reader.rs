@@ -9,7 +9,6 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
 use redis::{RedisError, Value};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -18,6 +17,7 @@ use super::reply::{self, RawEntry};
 use super::resp::{Frame, RespConn};
 use super::{Inner, READ_AHEAD, READ_MARGIN};
 use crate::message::Delivery;
+use crate::redis_url::Conn;
 use crate::{Error, Result};
 
 /// How long opening the read connection may take.
@@ -33,7 +33,7 @@ pub(super) enum ReadConn {
     },
     /// TLS: redis-rs, with read-ahead in spawned tasks (and their COUNT).
     Mux {
-        conn: MultiplexedConnection,
+        conn: Conn,
         ahead: VecDeque<(usize, Ahead)>,
     },
 }
@@ -136,6 +136,15 @@ impl Inner {
         cmd
     }
 
+    /// The small RESP connection for reads, when the server is one plain
+    /// TCP or unix server (`Ok(None)`: use a redis-rs connection).
+    async fn connect_resp(&self) -> std::io::Result<Option<RespConn>> {
+        match self.link.info() {
+            Some(info) => RespConn::connect(info, CONNECT_TIMEOUT).await,
+            None => Ok(None),
+        }
+    }
+
     /// Open the read connection once the command connection shows Redis is
     /// reachable (and the group exists). `false` when `deadline` passes first.
     async fn open_reader(&self, rd: &mut Reader, deadline: Instant) -> bool {
@@ -143,7 +152,7 @@ impl Inner {
             if let Ok((gen, mut writer)) = self.link.writer().await {
                 let opened = match self.create_group(&mut writer).await {
                     Err(e) => Err(self.link.error("XGROUP CREATE", &e)),
-                    Ok(()) => match RespConn::connect(self.link.info(), CONNECT_TIMEOUT).await {
+                    Ok(()) => match self.connect_resp().await {
                         Ok(Some(conn)) => Ok(ReadConn::Resp {
                             conn,
                             asked: VecDeque::new(),

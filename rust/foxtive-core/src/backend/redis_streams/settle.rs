@@ -66,7 +66,10 @@ impl Inner {
             for (delay, member) in items {
                 inv.arg(*delay).arg(*member);
             }
-            async move { inv.invoke_async::<Value>(&mut conn).await.map(|_| ()) }
+            async move {
+                inv.invoke_async::<Value>(&mut conn).await?;
+                self.replicated(&mut conn).await
+            }
         })
         .await?;
         self.timer_wake.notify_one();
@@ -81,7 +84,7 @@ impl Inner {
             let mut held = self.held.lock();
             let mut again = self.ready.lock();
             for (d, settlement) in &batch {
-                let Some(StreamReceipt(entry_id)) = d.receipt.get() else {
+                let Some(StreamReceipt(entry_id, _)) = d.receipt.get() else {
                     continue;
                 };
                 let Some(key) = StreamId::parse(entry_id) else {
@@ -159,7 +162,11 @@ impl Inner {
                         let trim = *key == self.cfg.stream_name;
                         self.xadd(&mut pipe, key, fields, trim);
                     }
-                    async move { pipe.query_async::<Vec<Value>>(&mut conn).await }
+                    async move {
+                        let replies = pipe.query_async::<Vec<Value>>(&mut conn).await?;
+                        self.replicated(&mut conn).await?;
+                        Ok(replies)
+                    }
                 })
                 .await;
             match stored {

@@ -5,7 +5,7 @@
 
 use redis::Value;
 
-use super::{reply, RedisStreamBackend, SHUTDOWN_STEP};
+use super::{reply, Inner, RedisStreamBackend, SHUTDOWN_STEP};
 use crate::backend::queue_stats::count;
 use crate::backend::QueueStats;
 use crate::Result;
@@ -42,8 +42,29 @@ fn group_row(v: Value, name: &str) -> Option<GroupRow> {
 }
 
 impl RedisStreamBackend {
+    /// The queue's figures, summed over its partitions.
     pub async fn stats(&self) -> Result<QueueStats> {
-        let inner = &self.inner;
+        let mut total = QueueStats::default();
+        for part in self.parts() {
+            let s = part.stats().await?;
+            let add = |a: Option<u64>, b: Option<u64>| match (a, b) {
+                (Some(a), Some(b)) => Some(a + b),
+                (a, b) => a.or(b),
+            };
+            total.ready = add(total.ready, s.ready);
+            total.delayed = add(total.delayed, s.delayed);
+            total.in_progress = add(total.in_progress, s.in_progress);
+            total.dead = add(total.dead, s.dead);
+            // Every consumer reads every partition: count them once.
+            total.consumers = total.consumers.max(s.consumers);
+        }
+        Ok(total)
+    }
+}
+
+impl Inner {
+    async fn stats(&self) -> Result<QueueStats> {
+        let inner = self;
         let cfg = &inner.cfg;
         let mut pipe = redis::pipe();
         pipe.cmd("XLEN")

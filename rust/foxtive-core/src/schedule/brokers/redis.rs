@@ -8,12 +8,11 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use tokio::sync::OnceCell;
 
 use crate::redact::scrub;
-use crate::redis_url;
+use crate::redis_url::{self, Conn, RedisClient};
 use crate::schedule::leader::{Holder, LeaderInfo, LeaderLease, Lease};
 use crate::schedule::store::{Stored, TickStore};
 use crate::{Error, Result};
@@ -51,10 +50,10 @@ return 1
 "#;
 
 pub struct RedisSchedule {
-    client: redis::Client,
+    client: RedisClient,
     redacted: String,
     secrets: Vec<String>,
-    conn: OnceCell<ConnectionManager>,
+    conn: OnceCell<Conn>,
     leader_key: String,
     fence_key: String,
     ticks_key: String,
@@ -62,7 +61,7 @@ pub struct RedisSchedule {
 
 impl RedisSchedule {
     pub fn new(url: &str, app: &str) -> Result<Self> {
-        let target = redis_url::open(url, "broker")?;
+        let target = redis_url::open_any(url, "broker")?;
         let base = format!("foxtive:schedules:{{{app}}}");
         Ok(RedisSchedule {
             client: target.client,
@@ -75,15 +74,11 @@ impl RedisSchedule {
         })
     }
 
-    async fn conn(&self) -> Result<ConnectionManager> {
+    async fn conn(&self) -> Result<Conn> {
         self.conn
             .get_or_try_init(|| async {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(TIMEOUT))
-                    .set_response_timeout(Some(TIMEOUT))
-                    .set_number_of_retries(1);
                 self.client
-                    .get_connection_manager_with_config(config)
+                    .managed(TIMEOUT, 1)
                     .await
                     .map_err(|e| self.error(e))
             })
