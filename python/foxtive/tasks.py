@@ -147,7 +147,7 @@ class _RateLimiter:
             await asyncio.sleep(wait)
 
 
-_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+unix")
+_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+unix", "redis+cluster", "rediss+cluster")
 
 
 def _rate_limiter(app: Any, name: str, per_second: float) -> Any:

@@ -245,3 +245,29 @@ def test_schedule_leader_lease_is_acquired_and_renewed_on_the_cluster(
     first, later = asyncio.run(run())
     assert first.split(b"|")[0] == later.split(b"|")[0], "the same lease (token), renewed"
     assert judge.get(key) is None, "released at stop"
+
+
+async def test_a_shared_rate_limit_counts_on_the_cluster(
+        redis_cluster: RedisClusterProcesses) -> None:
+    """A task's rate limit on a cluster broker is one bucket on the cluster:
+    two limiters on one key (two processes) share 10/s with a burst of 10."""
+    key = unique("rate")
+    a = _core.SharedRateLimiter(10.0, 10, redis_cluster.url, key)
+    b = _core.SharedRateLimiter(10.0, 10, redis_cluster.url, key)
+    started = time.monotonic()
+
+    async def take(limiter: _core.SharedRateLimiter, n: int) -> None:
+        for _ in range(n):
+            await limiter.acquire()
+
+    await asyncio.gather(take(a, 15), take(b, 15))
+    span = time.monotonic() - started
+    client = redis_cluster.client()
+    try:
+        assert client.exists(key), "the bucket is a key on the cluster"
+        # One budget: the 30th permit is due 2 s after the first; two private
+        # buckets (a fallback to local limits) would give theirs in 0.5 s.
+        assert span >= 1.6, span
+    finally:
+        client.delete(key)
+        client.close()

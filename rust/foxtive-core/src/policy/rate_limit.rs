@@ -11,15 +11,20 @@ use std::time::{Duration, Instant};
 use governor::clock::DefaultClock;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter as Governor};
-use redis::aio::ConnectionManager;
 use tokio::sync::OnceCell;
 
 use super::{Admit, Hooks, Pace, Policy};
 use crate::redact::redact_url;
-use crate::redis_url::{self, RedisTarget};
+use crate::redis_url::{self, AnyTarget, Conn, RedisClient};
 use crate::{Error, Result};
 
 type Local = Governor<NotKeyed, InMemoryState, DefaultClock>;
+
+/// How long a connection to the shared bucket may take, and how often the
+/// connection manager tries again before a permit falls back to the local
+/// limit (a permit must not hang on a Redis that is away).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+const CONNECT_RETRIES: usize = 2;
 
 /// GCRA over one key. ARGV: emission interval (µs), burst. Returns the
 /// microseconds to wait: 0 when the permit was granted.
@@ -61,10 +66,10 @@ impl std::fmt::Debug for RateLimitConfig {
 }
 
 struct Shared {
-    client: redis::Client,
+    client: RedisClient,
     key: String,
     url: String,
-    conn: OnceCell<ConnectionManager>,
+    conn: OnceCell<Conn>,
     script: redis::Script,
     interval_us: u64,
 }
@@ -142,11 +147,13 @@ impl RateLimiter {
     /// locally (logged), so work slows down rather than stops or floods.
     pub fn shared(per_second: f64, burst: u32, redis_url: &str, key: &str) -> Result<Self> {
         let mut limiter = Self::new(per_second, burst)?;
-        let RedisTarget {
+        // Any Redis URL, cluster ones included: the bucket is one key, so
+        // it lives on one shard whatever its slot.
+        let AnyTarget {
             client,
             redacted: url,
             ..
-        } = redis_url::open(redis_url, "redis_url")?;
+        } = redis_url::open_any(redis_url, "redis_url")?;
         if key.is_empty() {
             return Err(Error::Config("key: must be a non-empty string".to_string()));
         }
@@ -254,7 +261,8 @@ impl Shared {
         let conn = self
             .conn
             .get_or_try_init(|| async {
-                ConnectionManager::new(self.client.clone())
+                self.client
+                    .managed(CONNECT_TIMEOUT, CONNECT_RETRIES)
                     .await
                     .map_err(|e| Error::Backend(format!("redis {}: {:?}", self.url, e.kind())))
             })
