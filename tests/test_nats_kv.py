@@ -295,6 +295,10 @@ async def test_ready_is_false_while_the_connection_is_down() -> None:
 
             await asyncio.to_thread(wait, 200, "ready while connected")
             await asyncio.to_thread(wait_for, lambda: handled == [b"first"], 30, "first")
+            # Its ack is fire-and-forget: cut the link only once the server
+            # has applied it, or the cut loses the ack and "first" comes back
+            # after ack_wait (at-least-once, but not what this test is about).
+            await asyncio.to_thread(wait_for, lambda: kit.waiting() == 0, 30, "first acked")
             proxy.down()
             await asyncio.to_thread(wait, 503, "not ready while the connection is down")
             assert backend.state == "reconnecting"
