@@ -1,5 +1,6 @@
-"""Schedules across processes on the real Redis, PostgreSQL and RabbitMQ
-(lease and last ticks in a Redis result store there): three
+"""Schedules across processes on the real Redis, PostgreSQL, RabbitMQ
+(lease and last ticks in a Redis result store there) and NATS JetStream
+(lease on a KV entry taken and renewed by revision): three
 ``foxtive run`` processes of one app with a per-second schedule enqueue
 every tick exactly once; a SIGKILLed leader is replaced within 5 s; the
 catch-up policies after every scheduler was stopped for 5+ ticks.
@@ -12,6 +13,7 @@ from the broker (redis-py ``XRANGE`` / psycopg / aio-pika). The lease is 2 s her
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import itertools
 import os
@@ -22,6 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import psycopg
@@ -31,6 +34,7 @@ import redis
 import foxtive
 from foxtive import schedules
 
+from .contract.kits.nats import NATS_URL, judge, read_stream, stream_for
 from .contract.kits.postgres import POSTGRES_URL, drop_schema
 from .rabbit_support import URL as AMQP_URL
 from .rabbit_support import delete_queues, unique
@@ -111,7 +115,21 @@ def assert_once_without_gaps(ids: list[str], max_gap: float) -> None:
 
 # -- brokers -----------------------------------------------------------------
 
-class RedisSide:
+class NoFence:
+    """What a side checks beyond the ticks themselves: nothing, unless its
+    lease store shows a fencing token a judge can read (NATS KV)."""
+
+    def running_state(self) -> Any:
+        return None
+
+    def check_ticks(self, ids: list[str], running: Any) -> None:
+        return None
+
+    def fence(self) -> int | None:
+        return None
+
+
+class RedisSide(NoFence):
     results: str | None = None
 
     def __init__(self) -> None:
@@ -132,7 +150,7 @@ class RedisSide:
         self.client.close()
 
 
-class PostgresSide:
+class PostgresSide(NoFence):
     results: str | None = None
 
     def __init__(self) -> None:
@@ -155,7 +173,7 @@ class PostgresSide:
         drop_schema(self.schema)
 
 
-class RabbitSide:
+class RabbitSide(NoFence):
     """RabbitMQ keeps no state to lease with: the app's Redis result store
     holds the lease and the last ticks. Ticks are read off the queue with
     aio-pika (nothing else consumes it) and kept here in arrival order."""
@@ -194,12 +212,74 @@ class RabbitSide:
         client.close()
 
 
-Side = RedisSide | PostgresSide | RabbitSide
+class NatsSide:
+    results: str | None = None
+
+    def __init__(self) -> None:
+        self.app = f"sched-{uuid.uuid4().hex[:10]}"
+        self.queue = f"ticks-{uuid.uuid4().hex[:10]}"
+        self.url = NATS_URL
+
+    def read(self) -> list[tuple[str, bool]]:
+        async def go(js: Any) -> list[Any]:
+            return await read_stream(js, stream_for(self.queue))
+
+        return [(m.headers["Nats-Msg-Id"], "foxtive-catch-up" in m.headers)
+                for m in judge(go)]
+
+    def lease(self) -> tuple[int, str]:
+        """The ``leader`` entry of the app's bucket: (revision, value)."""
+        async def go(js: Any) -> tuple[int, str]:
+            kv = await js.key_value(f"foxtive_schedules_{self.app}")
+            entry = await kv.get("leader")
+            return int(entry.revision), bytes(entry.value).decode()
+
+        return judge(go)
+
+    def running_state(self) -> Any:
+        return self.lease()
+
+    def check_ticks(self, ids: list[str], running: Any) -> None:
+        # One lease, renewed all along: its entry holds the revision that took
+        # it (the fencing token), older than the entry's own revision.
+        revision, value = running
+        token = int(value.split("|", 1)[0])
+        assert 0 < token < revision, (token, revision, value)
+
+        # Each tick's dedup key was taken in the KV bucket (per queue stream).
+        async def keys(js: Any) -> list[str]:
+            kv = await js.key_value(f"foxtive_dedup_{stream_for(self.queue)}")
+            return list(await kv.keys())
+
+        taken = judge(keys)
+        assert len(taken) == len(ids), (len(taken), len(ids))
+
+    def fence(self) -> int | None:
+        revision, value = self.lease()
+        return int(value.split("|", 1)[0]) or revision
+
+    def close(self) -> None:
+        from nats.js.errors import NotFoundError
+
+        async def go(js: Any) -> None:
+            for q in (self.queue, f"{self.queue}-work"):
+                s = stream_for(q)
+                for name in (s, f"{s}_DLQ", f"{s}_DELAYED", f"KV_foxtive_dedup_{s}"):
+                    with contextlib.suppress(NotFoundError):
+                        await js.delete_stream(name)
+            with contextlib.suppress(NotFoundError):
+                await js.delete_stream(f"KV_foxtive_schedules_{self.app}")
+
+        judge(go)
 
 
-@pytest.fixture(params=["redis", "postgres", "rabbitmq"])
+Side = RedisSide | PostgresSide | RabbitSide | NatsSide
+
+
+@pytest.fixture(params=["redis", "postgres", "rabbitmq", "nats"])
 def side(request: pytest.FixtureRequest) -> Iterator[Side]:
-    sides = {"redis": RedisSide, "postgres": PostgresSide, "rabbitmq": RabbitSide}
+    sides = {"redis": RedisSide, "postgres": PostgresSide, "rabbitmq": RabbitSide,
+             "nats": NatsSide}
     s: Side = sides[request.param]()
     try:
         yield s
@@ -219,6 +299,7 @@ def test_three_processes_enqueue_each_tick_once(side: Side) -> None:
         # Ten seconds of ticks after the first.
         wait_for(side.read, lambda t: any(tick_time(i) >= first + 10 for i, _ in t),
                  30, "ten seconds of ticks")
+        running = side.running_state()  # while the leader still holds its lease
         cluster.stop()
     finally:
         cluster.kill_all()
@@ -226,6 +307,7 @@ def test_three_processes_enqueue_each_tick_once(side: Side) -> None:
     assert all(i.startswith("per-second@") for i in ids), ids[:3]
     assert len(ids) >= 11
     assert_once_without_gaps(ids, max_gap=2.0)
+    side.check_ticks(ids, running)
 
 
 @pytest.mark.timeout(120)
@@ -238,6 +320,7 @@ def test_a_killed_leader_is_replaced_within_five_seconds(side: Side) -> None:
         status = schedules.describe_sync(_app_with_schedule(app, side.queue))
         assert status["leader"] is not None
         pid = status["leader"]["pid"]
+        fence_before = side.fence()
         victim = next(p for p in cluster.procs if p.pid == pid)
         victim.kill()
         killed = time.time()
@@ -248,6 +331,9 @@ def test_a_killed_leader_is_replaced_within_five_seconds(side: Side) -> None:
         assert resumed - killed <= 5.5, f"ticks resumed {resumed - killed:.1f} s after the kill"
         status = schedules.describe_sync(_app_with_schedule(app, side.queue))
         assert status["leader"] is not None and status["leader"]["pid"] != pid
+        fence_after = side.fence()
+        if fence_before is not None:
+            assert fence_after is not None and fence_after > fence_before
         cluster.stop()
     finally:
         cluster.kill_all()
