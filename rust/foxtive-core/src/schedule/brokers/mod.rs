@@ -86,7 +86,12 @@ mod tests {
     /// Two schedulers of one app on `url`: one leads; a deposed leader can
     /// neither renew nor record; release hands over at once.
     async fn contract(url: &str, app: &str) {
-        let (a, b) = (open(url, app).unwrap(), open(url, app).unwrap());
+        contract_between(open(url, app).unwrap(), open(url, app).unwrap()).await;
+    }
+
+    /// [`contract`] for two schedulers however they were opened (a RabbitMQ
+    /// app's go through its result store).
+    pub(super) async fn contract_between(a: Arc<dyn ScheduleBroker>, b: Arc<dyn ScheduleBroker>) {
         let (ha, hb) = (Holder::this_process(), Holder::this_process());
         let ttl = Duration::from_millis(800);
         let la = a.try_acquire(&ha, ttl).await.unwrap().expect("a leads");

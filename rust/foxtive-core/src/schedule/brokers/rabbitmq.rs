@@ -138,24 +138,7 @@ mod tests {
         let open = || super::super::open_with_results(amqp, &app, Some(&redis_url)).unwrap();
         let (a, b) = (open(), open());
         assert!(a.records_first() && b.records_first());
-        let ttl = Duration::from_millis(800);
-        let lease = a
-            .try_acquire(&Holder::this_process(), ttl)
-            .await
-            .unwrap()
-            .expect("a leads");
-        assert!(b
-            .try_acquire(&Holder::this_process(), ttl)
-            .await
-            .unwrap()
-            .is_none());
-        let v = Stored {
-            fingerprint: "every:1".into(),
-            tick: chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
-        };
-        assert!(!a.record("s", &v, lease.token + 1).await.unwrap());
-        assert!(a.record("s", &v, lease.token).await.unwrap());
-        assert_eq!(b.last("s").await.unwrap(), Some(v));
+        super::super::tests::contract_between(a, b).await;
         // What redis-rs reads under the app's keys is that record.
         let client = ::redis::Client::open(redis_url.as_str()).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -166,7 +149,7 @@ mod tests {
             .query_async(&mut conn)
             .await
             .unwrap();
-        assert_eq!(raw.as_deref(), Some("every:1\t1800000000"));
+        assert_eq!(raw.as_deref(), Some("every:1\t1800000001")); // the contract's last record
         let _: () = ::redis::cmd("DEL")
             .arg(format!("{base}:leader"))
             .arg(format!("{base}:fence"))
