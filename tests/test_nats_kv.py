@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import urllib.error
 import urllib.request
 import uuid
@@ -25,10 +24,9 @@ import pytest
 import foxtive
 
 from .contract.kits.nats import (
-    _HOST,
-    _PORT,
     NATS_URL,
     NatsKit,
+    TcpProxy,
     judge,
     nats_answers,
     read_stream,
@@ -202,70 +200,6 @@ async def test_a_dedup_key_is_free_again_after_its_ttl(names: Names) -> None:
 
 # -- readiness -----------------------------------------------------------------
 
-class PausableProxy:
-    """A TCP proxy to NATS that can drop every connection and refuse new
-    ones (``down()``) until ``up()``: the server itself stays up."""
-
-    def __init__(self) -> None:
-        import socket
-
-        self._socket = socket
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.listener.getsockname()[1]
-        self.refusing = False
-        self.pairs: list[tuple[Any, Any]] = []
-        self.lock = threading.Lock()
-        self.closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.closed:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if self.refusing:
-                client.close()
-                continue
-            try:
-                upstream = self._socket.create_connection((_HOST, int(_PORT)), timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            with self.lock:
-                self.pairs.append((client, upstream))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: Any, dst: Any) -> None:
-        with contextlib.suppress(OSError):
-            while data := src.recv(65536):
-                dst.sendall(data)
-        for s in (src, dst):
-            with contextlib.suppress(OSError):
-                s.shutdown(2)
-
-    def down(self) -> None:
-        self.refusing = True
-        with self.lock:
-            pairs, self.pairs = self.pairs, []
-        for pair in pairs:
-            for s in pair:
-                with contextlib.suppress(OSError):
-                    s.shutdown(2)
-                s.close()
-
-    def up(self) -> None:
-        self.refusing = False
-
-    def close(self) -> None:
-        self.closed = True
-        self.listener.close()
-        self.down()
-
-
 def ready(port: int) -> int:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as r:
@@ -276,7 +210,7 @@ def ready(port: int) -> int:
 
 async def test_ready_is_false_while_the_connection_is_down() -> None:
     kit = NatsKit()
-    proxy = PausableProxy()
+    proxy = TcpProxy()
     try:
         backend = foxtive.NatsBackend(f"nats://127.0.0.1:{proxy.port}", kit.config())
         await backend.publish(b"first")

@@ -109,11 +109,13 @@ def nats_answers() -> str | None:
 
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to the NATS server, in threads; ``cut()``
-    closes every connection it carries (the server stays up)."""
+    closes every connection it carries (the server stays up); ``down()``
+    also refuses new ones until ``up()``."""
 
     def __init__(self) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self.listener.getsockname()[1]
+        self.refusing = False
         self.pairs: list[tuple[socket.socket, socket.socket]] = []
         self.lock = threading.Lock()
         self.closed = False
@@ -125,6 +127,9 @@ class TcpProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
+            if self.refusing:
+                client.close()
+                continue
             try:
                 upstream = socket.create_connection((_HOST, int(_PORT)), timeout=5)
             except OSError:
@@ -154,6 +159,13 @@ class TcpProxy:
                     s.shutdown(socket.SHUT_RDWR)
                 s.close()
         return len(pairs)
+
+    def down(self) -> None:
+        self.refusing = True
+        self.cut()
+
+    def up(self) -> None:
+        self.refusing = False
 
     def close(self) -> None:
         self.closed = True
