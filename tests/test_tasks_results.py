@@ -134,7 +134,7 @@ def test_results_on_redis_with_ttl_and_blocking_wait(stream: str) -> None:
 
 async def test_status_says_running_for_a_task_that_takes_a_while_on_redis() -> None:
     """A quick task goes from "pending" to its outcome without a "running"
-    write on its critical path; one that runs past RUNNING_AFTER shows
+    write on its critical path; one that runs past RUNNING_AFTER (foxtive.task_router) shows
     "running" (redis-py reads the record), and the outcome is never
     overwritten by a late "running"."""
     queue = f"foxtive-test:running:{uuid.uuid4().hex[:12]}"
