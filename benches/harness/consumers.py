@@ -15,7 +15,7 @@ from harness.config import AMQP_URL, PREFETCH, REDIS_URL
 from harness.fox_pool import fox_pool
 from harness.memory import consume_memory
 from harness.mode import async_work, set_mode
-from harness.peer_apps import celery_app, dramatiq_actor, taskiq_broker
+from harness.peer_apps import celery_app, dramatiq_actor, faststream_hit, taskiq_broker
 from harness.recorder import Recorder
 from harness.redis_contenders import REDIS_CONSUMERS, foxtive_redis_consume
 from harness.sqlite import consume_sqlite
@@ -114,10 +114,7 @@ def consume(workload: str, contender: str, queue: str, n: int, result: str,
                                channel=Channel(prefetch_count=100),
                                ack_policy=AckPolicy.REJECT_ON_ERROR)
             async def handle(body: Any) -> None:
-                if isinstance(body, list):
-                    rec.hit(body[0], body[1])
-                else:
-                    rec.hit(body)
+                faststream_hit(rec, body)
             await broker.start()
             await asyncio.Event().wait()
         asyncio.run(go())

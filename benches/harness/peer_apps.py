@@ -73,3 +73,12 @@ def taskiq_broker(queue: str, rec: Recorder | None) -> Any:
         if rec is not None:
             await async_work(rec, i, sent)
     return broker, noop
+
+
+def faststream_hit(rec: Recorder, body: Any) -> None:
+    """FastStream's handler on every broker: the body is the id, or W4's
+    ``[id, sent]``."""
+    if isinstance(body, list):
+        rec.hit(body[0], body[1])
+    else:
+        rec.hit(body)

@@ -5,7 +5,9 @@ runs, each carrying its send time."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from harness import jetstream, mode, postgres, tasks
@@ -15,6 +17,18 @@ from harness.peer_apps import celery_app, dramatiq_actor, taskiq_broker
 from harness.redis_contenders import REDIS_BULK_PUBLISHERS, REDIS_SENDERS
 from harness.sending import drive_sender, in_chunks
 from harness.sqlite import sqlite_publish
+
+
+@contextlib.asynccontextmanager
+async def faststream_rabbit(queue: str) -> AsyncIterator[Any]:
+    """FastStream's RabbitMQ broker, connected, the durable queue declared."""
+    from faststream.rabbit import RabbitBroker, RabbitQueue
+
+    broker = RabbitBroker(AMQP_URL)
+    await broker.connect()
+    await broker.declare_queue(RabbitQueue(queue, durable=True))
+    yield broker
+    await broker.stop()
 
 
 def paced_publish(workload: str, contender: str, queue: str, n: int, rate: float) -> None:
@@ -64,14 +78,9 @@ def paced_publish(workload: str, contender: str, queue: str, n: int, rate: float
         asyncio.run(pace(send))
         actor.broker.close()
     elif contender == "faststream":
-        from faststream.rabbit import RabbitBroker, RabbitQueue
-
         async def go() -> None:
-            broker = RabbitBroker(AMQP_URL)
-            await broker.connect()
-            await broker.declare_queue(RabbitQueue(queue, durable=True))
-            await pace(lambda i, t: broker.publish([i, t], queue=queue, persist=True))
-            await broker.stop()
+            async with faststream_rabbit(queue) as broker:
+                await pace(lambda i, t: broker.publish([i, t], queue=queue, persist=True))
         asyncio.run(go())
     elif contender == "taskiq-aio-pika":
         async def go() -> None:
@@ -114,14 +123,9 @@ def publish(workload: str, contender: str, queue: str, n: int) -> None:
     elif contender == "faststream":
         import asyncio
 
-        from faststream.rabbit import RabbitBroker, RabbitQueue
-
         async def go() -> None:
-            broker = RabbitBroker(AMQP_URL)
-            await broker.connect()
-            await broker.declare_queue(RabbitQueue(queue, durable=True))
-            await in_chunks(n, lambda i: broker.publish(i, queue=queue, persist=True))
-            await broker.stop()
+            async with faststream_rabbit(queue) as broker:
+                await in_chunks(n, lambda i: broker.publish(i, queue=queue, persist=True))
         asyncio.run(go())
     elif contender == "taskiq-aio-pika":
         import asyncio

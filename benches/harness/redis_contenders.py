@@ -16,6 +16,7 @@ from harness.bodies import id_of, sent_of
 from harness.config import BODY_SIZE, REDIS_URL
 from harness.fox_pool import fox_pool
 from harness.mode import W6Error, async_work, sync_work
+from harness.peer_apps import faststream_hit
 from harness.recorder import Recorder
 
 
@@ -259,10 +260,7 @@ def faststream_redis_consume(queue: str, rec: Recorder) -> None:
         @broker.subscriber(stream=StreamSub(queue, group="g", consumer="c1", batch=False),
                            ack_policy=AckPolicy.REJECT_ON_ERROR)
         async def handle(body: Any) -> None:
-            if isinstance(body, list):
-                rec.hit(body[0], body[1])
-            else:
-                rec.hit(body)
+            faststream_hit(rec, body)
         await broker.start()
         await asyncio.Event().wait()
     asyncio.run(go())
