@@ -90,6 +90,10 @@ pub(crate) struct Dsn {
     pub secrets: Vec<String>,
     /// The schema named by `?schema=`, if any.
     pub schema: Option<String>,
+    /// What the client connects with, as text (the DSN without `schema=`):
+    /// backends with equal keys (and schema) may share connections. Holds
+    /// the password: never shown.
+    pub key: String,
 }
 
 /// Parse a `postgresql://` / `postgres://` URL (or a `key=value` DSN). The
@@ -131,6 +135,7 @@ pub(crate) fn parse_dsn(dsn: &str) -> Result<Dsn> {
         redacted,
         secrets,
         schema,
+        key: client_dsn,
     })
 }
 

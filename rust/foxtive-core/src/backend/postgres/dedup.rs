@@ -119,7 +119,7 @@ impl Inner {
                         Some(holder) => {
                             if inserted > 0 {
                                 self.touch();
-                                self.link.wake.notify_waiters();
+                                self.link.wake().notify_waiters();
                             }
                             return Ok(holder);
                         }

@@ -58,7 +58,7 @@ pub(crate) async fn renew_loop(weak: Weak<Inner>, every: Duration, expire: Optio
         let Some(inner) = weak.upgrade() else {
             return;
         };
-        if inner.link.closed.load(std::sync::atomic::Ordering::Acquire) {
+        if inner.link.is_closed() {
             return;
         }
         if Instant::now() >= next_renew {

@@ -1,83 +1,46 @@
-//! The connection to PostgreSQL and its health.
+//! A backend's connections to PostgreSQL and their health.
 //!
 //! A backend has two links: one for claims, probes, lease renewals and
 //! publishes, one for settlements, so the server works on a batch's acks
 //! while it claims the next batch (tokio-postgres pipelines the statements
-//! of each). Both LISTEN on the queue's channel, whose notifications wake
-//! idle receivers. No
-//! statement needs a transaction of its own (each is one atomic statement),
-//! so the connection is shared freely.
+//! of each). No statement needs a transaction of its own (each is one
+//! atomic statement), so a connection is shared freely: by the backend's
+//! tasks, and by every backend of the process on the same database
+//! (`shared.rs`), each link being a member of a shared connection. The
+//! claims connection LISTENs on the queue's channel, whose notifications
+//! wake idle receivers.
 //!
 //! A lost connection is replaced by the next caller that needs one, keeping
 //! to the [`ReconnectStrategy`]: after a failure nobody tries again before
 //! its delay has passed. Leases are rows, not sessions: a job claimed over a
 //! connection that died is still leased to this backend and is settled over
 //! the next connection.
+//!
+//! [`ReconnectStrategy`]: crate::policy::ReconnectStrategy
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
 use tokio::sync::Notify;
-use tokio::time::Instant;
-use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
 
 use super::config::Dsn;
-use super::schema::{self, CHANNEL_SQL};
-use super::{fetch, lease, settle};
+use super::schema::CHANNEL_SQL;
+use super::shared::{self, Member, Role, Shared};
 use crate::backend::BackendState;
 use crate::policy::ReconnectStrategy;
-use crate::redact::scrub;
 use crate::{Error, Result};
 
-/// Connection numbers, unique in the process (a backend has two links).
-static NEXT_GEN: AtomicU64 = AtomicU64::new(1);
-
-/// Statements prepared once per connection: each use is one round trip.
-pub(crate) struct Statements {
-    pub claim: Statement,
-    pub probe: Statement,
-    pub ack: Statement,
-    /// The ack when finished jobs are kept (moved to `finished_jobs`).
-    pub finish: Statement,
-    /// The retention step (delete expired `finished_jobs`).
-    pub expire: Statement,
-    pub reschedule: Statement,
-    pub dead_letter: Statement,
-    pub renew: Statement,
-    pub insert: Statement,
-    pub notify: Statement,
-}
-
-/// A live connection.
-pub(crate) struct Conn {
-    pub gen: u64,
-    pub client: Client,
-    pub stmts: Statements,
-    /// This queue's NOTIFY channel.
-    pub channel: String,
-}
+pub(crate) use super::shared::Conn;
 
 pub(crate) struct Link {
-    config: tokio_postgres::Config,
+    shared: Arc<Shared>,
     /// The DSN with its password replaced by `***`.
     pub url: String,
-    secrets: Vec<String>,
     schema: String,
     queue: String,
-    strategy: ReconnectStrategy,
-    current: Mutex<Option<Arc<Conn>>>,
-    connecting: tokio::sync::Mutex<()>,
-    retry_at: Mutex<Option<Instant>>,
-    migrated: AtomicBool,
-    /// Ever failed or connected: the next attempt counts as a reconnection.
-    tried: AtomicBool,
-    reconnect_attempts: AtomicU64,
-    consecutive_failures: AtomicU32,
-    pub closed: AtomicBool,
-    pub closing: Notify,
-    /// Woken by a NOTIFY on the queue's channel, and when the connection ends.
-    pub wake: Arc<Notify>,
+    /// This backend's place on the shared connection: its wake-up, whether
+    /// it is closed, its channel.
+    member: Arc<Member>,
 }
 
 /// A tokio-postgres error as text: the server's message when it sent one.
@@ -103,192 +66,140 @@ pub(crate) fn is_connection_error(e: &tokio_postgres::Error) -> bool {
 }
 
 impl Link {
-    /// A link to `dsn`; `wake` is notified by NOTIFYs on the queue's channel
-    /// and when the connection ends (shared by a backend's links).
+    /// A link to `dsn` in `role`; `wake` is notified by NOTIFYs on the
+    /// queue's channel and when the connection ends (shared by a backend's
+    /// links).
     pub fn new(
         dsn: &Dsn,
         schema: &str,
         queue: &str,
         strategy: ReconnectStrategy,
+        role: Role,
         wake: Arc<Notify>,
     ) -> Self {
+        let shared = shared::shared(dsn, schema, strategy, role);
+        let member = Arc::new(Member::new(wake));
+        shared.join(member.clone());
         Link {
-            config: dsn.config.clone(),
+            shared,
             url: dsn.redacted.clone(),
-            secrets: dsn.secrets.clone(),
             schema: schema.to_string(),
             queue: queue.to_string(),
-            strategy,
-            current: Mutex::new(None),
-            connecting: tokio::sync::Mutex::new(()),
-            retry_at: Mutex::new(None),
-            migrated: AtomicBool::new(false),
-            tried: AtomicBool::new(false),
-            reconnect_attempts: AtomicU64::new(0),
-            consecutive_failures: AtomicU32::new(0),
-            closed: AtomicBool::new(false),
-            closing: Notify::new(),
-            wake,
+            member,
         }
     }
 
     /// A PostgreSQL error as a core error, scrubbed and classified.
     pub fn error(&self, context: &str, e: &tokio_postgres::Error) -> Error {
-        let text = scrub(
-            format!("{context} ({}): {}", self.url, describe(e)),
-            &self.secrets,
-        );
-        if is_connection_error(e) {
-            Error::ConnectionLost(text)
-        } else {
-            Error::Backend(text)
-        }
+        self.shared.error(context, e)
     }
 
     /// Forget connection `gen` after a connection error, so the next caller
     /// opens a new one.
     pub fn lost(&self, gen: u64) {
-        let mut current = self.current.lock();
-        if current.as_ref().is_some_and(|c| c.gen == gen) {
-            *current = None;
-        }
+        self.shared.lost(gen);
     }
 
-    fn live(&self) -> Option<Arc<Conn>> {
-        self.current
-            .lock()
-            .as_ref()
-            .filter(|c| !c.client.is_closed())
-            .cloned()
+    pub fn wake(&self) -> &Arc<Notify> {
+        &self.member.wake
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.member.closed.load(Ordering::Acquire)
+    }
+
+    /// `op`, cut short (as [`Error::Shutdown`]) when this link is closed.
+    pub async fn unless_closed<T>(
+        &self,
+        op: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        crate::backend::unless_closed(&self.member.closing, &self.member.closed, op).await
     }
 
     /// The live connection, or a new one (waiting out the reconnect delay
-    /// after a failure; a close cuts the wait short).
+    /// after a failure; a close cuts the wait short). On the claims
+    /// connection, the queue's channel is LISTENed on before it is handed out.
     pub async fn conn(&self) -> Result<Arc<Conn>> {
-        if let Some(c) = self.live() {
-            return Ok(c);
+        if self.is_closed() {
+            // Other backends may keep the connection open: this one is done.
+            return Err(Error::Shutdown);
         }
-        crate::backend::unless_closed(&self.closing, &self.closed, self.reconnect()).await
+        let conn = match self.shared.live() {
+            Some(c) => c,
+            None => {
+                self.member.tried.store(true, Ordering::Release);
+                self.unless_closed(self.shared.reconnect()).await?
+            }
+        };
+        self.member.tried.store(true, Ordering::Release);
+        if self.shared.role() == Role::Claims
+            && self.member.listened_gen.load(Ordering::Acquire) != conn.gen
+        {
+            self.unless_closed(self.listen(&conn)).await?;
+        }
+        Ok(conn)
     }
 
-    async fn reconnect(&self) -> Result<Arc<Conn>> {
-        let _turn = self.connecting.lock().await;
-        if let Some(c) = self.live() {
-            return Ok(c);
+    async fn listen(&self, conn: &Conn) -> Result<()> {
+        let result = async {
+            let channel = self.channel(conn).await?;
+            self.shared.listen(conn, channel).await
         }
-        let retry_at = *self.retry_at.lock();
-        if let Some(at) = retry_at {
-            tokio::time::sleep_until(at).await;
-        }
-        if self.tried.swap(true, Ordering::AcqRel) {
-            self.reconnect_attempts.fetch_add(1, Ordering::Relaxed);
-        }
-        match self.open().await {
-            Ok(conn) => {
-                let conn = Arc::new(conn);
-                *self.current.lock() = Some(conn.clone());
-                *self.retry_at.lock() = None;
-                if self.consecutive_failures.swap(0, Ordering::AcqRel) > 0 {
-                    tracing::info!(queue = %self.queue, url = %self.url, "reconnected to PostgreSQL");
-                }
-                Ok(conn)
+        .await;
+        match result {
+            Ok(()) => {
+                self.member.listened_gen.store(conn.gen, Ordering::Release);
+                Ok(())
             }
             Err(e) => {
-                let failures = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
-                *self.retry_at.lock() = Some(Instant::now() + self.strategy.delay(failures));
-                tracing::warn!(queue = %self.queue, error = %e, failures, "PostgreSQL connection failed");
+                if e.is_connection() || conn.client.is_closed() {
+                    self.shared.lost(conn.gen);
+                }
                 Err(e)
             }
         }
     }
 
-    async fn open(&self) -> Result<Conn> {
-        let (mut client, mut connection) = self
-            .config
-            .connect(NoTls)
-            .await
-            .map_err(|e| self.error("connect", &e))?;
-        let wake = self.wake.clone();
-        let queue = self.queue.clone();
-        // Drive the connection: replies go to their callers, notifications wake
-        // idle receivers; when it ends they wake too, and find it gone.
-        tokio::spawn(async move {
-            loop {
-                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                    Some(Ok(AsyncMessage::Notification(_))) => wake.notify_waiters(),
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => {
-                        tracing::debug!(queue = %queue, error = %describe(&e), "PostgreSQL connection ended");
-                        break;
-                    }
-                    None => break,
-                }
-            }
-            wake.notify_waiters();
-        });
-        if !self.migrated.load(Ordering::Acquire) {
-            let before = schema::migrate(&mut client, &self.schema).await?;
-            if before < schema::latest_version() {
-                tracing::info!(schema = %self.schema, from = before, to = schema::latest_version(), "foxtive schema migrated");
-            }
-            self.migrated.store(true, Ordering::Release);
+    /// The queue's NOTIFY channel (asked of the server once).
+    pub async fn channel(&self, conn: &Conn) -> Result<&str> {
+        if let Some(c) = self.member.channel.get() {
+            return Ok(c);
         }
-        let channel: String = client
+        let channel: String = conn
+            .client
             .query_one(CHANNEL_SQL, &[&self.schema, &self.queue])
             .await
-            .map_err(|e| self.error("channel", &e))?
+            .map_err(|e| {
+                if is_connection_error(&e) || conn.client.is_closed() {
+                    self.shared.lost(conn.gen);
+                }
+                self.error("channel", &e)
+            })?
             .get(0);
-        client
-            .batch_execute(&format!("LISTEN {}", schema::quote_ident(&channel)))
-            .await
-            .map_err(|e| self.error("LISTEN", &e))?;
-        let s = &self.schema;
-        let prepare = |sql: String| {
-            let client = &client;
-            async move { client.prepare(&sql).await }
-        };
-        let stmts = async {
-            Ok::<_, tokio_postgres::Error>(Statements {
-                claim: prepare(fetch::claim_sql(s)).await?,
-                probe: prepare(fetch::probe_sql(s)).await?,
-                ack: prepare(settle::ack_sql(s)).await?,
-                finish: prepare(schema::finish_sql(s)).await?,
-                expire: prepare(schema::expire_finished_sql(s)).await?,
-                reschedule: prepare(settle::reschedule_sql(s)).await?,
-                dead_letter: prepare(settle::dead_letter_sql(s)).await?,
-                renew: prepare(lease::renew_sql(s)).await?,
-                insert: prepare(schema::insert_sql(s, schema::Placeholders::Dollar)).await?,
-                notify: prepare("SELECT pg_notify($1, '')".to_string()).await?,
-            })
-        }
-        .await
-        .map_err(|e| self.error("prepare", &e))?;
-        Ok(Conn {
-            gen: NEXT_GEN.fetch_add(1, Ordering::Relaxed),
-            client,
-            stmts,
-            channel,
-        })
+        Ok(self.member.channel.get_or_init(|| channel))
     }
 
     /// Used again after close (a publish, a new pool run): allow connecting.
     pub fn reopen(&self) {
-        self.closed.store(false, Ordering::Release);
+        self.shared.reopen(&self.member);
     }
 
     pub fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        self.closing.notify_waiters();
-        self.wake.notify_waiters();
-        // Dropping the client ends the connection task (Terminate is sent).
-        *self.current.lock() = None;
+        let unlisten = self.shared.leave(&self.member);
+        self.member.closing.notify_waiters();
+        self.member.wake.notify_waiters();
+        if let (Some(channel), Ok(rt)) = (unlisten, tokio::runtime::Handle::try_current()) {
+            // The other queues keep the connection; this one's NOTIFYs stop.
+            let shared = self.shared.clone();
+            rt.spawn(async move { shared.unlisten(channel).await });
+        }
     }
 
     pub fn state(&self) -> BackendState {
-        if self.closed.load(Ordering::Acquire) {
+        if self.is_closed() {
             BackendState::Closed
-        } else if self.consecutive_failures.load(Ordering::Acquire) > 0
-            || (self.tried.load(Ordering::Acquire) && self.live().is_none())
+        } else if self.shared.consecutive_failures() > 0
+            || (self.member.tried.load(Ordering::Acquire) && self.shared.live().is_none())
         {
             BackendState::Reconnecting
         } else {
@@ -297,10 +208,16 @@ impl Link {
     }
 
     pub fn reconnect_attempts(&self) -> u64 {
-        self.reconnect_attempts.load(Ordering::Relaxed)
+        self.member.attempts()
     }
 
     pub fn consecutive_failures(&self) -> u32 {
-        self.consecutive_failures.load(Ordering::Relaxed)
+        self.shared.consecutive_failures()
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.shared.remove(&self.member);
     }
 }

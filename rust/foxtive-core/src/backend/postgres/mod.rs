@@ -26,6 +26,7 @@ mod link;
 pub mod publish;
 pub mod schema;
 mod settle;
+mod shared;
 mod stats;
 
 use std::collections::HashMap;
@@ -149,9 +150,17 @@ impl PostgresBackend {
             &cfg.schema,
             &cfg.queue,
             cfg.reconnect,
+            shared::Role::Claims,
             wake.clone(),
         );
-        let settler = Link::new(&parsed, &cfg.schema, &cfg.queue, cfg.reconnect, wake);
+        let settler = Link::new(
+            &parsed,
+            &cfg.schema,
+            &cfg.queue,
+            cfg.reconnect,
+            shared::Role::Settles,
+            wake,
+        );
         Ok(PostgresBackend {
             inner: Arc::new(Inner {
                 queue: Arc::from(cfg.queue.as_str()),
@@ -226,7 +235,7 @@ impl Inner {
 
     fn start_renewer(self: &Arc<Self>) {
         let mut slot = self.renewer.lock();
-        if slot.is_none() && !self.link.closed.load(Ordering::Acquire) {
+        if slot.is_none() && !self.link.is_closed() {
             let every = lease::renew_every(self.cfg.lease_timeout);
             let expire = lease::expire_every(self.cfg.keep_finished);
             *slot = Some(tokio::spawn(lease::renew_loop(
@@ -293,12 +302,13 @@ impl Inner {
         self.start_renewer();
         let deadline = Instant::now() + wait;
         loop {
-            if self.link.closed.load(Ordering::Acquire) {
+            if self.link.is_closed() {
                 return Err(Error::Shutdown);
             }
             if self.stopped.load(Ordering::Acquire) || max == 0 {
-                let _ =
-                    crate::backend::unless_closed(&self.link.closing, &self.link.closed, async {
+                let _ = self
+                    .link
+                    .unless_closed(async {
                         tokio::time::sleep_until(deadline).await;
                         Ok(())
                     })
@@ -306,7 +316,7 @@ impl Inner {
                 return Ok(Vec::new());
             }
             // Listen before looking, so a NOTIFY in between is not missed.
-            let wake = self.link.wake.clone();
+            let wake = self.link.wake().clone();
             let notified = wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
@@ -341,10 +351,13 @@ impl Inner {
         let give_up = Instant::now() + SETTLE_RETRY_WINDOW;
         let result = loop {
             let attempt = match self.settler.conn().await {
-                Ok(conn) => plan
-                    .apply(&conn)
-                    .await
-                    .map_err(|e| self.failed(&conn, "settle", &e)),
+                Ok(conn) => match self.settler.channel(&conn).await {
+                    Ok(channel) => plan
+                        .apply(&conn, channel)
+                        .await
+                        .map_err(|e| self.failed(&conn, "settle", &e)),
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e),
             };
             match attempt {
@@ -364,7 +377,7 @@ impl Inner {
         if !plan.reschedule.0.is_empty() {
             // A receiver asleep until the lease end it probed (or its poll)
             // looks again now: a short retry is due long before either.
-            self.link.wake.notify_waiters();
+            self.link.wake().notify_waiters();
         }
         if let Err(e) = &result {
             tracing::warn!(queue = %self.queue, error = %e, rows = plan.claims.len(),
@@ -405,7 +418,7 @@ impl Inner {
         }
         self.touch();
         // Receivers of this backend look again at once (the NOTIFY comes too).
-        self.link.wake.notify_waiters();
+        self.link.wake().notify_waiters();
         Ok(rows.message_id)
     }
 
@@ -492,8 +505,9 @@ impl Inner {
                 .execute(&conn.stmts.reschedule, &[&ids, &atts, &delays, &undo])
                 .await
                 .map_err(|e| self.failed(&conn, "release", &e))?;
+            let channel = self.link.channel(&conn).await?;
             conn.client
-                .execute(&conn.stmts.notify, &[&conn.channel])
+                .execute(&conn.stmts.notify, &[&channel])
                 .await
                 .map_err(|e| self.failed(&conn, "notify", &e))
         };
@@ -551,7 +565,7 @@ impl Backend for PostgresBackend {
 
     async fn stop_receiving(&self) -> Result<()> {
         self.inner.stopped.store(true, Ordering::Release);
-        self.inner.link.wake.notify_waiters();
+        self.inner.link.wake().notify_waiters();
         Ok(())
     }
 
@@ -561,7 +575,7 @@ impl Backend for PostgresBackend {
         if let Some(task) = inner.renewer.lock().take() {
             task.abort();
         }
-        if !inner.link.closed.load(Ordering::Acquire) {
+        if !inner.link.is_closed() {
             inner.release_held().await;
         }
         inner.link.close();

@@ -136,7 +136,12 @@ impl Plan {
     }
 
     /// Run the plan's statements (pipelined on the one connection).
-    pub async fn apply(&self, conn: &Arc<Conn>) -> std::result::Result<(), tokio_postgres::Error> {
+    /// `channel` is the queue's, NOTIFYed when a row is due again at once.
+    pub async fn apply(
+        &self,
+        conn: &Arc<Conn>,
+        channel: &str,
+    ) -> std::result::Result<(), tokio_postgres::Error> {
         let c = &conn.client;
         let s = &conn.stmts;
         let ack = async {
@@ -175,7 +180,7 @@ impl Plan {
         e?;
         if self.wake {
             // Workers of other processes sleep until a NOTIFY or their poll.
-            c.execute(&s.notify, &[&conn.channel]).await?;
+            c.execute(&s.notify, &[&channel]).await?;
         }
         Ok(())
     }
