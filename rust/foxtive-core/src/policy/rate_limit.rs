@@ -11,20 +11,20 @@ use std::time::{Duration, Instant};
 use governor::clock::DefaultClock;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter as Governor};
-use tokio::sync::OnceCell;
 
+use super::ReconnectStrategy;
 use super::{Admit, Hooks, Pace, Policy};
-use crate::redact::redact_url;
-use crate::redis_url::{self, AnyTarget, Conn, RedisClient};
+use crate::backend::redis_streams::link::Link;
+use crate::redact::{query_pairs, redact_url};
+use crate::redis_url::is_cluster_url;
 use crate::{Error, Result};
 
 type Local = Governor<NotKeyed, InMemoryState, DefaultClock>;
 
-/// How long a connection to the shared bucket may take, and how often the
-/// connection manager tries again before a permit falls back to the local
-/// limit (a permit must not hang on a Redis that is away).
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
-const CONNECT_RETRIES: usize = 2;
+/// How long asking the shared bucket for a permit may take (connecting
+/// included) before the permit falls back to the local limit: a permit must
+/// not hang on a Redis that is away.
+const PERMIT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// GCRA over one key. ARGV: emission interval (µs), burst. Returns the
 /// microseconds to wait: 0 when the permit was granted.
@@ -66,10 +66,11 @@ impl std::fmt::Debug for RateLimitConfig {
 }
 
 struct Shared {
-    client: RedisClient,
+    /// The process's command connection to that Redis, shared with the
+    /// Redis Streams backends on it (one connection, one reconnect gate).
+    link: Link,
     key: String,
     url: String,
-    conn: OnceCell<Conn>,
     script: redis::Script,
     interval_us: u64,
 }
@@ -149,19 +150,25 @@ impl RateLimiter {
         let mut limiter = Self::new(per_second, burst)?;
         // Any Redis URL, cluster ones included: the bucket is one key, so
         // it lives on one shard whatever its slot.
-        let AnyTarget {
-            client,
-            redacted: url,
-            ..
-        } = redis_url::open_any(redis_url, "redis_url")?;
+        // `?cluster=true` on a node's URL, as the backend reads it.
+        let cluster = is_cluster_url(redis_url)
+            || query_pairs(redis_url).iter().any(|(k, v)| {
+                k == "cluster" && matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes")
+            });
+        // The backends' default strategy, so that it shares their connection.
+        let link = Link::named(
+            redis_url,
+            ReconnectStrategy::default(),
+            cluster,
+            "redis_url",
+        )?;
         if key.is_empty() {
             return Err(Error::Config("key: must be a non-empty string".to_string()));
         }
         limiter.shared = Some(Shared {
-            client,
+            url: link.url.clone(),
+            link,
             key: key.to_string(),
-            url,
-            conn: OnceCell::new(),
             script: redis::Script::new(GCRA),
             interval_us: ((1_000_000.0 / per_second).round() as u64).max(1),
         });
@@ -258,24 +265,28 @@ impl Policy for RateLimiter {
 
 impl Shared {
     async fn try_acquire(&self, burst: u32) -> Result<Duration> {
-        let conn = self
-            .conn
-            .get_or_try_init(|| async {
-                self.client
-                    .managed(CONNECT_TIMEOUT, CONNECT_RETRIES)
-                    .await
-                    .map_err(|e| Error::Backend(format!("redis {}: {:?}", self.url, e.kind())))
+        let failed = |what: String| Error::Backend(format!("redis {}: {what}", self.url));
+        let ask = async {
+            let (gen, mut conn) = self.link.writer().await?;
+            let reply: std::result::Result<u64, _> = self
+                .script
+                .key(&self.key)
+                .arg(self.interval_us)
+                .arg(burst)
+                .invoke_async(&mut conn)
+                .await;
+            reply.map_err(|e| {
+                let err = self.link.error("rate limit", &e);
+                if err.is_connection() {
+                    // Reconnected by whoever uses it next, after the delay.
+                    self.link.lost(gen, &err);
+                }
+                failed(format!("{:?}", e.kind()))
             })
-            .await?;
-        let mut conn = conn.clone();
-        let wait_us: u64 = self
-            .script
-            .key(&self.key)
-            .arg(self.interval_us)
-            .arg(burst)
-            .invoke_async(&mut conn)
+        };
+        let wait_us = tokio::time::timeout(PERMIT_TIMEOUT, ask)
             .await
-            .map_err(|e| Error::Backend(format!("redis {}: {:?}", self.url, e.kind())))?;
+            .map_err(|_| failed(format!("no answer within {}s", PERMIT_TIMEOUT.as_secs())))??;
         Ok(Duration::from_micros(wait_us))
     }
 }

@@ -38,7 +38,8 @@ mod config;
 mod dedup;
 pub mod dlq;
 mod duties;
-mod link;
+// The rate limiter's shared bucket uses the command connection too.
+pub(crate) mod link;
 mod partitions;
 mod publish;
 mod reader;
@@ -46,6 +47,7 @@ mod reply;
 mod resp;
 mod scripts;
 mod settle;
+mod shared;
 mod stats;
 
 use std::collections::{HashMap, VecDeque};

@@ -5,6 +5,21 @@
 //! would hold up every command queued behind it on a shared connection):
 //! the small RESP connection of [`super::resp`] for TCP and unix sockets,
 //! a redis-rs connection for TLS.
+//!
+//! That connection is one per queue (per partition), not one per process,
+//! although the command connection is shared (see `shared.rs`): a blocking
+//! read holds its connection until an entry comes or BLOCK ends, and one
+//! `XREADGROUP ... STREAMS q1 q2 q3 > > >` for every queue does not fit:
+//! * COUNT applies to every stream of the read alike, while each pool asks
+//!   for what it has room for, and a pool with no room must not be read for
+//!   at all (what is read is pending to this consumer, out of its peers'
+//!   reach until `claim_idle`). The streams of a read would change with
+//!   every pool's room, and a BLOCK under way cannot take in a stream whose
+//!   pool just got room: that pool would wait up to `block` (or the read
+//!   would need a `CLIENT UNBLOCK` from yet another connection).
+//! * Every queue would need the same group, consumer name and `block`, and
+//!   on a Redis Cluster the streams of one read must hash to one slot, which
+//!   the streams of different queues (or partitions) do not.
 
 use std::collections::VecDeque;
 use std::time::Duration;
