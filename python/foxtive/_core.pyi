@@ -311,8 +311,34 @@ class NativeBackend:
         message_ids: list[str] | None = None,
         priority: int | None = None,
     ) -> Awaitable[list[str]]: ...
+    @property
+    def blocking(self) -> bool: ...
+    def publish_begin(
+        self,
+        body: bytes | str,
+        headers: dict[str, Any] | None = None,
+        delay: _Seconds | None = None,
+        message_id: str | None = None,
+        priority: int | None = None,
+        dedup_key: str | None = None,
+        dedup_ttl: _Seconds | None = None,
+    ) -> PublishWait: ...
+    def publish_many_begin(
+        self,
+        bodies: Iterable[bytes | str],
+        headers: dict[str, Any] | None = None,
+        delay: _Seconds | None = None,
+        message_ids: list[str] | None = None,
+        priority: int | None = None,
+    ) -> PublishWait: ...
     def queue_stats(self) -> Awaitable[dict[str, int | None] | None]: ...
     def dead_letter_store(self) -> DeadLetterStore | None: ...
+
+@final
+class PublishWait:
+    """A publish started by ``publish_begin``; ``wait()`` blocks (GIL
+    released) for the ids."""
+    def wait(self) -> list[str]: ...
 
 @final
 class MemoryBackend(NativeBackend):

@@ -24,7 +24,7 @@ import inspect
 import os
 import signal
 import threading
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any, ParamSpec, TypeVar, overload
 
 from . import postgres as _postgres
@@ -119,6 +119,7 @@ class App:
         self._producers: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._loop_thread: _LoopThread | None = None
+        self._blocks: dict[str, bool] = {}
         self._results_store: ResultStore | None = None
         self._running: list[WorkerPool] = []
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
@@ -343,11 +344,21 @@ class App:
     # message was enqueued, and only where no live record is (mark_new): a
     # deduplicated send enqueued nothing, leaves no record of its own, and
     # its handle is the first task's (id, status, result).
+    #
+    # On Redis, a task whose id was generated here (``fresh``: no record of
+    # it can exist but a worker's) has its "pending" written with SET NX
+    # *while* it is published, both done before the send returns: the
+    # record is there from send on, a worker's write that landed first is
+    # never overwritten, and the send costs one round trip, not two. An id
+    # the sender chose may name an earlier task's record, which "pending"
+    # must replace: those keep the write-then-publish order.
     async def _publish(self, queue: str, body: bytes, headers: dict[str, Any],
                        delay: float | None, task_id: str,
-                       options: Mapping[str, Any] | None = None) -> str:
+                       options: Mapping[str, Any] | None = None, *,
+                       fresh: bool = False) -> str:
         """Publish one task; its id on the broker (the first task's id when
-        ``dedup_key`` found one)."""
+        ``dedup_key`` found one). ``fresh``: the id was generated for this
+        send (not the caller's ``message_id``)."""
         backend = self.backend(queue)
         dedup = False
         if options:
@@ -361,6 +372,11 @@ class App:
                                                                 task_id, options)
         store = self._result_store() if self.results else None
         if store is not None and not dedup:
+            if fresh and isinstance(store, RedisResultStore):
+                await _both(store.mark_new(task_id, "pending"),
+                            backend.publish(body, headers=headers, delay=delay,
+                                            message_id=task_id, **(options or {})))
+                return task_id
             await store.mark(task_id, "pending")
         got = await backend.publish(body, headers=headers, delay=delay, message_id=task_id,
                                     **(options or {}))
@@ -470,7 +486,8 @@ class App:
 
     def _publish_sync(self, queue: str, body: bytes, headers: dict[str, Any],
                       delay: float | None, task_id: str,
-                      options: Mapping[str, Any] | None = None) -> str:
+                      options: Mapping[str, Any] | None = None, *,
+                      fresh: bool = False) -> str:
         backend = self.backend(queue)
         if options and options.get("transaction") is not None:
             return self._publish_in_transaction(backend, body, headers, delay, task_id, options)
@@ -490,7 +507,90 @@ class App:
                 else:
                     self._run_sync(store.mark_new(task_id, "pending"))
             return got
-        return self._run_sync(self._publish(queue, body, headers, delay, task_id, options))
+        if self._blocking(queue, backend):
+            return self._publish_blocking(backend, queue, body, headers, delay, task_id,
+                                          options, fresh)
+        return self._run_sync(self._publish(queue, body, headers, delay, task_id, options,
+                                            fresh=fresh))
+
+    def _blocking(self, queue: str, backend: Any) -> bool:
+        """Whether ``send_sync`` publishes on ``queue`` from the caller's
+        thread (the core's runtime, waited on with the GIL released) rather
+        than through the app's loop thread: foxtive's own native backends,
+        not one driving a backend written in Python (cached per queue)."""
+        known = self._blocks.get(queue)
+        if known is None:
+            known = self._blocks[queue] = (isinstance(backend, NativeBackend)
+                                           and backend.publishes_blocking)
+        return known
+
+    def _publish_blocking(self, backend: NativeBackend, queue: str, body: bytes,
+                          headers: dict[str, Any], delay: float | None, task_id: str,
+                          options: Mapping[str, Any] | None, fresh: bool) -> str:
+        """:meth:`_publish` on the caller's thread: the app's loop thread is
+        never used (nor started), so many threads send at once without
+        queueing behind it; "pending" is written through the store's sync
+        client, concurrently with the publish where :meth:`_publish` does."""
+        dedup = False
+        opts: dict[str, Any] = {}
+        if options:
+            check_publish_options(backend, options)
+            dedup = options.get("dedup_key") is not None
+            if dedup and not backend.native_dedup:
+                return self._run_sync(self._publish_once(backend, queue, body, headers, delay,
+                                                         task_id, options))
+            opts = dict(options)
+        store = self._result_store() if self.results else None
+        if store is None:
+            return backend.publish_begin(body, headers, delay, task_id, **opts).wait()[0]
+        if dedup:
+            got = backend.publish_begin(body, headers, delay, task_id, **opts).wait()[0]
+            if got == task_id:
+                self._mark_new_sync(store, task_id)
+            return got
+        if fresh and isinstance(store, RedisResultStore):
+            publishing = backend.publish_begin(body, headers, delay, task_id, **opts)
+            try:
+                store.mark_new_sync(task_id, "pending")
+            finally:
+                publishing.wait()  # both done before the send returns
+            return task_id
+        store.mark_sync([task_id], "pending")
+        return backend.publish_begin(body, headers, delay, task_id, **opts).wait()[0]
+
+    def _mark_new_sync(self, store: ResultStore, task_id: str) -> None:
+        if isinstance(store, MemoryResultStore | RedisResultStore):
+            store.mark_new_sync(task_id, "pending")
+        else:
+            self._run_sync(store.mark_new(task_id, "pending"))
+
+    def _publish_many_sync(self, queue: str, items: list[tuple[bytes, str]],
+                           headers: dict[str, Any], delay: float | None,
+                           options: Mapping[str, Any] | None) -> None:
+        """``send_many_sync``: on foxtive's native backends one batch from
+        the caller's thread (see :meth:`_publish_blocking`), else through
+        the app's loop thread."""
+        backend = self.backend(queue)
+        if isinstance(backend, MemoryBackend) or not self._blocking(queue, backend):
+            self._run_sync(self._publish_many(queue, items, headers, delay, options))
+            return
+        if options:
+            check_publish_options(backend, options)
+        bodies = [body for body, _ in items]
+        ids = [task_id for _, task_id in items]
+        store = self._result_store() if self.results else None
+        if isinstance(store, RedisResultStore):
+            publishing = backend.publish_many_begin(bodies, headers, delay, message_ids=ids,
+                                                    **(options or {}))
+            try:
+                store.mark_new_many_sync(ids, "pending")
+            finally:
+                publishing.wait()
+            return
+        if store is not None:
+            store.mark_sync(ids, "pending")
+        backend.publish_many_begin(bodies, headers, delay, message_ids=ids,
+                                   **(options or {})).wait()
 
     def _publish_in_transaction(self, backend: Any, body: bytes, headers: dict[str, Any],
                                 delay: float | None, task_id: str,
@@ -542,10 +642,18 @@ class App:
             check_publish_options(backend, options)
         if self.results:
             conn = options.get("transaction") if options else None
+            store = self._result_store()
             if conn is not None:
                 await self._pending_in(backend, conn, ids, only_new=False)
+            elif isinstance(store, RedisResultStore) and isinstance(backend, NativeBackend):
+                # Every id is fresh (send_many takes no message_id): "pending"
+                # with SET NX while the batch is published (see _publish).
+                await _both(store.mark_new_many(ids, "pending"),
+                            backend.publish_many(bodies, headers=headers, delay=delay,
+                                                 message_ids=ids, **(options or {})))
+                return
             else:
-                await self._result_store().mark_many(ids, "pending")
+                await store.mark_many(ids, "pending")
         if isinstance(backend, NativeBackend):
             # One batch, each message with its task id (one round trip; with
             # transaction=conn, one statement through the caller's connection).
@@ -633,6 +741,7 @@ class App:
             raise RuntimeError("App.close() inside a running event loop; use await app.aclose()")
         with self._lock:
             producers, self._producers = self._producers, {}
+            self._blocks = {}
             lt, self._loop_thread = self._loop_thread, None
         store, self._results_store = self._results_store, None
         self._stop_threads()
@@ -647,6 +756,7 @@ class App:
         """Close the publishing backends and stop the app's loop thread."""
         with self._lock:
             producers, self._producers = self._producers, {}
+            self._blocks = {}
             lt, self._loop_thread = self._loop_thread, None
         await _close_all(producers.values())
         self._stop_threads()
@@ -655,6 +765,16 @@ class App:
             await store.close()
         if lt is not None:
             await asyncio.to_thread(lt.stop)
+
+
+async def _both(first: Awaitable[Any], second: Awaitable[Any]) -> None:
+    """Run two writes at once and wait for both (neither is left running
+    when the other fails); raise the second's error first (the publish:
+    the task was not sent), else the first's."""
+    results = await asyncio.gather(first, second, return_exceptions=True)
+    for r in reversed(results):
+        if isinstance(r, BaseException):
+            raise r
 
 
 async def _close_all(backends: Iterable[Any]) -> None:

@@ -232,6 +232,35 @@ class NativeBackend(Backend):
         ids = None if message_ids is None else list(message_ids)
         return await self._native.publish_many(bodies, inject(headers), delay, ids, priority)
 
+    @property
+    def publishes_blocking(self) -> bool:
+        """Whether :meth:`publish_begin` stands for :meth:`publish`: true for
+        foxtive's own classes (a subclass may override ``publish``) unless
+        the backend drives one written in Python (its publish needs a loop)."""
+        cls = type(self)
+        return NativeBackend._by_type_name.get(cls.__name__) is cls and self._native.blocking
+
+    def publish_begin(self, body: bytes | str, headers: dict[str, Any] | None = None,
+                      delay: float | _dt.timedelta | None = None,
+                      message_id: str | None = None, *, priority: int | None = None,
+                      dedup_key: str | None = None,
+                      dedup_ttl: float | _dt.timedelta | None = None) -> _core.PublishWait:
+        """:meth:`publish` from a thread with no event loop: started on the
+        core's runtime at once; ``.wait()`` on the result blocks (the GIL
+        released) for ``[id]``. Safe from many threads at once."""
+        return self._native.publish_begin(body, inject(headers), delay, message_id, priority,
+                                          dedup_key, dedup_ttl)
+
+    def publish_many_begin(self, bodies: Iterable[bytes | str],
+                           headers: dict[str, Any] | None = None,
+                           delay: float | _dt.timedelta | None = None, *,
+                           message_ids: Sequence[str] | None = None,
+                           priority: int | None = None) -> _core.PublishWait:
+        """:meth:`publish_many` from a thread with no event loop (see
+        :meth:`publish_begin`); ``.wait()`` gives the ids in order."""
+        ids = None if message_ids is None else list(message_ids)
+        return self._native.publish_many_begin(bodies, inject(headers), delay, ids, priority)
+
     def dead_letter_queue(self) -> NativeDeadLetterQueue:
         """The backend's own dead-letter queue as a queue view: list, replay
         (back to the source queue, each record moved as one step), purge."""

@@ -52,8 +52,14 @@ _decoder = msgspec.json.Decoder()
 
 def encode(args: Sequence[Any], kwargs: Mapping[str, Any]) -> bytes:
     """The body for one call; ``TypeError`` names what cannot be encoded."""
+    # msgspec writes tuples and lists as arrays, dicts as objects: the
+    # common shapes go in as they are (no copy per call; send_many's hot path).
+    if args.__class__ is not tuple and args.__class__ is not list:
+        args = list(args)
+    if kwargs.__class__ is not dict:
+        kwargs = dict(kwargs)
     try:
-        return _encoder.encode({"args": list(args), "kwargs": dict(kwargs)})
+        return _encoder.encode({"args": args, "kwargs": kwargs})
     except TypeError:
         raise
     except (msgspec.EncodeError, ValueError, OverflowError) as e:

@@ -7,9 +7,10 @@ record expires ``result_ttl`` seconds after its last write.
 
 * :class:`MemoryResultStore`: in the process (``memory://`` brokers).
 * :class:`RedisResultStore`: key ``foxtive:result:<id>`` holds the record;
-  a final write also pushes to the list ``foxtive:result:<id>:done`` so a
-  waiter blocks on ``BLMOVE`` (the list keeps its element for the next
-  waiter) instead of polling. It uses redis-py (``pip install foxtive[redis]``).
+  a final write also pushes the record to the list ``foxtive:result:<id>:done``
+  so a waiter blocks on ``BLMOVE`` (the list keeps its element for the next
+  waiter) instead of polling, and has the record when it wakes. It uses
+  redis-py (``pip install foxtive[redis]``).
 """
 
 from __future__ import annotations
@@ -273,36 +274,76 @@ class RedisResultStore(ResultStore):
             return f"{self.prefix}{{{task_id}}}"
         return f"{self.prefix}{task_id}"
 
+    # A plain (overwriting) write of a non-final status also drops the
+    # ``:done`` list an earlier run of the same id left (a sender's own
+    # message_id sent again): a waiter must not wake on that run's record.
     async def mark(self, task_id: str, status: str) -> None:
-        await self._client().set(self._key(task_id), _enc.encode({"status": status}),
-                                 px=self._ttl_ms)
+        key = self._key(task_id)
+        async with self._client().pipeline(transaction=True) as pipe:
+            pipe.set(key, _enc.encode({"status": status}), px=self._ttl_ms)
+            pipe.delete(f"{key}:done")
+            await pipe.execute()
 
     def mark_sync(self, task_ids: list[str], status: str) -> None:
         value = _enc.encode({"status": status})
-        with self._sync.pipeline(transaction=False) as pipe:
+        with self._sync.pipeline(transaction=len(task_ids) == 1) as pipe:
             for task_id in task_ids:
-                pipe.set(self._key(task_id), value, px=self._ttl_ms)
+                key = self._key(task_id)
+                pipe.set(key, value, px=self._ttl_ms)
+                pipe.delete(f"{key}:done")
             pipe.execute()
 
     async def mark_many(self, task_ids: list[str], status: str) -> None:
         value = _enc.encode({"status": status})
         async with self._client().pipeline(transaction=False) as pipe:
             for task_id in task_ids:
-                pipe.set(self._key(task_id), value, px=self._ttl_ms)
+                key = self._key(task_id)
+                pipe.set(key, value, px=self._ttl_ms)
+                pipe.delete(f"{key}:done")
             await pipe.execute()
 
-    # Added for the task layer's dedup (no orphan "pending" records): a
-    # plain SET NX, kept apart from the rest of this store.
+    # SET NX: written only where no record is. The task layer's dedup (no
+    # orphan "pending" records), and the "pending" a send writes while it
+    # publishes (a worker's write that lands first is never overwritten).
     async def mark_new(self, task_id: str, status: str) -> None:
         await self._client().set(self._key(task_id), _enc.encode({"status": status}),
                                  px=self._ttl_ms, nx=True)
 
+    def mark_new_sync(self, task_id: str, status: str) -> None:
+        """:meth:`mark_new` through the sync client (any thread)."""
+        self._sync.set(self._key(task_id), _enc.encode({"status": status}),
+                       px=self._ttl_ms, nx=True)
+
+    async def mark_new_many(self, task_ids: list[str], status: str) -> None:
+        """:meth:`mark_new` for many ids, one pipelined round trip."""
+        value = _enc.encode({"status": status})
+        async with self._client().pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.set(self._key(task_id), value, px=self._ttl_ms, nx=True)
+            await pipe.execute()
+
+    def mark_new_many_sync(self, task_ids: list[str], status: str) -> None:
+        """:meth:`mark_new_many` through the sync client (any thread)."""
+        value = _enc.encode({"status": status})
+        with self._sync.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.set(self._key(task_id), value, px=self._ttl_ms, nx=True)
+            pipe.execute()
+
     async def finish(self, task_id: str, record: dict[str, Any]) -> None:
+        """The worker's write after a run: one MULTI, one round trip. A
+        final record is also pushed to ``<key>:done``, so that a waiter's
+        ``BLMOVE`` returns the record itself (no GET after it); a
+        "retrying" one is only stored (waiters keep waiting)."""
         key = self._key(task_id)
+        value = _enc.encode(record)
+        if record.get("status") not in FINAL:
+            await self._client().set(key, value, px=self._ttl_ms)
+            return
         async with self._client().pipeline(transaction=True) as pipe:
-            pipe.set(key, _enc.encode(record), px=self._ttl_ms)
+            pipe.set(key, value, px=self._ttl_ms)
             pipe.delete(f"{key}:done")
-            pipe.rpush(f"{key}:done", b"1")
+            pipe.rpush(f"{key}:done", value)
             pipe.pexpire(f"{key}:done", self._ttl_ms)
             await pipe.execute()
 
@@ -315,6 +356,16 @@ class RedisResultStore(ResultStore):
             return None
         record: dict[str, Any] = _dec.decode(raw)
         return record if record.get("status") in FINAL else None
+
+    def _final_pushed(self, moved: Any) -> dict[str, Any] | None:
+        """The final record a worker pushed to ``<key>:done``; None for the
+        old marker (``b"1"``) or anything else."""
+        if not moved or moved == b"1":
+            return None
+        try:
+            return self._final(moved)
+        except (msgspec.DecodeError, AttributeError):
+            return None
 
     async def wait(self, task_id: str, timeout: float | None) -> Any:
         key = self._key(task_id)
@@ -329,7 +380,9 @@ class RedisResultStore(ResultStore):
                                         "RIGHT", "RIGHT")
             if moved is None:
                 raise TimeoutError(f"task {task_id}: no result within {timeout} s")
-            record = self._final(await client.get(key))
+            # The element is the final record (a worker from before that
+            # change pushed b"1": read the record then).
+            record = self._final_pushed(moved) or self._final(await client.get(key))
             if record is None:
                 raise TimeoutError(f"task {task_id}: its result expired")
         return _outcome(record)
@@ -346,7 +399,7 @@ class RedisResultStore(ResultStore):
                                       "RIGHT", "RIGHT")
             if moved is None:
                 raise TimeoutError(f"task {task_id}: no result within {timeout} s")
-            record = self._final(self._sync.get(key))
+            record = self._final_pushed(moved) or self._final(self._sync.get(key))
             if record is None:
                 raise TimeoutError(f"task {task_id}: its result expired")
         return _outcome(record)

@@ -50,6 +50,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<message::PyFailureKind>()?;
     m.add_class::<message::PyRetryInfo>()?;
     m.add_class::<native_backend::NativeBackend>()?;
+    m.add_class::<native_backend::PublishWait>()?;
     m.add_class::<backends::PyMemoryBackend>()?;
     m.add_class::<backends::PyDeadLetter>()?;
     m.add_class::<resilient::PyResilientBackend>()?;

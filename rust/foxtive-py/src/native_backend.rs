@@ -7,8 +7,10 @@
 
 use std::sync::Arc;
 
+use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
+use tokio::sync::oneshot;
 
 use foxtive_core::backend::Backend;
 use foxtive_core::dlq::DeadLetterStore;
@@ -18,6 +20,7 @@ use crate::convert::{
     dedup_from_py, outgoing_from_py, outgoings_from_py, priority_from_py, with_priority,
 };
 use crate::dlq::PyDeadLetterStore;
+use crate::errors::{backend_error, config_error, IntoPyResult};
 use crate::python_backend::{bind_loop, PythonBackend};
 
 #[pyclass(subclass, frozen, name = "NativeBackend", module = "foxtive._core")]
@@ -53,6 +56,57 @@ impl NativeBackend {
 
     pub fn dead_letters(&self) -> Option<Arc<dyn DeadLetterStore>> {
         self.dead_letters.clone()
+    }
+
+    /// Start publishing `outs` on the runtime, from a thread with no event
+    /// loop: the caller waits on the returned [`PublishWait`]. A backend
+    /// driving one written in Python has its coroutines bound to an event
+    /// loop, so it has no such path (the app publishes on a loop instead).
+    fn begin(&self, outs: Vec<foxtive_core::Outgoing>) -> PyResult<PublishWait> {
+        if self.python_backend.is_some() {
+            return Err(config_error(
+                "this backend drives one written in Python: publish from an event loop",
+            ));
+        }
+        let runtime = crate::runtime::get()?;
+        let backend = self.inner.clone();
+        let (tx, rx) = oneshot::channel();
+        runtime.spawn(async move {
+            let _ = tx.send(backend.publish(outs).await);
+        });
+        Ok(PublishWait {
+            rx: Mutex::new(Some(rx)),
+        })
+    }
+}
+
+type PublishResult = foxtive_core::Result<Vec<String>>;
+
+/// A publish running on the runtime, started by `publish_begin` /
+/// `publish_many_begin` on a thread with no event loop (`send_sync`):
+/// `wait()` blocks that thread, the GIL released, until the broker took
+/// the messages. The caller may do other work in between (the app writes
+/// the "pending" result record meanwhile).
+#[pyclass(frozen, name = "PublishWait", module = "foxtive._core")]
+pub struct PublishWait {
+    rx: Mutex<Option<oneshot::Receiver<PublishResult>>>,
+}
+
+#[pymethods]
+impl PublishWait {
+    /// The messages' ids, in order, once published; the publish's error
+    /// otherwise. Only once.
+    fn wait(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        let rx = self
+            .rx
+            .lock()
+            .take()
+            .ok_or_else(|| config_error("PublishWait.wait: already waited on"))?;
+        // The Python thread is never a runtime thread: blocking here cannot
+        // starve the publish it waits for.
+        py.detach(|| rx.blocking_recv())
+            .map_err(|_| backend_error("publish: the operation was dropped"))?
+            .py_err()
     }
 }
 
@@ -152,6 +206,52 @@ impl NativeBackend {
         );
         let backend = self.inner.clone();
         bridge::awaitable(py, async move { backend.publish(outs).await })
+    }
+
+    /// Whether `publish_begin` / `publish_many_begin` work here: false for
+    /// a backend driving one written in Python (its publish needs a loop).
+    #[getter]
+    fn blocking(&self) -> bool {
+        self.python_backend.is_none()
+    }
+
+    /// `publish`, started on the runtime from a thread with no event loop;
+    /// `.wait()` on the result blocks (GIL released) for `[id]`.
+    #[pyo3(signature = (body, headers = None, delay = None, message_id = None, priority = None,
+                        dedup_key = None, dedup_ttl = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn publish_begin(
+        &self,
+        body: &Bound<'_, PyAny>,
+        headers: Option<&Bound<'_, PyDict>>,
+        delay: Option<&Bound<'_, PyAny>>,
+        message_id: Option<String>,
+        priority: Option<&Bound<'_, PyAny>>,
+        dedup_key: Option<String>,
+        dedup_ttl: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PublishWait> {
+        let mut out = outgoing_from_py(body, headers, delay, message_id)?;
+        out.priority = priority_from_py(priority)?;
+        out.dedup = dedup_from_py(dedup_key, dedup_ttl)?;
+        self.begin(vec![out])
+    }
+
+    /// `publish_many`, started on the runtime from a thread with no event
+    /// loop; `.wait()` on the result blocks (GIL released) for the ids.
+    #[pyo3(signature = (bodies, headers = None, delay = None, message_ids = None, priority = None))]
+    fn publish_many_begin(
+        &self,
+        bodies: &Bound<'_, PyAny>,
+        headers: Option<&Bound<'_, PyDict>>,
+        delay: Option<&Bound<'_, PyAny>>,
+        message_ids: Option<Vec<String>>,
+        priority: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PublishWait> {
+        let outs = with_priority(
+            outgoings_from_py(bodies, headers, delay, message_ids)?,
+            priority_from_py(priority)?,
+        );
+        self.begin(outs)
     }
 
     /// How many messages the queue holds (awaitable): a dict of `ready`,
