@@ -210,6 +210,49 @@ async def test_a_cut_connection_mid_drain_finishes_every_message(kit: NatsKit) -
         proxy.close()
 
 
+@pytest.mark.xfail(reason="a graceful stop mid-drain leaves a few pulled messages neither "
+                          "acked nor NAKed (2 with one pull out at a time): they come back "
+                          "only after ack_wait", strict=False)
+async def test_a_graceful_stop_mid_drain_hands_back_what_was_pulled_ahead(
+        kit: NatsKit) -> None:
+    """A stop mid-drain leaves nothing pending (what was pulled and not
+    handed out is NAKed), and a restart handles the rest, every message once."""
+    backend = kit.worker_backend()
+    sent = [f"g-{i}".encode() for i in range(4000)]
+    await backend.publish_many(sent)
+    seen: collections.Counter[bytes] = collections.Counter()
+    enough = asyncio.Event()
+
+    async def handler(m: foxtive.Message) -> None:
+        seen[m.body] += 1
+        if len(seen) >= 1000:
+            enough.set()
+
+    pool = pool_of(handler, concurrency=500)
+    running = asyncio.ensure_future(pool.run_async(backend, handle_signals=False))
+    try:
+        await asyncio.wait_for(enough.wait(), 60)
+    finally:
+        pool.shutdown()
+        await asyncio.wait_for(running, 60)
+    first = sum(seen.values())
+    assert first < len(sent), "the stop came after the drain"
+    # Nothing pulled is left out: handled ones acked, the rest handed back
+    # (the server applies the last NAKs a moment after the flush)...
+    wait_for(lambda: consumer_info(kit.stream).num_ack_pending == 0, 5, "nothing pending")
+    info = consumer_info(kit.stream)
+    # ...and more was pulled than handled: a request was out at the stop.
+    assert info.delivered.consumer_seq > first, (info.delivered.consumer_seq, first)
+    assert kit.waiting() == len(sent) - first
+    # A restart handles the rest; none twice.
+    assert await pool_of(handler, concurrency=500).run_until_idle_async(
+        kit.worker_backend(), timeout=120)
+    assert seen == collections.Counter(sent)
+    info = consumer_info(kit.stream)
+    assert (info.num_ack_pending, info.num_pending) == (0, 0)
+    assert kit.waiting() == 0
+
+
 async def test_from_url_names_and_options(kit: NatsKit) -> None:
     b = foxtive.backend_from_url(NATS_URL, kit.queue, ack_wait=2.0, prefetch=64)
     assert isinstance(b, foxtive.NatsBackend)
