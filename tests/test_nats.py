@@ -210,16 +210,16 @@ async def test_a_cut_connection_mid_drain_finishes_every_message(kit: NatsKit) -
         proxy.close()
 
 
-@pytest.mark.xfail(reason="a graceful stop mid-drain leaves a few pulled messages neither "
-                          "acked nor NAKed (2 with one pull out at a time): they come back "
-                          "only after ack_wait", strict=False)
 async def test_a_graceful_stop_mid_drain_hands_back_what_was_pulled_ahead(
         kit: NatsKit) -> None:
-    """A stop mid-drain leaves nothing pending (what was pulled and not
-    handed out is NAKed), and a restart handles the rest, every message once."""
-    backend = kit.worker_backend()
+    """A stop mid-drain hands back (NAKs) what was pulled and not handed
+    out, so a restart gets it at once, not after ``ack_wait``, and handles
+    every message once. (NATS 2.9 counts a NAKed message as ack-pending
+    until it is delivered again, so only the restart can tell a NAKed
+    message from one left unsettled.)"""
+    config = foxtive.NatsConsumerConfig(subject=kit.queue, ack_wait=120.0)
     sent = [f"g-{i}".encode() for i in range(4000)]
-    await backend.publish_many(sent)
+    await foxtive.NatsBackend(NATS_URL, config).publish_many(sent)
     seen: collections.Counter[bytes] = collections.Counter()
     enough = asyncio.Event()
 
@@ -229,7 +229,8 @@ async def test_a_graceful_stop_mid_drain_hands_back_what_was_pulled_ahead(
             enough.set()
 
     pool = pool_of(handler, concurrency=500)
-    running = asyncio.ensure_future(pool.run_async(backend, handle_signals=False))
+    running = asyncio.ensure_future(pool.run_async(foxtive.NatsBackend(NATS_URL, config),
+                                                   handle_signals=False))
     try:
         await asyncio.wait_for(enough.wait(), 60)
     finally:
@@ -237,16 +238,15 @@ async def test_a_graceful_stop_mid_drain_hands_back_what_was_pulled_ahead(
         await asyncio.wait_for(running, 60)
     first = sum(seen.values())
     assert first < len(sent), "the stop came after the drain"
-    # Nothing pulled is left out: handled ones acked, the rest handed back
-    # (the server applies the last NAKs a moment after the flush)...
-    wait_for(lambda: consumer_info(kit.stream).num_ack_pending == 0, 5, "nothing pending")
     info = consumer_info(kit.stream)
-    # ...and more was pulled than handled: a request was out at the stop.
+    # More was pulled than handled (pulls were out at the stop), and every
+    # handled message was acked.
     assert info.delivered.consumer_seq > first, (info.delivered.consumer_seq, first)
     assert kit.waiting() == len(sent) - first
-    # A restart handles the rest; none twice.
+    # A restart handles the rest well within ack_wait (120 s): nothing was
+    # left unsettled, and none twice.
     assert await pool_of(handler, concurrency=500).run_until_idle_async(
-        kit.worker_backend(), timeout=120)
+        foxtive.NatsBackend(NATS_URL, config), timeout=30)
     assert seen == collections.Counter(sent)
     info = consumer_info(kit.stream)
     assert (info.num_ack_pending, info.num_pending) == (0, 0)
