@@ -198,6 +198,98 @@ async def test_a_dedup_key_is_free_again_after_its_ttl(names: Names) -> None:
     assert stream_info(names.stream).state.messages == 2
 
 
+# -- credentials ---------------------------------------------------------------
+
+@contextlib.contextmanager
+def nats_server_wanting(*auth: str) -> Iterator[int]:
+    """A JetStream server of the test's own on 127.0.0.1 (the shared one on
+    4222 has no auth) wanting ``auth`` (``--auth TOKEN``, ``--user U --pass P``);
+    its port. Stopped, and its store removed, afterwards."""
+    import shutil
+    import socket
+    import tempfile
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    store = tempfile.mkdtemp(prefix="foxtive-nats-auth-")
+    proc = subprocess.Popen(["nats-server", "-js", "-a", "127.0.0.1", "-p", str(port),
+                             "-sd", store, *auth],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def listening() -> bool:
+        assert proc.poll() is None, "nats-server exited"
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    try:
+        wait_for(listening, 20, "the test's nats-server")
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(store, ignore_errors=True)
+
+
+SECRET = "s3cr3t-" + uuid.uuid4().hex[:8]
+
+
+@pytest.mark.parametrize("auth", ["token", "user"])
+async def test_results_and_dedup_connect_with_the_backends_credentials(auth: str) -> None:
+    from foxtive.results_nats import NatsResultStore
+
+    server = ("--auth", SECRET) if auth == "token" else ("--user", "ann", "--pass", SECRET)
+    with nats_server_wanting(*server) as port:
+        bare = f"nats://127.0.0.1:{port}"
+        # The token as the backend's option; user and password in the URL.
+        url, token = (bare, SECRET) if auth == "token" else (
+            f"nats://ann:{SECRET}@127.0.0.1:{port}", None)
+
+        def backend(queue: str) -> foxtive.NatsBackend:
+            return foxtive.NatsBackend(url, foxtive.NatsConsumerConfig(subject=queue),
+                                       token=token)
+
+        app = foxtive.App("kv-auth", broker=backend, results=True, result_ttl=60)
+
+        @app.task(queue="authq", name="kv.auth")
+        async def double(x: int) -> int:
+            return 2 * x
+
+        try:
+            handle = await double.send(21)
+            # The dedup bucket: through the backend's own connection.
+            first = await double.options(dedup_key="k", dedup_ttl=60).send(1)
+            again = await double.options(dedup_key="k", dedup_ttl=60).send(2)
+            assert again.id == first.id
+            assert await app.pool("authq").run_until_idle_async(timeout=60)
+            assert await handle.result(timeout=30) == 42
+            assert await asyncio.to_thread(handle.result_sync, 10) == 42
+            store = app._result_store()
+            assert SECRET not in repr(store) and SECRET not in repr(backend("authq"))
+        finally:
+            await app.aclose()
+
+        # nats-py, with the credentials, judges what the stores wrote.
+        import nats
+
+        nc = await nats.connect(url, token=token)
+        try:
+            js = nc.jetstream()
+            record = await (await js.key_value("foxtive_results_kv-auth")).get(handle.id)
+            assert json.loads(record.value) == {"status": "succeeded", "value": 42}
+            held = await (await js.key_value("foxtive_dedup_AUTHQ")).get("k")
+            assert held.value.decode().rsplit("|", 1)[1] == first.id
+            assert (await js.stream_info("AUTHQ")).state.messages == 0  # 2 handled, acked
+        finally:
+            await nc.close()
+        # Without them the server refuses, and the error does not show them.
+        refused = NatsResultStore(bare, 60, "kv-auth")
+        with pytest.raises(ConnectionError) as err:
+            await refused.status(handle.id)
+        assert SECRET not in str(err.value)
+        await refused.close()
+
+
 # -- readiness -----------------------------------------------------------------
 
 def ready(port: int) -> int:

@@ -35,6 +35,7 @@ from .backends import MemoryBackend, NativeBackend, check_publish_options
 from .errors import (
     ConfigError,
 )
+from .nats import NatsBackend
 from .policies import RetryHandler
 from .pool import WorkerPool, WorkerPoolBuilder
 from .results import MemoryResultStore, RedisResultStore, ResultStore
@@ -705,8 +706,11 @@ class App:
         url = self.results if isinstance(self.results, str) else self.broker
         if not isinstance(url, str):
             # A backend factory: results live where its backends do, if known.
-            if isinstance(self._new_backend_probe(), MemoryBackend):
+            probe = self._new_backend_probe()
+            if isinstance(probe, MemoryBackend):
                 return MemoryResultStore(self.result_ttl)
+            if isinstance(probe, NatsBackend):  # its credentials too
+                return NatsResultStore.for_backend(probe, self.result_ttl, self.name)
             raise ConfigError("results=True: the broker factory's backend has no result store "
                               "foxtive can use; pass results='redis://...'")
         scheme = url.split(":", 1)[0].lower()
@@ -727,8 +731,9 @@ class App:
                           "here; pass results='redis://...'")
 
     def _new_backend_probe(self) -> Any:
+        # A backend of its own, not `backend()`: the caller holds `_lock`.
         queues = self.queues or ["default"]
-        return self.backend(queues[0])
+        return self._new_backend(queues[0])
 
     def close(self) -> None:
         """Close the publishing backends and stop the app's loop thread (sync

@@ -26,10 +26,27 @@ from . import _core
 from .backends import NativeBackend
 from .errors import ConfigError
 
-__all__ = ["NatsBackend", "NatsConsumerConfig"]
+__all__ = ["NatsBackend", "NatsConsumerConfig", "NatsCredentials"]
 
 #: Keywords of ``NatsBackend`` that are credentials, not consumer settings.
 _CREDENTIALS = ("token", "nkey_file", "creds_file")
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class NatsCredentials:
+    """How a NATS connection authenticates: the URL (it may hold
+    ``user:password@`` or ``token@``) and ``token``, ``nkey_file``,
+    ``creds_file``. Kept so that the stores beside a queue (task results in
+    JetStream KV) connect as its backend does; never shown (its repr is the
+    redacted URL only)."""
+
+    url: str
+    token: str | None = None
+    nkey_file: str | None = None
+    creds_file: str | None = None
+
+    def __repr__(self) -> str:
+        return f"NatsCredentials(url={_core.redact_url(self.url)!r})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +109,7 @@ class NatsBackend(NativeBackend):
         self._native = native
         self._url = _core.redact_url(url)
         self._config = config
+        self._credentials = NatsCredentials(url, token, nkey_file, creds_file)
 
     @classmethod
     def from_url(cls, url: str, queue: str = "default", **options: Any) -> Self:
@@ -113,7 +131,6 @@ class NatsBackend(NativeBackend):
     @property
     def config(self) -> NatsConsumerConfig:
         return self._config
-
     def __repr__(self) -> str:
         c = self._config
         return (f"NatsBackend(url={self._url!r}, subject={c.subject!r}, "

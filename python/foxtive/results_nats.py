@@ -14,11 +14,19 @@
 It talks to NATS from Python through nats-py (``pip install 'foxtive[nats]'``),
 as the Redis store does through redis-py. Sync callers (``send_sync``,
 ``result_sync``) go through one connection on a loop thread of the store's own.
+
+Credentials are those of :class:`foxtive.NatsBackend`: in the URL
+(``user:password@``, ``token@``) or ``token=``, ``nkey_file=`` (an nkey seed
+file; nats-py needs the ``nkeys`` package for it), ``creds_file=`` (a
+``.creds`` file). An app whose broker is a factory of ``NatsBackend`` keeps
+its results with that backend's credentials (:meth:`NatsResultStore.for_backend`).
+They are never shown: the repr and the errors carry the redacted URL only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import threading
 import weakref
@@ -29,6 +37,7 @@ import msgspec
 
 from . import _core
 from .errors import ConfigError
+from .nats import NatsBackend
 from .results import FINAL, ResultStore, _outcome
 
 __all__ = ["NatsResultStore", "bucket_for", "key_for"]
@@ -36,6 +45,9 @@ __all__ = ["NatsResultStore", "bucket_for", "key_for"]
 _T = TypeVar("_T")
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
+
+#: Connection attempts before the store's first connection gives up.
+_FIRST_ATTEMPTS = 3
 
 #: A KV key: subject tokens of these characters (no empty token, no wildcard).
 _VALID_KEY = re.compile(r"[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*")
@@ -71,7 +83,8 @@ class _Side:
 class NatsResultStore(ResultStore):
     """Results in a JetStream KV bucket; waiting watches the key."""
 
-    def __init__(self, url: str, ttl: float, app: str) -> None:
+    def __init__(self, url: str, ttl: float, app: str, *, token: str | None = None,
+                 nkey_file: str | None = None, creds_file: str | None = None) -> None:
         try:
             import nats  # noqa: F401
         except ImportError:  # pragma: no cover - depends on the environment
@@ -80,12 +93,24 @@ class NatsResultStore(ResultStore):
         self.url = url
         self.ttl = ttl
         self.bucket = bucket_for(app)
+        # nats-py's own keywords: the token, an nkey seed file, a .creds file.
+        self._auth: dict[str, str] = {k: v for k, v in (
+            ("token", token), ("nkeys_seed", nkey_file), ("user_credentials", creds_file),
+        ) if v is not None}
         # nats-py connections belong to the loop that made them.
         self._sides: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Side] = (
             weakref.WeakKeyDictionary())
         self._opening = threading.Lock()
         self._thread: threading.Thread | None = None
         self._thread_loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def for_backend(cls, backend: NatsBackend, ttl: float, app: str) -> NatsResultStore:
+        """A store on ``backend``'s server, connecting with its URL and
+        credentials (token, nkey file, creds file)."""
+        c = backend._credentials
+        return cls(c.url, ttl, app, token=c.token, nkey_file=c.nkey_file,
+                   creds_file=c.creds_file)
 
     def __repr__(self) -> str:
         return f"NatsResultStore(url={_core.redact_url(self.url)!r}, bucket={self.bucket!r})"
@@ -103,8 +128,11 @@ class NatsResultStore(ResultStore):
         from nats.js.errors import BadRequestError, BucketNotFoundError
 
         try:
+            # A few attempts at first (nats-py would retry refused
+            # credentials for good), then reconnects without end.
             nc = await nats.connect(self.url, connect_timeout=5, name="foxtive results",
-                                    max_reconnect_attempts=-1)
+                                    max_reconnect_attempts=_FIRST_ATTEMPTS, **self._auth)
+            nc.options["max_reconnect_attempts"] = -1
         except Exception as e:
             # The client's text may quote the URL: only its type is shown.
             raise ConnectionError(f"results on NATS {_core.redact_url(self.url)}: "
@@ -144,6 +172,15 @@ class NatsResultStore(ResultStore):
 
     def mark_sync(self, task_ids: list[str], status: str) -> None:
         self._in_thread(self._put(task_ids, {"status": status}))
+
+    async def mark_new(self, task_id: str, status: str) -> None:
+        """A KV ``create``: the server refuses it when the key holds a live
+        record (after a deduplicated send, what is there stays)."""
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        kv = (await self._side()).kv
+        with contextlib.suppress(KeyWrongLastSequenceError):
+            await kv.create(key_for(task_id), _enc.encode({"status": status}))
 
     async def finish(self, task_id: str, record: dict[str, Any]) -> None:
         await self._put([task_id], record)

@@ -1,12 +1,24 @@
 //! Reading side: pull requests onto one inbox subscription; messages become
 //! deliveries, and poison pills go to the dead letters instead.
 //!
-//! One pull request is out at a time, for `min(max, prefetch)` messages,
-//! expiring with the receive's wait (bounded). What it brings after a
-//! receive returned stays in the subscription and is handed out next time;
-//! at stop the inbox is unsubscribed and that is handed back (`-NAK`).
-//! Each request replies to a subject of its own, so a late status of an
-//! earlier request cannot end the current one, and the inbox goes away
+//! Pulls overlap: the next request goes out before a receive returns what
+//! came, so it travels while that is handed out and the rest of the last
+//! request still arrives; the consumer does not wait a round trip between
+//! batches. What may still come (asked for and not arrived) and what came
+//! and was not returned never exceed the room the pool asked for (`max` of
+//! the receive that sends a request), so nothing is hoarded that other
+//! workers could take and nothing sits unseen by the in-progress heartbeat
+//! longer than the pool needs to take it. A request asks for
+//! `min(room, prefetch)`; at most [`PULLS_OUT`] are out, and a second one
+//! goes out only for at least half a batch, so requests stay large. Each
+//! expires with the receive's wait (bounded).
+//!
+//! Messages taken from the subscription wait in the puller (`ready`) until
+//! a receive returns them, so a receive cancelled at stop or close loses
+//! none. At stop the requests still out are let end, the inbox is
+//! unsubscribed, and everything pulled and not handed out is handed back
+//! (`-NAK`). Each request replies to a subject of its own, so a late status
+//! of an earlier request cannot end a later one, and the inbox goes away
 //! only once no request may still be waiting in the server: NATS 2.9.10
 //! counts a delivery to a request without interest back.
 
@@ -29,6 +41,12 @@ const PULL_MAX: Duration = Duration::from_secs(2);
 /// reported yet may still be waiting there (clocks, a busy server).
 const PULL_GRACE: Duration = Duration::from_secs(1);
 
+/// Most pull requests out at once: one draining, the next on its way.
+pub(super) const PULLS_OUT: usize = 2;
+
+/// A message pulled, its ack subject and what that says.
+pub(super) type Pulled = (Message, String, AckInfo);
+
 /// One pull request: it has a reply subject of its own (`<inbox>.<id>`), so
 /// the status that ends it (404, 408, 409) ends that request only, never a
 /// later one.
@@ -48,6 +66,9 @@ pub(super) struct Puller {
     next_id: u64,
     /// Requests not known to be over, oldest first.
     requests: Vec<Request>,
+    /// Taken from the subscription, not returned by a receive yet (one
+    /// cancelled at stop leaves them here, to be handed back).
+    ready: Vec<Pulled>,
 }
 /// One message from the subscription if one is there now; `Some(None)` when
 /// the subscription ended.
@@ -64,11 +85,6 @@ async fn next(sub: &mut Subscriber) -> Option<Message> {
 }
 
 impl Puller {
-    /// A request is out that may still bring messages.
-    fn outstanding(&self, now: Instant) -> bool {
-        self.requests.iter().any(|r| r.asked > 0 && r.until > now)
-    }
-
     /// When the earliest outstanding request expires.
     fn until(&self, now: Instant) -> Option<Instant> {
         self.requests
@@ -82,6 +98,18 @@ impl Puller {
     /// its expiry not long past): its inbox must not go away yet.
     fn maybe_waiting(&self, now: Instant) -> bool {
         self.requests.iter().any(|r| r.until + PULL_GRACE > now)
+    }
+
+    /// The size of the pull request to send now, if any: the room left of
+    /// `max` once what is ready and what requests the server may still hold
+    /// can bring are counted; sent when no request is out, or as the second
+    /// one when the room is at least half a batch (no trickle of small ones).
+    fn next_batch(&self, max: usize, prefetch: usize, now: Instant) -> Option<usize> {
+        let waiting = self.requests.iter().filter(|r| r.until + PULL_GRACE > now);
+        let (out, owed) = waiting.fold((0, 0), |(n, sum), r| (n + 1, sum + r.asked));
+        let room = max.saturating_sub(self.ready.len() + owed);
+        let half = max.min(prefetch).div_ceil(2);
+        (room > 0 && out < PULLS_OUT && (out == 0 || room >= half)).then(|| room.min(prefetch))
     }
 
     /// Note a request for `batch` messages expiring at `until`; its reply subject.
@@ -98,8 +126,8 @@ impl Puller {
         format!("{}.{}", self.inbox, self.next_id)
     }
 
-    /// Keep a message of the queue, or read a status (its request ended).
-    fn absorb(&mut self, msg: Message, out: &mut Vec<(Message, String, AckInfo)>) {
+    /// Keep a message of the queue in `ready`, or read a status (its request ended).
+    fn absorb(&mut self, msg: Message) {
         if let Some(status) = msg.status {
             if status != StatusCode::IDLE_HEARTBEAT {
                 // 404 no messages, 408 request expired, 409 limits: that
@@ -126,7 +154,17 @@ impl Puller {
                 self.requests.remove(at);
             }
         }
-        out.push((msg, reply, info));
+        self.ready.push((msg, reply, info));
+    }
+
+    /// At most `max` of the ready messages, oldest first.
+    fn take_ready(&mut self, max: usize) -> Vec<Pulled> {
+        let rest = if self.ready.len() > max {
+            self.ready.split_off(max)
+        } else {
+            Vec::new()
+        };
+        std::mem::replace(&mut self.ready, rest)
     }
 }
 
@@ -151,7 +189,9 @@ impl Inner {
         Ok(self.admit(raw).await)
     }
 
-    async fn pull(&self, max: usize, deadline: Instant) -> Result<Vec<(Message, String, AckInfo)>> {
+    /// Up to `max` messages, once at least one came or at `deadline`.
+    /// Cancel-safe: what was taken from the subscription stays in `ready`.
+    async fn pull(&self, max: usize, deadline: Instant) -> Result<Vec<Pulled>> {
         let mut p = self.puller.lock().await;
         if p.sub.is_none() {
             let client = self.link.client().await?;
@@ -160,20 +200,22 @@ impl Inner {
                 .subscribe(format!("{inbox}.*"))
                 .await
                 .map_err(|e| self.link.error("subscribe", e, true))?;
+            // What was pulled before the subscription ended is still owed
+            // to the pool: its ack subjects outlive the subscription.
+            let ready = std::mem::take(&mut p.ready);
             *p = Puller {
                 sub: Some(sub),
                 inbox,
-                next_id: 0,
-                requests: Vec::new(),
+                ready,
+                ..Puller::default()
             };
         }
-        let mut raw = Vec::new();
         loop {
             // What already arrived first.
-            while raw.len() < max {
+            while p.ready.len() < max {
                 let Some(sub) = p.sub.as_mut() else { break };
                 match try_next(sub).await {
-                    Some(Some(msg)) => p.absorb(msg, &mut raw),
+                    Some(Some(msg)) => p.absorb(msg),
                     Some(None) => {
                         p.sub = None;
                         return Err(Error::ConnectionLost(format!(
@@ -185,13 +227,10 @@ impl Inner {
                 }
             }
             let now = Instant::now();
-            if !raw.is_empty() {
-                return Ok(raw);
-            }
-            if !p.outstanding(now) {
-                // Asked even when this receive does not wait: what it brings
-                // is there for the next one.
-                let batch = max.min(self.cfg.prefetch);
+            // The next pull before what came is returned: it travels while
+            // that is handed out (also when this receive does not wait:
+            // what it brings is there for the next one).
+            if let Some(batch) = p.next_batch(max, self.cfg.prefetch, now) {
                 let expires = deadline
                     .saturating_duration_since(now)
                     .clamp(PULL_MIN, PULL_MAX);
@@ -201,15 +240,18 @@ impl Inner {
                     return Err(e);
                 }
             }
+            if !p.ready.is_empty() {
+                return Ok(p.take_ready(max));
+            }
             if now >= deadline {
-                return Ok(raw);
+                return Ok(Vec::new());
             }
             let until = p.until(now).map_or(deadline, |u| u.min(deadline));
             let Some(sub) = p.sub.as_mut() else {
-                return Ok(raw);
+                return Ok(Vec::new());
             };
             match tokio::time::timeout_at(until, next(sub)).await {
-                Ok(Some(msg)) => p.absorb(msg, &mut raw),
+                Ok(Some(msg)) => p.absorb(msg),
                 Ok(None) => {
                     p.sub = None;
                     return Err(Error::ConnectionLost(format!(
@@ -217,10 +259,10 @@ impl Inner {
                         self.link.url
                     )));
                 }
-                Err(_) if until >= deadline => return Ok(raw),
-                // A request expired here before its status arrived: it no
-                // longer counts as outstanding (a new one may go out), but
-                // stays known until its status comes (`maybe_waiting`).
+                Err(_) if until >= deadline => return Ok(Vec::new()),
+                // A request expired here before its status arrived: no longer
+                // waited for, but its messages still count against the room
+                // until its status comes or its grace ends (`maybe_waiting`).
                 Err(_) => {}
             }
         }
@@ -241,7 +283,7 @@ impl Inner {
     }
 
     /// Messages become deliveries; poison pills are dead-lettered.
-    async fn admit(&self, raw: Vec<(Message, String, AckInfo)>) -> Vec<Delivery> {
+    async fn admit(&self, raw: Vec<Pulled>) -> Vec<Delivery> {
         if raw.is_empty() {
             return Vec::new();
         }
@@ -310,16 +352,15 @@ impl Inner {
         }
     }
 
-    /// Stop pulling: let the request still out end, unsubscribe the inbox
-    /// and hand back (`-NAK`) what it brought and was not handed out.
+    /// Stop pulling: let the requests still out end, unsubscribe the inbox
+    /// and hand back (`-NAK`) everything pulled and not handed out.
     pub(super) async fn hand_back_pulled(&self) {
         let Ok(mut p) = tokio::time::timeout(SHUTDOWN_STEP, self.puller.lock()).await else {
             return;
         };
-        // Let the request still out end first: NATS 2.9 mishandles a waiting
+        // Let the requests still out end first: NATS 2.9 mishandles a waiting
         // request whose inbox is gone (a message NAKed meanwhile came back
         // twice, as delivery 2 and delivery 1, and another not at all).
-        let mut raw = Vec::new();
         let give_up = Instant::now() + SHUTDOWN_STEP;
         loop {
             let now = Instant::now();
@@ -336,23 +377,25 @@ impl Inner {
                 .map_or(give_up, |u| u.min(give_up));
             let Some(sub) = p.sub.as_mut() else { break };
             match tokio::time::timeout_at(until, next(sub)).await {
-                Ok(Some(msg)) => p.absorb(msg, &mut raw),
+                Ok(Some(msg)) => p.absorb(msg),
                 Ok(None) => break,
                 Err(_) => {}
             }
         }
-        let Some(mut sub) = p.sub.take() else {
-            return;
-        };
-        let mut scratch = std::mem::take(&mut *p);
+        let mut rest = std::mem::take(&mut *p);
         drop(p);
-        let _ = sub.unsubscribe().await;
-        while let Some(Some(msg)) = try_next(&mut sub).await {
-            scratch.absorb(msg, &mut raw);
+        if let Some(mut sub) = rest.sub.take() {
+            let _ = sub.unsubscribe().await;
+            while let Some(Some(msg)) = try_next(&mut sub).await {
+                rest.absorb(msg);
+            }
         }
+        let raw = rest.ready;
         if raw.is_empty() {
             return;
         }
+        tracing::debug!(subject = %self.queue, count = raw.len(),
+            "handing pulled messages not handed out back to NATS");
         // A message at the server's last delivery (past foxtive's
         // `max_deliver`) is never delivered again once NAKed: it would stay
         // in the stream for good. It is a poison pill now, as in `admit`.
@@ -452,6 +495,47 @@ mod tests {
             delivered,
             stream_seq,
         }
+    }
+
+    fn puller(asked: &[(usize, Duration)]) -> Puller {
+        let now = Instant::now();
+        let mut p = Puller::default();
+        for &(n, left) in asked {
+            p.open(n, now + left);
+        }
+        p
+    }
+
+    #[test]
+    fn the_next_pull_fits_the_room_and_stays_large() {
+        let now = Instant::now();
+        let soon = Duration::from_millis(500);
+        // Nothing out: a batch, never more than the pool asked for.
+        assert_eq!(puller(&[]).next_batch(256, 256, now), Some(256));
+        assert_eq!(puller(&[]).next_batch(1000, 256, now), Some(256));
+        assert_eq!(puller(&[]).next_batch(10, 256, now), Some(10));
+        // One out that may still bring 200 of a room of 256: 56 is less than
+        // half a batch, so no second request yet.
+        assert_eq!(puller(&[(200, soon)]).next_batch(256, 256, now), None);
+        // Down to 100: the second request asks for the rest of the room.
+        assert_eq!(puller(&[(100, soon)]).next_batch(256, 256, now), Some(156));
+        // Never more than two out, nor more than a prefetch per request.
+        assert_eq!(
+            puller(&[(10, soon), (10, soon)]).next_batch(1000, 256, now),
+            None
+        );
+        assert_eq!(puller(&[(10, soon)]).next_batch(1000, 256, now), Some(256));
+        // Expired here but maybe still waiting there: its messages may come.
+        let gone = puller(&[(256, Duration::ZERO)]);
+        assert_eq!(
+            gone.next_batch(256, 256, now + Duration::from_millis(10)),
+            None
+        );
+        // Past its grace it counts no more.
+        assert_eq!(
+            gone.next_batch(256, 256, now + PULL_GRACE + Duration::from_millis(10)),
+            Some(256)
+        );
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //!   when foxtive creates it), read by the durable pull consumer `durable`
 //!   that every worker shares (`declare.rs`).
 //! * Pull requests ask for `min(room in the pool, prefetch)` messages and
-//!   land on one inbox subscription per backend (`fetch.rs`); the attempt is
+//!   land on one inbox subscription per backend (`fetch.rs`); the next one
+//!   goes out while the last still drains (at most two out, never more
+//!   asked for than the pool has room for); the attempt is
 //!   the delivery count in the message's ack subject, so it survives crashes
 //!   and restarts. A message delivered more than `max_deliver` times is a
 //!   poison pill: dead-lettered, not handed out. The consumer's own
@@ -22,9 +24,9 @@
 //!   (`delay.rs`): NATS 2.9 has no per-message delay, and a NAK with delay
 //!   on the queue itself would count as a delivery.
 //! * async-nats reconnects by itself; the link (`link.rs`) shows the state.
-//! * At stop, the pull request still out is let end, the inbox is
-//!   unsubscribed and what it brought is handed back (`-NAK`), as is every
-//!   delivery not settled at close.
+//! * At stop, the pull requests still out are let end, the inbox is
+//!   unsubscribed and whatever was pulled and not handed out is handed back
+//!   (`-NAK`), as is every delivery not settled at close.
 
 mod codec;
 mod config;
