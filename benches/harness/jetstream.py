@@ -51,7 +51,7 @@ FOX_PREFETCH = 256
 _RETRY_NOTE = "W3: RetryableError(delay=0.05) + RetryHandler(max_retries=1) -> NAK with delay"
 CONTENDERS: dict[str, list[tuple[str, str, str]]] = {
     "w1-nats": [
-        ("foxtive", FOX, f"NatsBackend prefetch {FOX_PREFETCH} (one pull out at a time, "
+        ("foxtive", FOX, f"NatsBackend prefetch {FOX_PREFETCH} (up to two pulls out, "
                          "min(free room, prefetch)), async no-op handler, acks "
                          "fire-and-forget but the last of each settle batch (double ack)"),
         ("foxtive sync", FOX, f"NatsBackend prefetch {FOX_PREFETCH}, a plain def Worker"),
