@@ -155,6 +155,51 @@ def test_prometheus_client_collector(memory: foxtive.MemoryBackend) -> None:
     assert value == 3
 
 
+def test_metrics_of_several_pools_declare_each_family_once(
+        memory: foxtive.MemoryBackend) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async def handler(m: foxtive.Message) -> None:
+        if m.body == b"bad":
+            raise ValueError("nope")
+
+    other = foxtive.MemoryBackend(f"{memory.name}-b")
+    memory.publish_many_sync([b"ok"] * 3)
+    other.publish_many_sync([b"ok"] * 5 + [b"bad"])
+    pools = {
+        name: foxtive.WorkerPoolBuilder(name).with_middleware(fast_retries(0))
+        .add_worker(handler, id="h").build()
+        for name in ("first", "second")
+    }
+    assert pools["first"].run_until_idle(memory, timeout=10)
+    assert pools["second"].run_until_idle(other, timeout=10)
+    with foxtive.HealthServer(list(pools.values()), port=0) as server:
+        status, text = get(f"{server.url}/metrics")
+    assert status == 200
+    declared = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+    assert len(declared) == len(set(declared)), text
+    families = list(text_string_to_metric_families(text))
+    assert sorted(f.name for f in families) == sorted({f.name for f in families})
+    got = {(s.name, tuple(sorted(s.labels.items()))): s.value
+           for f in families for s in f.samples}
+    expected = {("first", memory.name): (3, 3, 0), ("second", other.name): (6, 5, 1)}
+    for (pool, queue), (received, success, dead) in expected.items():
+        labels = {"pool": pool, "worker": "h", "queue": queue}
+        assert got[("foxtive_worker_messages_received_total",
+                    tuple(sorted({"pool": pool, "queue": queue}.items())))] == received
+        for outcome, n in (("success", success), ("dead_lettered", dead)):
+            key = tuple(sorted({**labels, "outcome": outcome}.items()))
+            assert got[("foxtive_worker_messages_processed_total", key)] == n
+        # Every sample a pool renders alone is on the page, with its value.
+        alone = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                 for f in text_string_to_metric_families(pools[pool].metrics_text())
+                 for s in f.samples}
+        assert alone.items() <= got.items()
+    assert got[("foxtive_worker_errors_total", tuple(sorted(
+        {"pool": "second", "worker": "h", "queue": other.name,
+         "error_type": "ValueError"}.items())))] == 1
+
+
 def test_health_server_rejects_bad_arguments(memory: foxtive.MemoryBackend) -> None:
     async def handler(m: foxtive.Message) -> None: ...
 

@@ -179,16 +179,13 @@ fn route(path: &str, source: &Source) -> (u16, &'static str, String) {
             (if ready { 200 } else { 503 }, "application/json", body)
         }
         "/metrics" => {
-            // The pools' series, then those of the schedulers running in
-            // this process (`foxtive run` runs one beside the pools), each
-            // family's HELP and TYPE once.
-            let mut parts: Vec<String> = source.pools.iter().map(|p| p.metrics.render()).collect();
-            parts.push(crate::schedule::scheduler::render_running());
-            (
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                merge_families(&parts),
-            )
+            // The pools' series, each family declared once, then those of
+            // the schedulers running in this process (`foxtive run` runs one
+            // beside the pools; their families are their own).
+            let pools: Vec<&Metrics> = source.pools.iter().map(|p| &*p.metrics).collect();
+            let mut body = Metrics::render_many(&pools);
+            body.push_str(&crate::schedule::scheduler::render_running());
+            (200, "text/plain; version=0.0.4; charset=utf-8", body)
         }
         other => (
             404,
@@ -231,78 +228,37 @@ fn judge(source: &Source) -> (bool, String) {
     (live && !judged.is_empty(), body)
 }
 
-/// Join Prometheus text expositions so that each metric family appears
-/// once: its `# HELP` / `# TYPE` lines, then every sample of it from every
-/// part, in order (a scraper rejects a family declared twice).
-pub fn merge_families(parts: &[String]) -> String {
-    let mut order: Vec<String> = Vec::new();
-    let mut families: std::collections::HashMap<String, (Vec<&str>, Vec<&str>)> =
-        std::collections::HashMap::new();
-    for part in parts {
-        let mut current = String::new();
-        for line in part.lines() {
-            if let Some(rest) = line
-                .strip_prefix("# HELP ")
-                .or_else(|| line.strip_prefix("# TYPE "))
-            {
-                current = rest.split(' ').next().unwrap_or_default().to_string();
-                let entry = families.entry(current.clone()).or_insert_with(|| {
-                    order.push(current.clone());
-                    (Vec::new(), Vec::new())
-                });
-                if !entry.0.contains(&line) {
-                    entry.0.push(line);
-                }
-            } else if !line.is_empty() {
-                let name = line
-                    .split(['{', ' '])
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
-                // Samples follow their family's header; one without a header
-                // (never written by foxtive) keeps a family of its own.
-                let key = if name.starts_with(&current) && !current.is_empty() {
-                    current.clone()
-                } else {
-                    name
-                };
-                families
-                    .entry(key.clone())
-                    .or_insert_with(|| {
-                        order.push(key.clone());
-                        (Vec::new(), Vec::new())
-                    })
-                    .1
-                    .push(line);
-            }
-        }
-    }
-    let mut out = String::new();
-    for name in &order {
-        if let Some((head, samples)) = families.get(name) {
-            for line in head.iter().chain(samples.iter()) {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn families_from_several_pools_are_declared_once() {
-        let a = "# HELP x_total X.\n# TYPE x_total counter\nx_total{pool=\"a\"} 1\n# HELP y Y.\n# TYPE y gauge\ny{pool=\"a\"} 2\n";
-        let b = "# HELP x_total X.\n# TYPE x_total counter\nx_total{pool=\"b\"} 3\n";
-        let merged = merge_families(&[a.to_string(), b.to_string(), String::new()]);
+    fn metrics_of_several_pools_declare_each_family_once() {
+        let watched = |name: &str| Watched {
+            metrics: Metrics::new(name, &[Arc::from("w")]),
+            concurrency_limit: 4,
+        };
+        let source = Source {
+            pools: vec![watched("a"), watched("b")],
+            dashboard: None,
+        };
+        let (status, content_type, body) = route("/metrics", &source);
+        assert_eq!(status, 200);
+        assert!(content_type.starts_with("text/plain; version=0.0.4"));
+        let types: Vec<&str> = body.lines().filter(|l| l.starts_with("# TYPE ")).collect();
+        let mut unique = types.clone();
+        unique.sort_unstable();
+        unique.dedup();
         assert_eq!(
-            merged,
-            "# HELP x_total X.\n# TYPE x_total counter\nx_total{pool=\"a\"} 1\nx_total{pool=\"b\"} 3\n\
-             # HELP y Y.\n# TYPE y gauge\ny{pool=\"a\"} 2\n"
+            types.len(),
+            unique.len(),
+            "a family declared twice:\n{body}"
         );
+        for pool in ["a", "b"] {
+            let line =
+                format!("foxtive_worker_messages_received_total{{pool=\"{pool}\",queue=\"\"}} 0");
+            assert!(body.lines().any(|l| l == line), "{pool} missing:\n{body}");
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ use parking_lot::{Mutex, RwLock};
 
 use super::live::Live;
 use super::stats::StatsSnapshot;
+use crate::policy::RateLimitWaits;
 
 /// Upper bounds of the processing-duration histogram, in seconds.
 pub const BUCKETS: [f64; 16] = [
@@ -193,206 +194,270 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
-        let pool = escape(&self.pool);
-        let queue = escape(&self.queue.read());
-        let live = self.live();
+        Metrics::render_many(&[self])
+    }
 
-        self.render_outcomes(&mut out, &pool, &queue);
-        self.render_loads(&mut out, &pool, &queue, live.as_deref());
-        self.render_totals(&mut out, &pool, &queue);
-        self.render_live(&mut out, &pool, &queue, live.as_deref());
+    /// The exposition of several pools' metrics (a process running a pool
+    /// per queue): each family's `# HELP` / `# TYPE` once, then every
+    /// pool's samples of it in the order given (the text format rejects a
+    /// family declared twice). One pool renders exactly as [`Self::render`].
+    pub fn render_many(pools: &[&Metrics]) -> String {
+        let scrapes: Vec<Scrape<'_>> = pools.iter().map(|m| Scrape::of(m)).collect();
+        let mut out = String::with_capacity(4096 * scrapes.len().max(1));
+        for (name, kind, text, samples) in FAMILIES {
+            help(&mut out, name, kind, text);
+            for scrape in &scrapes {
+                samples(scrape, name, &mut out);
+            }
+        }
         out
     }
+}
 
-    /// Received, outcomes and processing durations.
-    fn render_outcomes(&self, out: &mut String, pool: &str, queue: &str) {
-        help(
-            out,
-            "foxtive_worker_messages_received_total",
-            "counter",
-            "Messages received from the backend.",
-        );
-        let _ = writeln!(
-            out,
-            "foxtive_worker_messages_received_total{{pool=\"{pool}\",queue=\"{queue}\"}} {}",
-            self.received.load(Ordering::Relaxed)
-        );
+/// One pool as one scrape sees it: labels escaped once, and the engine's
+/// live values read once, so every family of a pool shows the same engine.
+struct Scrape<'a> {
+    metrics: &'a Metrics,
+    pool: String,
+    queue: String,
+    live: Option<Arc<Live>>,
+    /// Messages in flight per worker (0 without a running engine).
+    loads: Vec<usize>,
+    /// The running engine's rate-limit waits, read once for both families.
+    waits: Option<RateLimitWaits>,
+}
 
-        help(
-            out,
-            "foxtive_worker_messages_processed_total",
-            "counter",
-            "Message outcomes: success, failure (a failed attempt), retried, dead_lettered.",
-        );
-        for w in &self.workers {
-            let worker = escape(&w.id);
-            for (outcome, v) in [
-                ("success", &w.success),
-                ("failure", &w.failure),
-                ("retried", &w.retried),
-                ("dead_lettered", &w.dead_lettered),
-            ] {
-                let _ = writeln!(out, "foxtive_worker_messages_processed_total{{pool=\"{pool}\",worker=\"{worker}\",queue=\"{queue}\",outcome=\"{outcome}\"}} {}",
-                    v.load(Ordering::Relaxed));
-            }
-        }
-
-        help(
-            out,
-            "foxtive_worker_message_processing_duration_seconds",
-            "histogram",
-            "Time from hand-off to a handler until settlement.",
-        );
-        for w in &self.workers {
-            let worker = escape(&w.id);
-            let labels = format!("pool=\"{pool}\",worker=\"{worker}\",queue=\"{queue}\"");
-            let mut cumulative = 0u64;
-            for (i, bound) in BUCKETS.iter().enumerate() {
-                cumulative += w.duration.counts[i].load(Ordering::Relaxed);
-                let _ = writeln!(out, "foxtive_worker_message_processing_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
-            }
-            cumulative += w.duration.counts[BUCKETS.len()].load(Ordering::Relaxed);
-            let _ = writeln!(out, "foxtive_worker_message_processing_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
-            let _ = writeln!(
-                out,
-                "foxtive_worker_message_processing_duration_seconds_sum{{{labels}}} {}",
-                w.duration.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
-            );
-            let _ = writeln!(
-                out,
-                "foxtive_worker_message_processing_duration_seconds_count{{{labels}}} {cumulative}"
-            );
-        }
-    }
-
-    /// Messages in flight, per worker.
-    fn render_loads(&self, out: &mut String, pool: &str, queue: &str, live: Option<&Live>) {
-        let loads: Vec<(Arc<str>, usize)> = self
-            .workers
-            .iter()
-            .enumerate()
-            .map(|(i, w)| (w.id.clone(), live.as_ref().map_or(0, |l| l.load(i))))
+impl<'a> Scrape<'a> {
+    fn of(metrics: &'a Metrics) -> Self {
+        let live = metrics.live();
+        let loads = (0..metrics.workers.len())
+            .map(|i| live.as_ref().map_or(0, |l| l.load(i)))
             .collect();
-        help(
-            out,
-            "foxtive_worker_active_workers",
-            "gauge",
-            "Workers with at least one message in flight.",
-        );
-        let _ = writeln!(
-            out,
-            "foxtive_worker_active_workers{{pool=\"{pool}\"}} {}",
-            loads.iter().filter(|(_, l)| *l > 0).count()
-        );
-
-        help(
-            out,
-            "foxtive_worker_in_flight_messages",
-            "gauge",
-            "Messages handed to a worker and not settled yet.",
-        );
-        for (id, load) in &loads {
-            let _ = writeln!(out, "foxtive_worker_in_flight_messages{{pool=\"{pool}\",worker=\"{}\",queue=\"{queue}\"}} {load}", escape(id));
-        }
-    }
-
-    /// Per-worker retries, dead letters and errors by type.
-    fn render_totals(&self, out: &mut String, pool: &str, queue: &str) {
-        help(
-            out,
-            "foxtive_worker_retries_total",
-            "counter",
-            "Retries scheduled.",
-        );
-        for w in &self.workers {
-            let _ = writeln!(out, "foxtive_worker_retries_total{{pool=\"{pool}\",worker=\"{}\",queue=\"{queue}\"}} {}",
-                escape(&w.id), w.retried.load(Ordering::Relaxed));
-        }
-
-        help(
-            out,
-            "foxtive_worker_dead_lettered_total",
-            "counter",
-            "Messages dead-lettered.",
-        );
-        for w in &self.workers {
-            let _ = writeln!(out, "foxtive_worker_dead_lettered_total{{pool=\"{pool}\",worker=\"{}\",queue=\"{queue}\"}} {}",
-                escape(&w.id), w.dead_lettered.load(Ordering::Relaxed));
-        }
-
-        help(
-            out,
-            "foxtive_worker_errors_total",
-            "counter",
-            "Failed attempts by error type (an exception class name).",
-        );
-        for w in &self.workers {
-            let errors = w.errors.lock();
-            let mut types: Vec<_> = errors.iter().collect();
-            types.sort();
-            for (error_type, n) in types {
-                let _ = writeln!(out, "foxtive_worker_errors_total{{pool=\"{pool}\",worker=\"{}\",queue=\"{queue}\",error_type=\"{}\"}} {n}",
-                    escape(&w.id), escape(error_type));
-            }
-        }
-    }
-
-    /// What only a running engine knows: breaker state and reconnects.
-    fn render_live(&self, out: &mut String, pool: &str, queue: &str, live: Option<&Live>) {
-        help(
-            out,
-            "foxtive_worker_circuit_breaker_state",
-            "gauge",
-            "Circuit breaker: 0 closed, 1 open, 2 half-open.",
-        );
-        let breaker = live
-            .as_ref()
-            .and_then(|l| l.breaker_state())
-            .map_or(0, |(s, _)| s.as_gauge());
-        let _ = writeln!(
-            out,
-            "foxtive_worker_circuit_breaker_state{{pool=\"{pool}\"}} {breaker}"
-        );
-
         let waits = live.as_ref().and_then(|l| l.rate_limit_waits());
-        let done = self.rate_limit_waits_done.load(Ordering::Relaxed);
-        let done_secs = self.rate_limit_wait_us_done.load(Ordering::Relaxed) as f64 / 1e6;
-        help(
-            out,
-            "foxtive_worker_rate_limit_waits_total",
-            "counter",
-            "Admissions that waited for a rate-limit permit.",
-        );
-        let _ = writeln!(
-            out,
-            "foxtive_worker_rate_limit_waits_total{{pool=\"{pool}\"}} {}",
-            done + waits.map_or(0, |w| w.waits)
-        );
-        help(
-            out,
-            "foxtive_worker_rate_limit_wait_seconds_total",
-            "counter",
-            "Seconds admissions spent waiting for rate-limit permits.",
-        );
-        let _ = writeln!(
-            out,
-            "foxtive_worker_rate_limit_wait_seconds_total{{pool=\"{pool}\"}} {}",
-            done_secs + waits.map_or(0.0, |w| w.wait_seconds)
-        );
-
-        help(
-            out,
-            "foxtive_worker_backend_reconnects_total",
-            "counter",
-            "Backend reconnection attempts.",
-        );
-        let reconnects = self.reconnects.load(Ordering::Relaxed)
-            + live
-                .as_ref()
-                .map_or(0, |l| l.backend().reconnect_attempts());
-        let _ = writeln!(out, "foxtive_worker_backend_reconnects_total{{pool=\"{pool}\",queue=\"{queue}\"}} {reconnects}");
+        Scrape {
+            metrics,
+            pool: escape(&metrics.pool),
+            queue: escape(&metrics.queue.read()),
+            live,
+            loads,
+            waits,
+        }
     }
+}
+
+/// Writes one pool's samples of a family (named by the second argument).
+type Samples = fn(&Scrape<'_>, &str, &mut String);
+
+/// Every family, in the order of the exposition: name, type, help, samples.
+const FAMILIES: [(&str, &str, &str, Samples); 12] = [
+    (
+        "foxtive_worker_messages_received_total",
+        "counter",
+        "Messages received from the backend.",
+        received,
+    ),
+    (
+        "foxtive_worker_messages_processed_total",
+        "counter",
+        "Message outcomes: success, failure (a failed attempt), retried, dead_lettered.",
+        outcomes,
+    ),
+    (
+        "foxtive_worker_message_processing_duration_seconds",
+        "histogram",
+        "Time from hand-off to a handler until settlement.",
+        durations,
+    ),
+    (
+        "foxtive_worker_active_workers",
+        "gauge",
+        "Workers with at least one message in flight.",
+        active_workers,
+    ),
+    (
+        "foxtive_worker_in_flight_messages",
+        "gauge",
+        "Messages handed to a worker and not settled yet.",
+        in_flight,
+    ),
+    (
+        "foxtive_worker_retries_total",
+        "counter",
+        "Retries scheduled.",
+        retries,
+    ),
+    (
+        "foxtive_worker_dead_lettered_total",
+        "counter",
+        "Messages dead-lettered.",
+        dead_lettered,
+    ),
+    (
+        "foxtive_worker_errors_total",
+        "counter",
+        "Failed attempts by error type (an exception class name).",
+        errors,
+    ),
+    (
+        "foxtive_worker_circuit_breaker_state",
+        "gauge",
+        "Circuit breaker: 0 closed, 1 open, 2 half-open.",
+        breaker,
+    ),
+    (
+        "foxtive_worker_rate_limit_waits_total",
+        "counter",
+        "Admissions that waited for a rate-limit permit.",
+        rate_limit_waits,
+    ),
+    (
+        "foxtive_worker_rate_limit_wait_seconds_total",
+        "counter",
+        "Seconds admissions spent waiting for rate-limit permits.",
+        rate_limit_wait_seconds,
+    ),
+    (
+        "foxtive_worker_backend_reconnects_total",
+        "counter",
+        "Backend reconnection attempts.",
+        reconnects,
+    ),
+];
+
+fn received(s: &Scrape<'_>, name: &str, out: &mut String) {
+    let (pool, queue) = (&s.pool, &s.queue);
+    let n = s.metrics.received.load(Ordering::Relaxed);
+    let _ = writeln!(out, "{name}{{pool=\"{pool}\",queue=\"{queue}\"}} {n}");
+}
+
+fn outcomes(s: &Scrape<'_>, name: &str, out: &mut String) {
+    let (pool, queue) = (&s.pool, &s.queue);
+    for w in &s.metrics.workers {
+        let worker = escape(&w.id);
+        for (outcome, v) in [
+            ("success", &w.success),
+            ("failure", &w.failure),
+            ("retried", &w.retried),
+            ("dead_lettered", &w.dead_lettered),
+        ] {
+            let _ = writeln!(
+                out,
+                "{name}{{pool=\"{pool}\",worker=\"{worker}\",queue=\"{queue}\",outcome=\"{outcome}\"}} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
+fn durations(s: &Scrape<'_>, name: &str, out: &mut String) {
+    let (pool, queue) = (&s.pool, &s.queue);
+    for w in &s.metrics.workers {
+        let worker = escape(&w.id);
+        let labels = format!("pool=\"{pool}\",worker=\"{worker}\",queue=\"{queue}\"");
+        let mut cumulative = 0u64;
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            cumulative += w.duration.counts[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += w.duration.counts[BUCKETS.len()].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
+        let sum = w.duration.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+    }
+}
+
+fn active_workers(s: &Scrape<'_>, name: &str, out: &mut String) {
+    let active = s.loads.iter().filter(|l| **l > 0).count();
+    let _ = writeln!(out, "{name}{{pool=\"{}\"}} {active}", s.pool);
+}
+
+fn in_flight(s: &Scrape<'_>, name: &str, out: &mut String) {
+    let (pool, queue) = (&s.pool, &s.queue);
+    for (w, load) in s.metrics.workers.iter().zip(&s.loads) {
+        let worker = escape(&w.id);
+        let _ = writeln!(
+            out,
+            "{name}{{pool=\"{pool}\",worker=\"{worker}\",queue=\"{queue}\"}} {load}"
+        );
+    }
+}
+
+/// One counter per worker.
+fn per_worker(
+    s: &Scrape<'_>,
+    name: &str,
+    out: &mut String,
+    counter: fn(&WorkerMetrics) -> &AtomicU64,
+) {
+    let (pool, queue) = (&s.pool, &s.queue);
+    for w in &s.metrics.workers {
+        let worker = escape(&w.id);
+        let n = counter(w).load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "{name}{{pool=\"{pool}\",worker=\"{worker}\",queue=\"{queue}\"}} {n}"
+        );
+    }
+}
+
+fn retries(s: &Scrape<'_>, name: &str, out: &mut String) {
+    per_worker(s, name, out, |w| &w.retried);
+}
+
+fn dead_lettered(s: &Scrape<'_>, name: &str, out: &mut String) {
+    per_worker(s, name, out, |w| &w.dead_lettered);
+}
+
+fn errors(s: &Scrape<'_>, name: &str, out: &mut String) {
+    let (pool, queue) = (&s.pool, &s.queue);
+    for w in &s.metrics.workers {
+        let worker = escape(&w.id);
+        let errors = w.errors.lock();
+        let mut types: Vec<_> = errors.iter().collect();
+        types.sort();
+        for (error_type, n) in types {
+            let _ = writeln!(
+                out,
+                "{name}{{pool=\"{pool}\",worker=\"{worker}\",queue=\"{queue}\",error_type=\"{}\"}} {n}",
+                escape(error_type)
+            );
+        }
+    }
+}
+
+fn breaker(s: &Scrape<'_>, name: &str, out: &mut String) {
+    let state = s
+        .live
+        .as_ref()
+        .and_then(|l| l.breaker_state())
+        .map_or(0, |(state, _)| state.as_gauge());
+    let _ = writeln!(out, "{name}{{pool=\"{}\"}} {state}", s.pool);
+}
+
+/// Rate-limit waits: those of the engines that ended plus the running one's.
+fn rate_limit_waits(s: &Scrape<'_>, name: &str, out: &mut String) {
+    let done = s.metrics.rate_limit_waits_done.load(Ordering::Relaxed);
+    let n = done + s.waits.map_or(0, |w| w.waits);
+    let _ = writeln!(out, "{name}{{pool=\"{}\"}} {n}", s.pool);
+}
+
+fn rate_limit_wait_seconds(s: &Scrape<'_>, name: &str, out: &mut String) {
+    let done = s.metrics.rate_limit_wait_us_done.load(Ordering::Relaxed) as f64 / 1e6;
+    let secs = done + s.waits.map_or(0.0, |w| w.wait_seconds);
+    let _ = writeln!(out, "{name}{{pool=\"{}\"}} {secs}", s.pool);
+}
+
+fn reconnects(s: &Scrape<'_>, name: &str, out: &mut String) {
+    let n = s.metrics.reconnects.load(Ordering::Relaxed)
+        + s.live
+            .as_ref()
+            .map_or(0, |l| l.backend().reconnect_attempts());
+    let _ = writeln!(
+        out,
+        "{name}{{pool=\"{}\",queue=\"{}\"}} {n}",
+        s.pool, s.queue
+    );
 }
 
 fn help(out: &mut String, name: &str, kind: &str, text: &str) {
@@ -405,4 +470,76 @@ fn escape(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples(text: &str) -> Vec<&str> {
+        text.lines().filter(|l| !l.starts_with('#')).collect()
+    }
+
+    #[test]
+    fn several_pools_declare_each_family_once_then_every_pools_samples() {
+        let a = Metrics::new("a", &[Arc::from("w")]);
+        let b = Metrics::new("b", &[Arc::from("w"), Arc::from("v")]);
+        a.received.fetch_add(1, Ordering::Relaxed);
+        b.received.fetch_add(2, Ordering::Relaxed);
+        if let Some(w) = b.worker(1) {
+            w.record_error("KeyError");
+        }
+        let text = Metrics::render_many(&[&a, &b]);
+        for (name, kind, _, _) in FAMILIES {
+            let declared = format!("# TYPE {name} {kind}\n");
+            assert_eq!(text.matches(&declared).count(), 1, "{name}:\n{text}");
+        }
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with("# ")).count(),
+            2 * FAMILIES.len()
+        );
+        // A family's block: its header, then the first pool's samples, then
+        // the second's.
+        let received: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("# TYPE foxtive_worker_messages_received_total"))
+            .skip(1)
+            .take_while(|l| !l.starts_with('#'))
+            .collect();
+        assert_eq!(
+            received,
+            [
+                "foxtive_worker_messages_received_total{pool=\"a\",queue=\"\"} 1",
+                "foxtive_worker_messages_received_total{pool=\"b\",queue=\"\"} 2",
+            ]
+        );
+        // Every sample of each pool alone is there, and nothing else.
+        let (alone_a, alone_b) = (a.render(), b.render());
+        let mut alone = samples(&alone_a);
+        alone.extend(samples(&alone_b));
+        let mut together = samples(&text);
+        alone.sort_unstable();
+        together.sort_unstable();
+        assert_eq!(together, alone);
+        assert!(text.contains("error_type=\"KeyError\""));
+    }
+
+    #[test]
+    fn one_pool_renders_its_families_in_order() {
+        let m = Metrics::new("p", &[Arc::from("w")]);
+        m.received.fetch_add(3, Ordering::Relaxed);
+        let text = m.render();
+        assert!(text.starts_with(
+            "# HELP foxtive_worker_messages_received_total Messages received from the backend.\n\
+             # TYPE foxtive_worker_messages_received_total counter\n\
+             foxtive_worker_messages_received_total{pool=\"p\",queue=\"\"} 3\n"
+        ));
+        let declared: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        let families: Vec<&str> = FAMILIES.iter().map(|f| f.0).collect();
+        assert_eq!(declared, families);
+    }
 }

@@ -49,7 +49,19 @@ impl Shared {
         d: lapin::message::Delivery,
         received_at: f64,
     ) -> Delivery {
-        let props = &d.properties;
+        // Taken apart by value: the body and the routing key move into the
+        // Delivery, and the properties into `extras` when there are any.
+        // amq-protocol-types 10.6 gives no owned access to a property, a
+        // field table or a long string (only borrowing getters), so the
+        // header table and the id strings are still copied.
+        let lapin::message::Delivery {
+            delivery_tag: tag,
+            routing_key,
+            redelivered,
+            properties: props,
+            data,
+            ..
+        } = d;
         let mut headers = props
             .headers()
             .as_ref()
@@ -60,7 +72,6 @@ impl Shared {
         if !headers.is_empty() {
             strip_own_deaths(&mut headers, |q| self.is_bucket(q));
         }
-        let tag = d.delivery_tag;
         let carried = header(&headers, ATTEMPT_HEADER)
             .and_then(HeaderValue::as_u64)
             .unwrap_or(1)
@@ -70,35 +81,40 @@ impl Shared {
         let redeliveries = header(&headers, DELIVERY_COUNT_HEADER)
             .and_then(HeaderValue::as_u64)
             .unwrap_or(0)
-            .max(u64::from(d.redelivered));
+            .max(u64::from(redelivered));
         let attempt = u32::try_from(carried.saturating_add(redeliveries)).unwrap_or(u32::MAX);
         let id = match props.message_id() {
             Some(id) => id.as_str().to_string(),
             None => format!("{}:{}:{tag}", self.config.consumer_tag, link.epoch),
         };
-        if has_extras(props) {
-            let mut extras = props.clone();
-            extras = extras.with_headers(FieldTable::default());
+        let short = |s: &Option<ShortString>| s.as_ref().map(|v| v.as_str().to_string());
+        let correlation_id = short(props.correlation_id());
+        let content_type = short(props.content_type());
+        let reply_to = short(props.reply_to());
+        let priority = *props.priority();
+        if has_extras(&props) {
+            // Moved, not cloned: the table is already in `headers`, and a
+            // retry or dead-letter copy rebuilds it from those.
+            let extras = props.with_headers(FieldTable::default());
             link.extras.lock().insert(tag, extras);
         }
-        let short = |s: &Option<ShortString>| s.as_ref().map(|v| v.as_str().to_string());
         Delivery {
             id,
-            body: Bytes::from(d.data),
+            body: Bytes::from(data),
             headers,
             attempt,
             queue: self.name.clone(),
-            routing_key: if d.routing_key.as_str().is_empty() {
+            routing_key: if routing_key.as_str().is_empty() {
                 None
             } else {
-                Some(d.routing_key.as_str().to_string())
+                Some(String::from(routing_key))
             },
-            correlation_id: short(props.correlation_id()),
-            content_type: short(props.content_type()),
-            reply_to: short(props.reply_to()),
-            priority: *props.priority(),
+            correlation_id,
+            content_type,
+            reply_to,
+            priority,
             received_at,
-            redelivered: d.redelivered,
+            redelivered,
             receipt: Receipt::packed(AmqpReceipt {
                 delivery_tag: tag,
                 epoch: link.epoch,

@@ -176,6 +176,126 @@ mod tests {
         );
     }
     #[test]
+    fn every_amqp_kind_maps_to_a_header_value() {
+        use lapin::types::DecimalValue;
+        let utf8 = |s: &str| AMQPValue::LongString(LongString::from(s));
+        let raw = || AMQPValue::LongString(LongString::from(vec![0xc3u8, 0x28]));
+        let mut inner = FieldTable::default();
+        inner.insert("queue".into(), utf8("q.retry.500"));
+        inner.insert("bin".into(), raw());
+        inner.insert(
+            "list".into(),
+            AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::LongInt(1), raw()])),
+        );
+        let mut table = FieldTable::default();
+        let kinds = [
+            ("bool", AMQPValue::Boolean(true), HeaderValue::Bool(true)),
+            ("i8", AMQPValue::ShortShortInt(-8), HeaderValue::Int(-8)),
+            ("u8", AMQPValue::ShortShortUInt(255), HeaderValue::Int(255)),
+            ("i16", AMQPValue::ShortInt(-16), HeaderValue::Int(-16)),
+            ("u16", AMQPValue::ShortUInt(65535), HeaderValue::Int(65535)),
+            ("i32", AMQPValue::LongInt(-32), HeaderValue::Int(-32)),
+            (
+                "u32",
+                AMQPValue::LongUInt(u32::MAX),
+                HeaderValue::Int(i64::from(u32::MAX)),
+            ),
+            (
+                "i64",
+                AMQPValue::LongLongInt(i64::MIN),
+                HeaderValue::Int(i64::MIN),
+            ),
+            (
+                "ts",
+                AMQPValue::Timestamp(1_700_000_000),
+                HeaderValue::Int(1_700_000_000),
+            ),
+            (
+                "ts_past_i64",
+                AMQPValue::Timestamp(u64::MAX),
+                HeaderValue::Int(i64::MAX),
+            ),
+            ("f32", AMQPValue::Float(0.5), HeaderValue::Float(0.5)),
+            ("f64", AMQPValue::Double(-2.25), HeaderValue::Float(-2.25)),
+            (
+                "dec",
+                AMQPValue::DecimalValue(DecimalValue {
+                    scale: 2,
+                    value: 12345,
+                }),
+                HeaderValue::Float(123.45),
+            ),
+            (
+                "short",
+                AMQPValue::ShortString("kurz".into()),
+                HeaderValue::Str("kurz".into()),
+            ),
+            ("long", utf8("héllo"), HeaderValue::Str("héllo".into())),
+            ("empty", utf8(""), HeaderValue::Str(String::new())),
+            (
+                "not_utf8",
+                raw(),
+                HeaderValue::Bytes(Bytes::from_static(b"\xc3\x28")),
+            ),
+            (
+                "bytes",
+                AMQPValue::ByteArray(ByteArray::from(vec![0u8, 0xff])),
+                HeaderValue::Bytes(Bytes::from_static(b"\x00\xff")),
+            ),
+            ("void", AMQPValue::Void, HeaderValue::Null),
+            (
+                "empty_array",
+                AMQPValue::FieldArray(FieldArray::default()),
+                HeaderValue::Array(Vec::new()),
+            ),
+            (
+                "empty_table",
+                AMQPValue::FieldTable(FieldTable::default()),
+                HeaderValue::Table(Vec::new()),
+            ),
+            (
+                "x-death",
+                AMQPValue::FieldArray(FieldArray::from(vec![
+                    AMQPValue::FieldTable(inner.clone()),
+                    AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::Void])),
+                ])),
+                HeaderValue::Array(vec![
+                    // A table's keys come out in the table's (sorted) order.
+                    HeaderValue::Table(vec![
+                        (
+                            "bin".into(),
+                            HeaderValue::Bytes(Bytes::from_static(b"\xc3\x28")),
+                        ),
+                        (
+                            "list".into(),
+                            HeaderValue::Array(vec![
+                                HeaderValue::Int(1),
+                                HeaderValue::Bytes(Bytes::from_static(b"\xc3\x28")),
+                            ]),
+                        ),
+                        ("queue".into(), HeaderValue::Str("q.retry.500".into())),
+                    ]),
+                    HeaderValue::Array(vec![HeaderValue::Null]),
+                ]),
+            ),
+        ];
+        for (key, amqp, _) in &kinds {
+            table.insert((*key).into(), amqp.clone());
+        }
+        let headers = headers_from_table(&table);
+        assert_eq!(headers.len(), kinds.len());
+        for (key, _, want) in &kinds {
+            let got = header(&headers, key);
+            if let (Some(HeaderValue::Float(g)), HeaderValue::Float(w)) = (got, want) {
+                assert!((g - w).abs() < 1e-9, "{key}: {g} != {w}");
+            } else {
+                assert_eq!(got, Some(want), "{key}");
+            }
+        }
+        assert_eq!(headers_from_table(&FieldTable::default()), Vec::new());
+    }
+
+    #[test]
     fn own_deaths_are_stripped_and_the_publishers_kept() {
         let death = |q: &str| {
             HeaderValue::Table(vec![
