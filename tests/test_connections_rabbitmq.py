@@ -48,8 +48,7 @@ AMQP_PORT = 5672
 
 
 def connections() -> list[dict[str, Any]]:
-    """``rabbitmqctl list_connections``: name (what ``close_connection``
-    takes), the client's port, the ``connection_name`` the client gave
+    """``rabbitmqctl list_connections``: name, the client's port, the ``connection_name`` the client gave
     (RabbitMQ 3.x keeps it in the client properties), channels."""
     out = subprocess.run(
         ["rabbitmqctl", "list_connections", "-q", "--formatter", "json",
@@ -63,6 +62,20 @@ def connections() -> list[dict[str, Any]]:
                      "connection_name": given[0] if given else None,
                      "channels": int(row["channels"])})
     return rows
+
+
+def close_connection(name: str) -> None:
+    """``rabbitmqctl close_connection`` of the connection called ``name``
+    (it takes the connection's process id, as the table output prints it)."""
+    out = subprocess.run(
+        ["rabbitmqctl", "list_connections", "-q", "--no-table-headers", "name", "pid"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout
+    pids = [line.split("\t")[1] for line in out.splitlines()
+            if line.split("\t")[0] == name]
+    assert len(pids) == 1, (name, out)
+    subprocess.run(["rabbitmqctl", "close_connection", pids[0], "foxtive test: cut"],
+                   check=True, capture_output=True, timeout=60)
 
 
 def named(connection_name: str) -> list[dict[str, Any]]:
@@ -210,9 +223,7 @@ def test_closing_the_shared_connection_mid_drain_loses_nothing(prefix: str) -> N
             assert len(before) == 1, before
             epochs = [b._native.epoch for b in backends]
             assert sum(len(s) for s in seen.values()) < len(queues) * per_queue  # mid-drain
-            await asyncio.to_thread(
-                subprocess.run, ["rabbitmqctl", "close_connection", before[0]["name"], "test cut"],
-                check=True, capture_output=True, timeout=60)
+            await asyncio.to_thread(close_connection, before[0]["name"])
             cut.set()
             want = {q: {f"{q}:{i}".encode() for i in range(per_queue)} for q in queues}
             await until(lambda: seen == want, 120, "every message of every queue")
