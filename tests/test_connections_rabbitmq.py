@@ -48,8 +48,9 @@ AMQP_PORT = 5672
 
 
 def connections() -> list[dict[str, Any]]:
-    """``rabbitmqctl list_connections``: name, the client's port, the ``connection_name`` the client gave
-    (RabbitMQ 3.x keeps it in the client properties), channels."""
+    """``rabbitmqctl list_connections``: name, the client's port, the
+    ``connection_name`` the client gave (RabbitMQ 3.x keeps it in the
+    client properties), channels."""
     out = subprocess.run(
         ["rabbitmqctl", "list_connections", "-q", "--formatter", "json",
          "name", "peer_port", "client_properties", "channels"],
