@@ -198,8 +198,11 @@ impl Failure {
     }
 }
 
+/// A registry entry: it never keeps a hub (or a connection) alive.
+type Entry = (Key, Weak<Hub>);
+
 /// The live hubs by key; a handful at most, so a list.
-static HUBS: LazyLock<Mutex<Vec<(Key, Weak<Hub>)>>> = LazyLock::new(|| Mutex::new(Vec::new()));
+static HUBS: LazyLock<Mutex<Vec<Entry>>> = LazyLock::new(|| Mutex::new(Vec::new()));
 
 /// The process's hub for `key`, made if no backend holds one.
 pub(super) fn hub(key: &Key) -> Arc<Hub> {
