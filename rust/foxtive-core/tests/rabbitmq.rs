@@ -486,3 +486,105 @@ async fn a_wrong_password_is_an_error_without_the_password() {
     assert!(!err.contains("wrong-s3cret"), "{err}");
     assert!(err.contains("guest:***@127.0.0.1"), "{err}");
 }
+
+/// The names of the connections the broker lists with the client-given
+/// `connection_name` (rabbitmqctl is the judge; RabbitMQ 3.x has it in the
+/// client properties, one JSON object per line).
+async fn broker_connections(connection_name: &str) -> Vec<String> {
+    let wanted = format!("[\"connection_name\",\"longstr\",\"{connection_name}\"]");
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new("rabbitmqctl")
+            .args([
+                "list_connections",
+                "-q",
+                "--formatter",
+                "json",
+                "name",
+                "client_properties",
+            ])
+            .output()
+            .expect("rabbitmqctl must be installed");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|line| line.contains(&wanted))
+            .filter_map(|line| {
+                let rest = &line[line.find("\"name\":\"")? + 8..];
+                Some(rest[..rest.find('"')?].to_string())
+            })
+            .collect()
+    })
+    .await
+    .unwrap()
+}
+
+/// Receive (and requeue) until `b` is on a link newer than `epoch`.
+async fn until_rebuilt(b: &RabbitMqBackend, epoch: u64) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while b.epoch() <= epoch || b.state() != foxtive_core::backend::BackendState::Connected {
+        assert!(Instant::now() < deadline, "the link was not rebuilt");
+        let got = b.receive(10, Duration::from_millis(100)).await.unwrap();
+        b.settle(settle_all(&got, Settlement::Requeue))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn backends_of_one_broker_share_one_connection_and_keep_their_channels() {
+    let name = unique("shared");
+    let (qa, qb) = (unique("share-a"), unique("share-b"));
+    let mut judge = Judge::new().await;
+    judge.track(&qa);
+    judge.track(&qb);
+    let named = |c: &mut RabbitMqConfig| c.connection_name = Some(name.clone());
+    let a = backend(&qa, named);
+    let b = backend(&qb, named);
+    a.connect().await.unwrap();
+    b.connect().await.unwrap();
+    let first = broker_connections(&name).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+
+    // The broker cancels b's consumer (its queue deleted): b subscribes
+    // again on the same connection; a never notices.
+    let (ea, eb) = (a.epoch(), b.epoch());
+    judge
+        .ch
+        .queue_delete(qb.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    until_rebuilt(&b, eb).await;
+    b.publish(vec![Outgoing::new(Bytes::from_static(b"b"))])
+        .await
+        .unwrap();
+    let got = receive_n(&b, 1, Duration::from_secs(10)).await;
+    assert_eq!(&got[0].body[..], b"b");
+    b.settle(settle_all(&got, Settlement::Ack)).await.unwrap();
+    assert_eq!(a.epoch(), ea);
+    assert_eq!(broker_connections(&name).await, first);
+
+    // The shared connection lost: both rebuild, on one new connection.
+    let eb = b.epoch();
+    a.break_connection().await.unwrap();
+    until_rebuilt(&a, ea).await;
+    until_rebuilt(&b, eb).await;
+    let second = broker_connections(&name).await;
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_ne!(second, first);
+
+    // Closing one backend closes its channels only; the last one closes
+    // the connection.
+    b.close().await.unwrap();
+    let ea = a.epoch();
+    a.publish(vec![Outgoing::new(Bytes::from_static(b"a"))])
+        .await
+        .unwrap();
+    let got = receive_n(&a, 1, Duration::from_secs(10)).await;
+    assert_eq!(&got[0].body[..], b"a");
+    a.settle(settle_all(&got, Settlement::Ack)).await.unwrap();
+    assert_eq!(a.epoch(), ea);
+    assert_eq!(broker_connections(&name).await, second);
+    a.close().await.unwrap();
+    assert!(broker_connections(&name).await.is_empty());
+    judge.cleanup().await;
+}

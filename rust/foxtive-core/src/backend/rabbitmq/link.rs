@@ -1,7 +1,11 @@
-//! The connection and its channels ([`Link`]), and keeping one alive: build
-//! it on the first node that answers, install it, notice when it dies and
-//! rebuild it in the background with the reconnect strategy, and hand out
-//! the live link to whoever waits for one.
+//! The connection and this backend's channels on it ([`Link`]), and keeping
+//! one alive: take the process's shared connection for these settings (see
+//! [`super::shared`]) or open it on the first node that answers, open the
+//! channels, install the link, notice when it dies and rebuild it in the
+//! background with the reconnect strategy, and hand out the live link to
+//! whoever waits for one. A link that dies with its channels alone (a
+//! consumer the broker cancelled, a channel the broker closed) is rebuilt
+//! on the same connection; the other backends on it never notice.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -20,14 +24,15 @@ use parking_lot::Mutex;
 
 use super::acks::AckTracker;
 use super::nodes::attempt_order;
+use super::shared::{self as registry, AmqpConn, Key, Turn};
 use super::{Shared, HEALTHY_AFTER, STATE_CONNECTED, STATE_RECONNECTING};
 use crate::backend::unless_closed;
 use crate::{Error, Result};
 
-/// One connection and its channels, valid for one epoch.
+/// The (shared) connection and this backend's channels, valid for one epoch.
 pub(super) struct Link {
     pub(super) epoch: u64,
-    pub(super) conn: Connection,
+    pub(super) conn: Arc<AmqpConn>,
     pub(super) consume: Channel,
     pub(super) consumer: Option<Mutex<Consumer>>,
     pub(super) publish: tokio::sync::Mutex<Channel>,
@@ -75,28 +80,68 @@ impl Shared {
             .map_err(|e| self.lapin_err(&format!("opening the {what} channel"), &e))
     }
 
-    /// Build a link on the first node that answers, trying each node once.
+    /// Build a link: channels on the process's live connection for these
+    /// settings, or on a new one opened on the first node that answers.
     /// `close` interrupts it at once (a broker that accepts TCP and never
     /// answers must not hold a shutdown back).
     pub(super) async fn build_link(&self, consume: bool) -> Result<Link> {
-        unless_closed(&self.closing, &self.closed, self.try_nodes(consume)).await
+        unless_closed(&self.closing, &self.closed, async {
+            let conn = self.connection().await?;
+            // Declarations count against `connect_timeout` as before; the
+            // connection was bounded by it already.
+            let timeout = self.config.connect_timeout;
+            match tokio::time::timeout(timeout, self.build_link_on(conn, consume)).await {
+                Ok(built) => built,
+                Err(_) => Err(Error::ConnectionLost(format!(
+                    "opening channels and declaring on {} timed out after {}s (connect_timeout)",
+                    self.redacted_url,
+                    timeout.as_secs_f64()
+                ))),
+            }
+        })
+        .await
+    }
+
+    /// What makes this backend's connection interchangeable with others'.
+    fn connection_key(&self) -> Key {
+        Key {
+            nodes: self.nodes.clone(),
+            connection_name: self.config.connection_name.clone(),
+            connect_timeout: self.config.connect_timeout,
+            runtime: tokio::runtime::Handle::try_current().ok().map(|h| h.id()),
+        }
+    }
+
+    /// The shared live connection, or a new one if this backend is the
+    /// first to need it; an attempt this backend waited for and that failed
+    /// is its failure too.
+    async fn connection(&self) -> Result<Arc<AmqpConn>> {
+        let hub = registry::hub(&self.connection_key());
+        let turn = hub.turn().await;
+        match turn {
+            Turn::Live(conn) => Ok(conn),
+            Turn::Failed(e) => Err(e),
+            Turn::Open(turn) => match self.try_nodes(hub.last_node()).await {
+                Ok((conn, node)) => Ok(hub.opened(conn, node, turn)),
+                Err(e) => {
+                    hub.failed(&e, turn);
+                    Err(e)
+                }
+            },
+        }
     }
 
     /// Go round the nodes (see [`attempt_order`]: from a random one, the
-    /// node just lost last), each within `connect_timeout`.
-    async fn try_nodes(&self, consume: bool) -> Result<Link> {
+    /// node `lost` last), each within `connect_timeout`.
+    async fn try_nodes(&self, lost: usize) -> Result<(Connection, usize)> {
         let n = self.nodes.len();
         let timeout = self.config.connect_timeout;
         let mut last = None;
-        let lost = self.last_node.load(Ordering::Relaxed);
         for index in attempt_order(n, rand::random::<u32>() as usize, lost) {
             let uri = &self.nodes[index];
             let node = format!("{}:{}", uri.authority.host, uri.authority.port);
-            let err = match tokio::time::timeout(timeout, self.build_link_on(uri, consume)).await {
-                Ok(Ok(link)) => {
-                    self.last_node.store(index, Ordering::Relaxed);
-                    return Ok(link);
-                }
+            let err = match tokio::time::timeout(timeout, self.connect_to(uri)).await {
+                Ok(Ok(conn)) => return Ok((conn, index)),
                 Ok(Err(e)) => e,
                 Err(_) => Error::ConnectionLost(format!(
                     "connecting to {node} ({}) timed out after {}s (connect_timeout); \
@@ -114,14 +159,21 @@ impl Shared {
         Err(last.unwrap_or_else(|| Error::Config("url: no broker node".to_string())))
     }
 
-    async fn build_link_on(&self, uri: &AMQPUri, consume: bool) -> Result<Link> {
+    async fn connect_to(&self, uri: &AMQPUri) -> Result<Connection> {
         let mut props = ConnectionProperties::default();
         if let Some(name) = &self.config.connection_name {
             props = props.with_connection_name(LongString::from(name.as_bytes().to_vec()));
         }
-        let conn = Connection::connect_uri(uri.clone(), props)
+        Connection::connect_uri(uri.clone(), props)
             .await
-            .map_err(|e| self.lapin_err("connecting", &e))?;
+            .map_err(|e| self.lapin_err("connecting", &e))
+    }
+
+    /// This backend's channels on `conn`, its topology declared and (with
+    /// `consume`) its consumer started. A failure here closes the channels
+    /// opened so far (lapin closes a channel when its last handle goes),
+    /// never the connection the other backends use.
+    async fn build_link_on(&self, conn: Arc<AmqpConn>, consume: bool) -> Result<Link> {
         let admin = self.open_channel(&conn, "admin").await?;
         let publish = self.open_channel(&conn, "publish").await?;
         publish
@@ -355,15 +407,23 @@ impl Shared {
     }
 }
 
+/// Close a replaced link's channels (its unacknowledged deliveries go back
+/// to the queue), leaving the connection to the backends still on it.
 fn close_link_later(link: Arc<Link>) {
     if let Ok(handle) = tokio::runtime::Handle::try_current() {
-        handle.spawn(async move {
-            if link.conn.status().connected() {
-                let _ = link
-                    .conn
-                    .close(200, ShortString::from("foxtive: replaced"))
-                    .await;
+        handle.spawn(async move { link.close_channels("foxtive: replaced").await });
+    }
+}
+
+impl Link {
+    /// Close this link's channels; the connection stays up for the others.
+    pub(super) async fn close_channels(&self, why: &str) {
+        let publish = self.publish.lock().await.clone();
+        let admin = self.admin.lock().await.clone();
+        for ch in [&self.consume, &publish, &admin] {
+            if ch.status().connected() {
+                let _ = ch.close(200, ShortString::from(why)).await;
             }
-        });
+        }
     }
 }

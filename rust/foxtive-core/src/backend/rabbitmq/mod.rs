@@ -1,14 +1,16 @@
 //! The RabbitMQ backend, on lapin.
 //!
-//! One connection holds three channels: *consume* (qos + one consumer,
-//! manual acks), *publish* (publisher confirms; retry copies, dead letters,
+//! A backend holds three channels: *consume* (qos + one consumer, manual
+//! acks), *publish* (publisher confirms; retry copies, dead letters,
 //! `publish`) and *admin* (declarations, whose failures close the channel
-//! they run on). Together they form a [`Link`]; every link has an epoch, and
-//! a delivery tag is only ever acknowledged on the link (epoch) it came from.
-//! When the connection or the consume channel dies, the link is rebuilt in
-//! the background with the [`ReconnectStrategy`](crate::policy::ReconnectStrategy),
-//! and settlements for the dead epoch are dropped: the broker has already
-//! requeued those deliveries.
+//! they run on), on a connection shared with the process's other backends
+//! that connect the same way ([`shared`]). Together they form a [`Link`];
+//! every link has an epoch, and a delivery tag is only ever acknowledged on
+//! the link (epoch) it came from. When the connection or the consume channel
+//! dies, the link is rebuilt in the background with the
+//! [`ReconnectStrategy`](crate::policy::ReconnectStrategy) (on the same
+//! connection when only the channel died), and settlements for the dead
+//! epoch are dropped: the broker has already requeued those deliveries.
 //!
 //! Delayed retries wait in the broker, in one TTL queue per delay bucket
 //! (`{retry_queue_prefix}.{ms}`) that dead-letters back to the main queue,
@@ -23,10 +25,11 @@ pub mod frames;
 mod link;
 pub mod nodes;
 mod settle;
+mod shared;
 mod stats;
 pub mod topology;
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,11 +110,9 @@ struct Prepared {
 struct Shared {
     config: RabbitMqConfig,
     name: Arc<str>,
-    /// The broker nodes; connections go round them.
+    /// The broker nodes; connections go round them (the node the last
+    /// connection was on is kept by the shared connection's hub).
     nodes: Vec<AMQPUri>,
-    /// The node the current (or last) link was built on; `NO_NODE` before
-    /// the first. A reconnection tries it last.
-    last_node: AtomicUsize,
     redacted_url: String,
     /// Secrets to scrub from any error text.
     secrets: Vec<String>,
@@ -175,7 +176,6 @@ impl RabbitMqBackend {
                 name: Arc::from(config.queue_name.as_str()),
                 config,
                 nodes: uris,
-                last_node: AtomicUsize::new(self::nodes::NO_NODE),
                 redacted_url,
                 secrets,
                 retry_prefix,
@@ -231,7 +231,9 @@ impl RabbitMqBackend {
     }
 
     /// Force the current connection closed, as a broker failure would
-    /// (for tests of the reconnect path).
+    /// (for tests of the reconnect path). The connection is shared with the
+    /// process's other backends on the same broker and settings: they
+    /// reconnect too.
     pub async fn break_connection(&self) -> Result<()> {
         if let Some(link) = self.shared.current() {
             link.conn
@@ -484,16 +486,12 @@ impl Backend for RabbitMqBackend {
         let link = s.link.write().take();
         if let Some(link) = link {
             link.dead.store(true, Ordering::Release);
-            if link.conn.status().connected() {
-                let _ = link
-                    .consume
-                    .close(200, ShortString::from("foxtive: closing"))
-                    .await;
-                let _ = link
-                    .conn
-                    .close(200, ShortString::from("foxtive: closing"))
-                    .await;
-            }
+            // Only this backend's channels: other backends may share the
+            // connection, which closes with its last user.
+            link.close_channels("foxtive: closing").await;
+            let conn = link.conn.clone();
+            drop(link);
+            self::shared::AmqpConn::release(conn).await;
         }
         Ok(())
     }
