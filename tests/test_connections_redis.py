@@ -185,3 +185,68 @@ def test_killing_the_shared_command_connection_mid_drain_loses_nothing(
     finally:
         w.kill()
         cleanup(judge, [w.name])
+
+
+# One queue with results: 200 async tasks that finish together, so 200 final
+# writes are in flight at once on the worker's loop.
+RESULTS_APP = textwrap.dedent('''
+    import asyncio
+    import os
+
+    import foxtive
+
+    NAME = os.environ["CONN_APP"]
+    app = foxtive.App(NAME, broker=os.environ["CONN_BROKER"], results=True)
+    MARKS = os.environ["CONN_MARKS"]
+
+    @app.task(queue=f"{NAME}-q0", name="together")
+    async def together(n: int) -> int:
+        await asyncio.sleep(0.5)
+        with open(os.path.join(MARKS, f"q0-{n}"), "w"):
+            pass
+        return n
+
+    TASKS = [together]
+''')
+
+
+@pytest.mark.skipif(not REDIS_URL.startswith("redis://127.0.0.1:6379"),
+                    reason="counts the connections to 127.0.0.1:6379")
+def test_result_writes_of_many_tasks_at_once_use_a_bounded_pool(
+        tmp_path: Path, judge: redis.Redis) -> None:
+    from foxtive.results import WRITE_CONNECTIONS
+
+    tasks = 200
+    w = Worker(tmp_path, 1)
+    (tmp_path / "conn_app.py").write_text(RESULTS_APP)
+    ids: list[str] = []
+    try:
+        send = subprocess.run(
+            [sys.executable, "-c",
+             "import conn_app\n"
+             f"hs = conn_app.together.send_many_sync([(n,) for n in range({tasks})])\n"
+             "print(' '.join(h.id for h in hs))\n"
+             "conn_app.app.close()"],
+            cwd=tmp_path, env=w.env, capture_output=True, text=True, timeout=120)
+        assert send.returncode == 0, send.stderr
+        ids = send.stdout.split()
+        assert len(ids) == tasks
+        proc = w.start()
+        wait_for_marks(w.marks, tasks, proc)
+        # Every final record written (the writes done, their connections
+        # idle in the pool: redis-py keeps what it opened).
+        deadline = time.monotonic() + 30
+        while judge.exists(*(f"foxtive:result:{i}:done" for i in ids)) < tasks:
+            assert time.monotonic() < deadline, "not every result was written"
+            time.sleep(0.1)  # polling another process's writes in Redis
+        rows = clients_of(judge, proc.pid)
+        # The reader, the shared command connection, the writes' pool (and
+        # the sync client, if anything used it): not one per task.
+        assert len(rows) <= 2 + WRITE_CONNECTIONS + 1, rows
+        w.stop()
+    finally:
+        w.kill()
+        cleanup(judge, [w.name])
+        for chunk in range(0, len(ids), 100):
+            judge.delete(*(f"foxtive:result:{t}{end}" for t in ids[chunk:chunk + 100]
+                           for end in ("", ":done")))

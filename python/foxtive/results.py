@@ -30,6 +30,10 @@ __all__ = ["FINAL", "MemoryResultStore", "RedisResultStore", "ResultStore"]
 #: Statuses after which nothing changes.
 FINAL = frozenset({"succeeded", "failed"})
 
+#: Connections a Redis result store opens per event loop for its writes
+#: (blocking waits have their own; see RedisResultStore._client).
+WRITE_CONNECTIONS = 8
+
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
 
@@ -251,8 +255,15 @@ class RedisResultStore(ResultStore):
         # redis.asyncio clients belong to the loop that made their connections.
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary())
+        self._async_waits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary())
 
     def _client(self) -> Any:
+        """The loop's client for writes and reads: at most
+        ``WRITE_CONNECTIONS`` connections, callers beyond that wait for one.
+        redis-py opens a connection per command in flight, so a worker
+        finishing a thousand tasks at once would otherwise open a thousand
+        connections to Redis (per process, per pod)."""
         import redis.asyncio
 
         loop = asyncio.get_running_loop()
@@ -262,10 +273,27 @@ class RedisResultStore(ResultStore):
                 from redis.asyncio.cluster import ClusterNode, RedisCluster
                 nodes, kwargs = self._cluster
                 client = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes],
-                                      **kwargs)
+                                      max_connections=WRITE_CONNECTIONS, **kwargs)
             else:
-                client = redis.asyncio.Redis.from_url(self.url)
+                pool = redis.asyncio.BlockingConnectionPool.from_url(
+                    self.url, max_connections=WRITE_CONNECTIONS, timeout=None)
+                client = redis.asyncio.Redis(connection_pool=pool)
             self._async[loop] = client
+        return client
+
+    def _waits_client(self) -> Any:
+        """The loop's client for blocking waits (``BLMOVE``): a waiter holds
+        its connection until the result comes, so these are not bounded
+        (they would starve the writes, the worker's own included)."""
+        if self._cluster is not None:
+            return self._client()  # RedisCluster: its own connections per node
+        import redis.asyncio
+
+        loop = asyncio.get_running_loop()
+        client = self._async_waits.get(loop)
+        if client is None:
+            client = redis.asyncio.Redis.from_url(self.url)
+            self._async_waits[loop] = client
         return client
 
     def _key(self, task_id: str) -> str:
@@ -376,8 +404,8 @@ class RedisResultStore(ResultStore):
         if record is None:
             # Blocks in Redis until the final write pushes (the element stays
             # for other waiters); 0 = forever.
-            moved = await client.blmove(f"{key}:done", f"{key}:done", timeout or 0,
-                                        "RIGHT", "RIGHT")
+            moved = await self._waits_client().blmove(f"{key}:done", f"{key}:done",
+                                                      timeout or 0, "RIGHT", "RIGHT")
             if moved is None:
                 raise TimeoutError(f"task {task_id}: no result within {timeout} s")
             # The element is the final record (a worker from before that
@@ -406,8 +434,10 @@ class RedisResultStore(ResultStore):
 
     async def close(self) -> None:
         try:
-            client = self._async.pop(asyncio.get_running_loop(), None)
-            if client is not None:
-                await client.aclose()
+            loop = asyncio.get_running_loop()
+            for clients in (self._async, self._async_waits):
+                client = clients.pop(loop, None)
+                if client is not None:
+                    await client.aclose()
         finally:
             self._sync.close()
