@@ -11,10 +11,7 @@ use foxtive_core::backend::memory_dlq::MemoryDeadLetters;
 use foxtive_core::backend::{Backend, MemoryBackend};
 use foxtive_core::dlq::{DeadLetter, DeadLetterStore};
 
-use crate::convert::{
-    body_from_py, dedup_from_py, headers_to_py, outgoing_from_py, outgoings_from_py,
-    priority_from_py, with_priority,
-};
+use crate::convert::{body_from_py, headers_to_py, outgoings_from_py, publish_from_py};
 use crate::errors::IntoPyResult;
 use crate::native_backend::{native_of, NativeBackend};
 use crate::python_backend::PythonBackend;
@@ -69,9 +66,9 @@ impl PyMemoryBackend {
         dedup_key: Option<String>,
         dedup_ttl: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<String> {
-        let mut out = outgoing_from_py(body, headers, delay, message_id)?;
-        out.priority = priority_from_py(priority)?;
-        out.dedup = dedup_from_py(dedup_key, dedup_ttl)?;
+        let out = publish_from_py(
+            body, headers, delay, message_id, priority, dedup_key, dedup_ttl,
+        )?;
         Ok(self.inner.publish_now(vec![out]).remove(0))
     }
 
@@ -85,10 +82,7 @@ impl PyMemoryBackend {
         message_ids: Option<Vec<String>>,
         priority: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Vec<String>> {
-        let outs = with_priority(
-            outgoings_from_py(bodies, headers, delay, message_ids)?,
-            priority_from_py(priority)?,
-        );
+        let outs = outgoings_from_py(bodies, headers, delay, message_ids, priority)?;
         Ok(self.inner.publish_now(outs))
     }
 

@@ -179,16 +179,6 @@ pub fn dedup_from_py(
     }
 }
 
-/// Set `priority` on every message of a publish.
-pub fn with_priority(mut outs: Vec<Outgoing>, priority: Option<u8>) -> Vec<Outgoing> {
-    if priority.is_some() {
-        for out in &mut outs {
-            out.priority = priority;
-        }
-    }
-    outs
-}
-
 /// Build an outgoing message from publish() arguments.
 pub fn outgoing_from_py(
     body: &Bound<'_, PyAny>,
@@ -205,17 +195,39 @@ pub fn outgoing_from_py(
     Ok(out)
 }
 
-/// Build the outgoing messages of a publish_many(): the headers and the
-/// delay they share are converted once, not once per body. `message_ids`,
-/// when given, are the messages' own ids, one per body, in order.
+/// The message of a publish(), every argument of it: the above plus its
+/// priority and its dedup key (one place for `publish`, `publish_begin`
+/// and the memory backend's `publish_sync`).
+#[allow(clippy::too_many_arguments)]
+pub fn publish_from_py(
+    body: &Bound<'_, PyAny>,
+    headers: Option<&Bound<'_, PyDict>>,
+    delay: Option<&Bound<'_, PyAny>>,
+    message_id: Option<String>,
+    priority: Option<&Bound<'_, PyAny>>,
+    dedup_key: Option<String>,
+    dedup_ttl: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Outgoing> {
+    let mut out = outgoing_from_py(body, headers, delay, message_id)?;
+    out.priority = priority_from_py(priority)?;
+    out.dedup = dedup_from_py(dedup_key, dedup_ttl)?;
+    Ok(out)
+}
+
+/// Build the outgoing messages of a publish_many(): the headers, delay
+/// and priority they share are converted once, not once per body.
+/// `message_ids`, when given, are the messages' own ids, one per body, in
+/// order.
 pub fn outgoings_from_py(
     bodies: &Bound<'_, PyAny>,
     headers: Option<&Bound<'_, PyDict>>,
     delay: Option<&Bound<'_, PyAny>>,
     message_ids: Option<Vec<String>>,
+    priority: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<Vec<Outgoing>> {
     let headers = headers.map(headers_from_py).transpose()?;
     let delay = opt_duration("delay", delay)?;
+    let priority = priority_from_py(priority)?;
     let mut ids = message_ids.map(Vec::into_iter);
     let mut outs = Vec::new();
     for body in bodies.try_iter()? {
@@ -224,6 +236,7 @@ pub fn outgoings_from_py(
             out.headers = h.clone();
         }
         out.delay = delay;
+        out.priority = priority;
         if let Some(ids) = ids.as_mut() {
             out.message_id = Some(ids.next().ok_or_else(|| {
                 crate::errors::config_error("message_ids: fewer ids than bodies")

@@ -16,9 +16,7 @@ use foxtive_core::backend::Backend;
 use foxtive_core::dlq::DeadLetterStore;
 
 use crate::bridge;
-use crate::convert::{
-    dedup_from_py, outgoing_from_py, outgoings_from_py, priority_from_py, with_priority,
-};
+use crate::convert::{outgoings_from_py, publish_from_py};
 use crate::dlq::PyDeadLetterStore;
 use crate::errors::{backend_error, config_error, IntoPyResult};
 use crate::python_backend::{bind_loop, PythonBackend};
@@ -177,9 +175,9 @@ impl NativeBackend {
         dedup_ttl: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         bind_loop(py, &self.python_backend)?;
-        let mut out = outgoing_from_py(body, headers, delay, message_id)?;
-        out.priority = priority_from_py(priority)?;
-        out.dedup = dedup_from_py(dedup_key, dedup_ttl)?;
+        let out = publish_from_py(
+            body, headers, delay, message_id, priority, dedup_key, dedup_ttl,
+        )?;
         let backend = self.inner.clone();
         bridge::awaitable(py, async move {
             let mut ids = backend.publish(vec![out]).await?;
@@ -200,10 +198,7 @@ impl NativeBackend {
         priority: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         bind_loop(py, &self.python_backend)?;
-        let outs = with_priority(
-            outgoings_from_py(bodies, headers, delay, message_ids)?,
-            priority_from_py(priority)?,
-        );
+        let outs = outgoings_from_py(bodies, headers, delay, message_ids, priority)?;
         let backend = self.inner.clone();
         bridge::awaitable(py, async move { backend.publish(outs).await })
     }
@@ -230,9 +225,9 @@ impl NativeBackend {
         dedup_key: Option<String>,
         dedup_ttl: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PublishWait> {
-        let mut out = outgoing_from_py(body, headers, delay, message_id)?;
-        out.priority = priority_from_py(priority)?;
-        out.dedup = dedup_from_py(dedup_key, dedup_ttl)?;
+        let out = publish_from_py(
+            body, headers, delay, message_id, priority, dedup_key, dedup_ttl,
+        )?;
         self.begin(vec![out])
     }
 
@@ -247,10 +242,7 @@ impl NativeBackend {
         message_ids: Option<Vec<String>>,
         priority: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PublishWait> {
-        let outs = with_priority(
-            outgoings_from_py(bodies, headers, delay, message_ids)?,
-            priority_from_py(priority)?,
-        );
+        let outs = outgoings_from_py(bodies, headers, delay, message_ids, priority)?;
         self.begin(outs)
     }
 

@@ -16,7 +16,7 @@ use foxtive_core::backend::postgres::{PostgresBackend, PostgresConfig};
 use foxtive_core::dlq::DeadLetterStore;
 
 use crate::bridge;
-use crate::convert::{duration_from_py, outgoings_from_py, priority_from_py, with_priority};
+use crate::convert::{duration_from_py, outgoings_from_py};
 use crate::errors::{config_error, IntoPyResult};
 use crate::native_backend::NativeBackend;
 
@@ -123,10 +123,7 @@ pub fn postgres_enqueue<'py>(
     if queue.is_empty() {
         return Err(config_error("queue: must be a non-empty string"));
     }
-    let mut outs = with_priority(
-        outgoings_from_py(bodies, headers, delay, message_ids)?,
-        priority_from_py(priority)?,
-    );
+    let mut outs = outgoings_from_py(bodies, headers, delay, message_ids, priority)?;
     if message_id.is_some() {
         if outs.len() != 1 {
             return Err(config_error("message_id: only for a single message"));

@@ -12,7 +12,7 @@ use foxtive_core::backend::sqlite::row::{self, SqlValue};
 use foxtive_core::backend::sqlite::{dedup, path_from_url, schema, SqliteBackend, SqliteConfig};
 use foxtive_core::dlq::DeadLetterStore;
 
-use crate::convert::{outgoings_from_py, priority_from_py, with_priority};
+use crate::convert::outgoings_from_py;
 use crate::errors::{config_error, IntoPyResult};
 use crate::native_backend::NativeBackend;
 use crate::registry::options_from_py;
@@ -134,12 +134,8 @@ pub fn sqlite_enqueue<'py>(
     let now = foxtive_core::clock::unix_now();
     let mut rows = Vec::new();
     let mut ids = Vec::new();
-    let priority = priority_from_py(priority)?;
     let batch = message_ids.is_some();
-    for mut out in with_priority(
-        outgoings_from_py(bodies, headers, delay, message_ids)?,
-        priority,
-    ) {
+    for mut out in outgoings_from_py(bodies, headers, delay, message_ids, priority)? {
         if !batch {
             out.message_id = message_id.clone();
         }

@@ -232,16 +232,21 @@ fn judge(source: &Source) -> (bool, String) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn metrics_of_several_pools_declare_each_family_once() {
+    /// Pools "a" and "b", neither running.
+    fn two_pools() -> Source {
         let watched = |name: &str| Watched {
             metrics: Metrics::new(name, &[Arc::from("w")]),
             concurrency_limit: 4,
         };
-        let source = Source {
+        Source {
             pools: vec![watched("a"), watched("b")],
             dashboard: None,
-        };
+        }
+    }
+
+    #[test]
+    fn metrics_of_several_pools_declare_each_family_once() {
+        let source = two_pools();
         let (status, content_type, body) = route("/metrics", &source);
         assert_eq!(status, 200);
         assert!(content_type.starts_with("text/plain; version=0.0.4"));
@@ -263,14 +268,7 @@ mod tests {
 
     #[test]
     fn several_pools_are_live_and_ready_only_together() {
-        let watched = |name: &str| Watched {
-            metrics: Metrics::new(name, &[Arc::from("w")]),
-            concurrency_limit: 4,
-        };
-        let source = Source {
-            pools: vec![watched("a"), watched("b")],
-            dashboard: None,
-        };
+        let source = two_pools();
         let (status, _, body) = route("/health", &source);
         assert_eq!(status, 503, "pools that are not running are not live");
         assert!(body.starts_with("{\"status\":\"unhealthy\",\"ready\":false,\"pools\":[{"));
