@@ -10,6 +10,7 @@ pub mod rabbitmq;
 pub mod redis_streams;
 pub mod registry;
 pub mod resilient;
+pub(crate) mod shared;
 pub mod sqlite;
 
 use std::sync::Arc;

@@ -24,9 +24,9 @@
 //!   is UNLISTENed); the connection is closed when the last backend using
 //!   it closes or is dropped.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, OnceLock, Weak};
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -37,6 +37,7 @@ use super::config::Dsn;
 use super::link::{describe, is_connection_error};
 use super::schema::{self, quote_ident};
 use super::{fetch, lease, settle};
+use crate::backend::shared::{runtime_here, SharedByKey};
 use crate::policy::ReconnectStrategy;
 use crate::redact::scrub;
 use crate::{Error, Result};
@@ -142,7 +143,7 @@ pub(crate) struct Shared {
 }
 
 /// What makes connections interchangeable (see the module comment).
-#[derive(PartialEq, Eq, Hash)]
+#[derive(PartialEq)]
 struct Key {
     dsn: String,
     schema: String,
@@ -152,8 +153,7 @@ struct Key {
 }
 
 /// The live connections; the registry never holds one open.
-static SHARED: LazyLock<Mutex<HashMap<Key, Weak<Shared>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
+static SHARED: SharedByKey<Key, Shared> = SharedByKey::new();
 
 /// The process's `role` connection to `dsn` and `schema`, made if no
 /// backend holds one. Nothing connects until a member needs it.
@@ -167,15 +167,10 @@ pub(crate) fn shared(
         dsn: dsn.key.clone(),
         schema: schema.to_string(),
         strategy: format!("{strategy:?}"),
-        runtime: tokio::runtime::Handle::try_current().ok().map(|h| h.id()),
+        runtime: runtime_here(),
         role,
     };
-    let mut all = SHARED.lock();
-    if let Some(live) = all.get(&key).and_then(Weak::upgrade) {
-        return live;
-    }
-    all.retain(|_, w| w.strong_count() > 0);
-    let fresh = Arc::new(Shared {
+    SHARED.get_or_make(key, || Shared {
         config: dsn.config.clone(),
         url: dsn.redacted.clone(),
         secrets: dsn.secrets.clone(),
@@ -190,9 +185,7 @@ pub(crate) fn shared(
         consecutive_failures: AtomicU32::new(0),
         members: Arc::new(Mutex::new(Vec::new())),
         listen_turn: tokio::sync::Mutex::new(()),
-    });
-    all.insert(key, Arc::downgrade(&fresh));
-    fresh
+    })
 }
 
 impl Shared {

@@ -108,7 +108,7 @@ impl Shared {
             nodes: self.nodes.clone(),
             connection_name: self.config.connection_name.clone(),
             connect_timeout: self.config.connect_timeout,
-            runtime: tokio::runtime::Handle::try_current().ok().map(|h| h.id()),
+            runtime: crate::backend::shared::runtime_here(),
         }
     }
 

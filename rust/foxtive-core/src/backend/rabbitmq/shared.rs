@@ -24,7 +24,7 @@
 
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use lapin::types::ShortString;
@@ -33,6 +33,7 @@ use lapin::Connection;
 use parking_lot::Mutex;
 
 use super::nodes::NO_NODE;
+use crate::backend::shared::SharedByKey;
 use crate::Error;
 
 /// What makes two backends' connections interchangeable.
@@ -198,26 +199,12 @@ impl Failure {
     }
 }
 
-/// A registry entry: it never keeps a hub (or a connection) alive.
-type Entry = (Key, Weak<Hub>);
-
-/// The live hubs by key; a handful at most, so a list.
-static HUBS: LazyLock<Mutex<Vec<Entry>>> = LazyLock::new(|| Mutex::new(Vec::new()));
+/// The live hubs; the registry never holds one alive.
+static HUBS: SharedByKey<Key, Hub> = SharedByKey::new();
 
 /// The process's hub for `key`, made if no backend holds one.
 pub(super) fn hub(key: &Key) -> Arc<Hub> {
-    let mut hubs = HUBS.lock();
-    if let Some(live) = hubs
-        .iter()
-        .find(|(k, _)| k == key)
-        .and_then(|(_, w)| w.upgrade())
-    {
-        return live;
-    }
-    hubs.retain(|(_, w)| w.strong_count() > 0);
-    let fresh = Arc::new(Hub::new());
-    hubs.push((key.clone(), Arc::downgrade(&fresh)));
-    fresh
+    HUBS.get_or_make(key.clone(), Hub::new)
 }
 
 #[cfg(test)]

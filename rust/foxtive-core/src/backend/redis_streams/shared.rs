@@ -21,12 +21,13 @@
 //! The blocking reads are not shared: each queue (partition) keeps a read
 //! connection of its own, see `reader.rs` for why.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64};
-use std::sync::{Arc, LazyLock, Weak};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use tokio::time::Instant;
+
+use crate::backend::shared::{runtime_here, SharedByKey};
 
 use crate::redis_url::Conn;
 
@@ -36,7 +37,7 @@ const QUEUE_PARAMS: &[&str] = &["partitions", "wait_replicas", "wait_timeout", "
 
 /// What makes two links one Redis. Holds the raw URL (its credentials
 /// tell users apart): never printed, hence no `Debug`.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq)]
 pub(crate) struct Key {
     target: String,
     runtime: Option<tokio::runtime::Id>,
@@ -70,7 +71,7 @@ impl Key {
     fn here(&self) -> Self {
         Key {
             target: self.target.clone(),
-            runtime: tokio::runtime::Handle::try_current().ok().map(|h| h.id()),
+            runtime: runtime_here(),
         }
     }
 }
@@ -102,23 +103,14 @@ pub(crate) struct Shared {
 }
 
 /// The live connections by Redis (and runtime).
-static SHARED: LazyLock<Mutex<HashMap<Key, Weak<Shared>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
+static SHARED: SharedByKey<Key, Shared> = SharedByKey::new();
 
 /// The connection of `key` in this runtime, made if no link holds one.
 pub(crate) fn shared(key: &Key) -> Arc<Shared> {
-    let key = key.here();
-    let mut all = SHARED.lock();
-    if let Some(live) = all.get(&key).and_then(Weak::upgrade) {
-        return live;
-    }
-    all.retain(|_, w| w.strong_count() > 0);
-    let fresh = Arc::new(Shared {
+    SHARED.get_or_make(key.here(), || Shared {
         next_gen: AtomicU64::new(1),
         ..Shared::default()
-    });
-    all.insert(key, Arc::downgrade(&fresh));
-    fresh
+    })
 }
 
 #[cfg(test)]

@@ -9,13 +9,14 @@
 //! `with_conn` closure, a whole transaction included, so no queue ever sees
 //! another's open transaction.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use rusqlite::Connection;
+
+use crate::backend::shared::SharedByKey;
 
 /// A connection slot: opened on first use by whichever backend needs it,
 /// closed when the last backend holding the slot lets go of it.
@@ -23,27 +24,15 @@ pub(crate) type Slot = Arc<Mutex<Option<Connection>>>;
 
 type Key = (PathBuf, Duration);
 
-/// What the registry keeps of a slot: it never holds a connection open.
-type WeakSlot = Weak<Mutex<Option<Connection>>>;
-
 /// The live slots by file (and busy timeout, a setting of the connection).
-static SLOTS: LazyLock<Mutex<HashMap<Key, WeakSlot>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
+static SLOTS: SharedByKey<Key, Mutex<Option<Connection>>> = SharedByKey::new();
 
 /// The process's slot for `path`, made if no backend holds one.
 pub(crate) fn slot(path: &Path, busy_timeout: Duration) -> Slot {
     // "a.db" and "/cwd/a.db" are one file; a path that cannot be made
     // absolute (no working directory) is used as given.
     let file = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let key = (file, busy_timeout);
-    let mut slots = SLOTS.lock();
-    if let Some(live) = slots.get(&key).and_then(Weak::upgrade) {
-        return live;
-    }
-    slots.retain(|_, w| w.strong_count() > 0);
-    let fresh: Slot = Arc::new(Mutex::new(None));
-    slots.insert(key, Arc::downgrade(&fresh));
-    fresh
+    SLOTS.get_or_make((file, busy_timeout), || Mutex::new(None))
 }
 
 #[cfg(test)]
