@@ -328,7 +328,8 @@ def test_isolated_puts_the_app_back_exactly(tmp_path: Path) -> None:
     before = dict(vars(app))
     with foxtive.testing.isolated(app) as t:
         assert app.tasks == {double.name: double} and app.retry is before["retry"]
-        handles = double.send_many_sync([(1,), (2,)])  # starts the app's loop thread
+        handles = double.send_many_sync([(1,), (2,)])  # from this thread, no loop thread
+        app._run_sync(asyncio.sleep(0))  # what still needs the app's loop thread starts it
         assert t.drain()["processed"] == 2
         assert [h.result_sync(timeout=0) for h in handles] == [2, 4]
         loop_thread = app._loop_thread

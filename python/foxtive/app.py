@@ -492,22 +492,6 @@ class App:
         backend = self.backend(queue)
         if options and options.get("transaction") is not None:
             return self._publish_in_transaction(backend, body, headers, delay, task_id, options)
-        if isinstance(backend, MemoryBackend):  # never waits: no loop needed
-            dedup = False
-            if options:
-                check_publish_options(backend, options)
-                dedup = options.get("dedup_key") is not None
-            store = self._result_store() if self.results else None
-            if store is not None and not dedup:
-                store.mark_sync([task_id], "pending")
-            got: str = backend.publish_sync(body, headers=headers, delay=delay,
-                                            message_id=task_id, **(options or {}))
-            if store is not None and dedup and got == task_id:
-                if isinstance(store, MemoryResultStore):
-                    store.mark_new_sync(task_id, "pending")
-                else:
-                    self._run_sync(store.mark_new(task_id, "pending"))
-            return got
         if self._blocking(queue, backend):
             return self._publish_blocking(backend, queue, body, headers, delay, task_id,
                                           options, fresh)
@@ -572,7 +556,7 @@ class App:
         the caller's thread (see :meth:`_publish_blocking`), else through
         the app's loop thread."""
         backend = self.backend(queue)
-        if isinstance(backend, MemoryBackend) or not self._blocking(queue, backend):
+        if not self._blocking(queue, backend):
             self._run_sync(self._publish_many(queue, items, headers, delay, options))
             return
         if options:
