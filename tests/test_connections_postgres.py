@@ -15,7 +15,6 @@ import asyncio
 import collections
 import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -35,10 +34,19 @@ from .contract.kits.postgres import (
     judge_connection,
     postgres_answers,
     schema_fixture,
+    sessions,
+    terminate_sessions,
     waiting_jobs,
 )
 from .test_postgres_processes import events, wait_for
-from .test_tasks_connections import APP, QUEUES, wait_for_marks
+from .test_tasks_connections import (
+    QUEUES,
+    conn_app,
+    foxtive_run,
+    send_one_each,
+    stop,
+    wait_for_marks,
+)
 
 pytestmark = pytest.mark.skipif(postgres_answers() is not None, reason=str(postgres_answers()))
 
@@ -51,54 +59,19 @@ def url_for(app: str, schema: str) -> str:
     return f"{POSTGRES_URL}?application_name={app}&schema={schema}"
 
 
-def sessions(app: str) -> list[int]:
-    """The server processes of ``app``'s sessions (one per connection)."""
-    with judge_connection() as conn:
-        rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s",
-                            (app,)).fetchall()
-    return [r[0] for r in rows]
-
-
-def terminate(app: str) -> list[int]:
-    with judge_connection() as conn:
-        rows = conn.execute(
-            "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE application_name = %s", (app,)).fetchall()
-    return [pid for pid, done in rows if done]
-
-
 def test_five_queues_hold_two_connections(tmp_path: Path, schema: str) -> None:
     """The SQLite test's app (five queues, one task each) on PostgreSQL:
     ``foxtive run`` holds two sessions, not two per queue (ten)."""
     app = f"fx_conn5_{uuid.uuid4().hex[:8]}"
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    (tmp_path / "conn_app.py").write_text(APP)
-    env = {**os.environ, "CONN_MARKS": str(marks), "PYTHONPATH": str(tmp_path),
-           "PYTHONUNBUFFERED": "1"}
+    marks, env = conn_app(tmp_path, url_for(app, schema))
     # The sender's sessions are named otherwise: only the worker's count.
-    send = subprocess.run(
-        [sys.executable, "-c",
-         "import conn_app\nfor t in conn_app.TASKS: t.send_sync(1)\nconn_app.app.close()"],
-        cwd=tmp_path, env={**env, "CONN_BROKER": url_for(app + "_send", schema)},
-        capture_output=True, text=True, timeout=60)
-    assert send.returncode == 0, send.stderr
+    send_one_each(tmp_path, {**env, "CONN_BROKER": url_for(app + "_send", schema)})
     assert sum(waiting_jobs(schema, f"conn5-q{i}") for i in range(QUEUES)) == QUEUES
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "foxtive", "run", "conn_app:app", "--no-scheduler"],
-        cwd=tmp_path, env={**env, "CONN_BROKER": url_for(app, schema)},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with foxtive_run(tmp_path, env) as worker:
         wait_for_marks(marks, QUEUES, worker)  # every queue's pool is consuming
         held = sessions(app)
         assert 1 <= len(held) <= 2, f"{len(held)} sessions for {QUEUES} queues"
-        worker.send_signal(signal.SIGTERM)
-        _, err = worker.communicate(timeout=60)
-        assert worker.returncode == 0, err
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.communicate()
+        stop(worker)
     assert sum(waiting_jobs(schema, f"conn5-q{i}") for i in range(QUEUES)) == 0
     wait_for(lambda: not sessions(app), 10, "the worker's sessions to end")
 
@@ -215,14 +188,10 @@ def test_shared_connections_terminated_mid_drain_lose_nothing(tmp_path: Path,
     assert send.returncode == 0, send.stderr
     assert [waiting_jobs(schema, q) for q in queues] == [PER_QUEUE] * 3
     total = 3 * PER_QUEUE
-    worker = subprocess.Popen(
-        # Four at a time per queue: the drain lasts over the kills.
-        [sys.executable, "-m", "foxtive", "run", "kill_app:app", "--no-scheduler",
-         "--concurrency", "4"],
-        cwd=tmp_path, env={**env, "PG_URL": f"{POSTGRES_URL}?application_name={app}"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     killed: list[list[int]] = []
-    try:
+    # Four at a time per queue: the drain lasts over the kills.
+    with foxtive_run(tmp_path, {**env, "PG_URL": f"{POSTGRES_URL}?application_name={app}"},
+                     "kill_app:app", "--concurrency", "4") as worker:
         for k in range(1, KILLS + 1):
             mark = total * k // (KILLS + 2)
             wait_for(lambda mark=mark: len(events(out, "done")) >= mark
@@ -230,7 +199,7 @@ def test_shared_connections_terminated_mid_drain_lose_nothing(tmp_path: Path,
             assert worker.poll() is None, worker.stderr.read() if worker.stderr else ""
             # Back by itself after the previous kill: end its sessions again.
             wait_for(lambda: sessions(app), 30, "the worker to reconnect")
-            killed.append(terminate(app))
+            killed.append(terminate_sessions(app))
             assert len(events(out, "done")) < total, "the drain ended before the kills"
         wait_for(lambda: sum(waiting_jobs(schema, q) for q in queues) == 0, 120,
                  "the queues to drain")
@@ -239,13 +208,7 @@ def test_shared_connections_terminated_mid_drain_lose_nothing(tmp_path: Path,
         after = sessions(app)
         assert len(after) <= 2, f"{len(after)} sessions after reconnecting"
         assert not set(after) & {pid for pids in killed for pid in pids}
-        worker.send_signal(signal.SIGTERM)
-        rc = worker.wait(60)
-        assert rc == 0, worker.stderr.read() if worker.stderr else rc
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait(30)
+        stop(worker)
     # Each kill ended the shared pair (or what of it was up): never one per queue.
     assert all(1 <= len(pids) <= 2 for pids in killed), killed
     sent = {f"q{i}-{n}" for i in range(3) for n in range(PER_QUEUE)}

@@ -19,9 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,18 +29,16 @@ import pytest
 
 import foxtive
 
-try:
-    from tests.rabbit_support import URL, delete_queues, list_queues, publish_with_pika, unique
-    from tests.test_tasks_connections import APP, QUEUES, wait_for_marks
-except ImportError:  # run from tests/
-    from rabbit_support import (  # type: ignore[no-redef]
-        URL,
-        delete_queues,
-        list_queues,
-        publish_with_pika,
-        unique,
-    )
-    from test_tasks_connections import APP, QUEUES, wait_for_marks  # type: ignore[no-redef]
+from .rabbit_support import URL, delete_queues, list_queues, publish_with_pika, unique
+from .test_tasks_connections import (
+    APP,
+    QUEUES,
+    conn_app,
+    foxtive_run,
+    send_one_each,
+    stop,
+    wait_for_marks,
+)
 
 AMQP_PORT = 5672
 
@@ -149,21 +145,10 @@ def prefix() -> Iterator[str]:
 def test_foxtive_run_of_five_queues_holds_one_connection(prefix: str, tmp_path: Path) -> None:
     app = APP.replace('f"conn5-q{i}"', f'f"{prefix}-q{{i}}"')
     assert app != APP, "the app's queue names moved; follow test_tasks_connections"
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    (tmp_path / "conn_app.py").write_text(app)
-    env = {**os.environ, "CONN_BROKER": URL, "CONN_MARKS": str(marks),
-           "PYTHONPATH": str(tmp_path), "PYTHONUNBUFFERED": "1"}
-    send = subprocess.run(
-        [sys.executable, "-c",
-         "import conn_app\nfor t in conn_app.TASKS: t.send_sync(1)\nconn_app.app.close()"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
-    assert send.returncode == 0, send.stderr
+    marks, env = conn_app(tmp_path, URL, app)
+    send_one_each(tmp_path, env)
     assert all(list_queues()[f"{prefix}-q{i}"] == (1, 0) for i in range(QUEUES))
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "foxtive", "run", "conn_app:app", "--no-scheduler"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with foxtive_run(tmp_path, env) as worker:
         wait_for_marks(marks, QUEUES, worker)  # every queue's pool is consuming
         ports = amqp_client_ports(worker.pid)
         assert len(ports) == 1, ports
@@ -171,13 +156,7 @@ def test_foxtive_run_of_five_queues_holds_one_connection(prefix: str, tmp_path: 
         assert len(seen) == 1, seen
         # consume, publish and admin channels of each of the five queues
         assert seen[0]["channels"] >= QUEUES, seen
-        worker.send_signal(signal.SIGTERM)
-        _, err = worker.communicate(timeout=60)
-        assert worker.returncode == 0, err
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.communicate()
+        stop(worker)
     counts = list_queues()
     assert all(counts[f"{prefix}-q{i}"] == (0, 0) for i in range(QUEUES)), counts
     assert not [c for c in connections() if c["peer_port"] in ports]

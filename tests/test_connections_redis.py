@@ -10,8 +10,8 @@ command connection by itself."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -26,7 +26,7 @@ import redis
 
 from .contract.kit import local_ports
 from .redis_support import REDIS_URL
-from .test_tasks_connections import QUEUES, wait_for_marks
+from .test_tasks_connections import QUEUES, foxtive_run, stop, wait_for_marks
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
 
@@ -69,6 +69,7 @@ class Worker:
                     "CONN_PAUSE": str(pause), "PYTHONPATH": str(tmp),
                     "PYTHONUNBUFFERED": "1"}
         self.proc: subprocess.Popen[str] | None = None
+        self._stack = contextlib.ExitStack()  # the worker, killed if left running
 
     def send(self, per_queue: int) -> None:
         send = subprocess.run(
@@ -80,24 +81,16 @@ class Worker:
         assert send.returncode == 0, send.stderr
 
     def start(self) -> subprocess.Popen[str]:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "foxtive", "run", "conn_app:app", "--no-scheduler"],
-            cwd=self.tmp, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True)
+        self.proc = self._stack.enter_context(foxtive_run(self.tmp, self.env))
         return self.proc
 
     def stop(self) -> str:
         """SIGTERM: the worker drains and exits 0; its stderr."""
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        _, err = self.proc.communicate(timeout=60)
-        assert self.proc.returncode == 0, err
-        return err
+        return stop(self.proc)
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.communicate()
+        self._stack.close()
 
 
 @pytest.fixture

@@ -34,6 +34,8 @@ from .contract.kits.postgres import (
     judge_connection,
     postgres_answers,
     schema_fixture,
+    sessions,
+    terminate_sessions,
     waiting_jobs,
 )
 from .test_postgres_processes import events, wait_for
@@ -70,22 +72,6 @@ WORKER = textwrap.dedent(
 schema = schema_fixture("fxp_restart_")
 
 
-def sessions(app: str) -> list[int]:
-    with judge_connection() as conn:
-        rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s",
-                            (app,)).fetchall()
-    return [r[0] for r in rows]
-
-
-def terminate(app: str) -> list[int]:
-    """End every session of ``app`` (this test's worker, nobody else's)."""
-    with judge_connection() as conn:
-        rows = conn.execute(
-            "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE application_name = %s", (app,)).fetchall()
-    return [pid for pid, done in rows if done]
-
-
 def test_connections_dropped_mid_drain_nothing_lost_none_twice(tmp_path: Path,
                                                                schema: str) -> None:
     queue = "restart"
@@ -116,7 +102,7 @@ def test_connections_dropped_mid_drain_nothing_lost_none_twice(tmp_path: Path,
                      f"{mark} jobs done")
             # The worker's sessions are back (it reconnected by itself): end them.
             wait_for(lambda: sessions(app), 30, "the worker to reconnect")
-            killed.append(terminate(app))
+            killed.append(terminate_sessions(app))
             assert len(events(out, "done")) < N, "the drain ended before the kills"
         wait_for(lambda: waiting_jobs(schema, queue) == 0, 120, "the queue to drain")
         wait_for(lambda: len(events(out, "done")) >= N, 30, "the last handlers")

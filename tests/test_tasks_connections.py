@@ -13,6 +13,8 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -63,33 +65,59 @@ def wait_for_marks(marks: Path, want: int, proc: subprocess.Popen[str],
         time.sleep(0.05)  # polling the marks the tasks write (another process)
 
 
-@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
-def test_sqlite_five_queues_one_connection(tmp_path: Path) -> None:
-    db = tmp_path / "conn.db"
-    marks = tmp_path / "marks"
+def conn_app(tmp: Path, broker: str, app: str = APP) -> tuple[Path, dict[str, str]]:
+    """``app`` as ``conn_app.py`` in ``tmp`` on ``broker``: its marks
+    directory and the environment to send and run it with."""
+    marks = tmp / "marks"
     marks.mkdir()
-    (tmp_path / "conn_app.py").write_text(APP)
-    env = {**os.environ, "CONN_BROKER": f"sqlite:///{db}", "CONN_MARKS": str(marks),
-           "PYTHONPATH": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    (tmp / "conn_app.py").write_text(app)
+    return marks, {**os.environ, "CONN_BROKER": broker, "CONN_MARKS": str(marks),
+                   "PYTHONPATH": str(tmp), "PYTHONUNBUFFERED": "1"}
+
+
+def send_one_each(tmp: Path, env: dict[str, str]) -> None:
+    """One task to each of the app's queues, from a process of its own."""
     send = subprocess.run(
         [sys.executable, "-c",
          "import conn_app\nfor t in conn_app.TASKS: t.send_sync(1)\nconn_app.app.close()"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        cwd=tmp, env=env, capture_output=True, text=True, timeout=60)
     assert send.returncode == 0, send.stderr
-    with sqlite3.connect(db) as judge:
-        assert judge.execute("SELECT count(DISTINCT queue) FROM foxtive_jobs").fetchone() == (5,)
+
+
+@contextmanager
+def foxtive_run(cwd: Path, env: dict[str, str], app: str = "conn_app:app",
+                *args: str) -> Iterator[subprocess.Popen[str]]:
+    """``foxtive run APP --no-scheduler ARGS`` in ``cwd``; killed if the
+    test leaves it running."""
     worker = subprocess.Popen(
-        [sys.executable, "-m", "foxtive", "run", "conn_app:app", "--no-scheduler"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [sys.executable, "-m", "foxtive", "run", app, "--no-scheduler", *args],
+        cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for_marks(marks, QUEUES, worker)  # every queue's pool is consuming
-        assert open_count(worker.pid, db) == 1
-        worker.send_signal(signal.SIGTERM)
-        _, err = worker.communicate(timeout=60)
-        assert worker.returncode == 0, err
+        yield worker
     finally:
         if worker.poll() is None:
             worker.kill()
             worker.communicate()
+
+
+def stop(worker: subprocess.Popen[str]) -> str:
+    """SIGTERM: the worker drains and exits 0; its stderr."""
+    worker.send_signal(signal.SIGTERM)
+    _, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err
+    return err
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_sqlite_five_queues_one_connection(tmp_path: Path) -> None:
+    db = tmp_path / "conn.db"
+    marks, env = conn_app(tmp_path, f"sqlite:///{db}")
+    send_one_each(tmp_path, env)
+    with sqlite3.connect(db) as judge:
+        assert judge.execute("SELECT count(DISTINCT queue) FROM foxtive_jobs").fetchone() == (5,)
+    with foxtive_run(tmp_path, env) as worker:
+        wait_for_marks(marks, QUEUES, worker)  # every queue's pool is consuming
+        assert open_count(worker.pid, db) == 1
+        stop(worker)
     with sqlite3.connect(db) as judge:
         assert judge.execute("SELECT count(*) FROM foxtive_jobs").fetchone() == (0,)

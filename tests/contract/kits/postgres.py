@@ -63,6 +63,25 @@ def schema_fixture(prefix: str = "fxp_") -> Callable[[], Iterator[str]]:
     return schema
 
 
+def sessions(app: str) -> list[int]:
+    """The server processes of ``app``'s sessions (its ``application_name``;
+    one per connection)."""
+    with judge_connection() as conn:
+        rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+                            (app,)).fetchall()
+    return [r[0] for r in rows]
+
+
+def terminate_sessions(app: str) -> list[int]:
+    """End every session of ``app`` (a test's worker, nobody else's): the
+    server processes ended."""
+    with judge_connection() as conn:
+        rows = conn.execute(
+            "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = %s", (app,)).fetchall()
+    return [pid for pid, done in rows if done]
+
+
 def waiting_jobs(schema: str, queue: str) -> int:
     """Rows of ``queue`` in ``schema``'s jobs table: ready, delayed or leased."""
     with judge_connection() as conn:
