@@ -59,24 +59,15 @@ async fn round_trip_in_batches_keeps_ids_and_typed_headers() {
     assert_eq!(bodies.len(), 250, "each job claimed once");
     let ids_seen: Vec<String> = all.iter().map(|d| d.id.clone()).collect();
     assert!(ids.iter().all(|id| ids_seen.contains(id)));
-    b.settle(
-        all.into_iter()
-            .map(|d| (Arc::new(d), Settlement::Ack))
-            .collect(),
-    )
-    .await
-    .unwrap();
+    ack_all(&b, all).await;
     assert_eq!(db.count("jobs").await, 0);
     assert_eq!(b.held(), 0);
     let v: i32 = db
-        .judge
-        .query_one(
+        .one(
             &format!("SELECT max(version) FROM \"{}\".schema_version", db.schema),
             &[],
         )
-        .await
-        .unwrap()
-        .get(0);
+        .await;
     assert_eq!(v, foxtive_core::backend::postgres::schema::latest_version());
     b.close().await.unwrap();
     assert_eq!(b.state(), BackendState::Closed);
@@ -304,16 +295,7 @@ async fn a_terminated_connection_is_replaced_and_nothing_is_lost() {
     b.publish(sent).await.unwrap();
     let first = receive_all(&b, 5, Duration::from_secs(5)).await;
     assert_eq!(first.len(), 5);
-    let killed: i64 = db
-        .judge
-        .query_one(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-             WHERE application_name = $1",
-            &[&db.app],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let killed = db.terminate_sessions().await;
     assert!(killed >= 1, "{killed}");
     // Settling what was claimed before the drop works over the next connection.
     let mut settled = 0;
@@ -342,13 +324,7 @@ async fn a_terminated_connection_is_replaced_and_nothing_is_lost() {
     assert_eq!(settled, 5);
     assert_eq!(rest.len(), 15);
     assert!(rest.iter().all(|d| d.attempt == 1));
-    b.settle(
-        rest.into_iter()
-            .map(|d| (Arc::new(d), Settlement::Ack))
-            .collect(),
-    )
-    .await
-    .unwrap();
+    ack_all(&b, rest).await;
     assert_eq!(db.count("jobs").await, 0);
     assert_eq!(b.state(), BackendState::Connected);
     assert!(b.reconnect_attempts() >= 1);
@@ -369,14 +345,11 @@ async fn workers_starting_together_create_the_schema_once() {
     let results = futures_join(backends.iter().map(|b| b.connect())).await;
     assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
     let rows: i64 = db
-        .judge
-        .query_one(
+        .one(
             &format!("SELECT count(*) FROM \"{}\".schema_version", db.schema),
             &[],
         )
-        .await
-        .unwrap()
-        .get(0);
+        .await;
     // One row per migration, each applied once.
     assert_eq!(
         rows,

@@ -16,14 +16,11 @@ use foxtive_core::Error;
 
 /// `application_name`s of the server's sessions named `app`.
 async fn sessions(db: &Db) -> i64 {
-    db.judge
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
-            &[&db.app],
-        )
-        .await
-        .unwrap()
-        .get(0)
+    db.one(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+        &[&db.app],
+    )
+    .await
 }
 
 /// Polls the server (another process) until `app` has `want` sessions.
@@ -174,16 +171,7 @@ async fn terminated_shared_connections_are_replaced_once_for_every_queue() {
         held.push(got);
     }
     assert_eq!(sessions(&db).await, 2);
-    let killed: i64 = db
-        .judge
-        .query_one(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-             WHERE application_name = $1",
-            &[&db.app],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let killed = db.terminate_sessions().await;
     assert_eq!(killed, 2);
     // Every queue drains the rest and settles what it held before.
     let until = Instant::now() + Duration::from_secs(15);
@@ -204,13 +192,7 @@ async fn terminated_shared_connections_are_replaced_once_for_every_queue() {
         }
         assert!(first.is_none(), "held jobs not settled");
         assert_eq!(rest.len(), 7);
-        b.settle(
-            rest.into_iter()
-                .map(|d| (Arc::new(d), Settlement::Ack))
-                .collect(),
-        )
-        .await
-        .unwrap();
+        ack_all(b, rest).await;
         assert_eq!(b.state(), BackendState::Connected);
         assert!(b.reconnect_attempts() >= 1);
     }

@@ -14,6 +14,7 @@ use foxtive_core::backend::postgres::{PostgresBackend, PostgresConfig};
 use foxtive_core::backend::Backend;
 use foxtive_core::message::{Outgoing, Settlement};
 use foxtive_core::Delivery;
+use tokio_postgres::types::{FromSql, ToSql};
 use tokio_postgres::{Client, NoTls};
 
 pub fn url() -> String {
@@ -59,29 +60,42 @@ impl Db {
         PostgresBackend::new(&dsn, self.config(lease)).unwrap()
     }
 
+    /// The judge's answer to `sql`: the first column of its one row.
+    pub async fn one<T>(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> T
+    where
+        T: for<'a> FromSql<'a>,
+    {
+        self.judge.query_one(sql, params).await.unwrap().get(0)
+    }
+
     pub async fn count(&self, table: &str) -> i64 {
-        self.judge
-            .query_one(
-                &format!("SELECT count(*) FROM \"{}\".{table}", self.schema),
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0)
+        self.one(
+            &format!("SELECT count(*) FROM \"{}\".{table}", self.schema),
+            &[],
+        )
+        .await
     }
 
     pub async fn attempts(&self, message_id: &str) -> i32 {
-        self.judge
-            .query_one(
-                &format!(
-                    "SELECT attempts FROM \"{}\".jobs WHERE message_id = $1",
-                    self.schema
-                ),
-                &[&message_id],
-            )
-            .await
-            .unwrap()
-            .get(0)
+        self.one(
+            &format!(
+                "SELECT attempts FROM \"{}\".jobs WHERE message_id = $1",
+                self.schema
+            ),
+            &[&message_id],
+        )
+        .await
+    }
+
+    /// Terminate this test's sessions (as a failover or an admin would);
+    /// how many there were.
+    pub async fn terminate_sessions(&self) -> i64 {
+        self.one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE application_name = $1",
+            &[&self.app],
+        )
+        .await
     }
 }
 
@@ -118,6 +132,14 @@ pub fn with_id(body: &str, id: &str) -> Outgoing {
 
 pub async fn settle(b: &PostgresBackend, d: Delivery, s: Settlement) {
     b.settle(vec![(Arc::new(d), s)]).await.unwrap();
+}
+
+/// Ack every one of `deliveries` in one settlement.
+pub async fn ack_all(b: &PostgresBackend, deliveries: Vec<Delivery>) {
+    let items = deliveries
+        .into_iter()
+        .map(|d| (Arc::new(d), Settlement::Ack));
+    b.settle(items.collect()).await.unwrap();
 }
 
 pub async fn receive_all(b: &PostgresBackend, n: usize, within: Duration) -> Vec<Delivery> {
