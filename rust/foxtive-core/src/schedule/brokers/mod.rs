@@ -172,12 +172,20 @@ mod tests {
         contract(&url, &app).await;
         let client = ::redis::Client::open(url.as_str()).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        delete_redis_schedules(&mut conn, &app).await;
+    }
+
+    /// Delete app `app`'s schedule keys in Redis (lease, fence, ticks).
+    pub(super) async fn delete_redis_schedules(
+        conn: &mut ::redis::aio::MultiplexedConnection,
+        app: &str,
+    ) {
         let base = format!("foxtive:schedules:{{{app}}}");
         let _: () = ::redis::cmd("DEL")
             .arg(format!("{base}:leader"))
             .arg(format!("{base}:fence"))
             .arg(format!("{base}:ticks"))
-            .query_async(&mut conn)
+            .query_async(conn)
             .await
             .unwrap();
     }
