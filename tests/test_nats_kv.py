@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -288,6 +289,62 @@ async def test_results_and_dedup_connect_with_the_backends_credentials(auth: str
             await refused.status(handle.id)
         assert SECRET not in str(err.value)
         await refused.close()
+
+
+@pytest.mark.parametrize("auth", ["token", "user"])
+async def test_schedules_connect_with_the_backends_credentials(auth: str) -> None:
+    """An app whose broker is a factory of NatsBackend keeps its schedule
+    lease and last ticks with that backend's credentials (as its results)."""
+    import nats
+
+    from foxtive import schedules
+
+    server = ("--auth", SECRET) if auth == "token" else ("--user", "ann", "--pass", SECRET)
+    with nats_server_wanting(*server) as port:
+        bare = f"nats://127.0.0.1:{port}"
+        url, token = (bare, SECRET) if auth == "token" else (
+            f"nats://ann:{SECRET}@127.0.0.1:{port}", None)
+        queue = f"schedq-{uuid.uuid4().hex[:8]}"
+
+        def backend(q: str) -> foxtive.NatsBackend:
+            return foxtive.NatsBackend(url, foxtive.NatsConsumerConfig(subject=q), token=token)
+
+        app = foxtive.App("sched-auth", broker=backend)
+
+        @app.task(queue=queue, name="sched.auth")
+        async def tick() -> None: ...
+
+        app.schedule(tick, every=1, name="tick")
+        nc = await nats.connect(url, token=token)
+        try:
+            sub = await nc.subscribe(queue)  # the tick's publish, as it happens
+            runner = schedules.SchedulerRunner(app, lease=2).start()
+            try:
+                msg = await sub.next_msg(timeout=30)
+                assert msg.headers is not None
+                assert msg.headers["Nats-Msg-Id"].startswith("tick@")
+                assert runner.leader
+                info = await schedules.describe(app)
+                assert info["leader"] is not None and info["leader"]["pid"] == os.getpid()
+            finally:
+                await runner.stop()
+            kv = await nc.jetstream().key_value("foxtive_schedules_sched-auth")
+            stored = (await kv.get("tick.tick")).value
+            assert stored is not None and "|every:1\t" in stored.decode()
+        finally:
+            await nc.close()
+            await app.aclose()
+
+        # Without the credentials the server refuses, and the error does not show them.
+        refused = foxtive.App("sched-auth", broker=lambda q: foxtive.NatsBackend(
+            bare, foxtive.NatsConsumerConfig(subject=q)))
+        refused.schedule(refused.task(queue=queue, name="sched.auth")(tick.fn), every=1,
+                         name="tick")
+        with pytest.raises(foxtive.BackendError) as err:
+            await schedules.describe(refused)
+        assert "authorization" in str(err.value).lower()
+        assert SECRET not in str(err.value)
+        await refused.aclose()
 
 
 # -- readiness -----------------------------------------------------------------

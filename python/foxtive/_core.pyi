@@ -706,7 +706,12 @@ class ScheduleTrigger:
 @final
 class Scheduler:
     def __new__(
-        cls, app: str, broker: str, lease: float = 10.0, results: str | None = None
+        cls,
+        app: str,
+        broker: str,
+        lease: float = 10.0,
+        results: str | None = None,
+        credentials: dict[str, str | None] | None = None,
     ) -> Scheduler: ...
     def add(
         self,
@@ -725,7 +730,10 @@ class Scheduler:
     def metrics_text(self) -> str: ...
 
 def schedule_status(
-    app: str, broker: str, results: str | None = None
+    app: str,
+    broker: str,
+    results: str | None = None,
+    credentials: dict[str, str | None] | None = None,
 ) -> Awaitable[
     tuple[tuple[str, int, int, float] | None, list[tuple[str, tuple[float, str]]]]
 ]: ...

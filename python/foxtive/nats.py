@@ -36,8 +36,8 @@ _CREDENTIALS = ("token", "nkey_file", "creds_file")
 class NatsCredentials:
     """How a NATS connection authenticates: the URL (it may hold
     ``user:password@`` or ``token@``) and ``token``, ``nkey_file``,
-    ``creds_file``. Kept so that the stores beside a queue (task results in
-    JetStream KV) connect as its backend does; never shown (its repr is the
+    ``creds_file``. Kept so that the stores beside a queue (task results and
+    the schedule lease in JetStream KV) connect as its backend does; never shown (its repr is the
     redacted URL only)."""
 
     url: str
@@ -47,6 +47,12 @@ class NatsCredentials:
 
     def __repr__(self) -> str:
         return f"NatsCredentials(url={_core.redact_url(self.url)!r})"
+
+    def options(self) -> dict[str, str | None]:
+        """The credentials besides the URL, as the core's options (the
+        schedule store takes them so)."""
+        return {"token": self.token, "nkey_file": self.nkey_file,
+                "creds_file": self.creds_file}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,15 +107,16 @@ class NatsBackend(NativeBackend):
         config = config if config is not None else NatsConsumerConfig()
         if not isinstance(config, NatsConsumerConfig):
             raise ConfigError(f"config: expected a NatsConsumerConfig, got {type(config).__name__}")
+        credentials = NatsCredentials(url, token, nkey_file, creds_file)
         options = config.options()
-        options.update(token=token, nkey_file=nkey_file, creds_file=creds_file)
+        options.update(credentials.options())
         native = _core.open_backend(url, config.subject, options)
         if native is None:  # pragma: no cover - the registry opens nats:// itself
             raise ConfigError(f"NatsBackend: the core does not open {_core.redact_url(url)}")
         self._native = native
         self._url = _core.redact_url(url)
         self._config = config
-        self._credentials = NatsCredentials(url, token, nkey_file, creds_file)
+        self._credentials = credentials
 
     @classmethod
     def from_url(cls, url: str, queue: str = "default", **options: Any) -> Self:

@@ -30,6 +30,7 @@ from . import _core, envelope
 from ._config import seconds
 from .backends import MemoryBackend
 from .errors import ConfigError
+from .nats import NatsBackend
 from .tasks import Task
 
 __all__ = [
@@ -173,14 +174,28 @@ def _lease() -> float:
 
 def broker_url(app: ScheduleApp) -> str:
     """Where the app's lease and last ticks live: its broker URL, or
-    ``memory://`` for a factory of memory backends."""
+    ``memory://`` for a factory of memory backends (see :func:`broker_of`)."""
+    return broker_of(app)[0]
+
+
+def broker_of(app: ScheduleApp) -> tuple[str, dict[str, str | None]]:
+    """Where the app's lease and last ticks live and what connects there
+    besides the URL: the broker URL (its credentials in it, if any), or for
+    a factory of :class:`foxtive.NatsBackend` its backend's URL and
+    credentials (``token``, ``nkey_file``, ``creds_file``), as its result
+    store takes them (``NatsResultStore.for_backend``)."""
     if isinstance(app.broker, str):
-        return app.broker
+        return app.broker, {}
     queues = sorted({s.queue for s in app._schedules.values()}) or ["default"]
-    if isinstance(app.backend(queues[0]), MemoryBackend):
-        return "memory://"
+    backend = app.backend(queues[0])
+    if isinstance(backend, MemoryBackend):
+        return "memory://", {}
+    if isinstance(backend, NatsBackend):
+        c = backend._credentials
+        return c.url, c.options()
     raise ConfigError("schedules: an app whose broker is a factory keeps its schedule lease "
-                      "nowhere foxtive knows; give the app a broker URL")
+                      "nowhere foxtive knows (memory and NATS backends do); give the app a "
+                      "broker URL")
 
 
 def results_url(app: ScheduleApp) -> str | None:
@@ -195,9 +210,9 @@ class SchedulerRunner:
 
     def __init__(self, app: ScheduleApp, lease: float | None = None) -> None:
         self.app = app
-        self._core = _core.Scheduler(app.name, broker_url(app),
-                                     _lease() if lease is None else lease,
-                                     results=results_url(app))
+        url, credentials = broker_of(app)
+        self._core = _core.Scheduler(app.name, url, _lease() if lease is None else lease,
+                                     results=results_url(app), credentials=credentials)
         for s in app._schedules.values():
             headers = envelope.headers_for(s.task.name)
             body = envelope.encode(list(s.args), dict(s.kwargs))
@@ -238,7 +253,8 @@ def _iso(t: float, trigger: _core.ScheduleTrigger | None = None) -> str:
 async def describe(app: ScheduleApp, n: int = 3) -> dict[str, Any]:
     """What ``foxtive schedules`` prints: each schedule with its next ``n``
     runs (in its zone and in UTC) and its last tick, and the leader."""
-    leader, stored = await _core.schedule_status(app.name, broker_url(app), results_url(app))
+    url, credentials = broker_of(app)
+    leader, stored = await _core.schedule_status(app.name, url, results_url(app), credentials)
     last = {name: t for name, (t, _fingerprint) in stored}
     now = time.time()
     out: list[dict[str, Any]] = []

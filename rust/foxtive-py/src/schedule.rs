@@ -18,6 +18,8 @@ use foxtive_core::schedule::{
 use crate::convert::outgoing_from_py;
 use crate::errors::{config_error, IntoPyResult};
 use crate::native_backend::native_of;
+use crate::registry::options_from_py;
+use foxtive_core::backend::options::Options;
 
 fn to_utc(secs: f64) -> PyResult<DateTime<Utc>> {
     let whole = secs.floor();
@@ -27,6 +29,21 @@ fn to_utc(secs: f64) -> PyResult<DateTime<Utc>> {
 
 fn unix(t: DateTime<Utc>) -> f64 {
     t.timestamp() as f64
+}
+
+/// The lease and store of `app`, the credentials converted as a backend's
+/// options are (`open_backend`).
+fn open_broker(
+    app: &str,
+    broker: &str,
+    results: Option<&str>,
+    credentials: Option<&Bound<'_, PyDict>>,
+) -> PyResult<Arc<dyn ScheduleBroker>> {
+    let options = match credentials {
+        Some(dict) => options_from_py(dict)?,
+        None => Options::new(),
+    };
+    brokers::open_for_app(broker, app, results, options).py_err()
 }
 
 /// When a schedule fires: `cron` (5 or 6 fields) or `every` (seconds), in `tz`.
@@ -106,10 +123,18 @@ pub struct PyScheduler {
 impl PyScheduler {
     /// `broker`: the app's broker URL (the lease and the last ticks live
     /// there, or in `results`, the app's result store URL, on RabbitMQ);
-    /// `lease`: seconds, at most 10.
+    /// `lease`: seconds, at most 10; `credentials`: what the broker's
+    /// backend connects with besides the URL (NATS: `token`, `nkey_file`,
+    /// `creds_file`).
     #[new]
-    #[pyo3(signature = (app, broker, lease = 10.0, results = None))]
-    fn new(app: &str, broker: &str, lease: f64, results: Option<&str>) -> PyResult<Self> {
+    #[pyo3(signature = (app, broker, lease = 10.0, results = None, credentials = None))]
+    fn new(
+        app: &str,
+        broker: &str,
+        lease: f64,
+        results: Option<&str>,
+        credentials: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
         if !lease.is_finite() || lease <= 0.0 {
             return Err(config_error(format!(
                 "lease: must be > 0 seconds, got {lease}"
@@ -119,7 +144,7 @@ impl PyScheduler {
             foxtive_core::schedule::leader::check_lease(Duration::from_secs_f64(lease)).py_err()?;
         Ok(PyScheduler {
             app: app.to_string(),
-            broker: brokers::open_with_results(broker, app, results).py_err()?,
+            broker: open_broker(app, broker, results, credentials)?,
             lease,
             pending: Mutex::new(Vec::new()),
             running: Mutex::new(None),
@@ -229,16 +254,17 @@ impl PyScheduler {
 /// Awaitable of `(leader, last)`: the current leader as `(host, pid,
 /// token, seconds left)` or None, and the last tick per schedule name as
 /// `(unix seconds, fingerprint)`. `results`: the app's result store URL
-/// (where a RabbitMQ app's schedules live).
+/// (where a RabbitMQ app's schedules live); `credentials`: as `Scheduler`'s.
 #[pyfunction]
-#[pyo3(signature = (app, broker, results = None))]
+#[pyo3(signature = (app, broker, results = None, credentials = None))]
 pub fn schedule_status<'py>(
     py: Python<'py>,
     app: &str,
     broker: &str,
     results: Option<&str>,
+    credentials: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let b = brokers::open_with_results(broker, app, results).py_err()?;
+    let b = open_broker(app, broker, results, credentials)?;
     crate::bridge::awaitable(py, async move {
         let leader = b.current().await?.map(|l| {
             (

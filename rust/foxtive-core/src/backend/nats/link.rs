@@ -14,6 +14,7 @@ use std::time::Duration;
 use async_nats::jetstream::Context;
 use async_nats::{Client, ConnectOptions, Event};
 
+use crate::backend::options::Options;
 use crate::backend::BackendState;
 use crate::policy::ReconnectStrategy;
 use crate::redact::{redact_url, scrub, url_secrets};
@@ -31,6 +32,21 @@ pub struct Auth {
     pub nkey_file: Option<String>,
     /// A `.creds` file (JWT + nkey seed).
     pub creds_file: Option<String>,
+}
+
+impl Auth {
+    /// The options [`Auth::take_from`] takes: what a NATS backend and the
+    /// stores beside it (schedules) accept besides the URL.
+    pub const OPTIONS: &'static [&'static str] = &["token", "nkey_file", "creds_file"];
+
+    /// The credentials among `options` (taken out, the rest left).
+    pub fn take_from(options: &mut Options) -> Result<Auth> {
+        Ok(Auth {
+            token: options.take_str("token")?,
+            nkey_file: options.take_str("nkey_file")?,
+            creds_file: options.take_str("creds_file")?,
+        })
+    }
 }
 
 impl std::fmt::Debug for Auth {

@@ -22,6 +22,8 @@ use std::sync::Arc;
 
 use super::leader::{LeaderLease, MemoryLease};
 use super::store::TickStore;
+use crate::backend::nats::Auth;
+use crate::backend::options::Options;
 use crate::backend::registry;
 use crate::{Error, Result};
 
@@ -32,16 +34,28 @@ impl<T: LeaderLease + TickStore> ScheduleBroker for T {}
 /// The lease and store of app `app` in the broker `url` names (connects
 /// lazily, on first use).
 pub fn open(url: &str, app: &str) -> Result<Arc<dyn ScheduleBroker>> {
+    open_with(url, app, Options::new())
+}
+
+/// [`open`] with the broker's connection `options` besides its URL: on NATS
+/// the credentials its backend takes ([`Auth::OPTIONS`]: `token`,
+/// `nkey_file`, `creds_file`); no other broker takes any.
+pub fn open_with(url: &str, app: &str, mut options: Options) -> Result<Arc<dyn ScheduleBroker>> {
     if app.is_empty() {
         return Err(Error::Config("app: must be a non-empty name".into()));
     }
     let kind = registry::backend_kind(url)?;
+    if kind.name == "nats" {
+        let auth = Auth::take_from(&mut options)?;
+        options.finish("schedules on NATS", Auth::OPTIONS)?;
+        return Ok(Arc::new(nats::NatsSchedule::new(url, app, auth)?));
+    }
+    options.finish(&format!("schedules on {}", kind.name), &[])?;
     match kind.name {
         "memory" => Ok(Arc::new(MemoryLease::new(app))),
         "redis" => Ok(Arc::new(redis::RedisSchedule::new(url, app)?)),
         "postgres" => Ok(Arc::new(postgres::PostgresSchedule::new(url, app)?)),
         "sqlite" => Ok(Arc::new(sqlite::SqliteSchedule::new(url, app)?)),
-        "nats" => Ok(Arc::new(nats::NatsSchedule::new(url, app)?)),
         "rabbitmq" => Ok(Arc::new(rabbitmq::RabbitSchedule::new(None, app)?)),
         other => Err(Error::Config(format!(
             "schedules: the {other} broker has no schedule lease yet (memory, redis, \
@@ -58,13 +72,25 @@ pub fn open_with_results(
     app: &str,
     results: Option<&str>,
 ) -> Result<Arc<dyn ScheduleBroker>> {
+    open_for_app(url, app, results, Options::new())
+}
+
+/// [`open_with_results`] with the broker's connection `options` (see
+/// [`open_with`]).
+pub fn open_for_app(
+    url: &str,
+    app: &str,
+    results: Option<&str>,
+    options: Options,
+) -> Result<Arc<dyn ScheduleBroker>> {
     if registry::backend_kind(url)?.name == "rabbitmq" {
         if app.is_empty() {
             return Err(Error::Config("app: must be a non-empty name".into()));
         }
+        options.finish("schedules on rabbitmq", &[])?;
         return Ok(Arc::new(rabbitmq::RabbitSchedule::new(results, app)?));
     }
-    open(url, app)
+    open_with(url, app, options)
 }
 
 #[cfg(test)]
@@ -146,12 +172,20 @@ mod tests {
         contract(&url, &app).await;
         let client = ::redis::Client::open(url.as_str()).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        delete_redis_schedules(&mut conn, &app).await;
+    }
+
+    /// Delete app `app`'s schedule keys in Redis (lease, fence, ticks).
+    pub(super) async fn delete_redis_schedules(
+        conn: &mut ::redis::aio::MultiplexedConnection,
+        app: &str,
+    ) {
         let base = format!("foxtive:schedules:{{{app}}}");
         let _: () = ::redis::cmd("DEL")
             .arg(format!("{base}:leader"))
             .arg(format!("{base}:fence"))
             .arg(format!("{base}:ticks"))
-            .query_async(&mut conn)
+            .query_async(conn)
             .await
             .unwrap();
     }

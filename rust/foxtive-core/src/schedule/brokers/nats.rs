@@ -15,6 +15,10 @@
 //!   deposed between the check and the write cannot overwrite its
 //!   successor.
 //!
+//! It connects as the app's NATS backend does (the same [`Auth`]: the
+//! URL's `user:password@` or `token@`, `token`, `nkey_file`, `creds_file`),
+//! and shows only the redacted URL.
+//!
 //! Expiry compares the clocks of the hosts (as a lease in a database row
 //! does); the lease is at most 10 s and renewed every third of it.
 
@@ -88,10 +92,12 @@ fn expiry(ttl: Duration) -> u64 {
 }
 
 impl NatsSchedule {
-    pub fn new(url: &str, app: &str) -> Result<Self> {
+    /// The lease and ticks of `app` on `url`, connecting with the URL's
+    /// credentials and `auth` (those of the app's NATS backend).
+    pub fn new(url: &str, app: &str, auth: Auth) -> Result<Self> {
         let link = Link::new(
             url,
-            Auth::default(),
+            auth,
             ReconnectStrategy::default(),
             format!("foxtive schedules {app}"),
         )?;

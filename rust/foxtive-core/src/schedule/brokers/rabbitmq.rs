@@ -150,12 +150,6 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(raw.as_deref(), Some("every:1\t1800000001")); // the contract's last record
-        let _: () = ::redis::cmd("DEL")
-            .arg(format!("{base}:leader"))
-            .arg(format!("{base}:fence"))
-            .arg(format!("{base}:ticks"))
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        super::super::tests::delete_redis_schedules(&mut conn, &app).await;
     }
 }
