@@ -266,11 +266,15 @@ async fn drain_two(dsn: &str, s: &str, queue: &str, n: usize, batch: i64) -> Res
             continue;
         }
         idle_since = Instant::now();
-        let ids = t.take(&rows)?;
-        let atts = rows
-            .iter()
-            .map(|r| r.try_get::<_, i32>(9))
-            .collect::<Result<Vec<_>, _>>()?;
+        // foxtive's columns: id, message_id, body, ..., attempts (10th).
+        t.first.get_or_insert_with(Instant::now);
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut atts = Vec::with_capacity(rows.len());
+        for row in &rows {
+            ids.push(row.try_get::<_, i64>(0)?);
+            t.bytes += row.try_get::<_, &[u8]>(2)?.len();
+            atts.push(row.try_get::<_, i32>(9)?);
+        }
         claimed += ids.len();
         tx.send((ids, atts)).await?;
     }
