@@ -44,7 +44,10 @@ from harness.peers_venv import peers_have
 from harness.recorder import Recorder
 
 PG_URL = os.environ.get("PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-BATCH = 500  # rows claimed per statement by the raw consumers and the ceiling
+#: Rows claimed per statement by the raw consumers and the ceilings;
+#: ``PG_BENCH_BATCH=256`` gives them foxtive's claim size (the pool's
+#: default batch_size) for a like-for-like ratio.
+BATCH = int(os.environ.get("PG_BENCH_BATCH", "500"))
 ENQUEUE_N = 10_000
 
 CONTENDERS: dict[str, list[tuple[str, str, str]]] = {

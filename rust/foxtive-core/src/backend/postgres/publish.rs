@@ -87,9 +87,9 @@ impl EnqueueRows {
     /// parameter is cast to its array type there).
     pub fn array_literals(&self) -> [String; 10] {
         [
-            literal(&self.message_id, |s, out| quoted(s, out)),
+            literal(&self.message_id, quoted),
             literal(&self.body, |b, out| bytea(b, out)),
-            literal(&self.headers, |s, out| quoted(s, out)),
+            literal(&self.headers, quoted),
             literal(&self.correlation_id, |s, out| opt(s, out, quoted)),
             literal(&self.content_type, |s, out| opt(s, out, quoted)),
             literal(&self.reply_to, |s, out| opt(s, out, quoted)),
