@@ -44,7 +44,10 @@ from harness.peers_venv import peers_have
 from harness.recorder import Recorder
 
 PG_URL = os.environ.get("PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-BATCH = 500  # rows claimed per statement by the raw consumers and the ceiling
+#: Rows claimed per statement by the raw consumers and the ceilings;
+#: ``PG_BENCH_BATCH=256`` gives them foxtive's claim size (the pool's
+#: default batch_size) for a like-for-like ratio.
+BATCH = int(os.environ.get("PG_BENCH_BATCH", "500"))
 ENQUEUE_N = 10_000
 
 CONTENDERS: dict[str, list[tuple[str, str, str]]] = {
@@ -55,6 +58,11 @@ CONTENDERS: dict[str, list[tuple[str, str, str]]] = {
                                f"SKIP LOCKED LIMIT {BATCH}, leased) + DELETE of the batch "
                                "pipelined with the next claim, no handler "
                                "(examples/postgres_ceiling.rs)"),
+        ("rust 2-conn ceiling", RUST, f"tokio-postgres, foxtive's exact claim (LIMIT {BATCH}) on "
+                                      "one connection and foxtive's exact ack (DELETE ... "
+                                      "USING unnest(ids, attempts)) on a second, the deletes "
+                                      "fed through a channel so claims never wait for them "
+                                      "(as foxtive's fetch and settle links), no handler"),
         ("rust tx ceiling", RUST, f"tokio-postgres, BEGIN; SELECT ... FOR UPDATE SKIP LOCKED "
                                   f"LIMIT {BATCH}; DELETE; COMMIT (no lease), no handler"),
         ("psycopg raw", FOX, f"psycopg 3 sync: BEGIN; SELECT ... FOR UPDATE SKIP LOCKED LIMIT "
@@ -109,11 +117,32 @@ def prepublish(name: str, kind: str, queue: str, n: int) -> None:
     subprocess.run(compare_child(PEER if peer else FOX, "--publish", name if peer else "foxtive",
                                  "--queue", queue, "-n", str(n), "--workload", "w1-postgres"),
                    check=True, timeout=900)
+    analyze(schema_of(queue))
+
+
+def analyze(schema: str) -> None:
+    """Give the planner statistics for the freshly filled tables before the
+    drain, for every contender alike. A table of 100,000 rows inserted
+    since the last ANALYZE is planned from default selectivities (~110 due
+    rows): a claim's `ORDER BY ... LIMIT` then becomes a bitmap scan and a
+    sort of the whole backlog (~200 ms per batch here) instead of an index
+    scan that stops after the batch (~1 ms). Autovacuum would analyze it
+    within a minute (`autovacuum_naptime`); a drain is over before that, so
+    without this the rounds measured the planner's guess, not the queue
+    (the raw psycopg loop's 2.6k/s in the first PostgreSQL run)."""
+    import psycopg
+
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        tables = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s",
+                              (schema,)).fetchall()
+        for (table,) in tables:
+            conn.execute(f'ANALYZE "{schema}"."{table}"')
 
 
 def rust_cmd(name: str, queue: str, n: int) -> list[str]:
     return [ceiling_binary("postgres_ceiling"), "drain", PG_URL, schema_of(queue), queue,
-            str(n), str(BATCH), "tx" if "tx" in name else "lease"]
+            str(n), str(BATCH),
+            "tx" if "tx" in name else "two" if "2-conn" in name else "lease"]
 
 
 # --------------------------------------------------------------------------

@@ -9,13 +9,22 @@
 //!   then delete them by id. The delete of a batch is pipelined with the
 //!   claim of the next one on the same connection, as foxtive's two links
 //!   overlap settling and fetching.
+//! * `two` (foxtive's connections): foxtive's exact claim (priority order,
+//!   lease as a parameter, every column returned) on one connection, and
+//!   foxtive's exact ack (`DELETE ... USING unnest(ids, attempts)`) on a
+//!   second one, as foxtive claims on its fetch link and settles on its
+//!   settle link. The claimer never waits for a delete: it hands each
+//!   batch's receipts to the deleter, which deletes whatever has queued up
+//!   in one statement (as foxtive's settle batches), while the server works
+//!   on the next claim at the same time. At most 4 batches wait (foxtive's
+//!   prefetch bounds its claims the same way).
 //! * `tx` (the issue's hand-written loop): `BEGIN; SELECT ... FOR UPDATE SKIP
 //!   LOCKED LIMIT n; DELETE ... WHERE id = ANY(...); COMMIT`: no lease, the
 //!   row lock is held while the batch is handled.
 //!
 //! ```text
 //! cargo build --release -p foxtive-core --example postgres_ceiling
-//! postgres_ceiling drain DSN SCHEMA QUEUE N [BATCH] [lease|tx]
+//! postgres_ceiling drain DSN SCHEMA QUEUE N [BATCH] [lease|two|tx]
 //! ```
 //! The jobs are published beforehand (foxtive's `publish_many`, the same
 //! rows). `drain` stops after N jobs, or when the queue stays empty for 2 s
@@ -51,6 +60,29 @@ fn select_sql(s: &str) -> String {
     format!(
         "SELECT id, body FROM {s}.jobs WHERE queue = $1 AND run_at <= now() \
          ORDER BY run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED"
+    )
+}
+
+/// foxtive's claim, word for word (backend/postgres/fetch.rs).
+fn fox_claim_sql(s: &str) -> String {
+    format!(
+        "WITH c AS (SELECT id FROM {s}.jobs WHERE queue = $1 AND run_at <= now() \
+           AND (locked_until IS NULL OR locked_until < now()) \
+           ORDER BY coalesce(priority, 0) DESC, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+         UPDATE {s}.jobs j SET attempts = j.attempts + 1, \
+           locked_until = now() + make_interval(secs => $3), \
+           run_at = now() + make_interval(secs => $3) \
+         FROM c WHERE j.id = c.id \
+         RETURNING j.id, j.message_id, j.body, j.headers, j.correlation_id, j.content_type, \
+           j.reply_to, j.routing_key, j.priority, j.attempts"
+    )
+}
+
+/// foxtive's ack, word for word (backend/postgres/settle.rs).
+fn fox_ack_sql(s: &str) -> String {
+    format!(
+        "DELETE FROM {s}.jobs j USING unnest($1::int8[], $2::int4[]) AS s(id, att) \
+         WHERE j.id = s.id AND j.attempts = s.att"
     )
 }
 
@@ -195,10 +227,72 @@ impl Drain for Tx<'_> {
     }
 }
 
+/// foxtive's two connections: claims on one, acks on the other, the
+/// deleter fed through a channel so a claim never waits for a delete.
+async fn drain_two(dsn: &str, s: &str, queue: &str, n: usize, batch: i64) -> Res<Tally> {
+    let (claimer, c1) = tokio_postgres::connect(dsn, NoTls).await?;
+    let (settler, c2) = tokio_postgres::connect(dsn, NoTls).await?;
+    tokio::spawn(c1);
+    tokio::spawn(c2);
+    let claim = claimer.prepare(&fox_claim_sql(s)).await?;
+    let ack = settler.prepare(&fox_ack_sql(s)).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<i64>, Vec<i32>)>(4);
+    let deleter = tokio::spawn(async move {
+        let mut done = 0usize;
+        let mut last = Instant::now();
+        while let Some((mut ids, mut atts)) = rx.recv().await {
+            while let Ok((more_ids, more_atts)) = rx.try_recv() {
+                ids.extend(more_ids);
+                atts.extend(more_atts);
+            }
+            let n = settler.execute(&ack, &[&ids, &atts]).await?;
+            done += usize::try_from(n)?;
+            last = Instant::now();
+        }
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((done, last))
+    });
+    let lease = 30.0f64;
+    let mut t = Tally::new();
+    let mut claimed = 0usize;
+    let mut idle_since = Instant::now();
+    while claimed < n {
+        let params: [&(dyn ToSql + Sync); 3] = [&queue, &batch, &lease];
+        let rows = claimer.query(&claim, &params).await?;
+        if rows.is_empty() {
+            if t.first.is_some() && idle_since.elapsed() > Duration::from_secs(2) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        }
+        idle_since = Instant::now();
+        // foxtive's columns: id, message_id, body, ..., attempts (10th).
+        t.first.get_or_insert_with(Instant::now);
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut atts = Vec::with_capacity(rows.len());
+        for row in &rows {
+            ids.push(row.try_get::<_, i64>(0)?);
+            t.bytes += row.try_get::<_, &[u8]>(2)?.len();
+            atts.push(row.try_get::<_, i32>(9)?);
+        }
+        claimed += ids.len();
+        tx.send((ids, atts)).await?;
+    }
+    drop(tx);
+    let (done, last) = deleter.await?.map_err(|e| e.to_string())?;
+    t.done = done;
+    t.last = last;
+    Ok(t)
+}
+
 async fn drain(dsn: &str, schema: &str, queue: &str, n: usize, batch: i64, mode: &str) -> Res<()> {
+    let s = quote(schema);
+    if mode == "two" {
+        let t = drain_two(dsn, &s, queue, n, batch).await?;
+        return report(&t);
+    }
     let (mut client, connection) = tokio_postgres::connect(dsn, NoTls).await?;
     let driver = tokio::spawn(connection);
-    let s = quote(schema);
     let delete = client.prepare(&delete_sql(&s)).await?;
     let t = match mode {
         "lease" => {
@@ -225,10 +319,15 @@ async fn drain(dsn: &str, schema: &str, queue: &str, n: usize, batch: i64, mode:
             };
             run(&mut tx, n).await?
         }
-        other => return Err(format!("unknown mode {other:?}: lease or tx").into()),
+        other => return Err(format!("unknown mode {other:?}: lease, two or tx").into()),
     };
     drop(client);
     let _ = driver.await;
+    report(&t)
+}
+
+/// The one JSON line the harness reads.
+fn report(t: &Tally) -> Res<()> {
     let secs = t
         .first
         .map(|f| t.last.duration_since(f).as_secs_f64())
@@ -255,6 +354,6 @@ fn main() -> Res<()> {
                 .build()?;
             rt.block_on(drain(&args[2], &args[3], &args[4], n, batch, mode))
         }
-        _ => Err("usage: postgres_ceiling drain DSN SCHEMA QUEUE N [BATCH] [lease|tx]".into()),
+        _ => Err("usage: postgres_ceiling drain DSN SCHEMA QUEUE N [BATCH] [lease|two|tx]".into()),
     }
 }

@@ -7,9 +7,15 @@
 //! (WAL, `synchronous=FULL`, a busy timeout), so several copies may share a
 //! file as several worker processes do.
 //!
+//! `plain` (the default) claims in `run_at` order and returns the id and
+//! body; `fox` runs foxtive's claim word for word (backend/sqlite/fetch.rs:
+//! priority order through `INDEXED BY foxtive_jobs_next`, every column of a
+//! delivery returned and read), so the two tell the SQL's share of foxtive's
+//! cost from the rest.
+//!
 //! ```text
 //! cargo build --release -p foxtive-core --example sqlite_ceiling
-//! sqlite_ceiling drain PATH QUEUE N [BATCH]
+//! sqlite_ceiling drain PATH QUEUE N [BATCH] [plain|fox]
 //! ```
 //! The jobs are published beforehand (foxtive's `publish_many`, the same
 //! rows). `drain` stops after N jobs, or when the queue stays empty for 2 s
@@ -25,6 +31,12 @@ type Res<T> = Result<T, Box<dyn std::error::Error>>;
 const CLAIM: &str = "UPDATE foxtive_jobs SET attempts = attempts + 1, locked_until = ?3, \
      run_at = ?3 WHERE id IN (SELECT id FROM foxtive_jobs WHERE queue = ?1 AND run_at <= ?2 \
      ORDER BY run_at LIMIT ?4) RETURNING id, body";
+/// foxtive's claim (backend/sqlite/fetch.rs), word for word.
+const FOX_CLAIM: &str = "UPDATE foxtive_jobs SET attempts = attempts + 1, locked_until = ?3, \
+     run_at = ?3 WHERE id IN (SELECT id FROM foxtive_jobs INDEXED BY foxtive_jobs_next \
+     WHERE queue = ?1 AND run_at <= ?2 \
+     ORDER BY coalesce(priority, 0) DESC, run_at, id LIMIT ?4) RETURNING id, message_id, body, headers, correlation_id, \
+     content_type, reply_to, priority, routing_key, attempts";
 const DELETE: &str = "DELETE FROM foxtive_jobs WHERE id IN (SELECT value FROM json_each(?1))";
 const LEASE: f64 = 30.0;
 
@@ -46,7 +58,8 @@ fn open(path: &str) -> Res<Connection> {
     Ok(conn)
 }
 
-fn drain(path: &str, queue: &str, n: usize, batch: i64) -> Res<()> {
+fn drain(path: &str, queue: &str, n: usize, batch: i64, fox: bool) -> Res<()> {
+    let claim = if fox { FOX_CLAIM } else { CLAIM };
     let mut conn = open(path)?;
     let mut done = 0usize;
     let mut first: Option<Instant> = None;
@@ -60,12 +73,27 @@ fn drain(path: &str, queue: &str, n: usize, batch: i64) -> Res<()> {
         {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             {
-                let mut stmt = tx.prepare_cached(CLAIM)?;
+                let mut stmt = tx.prepare_cached(claim)?;
                 let mut rows = stmt.query(params![queue, t, t + LEASE, batch])?;
                 while let Some(row) = rows.next()? {
                     ids.push(row.get(0)?);
-                    // The "handler": read the body, as a consumer would.
-                    handled_bytes += row.get_ref(1)?.as_blob()?.len();
+                    if fox {
+                        // What a delivery copies out of a row (row::delivery).
+                        let id: String = row.get(1)?;
+                        let headers: Option<String> = row.get(3)?;
+                        let _: Option<String> = row.get(4)?;
+                        let _: Option<String> = row.get(5)?;
+                        let _: Option<String> = row.get(6)?;
+                        let _: Option<i64> = row.get(7)?;
+                        let _: Option<String> = row.get(8)?;
+                        let _: i64 = row.get(9)?;
+                        handled_bytes += row.get_ref(2)?.as_blob()?.to_vec().len()
+                            + id.len()
+                            + headers.map_or(0, |h| h.len());
+                    } else {
+                        // The "handler": read the body, as a consumer would.
+                        handled_bytes += row.get_ref(1)?.as_blob()?.len();
+                    }
                 }
             }
             tx.commit()?;
@@ -103,8 +131,9 @@ fn main() -> Res<()> {
         Some("drain") if args.len() >= 5 => {
             let n: usize = args[4].parse()?;
             let batch: i64 = args.get(5).map_or(Ok(500), |s| s.parse())?;
-            drain(&args[2], &args[3], n, batch)
+            let fox = args.get(6).is_some_and(|m| m == "fox");
+            drain(&args[2], &args[3], n, batch, fox)
         }
-        _ => Err("usage: sqlite_ceiling drain PATH QUEUE N [BATCH]".into()),
+        _ => Err("usage: sqlite_ceiling drain PATH QUEUE N [BATCH] [plain|fox]".into()),
     }
 }

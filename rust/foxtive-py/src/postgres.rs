@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::types::{PyDict, PyList, PyTuple};
 
 use foxtive_core::backend::postgres::dedup;
 use foxtive_core::backend::postgres::publish::EnqueueRows;
@@ -131,23 +131,13 @@ pub fn postgres_enqueue<'py>(
         outs[0].message_id = message_id;
     }
     let rows = EnqueueRows::of(outs);
-    let bodies: Vec<Bound<'py, PyBytes>> = rows.body.iter().map(|b| PyBytes::new(py, b)).collect();
-    let params = PyList::new(
-        py,
-        [
-            queue.into_pyobject(py)?.into_any(),
-            PyList::new(py, &rows.message_id)?.into_any(),
-            PyList::new(py, bodies)?.into_any(),
-            PyList::new(py, &rows.headers)?.into_any(),
-            PyList::new(py, &rows.correlation_id)?.into_any(),
-            PyList::new(py, &rows.content_type)?.into_any(),
-            PyList::new(py, &rows.reply_to)?.into_any(),
-            PyList::new(py, &rows.routing_key)?.into_any(),
-            PyList::new(py, &rows.priority)?.into_any(),
-            PyList::new(py, &rows.attempts)?.into_any(),
-            PyList::new(py, &rows.delay)?.into_any(),
-        ],
-    )?;
+    // One string per column (PostgreSQL array literals built here), not ten
+    // lists of Python objects for the driver to adapt one element at a time.
+    let mut params = vec![queue.into_pyobject(py)?.into_any()];
+    for lit in rows.array_literals() {
+        params.push(lit.into_pyobject(py)?.into_any());
+    }
+    let params = PyList::new(py, params)?;
     let sql = insert_sql(schema, Placeholders::Percent);
     PyTuple::new(
         py,

@@ -78,12 +78,87 @@ impl EnqueueRows {
         rows
     }
 
+    /// The INSERT's arrays `$2..$11` as PostgreSQL array literals (text),
+    /// in the order of [`Self::params`]: what the transactional enqueue
+    /// passes through the caller's driver. A driver adapts one string per
+    /// column in no time, where ten lists of 10,000 Python objects took
+    /// psycopg ~1.5 s; the server parses the literals in C (`array_in`),
+    /// and the statement stays [`super::schema::insert_sql`]'s (each
+    /// parameter is cast to its array type there).
+    pub fn array_literals(&self) -> [String; 10] {
+        [
+            literal(&self.message_id, quoted),
+            literal(&self.body, |b, out| bytea(b, out)),
+            literal(&self.headers, quoted),
+            literal(&self.correlation_id, |s, out| opt(s, out, quoted)),
+            literal(&self.content_type, |s, out| opt(s, out, quoted)),
+            literal(&self.reply_to, |s, out| opt(s, out, quoted)),
+            literal(&self.routing_key, |s, out| opt(s, out, quoted)),
+            literal(&self.priority, |p, out| {
+                opt(p, out, |p: &i16, out| out.push_str(&p.to_string()))
+            }),
+            literal(&self.attempts, |a, out| out.push_str(&a.to_string())),
+            // `Display` of an f64 never uses an exponent and round-trips.
+            literal(&self.delay, |d, out| out.push_str(&d.to_string())),
+        ]
+    }
+
     pub fn len(&self) -> usize {
         self.message_id.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.message_id.is_empty()
+    }
+}
+
+/// `{e1,e2,...}`: one array literal of `items`, each written by `put`.
+fn literal<T>(items: &[T], put: impl Fn(&T, &mut String)) -> String {
+    let mut out = String::with_capacity(2 + items.len() * 8);
+    out.push('{');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        put(item, &mut out);
+    }
+    out.push('}');
+    out
+}
+
+/// An element in double quotes: only `"` and `\` are escaped inside them,
+/// so any text (commas, braces, spaces, the word NULL) stays itself.
+fn quoted<S: AsRef<str>>(s: &S, out: &mut String) {
+    let s = s.as_ref();
+    out.reserve(s.len() + 2);
+    out.push('"');
+    for ch in s.chars() {
+        if ch == '"' || ch == '\\' {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out.push('"');
+}
+
+/// A bytea element in hex form: `"\\x0a1b..."` (the backslash escaped
+/// for the array parser, which hands `\x0a1b...` to bytea's input).
+fn bytea(b: &[u8], out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(b.len() * 2 + 5);
+    out.push_str("\"\\\\x");
+    for &x in b {
+        out.push(char::from(HEX[usize::from(x >> 4)]));
+        out.push(char::from(HEX[usize::from(x & 0x0f)]));
+    }
+    out.push('"');
+}
+
+/// `NULL` (unquoted) or the element.
+fn opt<T>(v: &Option<T>, out: &mut String, put: impl Fn(&T, &mut String)) {
+    match v {
+        Some(v) => put(v, out),
+        None => out.push_str("NULL"),
     }
 }
 
@@ -122,5 +197,22 @@ mod tests {
         let rows = EnqueueRows::of(vec![m, Outgoing::new(bytes::Bytes::new())]);
         assert_eq!(rows.attempts, vec![2, 0]);
         assert_eq!(rows.headers[0], "[]");
+    }
+
+    #[test]
+    fn array_literals_quote_escape_and_hex() {
+        let mut m = Outgoing::new(bytes::Bytes::from_static(b"\x00\xff\"a"));
+        m.message_id = Some("id,\"1\"\\{}".into());
+        m.priority = Some(3);
+        m.delay = Some(std::time::Duration::from_millis(1500));
+        let mut plain = Outgoing::new(bytes::Bytes::new());
+        plain.message_id = Some("NULL".into());
+        let lits = EnqueueRows::of(vec![m, plain]).array_literals();
+        assert_eq!(lits[0], r#"{"id,\"1\"\\{}","NULL"}"#);
+        assert_eq!(lits[1], r#"{"\\x00ff2261","\\x"}"#);
+        assert_eq!(lits[3], "{NULL,NULL}");
+        assert_eq!(lits[7], "{3,NULL}");
+        assert_eq!(lits[8], "{0,0}");
+        assert_eq!(lits[9], "{1.5,0}");
     }
 }
