@@ -376,10 +376,14 @@ class RedisResultStore(ResultStore):
         if writer is None and self._cluster is None:
             from . import _core
 
-            writer = self._writer = _core.RedisStreamBackend(
-                self.url, _core.RedisStreamConsumerConfig(stream_name=f"{self.prefix}writer",
-                                                          group_name="foxtive"))
-        return writer
+            try:
+                writer = _core.RedisStreamBackend(
+                    self.url, _core.RedisStreamConsumerConfig(
+                        stream_name=f"{self.prefix}writer", group_name="foxtive"))
+            except ConfigError:  # a URL redis-py reads and the core does not
+                writer = False
+            self._writer = writer
+        return writer or None
 
     async def finish(self, task_id: str, record: dict[str, Any]) -> None:
         """The worker's write after a run: one MULTI, one round trip. A
@@ -465,7 +469,7 @@ class RedisResultStore(ResultStore):
 
     async def close(self) -> None:
         writer, self._writer = self._writer, None
-        if writer is not None:
+        if writer:
             await writer.close()
         try:
             loop = asyncio.get_running_loop()
