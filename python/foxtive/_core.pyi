@@ -378,6 +378,32 @@ class RedisStreamBackend(NativeBackend):
     def stream_keys(self) -> list[str]: ...
     @property
     def dead_letter_keys(self) -> list[str]: ...
+    def same_redis(self, url: str) -> bool: ...
+    def publish_marking(
+        self,
+        body: bytes | str,
+        headers: dict[str, Any] | None = None,
+        delay: _Seconds | None = None,
+        message_id: str | None = None,
+        *,
+        mark_key: str,
+        mark_value: bytes | str,
+        mark_ttl: _Seconds,
+    ) -> Awaitable[str]: ...
+    def publish_marking_begin(
+        self,
+        body: bytes | str,
+        headers: dict[str, Any] | None = None,
+        delay: _Seconds | None = None,
+        message_id: str | None = None,
+        *,
+        mark_key: str,
+        mark_value: bytes | str,
+        mark_ttl: _Seconds,
+    ) -> PublishWait: ...
+    def write_record(
+        self, key: str, value: bytes | str, ttl: _Seconds, push: bool
+    ) -> Awaitable[None]: ...
 
 @final
 class PostgresBackend(NativeBackend):

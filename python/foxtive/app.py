@@ -27,10 +27,12 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any, ParamSpec, TypeVar, overload
 
+from . import _core
 from . import postgres as _postgres
 from . import schedules as _schedules
 from . import sqlite as _sqlite
 from ._config import seconds
+from ._tracecontext import inject
 from .backends import MemoryBackend, NativeBackend, check_publish_options
 from .errors import (
     ConfigError,
@@ -121,6 +123,7 @@ class App:
         self._lock = threading.Lock()
         self._loop_thread: _LoopThread | None = None
         self._blocks: dict[str, bool] = {}
+        self._marks: dict[str, Any] = {}
         self._results_store: ResultStore | None = None
         self._running: list[WorkerPool] = []
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
@@ -350,7 +353,10 @@ class App:
     # it can exist but a worker's) has its "pending" written with SET NX
     # *while* it is published, both done before the send returns: the
     # record is there from send on, a worker's write that landed first is
-    # never overwritten, and the send costs one round trip, not two. An id
+    # never overwritten, and the send costs one round trip, not two. When
+    # the store is the broker's own Redis, the SET NX goes in the publish's
+    # own pipeline on the core's command connection (``_marking``): one
+    # call into Rust and one wake-up per send, no redis-py. An id
     # the sender chose may name an earlier task's record, which "pending"
     # must replace: those keep the write-then-publish order.
     async def _publish(self, queue: str, body: bytes, headers: dict[str, Any],
@@ -374,6 +380,12 @@ class App:
         store = self._result_store() if self.results else None
         if store is not None and not dedup:
             if fresh and isinstance(store, RedisResultStore):
+                native = None if options else self._marking(queue, backend, store)
+                if native is not None:
+                    await native.publish_marking(body, inject(headers), delay, task_id,
+                                                 mark_key=store._key(task_id),
+                                                 mark_value=store.pending, mark_ttl=store.ttl)
+                    return task_id
                 await _both(store.mark_new(task_id, "pending"),
                             backend.publish(body, headers=headers, delay=delay,
                                             message_id=task_id, **(options or {})))
@@ -509,6 +521,23 @@ class App:
                                            and backend.publishes_blocking)
         return known
 
+    def _marking(self, queue: str, backend: Any, store: RedisResultStore) -> Any:
+        """The native Redis backend that writes a fresh task's "pending"
+        record in its publish's own round trip (``SET NX`` pipelined with
+        the ``XADD`` on the core's shared command connection: one call, one
+        wake-up, no redis-py), or None: only foxtive's own
+        ``RedisStreamBackend`` on the store's Redis (same server,
+        credentials, database), not on a cluster. Cached per queue."""
+        known = self._marks.get(queue, _UNKNOWN)
+        if known is _UNKNOWN:
+            native = getattr(backend, "_native", None)
+            known = None
+            if (store._cluster is None and isinstance(native, _core.RedisStreamBackend)
+                    and backend.publishes_blocking and native.same_redis(store.url)):
+                known = native
+            self._marks[queue] = known
+        return known
+
     def _publish_blocking(self, backend: NativeBackend, queue: str, body: bytes,
                           headers: dict[str, Any], delay: float | None, task_id: str,
                           options: Mapping[str, Any] | None, fresh: bool) -> str:
@@ -531,9 +560,16 @@ class App:
         if dedup:
             got = backend.publish_begin(body, headers, delay, task_id, **opts).wait()[0]
             if got == task_id:
-                self._mark_new_sync(store, task_id)
+                store.mark_new_sync(task_id, "pending")
             return got
         if fresh and isinstance(store, RedisResultStore):
+            native = None if opts else self._marking(queue, backend, store)
+            if native is not None:
+                native.publish_marking_begin(body, inject(headers), delay, task_id,
+                                             mark_key=store._key(task_id),
+                                             mark_value=store.pending,
+                                             mark_ttl=store.ttl).wait()
+                return task_id
             publishing = backend.publish_begin(body, headers, delay, task_id, **opts)
             try:
                 store.mark_new_sync(task_id, "pending")
@@ -542,12 +578,6 @@ class App:
             return task_id
         store.mark_sync([task_id], "pending")
         return backend.publish_begin(body, headers, delay, task_id, **opts).wait()[0]
-
-    def _mark_new_sync(self, store: ResultStore, task_id: str) -> None:
-        if isinstance(store, MemoryResultStore | RedisResultStore):
-            store.mark_new_sync(task_id, "pending")
-        else:
-            self._run_sync(store.mark_new(task_id, "pending"))
 
     def _publish_many_sync(self, queue: str, items: list[tuple[bytes, str]],
                            headers: dict[str, Any], delay: float | None,
@@ -731,6 +761,7 @@ class App:
         with self._lock:
             producers, self._producers = self._producers, {}
             self._blocks = {}
+            self._marks = {}
             lt, self._loop_thread = self._loop_thread, None
         store, self._results_store = self._results_store, None
         self._stop_threads()
@@ -746,6 +777,7 @@ class App:
         with self._lock:
             producers, self._producers = self._producers, {}
             self._blocks = {}
+            self._marks = {}
             lt, self._loop_thread = self._loop_thread, None
         await _close_all(producers.values())
         self._stop_threads()
@@ -754,6 +786,10 @@ class App:
             await store.close()
         if lt is not None:
             await asyncio.to_thread(lt.stop)
+
+
+#: Not looked up yet (``App._marks``: None means "no such backend").
+_UNKNOWN: Any = object()
 
 
 async def _both(first: Awaitable[Any], second: Awaitable[Any]) -> None:

@@ -78,6 +78,10 @@ class ResultStore:
         a worker (or an earlier send of the same id) wrote."""
         raise NotImplementedError
 
+    def mark_new_sync(self, task_id: str, status: str) -> None:
+        """:meth:`mark_new` from a thread with no event loop (``send_sync``)."""
+        raise NotImplementedError
+
     async def finish(self, task_id: str, record: dict[str, Any]) -> None:
         raise NotImplementedError
 
@@ -243,6 +247,8 @@ class RedisResultStore(ResultStore):
         self.ttl = ttl
         self.prefix = prefix
         self._ttl_ms = max(1, int(ttl * 1000))
+        #: The "pending" record, encoded once (a send writes it).
+        self.pending = _enc.encode({"status": "pending"})
         self._cluster = _cluster_target(url)
         if self._cluster is not None:
             from redis.cluster import ClusterNode, RedisCluster
@@ -252,6 +258,10 @@ class RedisResultStore(ResultStore):
                 **kwargs)
         else:
             self._sync = redis.Redis.from_url(url)
+        # The worker's final write goes through the core's command connection
+        # to this Redis (made on first use; not on a cluster): one call into
+        # Rust, none of redis-py's pipeline work on the worker's loop.
+        self._writer: Any = None
         # redis.asyncio clients belong to the loop that made their connections.
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary())
@@ -358,6 +368,23 @@ class RedisResultStore(ResultStore):
                 pipe.set(self._key(task_id), value, px=self._ttl_ms, nx=True)
             pipe.execute()
 
+    def _native_writer(self) -> Any:
+        """The core's writer on this Redis (``None`` on a cluster): a
+        ``RedisStreamBackend`` used only for its shared command connection
+        (the one the app's Redis queues in this process use too)."""
+        writer = self._writer
+        if writer is None and self._cluster is None:
+            from . import _core
+
+            try:
+                writer = _core.RedisStreamBackend(
+                    self.url, _core.RedisStreamConsumerConfig(
+                        stream_name=f"{self.prefix}writer", group_name="foxtive"))
+            except ConfigError:  # a URL redis-py reads and the core does not
+                writer = False
+            self._writer = writer
+        return writer or None
+
     async def finish(self, task_id: str, record: dict[str, Any]) -> None:
         """The worker's write after a run: one MULTI, one round trip. A
         final record is also pushed to ``<key>:done``, so that a waiter's
@@ -365,6 +392,10 @@ class RedisResultStore(ResultStore):
         "retrying" one is only stored (waiters keep waiting)."""
         key = self._key(task_id)
         value = _enc.encode(record)
+        writer = self._native_writer()
+        if writer is not None:
+            await writer.write_record(key, value, self.ttl, record.get("status") in FINAL)
+            return
         if record.get("status") not in FINAL:
             await self._client().set(key, value, px=self._ttl_ms)
             return
@@ -398,21 +429,25 @@ class RedisResultStore(ResultStore):
     async def wait(self, task_id: str, timeout: float | None) -> Any:
         key = self._key(task_id)
         client = self._client()
-        record = self._final(await client.get(key))
-        if record is None and timeout is not None and timeout <= 0:
-            raise TimeoutError(f"task {task_id}: no result yet")
-        if record is None:
-            # Blocks in Redis until the final write pushes (the element stays
-            # for other waiters); 0 = forever.
-            moved = await self._waits_client().blmove(f"{key}:done", f"{key}:done",
-                                                      timeout or 0, "RIGHT", "RIGHT")
-            if moved is None:
-                raise TimeoutError(f"task {task_id}: no result within {timeout} s")
-            # The element is the final record (a worker from before that
-            # change pushed b"1": read the record then).
-            record = self._final_pushed(moved) or self._final(await client.get(key))
+        if timeout is not None and timeout <= 0:
+            record = self._final(await client.get(key))
             if record is None:
-                raise TimeoutError(f"task {task_id}: its result expired")
+                raise TimeoutError(f"task {task_id}: no result yet")
+            return _outcome(record)
+        # No GET first: a final record is in ``<key>:done`` as long as the
+        # record itself (written in one MULTI, same TTL), so BLMOVE returns
+        # it at once when the task has finished; one round trip, not two.
+        # Blocks in Redis until the final write pushes (the element stays
+        # for other waiters); 0 = forever.
+        moved = await self._waits_client().blmove(f"{key}:done", f"{key}:done",
+                                                  timeout or 0, "RIGHT", "RIGHT")
+        if moved is None:
+            raise TimeoutError(f"task {task_id}: no result within {timeout} s")
+        # The element is the final record (a worker from before that change
+        # pushed b"1": read the record then).
+        record = self._final_pushed(moved) or self._final(await client.get(key))
+        if record is None:
+            raise TimeoutError(f"task {task_id}: its result expired")
         return _outcome(record)
 
     def wait_sync(self, task_id: str, timeout: float | None) -> Any:
@@ -433,6 +468,9 @@ class RedisResultStore(ResultStore):
         return _outcome(record)
 
     async def close(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer:
+            await writer.close()
         try:
             loop = asyncio.get_running_loop()
             for clients in (self._async, self._async_waits):

@@ -182,6 +182,9 @@ class NatsResultStore(ResultStore):
         with contextlib.suppress(KeyWrongLastSequenceError):
             await kv.create(key_for(task_id), _enc.encode({"status": status}))
 
+    def mark_new_sync(self, task_id: str, status: str) -> None:
+        self._in_thread(self.mark_new(task_id, status))
+
     async def finish(self, task_id: str, record: dict[str, Any]) -> None:
         await self._put([task_id], record)
 

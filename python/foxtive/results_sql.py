@@ -293,6 +293,9 @@ class PostgresResultStore(ResultStore):
         side = await self._side()
         await side.conn.execute(*self.pending_statement([task_id], status, only_new=True))
 
+    def mark_new_sync(self, task_id: str, status: str) -> None:
+        self._writer_sync().execute(*self.pending_statement([task_id], status, only_new=True))
+
     def pending_statement(self, task_ids: list[str], status: str, *, only_new: bool
                           ) -> tuple[str, list[Any]]:
         """``(sql, params)`` (psycopg ``%s`` placeholders) writing ``status``
@@ -533,6 +536,9 @@ class SqliteResultStore(ResultStore):
 
     async def mark_new(self, task_id: str, status: str) -> None:
         await self._off_loop(self._write, [task_id], {"status": status}, True)
+
+    def mark_new_sync(self, task_id: str, status: str) -> None:
+        self._write([task_id], {"status": status}, True)
 
     async def finish(self, task_id: str, record: dict[str, Any]) -> None:
         await self._off_loop(self._write, [task_id], record)

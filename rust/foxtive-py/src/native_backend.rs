@@ -66,15 +66,8 @@ impl NativeBackend {
                 "this backend drives one written in Python: publish from an event loop",
             ));
         }
-        let runtime = crate::runtime::get()?;
         let backend = self.inner.clone();
-        let (tx, rx) = oneshot::channel();
-        runtime.spawn(async move {
-            let _ = tx.send(backend.publish(outs).await);
-        });
-        Ok(PublishWait {
-            rx: Mutex::new(Some(rx)),
-        })
+        PublishWait::spawn(async move { backend.publish(outs).await })
     }
 }
 
@@ -88,6 +81,23 @@ type PublishResult = foxtive_core::Result<Vec<String>>;
 #[pyclass(frozen, name = "PublishWait", module = "foxtive._core")]
 pub struct PublishWait {
     rx: Mutex<Option<oneshot::Receiver<PublishResult>>>,
+}
+
+impl PublishWait {
+    /// Run `publish` on the runtime; the caller waits with `wait()`.
+    pub(crate) fn spawn<F>(publish: F) -> PyResult<Self>
+    where
+        F: std::future::Future<Output = PublishResult> + Send + 'static,
+    {
+        let runtime = crate::runtime::get()?;
+        let (tx, rx) = oneshot::channel();
+        runtime.spawn(async move {
+            let _ = tx.send(publish.await);
+        });
+        Ok(PublishWait {
+            rx: Mutex::new(Some(rx)),
+        })
+    }
 }
 
 #[pymethods]

@@ -8,13 +8,15 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use foxtive_core::backend::redis_streams::{
-    default_claim_interval, RedisStreamBackend, RedisStreamConfig,
+    default_claim_interval, MarkNew, RedisStreamBackend, RedisStreamConfig,
 };
 use foxtive_core::dlq::DeadLetterStore;
 
+use crate::bridge;
+use crate::convert::{body_from_py, duration_from_py, outgoing_from_py};
 use crate::errors::IntoPyResult;
 use crate::keywords::Keywords;
-use crate::native_backend::NativeBackend;
+use crate::native_backend::{NativeBackend, PublishWait};
 
 #[pyclass(extends = NativeBackend, frozen, name = "RedisStreamBackend", module = "foxtive._core")]
 pub struct PyRedisStreamBackend {
@@ -212,6 +214,76 @@ impl PyRedisStreamBackend {
         self.inner.dead_letter_keys()
     }
 
+    /// Whether `url` names this backend's Redis (server, credentials,
+    /// database; the queue's own URL parameters aside): keys written by
+    /// `publish_marking` are then the ones a client of `url` reads.
+    fn same_redis(&self, url: &str) -> bool {
+        self.inner.same_redis(url)
+    }
+
+    /// `publish`, also writing `mark_key` = `mark_value` (expiring after
+    /// `mark_ttl` seconds) where no such key is (`SET NX PX`); one round
+    /// trip when the message is immediate. Awaitable of the message's id.
+    #[pyo3(signature = (body, headers = None, delay = None, message_id = None, *,
+                        mark_key, mark_value, mark_ttl))]
+    #[allow(clippy::too_many_arguments)]
+    fn publish_marking<'py>(
+        &self,
+        py: Python<'py>,
+        body: &Bound<'py, PyAny>,
+        headers: Option<&Bound<'py, PyDict>>,
+        delay: Option<&Bound<'py, PyAny>>,
+        message_id: Option<String>,
+        mark_key: String,
+        mark_value: &Bound<'py, PyAny>,
+        mark_ttl: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let out = outgoing_from_py(body, headers, delay, message_id)?;
+        let mark = mark_from_py(mark_key, mark_value, mark_ttl)?;
+        let backend = self.inner.clone();
+        bridge::awaitable(py, async move { backend.publish_marking(out, &mark).await })
+    }
+
+    /// `publish_marking`, started on the runtime from a thread with no
+    /// event loop; `.wait()` on the result blocks (GIL released) for `[id]`.
+    #[pyo3(signature = (body, headers = None, delay = None, message_id = None, *,
+                        mark_key, mark_value, mark_ttl))]
+    #[allow(clippy::too_many_arguments)]
+    fn publish_marking_begin(
+        &self,
+        body: &Bound<'_, PyAny>,
+        headers: Option<&Bound<'_, PyDict>>,
+        delay: Option<&Bound<'_, PyAny>>,
+        message_id: Option<String>,
+        mark_key: String,
+        mark_value: &Bound<'_, PyAny>,
+        mark_ttl: &Bound<'_, PyAny>,
+    ) -> PyResult<PublishWait> {
+        let out = outgoing_from_py(body, headers, delay, message_id)?;
+        let mark = mark_from_py(mark_key, mark_value, mark_ttl)?;
+        let backend = self.inner.clone();
+        PublishWait::spawn(async move { Ok(vec![backend.publish_marking(out, &mark).await?]) })
+    }
+
+    /// Write a task's result record on the shared command connection
+    /// (awaitable): `key` = `value` for `ttl` seconds; with `push`, in the
+    /// same `MULTI`, `<key>:done` = `[value]` for a waiter's `BLMOVE`.
+    fn write_record<'py>(
+        &self,
+        py: Python<'py>,
+        key: String,
+        value: &Bound<'py, PyAny>,
+        ttl: &Bound<'py, PyAny>,
+        push: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let value = body_from_py(value)?;
+        let ttl = duration_from_py("ttl", ttl)?;
+        let backend = self.inner.clone();
+        bridge::awaitable(py, async move {
+            backend.write_record(&key, &value, ttl, push).await
+        })
+    }
+
     fn __repr__(&self) -> String {
         let c = self.inner.config();
         format!(
@@ -222,4 +294,17 @@ impl PyRedisStreamBackend {
             c.consumer_name
         )
     }
+}
+
+/// The `mark_key`, `mark_value`, `mark_ttl` keywords as the core's [`MarkNew`].
+fn mark_from_py(
+    key: String,
+    value: &Bound<'_, PyAny>,
+    ttl: &Bound<'_, PyAny>,
+) -> PyResult<MarkNew> {
+    Ok(MarkNew {
+        key,
+        value: body_from_py(value)?.to_vec(),
+        ttl: duration_from_py("mark_ttl", ttl)?,
+    })
 }

@@ -93,6 +93,7 @@ pub use codec::{decode_header, encode_header};
 pub use config::{
     default_claim_interval, default_consumer_name, partition_stream, RedisStreamConfig,
 };
+pub use publish::MarkNew;
 
 /// How long settlements keep retrying through a connection loss.
 const OP_RETRY_WINDOW: Duration = Duration::from_secs(15);
@@ -129,6 +130,9 @@ pub struct RedisStreamBackend {
     next: AtomicUsize,
     /// The configuration as given (URL parameters applied).
     config: RedisStreamConfig,
+    /// What makes this backend's Redis the one of another URL (see
+    /// [`Self::same_redis`]): the key of its shared command connection.
+    server: shared::Key,
 }
 
 #[derive(Clone, Copy)]
@@ -174,6 +178,7 @@ impl RedisStreamBackend {
         cfg.cluster |= crate::redis_url::is_cluster_url(url);
         cfg.validate()?;
         let link = Arc::new(Link::new(url, cfg.reconnect, cfg.cluster)?);
+        let server = shared::Key::new(url, cfg.cluster, &format!("{:?}", cfg.reconnect));
         let queue: Arc<str> = Arc::from(cfg.stream_name.as_str());
         let mut parts = cfg
             .layout()?
@@ -188,6 +193,7 @@ impl RedisStreamBackend {
             rest: parts.collect(),
             next: AtomicUsize::new(0),
             config: cfg,
+            server,
         })
     }
 
