@@ -1,11 +1,13 @@
 """``python benches/compare_tasks.py send``: tasks/s of each sender, N tasks
 from one process (foxtive's send_many, send loops, sync sends; the peers'
-own producers; aio-pika with and without publisher confirms on RabbitMQ),
-each sender a child process timing its own loop."""
+own producers; aio-pika with and without publisher confirms on RabbitMQ,
+Dramatiq with and without them, and the plain-lapin ceiling of confirmed
+publishing), each sender a child process timing its own loop."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import subprocess
 import time
@@ -13,6 +15,7 @@ import uuid
 from typing import Any
 
 from harness.accounting import loadavg
+from harness.binaries import ceiling_binary
 from harness.brokers import cleanup
 from harness.children import child, last_json
 from harness.config import AMQP_URL, FOX, PEER, PREFETCH, REDIS_URL, TASKS_PY
@@ -20,6 +23,31 @@ from harness.mode import set_mode
 from harness.peer_apps import celery_app, dramatiq_actor, taskiq_broker
 from harness.redis_contenders import arq_sender, rq_job, taskiq_redis_sender
 from harness.tasks import TASK_NAME, TASK_STR, bench_app
+
+#: The lapin ceiling's arguments (mode, channels, window) per contender.
+LAPIN_CEILINGS = {
+    "lapin ceiling awaited": ("awaited", 1, 1),
+    "lapin ceiling pipelined": ("pipelined", 1, 1024),
+    "lapin ceiling pipelined x4 channels": ("pipelined", 4, 1024),
+    "lapin ceiling wait_for_confirms": ("wait", 1, 1024),
+    "lapin no-confirm pipelined": ("unconfirmed", 1, 1024),
+}
+#: Senders whose every message the broker confirmed before their clock stops
+#: (all foxtive's, aio-pika's confirm senders, the lapin ceilings, and on
+#: RabbitMQ taskiq-aio-pika, whose write channel has aio-pika's default
+#: publisher confirms); the rest fire and forget.
+CONFIRMED_PEERS = ("taskiq kiq loop", "dramatiq send loop confirmed")
+
+
+def confirmed(name: str, broker: str) -> bool:
+    if name.startswith(("foxtive", "lapin ceiling", "aio-pika confirm")):
+        return True
+    return broker == "rabbitmq" and name in CONFIRMED_PEERS
+
+
+def is_peer(name: str) -> bool:
+    return not name.startswith(("foxtive", "aio-pika", "lapin"))
+
 
 #: name -> brokers it runs on; each runs as its own process.
 SENDERS = {
@@ -32,8 +60,19 @@ SENDERS = {
     "foxtive send x100 in flight": ("rabbitmq",),
     "aio-pika confirm loop": ("rabbitmq",),
     "aio-pika no-confirm loop": ("rabbitmq",),
+    # Confirmed against confirmed (issue 14): many confirmed publishes at
+    # once in aio-pika, and the plain-lapin bound of confirmed persistent
+    # publishing (examples/rabbitmq_publish_ceiling.rs).
+    "aio-pika confirm gather": ("rabbitmq",),
+    "lapin ceiling awaited": ("rabbitmq",),
+    "lapin ceiling pipelined": ("rabbitmq",),
+    "lapin ceiling pipelined x4 channels": ("rabbitmq",),
+    "lapin ceiling wait_for_confirms": ("rabbitmq",),
+    # a yardstick, not a contender: the same writes with nothing confirmed
+    "lapin no-confirm pipelined": ("rabbitmq",),
     "celery apply_async loop": ("rabbitmq", "redis"),
     "dramatiq send loop": ("rabbitmq", "redis"),
+    "dramatiq send loop confirmed": ("rabbitmq",),
     "taskiq kiq loop": ("rabbitmq", "redis"),
     "arq enqueue_job loop": ("redis",),
     "rq enqueue_many": ("redis",),
@@ -82,12 +121,20 @@ def send_child(name: str, broker: str, queue: str, n: int) -> float:
             ex = ch.default_exchange
             body = b'{"args":[%d,"' + TASK_STR.encode() + b'"],"kwargs":{}}'
             await ex.publish(aio_pika.Message(body % -1), routing_key=queue)
-            t = time.perf_counter()
-            for i in range(n):
-                await ex.publish(aio_pika.Message(
+
+            def message(i: int) -> Any:
+                return aio_pika.Message(
                     body % i, message_id=f"m-{i}", content_type="application/json",
                     headers={"foxtive-task": TASK_NAME, "foxtive-envelope": 1},
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=queue)
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+            t = time.perf_counter()
+            if name == "aio-pika confirm gather":
+                # every publish started at once; each awaits its own confirm
+                await asyncio.gather(*(ex.publish(message(i), routing_key=queue)
+                                       for i in range(n)))
+            else:
+                for i in range(n):
+                    await ex.publish(message(i), routing_key=queue)
             elapsed = time.perf_counter() - t
             await conn.close()
             return elapsed
@@ -101,6 +148,15 @@ def send_child(name: str, broker: str, queue: str, n: int) -> float:
             for i in range(n):
                 task.apply_async(args=[i, TASK_STR], queue=queue, producer=producer)
             return time.perf_counter() - t
+    if name == "dramatiq send loop confirmed":
+        actor = confirmed_dramatiq_actor(queue)
+        actor.send(-1, TASK_STR)
+        t = time.perf_counter()
+        for i in range(n):
+            actor.send(i, TASK_STR)
+        elapsed = time.perf_counter() - t
+        actor.broker.close()
+        return elapsed
     if name.startswith("dramatiq"):
         actor = dramatiq_actor(queue, None, redis_)
         actor.send(-1, TASK_STR)
@@ -144,6 +200,33 @@ def send_child(name: str, broker: str, queue: str, n: int) -> float:
     return asyncio.run(go_peer())
 
 
+def confirmed_dramatiq_actor(queue: str) -> Any:
+    """Dramatiq's RabbitMQ actor with ``confirm_delivery=True``: each send
+    waits for the broker's confirm (its default is False)."""
+    import dramatiq
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+    dramatiq.set_broker(RabbitmqBroker(url=AMQP_URL, confirm_delivery=True))
+
+    @dramatiq.actor(queue_name=queue, max_retries=0)
+    def noop(i: int, s: str = "") -> None:
+        pass
+    return noop
+
+
+def lapin_ceiling(name: str, queue: str, n: int) -> subprocess.CompletedProcess[str]:
+    """Run examples/rabbitmq_publish_ceiling.rs (JSON with ``seconds``), or
+    say how to build it."""
+    try:
+        binary = ceiling_binary("rabbitmq_publish_ceiling")
+    except SystemExit as e:
+        return subprocess.CompletedProcess([], 1, "", str(e))
+    mode, channels, window = LAPIN_CEILINGS[name]
+    return subprocess.run([binary, mode, queue, str(n), str(channels), str(window)],
+                          capture_output=True, text=True, timeout=1800,
+                          env={**os.environ, "AMQP_URL": AMQP_URL})
+
+
 def run_send(args: Any) -> None:
     names = [s for s in SENDERS if not args.only or s in args.only.split(",")]
     for broker in args.brokers.split(","):
@@ -156,9 +239,13 @@ def run_send(args: Any) -> None:
                 queue = f"send-{name.split()[0]}-{uuid.uuid4().hex[:6]}"
                 kind = FOX if name.startswith(("foxtive", "aio-pika")) else PEER
                 n = sender_n(name, broker, args)
-                out = subprocess.run(child(kind, TASKS_PY, "send-child", name, "--brokers",
-                                           broker, "--queue", queue, "-n", str(n)),
-                                     capture_output=True, text=True, timeout=1800)
+                if name in LAPIN_CEILINGS:
+                    out = lapin_ceiling(name, queue, n)
+                else:
+                    out = subprocess.run(child(kind, TASKS_PY, "send-child", name,
+                                               "--brokers", broker, "--queue", queue,
+                                               "-n", str(n)),
+                                         capture_output=True, text=True, timeout=1800)
                 cleanup(f"tasks-{broker}", queue)
                 elapsed = last_json(out, name, key="seconds")
                 if elapsed is None:
@@ -167,24 +254,27 @@ def run_send(args: Any) -> None:
                 counts[name] = n
                 print(f"{broker} round {r + 1}: {name:28s} {n:7,} tasks {n / elapsed:10,.0f} "
                       f"tasks/s (load {loadavg()})", flush=True)
-        print(f"\n| {broker}: sender | tasks per run | tasks/s median (min-max) | "
-              f"vs fastest peer |\n|---|---:|---:|---:|")
-        peers = [statistics.median(v) for k, v in rates.items()
-                 if not k.startswith(("foxtive", "aio-pika"))]
-        best = max(peers, default=0.0)
+        print(f"\n| {broker}: sender | confirmed | tasks per run | tasks/s median (min-max) "
+              f"| vs fastest peer | vs fastest confirmed peer |\n|---|---|---:|---:|---:|---:|")
+        peers = {k: statistics.median(v) for k, v in rates.items() if is_peer(k)}
+        best = max(peers.values(), default=0.0)
+        best_conf = max((r for k, r in peers.items() if confirmed(k, broker)), default=0.0)
         for name, v in rates.items():
             med = statistics.median(v)
-            print(f"| {name} | {counts[name]:,} | {med:,.0f} ({min(v):,.0f}-{max(v):,.0f}) | "
-                  f"{med / best if best else 0:.2f} |")
+            print(f"| {name} | {'yes' if confirmed(name, broker) else 'no'} | "
+                  f"{counts[name]:,} | {med:,.0f} ({min(v):,.0f}-{max(v):,.0f}) | "
+                  f"{med / best if best else 0:.2f} | "
+                  f"{med / best_conf if best_conf else 0:.2f} |")
         print()
 
 
 def sender_n(name: str, broker: str, args: Any) -> int:
-    """Tasks per run: -n for ``foxtive send_many`` and for every foxtive
-    sender on Redis; ``--cap`` for the rest (the peers, and the one-by-one
-    confirmed loops on RabbitMQ, ~100-1,000 tasks/s: their rates are per
-    task all the same)."""
-    if not args.cap or name == "foxtive send_many" or (
+    """Tasks per run: -n for ``foxtive send_many``, aio-pika's gather, the
+    lapin ceilings and every foxtive sender on Redis; ``--cap`` for the rest
+    (the peers, and the one-by-one confirmed loops on RabbitMQ, ~100-1,000
+    tasks/s: their rates are per task all the same)."""
+    if not args.cap or name in ("foxtive send_many", "aio-pika confirm gather") or \
+            name in LAPIN_CEILINGS or (
             broker == "redis" and name.startswith("foxtive")):
         return int(args.n)
     return int(min(args.n, args.cap))

@@ -2,14 +2,17 @@
 //! `multiple` frames where they can be), requeues, and retry or dead-letter
 //! copies, whose originals are acked only once the broker confirmed the copy.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use lapin::options::{
     BasicAckOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
 };
 use lapin::types::ShortString;
-use lapin::{Channel, Confirmation};
+use lapin::{Channel, Confirmation, PublisherConfirm};
 
 use super::codec::AmqpReceipt;
 use super::link::Link;
@@ -17,6 +20,17 @@ use super::{Prepared, Shared, Target};
 use crate::backend::SettleItem;
 use crate::message::Settlement;
 use crate::{Error, Result};
+
+/// Publishes queued in lapin whose frames are not written yet, at most: lapin
+/// resolves a `basic_publish` only once its frames are on the socket, so many
+/// queued at once are written together (a window keeps lapin's frame queue,
+/// and the memory it holds, bounded).
+const WRITE_WINDOW: usize = 1024;
+
+/// A publish in flight: it resolves to its confirm once lapin wrote it.
+type Publishing<'a> = Pin<Box<dyn Future<Output = lapin::Result<PublisherConfirm>> + Send + 'a>>;
+/// A written message: the broker's confirm to await, and where it went.
+type Written = (PublisherConfirm, Target);
 
 impl Shared {
     /// Send acks for `tags` on `link`: one `multiple` frame for the run that
@@ -86,43 +100,25 @@ impl Shared {
     ) -> Vec<Result<()>> {
         let failed_targets = self.declare_targets(link, &messages).await;
         let channel = self.publish_channel(link).await;
-        let mut pending = Vec::with_capacity(messages.len());
-        for m in messages {
-            if let Some(why) = failed_targets.get(&m.target) {
-                pending.push(Err(Error::Backend(why.clone())));
-                continue;
-            }
-            let queue = self.target_queue(m.target);
-            let sent = channel
-                .basic_publish(
-                    ShortString::from(""),
-                    ShortString::from(queue.as_str()),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        immediate: false,
-                    },
-                    &m.body,
-                    m.properties,
-                )
-                .await;
-            pending.push(
-                sent.map_err(|e| self.lapin_err(&format!("publishing to {queue:?}"), &e))
-                    .map(|c| (c, queue)),
-            );
-        }
-        let mut results: Vec<Result<()>> = Vec::with_capacity(pending.len());
-        for p in pending {
-            results.push(match p {
+        let written = self.write_all(&channel, messages, &failed_targets).await;
+        let mut results: Vec<Result<()>> = Vec::with_capacity(written.len());
+        for w in written {
+            results.push(match w {
                 Err(e) => Err(e),
-                Ok((confirm, queue)) => match confirm.await {
+                Ok((confirm, target)) => match confirm.await {
                     Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => Ok(()),
                     Ok(Confirmation::Ack(Some(_))) => Err(Error::Backend(format!(
-                        "publishing to {queue:?}: unroutable (no such queue); the broker returned it"
+                        "publishing to {:?}: unroutable (no such queue); the broker returned it",
+                        self.target_queue(target)
                     ))),
                     Ok(Confirmation::Nack(_)) => Err(Error::Backend(format!(
-                        "publishing to {queue:?}: the broker refused to store it (nack)"
+                        "publishing to {:?}: the broker refused to store it (nack)",
+                        self.target_queue(target)
                     ))),
-                    Err(e) => Err(self.lapin_err(&format!("publishing to {queue:?}"), &e)),
+                    Err(e) => Err(self.lapin_err(
+                        &format!("publishing to {:?}", self.target_queue(target)),
+                        &e,
+                    )),
                 },
             });
         }
@@ -130,6 +126,81 @@ impl Shared {
             self.note_healthy(link);
         }
         results
+    }
+
+    /// `basic.publish` each message, in order, with up to [`WRITE_WINDOW`]
+    /// of them queued in lapin at once: each publish is polled once as soon
+    /// as it is made (that poll takes its delivery tag and queues its
+    /// frames, so the order on the wire is the order of `messages`), then
+    /// the oldest are polled until lapin has written them. Awaiting each
+    /// publish before making the next would cost one io-loop round trip (a
+    /// wake-up and a socket write) per message. One entry per message: its
+    /// confirm (and target), or why it was not sent.
+    async fn write_all(
+        &self,
+        channel: &Channel,
+        messages: Vec<Prepared>,
+        failed_targets: &HashMap<Target, String>,
+    ) -> Vec<Result<Written>> {
+        let opts = BasicPublishOptions {
+            mandatory: true,
+            immediate: false,
+        };
+        let mut out: Vec<Option<Result<Written>>> = Vec::with_capacity(messages.len());
+        out.resize_with(messages.len(), || None);
+        let mut todo = messages.into_iter().enumerate();
+        let mut writing: VecDeque<(usize, Target, Publishing<'_>)> = VecDeque::new();
+        let sent = |target: Target, r: lapin::Result<PublisherConfirm>| -> Result<Written> {
+            r.map(|c| (c, target)).map_err(|e| {
+                self.lapin_err(
+                    &format!("publishing to {:?}", self.target_queue(target)),
+                    &e,
+                )
+            })
+        };
+        std::future::poll_fn(|cx| loop {
+            while writing.len() < WRITE_WINDOW {
+                let Some((i, m)) = todo.next() else { break };
+                if let Some(why) = failed_targets.get(&m.target) {
+                    out[i] = Some(Err(Error::Backend(why.clone())));
+                    continue;
+                }
+                let target = m.target;
+                let queue = ShortString::from(self.target_queue(target));
+                // The future owns the body: lapin copies it into frames on
+                // the first poll, the one just below.
+                let mut publishing: Publishing<'_> = Box::pin(async move {
+                    channel
+                        .basic_publish(ShortString::from(""), queue, opts, &m.body, m.properties)
+                        .await
+                });
+                match publishing.as_mut().poll(cx) {
+                    Poll::Ready(r) => out[i] = Some(sent(target, r)),
+                    Poll::Pending => writing.push_back((i, target, publishing)),
+                }
+            }
+            let mut progressed = false;
+            while let Some((i, target, publishing)) = writing.front_mut() {
+                match publishing.as_mut().poll(cx) {
+                    Poll::Ready(r) => {
+                        out[*i] = Some(sent(*target, r));
+                        writing.pop_front();
+                        progressed = true;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            if writing.is_empty() && todo.len() == 0 {
+                return Poll::Ready(());
+            }
+            if !progressed {
+                return Poll::Pending;
+            }
+        })
+        .await;
+        out.into_iter()
+            .map(|w| w.unwrap_or_else(|| Err(Error::Backend("publish: not sent".to_string()))))
+            .collect()
     }
 
     /// Declare each target of `messages` once; the ones that failed, with why.
