@@ -37,3 +37,16 @@ def pg_tls() -> Iterator[TlsPostgres]:
         yield server.start()
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_plain() -> Iterator[TlsPostgres]:
+    """The same throwaway PostgreSQL without TLS (``ssl = off``)."""
+    why = missing_tools()
+    if why is not None:
+        pytest.skip(f"no throwaway PostgreSQL: {why}")
+    server = TlsPostgres(tls=False)
+    try:
+        yield server.start()
+    finally:
+        server.stop()

@@ -13,6 +13,9 @@ a ``pg_hba.conf`` that takes TLS only:
 
 Run as root, the server runs as the ``postgres`` user (PostgreSQL refuses
 root). :meth:`TlsPostgres.stop` stops it and removes the directory.
+``TlsPostgres(tls=False)`` is the same server without TLS (``sslmode=prefer``
+must fall back to plaintext there; the shared server on 5432 may have TLS:
+Debian's default configuration turns it on with a snakeoil certificate).
 """
 
 from __future__ import annotations
@@ -48,9 +51,11 @@ def _free_port() -> int:
 
 
 class TlsPostgres:
-    """A PostgreSQL server with TLS only, on 127.0.0.1:``port``."""
+    """A PostgreSQL server with TLS only, on 127.0.0.1:``port``; with
+    ``tls=False``, one without TLS (``ssl = off``, plaintext trusted)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: bool = True) -> None:
+        self.tls = tls
         self.dir = Path(tempfile.mkdtemp(prefix="foxtive-pgtls-"))
         self.data = self.dir / "data"
         self.port = _free_port()
@@ -112,7 +117,7 @@ class TlsPostgres:
                 f"port = {self.port}\n"
                 "listen_addresses = '127.0.0.1'\n"
                 f"unix_socket_directories = '{self.dir}'\n"
-                "ssl = on\n"
+                f"ssl = {'on' if self.tls else 'off'}\n"
                 f"ssl_cert_file = '{self.dir}/server.crt'\n"
                 f"ssl_key_file = '{self.dir}/server.key'\n"
                 f"ssl_ca_file = '{self.ca}'\n"
@@ -125,6 +130,9 @@ class TlsPostgres:
             "hostssl all certuser 127.0.0.1/32 cert\n"
             "hostssl all all 127.0.0.1/32 trust\n"
             "hostnossl all all 127.0.0.1/32 reject\n"
+            if self.tls else
+            "local all all trust\n"
+            "host all all 127.0.0.1/32 trust\n"
         )
         self._run(_pg("pg_ctl"), "-D", str(self.data), "-l", f"{self.dir}/server.log",
                   "-w", "-t", "60", "start", as_postgres=True)

@@ -31,7 +31,7 @@ def schema(pg_tls: TlsPostgres) -> Iterator[str]:
         pg_tls.admin(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
 
 
-def foxtive_sessions_ssl(pg_tls: TlsPostgres, schema: str) -> list[bool]:
+def foxtive_sessions_ssl(pg_tls: TlsPostgres) -> list[bool]:
     """Whether each of foxtive's sessions on the TLS server is encrypted."""
     rows = pg_tls.admin(
         "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) "
@@ -39,8 +39,14 @@ def foxtive_sessions_ssl(pg_tls: TlsPostgres, schema: str) -> list[bool]:
     return [bool(r[0]) for r in rows]
 
 
-async def publish_and_drain(backend: foxtive.PostgresBackend, n: int = 3) -> list[bytes]:
+async def publish_and_drain(backend: foxtive.PostgresBackend, n: int = 3,
+                            judge: TlsPostgres | None = None) -> list[bytes]:
+    """Publish ``n`` jobs, drain them. With ``judge``: foxtive's sessions on
+    that server, open after the publish, must all be encrypted."""
     await backend.publish_many([f"job-{i}".encode() for i in range(n)])
+    if judge is not None:
+        ssl = foxtive_sessions_ssl(judge)
+        assert ssl and all(ssl), ssl
     seen: list[bytes] = []
 
     async def handler(m: foxtive.Message) -> None:
@@ -66,9 +72,7 @@ async def test_verify_full_with_the_ca_drains_jobs(pg_tls: TlsPostgres, schema: 
     url = pg_tls.url(password=PASSWORD, sslmode="verify-full", sslrootcert=str(pg_tls.ca))
     backend = foxtive.PostgresBackend(url, "tls", schema=schema)
     assert PASSWORD not in repr(backend) and PASSWORD not in backend.url
-    assert await publish_and_drain(backend) == [b"job-0", b"job-1", b"job-2"]
-    ssl = foxtive_sessions_ssl(pg_tls, schema)
-    assert ssl and all(ssl), ssl
+    assert await publish_and_drain(backend, judge=pg_tls) == [b"job-0", b"job-1", b"job-2"]
     await backend.close()
 
 
@@ -128,9 +132,7 @@ async def test_require_encrypts_without_the_ca(pg_tls: TlsPostgres, schema: str,
     monkeypatch.setenv("HOME", str(tmp_path))
     backend = foxtive.PostgresBackend(pg_tls.url(password=PASSWORD, sslmode="require"), "tls",
                                       schema=schema)
-    assert await publish_and_drain(backend, 1) == [b"job-0"]
-    ssl = foxtive_sessions_ssl(pg_tls, schema)
-    assert ssl and all(ssl), ssl
+    assert await publish_and_drain(backend, 1, judge=pg_tls) == [b"job-0"]
     await backend.close()
     # With a root certificate, require checks the chain (libpq: verify-ca).
     text = await connect_error(
@@ -145,27 +147,43 @@ async def test_disable_is_rejected_by_a_tls_only_server(pg_tls: TlsPostgres,
     assert "pg_hba.conf rejects connection" in text and "no encryption" in text, text
 
 
-@pytest.mark.skipif(postgres_answers() is not None, reason=str(postgres_answers()))
-async def test_prefer_works_on_both_servers(pg_tls: TlsPostgres, schema: str) -> None:
+async def test_prefer_works_on_both_servers(pg_tls: TlsPostgres, pg_plain: TlsPostgres,
+                                           schema: str) -> None:
     # The default is prefer: TLS where offered...
     backend = foxtive.PostgresBackend(pg_tls.url(password=PASSWORD), "tls", schema=schema)
-    assert await publish_and_drain(backend, 2) == [b"job-0", b"job-1"]
-    ssl = foxtive_sessions_ssl(pg_tls, schema)
-    assert ssl and all(ssl), ssl
+    assert await publish_and_drain(backend, 2, judge=pg_tls) == [b"job-0", b"job-1"]
     await backend.close()
-    # ...plaintext where not (the shared server has ssl = off).
+    # ...plaintext where not (ssl = off).
+    assert pg_plain.admin("SHOW ssl") == [("off",)]
+    plain = foxtive.PostgresBackend(pg_plain.url(password=PASSWORD, sslmode="prefer"), "tls",
+                                    schema=schema)
+    await plain.publish(b"plain")
+    assert foxtive_sessions_ssl(pg_plain) == [False]
+    await plain.close()
+    # require refuses the server without TLS, and says so.
+    text = await connect_error(pg_plain.url(password=PASSWORD, sslmode="require"), schema)
+    assert "server does not support TLS" in text, text
+
+
+@pytest.mark.skipif(postgres_answers() is not None, reason=str(postgres_answers()))
+async def test_the_default_follows_the_shared_server(schema: str) -> None:
+    """On 5432 (whatever its ssl setting) foxtive's sessions are encrypted
+    exactly when the server offers TLS, as psycopg's are."""
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        assert conn.execute("SHOW ssl").fetchone() == ("off",)
-    plain_schema = f"fxtls_{uuid.uuid4().hex[:12]}"
-    sep = "&" if "?" in POSTGRES_URL else "?"
-    plain = foxtive.PostgresBackend(f"{POSTGRES_URL}{sep}sslmode=prefer", "tls",
-                                    schema=plain_schema)
+        offered = conn.execute("SHOW ssl").fetchone() == ("on",)
+    backend = foxtive.PostgresBackend(POSTGRES_URL, "tls", schema=schema)
     try:
-        assert await publish_and_drain(plain, 2) == [b"job-0", b"job-1"]
-        await plain.close()
+        await backend.publish(b"x")
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) "
+                "WHERE a.application_name = 'foxtive' AND a.datname = current_database() "
+                "AND a.query ILIKE %s", (f"%{schema}%",)).fetchall()
+        assert rows and all(r[0] == offered for r in rows), (offered, rows)
+        await backend.close()
     finally:
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{plain_schema}" CASCADE')
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 async def test_a_client_certificate_logs_in(pg_tls: TlsPostgres, schema: str) -> None:
