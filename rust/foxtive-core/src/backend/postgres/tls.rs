@@ -12,8 +12,8 @@
 //! * `verify-full`: that, and the certificate must name the host connected
 //!   to (`host`, which `hostaddr` does not change).
 //! * `sslrootcert=PATH` (PEM; default `~/.postgresql/root.crt` as in libpq);
-//!   `sslrootcert=system`: the system's trust store, and `verify-full`
-//!   (no client certificate then).
+//!   `sslrootcert=system`: the system's trust store, and `verify-full` (its
+//!   default then, as in libpq 16; no client certificate then).
 //! * `sslcert=PATH` / `sslkey=PATH`: a client certificate (PEM, both given;
 //!   the key unencrypted: `sslpassword` is refused, not shown).
 //! * `allow` is taken as `prefer` (libpq tries plaintext first; both end up
@@ -167,10 +167,13 @@ pub(crate) fn take_tls(dsn: &str, secrets: &mut Vec<String>) -> Result<(String, 
         take_keyword_params(dsn)
     };
     let mut settings = TlsSettings::default();
-    let (mut cert, mut key) = (None, None);
+    let (mut cert, mut key, mut mode_given) = (None, None, false);
     for (k, v) in taken {
         match k.as_str() {
-            "sslmode" => settings.mode = SslMode::parse(&v)?,
+            "sslmode" => {
+                settings.mode = SslMode::parse(&v)?;
+                mode_given = true;
+            }
             "sslrootcert" if v == "system" => settings.root_cert = Some(RootCert::System),
             "sslrootcert" if !v.is_empty() => settings.root_cert = Some(RootCert::File(v.into())),
             "sslcert" if !v.is_empty() => cert = Some(PathBuf::from(v)),
@@ -188,6 +191,10 @@ pub(crate) fn take_tls(dsn: &str, secrets: &mut Vec<String>) -> Result<(String, 
             }
             _ => {}
         }
+    }
+    if !mode_given && settings.root_cert == Some(RootCert::System) {
+        // libpq 16: sslrootcert=system makes verify-full the default.
+        settings.mode = SslMode::VerifyFull;
     }
     settings.client_cert = match (cert, key) {
         (Some(c), Some(k)) => Some((c, k)),
@@ -574,6 +581,8 @@ mod tests {
         assert_eq!(s.mode, SslMode::Prefer);
         assert!(take("postgres://h/db?sslmode=require&sslrootcert=system").is_err());
         assert!(take("postgres://h/db?sslmode=verify-full&sslrootcert=system").is_ok());
+        let (_, s) = take("postgres://h/db?sslrootcert=system").unwrap();
+        assert_eq!(s.mode, SslMode::VerifyFull);
         assert!(take("postgres://h/db?sslmode=bogus").is_err());
         assert!(take("postgres://h/db?sslcert=/c").is_err());
     }
