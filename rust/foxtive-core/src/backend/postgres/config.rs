@@ -4,6 +4,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use super::tls::{take_tls, TlsSettings};
 use crate::redact::{query_pairs, redact_url, scrub, url_secrets};
 use crate::{Error, Result};
 
@@ -82,6 +83,7 @@ pub fn validate_schema(schema: &str) -> Result<()> {
 }
 
 /// A DSN taken apart: what the client connects with, what may be shown.
+#[derive(Clone)]
 pub(crate) struct Dsn {
     pub config: tokio_postgres::Config,
     /// The DSN with its password replaced by `***`.
@@ -90,10 +92,13 @@ pub(crate) struct Dsn {
     pub secrets: Vec<String>,
     /// The schema named by `?schema=`, if any.
     pub schema: Option<String>,
-    /// What the client connects with, as text (the DSN without `schema=`):
-    /// backends with equal keys (and schema) may share connections. Holds
-    /// the password: never shown.
+    /// What the client connects with, as text (the DSN without `schema=`,
+    /// TLS settings included): backends with equal keys (and schema) may
+    /// share connections. Holds the password: never shown.
     pub key: String,
+    /// `sslmode`, `sslrootcert`, ... (`tls.rs`), taken out of the text the
+    /// client parses; every connection opens through [`super::tls::connect`].
+    pub tls: TlsSettings,
 }
 
 /// Parse a `postgresql://` / `postgres://` URL (or a `key=value` DSN). The
@@ -102,7 +107,8 @@ pub(crate) struct Dsn {
 pub(crate) fn parse_dsn(dsn: &str) -> Result<Dsn> {
     let redacted = redact_url(dsn);
     let mut secrets = url_secrets(dsn);
-    let (client_dsn, schema) = take_schema(dsn);
+    let (key, schema) = take_schema(dsn);
+    let (client_dsn, tls) = take_tls(&key, &mut secrets)?;
     let mut config = tokio_postgres::Config::from_str(&client_dsn).map_err(|e| {
         Error::Config(scrub(
             format!("dsn: not a PostgreSQL URL ({redacted}): {e}"),
@@ -135,7 +141,8 @@ pub(crate) fn parse_dsn(dsn: &str) -> Result<Dsn> {
         redacted,
         secrets,
         schema,
-        key: client_dsn,
+        key,
+        tls,
     })
 }
 
@@ -188,6 +195,23 @@ mod tests {
             .to_string();
         assert!(!err.contains("s3cret"), "{err}");
         assert!(err.contains("dsn"), "{err}");
+    }
+
+    #[test]
+    fn tls_settings_are_read_and_kept_in_the_key() {
+        let d = parse_dsn(
+            "postgresql://u:s3cret@db.example/test?sslmode=verify-full&sslrootcert=/ca.pem&schema=s",
+        )
+        .unwrap();
+        assert_eq!(d.tls.mode, super::super::tls::SslMode::VerifyFull);
+        assert!(
+            d.key.contains("sslrootcert=/ca.pem"),
+            "shares only with equal TLS"
+        );
+        assert!(!d.key.contains("schema="));
+        let d = parse_dsn("host=h dbname=d sslmode=verify-ca sslrootcert=/ca.pem").unwrap();
+        assert_eq!(d.config.get_dbname(), Some("d"));
+        assert_eq!(d.tls.mode, super::super::tls::SslMode::VerifyCa);
     }
 
     #[test]

@@ -43,12 +43,23 @@ pub(crate) struct Link {
     member: Arc<Member>,
 }
 
-/// A tokio-postgres error as text: the server's message when it sent one.
+/// A tokio-postgres error as text: the server's message when it sent one,
+/// else the error with its causes (its own text names only the kind:
+/// "error performing TLS handshake", not rustls's reason). Callers scrub it.
 pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
+    if let Some(db) = e.as_db_error() {
+        return format!("{} ({})", db.message(), db.code().code());
     }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// True when the error means the connection is gone (or the server is going

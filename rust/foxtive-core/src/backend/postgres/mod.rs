@@ -14,8 +14,9 @@
 //! * A lost connection is replaced by the backend itself (`link.rs`); leases
 //!   are rows, so nothing is lost with the connection.
 //!
-//! TLS is not supported yet (`NoTls`): use it on a trusted network or a
-//! local socket tunnel.
+//! * TLS follows the DSN's libpq settings (`sslmode`, default `prefer`;
+//!   `sslrootcert`, `sslcert`, `sslkey`): `tls.rs`, through which every
+//!   connection is opened.
 
 mod config;
 pub mod dedup;
@@ -28,6 +29,7 @@ pub mod schema;
 mod settle;
 mod shared;
 mod stats;
+mod tls;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -45,9 +47,10 @@ use crate::{Error, Result};
 use link::{Conn, Link};
 use publish::EnqueueRows;
 
-pub(crate) use config::parse_dsn;
+pub(crate) use config::{parse_dsn, Dsn};
 pub use config::{validate_schema, PostgresConfig, DEFAULT_SCHEMA};
 pub use fetch::RowReceipt;
+pub(crate) use tls::connect;
 
 /// `postgresql://` and `postgres://` (libpq URLs; `?schema=` picks the
 /// schema), opened by the core from the URL and its options.

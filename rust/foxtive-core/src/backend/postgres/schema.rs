@@ -339,21 +339,7 @@ pub async fn migrate_url(dsn: &str, schema: Option<&str>) -> Result<(String, i32
         .or_else(|| parsed.schema.clone())
         .unwrap_or_else(|| super::DEFAULT_SCHEMA.to_string());
     super::validate_schema(&schema)?;
-    let (mut client, connection) =
-        parsed
-            .config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| {
-                Error::ConnectionLost(crate::redact::scrub(
-                    format!(
-                        "postgres {}: cannot connect: {}",
-                        parsed.redacted,
-                        super::link::describe(&e)
-                    ),
-                    &parsed.secrets,
-                ))
-            })?;
+    let (mut client, connection) = super::tls::connect(&parsed).await?;
     let task = tokio::spawn(connection);
     let before = migrate(&mut client, &schema).await;
     drop(client);

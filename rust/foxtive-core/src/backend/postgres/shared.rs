@@ -31,7 +31,7 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
+use tokio_postgres::{AsyncMessage, Client, Statement};
 
 use super::config::Dsn;
 use super::link::{describe, is_connection_error};
@@ -122,7 +122,8 @@ type Members = Arc<Mutex<Vec<Arc<Member>>>>;
 
 /// One connection (re-opened when lost) and the backends using it.
 pub(crate) struct Shared {
-    config: tokio_postgres::Config,
+    /// What to connect to (through `tls::connect`, with the DSN's TLS).
+    dsn: Dsn,
     /// The DSN with its password replaced by `***`.
     pub url: String,
     secrets: Vec<String>,
@@ -171,7 +172,7 @@ pub(crate) fn shared(
         role,
     };
     SHARED.get_or_make(key, || Shared {
-        config: dsn.config.clone(),
+        dsn: dsn.clone(),
         url: dsn.redacted.clone(),
         secrets: dsn.secrets.clone(),
         schema: schema.to_string(),
@@ -353,11 +354,7 @@ impl Shared {
     }
 
     async fn open(&self) -> Result<Conn> {
-        let (mut client, mut connection) = self
-            .config
-            .connect(NoTls)
-            .await
-            .map_err(|e| self.error("connect", &e))?;
+        let (mut client, mut connection) = super::tls::connect(&self.dsn).await?;
         let members = self.members.clone();
         let url = self.url.clone();
         // Drive the connection: replies go to their callers, notifications

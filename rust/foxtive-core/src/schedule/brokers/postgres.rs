@@ -15,11 +15,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::Mutex;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
-use crate::backend::postgres::parse_dsn;
 use crate::backend::postgres::schema::quote_ident;
 use crate::backend::postgres::DEFAULT_SCHEMA;
+use crate::backend::postgres::{connect, parse_dsn};
 use crate::redact::scrub;
 use crate::schedule::leader::{Holder, LeaderInfo, LeaderLease, Lease};
 use crate::schedule::store::{Stored, TickStore};
@@ -29,7 +29,8 @@ use crate::{Error, Result};
 const CREATE_LOCK: i64 = 0x666f_7874_7363_6865;
 
 pub struct PostgresSchedule {
-    config: tokio_postgres::Config,
+    /// Connected to through the backend's `connect` (the DSN's TLS).
+    dsn: crate::backend::postgres::Dsn,
     redacted: String,
     secrets: Vec<String>,
     app: String,
@@ -42,17 +43,20 @@ pub struct PostgresSchedule {
 impl PostgresSchedule {
     pub fn new(url: &str, app: &str) -> Result<Self> {
         let dsn = parse_dsn(url)?;
-        let schema = dsn.schema.unwrap_or_else(|| DEFAULT_SCHEMA.to_string());
+        let schema = dsn
+            .schema
+            .clone()
+            .unwrap_or_else(|| DEFAULT_SCHEMA.to_string());
         let q = quote_ident(&schema);
         Ok(PostgresSchedule {
-            config: dsn.config,
-            redacted: dsn.redacted,
-            secrets: dsn.secrets,
+            redacted: dsn.redacted.clone(),
+            secrets: dsn.secrets.clone(),
             app: app.to_string(),
             leases: format!("{q}.schedule_leases"),
             ticks: format!("{q}.schedule_ticks"),
             schema,
             client: Mutex::new(None),
+            dsn,
         })
     }
 
@@ -69,11 +73,7 @@ impl PostgresSchedule {
     }
 
     async fn connect(&self) -> Result<Client> {
-        let (client, connection) = self
-            .config
-            .connect(NoTls)
-            .await
-            .map_err(|e| self.error("connect", e))?;
+        let (client, connection) = connect(&self.dsn).await?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
