@@ -90,6 +90,38 @@ async def test_ten_thousand_messages_from_nats_py_are_each_processed_once(kit: N
     assert kit.waiting() == 0
 
 
+async def test_run_until_idle_waits_for_deliveries_a_lost_worker_left_unacked(
+        kit: NatsKit) -> None:
+    # What another worker pulled and never settled (its connection died) is
+    # "ack pending" on the server and comes back only after ack_wait: the
+    # queue is quiet meanwhile, but not done. run_until_idle must wait for
+    # it (it stopped after half a second of quiet before, leaving these).
+    import nats
+
+    backend = kit.backend()
+    await backend.connect()  # declares the stream and the durable consumer
+    sent = [f"l-{i}".encode() for i in range(20)]
+    await publish_with_nats_py(kit.queue, sent)
+    nc = await nats.connect(NATS_URL)
+    try:
+        lost = await nc.jetstream().pull_subscribe_bind("foxtive", stream=kit.stream)
+        abandoned = await lost.fetch(5, timeout=5)
+    finally:
+        await nc.close()  # the "lost" worker goes away without settling
+    assert len(abandoned) == 5
+    assert consumer_info(kit.stream).num_ack_pending == 5
+    seen: collections.Counter[bytes] = collections.Counter()
+
+    async def handler(m: foxtive.Message) -> None:
+        seen[m.body] += 1
+
+    assert await pool_of(handler).run_until_idle_async(backend, timeout=60)
+    assert seen == collections.Counter(sent)  # the 5 came back after ack_wait
+    info = consumer_info(kit.stream)
+    assert (info.num_ack_pending, info.num_pending) == (0, 0)
+    assert kit.waiting() == 0
+
+
 async def test_ids_headers_and_attempts_of_messages_from_another_client(kit: NatsKit) -> None:
     backend = kit.backend()
     await backend.connect()

@@ -24,6 +24,8 @@
 //!   (`delay.rs`): NATS 2.9 has no per-message delay, and a NAK with delay
 //!   on the queue itself would count as a delivery.
 //! * async-nats reconnects by itself; the link (`link.rs`) shows the state.
+//! * Idle means the server owes nothing this backend does not hold
+//!   (`probe.rs`): a lost connection's pulls come back only after `ack_wait`.
 //! * At stop, the pull requests still out are let end, the inbox is
 //!   unsubscribed and whatever was pulled and not handed out is handed back
 //!   (`-NAK`), as is every delivery not settled at close.
@@ -37,6 +39,7 @@ pub mod dlq;
 mod fetch;
 pub(crate) mod kv;
 pub(crate) mod link;
+mod probe;
 mod publish;
 mod settle;
 
@@ -159,6 +162,8 @@ pub(crate) struct Inner {
     closing: Notify,
     /// The delayed-message mover and the in-progress heartbeat.
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// What the server last said it still owes (`Backend::is_drained`).
+    probes: probe::Probes,
 }
 
 impl NatsBackend {
@@ -183,6 +188,7 @@ impl NatsBackend {
                 closed: AtomicBool::new(false),
                 closing: Notify::new(),
                 tasks: Mutex::new(Vec::new()),
+                probes: probe::Probes::default(),
                 cfg,
             }),
         })
@@ -237,6 +243,7 @@ impl Backend for NatsBackend {
         let inner = &self.inner;
         inner.reopen();
         inner.stopped.store(false, Ordering::Release);
+        inner.probes.bind();
         inner.ensure_declared().await?;
         let mut tasks = inner.tasks.lock();
         if tasks.is_empty() {
@@ -289,6 +296,10 @@ impl Backend for NatsBackend {
 
     fn state(&self) -> BackendState {
         self.inner.link.state()
+    }
+
+    fn is_drained(&self) -> Option<bool> {
+        self.inner.probes.is_drained(&self.inner)
     }
 
     fn reconnect_attempts(&self) -> u64 {
