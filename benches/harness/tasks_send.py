@@ -263,9 +263,14 @@ def run_send(args: Any) -> None:
             med = statistics.median(v)
             print(f"| {name} | {'yes' if confirmed(name, broker) else 'no'} | "
                   f"{counts[name]:,} | {med:,.0f} ({min(v):,.0f}-{max(v):,.0f}) | "
-                  f"{med / best if best else 0:.2f} | "
-                  f"{med / best_conf if best_conf else 0:.2f} |")
+                  f"{_ratio(med, best)} | {_ratio(med, best_conf)} |")
         print()
+
+
+def _ratio(rate: float, reference: float) -> str:
+    """``rate / reference``, or a dash when there is no such reference (no
+    peer confirms its sends on Redis)."""
+    return f"{rate / reference:.2f}" if reference else "-"
 
 
 def sender_n(name: str, broker: str, args: Any) -> int:
