@@ -23,6 +23,7 @@ from typing import Any
 
 import msgspec
 
+from . import _core
 from .errors import ConfigError, TaskError
 
 __all__ = ["FINAL", "MemoryResultStore", "RedisResultStore", "ResultStore"]
@@ -374,8 +375,6 @@ class RedisResultStore(ResultStore):
         (the one the app's Redis queues in this process use too)."""
         writer = self._writer
         if writer is None and self._cluster is None:
-            from . import _core
-
             try:
                 writer = _core.RedisStreamBackend(
                     self.url, _core.RedisStreamConsumerConfig(
