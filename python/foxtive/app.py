@@ -383,8 +383,7 @@ class App:
                 native = None if options else self._marking(queue, backend, store)
                 if native is not None:
                     await native.publish_marking(body, inject(headers), delay, task_id,
-                                                 mark_key=store._key(task_id),
-                                                 mark_value=store.pending, mark_ttl=store.ttl)
+                                                 **store.pending_mark(task_id))
                     return task_id
                 await _both(store.mark_new(task_id, "pending"),
                             backend.publish(body, headers=headers, delay=delay,
@@ -566,9 +565,7 @@ class App:
             native = None if opts else self._marking(queue, backend, store)
             if native is not None:
                 native.publish_marking_begin(body, inject(headers), delay, task_id,
-                                             mark_key=store._key(task_id),
-                                             mark_value=store.pending,
-                                             mark_ttl=store.ttl).wait()
+                                             **store.pending_mark(task_id)).wait()
                 return task_id
             publishing = backend.publish_begin(body, headers, delay, task_id, **opts)
             try:

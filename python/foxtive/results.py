@@ -369,6 +369,12 @@ class RedisResultStore(ResultStore):
                 pipe.set(self._key(task_id), value, px=self._ttl_ms, nx=True)
             pipe.execute()
 
+    def pending_mark(self, task_id: str) -> dict[str, Any]:
+        """The keywords of the native ``publish_marking`` that write this
+        task's "pending" record (``SET NX PX``) in the publish's round trip."""
+        return {"mark_key": self._key(task_id), "mark_value": self.pending,
+                "mark_ttl": self.ttl}
+
     def _native_writer(self) -> Any:
         """The core's writer on this Redis (``None`` on a cluster): a
         ``RedisStreamBackend`` used only for its shared command connection
