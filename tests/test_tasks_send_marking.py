@@ -88,7 +88,8 @@ def test_send_and_send_sync_write_pending_with_the_ttl_in_the_publish(
         ids.append(h2_id)
         assert seen == "pending"
         # The one-round-trip path was the one taken (broker and store: one Redis).
-        assert app._marks == {} or all(v is not None for v in app._marks.values())
+        marks = app._publisher._marks
+        assert marks == {} or all(v is not None for v in marks.values())
         assert 0 < ttl_ms(rclient, h2_id) <= 90_000
         assert rclient.xlen(queue) == 2
         assert app.pool(queue).run_until_idle(timeout=30.0)
@@ -119,8 +120,8 @@ def test_the_marking_path_is_chosen_only_for_the_brokers_own_redis(
     try:
         handles.append(noop_same.send_sync(1))
         handles.append(noop_other.send_sync(2))
-        assert same._marks[queue] is not None
-        assert other._marks[queue] is None  # the store lives in another database
+        assert same._publisher._marks[queue] is not None
+        assert other._publisher._marks[queue] is None  # the store lives in another database
         assert status_in(rclient, handles[0].id) == "pending"
         assert status_in(oclient, handles[1].id) == "pending"
         assert status_in(rclient, handles[1].id) is None  # not in the broker's database
@@ -179,14 +180,14 @@ def test_a_worker_record_that_landed_first_stays(rclient: redis.Redis) -> None:
 
         async def send_async() -> str:
             try:
-                return await app._publish(queue, envelope.encode([1], {}), headers, None,
-                                          first, fresh=True)
+                return await app._publisher.publish(queue, envelope.encode([1], {}), headers,
+                                                    None, first, fresh=True)
             finally:
                 await app.aclose()
         assert asyncio.run(send_async()) == first
-        assert app._publish_sync(queue, envelope.encode([2], {}), headers, None, second,
-                                 fresh=True) == second
-        assert app._marks[queue] is not None
+        assert app._publisher.publish_sync(queue, envelope.encode([2], {}), headers, None,
+                                           second, fresh=True) == second
+        assert app._publisher._marks[queue] is not None
         assert rclient.xlen(queue) == 2  # both published
         assert status_in(rclient, first) == "succeeded"
         assert status_in(rclient, second) == "succeeded"

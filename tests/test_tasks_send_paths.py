@@ -256,12 +256,12 @@ def test_app_send_leaves_a_worker_write_that_landed_first(rclient: redis.Redis) 
         finish_like_a_worker(rclient, second, 2)
 
         async def send_async() -> str:
-            got = await app._publish(queue, envelope.encode([1], {}), headers, None, first,
-                                     fresh=True)
+            got = await app._publisher.publish(queue, envelope.encode([1], {}), headers, None,
+                                               first, fresh=True)
             return got
         assert asyncio.run(send_async()) == first
-        assert app._publish_sync(queue, envelope.encode([2], {}), headers, None, second,
-                                 fresh=True) == second
+        assert app._publisher.publish_sync(queue, envelope.encode([2], {}), headers, None,
+                                           second, fresh=True) == second
         assert rclient.xlen(queue) == 2  # both published
         assert redis_status(rclient)(first) == "succeeded"
         assert redis_status(rclient)(second) == "succeeded"

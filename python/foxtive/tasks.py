@@ -27,6 +27,7 @@ from ._config import seconds
 from .convert import ArgumentConverter
 from .errors import ConfigError
 from .policies import RetryHandler
+from .publishing import Publisher
 
 __all__ = ["Task", "TaskCall", "TaskHandle"]
 
@@ -41,27 +42,7 @@ class TaskApp(Protocol):
 
     _tasks: dict[str, Task[Any, Any]]
 
-    async def _publish(self, queue: str, body: bytes, headers: dict[str, Any],
-                       delay: float | None, task_id: str,
-                       options: Mapping[str, Any] | None = None, *,
-                       fresh: bool = False) -> str: ...
-
-    def _publish_sync(self, queue: str, body: bytes, headers: dict[str, Any],
-                      delay: float | None, task_id: str,
-                      options: Mapping[str, Any] | None = None, *,
-                      fresh: bool = False) -> str: ...
-
-    def _publish_many_sync(self, queue: str, items: list[tuple[bytes, str]],
-                           headers: dict[str, Any], delay: float | None,
-                           options: Mapping[str, Any] | None) -> None: ...
-
-    async def _publish_many(self, queue: str, items: Iterable[tuple[bytes, str]],
-                            headers: dict[str, Any], delay: float | None,
-                            options: Mapping[str, Any] | None = None) -> None: ...
-
-    def _publish_many_in_transaction(self, queue: str, items: list[tuple[bytes, str]],
-                                     headers: dict[str, Any], delay: float | None,
-                                     options: Mapping[str, Any]) -> None: ...
+    _publisher: Publisher
 
     def _run_sync(self, coro: Coroutine[Any, Any, _T]) -> _T: ...
 
@@ -384,16 +365,16 @@ class TaskCall(Generic[P, R]):
 
     async def send(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         body, task_id = self._prepare(args, kwargs)
-        task_id = await self._task.app._publish(self._task.queue, body, self._headers,
-                                                self._delay, task_id, self._options,
-                                                fresh=self._message_id is None)
+        publisher = self._task.app._publisher
+        task_id = await publisher.publish(self._task.queue, body, self._headers, self._delay,
+                                          task_id, self._options, fresh=self._message_id is None)
         return self._handle(task_id)
 
     def send_sync(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         body, task_id = self._prepare(args, kwargs)
-        task_id = self._task.app._publish_sync(self._task.queue, body, self._headers,
-                                               self._delay, task_id, self._options,
-                                               fresh=self._message_id is None)
+        publisher = self._task.app._publisher
+        task_id = publisher.publish_sync(self._task.queue, body, self._headers, self._delay,
+                                         task_id, self._options, fresh=self._message_id is None)
         return self._handle(task_id)
 
     def _many(self, calls: Iterable[tuple[Any, ...] | Mapping[str, Any]]
@@ -424,20 +405,20 @@ class TaskCall(Generic[P, R]):
     async def send_many(self, calls: Iterable[tuple[Any, ...] | Mapping[str, Any]]
                         ) -> list[TaskHandle]:
         items = self._many(calls)
-        await self._task.app._publish_many(self._task.queue, items, self._headers, self._delay,
-                                           self._options)
+        await self._task.app._publisher.publish_many(self._task.queue, items, self._headers,
+                                                      self._delay, self._options)
         return [self._handle(task_id) for _, task_id in items]
 
     def send_many_sync(self, calls: Iterable[tuple[Any, ...] | Mapping[str, Any]]
                        ) -> list[TaskHandle]:
         items = self._many(calls)
-        app = self._task.app
+        publisher = self._task.app._publisher
         if self._options and "transaction" in self._options:
             # The caller's connection belongs to this thread: insert here,
             # every task in one batched statement.
-            app._publish_many_in_transaction(self._task.queue, items, self._headers,
-                                             self._delay, self._options)
+            publisher.publish_many_in_transaction(self._task.queue, items, self._headers,
+                                                  self._delay, self._options)
             return [self._handle(task_id) for _, task_id in items]
-        app._publish_many_sync(self._task.queue, items, self._headers, self._delay,
-                               self._options)
+        publisher.publish_many_sync(self._task.queue, items, self._headers, self._delay,
+                                    self._options)
         return [self._handle(task_id) for _, task_id in items]
