@@ -118,11 +118,7 @@ fn open(url: &str, queue: &str, mut options: Options) -> Result<Opened> {
     if let Some(v) = options.take_u64("max_ack_pending")? {
         cfg.max_ack_pending = i64::try_from(v).unwrap_or(i64::MAX);
     }
-    let auth = Auth {
-        token: options.take_str("token")?,
-        nkey_file: options.take_str("nkey_file")?,
-        creds_file: options.take_str("creds_file")?,
-    };
+    let auth = Auth::take_from(&mut options)?;
     options.finish("NATS (nats://)", OPTIONS)?;
     let backend = Arc::new(NatsBackend::new(url, cfg, auth)?);
     Ok(Opened {

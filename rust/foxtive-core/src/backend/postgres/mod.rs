@@ -18,6 +18,7 @@
 //!   `sslrootcert`, `sslcert`, `sslkey`): `tls.rs`, through which every
 //!   connection is opened.
 
+mod analyze;
 mod config;
 pub mod dedup;
 pub mod dlq;
@@ -128,6 +129,8 @@ pub(crate) struct Inner {
     /// Bumped by every local change (claim, settlement, publish), so a drain
     /// probe taken before it is not trusted.
     activity: AtomicU64,
+    /// When slow claims last made it look at the table's statistics.
+    slow_claims: analyze::SlowClaims,
 }
 
 impl PostgresBackend {
@@ -174,6 +177,7 @@ impl PostgresBackend {
                 renewer: Mutex::new(None),
                 probe: Mutex::new(None),
                 activity: AtomicU64::new(0),
+                slow_claims: analyze::SlowClaims::default(),
                 cfg,
             }),
         })
@@ -323,7 +327,15 @@ impl Inner {
             let notified = wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            let started = Instant::now();
             let batch = self.claim(max).await?;
+            if self.slow_claims.should_look(started.elapsed()) {
+                let inner = self.clone();
+                tokio::spawn(async move {
+                    let (schema, queue) = (&inner.cfg.schema, &inner.queue);
+                    analyze::analyze_if_stale(&inner.settler, schema, queue).await;
+                });
+            }
             if !batch.is_empty() {
                 return Ok(batch);
             }
