@@ -7,11 +7,11 @@ The round trip's worker ends with the final record write: ``SET PX`` and a
 push to ``<key>:done`` in one MULTI. foxtive writes it from the event loop
 through the core (``RedisStreamBackend.write_record``: the loop thread hands
 the write to the tokio thread, which sends it on the shared connection and
-hands the reply back to the loop). This times, one every 1/rate s (so the
+hands the reply back to the loop). This times, one call every 1/rate s (so the
 tokio thread is parked between writes, as in the round trip), that write
 next to the same MULTI sent by redis-py's asyncio client on the loop itself,
-and a redis-py asyncio PING (one round trip, no write): interleaved, in one
-process, so the figures share the machine's load.
+and a redis-py asyncio PING (one round trip, no write): the three in turn,
+in one process, so the figures share the machine's load.
 
 ``wake``: how long after a push a blocked waiter has the element, for
 ``result()``'s way (redis-py's asyncio client, BLMOVE) and the floor's
