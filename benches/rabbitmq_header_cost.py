@@ -16,7 +16,9 @@ Kinds: ``plain`` (message id only), ``ctype`` (+ JSON content type),
 (id, content type and the two headers: the envelope by another client),
 ``foxtive`` (the envelope as foxtive sends it), ``typed`` (id, content type
 and the task name in the AMQP ``type`` property, no header table: not the
-envelope, a measure of what a table-less one would cost).
+envelope, a measure of what a table-less one would cost), ``idlong`` (a
+message id as long as ``typed``'s id, content type and type together: the
+same header frame size with one property).
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ async def fill(queue: str, kind: str, n: int) -> None:
         for _ in range(start, min(n, start + 1000)):
             kw: dict[str, object] = {"delivery_mode": aio_pika.DeliveryMode.PERSISTENT,
                                      "message_id": uuid.uuid4().hex}
+            if kind == "idlong":
+                kw["message_id"] = uuid.uuid4().hex + "-" * (len("application/json") + len(
+                    TASK_NAME) + 2)
             if kind in ("ctype", "headers", "typed"):
                 kw["content_type"] = "application/json"
             if kind in ("hdr_only", "headers"):
