@@ -8,6 +8,7 @@ from harness import jetstream, postgres
 from harness.binaries import ceiling_binary
 from harness.config import C_CEILING
 from harness.peers_venv import peers_have
+from harness.tasks import TASK_CEILING
 
 
 def available(workload: str, name: str, report: list[str]) -> bool:
@@ -30,7 +31,7 @@ def available(workload: str, name: str, report: list[str]) -> bool:
             why = str(e)
     elif name == "huey" and not peers_have("huey"):
         why = "huey is not installed in benches/.peers-venv"
-    elif name == "lapin ceiling":
+    elif name in ("lapin ceiling", TASK_CEILING):
         try:
             ceiling_binary()
         except SystemExit as e:

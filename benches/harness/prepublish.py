@@ -11,10 +11,11 @@ from harness.binaries import ceiling_binary
 from harness.brokers import fill_stream
 from harness.children import compare_child
 from harness.config import BODY_SIZE, FOX
+from harness.tasks import SENT_AS_TASKS
 
 
 def prepublish(workload: str, name: str, kind: str, queue: str, n: int) -> None:
-    raw_redis = (workload.endswith("redis") and name != "foxtive tasks"
+    raw_redis = (workload.endswith("redis") and name not in SENT_AS_TASKS
                  and name.startswith(("foxtive", "redis-rs ceiling", "hiredis ceiling",
                                       "redis-py")))
     if workload == "w4-redis" and raw_redis:
@@ -33,7 +34,7 @@ def prepublish(workload: str, name: str, kind: str, queue: str, n: int) -> None:
                                      "-n", str(n), "--workload", workload),
                        check=True, timeout=900)
         return
-    if workload.endswith("rabbitmq") and name != "foxtive tasks" and name.startswith(
+    if workload.endswith("rabbitmq") and name not in SENT_AS_TASKS and name.startswith(
             ("foxtive", "lapin ceiling", "aio-pika")):
         subprocess.run([ceiling_binary(), "publish", queue, str(n), str(BODY_SIZE)],
                        check=True, stdout=subprocess.DEVNULL)

@@ -102,7 +102,7 @@ def publish(workload: str, contender: str, queue: str, n: int) -> None:
     if workload.endswith("nats"):
         return jetstream.publish(contender, queue, n)
     redis_ = workload.endswith("redis")
-    if contender == "foxtive tasks":
+    if contender in tasks.SENT_AS_TASKS:
         return tasks.publish(workload, queue, n, AMQP_URL, REDIS_URL, PREFETCH)
     if redis_ and contender in REDIS_BULK_PUBLISHERS:
         return REDIS_BULK_PUBLISHERS[contender](queue, n)

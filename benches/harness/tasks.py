@@ -20,6 +20,11 @@ TASK_NAME = "bench.noop"
 #: Tasks per ``send_many`` call when pre-sending (outside the timed window).
 SEND_CHUNK = 5_000
 N_DEFAULT = 50_000
+#: The plain lapin consumer of the tasks' own messages: what the broker and
+#: lapin give a consumer of the envelope (headers, id, content type) at all.
+TASK_CEILING = "lapin ceiling on task messages"
+#: Contenders whose queue is filled with ``send_many`` (the task envelope).
+SENT_AS_TASKS = ("foxtive tasks", TASK_CEILING)
 
 CONTENDERS: dict[str, list[tuple[str, str, str]]] = {
     "tasks-rabbitmq": [
@@ -31,6 +36,8 @@ CONTENDERS: dict[str, list[tuple[str, str, str]]] = {
         # --example rabbitmq_ceiling; left out, with the reason, without it)
         ("lapin ceiling", RUST, "plain lapin consumer, prefetch 1000, one multiple-ack per "
                                 "drained batch, raw messages"),
+        (TASK_CEILING, RUST, "the same lapin consumer on the tasks' messages (sent by "
+                             "send_many: the envelope's headers, id and content type)"),
         ("celery", PEER, "acks_late=True, prefetch_multiplier 4 x 8 threads, pool=threads"),
         ("dramatiq", PEER, "8 worker threads, prefetch 2xthreads, ack after processing"),
         ("taskiq-aio-pika", PEER, "qos 100, ack_type WHEN_EXECUTED, max_async_tasks 100"),
