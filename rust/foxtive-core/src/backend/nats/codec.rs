@@ -20,7 +20,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 
 use crate::backend::redis_streams::{decode_header, encode_header};
-use crate::message::{Delivery, HeaderValue, Headers, Outgoing, Receipt};
+use crate::message::{Delivery, HeaderValue, Headers, Outgoing, PackedReceipt, Receipt};
 use crate::{Error, Result};
 
 pub const MSG_ID: &str = "Nats-Msg-Id";
@@ -51,13 +51,25 @@ fn is_envelope(name: &str) -> bool {
     .any(|e| e.eq_ignore_ascii_case(name))
 }
 
-/// A NATS delivery's receipt: its ack subject and what it says.
-#[derive(Debug, Clone)]
+/// A NATS delivery's receipt, kept inline in the delivery (no allocation):
+/// the stream sequence and the delivery count it was handed out with. Its
+/// ack subject stays in the backend's `held` map, where settling finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NatsReceipt {
-    /// `$JS.ACK...`: acks, NAKs and TERMs are published here.
-    pub reply: String,
     pub stream_seq: u64,
     pub delivered: u32,
+}
+
+impl PackedReceipt for NatsReceipt {
+    fn pack(self) -> [u64; 2] {
+        [self.stream_seq, u64::from(self.delivered)]
+    }
+    fn unpack(words: [u64; 2]) -> Self {
+        NatsReceipt {
+            stream_seq: words[0],
+            delivered: u32::try_from(words[1]).unwrap_or(u32::MAX),
+        }
+    }
 }
 
 /// What a JetStream ack subject says about its message.
@@ -68,17 +80,26 @@ pub struct AckInfo {
 }
 
 /// Parse `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`
-/// (and the form with domain and account hash after `ACK`).
+/// (and the form with domain and account hash after `ACK`), without
+/// collecting the tokens (once per delivery).
 pub fn ack_info(reply: &str) -> Option<AckInfo> {
-    let t: Vec<&str> = reply.split('.').collect();
-    if t.len() < 9 || t[0] != "$JS" || t[1] != "ACK" {
+    let mut tokens = reply.split('.');
+    if tokens.next()? != "$JS" || tokens.next()? != "ACK" {
         return None;
     }
-    let at = if t.len() == 9 { 2 } else { 4 };
-    let delivered: u64 = t.get(at + 2)?.parse().ok()?;
+    // Nine tokens in all, or more with the domain and account hash (the
+    // fields then start two later).
+    let count = reply.bytes().filter(|&b| b == b'.').count() + 1;
+    if count < 9 {
+        return None;
+    }
+    let skip = if count == 9 { 2 } else { 4 };
+    let mut fields = tokens.skip(skip);
+    let delivered: u64 = fields.next()?.parse().ok()?;
+    let stream_seq: u64 = fields.next()?.parse().ok()?;
     Some(AckInfo {
         delivered: u32::try_from(delivered).unwrap_or(u32::MAX),
-        stream_seq: t.get(at + 3)?.parse().ok()?,
+        stream_seq,
     })
 }
 
@@ -203,17 +224,26 @@ pub fn message_id(map: Option<&HeaderMap>) -> Option<String> {
         .map(str::to_string)
 }
 
+/// `<stream>:<stream sequence>`: the id of a message published without one.
+fn stream_id(stream: &str, seq: u64) -> String {
+    use std::fmt::Write as _;
+    let mut id = String::with_capacity(stream.len() + 21);
+    id.push_str(stream);
+    id.push(':');
+    let _ = write!(id, "{seq}");
+    id
+}
+
 /// Build the delivery of a JetStream message.
 pub fn delivery(
     msg: &async_nats::Message,
     info: AckInfo,
-    reply: String,
     stream: &str,
     queue: &std::sync::Arc<str>,
     received_at: f64,
 ) -> Delivery {
     let map = msg.headers.as_ref();
-    let id = message_id(map).unwrap_or_else(|| format!("{stream}:{}", info.stream_seq));
+    let id = message_id(map).unwrap_or_else(|| stream_id(stream, info.stream_seq));
     let text = |name: &str| get(map, name).map(str::to_string);
     Delivery {
         id,
@@ -228,8 +258,7 @@ pub fn delivery(
         priority: get(map, PRIORITY).and_then(|p| p.parse().ok()),
         received_at,
         redelivered: info.delivered > 1,
-        receipt: Receipt::new(NatsReceipt {
-            reply,
+        receipt: Receipt::packed(NatsReceipt {
             stream_seq: info.stream_seq,
             delivered: info.delivered,
         }),
@@ -258,6 +287,13 @@ mod tests {
         );
         assert_eq!(ack_info("_INBOX.x"), None);
         assert_eq!(ack_info("$JS.ACK.S.C.x.17.9.1.4"), None);
+        assert_eq!(ack_info("$JS.ACK.S.C.3.17.9.1"), None);
+        assert_eq!(stream_id("S", 42), "S:42");
+        let r = NatsReceipt {
+            stream_seq: u64::MAX,
+            delivered: 7,
+        };
+        assert_eq!(NatsReceipt::unpack(r.pack()), r);
     }
 
     #[test]

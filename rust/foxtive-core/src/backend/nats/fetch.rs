@@ -25,7 +25,7 @@
 use std::pin::Pin;
 use std::task::Poll;
 
-use async_nats::{Message, StatusCode, Subscriber};
+use async_nats::{Message, StatusCode, Subject, Subscriber};
 use futures_core::Stream;
 use tokio::time::Instant;
 
@@ -44,8 +44,8 @@ const PULL_GRACE: Duration = Duration::from_secs(1);
 /// Most pull requests out at once: one draining, the next on its way.
 pub(super) const PULLS_OUT: usize = 2;
 
-/// A message pulled, its ack subject and what that says.
-pub(super) type Pulled = (Message, String, AckInfo);
+/// A message pulled and what its ack subject (`Message::reply`) says.
+pub(super) type Pulled = (Message, AckInfo);
 
 /// One pull request: it has a reply subject of its own (`<inbox>.<id>`), so
 /// the status that ends it (404, 408, 409) ends that request only, never a
@@ -140,10 +140,10 @@ impl Puller {
             }
             return;
         }
-        let Some(reply) = msg.reply.as_ref().map(|r| r.to_string()) else {
+        let Some(reply) = msg.reply.as_ref() else {
             return;
         };
-        let Some(info) = codec::ack_info(&reply) else {
+        let Some(info) = codec::ack_info(reply.as_str()) else {
             tracing::warn!(subject = %msg.subject, "message without a JetStream ack subject ignored");
             return;
         };
@@ -154,7 +154,7 @@ impl Puller {
                 self.requests.remove(at);
             }
         }
-        self.ready.push((msg, reply, info));
+        self.ready.push((msg, info));
     }
 
     /// At most `max` of the ready messages, oldest first.
@@ -298,21 +298,24 @@ impl Inner {
                 // (only the guard below is lost for what is in flight now).
                 handed.clear();
             }
-            for (msg, reply, mut info) in raw {
+            for (msg, mut info) in raw {
+                // `absorb` kept only messages with an ack subject.
+                let Some(reply) = msg.reply.clone() else {
+                    continue;
+                };
                 // Never an attempt this backend already handed out: NATS 2.9
                 // can roll a message's delivery count back (a delivery it
                 // counts as failed, see `attempt_floor`), and the handler
                 // would see attempt 1 again.
                 info.delivered = attempt_floor(&mut handed, info);
-                held.insert(info.stream_seq, reply.clone());
-                let d = codec::delivery(
-                    &msg,
-                    info,
-                    reply,
-                    &self.cfg.stream,
-                    &self.queue,
-                    received_at,
+                held.insert(
+                    info.stream_seq,
+                    Held {
+                        reply,
+                        delivered: info.delivered,
+                    },
                 );
+                let d = codec::delivery(&msg, info, &self.cfg.stream, &self.queue, received_at);
                 if info.delivered > self.cfg.max_deliver {
                     poison.push(d);
                 } else {
@@ -401,17 +404,17 @@ impl Inner {
         // in the stream for good. It is a poison pill now, as in `admit`.
         let (last, back): (Vec<_>, Vec<_>) = raw
             .into_iter()
-            .partition(|(_, _, info)| info.delivered > self.cfg.max_deliver);
+            .partition(|(_, info)| info.delivered > self.cfg.max_deliver);
         if !last.is_empty() {
             let _ = self.admit(last).await;
         }
-        let replies: Vec<String> = back.into_iter().map(|(_, reply, _)| reply).collect();
+        let replies: Vec<Subject> = back.into_iter().filter_map(|(msg, _)| msg.reply).collect();
         self.nak_all(&replies).await;
     }
 
     /// Hand back every delivery not settled (close).
     pub(super) async fn hand_back_held(&self) {
-        let replies: Vec<String> = self.held.lock().drain().map(|(_, r)| r).collect();
+        let replies: Vec<Subject> = self.held.lock().drain().map(|(_, h)| h.reply).collect();
         if !replies.is_empty() {
             tracing::info!(subject = %self.queue, count = replies.len(),
                 "handing unsettled deliveries back to NATS");
@@ -419,7 +422,7 @@ impl Inner {
         }
     }
 
-    async fn nak_all(&self, replies: &[String]) {
+    async fn nak_all(&self, replies: &[Subject]) {
         let Ok(client) = self.link.client().await else {
             return;
         };
@@ -445,7 +448,7 @@ const HANDED_MAX: usize = 100_000;
 /// (`[1, 1, 1, 4]` in the contract's retries-come-due case) and its retry
 /// policy started over. Attempts stay durable across processes through the
 /// count; within one backend they now only grow.
-pub(super) fn attempt_floor(handed: &mut HashMap<u64, u32>, info: AckInfo) -> u32 {
+pub(super) fn attempt_floor(handed: &mut SeqMap<u32>, info: AckInfo) -> u32 {
     let attempt = match handed.get(&info.stream_seq) {
         Some(&before) => info.delivered.max(before.saturating_add(1)),
         None => info.delivered,
@@ -477,7 +480,12 @@ pub(super) async fn heartbeat(inner: std::sync::Weak<Inner>) {
         // No settlement between the snapshot and the heartbeats: a +WPI
         // after a NAK with delay would cut the delay short.
         let _gate = inner.settling.write().await;
-        let replies: Vec<String> = inner.held.lock().values().cloned().collect();
+        let replies: Vec<Subject> = inner
+            .held
+            .lock()
+            .values()
+            .map(|h| h.reply.clone())
+            .collect();
         for reply in replies {
             let _ = client
                 .publish(reply, bytes::Bytes::from_static(b"+WPI"))
@@ -540,7 +548,7 @@ mod tests {
 
     #[test]
     fn attempts_never_go_back_when_the_server_counts_back() {
-        let mut handed = HashMap::new();
+        let mut handed = SeqMap::default();
         assert_eq!(attempt_floor(&mut handed, info(1, 7)), 1);
         // The server rolled its count back: the handler still sees attempt 2, 3.
         assert_eq!(attempt_floor(&mut handed, info(1, 7)), 2);

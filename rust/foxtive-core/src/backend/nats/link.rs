@@ -178,8 +178,16 @@ impl Link {
         Ok((client, js))
     }
 
-    /// The client (connecting first when there is none).
+    /// The client (connecting first when there is none). Taken for every
+    /// receive and settle: only the client is cloned, not the JetStream
+    /// context (whose clone copies its API prefix).
     pub async fn client(&self) -> Result<Client> {
+        if self.is_closed() {
+            return Err(Error::Shutdown);
+        }
+        if let Some((c, _)) = self.client.lock().await.as_ref() {
+            return Ok(c.clone());
+        }
         self.conn().await.map(|(c, _)| c)
     }
 

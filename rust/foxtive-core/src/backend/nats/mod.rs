@@ -41,9 +41,9 @@ pub(crate) mod kv;
 pub(crate) mod link;
 mod probe;
 mod publish;
+mod seqmap;
 mod settle;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,6 +58,7 @@ use super::registry::{Kind, Opened};
 use super::{Backend, BackendState, SettleItem};
 use crate::message::{Delivery, Outgoing};
 use crate::{Error, Result};
+use seqmap::SeqMap;
 
 pub use codec::NatsReceipt;
 pub use config::{stream_name_for, NatsConfig};
@@ -132,6 +133,14 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown steps may take.
 const SHUTDOWN_STEP: Duration = Duration::from_secs(3);
 
+/// A delivery handed out and not settled: where its settlement goes (the
+/// subject as the client received it, shared, never copied into a `String`)
+/// and the delivery count it was handed out with (`NatsReceipt::delivered`).
+pub(crate) struct Held {
+    reply: async_nats::Subject,
+    delivered: u32,
+}
+
 /// The NATS JetStream backend.
 pub struct NatsBackend {
     inner: Arc<Inner>,
@@ -142,11 +151,11 @@ pub(crate) struct Inner {
     queue: Arc<str>,
     link: link::Link,
     puller: tokio::sync::Mutex<fetch::Puller>,
-    /// Deliveries handed out and not settled: stream sequence → ack subject.
-    held: Mutex<HashMap<u64, String>>,
+    /// Deliveries handed out and not settled, by stream sequence.
+    held: Mutex<SeqMap<Held>>,
     /// The last attempt handed out per stream sequence, until it is acked or
     /// dead-lettered (`fetch::attempt_floor`).
-    handed: Mutex<HashMap<u64, u32>>,
+    handed: Mutex<SeqMap<u32>>,
     declared: tokio::sync::Mutex<bool>,
     /// The publish-dedup bucket once opened, with the `max_age` it was given.
     dedup: tokio::sync::Mutex<Option<(async_nats::jetstream::kv::Store, Duration)>>,
@@ -175,8 +184,8 @@ impl NatsBackend {
                 queue: Arc::from(cfg.subject.as_str()),
                 link,
                 puller: tokio::sync::Mutex::new(fetch::Puller::default()),
-                held: Mutex::new(HashMap::new()),
-                handed: Mutex::new(HashMap::new()),
+                held: Mutex::new(SeqMap::default()),
+                handed: Mutex::new(SeqMap::default()),
                 declared: tokio::sync::Mutex::new(false),
                 dedup: tokio::sync::Mutex::new(None),
                 settling: tokio::sync::RwLock::new(()),

@@ -6,6 +6,9 @@
 //! order, so when `settle` returns every ack of the batch is applied, and a
 //! judge (or `run_until_idle`) never sees an acked message as pending.
 
+use std::collections::hash_map::Entry;
+
+use async_nats::Subject;
 use bytes::Bytes;
 
 use super::codec::{self, NatsReceipt};
@@ -32,22 +35,33 @@ fn nak_with(delay: Duration) -> Bytes {
 impl Inner {
     pub(super) async fn settle(&self, batch: Vec<SettleItem>) -> Result<()> {
         let gate = self.settling.read().await;
-        let mut acks: Vec<String> = Vec::new();
-        let mut naks: Vec<(String, Duration)> = Vec::new();
-        let mut dead: Vec<(Arc<Delivery>, Failure, String)> = Vec::new();
+        let mut acks: Vec<Subject> = Vec::new();
+        let mut naks: Vec<(Subject, Duration)> = Vec::new();
+        let mut dead: Vec<(Arc<Delivery>, Failure, Subject)> = Vec::new();
         {
             let mut held = self.held.lock();
             let mut handed = self.handed.lock();
             for (d, s) in batch {
-                let Some(r) = d.receipt.get::<NatsReceipt>() else {
+                let Some(r) = d.receipt.unpacked::<NatsReceipt>() else {
                     continue;
                 };
-                held.remove(&r.stream_seq);
+                // Its ack subject, unless the delivery is no longer held:
+                // handed back at close (NAKed), or superseded by a
+                // redelivery of the same message (ack_wait ran out), which
+                // settles the message itself. Either way the server
+                // delivers it again if need be: at least once.
+                let reply = match held.entry(r.stream_seq) {
+                    Entry::Occupied(e) if e.get().delivered == r.delivered => e.remove().reply,
+                    _ => {
+                        tracing::debug!(subject = %self.queue, seq = r.stream_seq,
+                            "settlement of a delivery no longer held skipped");
+                        continue;
+                    }
+                };
                 if matches!(s, Settlement::Ack | Settlement::DeadLetter(_)) {
                     // Gone from the stream: no later attempt to guard.
                     handed.remove(&r.stream_seq);
                 }
-                let reply = r.reply.clone();
                 match s {
                     Settlement::Ack => acks.push(reply),
                     Settlement::Retry { delay, .. } => naks.push((reply, delay)),
@@ -111,14 +125,14 @@ impl Inner {
     async fn dead_letter(
         &self,
         client: &async_nats::Client,
-        dead: Vec<(Arc<Delivery>, Failure, String)>,
+        dead: Vec<(Arc<Delivery>, Failure, Subject)>,
     ) -> Result<()> {
         let (_, js) = self.link.conn().await?;
         let mut pending = Vec::with_capacity(dead.len());
         let mut first_error = None;
         for (d, failure, reply) in dead {
             let record = DeadLetter::from_delivery(&d, &failure);
-            let Some(seq) = d.receipt.get::<NatsReceipt>().map(|r| r.stream_seq) else {
+            let Some(seq) = d.receipt.unpacked::<NatsReceipt>().map(|r| r.stream_seq) else {
                 continue;
             };
             // One dead letter per stored message, however often this runs.
