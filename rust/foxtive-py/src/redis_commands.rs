@@ -126,7 +126,10 @@ fn frame_to_py(py: Python<'_>, frame: RespFrame) -> PyResult<Bound<'_, PyAny>> {
         RespFrame::Simple(s) => PyString::new(py, &String::from_utf8_lossy(&s)).into_any(),
         RespFrame::Int(i) => i.into_pyobject(py)?.into_any(),
         RespFrame::Nil => py.None().into_bound(py),
-        RespFrame::Error(e) => backend_error(format!("Redis: {e}")).into_value(py).into_bound(py).into_any(),
+        RespFrame::Error(e) => backend_error(format!("Redis: {e}"))
+            .into_value(py)
+            .into_bound(py)
+            .into_any(),
         RespFrame::Array(items) => {
             let list = PyList::empty(py);
             for item in items {

@@ -83,12 +83,18 @@ impl RedisCommands {
 
     /// A Redis error reply as a core error, scrubbed.
     pub fn reply_error(&self, context: &str, text: &str) -> Error {
-        Error::Backend(self.link.scrub(format!("{context} ({}): {text}", self.link.url)))
+        Error::Backend(
+            self.link
+                .scrub(format!("{context} ({}): {text}", self.link.url)),
+        )
     }
 
     /// A direct connection's failure as a core error, scrubbed.
     pub fn io_error(&self, context: &str, e: &io::Error) -> Error {
-        Error::ConnectionLost(self.link.scrub(format!("{context} ({}): {e}", self.link.url)))
+        Error::ConnectionLost(
+            self.link
+                .scrub(format!("{context} ({}): {e}", self.link.url)),
+        )
     }
 
     /// Write `value` at `key` for `ttl` on the shared command connection,

@@ -102,7 +102,10 @@ thread_local! {
 }
 
 fn timed_out(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock)
+    matches!(
+        e.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+    )
 }
 
 impl Direct {
@@ -307,7 +310,10 @@ mod tests {
     }
 
     fn direct(url: &str) -> Arc<Direct> {
-        let info = redis::Client::open(url).unwrap().get_connection_info().clone();
+        let info = redis::Client::open(url)
+            .unwrap()
+            .get_connection_info()
+            .clone();
         Arc::new(Direct::new(&info, "foxtive-direct-test").unwrap())
     }
 

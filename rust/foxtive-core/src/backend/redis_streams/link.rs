@@ -262,7 +262,6 @@ impl Link {
         }
     }
 
-
     /// The connection of generation `gen` failed: drop it and count the
     /// failure once (others that used it, in this backend or another one
     /// sharing it, find it already gone).

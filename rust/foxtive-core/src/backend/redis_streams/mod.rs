@@ -33,8 +33,8 @@
 //! The entry layout is described in [`codec`].
 
 mod admit;
-mod commands;
 pub mod codec;
+mod commands;
 mod config;
 mod dedup;
 mod direct;
@@ -92,10 +92,10 @@ use reply::RawEntry;
 use scripts::Scripts;
 
 pub use codec::{decode_header, encode_header};
+pub use commands::{RedisCommands, DIRECT_CLIENT_NAME};
 pub use config::{
     default_claim_interval, default_consumer_name, partition_stream, RedisStreamConfig,
 };
-pub use commands::{RedisCommands, DIRECT_CLIENT_NAME};
 pub use direct::Address as DirectAddress;
 pub use publish::MarkNew;
 pub use resp::{take_frame as take_resp_frame, Frame as RespFrame};
