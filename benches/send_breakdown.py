@@ -73,10 +73,15 @@ def main() -> None:
     queue = f"breakdown-{uuid.uuid4().hex[:8]}"
     app_off, noop_off = _app(url, queue, results=False)
     app_on, noop_on = _app(url, queue, results=True)
+    # The same sends through the core's runtime (the path before the direct
+    # connections; FOXTIVE_REDIS_DIRECT=0), for before/after in one run.
+    app_rt, noop_rt = _app(url, queue, results=True)
+    app_rt._publisher.direct = False
     backend = app_off.backend(queue)
     headers = envelope.headers_for("bench.noop")
     store = RedisResultStore(url, ttl=60)
     body = envelope.encode((1, TASK_STR), {})
+    native_b = backend._native
 
     def task_layer(i: int) -> Any:
         call = TaskCall(noop_off)
@@ -90,6 +95,14 @@ def main() -> None:
         ("redis-py sync SET NX PX alone",
          lambda i: store.mark_new_sync(uuid.uuid4().hex, "pending")),
         ("send_sync, results off", lambda i: noop_off.send_sync(i, TASK_STR)),
+        ("native publish_marking_begin().wait() alone (runtime: SET NX + XADD)",
+         lambda i: native_b.publish_marking_begin(body, headers, None, f"rt-{i}",
+                                                  **store.pending_mark(f"rt-{i}")).wait()),
+        ("native publish_now() with the mark alone (this thread's connection)",
+         lambda i: native_b.publish_now(body, headers, None, f"dt-{i}",
+                                                **store.pending_mark(f"dt-{i}"))),
+        ("send_sync, results on, through the runtime (before)",
+         lambda i: noop_rt.send_sync(i, TASK_STR)),
         ("send_sync, results on (Redis store)", lambda i: noop_on.send_sync(i, TASK_STR)),
     ]
 
@@ -111,6 +124,9 @@ def main() -> None:
 
     async def send_on(i: int) -> None:
         await noop_on.send(i, TASK_STR)
+
+    async def send_rt(i: int) -> None:
+        await noop_rt.send(i, TASK_STR)
 
     record = {"status": "succeeded", "value": 1}
     finished = f"breakdown-{uuid.uuid4().hex}"
@@ -141,6 +157,7 @@ def main() -> None:
         ("redis-py asyncio SET NX PX alone", setnx),
         ("gather(redis-py SET NX, native publish)", both),
         ("await send, results off", send_off),
+        ("await send, results on, through the runtime (before)", send_rt),
         ("await send, results on (Redis store)", send_on),
     ]
     times: dict[str, list[float]] = {name: [] for name, _ in sync_pieces + async_pieces}
@@ -155,6 +172,7 @@ def main() -> None:
                 times[name].append(await _timed_async(n, afn))
         await store.close()
         await app_on.aclose()
+        await app_rt.aclose()
         await app_off.aclose()
 
     asyncio.run(go())

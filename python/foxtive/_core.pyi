@@ -401,9 +401,47 @@ class RedisStreamBackend(NativeBackend):
         mark_value: bytes | str,
         mark_ttl: _Seconds,
     ) -> PublishWait: ...
+    def publish_now(
+        self,
+        body: bytes | str,
+        headers: dict[str, Any] | None = None,
+        delay: _Seconds | None = None,
+        message_id: str | None = None,
+        *,
+        mark_key: str | None = None,
+        mark_value: bytes | str | None = None,
+        mark_ttl: _Seconds | None = None,
+    ) -> str | None: ...
+    def publish_commands(
+        self,
+        body: bytes | str,
+        headers: dict[str, Any] | None = None,
+        delay: _Seconds | None = None,
+        message_id: str | None = None,
+        *,
+        mark_key: str | None = None,
+        mark_value: bytes | str | None = None,
+        mark_ttl: _Seconds | None = None,
+    ) -> tuple[bytes, int] | None: ...
+    @property
+    def commands(self) -> RedisCommands: ...
+
+@final
+class RedisCommands:
+    def __new__(cls, url: str) -> RedisCommands: ...
+    @property
+    def url(self) -> str: ...
+    def direct_address(self) -> tuple[str, str, int] | None: ...
+    def direct_handshake(self) -> tuple[bytes, int] | None: ...
     def write_record(
         self, key: str, value: bytes | str, ttl: _Seconds, push: bool
     ) -> Awaitable[None]: ...
+    def close(self) -> None: ...
+
+@final
+class RespReplies:
+    def __new__(cls) -> RespReplies: ...
+    def feed(self, data: bytes) -> list[Any]: ...
 
 @final
 class PostgresBackend(NativeBackend):

@@ -21,6 +21,8 @@ from . import sqlite as _sqlite
 from ._tracecontext import inject
 from .backends import NativeBackend, check_publish_options
 from .errors import ConfigError
+from .redis_loop import ConnectFailed as _ConnectFailed
+from .redis_loop import LoopLink
 from .results import RedisResultStore, ResultStore
 from .results_sql import PostgresResultStore, SqliteResultStore
 
@@ -49,11 +51,60 @@ class Publisher:
         self._app = app
         self._blocks: dict[str, bool] = {}
         self._marks: dict[str, Any] = {}
+        self._natives: dict[str, Any] = {}
+        self._loop_links: dict[int, LoopLink] = {}
+        #: Sends on Redis from the caller's own connection (its thread's for
+        #: send_sync, its loop's for send) rather than through the core's
+        #: runtime; FOXTIVE_REDIS_DIRECT=0 turns that off (the same sends,
+        #: each with two thread hand-offs more).
+        self.direct = os.environ.get("FOXTIVE_REDIS_DIRECT", "1") != "0"
 
     def forget(self) -> None:
-        """Drop what was learned of the app's backends (they were closed)."""
+        """Drop what was learned of the app's backends (they were closed),
+        closing the event loops' own connections to Redis."""
         self._blocks = {}
         self._marks = {}
+        self._natives = {}
+        links, self._loop_links = self._loop_links, {}
+        for link in links.values():
+            link.close()
+
+    async def _publish_direct(self, native: Any, body: bytes, headers: dict[str, Any] | None,
+                              delay: float | None, task_id: str,
+                              mark: dict[str, Any] | None) -> str:
+        """Publish on foxtive's own Redis backend (``native``), with the
+        task's "pending" record in the same round trip when ``mark`` is
+        given: on the running loop's own connection to Redis when the
+        commands fit one pipeline on one node (see ``redis_loop``), else
+        through the core's runtime (also when that connection cannot be
+        opened: nothing was sent on it)."""
+        mark = mark or {}
+        link = self._loop_link(native) if self.direct else None
+        commands = native.publish_commands(body, headers, delay, task_id, **mark) if link else None
+        if commands is not None and link is not None:
+            try:
+                replies = await link.run(*commands)
+            except _ConnectFailed:
+                pass
+            else:
+                for reply in replies:
+                    if isinstance(reply, BaseException):
+                        raise reply
+                return task_id
+        if mark:
+            await native.publish_marking(body, headers, delay, task_id, **mark)
+            return task_id
+        got: str = await native.publish(body, headers, delay, task_id, None, None, None)
+        return got
+
+    def _loop_link(self, native: Any) -> LoopLink | None:
+        """The event loops' connections to ``native``'s Redis (None: no
+        direct path, TLS). One per Redis backend object, cached."""
+        key = id(native)
+        link = self._loop_links.get(key)
+        if link is None:
+            link = self._loop_links[key] = LoopLink(native.commands)
+        return link if link.available else None
 
     # A task's "pending" record: a send without dedup_key writes it before
     # the publish (a worker's later writes then overwrite it, never the
@@ -95,14 +146,19 @@ class Publisher:
             if fresh and isinstance(store, RedisResultStore):
                 native = None if options else self._marking(queue, backend, store)
                 if native is not None:
-                    await native.publish_marking(body, inject(headers), delay, task_id,
-                                                 **store.pending_mark(task_id))
+                    await self._publish_direct(native, body, inject(headers), delay, task_id,
+                                               store.pending_mark(task_id))
                     return task_id
                 await _both(store.mark_new(task_id, "pending"),
                             backend.publish(body, headers=headers, delay=delay,
                                             message_id=task_id, **(options or {})))
                 return task_id
             await store.mark(task_id, "pending")
+        elif store is None and not options:
+            native = self._native_redis(queue, backend)
+            if native is not None:
+                return await self._publish_direct(native, body, inject(headers), delay, task_id,
+                                                  None)
         got = await backend.publish(body, headers=headers, delay=delay, message_id=task_id,
                                     **(options or {}))
         got_id = got if isinstance(got, str) else task_id
@@ -233,19 +289,31 @@ class Publisher:
                                            and backend.publishes_blocking)
         return known
 
-    def _marking(self, queue: str, backend: Any, store: RedisResultStore) -> Any:
-        """The native Redis backend that writes a fresh task's "pending"
-        record in its publish's own round trip (``SET NX`` pipelined with
-        the ``XADD`` on the core's shared command connection: one call, one
-        wake-up, no redis-py), or None: only foxtive's own
-        ``RedisStreamBackend`` on the store's Redis (same server,
-        credentials, database), not on a cluster. Cached per queue."""
-        known = self._marks.get(queue, _UNKNOWN)
+    def _native_redis(self, queue: str, backend: Any) -> Any:
+        """foxtive's own ``RedisStreamBackend`` behind ``backend`` (the core
+        object: its direct and one-round-trip publishes), or None: another
+        backend, or one driving a backend written in Python. Cached per
+        queue."""
+        known = self._natives.get(queue, _UNKNOWN)
         if known is _UNKNOWN:
             native = getattr(backend, "_native", None)
             known = None
-            if (store._cluster is None and isinstance(native, _core.RedisStreamBackend)
-                    and backend.publishes_blocking and native.same_redis(store.url)):
+            if isinstance(native, _core.RedisStreamBackend) and backend.publishes_blocking:
+                known = native
+            self._natives[queue] = known
+        return known
+
+    def _marking(self, queue: str, backend: Any, store: RedisResultStore) -> Any:
+        """The native Redis backend that writes a fresh task's "pending"
+        record in its publish's own round trip (``SET NX`` pipelined with
+        the ``XADD``: one call, one round trip, no redis-py), or None: only
+        foxtive's own ``RedisStreamBackend`` on the store's Redis (same
+        server, credentials, database), not on a cluster. Cached per queue."""
+        known = self._marks.get(queue, _UNKNOWN)
+        if known is _UNKNOWN:
+            native = self._native_redis(queue, backend)
+            known = None
+            if store._cluster is None and native is not None and native.same_redis(store.url):
                 known = native
             self._marks[queue] = known
         return known
@@ -268,6 +336,13 @@ class Publisher:
             opts = dict(options)
         store = self._app._result_store() if self._app.results else None
         if store is None:
+            native = None if opts else self._native_redis(queue, backend)
+            if native is not None and self.direct:
+                # The caller's own connection to Redis, GIL released (None:
+                # no direct path, or its connection failed: the runtime's).
+                got = native.publish_now(body, inject(headers), delay, task_id)
+                if got is not None:
+                    return str(got)
             return backend.publish_begin(body, headers, delay, task_id, **opts).wait()[0]
         if dedup:
             got = backend.publish_begin(body, headers, delay, task_id, **opts).wait()[0]
@@ -277,8 +352,13 @@ class Publisher:
         if fresh and isinstance(store, RedisResultStore):
             native = None if opts else self._marking(queue, backend, store)
             if native is not None:
-                native.publish_marking_begin(body, inject(headers), delay, task_id,
-                                             **store.pending_mark(task_id)).wait()
+                mark = store.pending_mark(task_id)
+                traced = inject(headers)
+                # The caller's own connection to Redis, GIL released (None:
+                # no direct path, or its connection failed: the runtime's).
+                if not self.direct or native.publish_now(body, traced, delay, task_id,
+                                                         **mark) is None:
+                    native.publish_marking_begin(body, traced, delay, task_id, **mark).wait()
                 return task_id
             publishing = backend.publish_begin(body, headers, delay, task_id, **opts)
             try:

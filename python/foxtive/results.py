@@ -376,15 +376,13 @@ class RedisResultStore(ResultStore):
                 "mark_ttl": self.ttl}
 
     def _native_writer(self) -> Any:
-        """The core's writer on this Redis (``None`` on a cluster): a
-        ``RedisStreamBackend`` used only for its shared command connection
+        """The core's commands on this Redis (``None`` on a cluster): its
+        writes go through the process's shared command connection to it
         (the one the app's Redis queues in this process use too)."""
         writer = self._writer
         if writer is None and self._cluster is None:
             try:
-                writer = _core.RedisStreamBackend(
-                    self.url, _core.RedisStreamConsumerConfig(
-                        stream_name=f"{self.prefix}writer", group_name="foxtive"))
+                writer = _core.RedisCommands(self.url)
             except ConfigError:  # a URL redis-py reads and the core does not
                 writer = False
             self._writer = writer
@@ -457,25 +455,26 @@ class RedisResultStore(ResultStore):
 
     def wait_sync(self, task_id: str, timeout: float | None) -> Any:
         key = self._key(task_id)
-        record = self._final(self._sync.get(key))
-        if record is None and timeout is not None and timeout <= 0:
-            raise TimeoutError(f"task {task_id}: no result yet")
-        if record is None:
-            # redis-py types the timeout as int; Redis >= 6 takes seconds as a float.
-            moved = self._sync.blmove(f"{key}:done", f"{key}:done",
-                                      timeout or 0,
-                                      "RIGHT", "RIGHT")
-            if moved is None:
-                raise TimeoutError(f"task {task_id}: no result within {timeout} s")
-            record = self._final_pushed(moved) or self._final(self._sync.get(key))
+        if timeout is not None and timeout <= 0:
+            record = self._final(self._sync.get(key))
             if record is None:
-                raise TimeoutError(f"task {task_id}: its result expired")
+                raise TimeoutError(f"task {task_id}: no result yet")
+            return _outcome(record)
+        # As in wait: no GET first, BLMOVE returns a final record at once.
+        # redis-py types the timeout as int; Redis >= 6 takes seconds as a float.
+        moved = self._sync.blmove(f"{key}:done", f"{key}:done", timeout or 0,
+                                  "RIGHT", "RIGHT")
+        if moved is None:
+            raise TimeoutError(f"task {task_id}: no result within {timeout} s")
+        record = self._final_pushed(moved) or self._final(self._sync.get(key))
+        if record is None:
+            raise TimeoutError(f"task {task_id}: its result expired")
         return _outcome(record)
 
     async def close(self) -> None:
         writer, self._writer = self._writer, None
         if writer:
-            await writer.close()
+            writer.close()
         try:
             loop = asyncio.get_running_loop()
             for clients in (self._async, self._async_waits):

@@ -105,9 +105,16 @@ async fn a_record_write_replaces_the_waiters_list_and_a_plain_one_pushes_nothing
     )
     .unwrap();
     let ttl = Duration::from_secs(20);
-    b.write_record(&key, b"first", ttl, true).await.unwrap();
-    b.write_record(&key, b"second", ttl, true).await.unwrap();
-    b.write_record(&plain, b"retrying", ttl, false)
+    b.commands()
+        .write_record(&key, b"first", ttl, true)
+        .await
+        .unwrap();
+    b.commands()
+        .write_record(&key, b"second", ttl, true)
+        .await
+        .unwrap();
+    b.commands()
+        .write_record(&plain, b"retrying", ttl, false)
         .await
         .unwrap();
     let mut j = judge();

@@ -18,6 +18,7 @@ mod postgres;
 mod python_backend;
 mod rabbitmq;
 mod rate_limiter;
+mod redis_commands;
 mod redis_streams;
 mod registry;
 mod resilient;
@@ -62,6 +63,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<rabbitmq::PyRabbitMqConfig>()?;
     m.add_class::<redis_streams::PyRedisStreamBackend>()?;
     m.add_class::<redis_streams::PyRedisStreamConfig>()?;
+    m.add_class::<redis_commands::PyRedisCommands>()?;
+    m.add_class::<redis_commands::PyRespReplies>()?;
     sqlite::register(m)?;
     schedule::register(m)?;
     m.add_class::<postgres::PyPostgresBackend>()?;

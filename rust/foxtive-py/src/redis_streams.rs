@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyBytes, PyDict};
 
 use foxtive_core::backend::redis_streams::{
     default_claim_interval, MarkNew, RedisStreamBackend, RedisStreamConfig,
@@ -17,6 +17,7 @@ use crate::convert::{body_from_py, duration_from_py, outgoing_from_py};
 use crate::errors::IntoPyResult;
 use crate::keywords::Keywords;
 use crate::native_backend::{NativeBackend, PublishWait};
+use crate::redis_commands::PyRedisCommands;
 
 #[pyclass(extends = NativeBackend, frozen, name = "RedisStreamBackend", module = "foxtive._core")]
 pub struct PyRedisStreamBackend {
@@ -265,23 +266,66 @@ impl PyRedisStreamBackend {
         PublishWait::spawn(async move { Ok(vec![backend.publish_marking(out, &mark).await?]) })
     }
 
-    /// Write a task's result record on the shared command connection
-    /// (awaitable): `key` = `value` for `ttl` seconds; with `push`, in the
-    /// same `MULTI`, `<key>:done` = `[value]` for a waiter's `BLMOVE`.
-    fn write_record<'py>(
+    /// `publish` (with the `mark_*` keywords: `publish_marking`) from the
+    /// calling thread on its own connection to the Redis (blocking, the GIL
+    /// released): the id, or None when the direct path does not apply
+    /// (TLS, partitions, a cluster, a delay, `wait_replicas`) or its
+    /// connection failed: publish through the runtime then.
+    #[pyo3(signature = (body, headers = None, delay = None, message_id = None, *,
+                        mark_key = None, mark_value = None, mark_ttl = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn publish_now(
+        &self,
+        py: Python<'_>,
+        body: &Bound<'_, PyAny>,
+        headers: Option<&Bound<'_, PyDict>>,
+        delay: Option<&Bound<'_, PyAny>>,
+        message_id: Option<String>,
+        mark_key: Option<String>,
+        mark_value: Option<&Bound<'_, PyAny>>,
+        mark_ttl: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Option<String>> {
+        let out = outgoing_from_py(body, headers, delay, message_id)?;
+        let mark = optional_mark(mark_key, mark_value, mark_ttl)?;
+        let backend = &self.inner;
+        py.detach(|| backend.publish_now(&out, mark.as_ref()))
+            .transpose()
+            .py_err()
+    }
+
+    /// The commands of `publish_now`, encoded for a connection of the
+    /// caller's own to the Redis, and how many replies they get (the last
+    /// is the XADD's: the entry id); None where `publish_now` has no
+    /// direct path.
+    #[pyo3(signature = (body, headers = None, delay = None, message_id = None, *,
+                        mark_key = None, mark_value = None, mark_ttl = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn publish_commands<'py>(
         &self,
         py: Python<'py>,
-        key: String,
-        value: &Bound<'py, PyAny>,
-        ttl: &Bound<'py, PyAny>,
-        push: bool,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let value = body_from_py(value)?;
-        let ttl = duration_from_py("ttl", ttl)?;
-        let backend = self.inner.clone();
-        bridge::awaitable(py, async move {
-            backend.write_record(&key, &value, ttl, push).await
-        })
+        body: &Bound<'py, PyAny>,
+        headers: Option<&Bound<'py, PyDict>>,
+        delay: Option<&Bound<'py, PyAny>>,
+        message_id: Option<String>,
+        mark_key: Option<String>,
+        mark_value: Option<&Bound<'py, PyAny>>,
+        mark_ttl: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Option<(Bound<'py, PyBytes>, usize)>> {
+        let out = outgoing_from_py(body, headers, delay, message_id)?;
+        let mark = optional_mark(mark_key, mark_value, mark_ttl)?;
+        Ok(self
+            .inner
+            .direct_commands(&out, mark.as_ref())
+            .map(|(bytes, n)| (PyBytes::new(py, &bytes), n)))
+    }
+
+    /// The commands on this backend's Redis (result records, direct sends),
+    /// sharing its connections.
+    #[getter]
+    fn commands(&self) -> PyRedisCommands {
+        PyRedisCommands {
+            inner: self.inner.commands().clone(),
+        }
     }
 
     fn __repr__(&self) -> String {
@@ -307,4 +351,19 @@ fn mark_from_py(
         value: body_from_py(value)?.to_vec(),
         ttl: duration_from_py("mark_ttl", ttl)?,
     })
+}
+
+/// The `mark_*` keywords: all three or none.
+fn optional_mark(
+    key: Option<String>,
+    value: Option<&Bound<'_, PyAny>>,
+    ttl: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Option<MarkNew>> {
+    match (key, value, ttl) {
+        (None, None, None) => Ok(None),
+        (Some(key), Some(value), Some(ttl)) => mark_from_py(key, value, ttl).map(Some),
+        _ => Err(crate::errors::config_error(
+            "mark_key, mark_value, mark_ttl: give all three or none",
+        )),
+    }
 }

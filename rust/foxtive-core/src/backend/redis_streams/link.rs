@@ -225,6 +225,43 @@ impl Link {
         }
     }
 
+    /// Run `op` on the command connection, reconnecting (per the strategy)
+    /// through connection losses for up to `window`.
+    pub async fn with_writer<T, F, Fut>(&self, what: &str, window: Duration, mut op: F) -> Result<T>
+    where
+        F: FnMut(Conn) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, RedisError>>,
+    {
+        let deadline = Instant::now() + window;
+        loop {
+            let err = match self.writer().await {
+                Ok((gen, conn)) => match op(conn).await {
+                    Ok(v) => return Ok(v),
+                    Err(e) => {
+                        let err = self.error(what, &e);
+                        if !err.is_connection() {
+                            return Err(err);
+                        }
+                        self.lost(gen, &err);
+                        err
+                    }
+                },
+                Err(Error::Shutdown) => return Err(Error::Shutdown),
+                Err(e) => e,
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(err);
+            }
+            let at = self
+                .retry_at()
+                .unwrap_or(now)
+                .max(now + Duration::from_millis(20))
+                .min(deadline);
+            tokio::time::sleep_until(at).await;
+        }
+    }
+
     /// The connection of generation `gen` failed: drop it and count the
     /// failure once (others that used it, in this backend or another one
     /// sharing it, find it already gone).

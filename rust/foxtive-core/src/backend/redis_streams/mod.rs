@@ -34,8 +34,10 @@
 
 mod admit;
 pub mod codec;
+mod commands;
 mod config;
 mod dedup;
+mod direct;
 pub mod dlq;
 mod duties;
 // The rate limiter's shared bucket uses the command connection too.
@@ -44,7 +46,7 @@ mod partitions;
 mod publish;
 mod reader;
 mod reply;
-mod resp;
+pub(crate) mod resp;
 mod scripts;
 mod settle;
 mod shared;
@@ -90,10 +92,13 @@ use reply::RawEntry;
 use scripts::Scripts;
 
 pub use codec::{decode_header, encode_header};
+pub use commands::{RedisCommands, DIRECT_CLIENT_NAME};
 pub use config::{
     default_claim_interval, default_consumer_name, partition_stream, RedisStreamConfig,
 };
+pub use direct::Address as DirectAddress;
 pub use publish::MarkNew;
+pub use resp::{take_frame as take_resp_frame, Frame as RespFrame};
 
 /// How long settlements keep retrying through a connection loss.
 const OP_RETRY_WINDOW: Duration = Duration::from_secs(15);
@@ -133,6 +138,8 @@ pub struct RedisStreamBackend {
     /// What makes this backend's Redis the one of another URL (see
     /// [`Self::same_redis`]): the key of its shared command connection.
     server: shared::Key,
+    /// Result records, "pending" marks and direct publishes on this Redis.
+    commands: Arc<RedisCommands>,
 }
 
 #[derive(Clone, Copy)]
@@ -192,6 +199,7 @@ impl RedisStreamBackend {
             inner,
             rest: parts.collect(),
             next: AtomicUsize::new(0),
+            commands: Arc::new(RedisCommands::on(link.clone(), url, cfg.cluster)),
             config: cfg,
             server,
         })
@@ -309,42 +317,13 @@ impl Inner {
         self.activity.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Run `op` on the command connection, reconnecting (per the strategy)
-    /// through connection losses for up to `window`.
-    async fn with_writer<T, F, Fut>(&self, what: &str, window: Duration, mut op: F) -> Result<T>
+    /// Run `op` on the command connection (see [`Link::with_writer`]).
+    async fn with_writer<T, F, Fut>(&self, what: &str, window: Duration, op: F) -> Result<T>
     where
         F: FnMut(Conn) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, RedisError>>,
     {
-        let deadline = Instant::now() + window;
-        loop {
-            let err = match self.link.writer().await {
-                Ok((gen, conn)) => match op(conn).await {
-                    Ok(v) => return Ok(v),
-                    Err(e) => {
-                        let err = self.link.error(what, &e);
-                        if !err.is_connection() {
-                            return Err(err);
-                        }
-                        self.link.lost(gen, &err);
-                        err
-                    }
-                },
-                Err(Error::Shutdown) => return Err(Error::Shutdown),
-                Err(e) => e,
-            };
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(err);
-            }
-            let at = self
-                .link
-                .retry_at()
-                .unwrap_or(now)
-                .max(now + Duration::from_millis(20))
-                .min(deadline);
-            tokio::time::sleep_until(at).await;
-        }
+        self.link.with_writer(what, window, op).await
     }
 
     /// After writes to this partition's keys over `conn`: wait until
@@ -440,6 +419,7 @@ impl Backend for RedisStreamBackend {
             part.close().await;
         }
         self.inner.link.close();
+        self.commands.close_direct();
         Ok(())
     }
 

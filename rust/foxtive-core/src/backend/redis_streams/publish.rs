@@ -1,5 +1,6 @@
 //! Publishing: immediate entries with XADD, delayed ones into the sorted set.
 
+use super::resp::Frame;
 use super::*;
 
 impl Inner {
@@ -98,7 +99,7 @@ pub struct MarkNew {
 }
 
 impl MarkNew {
-    fn cmd(&self, pipe: &mut redis::Pipeline) {
+    pub(super) fn cmd(&self, pipe: &mut redis::Pipeline) {
         let ttl_ms = self.ttl.as_millis().clamp(1, u64::MAX as u128) as u64;
         pipe.cmd("SET")
             .arg(&self.key)
@@ -129,7 +130,7 @@ impl RedisStreamBackend {
         }
         let (ids, marked) = tokio::join!(
             Backend::publish(self, vec![message]),
-            self.inner.mark_new(mark)
+            self.commands.mark_new(mark)
         );
         let id = ids?.pop();
         marked?;
@@ -170,57 +171,111 @@ impl Inner {
                 .ok_or_else(|| Error::Backend("XADD returned no entry id".to_string())),
         }
     }
-
-    /// `SET NX` of `mark` alone, on the command connection.
-    async fn mark_new(&self, mark: &MarkNew) -> Result<()> {
-        self.with_writer("SET NX", PUBLISH_RETRY_WINDOW, |mut conn| {
-            let mut pipe = redis::pipe();
-            mark.cmd(&mut pipe);
-            async move {
-                pipe.query_async::<Vec<Value>>(&mut conn).await?;
-                Ok(())
-            }
-        })
-        .await
-    }
 }
 
 impl RedisStreamBackend {
-    /// Write `value` at `key` for `ttl` on the shared command connection,
-    /// in one `MULTI`: with `push` also replace the list `<key>:done` by
-    /// `[value]` (same TTL), which a waiter blocks on (`BLMOVE`). The task
-    /// layer's final result record; without `push`, a plain `SET PX`.
-    pub async fn write_record(
+    /// The commands of a publish of `message` (with `mark`: of
+    /// [`Self::publish_marking`], the `SET NX` first) for a direct
+    /// connection, encoded, and how many replies they get; `None` when the
+    /// publish needs more than one pipeline on one node (partitions, a
+    /// cluster, a delay, dedup, priority, `wait_replicas`) or the Redis has
+    /// no direct path (TLS).
+    pub fn direct_commands(
         &self,
-        key: &str,
-        value: &[u8],
-        ttl: Duration,
-        push: bool,
-    ) -> Result<()> {
-        let ttl_ms = ttl.as_millis().clamp(1, u64::MAX as u128) as u64;
-        let done = format!("{key}:done");
-        self.inner
-            .with_writer("result write", PUBLISH_RETRY_WINDOW, |mut conn| {
-                let mut pipe = redis::pipe();
-                if push {
-                    pipe.atomic();
+        message: &Outgoing,
+        mark: Option<&MarkNew>,
+    ) -> Option<(Vec<u8>, usize)> {
+        let immediate = message.delay.is_none_or(|d| d.is_zero());
+        if !(self.rest.is_empty()
+            && !self.config.cluster
+            && immediate
+            && message.dedup.is_none()
+            && message.priority.is_none()
+            && self.inner.cfg.wait_replicas == 0
+            && self.commands.direct_address().is_some())
+        {
+            return None;
+        }
+        let mut out = Vec::with_capacity(128 + message.body.len());
+        if let Some(mark) = mark {
+            commands::encode_mark(&mut out, mark);
+        }
+        self.inner.encode_xadd(&mut out, message);
+        Some((out, 1 + usize::from(mark.is_some())))
+    }
+
+    /// The message's id from the replies of [`Self::direct_commands`] (an
+    /// error reply is the send's error: the task was not sent, or its
+    /// record not written).
+    pub fn direct_reply(&self, message: &Outgoing, replies: Vec<Frame>) -> Result<String> {
+        let mut entry = None;
+        for reply in replies {
+            match reply {
+                Frame::Error(e) => {
+                    let what = if entry.is_none() { "publish" } else { "XADD" };
+                    return Err(self.commands.reply_error(what, &e));
                 }
-                pipe.cmd("SET")
-                    .arg(key)
-                    .arg(value)
-                    .arg("PX")
-                    .arg(ttl_ms)
-                    .ignore();
-                if push {
-                    pipe.cmd("DEL").arg(&done).ignore();
-                    pipe.cmd("RPUSH").arg(&done).arg(value).ignore();
-                    pipe.cmd("PEXPIRE").arg(&done).arg(ttl_ms).ignore();
-                }
-                async move {
-                    pipe.query_async::<Value>(&mut conn).await?;
-                    Ok(())
-                }
-            })
-            .await
+                other => entry = Some(other),
+            }
+        }
+        self.inner.touch();
+        let id = match entry {
+            Some(Frame::Bulk(id)) | Some(Frame::Simple(id)) => id,
+            _ => return Err(Error::Backend("XADD returned no entry id".to_string())),
+        };
+        match &message.message_id {
+            Some(given) => Ok(given.clone()),
+            None => String::from_utf8(id.to_vec())
+                .map_err(|_| Error::Backend("XADD returned a bad entry id".to_string())),
+        }
+    }
+
+    /// A publish of `message` (with `mark`, as [`Self::publish_marking`])
+    /// from the caller's thread on its own connection (blocking: the glue
+    /// releases the GIL around it). `None` when the direct path does not
+    /// apply ([`Self::direct_commands`]) or its connection failed even after
+    /// one reconnection: the caller then publishes through the runtime
+    /// (which retries per the reconnect strategy). A failure after the
+    /// commands were written may have sent the message: sent again, it is
+    /// delivered twice, never lost.
+    pub fn publish_now(
+        &self,
+        message: &Outgoing,
+        mark: Option<&MarkNew>,
+    ) -> Option<Result<String>> {
+        let (commands, replies) = self.direct_commands(message, mark)?;
+        match self.commands.run_now(&commands, replies)? {
+            Ok(got) => Some(self.direct_reply(message, got)),
+            Err(e) => {
+                tracing::debug!(error = %self.commands.io_error("direct publish", &e),
+                    "direct publish failed; publishing through the runtime");
+                None
+            }
+        }
+    }
+
+    /// The commands on this backend's Redis (shared with result stores).
+    pub fn commands(&self) -> &Arc<RedisCommands> {
+        &self.commands
+    }
+}
+
+impl Inner {
+    /// Append this partition's `XADD` of `m` to `out` (as [`Inner::xadd`]).
+    fn encode_xadd(&self, out: &mut Vec<u8>, m: &Outgoing) {
+        let fields = Parts::from_outgoing(m, m.message_id.as_deref()).fields();
+        let maxlen = self.cfg.maxlen.map(|n| n.to_string());
+        let mut args: Vec<&[u8]> = Vec::with_capacity(6 + 2 * fields.len());
+        args.push(b"XADD");
+        args.push(self.cfg.stream_name.as_bytes());
+        if let Some(n) = &maxlen {
+            args.extend([&b"MAXLEN"[..], b"~", n.as_bytes()]);
+        }
+        args.push(b"*");
+        for (k, v) in &fields {
+            args.push(k);
+            args.push(v);
+        }
+        resp::encode(out, &args);
     }
 }

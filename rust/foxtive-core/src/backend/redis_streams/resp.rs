@@ -24,7 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// One reply, its strings sharing the read buffer.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Frame {
+pub enum Frame {
     Simple(Bytes),
     Error(String),
     Int(i64),
@@ -171,7 +171,7 @@ fn build(buf: &Bytes, pos: &mut usize) -> io::Result<Frame> {
 }
 
 /// Take one complete frame off the front of `rbuf`, if there is one.
-pub(crate) fn take_frame(rbuf: &mut BytesMut) -> io::Result<Option<Frame>> {
+pub fn take_frame(rbuf: &mut BytesMut) -> io::Result<Option<Frame>> {
     let Some(end) = frame_end(rbuf, 0)? else {
         return Ok(None);
     };

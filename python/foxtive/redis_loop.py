@@ -1,0 +1,218 @@
+"""An event loop's own connection to a Redis, driven by the loop itself.
+
+``await task.send(...)`` on Redis used to hand each publish to the core's
+tokio runtime and be woken back through ``call_soon_threadsafe``: two
+thread hand-offs per send, most of its cost on a Redis answering in ~30 µs.
+Here the loop writes the commands on a non-blocking socket of its own and
+reads the replies when the loop sees them (an :class:`asyncio.Protocol`):
+no other thread, and an ``await`` never blocks the loop, whatever Redis
+does. The commands are encoded and the replies parsed in Rust (one call
+each way); concurrent sends of one loop are pipelined, their replies
+matched in FIFO order.
+
+* A cancelled send leaves its replies to be read and dropped: the stream
+  stays in step for the sends after it.
+* A connection that drops (or a reply that takes longer than
+  ``REPLY_TIMEOUT``) fails every send waiting on it with ``BackendError``;
+  the send may or may not have reached Redis (retry: at least once). The
+  next send opens a new connection.
+* One connection per loop and process: a forked child never uses its
+  parent's. :meth:`LoopLink.close` closes them all (``App.close()``).
+* Plain TCP and unix sockets; a ``rediss://`` Redis has no direct path
+  (the core's ``direct_address()`` is None) and sends go through the
+  runtime as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import weakref
+from typing import Any
+
+from . import _core
+from .errors import BackendError
+
+__all__ = ["ConnectFailed", "LoopLink"]
+
+#: How long a reply may take before the connection is given up.
+REPLY_TIMEOUT = 10.0
+#: How long connecting (and the AUTH/SELECT handshake) may take.
+CONNECT_TIMEOUT = 5.0
+
+
+class ConnectFailed(BackendError):
+    """The loop's connection could not be opened: nothing was sent (the
+    caller may take another path)."""
+
+
+class _Replies(asyncio.Protocol):
+    """The loop's connection: requests in, replies matched in order."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.pid = os.getpid()
+        self.parser = _core.RespReplies()
+        self.transport: asyncio.Transport | None = None
+        #: (future, replies expected, sent at) per request, oldest first.
+        self.waiting: collections.deque[tuple[asyncio.Future[list[Any]], int, float]] = (
+            collections.deque())
+        self.got: list[Any] = []
+        self.lost: BaseException | None = None
+        self.watch: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            replies = self.parser.feed(data)
+        except BackendError as e:  # a stream out of step: give the connection up
+            self._fail(e)
+            return
+        waiting = self.waiting
+        got = self.got
+        for reply in replies:
+            got.append(reply)
+            if not waiting:
+                self._fail(BackendError("Redis: a reply nobody asked for"))
+                return
+            fut, n, _ = waiting[0]
+            if len(got) == n:
+                waiting.popleft()
+                if not fut.done():  # a cancelled send's replies are dropped
+                    fut.set_result(got)
+                self.got = got = []
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(BackendError(f"Redis connection lost{f': {exc}' if exc else ''}; "
+                                "the send may not have reached Redis"))
+
+    def _fail(self, err: BaseException) -> None:
+        if self.lost is None:
+            self.lost = err
+        if self.watch is not None:
+            self.watch.cancel()
+            self.watch = None
+        waiting, self.waiting = self.waiting, collections.deque()
+        for fut, _, _ in waiting:
+            if not fut.done():
+                fut.set_exception(err)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def request(self, data: bytes, replies: int) -> asyncio.Future[list[Any]]:
+        """Write ``data`` (``replies`` commands); a future of their replies."""
+        fut: asyncio.Future[list[Any]] = self.loop.create_future()
+        if self.lost is not None or self.transport is None:
+            fut.set_exception(self.lost or BackendError("Redis connection not open"))
+            return fut
+        self.waiting.append((fut, replies, self.loop.time()))
+        self.transport.write(data)
+        if self.watch is None:
+            self.watch = self.loop.call_later(1.0, self._check)
+        return fut
+
+    def _check(self) -> None:
+        """Once a second while replies are awaited: give up a connection
+        whose oldest reply is more than ``REPLY_TIMEOUT`` late."""
+        self.watch = None
+        if not self.waiting:
+            return
+        if self.loop.time() - self.waiting[0][2] > REPLY_TIMEOUT:
+            self._fail(BackendError(f"Redis did not answer within {REPLY_TIMEOUT:g} s; "
+                                    "the send may not have reached Redis"))
+            return
+        self.watch = self.loop.call_later(1.0, self._check)
+
+    def usable(self) -> bool:
+        return self.lost is None and self.pid == os.getpid()
+
+
+class LoopLink:
+    """A Redis's connection per event loop (see the module's docstring)."""
+
+    def __init__(self, commands: _core.RedisCommands) -> None:
+        self._commands = commands
+        self._address = commands.direct_address()
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Replies] = (
+            weakref.WeakKeyDictionary())
+        self._connecting: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
+                                                    asyncio.Future[_Replies]] = (
+            weakref.WeakKeyDictionary())
+
+    @property
+    def available(self) -> bool:
+        """Whether there is a direct path (not TLS)."""
+        return self._address is not None
+
+    async def run(self, data: bytes, replies: int) -> list[Any]:
+        """Write ``data`` (``replies`` commands) on the running loop's
+        connection; their replies (an error reply as a ``BackendError``
+        instance, not raised)."""
+        loop = asyncio.get_running_loop()
+        proto = self._by_loop.get(loop)
+        if proto is None or not proto.usable():
+            proto = await self._connect(loop)
+        return await proto.request(data, replies)
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Replies:
+        pending = self._connecting.get(loop)
+        if pending is not None:  # one connection attempt at a time per loop
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[_Replies] = loop.create_future()
+        self._connecting[loop] = fut
+        try:
+            try:
+                proto = await asyncio.wait_for(self._open(loop), CONNECT_TIMEOUT)
+            except (OSError, BackendError) as e:  # TimeoutError is an OSError
+                raise ConnectFailed(f"Redis direct connection: {e}") from None
+            self._by_loop[loop] = proto
+            fut.set_result(proto)
+            return proto
+        except BaseException as e:
+            if isinstance(e, asyncio.CancelledError):
+                fut.cancel()
+            else:
+                fut.set_exception(e)
+                fut.exception()  # retrieved: nobody else may be waiting
+            raise
+        finally:
+            del self._connecting[loop]
+
+    async def _open(self, loop: asyncio.AbstractEventLoop) -> _Replies:
+        address = self._address
+        if address is None:
+            raise BackendError("no direct path to this Redis (TLS)")
+        if address[0] == "unix":
+            _, proto = await loop.create_unix_connection(lambda: _Replies(loop), address[1])
+        else:
+            _, proto = await loop.create_connection(lambda: _Replies(loop), address[1],
+                                                    address[2])
+        handshake = self._commands.direct_handshake()
+        if handshake is not None:
+            for reply in await proto.request(*handshake):
+                if isinstance(reply, BaseException):
+                    proto._fail(reply)
+                    raise BackendError("Redis refused the connection's handshake "
+                                       "(AUTH or SELECT)")
+        return proto
+
+    def close(self) -> None:
+        """Close every loop's connection (each on its own loop's thread)."""
+        by_loop, self._by_loop = self._by_loop, weakref.WeakKeyDictionary()
+        for loop, proto in list(by_loop.items()):
+            if proto.transport is None or proto.pid != os.getpid() or loop.is_closed():
+                continue
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is loop:
+                proto.transport.close()
+            else:
+                try:
+                    loop.call_soon_threadsafe(proto.transport.close)
+                except RuntimeError:  # the loop closed meanwhile
+                    pass
