@@ -391,3 +391,32 @@ def test_await_send_uses_the_loops_connection_and_close_drops_it(
     finally:
         app.close()
         _cleanup(rclient, queue, ids)
+
+
+def test_a_send_whose_loop_connection_is_cut_is_sent_again_through_the_runtime(
+        rclient: redis.Redis) -> None:
+    queue = _queue()
+    with StallingProxy(_target()) as proxy:
+        app = foxtive.App("cut", broker=f"redis://127.0.0.1:{proxy.port}/{_db()}")
+
+        @app.task(queue=queue, name="direct.cut")
+        async def noop(n: int) -> None: ...
+
+        async def main() -> list[str]:
+            warm = await noop.send(0)  # opens the loop's connection
+            proxy.flowing.clear()  # the next send's bytes stop at the proxy
+            sending = asyncio.ensure_future(noop.send(1))
+            await asyncio.sleep(0.05)
+            proxy.cut()
+            proxy.flowing.set()
+            cut = await asyncio.wait_for(sending, 30)  # not an error: sent again
+            await app.aclose()
+            return [warm.id, cut.id]
+
+        try:
+            ids = asyncio.run(main())
+            arrived = {fields[b"id"] for _, fields in rclient.xrange(queue)}
+            assert {i.encode() for i in ids} <= arrived, (ids, arrived)
+        finally:
+            app.close()
+            _cleanup(rclient, queue, [])

@@ -20,8 +20,7 @@ from . import postgres as _postgres
 from . import sqlite as _sqlite
 from ._tracecontext import inject
 from .backends import NativeBackend, check_publish_options
-from .errors import ConfigError
-from .redis_loop import ConnectFailed as _ConnectFailed
+from .errors import BackendError, ConfigError
 from .redis_loop import LoopLink
 from .results import RedisResultStore, ResultStore
 from .results_sql import PostgresResultStore, SqliteResultStore
@@ -76,15 +75,17 @@ class Publisher:
         task's "pending" record in the same round trip when ``mark`` is
         given: on the running loop's own connection to Redis when the
         commands fit one pipeline on one node (see ``redis_loop``), else
-        through the core's runtime (also when that connection cannot be
-        opened: nothing was sent on it)."""
+        through the core's runtime when that connection cannot be opened
+        (nothing was sent on it) or fails under the send (the runtime's
+        path reconnects and sends again, as its own sends do: at least
+        once, never lost)."""
         mark = mark or {}
         link = self._loop_link(native) if self.direct else None
         commands = native.publish_commands(body, headers, delay, task_id, **mark) if link else None
         if commands is not None and link is not None:
             try:
                 replies = await link.run(*commands)
-            except _ConnectFailed:
+            except BackendError:  # not opened, lost or silent: an error reply is not raised
                 pass
             else:
                 for reply in replies:
