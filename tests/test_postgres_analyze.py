@@ -1,7 +1,7 @@
 """A jobs table filled since it was last analyzed (here: never) makes the
 claim's plan read the whole queue, ~25x slower, until autovacuum analyzes
 it (never on the test server, whose autovacuum is off). The backend sees
-its claims turn slow, finds the statistics stale and runs ``ANALYZE``
+a claim turn slow, finds the statistics stale and runs ``ANALYZE``
 itself. psycopg reads ``pg_stat_user_tables`` as the judge."""
 
 from __future__ import annotations
@@ -42,7 +42,17 @@ async def test_slow_claims_on_a_never_analyzed_table_analyze_it(schema: str) -> 
             first.set_result(None)
 
     pool = foxtive.WorkerPoolBuilder("pg-analyze").add_worker(handler, id="h").build()
-    run = asyncio.ensure_future(pool.run_async(backend, handle_signals=False))
+    # How slow a claim on the unanalyzed table is depends on the planner;
+    # make the first one slow for sure: it waits for a lock held 0.2 s.
+    with psycopg.connect(POSTGRES_URL) as locker:
+        locker.execute(f'LOCK TABLE "{schema}".jobs IN ACCESS EXCLUSIVE MODE')
+        run = asyncio.ensure_future(pool.run_async(backend, handle_signals=False))
+        deadline = time.monotonic() + 30
+        while not waiting_on_lock(schema):
+            assert time.monotonic() < deadline, "the claim never came"
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # the slowness under test, not a synchronisation
+        locker.commit()
     try:
         await asyncio.wait_for(first, 30)
         # ANALYZE runs on a task of its own after the slow claim: wait for
@@ -55,3 +65,10 @@ async def test_slow_claims_on_a_never_analyzed_table_analyze_it(schema: str) -> 
         pool.shutdown()
         await asyncio.wait_for(run, 60)
         await backend.close()
+
+
+def waiting_on_lock(schema: str) -> bool:
+    with psycopg.connect(POSTGRES_URL) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_locks WHERE NOT granted "
+                           "AND relation = %s::regclass", (f'"{schema}".jobs',)).fetchone()
+    return bool(row and row[0])

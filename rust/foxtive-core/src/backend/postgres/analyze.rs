@@ -15,7 +15,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use super::link::Link;
+use super::link::{describe, is_connection_error, Link};
 use super::schema::quote_ident;
 
 /// A claim taking longer than this makes the backend look at the statistics.
@@ -52,41 +52,55 @@ impl SlowClaims {
         *looked = Some(now);
         true
     }
+
+    /// The look failed: let the next slow claim look again.
+    pub(crate) fn forget(&self) {
+        *self.looked.lock() = None;
+    }
 }
 
 /// Analyze `schema`'s jobs table if its statistics are stale, on the
-/// settlements connection (the claims one is busy claiming). Failures
-/// (no privilege to analyze, a lost connection) are logged, never raised:
-/// the claims go on with the plan they have.
-pub(crate) async fn analyze_if_stale(link: &Link, schema: &str, queue: &str) {
+/// settlements connection (the claims one is busy claiming). False when
+/// the look itself failed (no connection, a connection lost under it: it
+/// is dropped, so the next look connects anew); a failed ANALYZE (no
+/// privilege) is logged and counts as done. Never raised: the claims go
+/// on with the plan they have.
+pub(crate) async fn analyze_if_stale(link: &Link, schema: &str, queue: &str) -> bool {
     let conn = match link.conn().await {
         Ok(conn) => conn,
         Err(e) => {
             tracing::debug!(queue = %queue, error = %e, "jobs statistics: no connection");
-            return;
+            return false;
         }
+    };
+    let failed = |e: &tokio_postgres::Error, what: &str| {
+        if is_connection_error(e) || conn.client.is_closed() {
+            link.lost(conn.gen);
+        }
+        tracing::debug!(queue = %queue, error = %describe(e), "jobs statistics: {what}");
+        false
     };
     let stale = match conn.client.query_opt(stale_sql(), &[&schema]).await {
-        Ok(Some(row)) => row.get::<_, Option<bool>>(0).unwrap_or(false),
+        Ok(Some(row)) => matches!(row.try_get::<_, Option<bool>>(0), Ok(Some(true))),
         Ok(None) => false,
-        Err(e) => {
-            tracing::debug!(queue = %queue, error = %super::link::describe(&e),
-                            "jobs statistics: could not read pg_stat_user_tables");
-            return;
-        }
+        Err(e) => return failed(&e, "could not read pg_stat_user_tables"),
     };
     if !stale {
-        return;
+        return true;
     }
     let started = Instant::now();
     let sql = format!("ANALYZE {}.jobs", quote_ident(schema));
     match conn.client.batch_execute(&sql).await {
         Ok(()) => tracing::info!(queue = %queue, took_ms = started.elapsed().as_millis() as u64,
                                  "jobs table analyzed: its statistics were stale and claims slow"),
-        Err(e) => tracing::warn!(queue = %queue, error = %super::link::describe(&e),
+        Err(e) if is_connection_error(&e) || conn.client.is_closed() => {
+            return failed(&e, "connection lost during ANALYZE");
+        }
+        Err(e) => tracing::warn!(queue = %queue, error = %describe(&e),
                                  "jobs table: claims are slow and its statistics stale, \
                                   but ANALYZE failed (run it, or let autovacuum)"),
     }
+    true
 }
 
 #[cfg(test)]
@@ -101,5 +115,7 @@ mod tests {
         assert!(!s.should_look(Duration::from_secs(1)));
         tokio::time::advance(RECHECK).await;
         assert!(s.should_look(Duration::from_secs(1)));
+        s.forget();
+        assert!(s.should_look(SLOW_CLAIM));
     }
 }

@@ -333,7 +333,9 @@ impl Inner {
                 let inner = self.clone();
                 tokio::spawn(async move {
                     let (schema, queue) = (&inner.cfg.schema, &inner.queue);
-                    analyze::analyze_if_stale(&inner.settler, schema, queue).await;
+                    if !analyze::analyze_if_stale(&inner.settler, schema, queue).await {
+                        inner.slow_claims.forget(); // the next slow claim looks again
+                    }
                 });
             }
             if !batch.is_empty() {
