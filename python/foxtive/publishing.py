@@ -188,9 +188,7 @@ class Publisher:
         (``conn``) when the store lives there, else in the store."""
         local = self._local_store(backend)
         if isinstance(local, SqliteResultStore):
-            _sqlite.ensure_tables(conn)
-            sql, rows = local.pending_statement(task_ids, "pending", only_new=only_new)
-            conn.executemany(sql, rows)
+            _pending_in_sqlite(local, conn, task_ids, only_new)
             return
         if local is not None:
             if not backend._schema_ready:  # DDL on the backend's own connection
@@ -209,9 +207,7 @@ class Publisher:
         """:meth:`_pending_in` on the caller's thread (its sync connection)."""
         local = self._local_store(backend)
         if isinstance(local, SqliteResultStore):
-            _sqlite.ensure_tables(conn)
-            sql, rows = local.pending_statement(task_ids, "pending", only_new=only_new)
-            conn.executemany(sql, rows)
+            _pending_in_sqlite(local, conn, task_ids, only_new)
             return
         if local is not None:
             _postgres._execute_sync(conn, *local.pending_statement(task_ids, "pending",
@@ -481,3 +477,12 @@ async def _both(first: Awaitable[Any], second: Awaitable[Any]) -> None:
     for r in reversed(results):
         if isinstance(r, BaseException):
             raise r
+
+
+def _pending_in_sqlite(store: SqliteResultStore, conn: Any, task_ids: list[str],
+                       only_new: bool) -> None:
+    """"pending" for ``task_ids`` through the caller's sqlite3 connection
+    (the same call from async and sync sends: sqlite3 is synchronous)."""
+    _sqlite.ensure_tables(conn)
+    sql, rows = store.pending_statement(task_ids, "pending", only_new=only_new)
+    conn.executemany(sql, rows)
