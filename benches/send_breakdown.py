@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import foxtive
-from foxtive import envelope
+from foxtive import _core, envelope
 from foxtive.results import RedisResultStore
 from foxtive.tasks import TaskCall
 
@@ -95,12 +95,12 @@ def main() -> None:
         ("redis-py sync SET NX PX alone",
          lambda i: store.mark_new_sync(uuid.uuid4().hex, "pending")),
         ("send_sync, results off", lambda i: noop_off.send_sync(i, TASK_STR)),
-        ("native publish_marking_begin().wait() alone (runtime: SET NX + XADD)",
-         lambda i: native_b.publish_marking_begin(body, headers, None, f"rt-{i}",
-                                                  **store.pending_mark(f"rt-{i}")).wait()),
+        ("native publish_prepared_begin().wait() alone (runtime: SET NX + XADD)",
+         lambda i: native_b.publish_prepared_begin(_core.RedisPublish(
+             body, headers, None, f"rt-{i}", **store.pending_mark(f"rt-{i}"))).wait()),
         ("native publish_now() with the mark alone (this thread's connection)",
-         lambda i: native_b.publish_now(body, headers, None, f"dt-{i}",
-                                                **store.pending_mark(f"dt-{i}"))),
+         lambda i: native_b.publish_now(_core.RedisPublish(
+             body, headers, None, f"dt-{i}", **store.pending_mark(f"dt-{i}")))),
         ("send_sync, results on, through the runtime (before)",
          lambda i: noop_rt.send_sync(i, TASK_STR)),
         ("send_sync, results on (Redis store)", lambda i: noop_on.send_sync(i, TASK_STR)),

@@ -236,8 +236,8 @@ def test_tls_falls_back_to_the_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
             try:
                 noop.send_sync(1)
                 native = app._publisher._natives[queue]
-                assert native.publish_now(b"x") is None
-                assert native.publish_commands(b"x") is None
+                assert native.publish_now(_core.RedisPublish(b"x")) is None
+                assert native.publish_commands(_core.RedisPublish(b"x")) is None
 
                 async def send() -> None:
                     try:

@@ -11,6 +11,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -276,3 +277,56 @@ def test_a_second_final_write_replaces_the_waiters_list(rclient: redis.Redis) ->
     finally:
         store._sync.close()
         rclient.delete(f"foxtive:result:{task_id}", f"foxtive:result:{task_id}:done")
+
+
+def test_a_prepared_publish_takes_all_three_mark_keywords_or_none() -> None:
+    with pytest.raises(foxtive.ConfigError, match="all three or none"):
+        _core.RedisPublish(b"x", None, None, "id-1", mark_key="k", mark_value=b"v")
+    p = _core.RedisPublish(b"secret-body", {"h": "v"}, None, "id-1", mark_key="k",
+                           mark_value=b"secret-record", mark_ttl=5)
+    assert p.message_id == "id-1" and p.marks
+    # The body and the record are the user's data: never in the repr.
+    assert "secret" not in repr(p)
+    assert not _core.RedisPublish(b"x").marks
+
+
+def test_every_path_of_a_prepared_publish_sends_it_and_marks_only_where_no_record_is(
+        rclient: redis.Redis) -> None:
+    """The same prepared publish goes through the caller's thread, the
+    runtime (awaited and begun from a thread) and the loop's commands;
+    each enqueues the message with its id and writes the mark with SET NX
+    (a record already there stays)."""
+    queue = _queue()
+    cfg = _core.RedisStreamConsumerConfig(stream_name=queue, group_name="g")
+    backend = _core.RedisStreamBackend(REDIS_URL, cfg)
+    key = f"foxtive-test:mark:{uuid.uuid4().hex}"
+    kept = f"{key}:kept"
+    rclient.set(kept, b"worker-was-first", px=60_000)
+
+    def prepared(i: int, mark: str) -> _core.RedisPublish:
+        return _core.RedisPublish(b"body", {"n": i}, None, f"m-{i}", mark_key=f"{mark}",
+                                  mark_value=b"pending", mark_ttl=30)
+
+    try:
+        assert backend.publish_now(prepared(1, f"{key}:1")) == "m-1"
+        assert backend.publish_prepared_begin(prepared(2, f"{key}:2")).wait() == ["m-2"]
+        assert asyncio.run(_through_runtime(backend, prepared(3, kept))) == "m-3"
+        assert asyncio.run(_through_runtime(
+            backend, _core.RedisPublish(b"body", None, None, "m-4"))) == "m-4"
+        commands = backend.publish_commands(prepared(5, f"{key}:5"))
+        assert commands is not None and commands[1] == 2  # SET NX, then XADD
+        # A delayed publish has no one-pipeline path: None, the runtime's then.
+        assert backend.publish_commands(_core.RedisPublish(b"x", None, 5.0, "m-6")) is None
+
+        assert rclient.get(f"{key}:1") == b"pending"
+        assert rclient.get(f"{key}:2") == b"pending"
+        assert rclient.get(kept) == b"worker-was-first"
+        assert 0 < rclient.pttl(f"{key}:1") <= 30_000
+        assert rclient.xlen(queue) == 4  # m-1 .. m-4; m-5's commands were not run
+    finally:
+        delete_keys(rclient, queue)
+        rclient.delete(f"{key}:1", f"{key}:2", kept)
+
+
+async def _through_runtime(backend: _core.RedisStreamBackend, p: _core.RedisPublish) -> Any:
+    return await backend.publish_prepared(p)

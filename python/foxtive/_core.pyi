@@ -379,52 +379,32 @@ class RedisStreamBackend(NativeBackend):
     @property
     def dead_letter_keys(self) -> list[str]: ...
     def same_redis(self, url: str) -> bool: ...
-    def publish_marking(
-        self,
-        body: bytes | str,
-        headers: dict[str, Any] | None = None,
-        delay: _Seconds | None = None,
-        message_id: str | None = None,
-        *,
-        mark_key: str,
-        mark_value: bytes | str,
-        mark_ttl: _Seconds,
-    ) -> Awaitable[str]: ...
-    def publish_marking_begin(
-        self,
-        body: bytes | str,
-        headers: dict[str, Any] | None = None,
-        delay: _Seconds | None = None,
-        message_id: str | None = None,
-        *,
-        mark_key: str,
-        mark_value: bytes | str,
-        mark_ttl: _Seconds,
-    ) -> PublishWait: ...
-    def publish_now(
-        self,
-        body: bytes | str,
-        headers: dict[str, Any] | None = None,
-        delay: _Seconds | None = None,
-        message_id: str | None = None,
-        *,
-        mark_key: str | None = None,
-        mark_value: bytes | str | None = None,
-        mark_ttl: _Seconds | None = None,
-    ) -> str | None: ...
-    def publish_commands(
-        self,
-        body: bytes | str,
-        headers: dict[str, Any] | None = None,
-        delay: _Seconds | None = None,
-        message_id: str | None = None,
-        *,
-        mark_key: str | None = None,
-        mark_value: bytes | str | None = None,
-        mark_ttl: _Seconds | None = None,
-    ) -> tuple[bytes, int] | None: ...
+    def publish_prepared(self, p: RedisPublish) -> Awaitable[str]: ...
+    def publish_prepared_begin(self, p: RedisPublish) -> PublishWait: ...
+    def publish_now(self, p: RedisPublish) -> str | None: ...
+    def publish_commands(self, p: RedisPublish) -> tuple[bytes, int] | None: ...
     @property
     def commands(self) -> RedisCommands: ...
+
+@final
+class RedisPublish:
+    """One task's publish on Redis (message and optional "pending" record),
+    converted once for whichever path sends it."""
+    def __new__(
+        cls,
+        body: bytes | str,
+        headers: dict[str, Any] | None = None,
+        delay: _Seconds | None = None,
+        message_id: str | None = None,
+        *,
+        mark_key: str | None = None,
+        mark_value: bytes | str | None = None,
+        mark_ttl: _Seconds | None = None,
+    ) -> RedisPublish: ...
+    @property
+    def message_id(self) -> str | None: ...
+    @property
+    def marks(self) -> bool: ...
 
 @final
 class RedisCommands:

@@ -79,9 +79,9 @@ class Publisher:
         (nothing was sent on it) or fails under the send (the runtime's
         path reconnects and sends again, as its own sends do: at least
         once, never lost)."""
-        mark = mark or {}
+        prepared = _core.RedisPublish(body, headers, delay, task_id, **(mark or {}))
         link = self._loop_link(native) if self.direct else None
-        commands = native.publish_commands(body, headers, delay, task_id, **mark) if link else None
+        commands = native.publish_commands(prepared) if link else None
         if commands is not None and link is not None:
             try:
                 replies = await link.run(*commands)
@@ -92,10 +92,7 @@ class Publisher:
                     if isinstance(reply, BaseException):
                         raise reply
                 return task_id
-        if mark:
-            await native.publish_marking(body, headers, delay, task_id, **mark)
-            return task_id
-        got: str = await native.publish(body, headers, delay, task_id, None, None, None)
+        got: str = await native.publish_prepared(prepared)
         return got
 
     def _loop_link(self, native: Any) -> LoopLink | None:
@@ -337,7 +334,7 @@ class Publisher:
             if native is not None and self.direct:
                 # The caller's own connection to Redis, GIL released (None:
                 # no direct path, or its connection failed: the runtime's).
-                got = native.publish_now(body, inject(headers), delay, task_id)
+                got = native.publish_now(_core.RedisPublish(body, inject(headers), delay, task_id))
                 if got is not None:
                     return str(got)
             return backend.publish_begin(body, headers, delay, task_id, **opts).wait()[0]
@@ -349,13 +346,12 @@ class Publisher:
         if fresh and isinstance(store, RedisResultStore):
             native = None if opts else self._marking(queue, backend, store)
             if native is not None:
-                mark = store.pending_mark(task_id)
-                traced = inject(headers)
+                prepared = _core.RedisPublish(body, inject(headers), delay, task_id,
+                                              **store.pending_mark(task_id))
                 # The caller's own connection to Redis, GIL released (None:
                 # no direct path, or its connection failed: the runtime's).
-                if not self.direct or native.publish_now(body, traced, delay, task_id,
-                                                         **mark) is None:
-                    native.publish_marking_begin(body, traced, delay, task_id, **mark).wait()
+                if not self.direct or native.publish_now(prepared) is None:
+                    native.publish_prepared_begin(prepared).wait()
                 return task_id
             publishing = backend.publish_begin(body, headers, delay, task_id, **opts)
             try:

@@ -370,7 +370,7 @@ class RedisResultStore(ResultStore):
             pipe.execute()
 
     def pending_mark(self, task_id: str) -> dict[str, Any]:
-        """The keywords of the native ``publish_marking`` that write this
+        """The keywords of ``_core.RedisPublish`` that write this
         task's "pending" record (``SET NX PX``) in the publish's round trip."""
         return {"mark_key": self._key(task_id), "mark_value": self.pending,
                 "mark_ttl": self.ttl}

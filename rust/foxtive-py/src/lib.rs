@@ -19,6 +19,7 @@ mod python_backend;
 mod rabbitmq;
 mod rate_limiter;
 mod redis_commands;
+mod redis_publish;
 mod redis_streams;
 mod registry;
 mod resilient;
@@ -65,6 +66,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<redis_streams::PyRedisStreamConfig>()?;
     m.add_class::<redis_commands::PyRedisCommands>()?;
     m.add_class::<redis_commands::PyRespReplies>()?;
+    m.add_class::<redis_publish::PyRedisPublish>()?;
     sqlite::register(m)?;
     schedule::register(m)?;
     m.add_class::<postgres::PyPostgresBackend>()?;

@@ -8,16 +8,17 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
 use foxtive_core::backend::redis_streams::{
-    default_claim_interval, MarkNew, RedisStreamBackend, RedisStreamConfig,
+    default_claim_interval, RedisStreamBackend, RedisStreamConfig,
 };
+use foxtive_core::backend::Backend;
 use foxtive_core::dlq::DeadLetterStore;
 
 use crate::bridge;
-use crate::convert::{body_from_py, duration_from_py, outgoing_from_py};
 use crate::errors::IntoPyResult;
 use crate::keywords::Keywords;
 use crate::native_backend::{NativeBackend, PublishWait};
 use crate::redis_commands::PyRedisCommands;
+use crate::redis_publish::PyRedisPublish;
 
 #[pyclass(extends = NativeBackend, frozen, name = "RedisStreamBackend", module = "foxtive._core")]
 pub struct PyRedisStreamBackend {
@@ -222,73 +223,38 @@ impl PyRedisStreamBackend {
         self.inner.same_redis(url)
     }
 
-    /// `publish`, also writing `mark_key` = `mark_value` (expiring after
-    /// `mark_ttl` seconds) where no such key is (`SET NX PX`); one round
+    /// `p` published through the runtime, its "pending" record (when it
+    /// has one) written where no such key is (`SET NX PX`): one round
     /// trip when the message is immediate. Awaitable of the message's id.
-    #[pyo3(signature = (body, headers = None, delay = None, message_id = None, *,
-                        mark_key, mark_value, mark_ttl))]
-    #[allow(clippy::too_many_arguments)]
-    fn publish_marking<'py>(
+    fn publish_prepared<'py>(
         &self,
         py: Python<'py>,
-        body: &Bound<'py, PyAny>,
-        headers: Option<&Bound<'py, PyDict>>,
-        delay: Option<&Bound<'py, PyAny>>,
-        message_id: Option<String>,
-        mark_key: String,
-        mark_value: &Bound<'py, PyAny>,
-        mark_ttl: &Bound<'py, PyAny>,
+        p: &Bound<'py, PyRedisPublish>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let out = outgoing_from_py(body, headers, delay, message_id)?;
-        let mark = mark_from_py(mark_key, mark_value, mark_ttl)?;
-        let backend = self.inner.clone();
-        bridge::awaitable(py, async move { backend.publish_marking(out, &mark).await })
+        let run = self.runtime_publish(p.get());
+        bridge::awaitable(py, run)
     }
 
-    /// `publish_marking`, started on the runtime from a thread with no
+    /// `publish_prepared`, started on the runtime from a thread with no
     /// event loop; `.wait()` on the result blocks (GIL released) for `[id]`.
-    #[pyo3(signature = (body, headers = None, delay = None, message_id = None, *,
-                        mark_key, mark_value, mark_ttl))]
-    #[allow(clippy::too_many_arguments)]
-    fn publish_marking_begin(
-        &self,
-        body: &Bound<'_, PyAny>,
-        headers: Option<&Bound<'_, PyDict>>,
-        delay: Option<&Bound<'_, PyAny>>,
-        message_id: Option<String>,
-        mark_key: String,
-        mark_value: &Bound<'_, PyAny>,
-        mark_ttl: &Bound<'_, PyAny>,
-    ) -> PyResult<PublishWait> {
-        let out = outgoing_from_py(body, headers, delay, message_id)?;
-        let mark = mark_from_py(mark_key, mark_value, mark_ttl)?;
-        let backend = self.inner.clone();
-        PublishWait::spawn(async move { Ok(vec![backend.publish_marking(out, &mark).await?]) })
+    fn publish_prepared_begin(&self, p: &Bound<'_, PyRedisPublish>) -> PyResult<PublishWait> {
+        let run = self.runtime_publish(p.get());
+        PublishWait::spawn(async move { Ok(vec![run.await?]) })
     }
 
-    /// `publish` (with the `mark_*` keywords: `publish_marking`) from the
-    /// calling thread on its own connection to the Redis (blocking, the GIL
-    /// released): the id, or None when the direct path does not apply
-    /// (TLS, partitions, a cluster, a delay, `wait_replicas`) or its
-    /// connection failed: publish through the runtime then.
-    #[pyo3(signature = (body, headers = None, delay = None, message_id = None, *,
-                        mark_key = None, mark_value = None, mark_ttl = None))]
-    #[allow(clippy::too_many_arguments)]
+    /// `p` published from the calling thread on its own connection to the
+    /// Redis (blocking, the GIL released): the id, or None when the direct
+    /// path does not apply (TLS, partitions, a cluster, a delay,
+    /// `wait_replicas`) or its connection failed: publish through the
+    /// runtime then.
     fn publish_now(
         &self,
         py: Python<'_>,
-        body: &Bound<'_, PyAny>,
-        headers: Option<&Bound<'_, PyDict>>,
-        delay: Option<&Bound<'_, PyAny>>,
-        message_id: Option<String>,
-        mark_key: Option<String>,
-        mark_value: Option<&Bound<'_, PyAny>>,
-        mark_ttl: Option<&Bound<'_, PyAny>>,
+        p: &Bound<'_, PyRedisPublish>,
     ) -> PyResult<Option<String>> {
-        let out = outgoing_from_py(body, headers, delay, message_id)?;
-        let mark = optional_mark(mark_key, mark_value, mark_ttl)?;
+        let p = p.get();
         let backend = &self.inner;
-        py.detach(|| backend.publish_now(&out, mark.as_ref()))
+        py.detach(|| backend.publish_now(&p.message, p.mark.as_ref()))
             .transpose()
             .py_err()
     }
@@ -297,26 +263,15 @@ impl PyRedisStreamBackend {
     /// caller's own to the Redis, and how many replies they get (the last
     /// is the XADD's: the entry id); None where `publish_now` has no
     /// direct path.
-    #[pyo3(signature = (body, headers = None, delay = None, message_id = None, *,
-                        mark_key = None, mark_value = None, mark_ttl = None))]
-    #[allow(clippy::too_many_arguments)]
     fn publish_commands<'py>(
         &self,
         py: Python<'py>,
-        body: &Bound<'py, PyAny>,
-        headers: Option<&Bound<'py, PyDict>>,
-        delay: Option<&Bound<'py, PyAny>>,
-        message_id: Option<String>,
-        mark_key: Option<String>,
-        mark_value: Option<&Bound<'py, PyAny>>,
-        mark_ttl: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Option<(Bound<'py, PyBytes>, usize)>> {
-        let out = outgoing_from_py(body, headers, delay, message_id)?;
-        let mark = optional_mark(mark_key, mark_value, mark_ttl)?;
-        Ok(self
-            .inner
-            .direct_commands(&out, mark.as_ref())
-            .map(|(bytes, n)| (PyBytes::new(py, &bytes), n)))
+        p: &Bound<'py, PyRedisPublish>,
+    ) -> Option<(Bound<'py, PyBytes>, usize)> {
+        let p = p.get();
+        self.inner
+            .direct_commands(&p.message, p.mark.as_ref())
+            .map(|(bytes, n)| (PyBytes::new(py, &bytes), n))
     }
 
     /// The commands on this backend's Redis (result records, direct sends),
@@ -340,30 +295,24 @@ impl PyRedisStreamBackend {
     }
 }
 
-/// The `mark_key`, `mark_value`, `mark_ttl` keywords as the core's [`MarkNew`].
-fn mark_from_py(
-    key: String,
-    value: &Bound<'_, PyAny>,
-    ttl: &Bound<'_, PyAny>,
-) -> PyResult<MarkNew> {
-    Ok(MarkNew {
-        key,
-        value: body_from_py(value)?.to_vec(),
-        ttl: duration_from_py("mark_ttl", ttl)?,
-    })
-}
-
-/// The `mark_*` keywords: all three or none.
-fn optional_mark(
-    key: Option<String>,
-    value: Option<&Bound<'_, PyAny>>,
-    ttl: Option<&Bound<'_, PyAny>>,
-) -> PyResult<Option<MarkNew>> {
-    match (key, value, ttl) {
-        (None, None, None) => Ok(None),
-        (Some(key), Some(value), Some(ttl)) => mark_from_py(key, value, ttl).map(Some),
-        _ => Err(crate::errors::config_error(
-            "mark_key, mark_value, mark_ttl: give all three or none",
-        )),
+impl PyRedisStreamBackend {
+    /// The runtime's publish of `p` (with its mark: `publish_marking`).
+    fn runtime_publish(
+        &self,
+        p: &PyRedisPublish,
+    ) -> impl std::future::Future<Output = foxtive_core::Result<String>> + Send + 'static {
+        let backend = self.inner.clone();
+        let (message, mark) = (p.message.clone(), p.mark.clone());
+        async move {
+            match mark {
+                Some(mark) => backend.publish_marking(message, &mark).await,
+                None => {
+                    let mut ids = Backend::publish(&*backend, vec![message]).await?;
+                    ids.pop().ok_or_else(|| {
+                        foxtive_core::Error::Backend("publish returned no id".into())
+                    })
+                }
+            }
+        }
     }
 }
