@@ -46,7 +46,7 @@ def confirmed(name: str, broker: str) -> bool:
 
 
 def is_peer(name: str) -> bool:
-    return not name.startswith(("foxtive", "aio-pika", "lapin"))
+    return not name.startswith(("foxtive", "aio-pika", "lapin", "redis round-trip floor"))
 
 
 #: name -> brokers it runs on; each runs as its own process.
@@ -54,6 +54,10 @@ SENDERS = {
     "foxtive send_many": ("rabbitmq", "redis"),
     "foxtive send loop": ("rabbitmq", "redis"),
     "foxtive send_sync loop": ("rabbitmq", "redis"),
+    # Not a sender: the round trip every send loop waits for once per send
+    # (a PING on a raw socket, nothing encoded or parsed): the floor of any
+    # loop of sends that each wait for Redis's reply.
+    "redis round-trip floor (raw PING loop)": ("redis",),
     # RabbitMQ: is the publisher confirm the bound of a send loop? foxtive's
     # sends with 100 in flight (confirms overlap), and the same loop in
     # aio-pika with and without confirms (persistent, durable queue).
@@ -111,6 +115,8 @@ def send_child(name: str, broker: str, queue: str, n: int) -> float:
             await app.aclose()
             return elapsed
         return asyncio.run(go())
+    if name.startswith("redis round-trip floor"):
+        return ping_loop(n)
     if name.startswith("aio-pika"):
         import aio_pika
 
@@ -200,6 +206,27 @@ def send_child(name: str, broker: str, queue: str, n: int) -> float:
     return asyncio.run(go_peer())
 
 
+def ping_loop(n: int) -> float:
+    """Seconds for n PING round trips on one raw TCP socket (after one untimed)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(REDIS_URL)
+    sock = socket.create_connection((url.hostname or "127.0.0.1", url.port or 6379))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    ping = b"*1\r\n$4\r\nPING\r\n"
+    sock.sendall(ping)
+    sock.recv(64)
+    t = time.perf_counter()
+    for _ in range(n):
+        sock.sendall(ping)
+        if not sock.recv(64).startswith(b"+PONG"):
+            raise RuntimeError("redis: not a PONG")
+    elapsed = time.perf_counter() - t
+    sock.close()
+    return elapsed
+
+
 def confirmed_dramatiq_actor(queue: str) -> Any:
     """Dramatiq's RabbitMQ actor with ``confirm_delivery=True``: each send
     waits for the broker's confirm (its default is False)."""
@@ -237,7 +264,7 @@ def run_send(args: Any) -> None:
                 if broker not in SENDERS[name]:
                     continue
                 queue = f"send-{name.split()[0]}-{uuid.uuid4().hex[:6]}"
-                kind = FOX if name.startswith(("foxtive", "aio-pika")) else PEER
+                kind = FOX if name.startswith(("foxtive", "aio-pika", "redis round-trip")) else PEER
                 n = sender_n(name, broker, args)
                 if name in LAPIN_CEILINGS:
                     out = lapin_ceiling(name, queue, n)
@@ -280,6 +307,6 @@ def sender_n(name: str, broker: str, args: Any) -> int:
     tasks/s: their rates are per task all the same)."""
     if not args.cap or name in ("foxtive send_many", "aio-pika confirm gather") or \
             name in LAPIN_CEILINGS or (
-            broker == "redis" and name.startswith("foxtive")):
+            broker == "redis" and name.startswith(("foxtive", "redis round-trip floor"))):
         return int(args.n)
     return int(min(args.n, args.cap))
