@@ -43,12 +43,12 @@ def beam_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def fill(queue: str, kind: str, n: int) -> None:
+async def fill(queue: str, kind: str, n: int, arguments: dict[str, object]) -> None:
     import aio_pika
 
     conn = await aio_pika.connect(AMQP_URL)
     ch = await conn.channel(publisher_confirms=True)
-    await ch.declare_queue(queue, durable=True)
+    await ch.declare_queue(queue, durable=True, arguments=arguments)  # type: ignore[arg-type]
     for start in range(0, n, 1000):
         sends = []
         for _ in range(start, min(n, start + 1000)):
@@ -69,10 +69,26 @@ async def fill(queue: str, kind: str, n: int) -> None:
     await conn.close()
 
 
+def paged(queue: str) -> str:
+    """Where the filled queue holds its messages before the drain: how many
+    of them are in RAM (the rest were paged out to disk; rabbitmqctl)."""
+    out = subprocess.run(["rabbitmqctl", "-q", "list_queues", "--no-table-headers", "name",
+                          "messages", "messages_ram"],
+                         capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        name, *counts = line.split()
+        if name == queue and len(counts) == 2:
+            return f"in RAM {counts[1]} of {counts[0]}"
+    return "in RAM ?"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-n", type=int, default=50_000)
     ap.add_argument("--kinds", default="plain,foxtive,headers,plain,foxtive,headers")
+    ap.add_argument("--queue-arguments", default="{}", type=json.loads,
+                    help='the queues\' x-arguments as JSON, e.g. \'{"x-queue-version": 2}\' '
+                         "(aio-pika's kinds only: foxtive's App declares its own)")
     args = ap.parse_args()
     beam = int(subprocess.run(["pgrep", "-o", "beam.smp"], capture_output=True, text=True,
                               check=True).stdout.split()[0])
@@ -81,8 +97,9 @@ def main() -> None:
         if kind == "foxtive":
             publish("tasks-rabbitmq", queue, args.n, AMQP_URL, REDIS_URL, PREFETCH)
         else:
-            asyncio.run(fill(queue, kind, args.n))
+            asyncio.run(fill(queue, kind, args.n, args.queue_arguments))
         load = open("/proc/loadavg").read().split()[0]
+        held = paged(queue)
         before = beam_cpu(beam)
         try:
             out = subprocess.run([ceiling_binary(), "drain", queue, str(args.n), str(PREFETCH)],
@@ -92,7 +109,7 @@ def main() -> None:
             cleanup("tasks-rabbitmq", queue)
         rate = json.loads(out.stdout.strip().splitlines()[-1])["rate"]
         print(f"{kind:9s} {rate:9,.0f} msg/s  broker {used / args.n * 1e6:5.1f} CPU-us/msg  "
-              f"(load {load})", flush=True)
+              f"{held}  (load {load})", flush=True)
 
 
 if __name__ == "__main__":
