@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -26,6 +27,9 @@ from .test_tasks_send_direct import StallingProxy, _db, _target
 
 SENDER = "foxtive-sender"
 
+pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"),
+                                reason="counts its own connections through /proc")
+
 
 @pytest.fixture
 def rclient() -> Iterator[redis.Redis]:
@@ -34,14 +38,43 @@ def rclient() -> Iterator[redis.Redis]:
     client.close()
 
 
+def _own_ports() -> set[int]:
+    """The local TCP ports of this process's sockets (Linux: /proc): what
+    Redis sees as their ``addr``, so other processes' clients (other
+    tests running on the same Redis) are not counted."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for line in list(f)[1:]:
+                fields = line.split()
+                if fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def _ours(client: redis.Redis, named: str | None = SENDER) -> list[dict[str, Any]]:
+    """This process's connections as Redis lists them (the loops' own:
+    named ``foxtive-sender``; ``named=None``: all)."""
+    ports = _own_ports()
+    return [c for c in client.client_list()
+            if (named is None or c.get("name") == named)
+            and int(c["addr"].rsplit(":", 1)[1]) in ports]
+
+
 def blocked_waits(client: redis.Redis) -> set[int]:
-    """The loops' wait connections blocked in a BLMOVE now."""
-    return {int(c["id"]) for c in client.client_list()
-            if c.get("name") == SENDER and c.get("cmd") == "blmove" and "b" in c.get("flags", "")}
+    """This process's wait connections blocked in a BLMOVE now."""
+    return {int(c["id"]) for c in _ours(client)
+            if c.get("cmd") == "blmove" and "b" in c.get("flags", "")}
 
 
 def loop_connections(client: redis.Redis) -> set[int]:
-    return {int(c["id"]) for c in client.client_list() if c.get("name") == SENDER}
+    return {int(c["id"]) for c in _ours(client)}
 
 
 def _ids(n: int) -> list[str]:
@@ -226,3 +259,49 @@ async def test_a_worker_whose_loop_connection_is_cut_still_writes_every_record(
             await app.aclose()
             delete_keys(rclient, queue)
             _drop(rclient, [h.id for h in handles])
+
+
+async def test_a_wait_whose_connection_is_cut_waits_on_through_redis_py(
+        rclient: redis.Redis) -> None:
+    (task_id,) = ids = _ids(1)
+    with CuttingProxy(_target(), b"BLMOVE") as proxy:
+        store = RedisResultStore(f"redis://127.0.0.1:{proxy.port}/{_db()}", 60)
+        try:
+            proxy.armed = True  # the loop's BLMOVE is cut before Redis sees it
+            waiting = asyncio.ensure_future(store.wait(task_id, 30))
+            deadline = asyncio.get_running_loop().time() + 10
+            # redis-py's BLMOVE (through the proxy) blocks in Redis once the
+            # loop's was cut.
+            while not (proxy.cuts and any(c.get("cmd") == "blmove" and c.get("name") != SENDER
+                                          for c in _ours(rclient, named=None))):
+                assert asyncio.get_running_loop().time() < deadline, "the second BLMOVE"
+                await asyncio.sleep(0.02)
+            await asyncio.to_thread(_push_like_a_worker, rclient, task_id, "after the cut")
+            assert await waiting == "after the cut"
+            assert proxy.cuts == 1
+        finally:
+            await store.close()
+            _drop(rclient, ids)
+
+
+async def test_without_the_direct_path_writes_and_waits_go_as_before(
+        rclient: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``FOXTIVE_REDIS_DIRECT=0`` (and TLS: no direct address): the core's
+    runtime writes, redis-py waits; no loop connection is opened."""
+    assert RedisResultStore("rediss://127.0.0.1:1/0", 60)._loop_link() is None
+    monkeypatch.setenv("FOXTIVE_REDIS_DIRECT", "0")
+    store = RedisResultStore(REDIS_URL, 60)
+    first, second = ids = _ids(2)
+    before = loop_connections(rclient)
+    try:
+        assert store._loop_link() is None
+        waiting = asyncio.ensure_future(store.wait(first, 30))
+        await store.finish(first, succeeded(1))
+        assert await waiting == 1
+        with pytest.raises(TimeoutError):
+            await store.wait(second, 0.2)
+        assert json.loads(rclient.get(f"foxtive:result:{first}"))["value"] == 1
+        assert loop_connections(rclient) - before == set()
+    finally:
+        await store.close()
+        _drop(rclient, ids)
