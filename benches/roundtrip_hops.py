@@ -11,15 +11,18 @@ hands the reply back to the loop). This times, one call every 1/rate s (so the
 tokio thread is parked between writes, as in the round trip), that write
 next to the same MULTI sent by redis-py's asyncio client on the loop itself,
 and a redis-py asyncio PING (one round trip, no write): the three in turn,
-in one process, so the figures share the machine's load.
+in one process, so the figures share the machine's load; and the same MULTI
+on the loop's own connection (``LoopLink.run``: how ``RedisResultStore.finish``
+writes it since rtloop, no other thread).
 
 ``wake``: how long after a push a blocked waiter has the element, for
-``result()``'s way (redis-py's asyncio client, BLMOVE) and the floor's
-(redis-py's sync client, BLPOP), in turn. A second process pushes to the
+``result()``'s way before rtloop (redis-py's asyncio client, BLMOVE), its way
+since (BLMOVE on a wait connection of the loop's own, ``LoopLink.block``) and
+the floor's (redis-py's sync client, BLPOP), in turn. A second process pushes to the
 key each waiter blocks on, 3 ms after the waiter started waiting; the
 element is the push's send time (``time.time_ns()``), so the waiter needs
-no other clock. Its figures:
-benches/RESULTS.md, "Round trip on Redis: where the time goes".
+no other clock. Its figures: benches/RESULTS.md, "Round trip on Redis:
+where the time goes" and "... on the loop's own connections (rtloop)".
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import uuid
 import redis.asyncio
 
 from foxtive import _core
+from foxtive.redis_loop import LoopLink
 
 URL = os.environ.get("FOXTIVE_REDIS_URL", "redis://127.0.0.1:6379/0")
 TTL_MS = 60_000
@@ -55,7 +59,7 @@ def pusher(prefix: str, n: int, rate: float, start: float) -> None:
         delay = start + i / rate + 0.003 - time.time()
         if delay > 0:
             time.sleep(delay)
-        r.lpush(f"{prefix}{i}", str(time.time_ns()))
+        r.lpush(f"{prefix}{i}:done", str(time.time_ns()))
 
 
 async def wake(n: int, rate: float) -> None:
@@ -67,8 +71,12 @@ async def wake(n: int, rate: float) -> None:
                               "-n", str(n), "--rate", str(rate), "--start", repr(start)])
     sync = sync_redis.Redis.from_url(URL)
     client = redis.asyncio.Redis.from_url(URL)
-    lat: dict[str, list[float]] = {"redis-py asyncio BLMOVE (result()'s way)": [],
-                                   "redis-py sync BLPOP (the floor's way)": []}
+    commands = _core.RedisCommands(URL)
+    link = LoopLink.of(commands)
+    ways = ["redis-py asyncio BLMOVE (result()'s way before)",
+            "LoopLink.block BLMOVE (result()'s way now)",
+            "redis-py sync BLPOP (the floor's way)"]
+    lat: dict[str, list[float]] = {way: [] for way in ways}
     late = 0
 
     async def go() -> None:
@@ -79,15 +87,17 @@ async def wake(n: int, rate: float) -> None:
             delay = start + i / rate - time.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            key = f"{prefix}{i}"
+            key = f"{prefix}{i}:done"
             began = time.time_ns()
-            if i % 2 == 0:
+            way = ways[i % 3]
+            if i % 3 == 0:
                 got = await client.blmove(key, key, 5, "RIGHT", "RIGHT")
-                way = "redis-py asyncio BLMOVE (result()'s way)"
+            elif i % 3 == 1:
+                # wait_command takes the record's key: it blocks on <key>:done
+                got = await link.block(commands.wait_command(key.removesuffix(":done"), 5), 15)
             else:
                 reply = sync.blpop([key], timeout=5)
                 got = None if reply is None else reply[1]
-                way = "redis-py sync BLPOP (the floor's way)"
             now = time.time_ns()
             if got is None:
                 raise SystemExit(f"no push for slot {i}")
@@ -96,7 +106,7 @@ async def wake(n: int, rate: float) -> None:
                 late += 1
                 continue
             lat[way].append((now - pushed) / 1e9)
-        await client.delete(*[f"{prefix}{i}" for i in range(n)])
+        await client.delete(*[f"{prefix}{i}:done" for i in range(n)])
         await client.aclose()
 
     try:
@@ -129,8 +139,14 @@ async def main() -> None:
     client = redis.asyncio.Redis.from_url(URL)
     value = b'{"status":"success","result":1}' + b" " * 40
 
+    commands = core.commands
+    link = LoopLink.of(commands)
+
     async def core_write(key: str) -> None:
-        await core.write_record(key, value, TTL_MS / 1000, True)
+        await commands.write_record(key, value, TTL_MS / 1000, True)
+
+    async def loop_write(key: str) -> None:
+        await link.run(*commands.record_commands(key, value, TTL_MS / 1000, True))
 
     async def redispy_write(key: str) -> None:
         async with client.pipeline(transaction=True) as pipe:
@@ -144,6 +160,7 @@ async def main() -> None:
         await client.ping()
 
     ways = {"core write_record (loop -> tokio -> Redis -> tokio -> loop)": core_write,
+            "the loop's own connection (LoopLink.run: finish since rtloop)": loop_write,
             "redis-py asyncio MULTI on the loop": redispy_write,
             "redis-py asyncio PING on the loop": redispy_ping}
     lat: dict[str, list[float]] = {k: [] for k in ways}
@@ -170,6 +187,7 @@ async def main() -> None:
     keys = [k async for k in client.scan_iter(match=f"{prefix}*", count=1000)]
     for i in range(0, len(keys), 500):
         await client.delete(*keys[i:i + 500])
+    link.close()
     await core.close()
     await client.aclose()
 

@@ -51,7 +51,6 @@ class Publisher:
         self._blocks: dict[str, bool] = {}
         self._marks: dict[str, Any] = {}
         self._natives: dict[str, Any] = {}
-        self._loop_links: dict[int, LoopLink] = {}
         #: Sends on Redis from the caller's own connection (its thread's for
         #: send_sync, its loop's for send) rather than through the core's
         #: runtime; FOXTIVE_REDIS_DIRECT=0 turns that off (the same sends,
@@ -63,10 +62,10 @@ class Publisher:
         closing the event loops' own connections to Redis."""
         self._blocks = {}
         self._marks = {}
-        self._natives = {}
-        links, self._loop_links = self._loop_links, {}
-        for link in links.values():
-            link.close()
+        natives, self._natives = self._natives, {}
+        for native in natives.values():
+            if native is not None:
+                LoopLink.of(native.commands).close()
 
     async def _publish_direct(self, native: Any, body: bytes, headers: dict[str, Any] | None,
                               delay: float | None, task_id: str,
@@ -95,13 +94,12 @@ class Publisher:
         got: str = await native.publish_prepared(prepared)
         return got
 
-    def _loop_link(self, native: Any) -> LoopLink | None:
-        """The event loops' connections to ``native``'s Redis (None: no
-        direct path, TLS). One per Redis backend object, cached."""
-        key = id(native)
-        link = self._loop_links.get(key)
-        if link is None:
-            link = self._loop_links[key] = LoopLink(native.commands)
+    @staticmethod
+    def _loop_link(native: Any) -> LoopLink | None:
+        """The event loops' connections to ``native``'s Redis, found through
+        its ``RedisCommands`` (the same link as the result store's writes
+        and waits on that Redis); None: no direct path (TLS)."""
+        link = LoopLink.of(native.commands)
         return link if link.available else None
 
     # A task's "pending" record: a send without dedup_key writes it before

@@ -21,6 +21,18 @@ matched in FIFO order.
 * Plain TCP and unix sockets; a ``rediss://`` Redis has no direct path
   (the core's ``direct_address()`` is None) and sends go through the
   runtime as before.
+
+One :class:`LoopLink` per Redis and process (:meth:`LoopLink.of`, found
+through the Redis's ``RedisCommands``): the publisher's sends, the result
+store's record writes and ``result()``'s waits all find the same per-loop
+connections.
+
+A blocking command (a waiter's ``BLMOVE``) holds its connection in Redis
+until it answers, so it never goes on the shared connection:
+:meth:`LoopLink.block` takes a connection of the loop's own for it from a
+small free list (one per concurrent waiter; a few are kept idle, the rest
+closed), and a wait that is cancelled or lost closes its connection (its
+reply would otherwise come to the next waiter).
 """
 
 from __future__ import annotations
@@ -28,8 +40,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
+import threading
 import weakref
-from typing import Any
+from typing import Any, ClassVar
 
 from . import _core
 from .errors import BackendError
@@ -40,6 +53,9 @@ __all__ = ["ConnectFailed", "LoopLink"]
 REPLY_TIMEOUT = 10.0
 #: How long connecting (and the AUTH/SELECT handshake) may take.
 CONNECT_TIMEOUT = 5.0
+#: Idle connections for blocking commands a loop keeps per Redis (more
+#: concurrent waits open more; those beyond this are closed when done).
+IDLE_BLOCKING = 4
 
 
 class ConnectFailed(BackendError):
@@ -55,7 +71,7 @@ class _Replies(asyncio.Protocol):
         self.pid = os.getpid()
         self.parser = _core.RespReplies()
         self.transport: asyncio.Transport | None = None
-        #: (future, replies expected, sent at) per request, oldest first.
+        #: (future, replies expected, answer due by) per request, oldest first.
         self.waiting: collections.deque[tuple[asyncio.Future[list[Any]], int, float]] = (
             collections.deque())
         self.got: list[Any] = []
@@ -102,13 +118,16 @@ class _Replies(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def request(self, data: bytes, replies: int) -> asyncio.Future[list[Any]]:
-        """Write ``data`` (``replies`` commands); a future of their replies."""
+    def request(self, data: bytes, replies: int,
+                patience: float = REPLY_TIMEOUT) -> asyncio.Future[list[Any]]:
+        """Write ``data`` (``replies`` commands); a future of their replies,
+        which must come within ``patience`` seconds (``math.inf``: no limit)
+        or the connection is given up."""
         fut: asyncio.Future[list[Any]] = self.loop.create_future()
         if self.lost is not None or self.transport is None:
             fut.set_exception(self.lost or BackendError("Redis connection not open"))
             return fut
-        self.waiting.append((fut, replies, self.loop.time()))
+        self.waiting.append((fut, replies, self.loop.time() + patience))
         self.transport.write(data)
         if self.watch is None:
             self.watch = self.loop.call_later(1.0, self._check)
@@ -116,12 +135,13 @@ class _Replies(asyncio.Protocol):
 
     def _check(self) -> None:
         """Once a second while replies are awaited: give up a connection
-        whose oldest reply is more than ``REPLY_TIMEOUT`` late."""
+        whose oldest reply is overdue (``REPLY_TIMEOUT`` for a plain
+        command, a blocking one's own timeout plus that)."""
         self.watch = None
         if not self.waiting:
             return
-        if self.loop.time() - self.waiting[0][2] > REPLY_TIMEOUT:
-            self._fail(BackendError(f"Redis did not answer within {REPLY_TIMEOUT:g} s; "
+        if self.loop.time() > self.waiting[0][2]:
+            self._fail(BackendError("Redis did not answer in time; "
                                     "the send may not have reached Redis"))
             return
         self.watch = self.loop.call_later(1.0, self._check)
@@ -129,17 +149,47 @@ class _Replies(asyncio.Protocol):
     def usable(self) -> bool:
         return self.lost is None and self.pid == os.getpid()
 
+    def close(self) -> None:
+        """Close the connection now (on its loop's thread); a request still
+        waiting fails with ``BackendError``."""
+        self._fail(BackendError("Redis connection closed"))
+
 
 class LoopLink:
-    """A Redis's connection per event loop (see the module's docstring)."""
+    """A Redis's connections per event loop (see the module's docstring)."""
+
+    #: One per Redis and process: by where direct connections go and what
+    #: they send first (server, credentials, database).
+    _all: ClassVar[dict[tuple[Any, Any], LoopLink]] = {}
+    _all_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    @classmethod
+    def of(cls, commands: _core.RedisCommands) -> LoopLink:
+        """The link of ``commands``' Redis: the same object for every
+        ``RedisCommands`` of that Redis in the process (a queue's backend's,
+        a result store's), so they share each loop's connections."""
+        key = (commands.direct_address(), commands.direct_handshake())
+        link = cls._all.get(key)
+        if link is None:
+            with cls._all_lock:
+                link = cls._all.setdefault(key, cls(commands))
+        return link
 
     def __init__(self, commands: _core.RedisCommands) -> None:
-        self._commands = commands
+        # Where to connect and the handshake, not the commands object: a
+        # link lives as long as the process and must not keep the core's
+        # connections to the Redis alive.
         self._address = commands.direct_address()
+        self._handshake = commands.direct_handshake()
         self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Replies] = (
             weakref.WeakKeyDictionary())
         self._connecting: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
                                                     asyncio.Future[_Replies]] = (
+            weakref.WeakKeyDictionary())
+        #: Each loop's idle connections for blocking commands, and those in use.
+        self._idle: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[_Replies]] = (
+            weakref.WeakKeyDictionary())
+        self._busy: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, set[_Replies]] = (
             weakref.WeakKeyDictionary())
 
     @property
@@ -157,6 +207,44 @@ class LoopLink:
             proto = await self._connect(loop)
         return await proto.request(data, replies)
 
+    async def block(self, data: bytes, patience: float) -> Any:
+        """Run one blocking command (``data``) on a connection of the
+        running loop's own, not shared while it waits; its reply (an error
+        reply as a ``BackendError`` instance). ``patience``: how long the
+        reply may take (the command's own timeout plus a margin;
+        ``math.inf``: for ever). Raises :class:`ConnectFailed` when no
+        connection could be opened (nothing was sent), ``BackendError`` when
+        it was lost (the command may have run). A cancelled call closes its
+        connection: its reply must not reach the next one."""
+        loop = asyncio.get_running_loop()
+        idle = self._idle.get(loop)
+        proto = None
+        while idle:
+            candidate = idle.pop()  # the most recently used: the warmest
+            if candidate.usable():
+                proto = candidate
+                break
+            candidate.close()
+        if proto is None:
+            proto = await self._open_new(loop)
+        busy = self._busy.setdefault(loop, set())
+        busy.add(proto)
+        try:
+            replies = await proto.request(data, 1, patience)
+        except BaseException:  # cancelled, lost or overdue: out of step
+            busy.discard(proto)
+            proto.close()
+            raise
+        busy.discard(proto)
+        idle = self._idle.get(loop)
+        if idle is None:
+            idle = self._idle[loop] = []
+        if busy is self._busy.get(loop) and len(idle) < IDLE_BLOCKING and proto.usable():
+            idle.append(proto)
+        else:  # the link was closed meanwhile, or enough are idle
+            proto.close()
+        return replies[0]
+
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Replies:
         pending = self._connecting.get(loop)
         if pending is not None:  # one connection attempt at a time per loop
@@ -164,10 +252,7 @@ class LoopLink:
         fut: asyncio.Future[_Replies] = loop.create_future()
         self._connecting[loop] = fut
         try:
-            try:
-                proto = await asyncio.wait_for(self._open(loop), CONNECT_TIMEOUT)
-            except (OSError, BackendError) as e:  # TimeoutError is an OSError
-                raise ConnectFailed(f"Redis direct connection: {e}") from None
+            proto = await self._open_new(loop)
             self._by_loop[loop] = proto
             fut.set_result(proto)
             return proto
@@ -181,6 +266,13 @@ class LoopLink:
         finally:
             del self._connecting[loop]
 
+    async def _open_new(self, loop: asyncio.AbstractEventLoop) -> _Replies:
+        """A new connection, handshake done; :class:`ConnectFailed` if not."""
+        try:
+            return await asyncio.wait_for(self._open(loop), CONNECT_TIMEOUT)
+        except (OSError, BackendError) as e:  # TimeoutError is an OSError
+            raise ConnectFailed(f"Redis direct connection: {e}") from None
+
     async def _open(self, loop: asyncio.AbstractEventLoop) -> _Replies:
         address = self._address
         if address is None:
@@ -190,7 +282,7 @@ class LoopLink:
         else:
             _, proto = await loop.create_connection(lambda: _Replies(loop), address[1],
                                                     address[2])
-        handshake = self._commands.direct_handshake()
+        handshake = self._handshake
         if handshake is not None:
             for reply in await proto.request(*handshake):
                 if isinstance(reply, BaseException):
@@ -200,15 +292,21 @@ class LoopLink:
         return proto
 
     def close(self) -> None:
-        """Close every loop's connection (each on its own loop's thread)."""
+        """Close every loop's connections (each on its own loop's thread);
+        a blocking command still waiting keeps its connection until it is
+        answered, then closes it. The next use opens new ones."""
         by_loop, self._by_loop = self._by_loop, weakref.WeakKeyDictionary()
-        for loop, proto in list(by_loop.items()):
+        idle, self._idle = self._idle, weakref.WeakKeyDictionary()
+        self._busy = weakref.WeakKeyDictionary()
+        closing: list[tuple[asyncio.AbstractEventLoop, _Replies]] = list(by_loop.items())
+        closing += [(loop, proto) for loop, protos in idle.items() for proto in protos]
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        for loop, proto in closing:
             if proto.transport is None or proto.pid != os.getpid() or loop.is_closed():
                 continue
-            try:
-                running = asyncio.get_running_loop()
-            except RuntimeError:
-                running = None
             if running is loop:
                 proto.transport.close()
             else:

@@ -11,11 +11,20 @@ record expires ``result_ttl`` seconds after its last write.
   so a waiter blocks on ``BLMOVE`` (the list keeps its element for the next
   waiter) instead of polling, and has the record when it wakes. It uses
   redis-py (``pip install foxtive[redis]``).
+
+  On a plain (not TLS, not cluster) Redis the worker's final write and a
+  waiter's ``BLMOVE`` go on the running loop's own connections
+  (:mod:`foxtive.redis_loop`), not through another thread: the write on
+  the loop's shared connection (the one ``await send`` uses), each wait on
+  a connection of its own while it blocks. ``FOXTIVE_REDIS_DIRECT=0`` turns
+  that off (the core's runtime writes, redis-py waits).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import os
 import threading
 import time
 import weakref
@@ -24,7 +33,8 @@ from typing import Any
 import msgspec
 
 from . import _core
-from .errors import ConfigError, TaskError
+from .errors import BackendError, ConfigError, TaskError
+from .redis_loop import REPLY_TIMEOUT, LoopLink
 
 __all__ = ["FINAL", "MemoryResultStore", "RedisResultStore", "ResultStore"]
 
@@ -263,6 +273,8 @@ class RedisResultStore(ResultStore):
         # to this Redis (made on first use; not on a cluster): one call into
         # Rust, none of redis-py's pipeline work on the worker's loop.
         self._writer: Any = None
+        #: The loops' own connections to this Redis (see _loop_link).
+        self._link: Any = _UNKNOWN
         # redis.asyncio clients belong to the loop that made their connections.
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary())
@@ -388,16 +400,48 @@ class RedisResultStore(ResultStore):
             self._writer = writer
         return writer or None
 
+    def _loop_link(self) -> LoopLink | None:
+        """The running loops' own connections to this Redis (the same
+        :class:`LoopLink` as the app's sends to it), or None: no direct path
+        (TLS, a cluster, a URL the core does not read) or
+        ``FOXTIVE_REDIS_DIRECT=0``."""
+        link = self._link
+        if link is _UNKNOWN:
+            writer = self._native_writer()
+            link = None
+            if writer is not None and os.environ.get("FOXTIVE_REDIS_DIRECT", "1") != "0":
+                found = LoopLink.of(writer)
+                link = found if found.available else None
+            self._link = link
+        return link  # type: ignore[no-any-return]
+
     async def finish(self, task_id: str, record: dict[str, Any]) -> None:
         """The worker's write after a run: one MULTI, one round trip. A
         final record is also pushed to ``<key>:done``, so that a waiter's
         ``BLMOVE`` returns the record itself (no GET after it); a
-        "retrying" one is only stored (waiters keep waiting)."""
+        "retrying" one is only stored (waiters keep waiting).
+
+        Written on the running loop's own connection when there is one;
+        when it cannot be opened, or is lost or silent under the write, the
+        same write goes again through the core's runtime (which reconnects):
+        the commands are idempotent, so a write that did land is rewritten
+        to the same state, never lost."""
         key = self._key(task_id)
         value = _enc.encode(record)
+        push = record.get("status") in FINAL
         writer = self._native_writer()
         if writer is not None:
-            await writer.write_record(key, value, self.ttl, record.get("status") in FINAL)
+            link = self._loop_link()
+            if link is not None:
+                try:
+                    replies = await link.run(*writer.record_commands(key, value, self.ttl,
+                                                                     push))
+                except BackendError:  # not opened, lost or silent (a reply is not raised)
+                    pass
+                else:
+                    _raise_error_reply(replies)
+                    return
+            await writer.write_record(key, value, self.ttl, push)
             return
         if record.get("status") not in FINAL:
             await self._client().set(key, value, px=self._ttl_ms)
@@ -431,9 +475,8 @@ class RedisResultStore(ResultStore):
 
     async def wait(self, task_id: str, timeout: float | None) -> Any:
         key = self._key(task_id)
-        client = self._client()
         if timeout is not None and timeout <= 0:
-            record = self._final(await client.get(key))
+            record = self._final(await self._client().get(key))
             if record is None:
                 raise TimeoutError(f"task {task_id}: no result yet")
             return _outcome(record)
@@ -442,16 +485,42 @@ class RedisResultStore(ResultStore):
         # it at once when the task has finished; one round trip, not two.
         # Blocks in Redis until the final write pushes (the element stays
         # for other waiters); 0 = forever.
-        moved = await self._waits_client().blmove(f"{key}:done", f"{key}:done",
-                                                  timeout or 0, "RIGHT", "RIGHT")
+        moved = await self._blmove(key, timeout)
         if moved is None:
             raise TimeoutError(f"task {task_id}: no result within {timeout} s")
         # The element is the final record (a worker from before that change
         # pushed b"1": read the record then).
-        record = self._final_pushed(moved) or self._final(await client.get(key))
+        record = self._final_pushed(moved) or self._final(await self._client().get(key))
         if record is None:
             raise TimeoutError(f"task {task_id}: its result expired")
         return _outcome(record)
+
+    async def _blmove(self, key: str, timeout: float | None) -> Any:
+        """The waiter's ``BLMOVE`` on ``<key>:done``: the record, or None
+        after ``timeout`` (None: for ever). On a connection of the running
+        loop's own (``redis_loop.LoopLink.block``) where there is one;
+        through redis-py where not, and where that connection cannot be
+        opened or is lost (the BLMOVE moves the list's one element onto
+        itself: run again, it changes nothing)."""
+        link = self._loop_link()
+        if link is not None:
+            started = time.monotonic()
+            patience = math.inf if timeout is None else timeout + REPLY_TIMEOUT
+            try:
+                command = self._native_writer().wait_command(key, timeout)
+                moved = await link.block(command, patience)
+            except BackendError:
+                if timeout is not None:
+                    timeout -= time.monotonic() - started
+                    if timeout <= 0:
+                        return None
+            else:
+                if isinstance(moved, BaseException):
+                    raise moved
+                return moved
+        # redis-py types the timeout as int; Redis >= 6 takes seconds as a float.
+        return await self._waits_client().blmove(f"{key}:done", f"{key}:done",
+                                                 timeout or 0, "RIGHT", "RIGHT")
 
     def wait_sync(self, task_id: str, timeout: float | None) -> Any:
         key = self._key(task_id)
@@ -473,6 +542,9 @@ class RedisResultStore(ResultStore):
 
     async def close(self) -> None:
         writer, self._writer = self._writer, None
+        link, self._link = self._link, _UNKNOWN
+        if isinstance(link, LoopLink):
+            link.close()
         if writer:
             writer.close()
         try:
@@ -483,3 +555,19 @@ class RedisResultStore(ResultStore):
                     await client.aclose()
         finally:
             self._sync.close()
+
+
+#: Not looked up yet (``RedisResultStore._link``: None means "no direct path").
+_UNKNOWN: Any = object()
+
+
+def _raise_error_reply(replies: list[Any]) -> None:
+    """Raise the first error reply among ``replies`` (a ``MULTI``'s
+    ``EXEC`` list included), and a discarded transaction (nil ``EXEC``)."""
+    for reply in replies:
+        if isinstance(reply, BaseException):
+            raise reply
+        if isinstance(reply, list):
+            _raise_error_reply(reply)
+    if len(replies) > 1 and replies[-1] is None:
+        raise BackendError("Redis discarded the result record's MULTI")

@@ -78,6 +78,38 @@ impl PyRedisCommands {
         })
     }
 
+    /// The commands of `write_record` encoded for an event loop's own
+    /// connection to this Redis, and how many replies they get (with
+    /// `push`, the last is `EXEC`'s list).
+    fn record_commands<'py>(
+        &self,
+        py: Python<'py>,
+        key: &str,
+        value: &Bound<'py, PyAny>,
+        ttl: &Bound<'py, PyAny>,
+        push: bool,
+    ) -> PyResult<(Bound<'py, PyBytes>, usize)> {
+        let value = body_from_py(value)?;
+        let ttl = duration_from_py("ttl", ttl)?;
+        let (bytes, n) = RedisCommands::record_commands(key, &value, ttl, push);
+        Ok((PyBytes::new(py, &bytes), n))
+    }
+
+    /// A waiter's `BLMOVE` on `<key>:done` (one reply: the record, or None
+    /// after `timeout` seconds; None waits for ever), encoded.
+    #[pyo3(signature = (key, timeout = None))]
+    fn wait_command<'py>(
+        &self,
+        py: Python<'py>,
+        key: &str,
+        timeout: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let timeout = timeout
+            .map(|t| duration_from_py("timeout", t))
+            .transpose()?;
+        Ok(PyBytes::new(py, &RedisCommands::wait_command(key, timeout)))
+    }
+
     /// Let go of the shared command connection and shut this process's
     /// direct connections to this Redis down (the next use opens new ones).
     fn close(&self) {

@@ -135,6 +135,54 @@ impl RedisCommands {
             .await
     }
 
+    /// The commands of [`Self::write_record`], encoded for a connection of
+    /// the caller's own (an event loop's), and how many replies they get:
+    /// with `push`, `MULTI`, the four commands and `EXEC` (six replies, the
+    /// last `EXEC`'s array); without, the `SET PX` alone.
+    pub fn record_commands(key: &str, value: &[u8], ttl: Duration, push: bool) -> (Vec<u8>, usize) {
+        let ttl_ms = millis(ttl).to_string();
+        let key = key.as_bytes();
+        let mut out = Vec::with_capacity(160 + 2 * (key.len() + value.len()));
+        if !push {
+            encode(&mut out, &[b"SET", key, value, b"PX", ttl_ms.as_bytes()]);
+            return (out, 1);
+        }
+        let done = [key, b":done"].concat();
+        encode(&mut out, &[b"MULTI"]);
+        encode(&mut out, &[b"SET", key, value, b"PX", ttl_ms.as_bytes()]);
+        encode(&mut out, &[b"DEL", &done]);
+        encode(&mut out, &[b"RPUSH", &done, value]);
+        encode(&mut out, &[b"PEXPIRE", &done, ttl_ms.as_bytes()]);
+        encode(&mut out, &[b"EXEC"]);
+        (out, 6)
+    }
+
+    /// A waiter's `BLMOVE <key>:done <key>:done RIGHT RIGHT <timeout>`
+    /// (the list keeps its element for the next waiter), encoded; `None`
+    /// waits for ever (timeout 0). Redis takes the timeout in seconds as a
+    /// decimal: sub-second waits keep their precision.
+    pub fn wait_command(key: &str, timeout: Option<Duration>) -> Vec<u8> {
+        let done = [key.as_bytes(), b":done"].concat();
+        let seconds = match timeout {
+            // Redis reads 0 as "for ever": a positive wait stays positive.
+            Some(t) => format!("{}", t.as_secs_f64().max(0.001)),
+            None => "0".to_string(),
+        };
+        let mut out = Vec::with_capacity(64 + 2 * done.len());
+        encode(
+            &mut out,
+            &[
+                b"BLMOVE",
+                &done,
+                &done,
+                b"RIGHT",
+                b"RIGHT",
+                seconds.as_bytes(),
+            ],
+        );
+        out
+    }
+
     /// `SET NX PX` of `mark` alone, on the shared command connection.
     pub async fn mark_new(&self, mark: &MarkNew) -> Result<()> {
         self.link
@@ -182,4 +230,57 @@ pub(super) fn encode_mark(out: &mut Vec<u8>, mark: &MarkNew) {
             b"NX",
         ],
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The loop's record write sends what the runtime's sends (the
+    /// pipeline `write_record` builds): same commands, same TTLs.
+    #[test]
+    fn record_commands_are_write_records_pipeline() {
+        let ttl = Duration::from_millis(60_500);
+        for push in [true, false] {
+            let mut pipe = redis::pipe();
+            if push {
+                pipe.atomic();
+            }
+            pipe.cmd("SET")
+                .arg("foxtive:result:t1")
+                .arg(&b"{\"status\":\"succeeded\"}"[..])
+                .arg("PX")
+                .arg(60_500u64)
+                .ignore();
+            if push {
+                let done = "foxtive:result:t1:done";
+                pipe.cmd("DEL").arg(done).ignore();
+                pipe.cmd("RPUSH")
+                    .arg(done)
+                    .arg(&b"{\"status\":\"succeeded\"}"[..])
+                    .ignore();
+                pipe.cmd("PEXPIRE").arg(done).arg(60_500u64).ignore();
+            }
+            let (ours, replies) = RedisCommands::record_commands(
+                "foxtive:result:t1",
+                b"{\"status\":\"succeeded\"}",
+                ttl,
+                push,
+            );
+            assert_eq!(ours, pipe.get_packed_pipeline(), "push={push}");
+            assert_eq!(replies, if push { 6 } else { 1 });
+        }
+    }
+
+    #[test]
+    fn wait_command_keeps_sub_second_timeouts_and_zero_is_for_ever() {
+        let cmd = |t| String::from_utf8(RedisCommands::wait_command("k", t)).unwrap();
+        assert_eq!(
+            cmd(Some(Duration::from_millis(250))),
+            "*6\r\n$6\r\nBLMOVE\r\n$6\r\nk:done\r\n$6\r\nk:done\r\n\
+             $5\r\nRIGHT\r\n$5\r\nRIGHT\r\n$4\r\n0.25\r\n"
+        );
+        assert!(cmd(None).ends_with("RIGHT\r\n$1\r\n0\r\n"));
+        assert!(cmd(Some(Duration::ZERO)).ends_with("RIGHT\r\n$5\r\n0.001\r\n"));
+    }
 }
