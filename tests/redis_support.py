@@ -21,7 +21,10 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import redis
 
 REDIS_URL = os.environ.get("FOXTIVE_REDIS_URL", "redis://127.0.0.1:6379/0")
 #: How the development and CI machines run Redis (see issue #4 / .ci/run).
@@ -293,6 +296,36 @@ def main() -> None:
     ap.add_argument("--shutdown-timeout", type=float, default=10.0)
     ap.add_argument("--until-idle", action="store_true")
     _worker(ap.parse_args())
+
+
+def own_ports() -> set[int]:
+    """The local TCP ports of this process's sockets (Linux: /proc): what
+    Redis sees as their ``addr``, so other processes' clients (other
+    tests running on the same Redis) are not counted."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for line in list(f)[1:]:
+                fields = line.split()
+                if fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def own_clients(client: redis.Redis,
+                named: str | None = "foxtive-sender") -> list[dict[str, Any]]:
+    """This process's connections as Redis lists them (the loops' own:
+    named ``foxtive-sender``; ``named=None``: all)."""
+    ports = own_ports()
+    return [c for c in client.client_list()
+            if (named is None or c.get("name") == named)
+            and int(c["addr"].rsplit(":", 1)[1]) in ports]
 
 
 if __name__ == "__main__":

@@ -17,9 +17,7 @@ import redis
 
 import foxtive
 
-from .redis_support import REDIS_URL, delete_keys
-
-SENDER = "foxtive-sender"
+from .redis_support import REDIS_URL, delete_keys, own_clients
 
 
 @pytest.fixture
@@ -30,7 +28,8 @@ def rclient() -> Iterator[redis.Redis]:
 
 
 def senders(client: redis.Redis) -> set[int]:
-    return {int(c["id"]) for c in client.client_list() if c.get("name") == SENDER}
+    """This process's loop connections (other tests' processes share the Redis)."""
+    return {int(c["id"]) for c in own_clients(client)}
 
 
 def status_in(client: redis.Redis, task_id: str) -> str | None:

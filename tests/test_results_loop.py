@@ -22,7 +22,7 @@ from foxtive.redis_loop import LoopLink
 from foxtive.results import RedisResultStore, succeeded
 
 from .conftest import fast_retries
-from .redis_support import REDIS_URL, delete_keys, wait_for
+from .redis_support import REDIS_URL, delete_keys, own_clients, wait_for
 from .test_tasks_send_direct import StallingProxy, _db, _target
 
 SENDER = "foxtive-sender"
@@ -38,43 +38,14 @@ def rclient() -> Iterator[redis.Redis]:
     client.close()
 
 
-def _own_ports() -> set[int]:
-    """The local TCP ports of this process's sockets (Linux: /proc): what
-    Redis sees as their ``addr``, so other processes' clients (other
-    tests running on the same Redis) are not counted."""
-    inodes = set()
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            target = os.readlink(f"/proc/self/fd/{fd}")
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-    ports = set()
-    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
-        with contextlib.suppress(OSError), open(table) as f:
-            for line in list(f)[1:]:
-                fields = line.split()
-                if fields[9] in inodes:
-                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
-
-
-def _ours(client: redis.Redis, named: str | None = SENDER) -> list[dict[str, Any]]:
-    """This process's connections as Redis lists them (the loops' own:
-    named ``foxtive-sender``; ``named=None``: all)."""
-    ports = _own_ports()
-    return [c for c in client.client_list()
-            if (named is None or c.get("name") == named)
-            and int(c["addr"].rsplit(":", 1)[1]) in ports]
-
-
 def blocked_waits(client: redis.Redis) -> set[int]:
     """This process's wait connections blocked in a BLMOVE now."""
-    return {int(c["id"]) for c in _ours(client)
+    return {int(c["id"]) for c in own_clients(client)
             if c.get("cmd") == "blmove" and "b" in c.get("flags", "")}
 
 
 def loop_connections(client: redis.Redis) -> set[int]:
-    return {int(c["id"]) for c in _ours(client)}
+    return {int(c["id"]) for c in own_clients(client)}
 
 
 def _ids(n: int) -> list[str]:
@@ -172,6 +143,28 @@ async def test_a_cancelled_wait_closes_its_connection_and_later_waits_stay_right
         _drop(rclient, ids)
 
 
+async def test_waits_cancelled_while_their_connection_opens_leave_none_open(
+        rclient: redis.Redis) -> None:
+    """A wait cancelled at any point of opening its connection (connect, the
+    handshake's replies) closes it: none is left open, held by nobody."""
+    store = RedisResultStore(REDIS_URL, 60)
+    ids = _ids(40)
+    before = loop_connections(rclient)
+    try:
+        for turns, task_id in enumerate(ids, start=1):
+            waiting = asyncio.ensure_future(store.wait(task_id, 30))
+            for _ in range(turns):  # cancelled after 1, 2, ... loop turns
+                await asyncio.sleep(0)
+            waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
+        wait_for(lambda: not (loop_connections(rclient) - before), 10,
+                 "every cancelled wait's connection to close")
+    finally:
+        await store.close()
+        _drop(rclient, ids)
+
+
 async def test_the_store_sends_and_waits_share_one_link_per_redis() -> None:
     """One LoopLink per Redis and process, whichever RedisCommands finds it."""
     app = foxtive.App("rtloop-share", broker=REDIS_URL, results=True)
@@ -185,10 +178,46 @@ async def test_the_store_sends_and_waits_share_one_link_per_redis() -> None:
         assert isinstance(store, RedisResultStore)
         native = app._publisher._native_redis(queue, app.backend(queue))
         assert native is not None
-        assert app._publisher._loop_link(native) is store._loop_link()
-        assert LoopLink.of(foxtive._core.RedisCommands(REDIS_URL)) is store._loop_link()
+        assert app._publisher._loop_link(queue, native) is store._loop_link()
+        commands = foxtive._core.RedisCommands(REDIS_URL)
+        try:
+            assert LoopLink.of(commands) is store._loop_link()
+        finally:
+            commands.close()
     finally:
         await app.aclose()
+
+
+async def test_closing_one_app_leaves_another_apps_loop_connection_open() -> None:
+    """The link is the process's: an app's close() gives up its own hold,
+    and the connections close with the last holder (another app's sends
+    are not cut, and sent twice, by it)."""
+    queue = f"foxtive-test:rtloop:{uuid.uuid4().hex[:12]}"
+    apps = [foxtive.App(f"rtloop-hold-{i}", broker=REDIS_URL, results=True) for i in range(2)]
+    tasks = [app.task(queue=queue, name="rtloop.hold")(_noop) for app in apps]
+    client = redis.Redis.from_url(REDIS_URL)
+    ids: list[str] = []
+    before = loop_connections(client)  # earlier tests' loops may still hold some
+    try:
+        ids += [(await t.send()).id for t in tasks]
+        ours = loop_connections(client) - before
+        assert len(ours) == 1, "one loop connection, shared by both apps"
+        await apps[0].aclose()
+        ids.append((await tasks[1].send()).id)
+        assert ours <= loop_connections(client), "the other app's connection stayed"
+        await apps[1].aclose()
+        wait_for(lambda: not (ours & loop_connections(client)), 10,
+                 "the last holder to close it")
+        assert client.xlen(queue) == 3
+    finally:
+        for app in apps:
+            await app.aclose()
+        client.delete(queue)
+        _drop(client, ids)
+        client.close()
+
+
+async def _noop() -> None: ...
 
 
 class CuttingProxy(StallingProxy):
@@ -273,7 +302,7 @@ async def test_a_wait_whose_connection_is_cut_waits_on_through_redis_py(
             # redis-py's BLMOVE (through the proxy) blocks in Redis once the
             # loop's was cut.
             while not (proxy.cuts and any(c.get("cmd") == "blmove" and c.get("name") != SENDER
-                                          for c in _ours(rclient, named=None))):
+                                          for c in own_clients(rclient, named=None))):
                 assert asyncio.get_running_loop().time() < deadline, "the second BLMOVE"
                 await asyncio.sleep(0.02)
             await asyncio.to_thread(_push_like_a_worker, rclient, task_id, "after the cut")

@@ -324,8 +324,13 @@ def test_every_path_of_a_prepared_publish_sends_it_and_marks_only_where_no_recor
         assert 0 < rclient.pttl(f"{key}:1") <= 30_000
         assert rclient.xlen(queue) == 4  # m-1 .. m-4; m-5's commands were not run
     finally:
+        asyncio.run(_closed(backend))
         delete_keys(rclient, queue)
         rclient.delete(f"{key}:1", f"{key}:2", kept)
+
+
+async def _closed(backend: _core.RedisStreamBackend) -> None:
+    await backend.close()
 
 
 async def _through_runtime(backend: _core.RedisStreamBackend, p: _core.RedisPublish) -> Any:

@@ -51,6 +51,10 @@ class Publisher:
         self._blocks: dict[str, bool] = {}
         self._marks: dict[str, Any] = {}
         self._natives: dict[str, Any] = {}
+        #: Per queue, the event loops' connections to its Redis (None: none).
+        self._links: dict[str, LoopLink | None] = {}
+        #: The links this publisher holds (LoopLink.acquire), released by forget().
+        self._held: set[LoopLink] = set()
         #: Sends on Redis from the caller's own connection (its thread's for
         #: send_sync, its loop's for send) rather than through the core's
         #: runtime; FOXTIVE_REDIS_DIRECT=0 turns that off (the same sends,
@@ -62,13 +66,14 @@ class Publisher:
         closing the event loops' own connections to Redis."""
         self._blocks = {}
         self._marks = {}
-        natives, self._natives = self._natives, {}
-        for native in natives.values():
-            if native is not None:
-                LoopLink.of(native.commands).close()
+        self._natives = {}
+        self._links = {}
+        held, self._held = self._held, set()
+        for link in held:  # closed when no other app or store holds it
+            link.release()
 
-    async def _publish_direct(self, native: Any, body: bytes, headers: dict[str, Any] | None,
-                              delay: float | None, task_id: str,
+    async def _publish_direct(self, queue: str, native: Any, body: bytes,
+                              headers: dict[str, Any] | None, delay: float | None, task_id: str,
                               mark: dict[str, Any] | None) -> str:
         """Publish on foxtive's own Redis backend (``native``), with the
         task's "pending" record in the same round trip when ``mark`` is
@@ -79,7 +84,7 @@ class Publisher:
         path reconnects and sends again, as its own sends do: at least
         once, never lost)."""
         prepared = _core.RedisPublish(body, headers, delay, task_id, **(mark or {}))
-        link = self._loop_link(native) if self.direct else None
+        link = self._loop_link(queue, native) if self.direct else None
         commands = native.publish_commands(prepared) if link else None
         if commands is not None and link is not None:
             try:
@@ -94,13 +99,22 @@ class Publisher:
         got: str = await native.publish_prepared(prepared)
         return got
 
-    @staticmethod
-    def _loop_link(native: Any) -> LoopLink | None:
-        """The event loops' connections to ``native``'s Redis, found through
-        its ``RedisCommands`` (the same link as the result store's writes
-        and waits on that Redis); None: no direct path (TLS)."""
-        link = LoopLink.of(native.commands)
-        return link if link.available else None
+    def _loop_link(self, queue: str, native: Any) -> LoopLink | None:
+        """The event loops' connections to ``native``'s Redis (the queue
+        ``queue``'s), found through its ``RedisCommands`` once per queue (the
+        same link as the result store's writes and waits on that Redis) and
+        held until :meth:`forget`; None: no direct path (TLS)."""
+        try:
+            return self._links[queue]
+        except KeyError:
+            pass
+        link: LoopLink | None = LoopLink.of(native.commands)
+        if link is not None and not link.available:
+            link = None
+        elif link is not None and link not in self._held:
+            self._held.add(LoopLink.acquire(native.commands))
+        self._links[queue] = link
+        return link
 
     # A task's "pending" record: a send without dedup_key writes it before
     # the publish (a worker's later writes then overwrite it, never the
@@ -142,7 +156,8 @@ class Publisher:
             if fresh and isinstance(store, RedisResultStore):
                 native = None if options else self._marking(queue, backend, store)
                 if native is not None:
-                    await self._publish_direct(native, body, inject(headers), delay, task_id,
+                    await self._publish_direct(queue, native, body, inject(headers), delay,
+                                               task_id,
                                                store.pending_mark(task_id))
                     return task_id
                 await _both(store.mark_new(task_id, "pending"),
@@ -153,7 +168,8 @@ class Publisher:
         elif store is None and not options:
             native = self._native_redis(queue, backend)
             if native is not None:
-                return await self._publish_direct(native, body, inject(headers), delay, task_id,
+                return await self._publish_direct(queue, native, body, inject(headers), delay,
+                                                  task_id,
                                                   None)
         got = await backend.publish(body, headers=headers, delay=delay, message_id=task_id,
                                     **(options or {}))

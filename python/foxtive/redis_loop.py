@@ -39,8 +39,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import os
 import threading
+import time
 import weakref
 from typing import Any, ClassVar
 
@@ -53,6 +55,9 @@ __all__ = ["ConnectFailed", "LoopLink"]
 REPLY_TIMEOUT = 10.0
 #: How long connecting (and the AUTH/SELECT handshake) may take.
 CONNECT_TIMEOUT = 5.0
+#: Seconds a link waits after a failed connection before trying again
+#: (meanwhile its callers take the runtime's path, or redis-py's).
+RETRY_CONNECT_AFTER = 5.0
 #: Idle connections for blocking commands a loop keeps per Redis (more
 #: concurrent waits open more; those beyond this are closed when done).
 IDLE_BLOCKING = 4
@@ -127,24 +132,37 @@ class _Replies(asyncio.Protocol):
         if self.lost is not None or self.transport is None:
             fut.set_exception(self.lost or BackendError("Redis connection not open"))
             return fut
-        self.waiting.append((fut, replies, self.loop.time() + patience))
+        due = self.loop.time() + patience
+        self.waiting.append((fut, replies, due))
         self.transport.write(data)
-        if self.watch is None:
-            self.watch = self.loop.call_later(1.0, self._check)
+        watch = self.watch
+        if watch is None or due < watch.when():
+            self._watch_until(due)
         return fut
 
+    def _watch_until(self, due: float) -> None:
+        """One timer per connection, at the time the oldest answer is due
+        (none while the oldest may wait for ever), not one tick a second:
+        200 blocked waiters cost no timers until their own timeouts."""
+        if self.watch is not None:
+            self.watch.cancel()
+            self.watch = None
+        if due != math.inf:
+            self.watch = self.loop.call_at(due, self._check)
+
     def _check(self) -> None:
-        """Once a second while replies are awaited: give up a connection
-        whose oldest reply is overdue (``REPLY_TIMEOUT`` for a plain
-        command, a blocking one's own timeout plus that)."""
+        """Give up a connection whose oldest reply is overdue
+        (``REPLY_TIMEOUT`` for a plain command, a blocking one's own
+        timeout plus that); else watch again until the oldest is due."""
         self.watch = None
         if not self.waiting:
             return
-        if self.loop.time() > self.waiting[0][2]:
+        due = self.waiting[0][2]
+        if self.loop.time() >= due:
             self._fail(BackendError("Redis did not answer in time; "
                                     "the send may not have reached Redis"))
             return
-        self.watch = self.loop.call_later(1.0, self._check)
+        self._watch_until(due)
 
     def usable(self) -> bool:
         return self.lost is None and self.pid == os.getpid()
@@ -162,6 +180,7 @@ class LoopLink:
     #: they send first (server, credentials, database).
     _all: ClassVar[dict[tuple[Any, Any], LoopLink]] = {}
     _all_lock: ClassVar[threading.Lock] = threading.Lock()
+    _users: int
 
     @classmethod
     def of(cls, commands: _core.RedisCommands) -> LoopLink:
@@ -174,6 +193,25 @@ class LoopLink:
             with cls._all_lock:
                 link = cls._all.setdefault(key, cls(commands))
         return link
+
+    @classmethod
+    def acquire(cls, commands: _core.RedisCommands) -> LoopLink:
+        """:meth:`of`, held by the caller until it calls :meth:`release`:
+        an app closing its link closes the connections only when no other
+        app or store of the process on that Redis still holds it."""
+        link = cls.of(commands)
+        with cls._all_lock:
+            link._users += 1
+        return link
+
+    def release(self) -> None:
+        """Give up a hold of :meth:`acquire`; the last one closes every
+        loop's connections."""
+        with LoopLink._all_lock:
+            self._users = max(0, self._users - 1)
+            last = self._users == 0
+        if last:
+            self.close()
 
     def __init__(self, commands: _core.RedisCommands) -> None:
         # Where to connect and the handshake, not the commands object: a
@@ -191,6 +229,10 @@ class LoopLink:
             weakref.WeakKeyDictionary())
         self._busy: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, set[_Replies]] = (
             weakref.WeakKeyDictionary())
+        #: No new connection before this (time.monotonic()): one just failed.
+        self._failed_until = 0.0
+        #: Publishers and result stores holding this link (see acquire).
+        self._users = 0
 
     @property
     def available(self) -> bool:
@@ -224,7 +266,8 @@ class LoopLink:
             if candidate.usable():
                 proto = candidate
                 break
-            candidate.close()
+            if candidate.pid == os.getpid():  # a parent's is the parent's to close
+                candidate.close()
         if proto is None:
             proto = await self._open_new(loop)
         busy = self._busy.setdefault(loop, set())
@@ -268,10 +311,28 @@ class LoopLink:
 
     async def _open_new(self, loop: asyncio.AbstractEventLoop) -> _Replies:
         """A new connection, handshake done; :class:`ConnectFailed` if not."""
+        if time.monotonic() < self._failed_until:
+            raise ConnectFailed("Redis direct connection: failed moments ago")
+        self._forget_closed_loops()
         try:
-            return await asyncio.wait_for(self._open(loop), CONNECT_TIMEOUT)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for may drop a
+            # connection that opened as the timeout fell.
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                return await self._open(loop)
         except (OSError, BackendError) as e:  # TimeoutError is an OSError
+            # Not again for a moment: a Redis that refuses (an ACL without
+            # CLIENT SETNAME, say) would otherwise cost every send a failed
+            # connection before the runtime's path.
+            self._failed_until = time.monotonic() + RETRY_CONNECT_AFTER
             raise ConnectFailed(f"Redis direct connection: {e}") from None
+
+    def _forget_closed_loops(self) -> None:
+        """Drop the connections of loops that were closed without closing
+        them (``asyncio.run`` after ``asyncio.run``): a connection holds its
+        loop, so the weak keys alone never let either go."""
+        for table in (self._by_loop, self._idle, self._busy, self._connecting):
+            for loop in [loop for loop in list(table.keys()) if loop.is_closed()]:
+                table.pop(loop, None)
 
     async def _open(self, loop: asyncio.AbstractEventLoop) -> _Replies:
         address = self._address
@@ -283,12 +344,16 @@ class LoopLink:
             _, proto = await loop.create_connection(lambda: _Replies(loop), address[1],
                                                     address[2])
         handshake = self._handshake
-        if handshake is not None:
+        if handshake is None:
+            return proto
+        try:
             for reply in await proto.request(*handshake):
                 if isinstance(reply, BaseException):
-                    proto._fail(reply)
                     raise BackendError("Redis refused the connection's handshake "
-                                       "(AUTH or SELECT)")
+                                       "(AUTH, SELECT or CLIENT SETNAME)")
+        except BaseException:  # refused, lost, or the caller cancelled: nobody holds it
+            proto.close()
+            raise
         return proto
 
     def close(self) -> None:

@@ -411,7 +411,9 @@ class RedisResultStore(ResultStore):
             link = None
             if writer is not None and os.environ.get("FOXTIVE_REDIS_DIRECT", "1") != "0":
                 found = LoopLink.of(writer)
-                link = found if found.available else None
+                # Held until close(): closing this store leaves the link to
+                # the other apps and stores of the process that hold it.
+                link = LoopLink.acquire(writer) if found.available else None
             self._link = link
         return link  # type: ignore[no-any-return]
 
@@ -544,7 +546,7 @@ class RedisResultStore(ResultStore):
         writer, self._writer = self._writer, None
         link, self._link = self._link, _UNKNOWN
         if isinstance(link, LoopLink):
-            link.close()
+            link.release()
         if writer:
             writer.close()
         try:
