@@ -210,11 +210,15 @@ class _LoopWorker:
 
     async def consume(self) -> None:
         items = self.items
+        popleft = items.popleft
         runner = self.runner
         run = self.run_one
         call = self.call
         failed = runner.failed
-        ack_later = runner.ack_later
+        # runner.ack_later, inlined: the list is flushed in place, never
+        # replaced, so its append can be held here.
+        acks = runner.acks
+        push_ack = acks.append
         plan = self.plan
         inline = plan.timeout is None
         while True:
@@ -222,13 +226,15 @@ class _LoopWorker:
                 # The common case, inlined: no coroutine per message but the
                 # handler's own (this loop runs ~10^6 times a second).
                 while items:
-                    message = items.popleft()
+                    message = popleft()
                     try:
                         await call(message)
                     except BaseException as exc:
                         failed(plan, message, exc, on_loop=True)
                     else:
-                        ack_later(message)
+                        push_ack(message)
+                        if not runner.ack_scheduled or len(acks) >= _ACK_BATCH:
+                            runner.acks_added()
             else:
                 while items:
                     await run(items.popleft())
@@ -604,19 +610,29 @@ class Runner:
                 w.kick()
 
     def ack_later(self, message: Message) -> None:
-        acks = self.acks
-        acks.append(message)
-        if len(acks) >= _ACK_BATCH:
+        self.acks.append(message)
+        self.acks_added()
+
+    def acks_added(self) -> None:
+        """Messages were added to ``acks``: flush a full batch now, else
+        make sure a flush runs on the loop's next turn."""
+        if len(self.acks) >= _ACK_BATCH:
             self.flush_acks()
         elif not self.ack_scheduled:
             self.ack_scheduled = True
             self.loop.call_soon(self.flush_acks)
 
     def flush_acks(self) -> None:
+        # A flush may run while one is scheduled: the scheduled one then
+        # finds the list empty. The list is emptied in place (consumers hold
+        # its append).
         self.ack_scheduled = False
-        if self.acks:
-            acks, self.acks = self.acks, []
-            self.engine.ack_many(acks)
+        acks = self.acks
+        if acks:
+            try:
+                self.engine.ack_many(acks)
+            finally:
+                acks.clear()
 
     # ----------------------------------------------------------- failures
     def failed(self, plan: Plan, message: Message, exc: BaseException, *, on_loop: bool) -> None:

@@ -34,14 +34,13 @@ impl PyEngine {
         py: Python<'py>,
         items: Vec<Arc<foxtive_core::pool::InFlight>>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let mut out = Vec::with_capacity(items.len());
-        for inflight in items {
-            out.push(Bound::new(
-                py,
-                PyMessage::new(py, inflight, self.engine.clone()),
-            )?);
-        }
-        PyList::new(py, out)
+        let engine = &self.engine;
+        PyList::new(
+            py,
+            items
+                .into_iter()
+                .map(|inflight| PyMessage::new(py, inflight, engine.clone())),
+        )
     }
 }
 

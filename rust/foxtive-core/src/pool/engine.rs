@@ -39,6 +39,11 @@ pub struct Engine {
     pub(super) capacity_freed: Notify,
     pub(super) metrics: Arc<Metrics>,
     pub(super) settle_queue: Mutex<Vec<SettleItem>>,
+    /// Messages acknowledged in batches, kept until the settle task has
+    /// taken their settlements, so that it frees them: they were allocated
+    /// on the runtime's thread, and freeing them on the handler's (when its
+    /// last reference goes) cost that thread a contended `free` each.
+    pub(super) retired: Mutex<Vec<Arc<super::InFlight>>>,
     pub(super) settle_wake: Notify,
     pub(super) stop_fetch: watch::Sender<bool>,
     pub(super) stop_settle: watch::Sender<bool>,
@@ -140,6 +145,7 @@ impl Engine {
             lanes,
             capacity_freed: Notify::new(),
             settle_queue: Mutex::new(Vec::new()),
+            retired: Mutex::new(Vec::new()),
             settle_wake: Notify::new(),
             stop_fetch: watch::channel(false).0,
             stop_settle: watch::channel(false).0,

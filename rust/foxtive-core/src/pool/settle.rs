@@ -64,24 +64,62 @@ impl Engine {
     }
 
     /// Acknowledge every message not settled yet; returns how many were.
+    ///
+    /// The handler side's hot path (one call per batch of successes): room
+    /// goes back once per run of one worker's messages and the fetch task
+    /// is woken once, and the messages are retired to the settle task,
+    /// which frees them on its own thread (see [`Engine::retired`]).
     pub fn ack_many<'a>(&self, items: impl IntoIterator<Item = &'a Arc<InFlight>>) -> usize {
-        let mut claimed = Vec::new();
+        let items = items.into_iter();
+        let mut claimed = Vec::with_capacity(items.size_hint().0);
+        let mut retired = Vec::with_capacity(items.size_hint().0);
         let observing = self.policies.observes();
         let now = Instant::now();
+        let mut acked = 0;
+        // (worker, messages) of the current run of one worker's messages.
+        let mut run: Option<(usize, usize)> = None;
         for inflight in items {
-            if inflight.claim(&Settlement::Ack) {
-                if observing {
-                    self.policies
-                        .after(&inflight.delivery, inflight.probe, Verdict::Success, now);
+            if !inflight.claim(&Settlement::Ack) {
+                continue;
+            }
+            acked += 1;
+            if observing {
+                self.policies
+                    .after(&inflight.delivery, inflight.probe, Verdict::Success, now);
+            }
+            run = match run {
+                Some((worker, n)) if worker == inflight.worker => Some((worker, n + 1)),
+                other => {
+                    if let Some((worker, n)) = other {
+                        self.release_n(worker, n);
+                    }
+                    Some((inflight.worker, 1))
                 }
-                self.release(inflight);
-                self.count(inflight, &Settlement::Ack, now);
+            };
+            self.count(inflight, &Settlement::Ack, now);
+            // Messages handed in by the user (pool.dispatch) belong to no broker.
+            if !inflight.delivery.receipt.is_local() {
                 claimed.push((inflight.delivery.clone(), Settlement::Ack));
+                retired.push(inflight.clone());
             }
         }
-        let n = claimed.len();
-        self.enqueue(claimed);
-        n
+        if let Some((worker, n)) = run {
+            self.release_n(worker, n);
+            self.capacity_freed.notify_one();
+        }
+        if !claimed.is_empty() {
+            {
+                let mut q = self.settle_queue.lock();
+                if q.is_empty() {
+                    *q = claimed;
+                } else {
+                    q.append(&mut claimed);
+                }
+            }
+            self.retired.lock().append(&mut retired);
+            self.settle_wake.notify_one();
+        }
+        acked
     }
 
     /// Drop from a batch the messages a `start` policy (an open breaker)
@@ -184,11 +222,17 @@ impl Engine {
 
     /// Release the capacity a settled message held.
     fn release(&self, inflight: &InFlight) {
-        if let Some(load) = self.live.loads.get(inflight.worker) {
-            load.fetch_sub(1, Ordering::AcqRel);
-        }
-        self.live.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.release_n(inflight.worker, 1);
         self.capacity_freed.notify_one();
+    }
+
+    /// Release the capacity `n` settled messages of one worker held (the
+    /// caller wakes the fetch task).
+    fn release_n(&self, worker: usize, n: usize) {
+        if let Some(load) = self.live.loads.get(worker) {
+            load.fetch_sub(n, Ordering::AcqRel);
+        }
+        self.live.in_flight.fetch_sub(n, Ordering::AcqRel);
     }
 
     fn count(&self, inflight: &InFlight, settlement: &Settlement, now: Instant) {
@@ -249,6 +293,8 @@ impl Engine {
             tokio::pin!(wake);
             wake.as_mut().enable();
             let batch = std::mem::take(&mut *self.settle_queue.lock());
+            // Freed here, on this thread, once settled (see `retired`).
+            let retired = std::mem::take(&mut *self.retired.lock());
             if batch.is_empty() {
                 if *stop.borrow() {
                     break;
@@ -263,6 +309,7 @@ impl Engine {
                 tracing::warn!(pool = %self.config.pool, error = %e,
                     "settling failed; the broker will redeliver what was not settled");
             }
+            drop(retired);
         }
     }
 
