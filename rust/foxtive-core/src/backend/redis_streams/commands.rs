@@ -108,25 +108,9 @@ impl RedisCommands {
         ttl: Duration,
         push: bool,
     ) -> Result<()> {
-        let ttl_ms = millis(ttl);
-        let done = format!("{key}:done");
         self.link
             .with_writer("result write", PUBLISH_RETRY_WINDOW, |mut conn| {
-                let mut pipe = redis::pipe();
-                if push {
-                    pipe.atomic();
-                }
-                pipe.cmd("SET")
-                    .arg(key)
-                    .arg(value)
-                    .arg("PX")
-                    .arg(ttl_ms)
-                    .ignore();
-                if push {
-                    pipe.cmd("DEL").arg(&done).ignore();
-                    pipe.cmd("RPUSH").arg(&done).arg(value).ignore();
-                    pipe.cmd("PEXPIRE").arg(&done).arg(ttl_ms).ignore();
-                }
+                let pipe = record_pipeline(key, value, ttl, push);
                 async move {
                     pipe.query_async::<Value>(&mut conn).await?;
                     Ok(())
@@ -140,21 +124,8 @@ impl RedisCommands {
     /// with `push`, `MULTI`, the four commands and `EXEC` (six replies, the
     /// last `EXEC`'s array); without, the `SET PX` alone.
     pub fn record_commands(key: &str, value: &[u8], ttl: Duration, push: bool) -> (Vec<u8>, usize) {
-        let ttl_ms = millis(ttl).to_string();
-        let key = key.as_bytes();
-        let mut out = Vec::with_capacity(160 + 2 * (key.len() + value.len()));
-        if !push {
-            encode(&mut out, &[b"SET", key, value, b"PX", ttl_ms.as_bytes()]);
-            return (out, 1);
-        }
-        let done = [key, b":done"].concat();
-        encode(&mut out, &[b"MULTI"]);
-        encode(&mut out, &[b"SET", key, value, b"PX", ttl_ms.as_bytes()]);
-        encode(&mut out, &[b"DEL", &done]);
-        encode(&mut out, &[b"RPUSH", &done, value]);
-        encode(&mut out, &[b"PEXPIRE", &done, ttl_ms.as_bytes()]);
-        encode(&mut out, &[b"EXEC"]);
-        (out, 6)
+        let packed = record_pipeline(key, value, ttl, push).get_packed_pipeline();
+        (packed, if push { 6 } else { 1 })
     }
 
     /// A waiter's `BLMOVE <key>:done <key>:done RIGHT RIGHT <timeout>`
@@ -232,42 +203,59 @@ pub(super) fn encode_mark(out: &mut Vec<u8>, mark: &MarkNew) {
     );
 }
 
+/// The result record's write: `SET PX`, and with `push` in one `MULTI`
+/// also `<key>:done` replaced by `[value]` with the same TTL. One builder
+/// for the runtime's write and the event loop's ([`RedisCommands::record_commands`]).
+fn record_pipeline(key: &str, value: &[u8], ttl: Duration, push: bool) -> redis::Pipeline {
+    let ttl_ms = millis(ttl);
+    let mut pipe = redis::pipe();
+    if push {
+        pipe.atomic();
+    }
+    pipe.cmd("SET")
+        .arg(key)
+        .arg(value)
+        .arg("PX")
+        .arg(ttl_ms)
+        .ignore();
+    if push {
+        let done = format!("{key}:done");
+        pipe.cmd("DEL").arg(&done).ignore();
+        pipe.cmd("RPUSH").arg(&done).arg(value).ignore();
+        pipe.cmd("PEXPIRE").arg(&done).arg(ttl_ms).ignore();
+    }
+    pipe
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The loop's record write sends what the runtime's sends (the
-    /// pipeline `write_record` builds): same commands, same TTLs.
+    /// The record write's commands, as Redis must receive them (the
+    /// runtime's and the loop's writes send these bytes): same commands,
+    /// same TTLs, in one MULTI when pushed.
     #[test]
-    fn record_commands_are_write_records_pipeline() {
+    fn record_commands_are_the_set_and_the_pushed_list_in_one_multi() {
         let ttl = Duration::from_millis(60_500);
+        let value = b"{\"status\":\"succeeded\"}";
+        let key = b"foxtive:result:t1";
+        let done = b"foxtive:result:t1:done";
         for push in [true, false] {
-            let mut pipe = redis::pipe();
+            let mut expected = Vec::new();
+            let set: &[&[u8]] = &[b"SET", key, value, b"PX", b"60500"];
             if push {
-                pipe.atomic();
+                encode(&mut expected, &[b"MULTI"]);
+                encode(&mut expected, set);
+                encode(&mut expected, &[b"DEL", done]);
+                encode(&mut expected, &[b"RPUSH", done, value]);
+                encode(&mut expected, &[b"PEXPIRE", done, b"60500"]);
+                encode(&mut expected, &[b"EXEC"]);
+            } else {
+                encode(&mut expected, set);
             }
-            pipe.cmd("SET")
-                .arg("foxtive:result:t1")
-                .arg(&b"{\"status\":\"succeeded\"}"[..])
-                .arg("PX")
-                .arg(60_500u64)
-                .ignore();
-            if push {
-                let done = "foxtive:result:t1:done";
-                pipe.cmd("DEL").arg(done).ignore();
-                pipe.cmd("RPUSH")
-                    .arg(done)
-                    .arg(&b"{\"status\":\"succeeded\"}"[..])
-                    .ignore();
-                pipe.cmd("PEXPIRE").arg(done).arg(60_500u64).ignore();
-            }
-            let (ours, replies) = RedisCommands::record_commands(
-                "foxtive:result:t1",
-                b"{\"status\":\"succeeded\"}",
-                ttl,
-                push,
-            );
-            assert_eq!(ours, pipe.get_packed_pipeline(), "push={push}");
+            let (ours, replies) =
+                RedisCommands::record_commands("foxtive:result:t1", value, ttl, push);
+            assert_eq!(ours, expected, "push={push}");
             assert_eq!(replies, if push { 6 } else { 1 });
         }
     }
