@@ -243,11 +243,6 @@ class CuttingProxy(StallingProxy):
                 await w.drain()
         w.transport.abort()
 
-    async def _client(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        ur, uw = await asyncio.open_connection(*self.target)
-        self.writers += [w, uw]
-        await asyncio.gather(self._upstream(r, uw), self._pipe(ur, w))
-
 
 async def test_a_worker_whose_loop_connection_is_cut_still_writes_every_record(
         rclient: redis.Redis) -> None:

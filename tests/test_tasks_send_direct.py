@@ -308,7 +308,11 @@ class StallingProxy:
     async def _client(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         ur, uw = await asyncio.open_connection(*self.target)
         self.writers += [w, uw]
-        await asyncio.gather(self._pipe(r, uw), self._pipe(ur, w))
+        await asyncio.gather(self._upstream(r, uw), self._pipe(ur, w))
+
+    async def _upstream(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        """Client to Redis (a subclass may cut there)."""
+        await self._pipe(r, w)
 
 
 def _target() -> tuple[str, int]:
