@@ -21,7 +21,7 @@ from . import sqlite as _sqlite
 from ._tracecontext import inject
 from .backends import NativeBackend, check_publish_options
 from .errors import BackendError, ConfigError
-from .redis_loop import LoopLink
+from .redis_loop import LoopLink, direct_enabled, raise_error_reply
 from .results import RedisResultStore, ResultStore
 from .results_sql import PostgresResultStore, SqliteResultStore
 
@@ -51,15 +51,14 @@ class Publisher:
         self._blocks: dict[str, bool] = {}
         self._marks: dict[str, Any] = {}
         self._natives: dict[str, Any] = {}
-        #: Per queue, the event loops' connections to its Redis (None: none).
+        #: Per queue, the event loops' connections to its Redis, each held
+        #: (LoopLink.acquire) until forget() (None: no direct path).
         self._links: dict[str, LoopLink | None] = {}
-        #: The links this publisher holds (LoopLink.acquire), released by forget().
-        self._held: set[LoopLink] = set()
         #: Sends on Redis from the caller's own connection (its thread's for
         #: send_sync, its loop's for send) rather than through the core's
         #: runtime; FOXTIVE_REDIS_DIRECT=0 turns that off (the same sends,
         #: each with two thread hand-offs more).
-        self.direct = os.environ.get("FOXTIVE_REDIS_DIRECT", "1") != "0"
+        self.direct = direct_enabled()
 
     def forget(self) -> None:
         """Drop what was learned of the app's backends (they were closed),
@@ -67,10 +66,10 @@ class Publisher:
         self._blocks = {}
         self._marks = {}
         self._natives = {}
-        self._links = {}
-        held, self._held = self._held, set()
-        for link in held:  # closed when no other app or store holds it
-            link.release()
+        links, self._links = self._links, {}
+        for link in links.values():  # closed when no other app or store holds it
+            if link is not None:
+                link.release()
 
     async def _publish_direct(self, queue: str, native: Any, body: bytes,
                               headers: dict[str, Any] | None, delay: float | None, task_id: str,
@@ -84,7 +83,7 @@ class Publisher:
         path reconnects and sends again, as its own sends do: at least
         once, never lost)."""
         prepared = _core.RedisPublish(body, headers, delay, task_id, **(mark or {}))
-        link = self._loop_link(queue, native) if self.direct else None
+        link = self._loop_link(queue, native)
         commands = native.publish_commands(prepared) if link else None
         if commands is not None and link is not None:
             try:
@@ -92,9 +91,7 @@ class Publisher:
             except BackendError:  # not opened, lost or silent: an error reply is not raised
                 pass
             else:
-                for reply in replies:
-                    if isinstance(reply, BaseException):
-                        raise reply
+                raise_error_reply(replies)
                 return task_id
         got: str = await native.publish_prepared(prepared)
         return got
@@ -103,18 +100,13 @@ class Publisher:
         """The event loops' connections to ``native``'s Redis (the queue
         ``queue``'s), found through its ``RedisCommands`` once per queue (the
         same link as the result store's writes and waits on that Redis) and
-        held until :meth:`forget`; None: no direct path (TLS)."""
+        held until :meth:`forget`; None: no direct path (TLS,
+        ``FOXTIVE_REDIS_DIRECT=0``)."""
         try:
             return self._links[queue]
         except KeyError:
-            pass
-        link: LoopLink | None = LoopLink.of(native.commands)
-        if link is not None and not link.available:
-            link = None
-        elif link is not None and link not in self._held:
-            self._held.add(LoopLink.acquire(native.commands))
-        self._links[queue] = link
-        return link
+            link = self._links[queue] = LoopLink.acquire(native.commands)
+            return link
 
     # A task's "pending" record: a send without dedup_key writes it before
     # the publish (a worker's later writes then overwrite it, never the

@@ -49,7 +49,7 @@ from typing import Any, ClassVar
 from . import _core
 from .errors import BackendError
 
-__all__ = ["ConnectFailed", "LoopLink"]
+__all__ = ["ConnectFailed", "LoopLink", "direct_enabled", "raise_error_reply"]
 
 #: How long a reply may take before the connection is given up.
 REPLY_TIMEOUT = 10.0
@@ -61,6 +61,26 @@ RETRY_CONNECT_AFTER = 5.0
 #: Idle connections for blocking commands a loop keeps per Redis (more
 #: concurrent waits open more; those beyond this are closed when done).
 IDLE_BLOCKING = 4
+
+
+def direct_enabled() -> bool:
+    """Whether Redis commands may go on the caller's own connections (its
+    loop's, its thread's) rather than through the core's runtime:
+    ``FOXTIVE_REDIS_DIRECT=0`` turns that off everywhere."""
+    return os.environ.get("FOXTIVE_REDIS_DIRECT", "1") != "0"
+
+
+def raise_error_reply(replies: list[Any]) -> None:
+    """Raise the first error reply among ``replies`` (the parser gives
+    them as exception instances, not raised; a ``MULTI``'s ``EXEC`` list
+    included), and a discarded transaction (a nil ``EXEC``)."""
+    for reply in replies:
+        if isinstance(reply, BaseException):
+            raise reply
+        if isinstance(reply, list):
+            raise_error_reply(reply)
+    if len(replies) > 1 and replies[-1] is None:
+        raise BackendError("Redis discarded the transaction (MULTI)")
 
 
 class ConnectFailed(BackendError):
@@ -195,11 +215,17 @@ class LoopLink:
         return link
 
     @classmethod
-    def acquire(cls, commands: _core.RedisCommands) -> LoopLink:
-        """:meth:`of`, held by the caller until it calls :meth:`release`:
-        an app closing its link closes the connections only when no other
-        app or store of the process on that Redis still holds it."""
+    def acquire(cls, commands: _core.RedisCommands) -> LoopLink | None:
+        """:meth:`of`, held by the caller until it calls :meth:`release`
+        (an app closing its link closes the connections only when no other
+        app or store of the process on that Redis still holds it); None,
+        and nothing held, when there is no direct path (TLS) or
+        ``FOXTIVE_REDIS_DIRECT=0``."""
+        if not direct_enabled():
+            return None
         link = cls.of(commands)
+        if not link.available:
+            return None
         with cls._all_lock:
             link._users += 1
         return link

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import threading
 import time
 import weakref
@@ -34,7 +33,7 @@ import msgspec
 
 from . import _core
 from .errors import BackendError, ConfigError, TaskError
-from .redis_loop import REPLY_TIMEOUT, LoopLink
+from .redis_loop import REPLY_TIMEOUT, LoopLink, raise_error_reply
 
 __all__ = ["FINAL", "MemoryResultStore", "RedisResultStore", "ResultStore"]
 
@@ -409,11 +408,10 @@ class RedisResultStore(ResultStore):
         if link is _UNKNOWN:
             writer = self._native_writer()
             link = None
-            if writer is not None and os.environ.get("FOXTIVE_REDIS_DIRECT", "1") != "0":
-                found = LoopLink.of(writer)
+            if writer is not None:
                 # Held until close(): closing this store leaves the link to
                 # the other apps and stores of the process that hold it.
-                link = LoopLink.acquire(writer) if found.available else None
+                link = LoopLink.acquire(writer)
             self._link = link
         return link  # type: ignore[no-any-return]
 
@@ -441,7 +439,7 @@ class RedisResultStore(ResultStore):
                 except BackendError:  # not opened, lost or silent (a reply is not raised)
                     pass
                 else:
-                    _raise_error_reply(replies)
+                    raise_error_reply(replies)
                     return
             await writer.write_record(key, value, self.ttl, push)
             return
@@ -561,15 +559,3 @@ class RedisResultStore(ResultStore):
 
 #: Not looked up yet (``RedisResultStore._link``: None means "no direct path").
 _UNKNOWN: Any = object()
-
-
-def _raise_error_reply(replies: list[Any]) -> None:
-    """Raise the first error reply among ``replies`` (a ``MULTI``'s
-    ``EXEC`` list included), and a discarded transaction (nil ``EXEC``)."""
-    for reply in replies:
-        if isinstance(reply, BaseException):
-            raise reply
-        if isinstance(reply, list):
-            _raise_error_reply(reply)
-    if len(replies) > 1 and replies[-1] is None:
-        raise BackendError("Redis discarded the result record's MULTI")

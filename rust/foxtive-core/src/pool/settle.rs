@@ -107,18 +107,7 @@ impl Engine {
             self.release_n(worker, n);
             self.capacity_freed.notify_one();
         }
-        if !claimed.is_empty() {
-            {
-                let mut q = self.settle_queue.lock();
-                if q.is_empty() {
-                    *q = claimed;
-                } else {
-                    q.append(&mut claimed);
-                }
-            }
-            self.retired.lock().append(&mut retired);
-            self.settle_wake.notify_one();
-        }
+        self.push_settlements(claimed, retired);
         acked
     }
 
@@ -263,20 +252,33 @@ impl Engine {
     }
 
     fn enqueue(&self, items: impl IntoIterator<Item = SettleItem>) {
-        let mut any = false;
+        // Messages handed in by the user (pool.dispatch) belong to no broker.
+        let claimed = items
+            .into_iter()
+            .filter(|item| !item.0.receipt.is_local())
+            .collect();
+        self.push_settlements(claimed, Vec::new());
+    }
+
+    /// Queue `claimed` (broker messages only) for the settle task and wake
+    /// it; `retired` are the messages it frees once they are settled (see
+    /// [`Engine::retired`]).
+    fn push_settlements(&self, mut claimed: Vec<SettleItem>, mut retired: Vec<Arc<InFlight>>) {
+        if claimed.is_empty() {
+            return;
+        }
         {
             let mut q = self.settle_queue.lock();
-            for item in items {
-                // Messages handed in by the user (pool.dispatch) belong to no broker.
-                if !item.0.receipt.is_local() {
-                    q.push(item);
-                    any = true;
-                }
+            if q.is_empty() {
+                *q = claimed;
+            } else {
+                q.append(&mut claimed);
             }
         }
-        if any {
-            self.settle_wake.notify_one();
+        if !retired.is_empty() {
+            self.retired.lock().append(&mut retired);
         }
+        self.settle_wake.notify_one();
     }
 
     fn note_retry_due(&self, due: Instant) {
