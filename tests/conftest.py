@@ -6,10 +6,12 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import redis
 
 import foxtive
 
 from .pg_tls_server import TlsPostgres, missing_tools
+from .redis_support import REDIS_URL
 
 
 @pytest.fixture
@@ -50,3 +52,11 @@ def pg_plain() -> Iterator[TlsPostgres]:
         yield server.start()
     finally:
         server.stop()
+
+
+@pytest.fixture
+def rclient() -> Iterator[redis.Redis]:
+    """A redis-py client on the tests' Redis: the independent judge."""
+    client = redis.Redis.from_url(REDIS_URL)
+    yield client
+    client.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -326,6 +327,12 @@ def own_clients(client: redis.Redis,
     return [c for c in client.client_list()
             if (named is None or c.get("name") == named)
             and int(c["addr"].rsplit(":", 1)[1]) in ports]
+
+
+def status_in(client: redis.Redis, task_id: str) -> str | None:
+    """The status of a task's result record, as redis-py reads it (None: no record)."""
+    raw = client.get(f"foxtive:result:{task_id}")
+    return None if raw is None else str(json.loads(raw)["status"])
 
 
 if __name__ == "__main__":

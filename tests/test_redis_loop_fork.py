@@ -7,34 +7,20 @@ stream, the records)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import redis
 
 import foxtive
 
-from .redis_support import REDIS_URL, delete_keys, own_clients
-
-
-@pytest.fixture
-def rclient() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
-    yield client
-    client.close()
+from .redis_support import REDIS_URL, delete_keys, own_clients, status_in
 
 
 def senders(client: redis.Redis) -> set[int]:
     """This process's loop connections (other tests' processes share the Redis)."""
     return {int(c["id"]) for c in own_clients(client)}
-
-
-def status_in(client: redis.Redis, task_id: str) -> str | None:
-    raw = client.get(f"foxtive:result:{task_id}")
-    return None if raw is None else str(json.loads(raw)["status"])
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")

@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -29,13 +28,6 @@ SENDER = "foxtive-sender"
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"),
                                 reason="counts its own connections through /proc")
-
-
-@pytest.fixture
-def rclient() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
-    yield client
-    client.close()
 
 
 def blocked_waits(client: redis.Redis) -> set[int]:

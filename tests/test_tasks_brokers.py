@@ -34,13 +34,6 @@ class Line:
 
 
 @pytest.fixture
-def rclient() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def stream(rclient: redis.Redis) -> Iterator[str]:
     name = f"foxtive-test:tasks:{uuid.uuid4().hex[:12]}"
     yield name

@@ -13,7 +13,6 @@ import os
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,16 +23,9 @@ from foxtive import _core
 from foxtive.errors import BackendError
 from foxtive.redis_loop import LoopLink
 
-from .redis_support import REDIS_URL, PrivateRedis, TlsRedis, delete_keys, wait_for
+from .redis_support import REDIS_URL, PrivateRedis, TlsRedis, delete_keys, status_in, wait_for
 
 SENDER = "foxtive-sender"
-
-
-@pytest.fixture
-def rclient() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
-    yield client
-    client.close()
 
 
 def _queue() -> str:
@@ -43,11 +35,6 @@ def _queue() -> str:
 def senders(client: redis.Redis) -> set[int]:
     """The ids of the direct connections Redis sees now."""
     return {int(c["id"]) for c in client.client_list() if c.get("name") == SENDER}
-
-
-def status_in(client: redis.Redis, task_id: str) -> str | None:
-    raw = client.get(f"foxtive:result:{task_id}")
-    return None if raw is None else str(json.loads(raw)["status"])
 
 
 def _cleanup(client: redis.Redis, queue: str, ids: list[str]) -> None:

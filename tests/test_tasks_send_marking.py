@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,7 +19,7 @@ import foxtive
 from foxtive import _core, envelope
 from foxtive.tasks import new_task_id
 
-from .redis_support import REDIS_URL, delete_keys
+from .redis_support import REDIS_URL, delete_keys, status_in
 
 
 def _other_db(url: str) -> str:
@@ -32,18 +31,6 @@ def _other_db(url: str) -> str:
 
 
 OTHER_DB_URL = _other_db(REDIS_URL)
-
-
-@pytest.fixture
-def rclient() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
-    yield client
-    client.close()
-
-
-def status_in(client: redis.Redis, task_id: str) -> str | None:
-    raw = client.get(f"foxtive:result:{task_id}")
-    return None if raw is None else str(json.loads(raw)["status"])
 
 
 def ttl_ms(client: redis.Redis, task_id: str) -> int:

@@ -34,13 +34,6 @@ THREADS = 16
 PER_THREAD = 8
 
 
-@pytest.fixture
-def rclient() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
-    yield client
-    client.close()
-
-
 def redis_status(client: redis.Redis) -> Callable[[str], str | None]:
     def status(task_id: str) -> str | None:
         raw = client.get(f"foxtive:result:{task_id}")
